@@ -1,0 +1,360 @@
+//! How vectl prints: aligned tables and short lines for people, JSON for scripts
+//! (`--json`), errors as one line on stderr, progress on stderr when it is a terminal.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::json;
+use ve_runtime::{
+    Host, Progress, RunState, SetOutcome, Status, StopOutcome, TemplateVersion, VeConfig,
+    VeDetails, VeInfo, human_bytes,
+};
+
+/// The output mode of one vectl run.
+#[derive(Debug)]
+pub struct Out {
+    json: bool,
+}
+
+impl Out {
+    pub fn new(json: bool) -> Out {
+        Out { json }
+    }
+
+    fn print_json(&self, v: &impl Serialize) {
+        match serde_json::to_string_pretty(v) {
+            Ok(s) => println!("{s}"),
+            Err(e) => eprintln!("vectl: cannot encode JSON: {e}"),
+        }
+    }
+
+    /// A failed operation: one line on stderr.
+    pub fn error(&self, e: &anyhow::Error) {
+        let msg = e.to_string().replace('\n', " ");
+        eprintln!("vectl: {msg}");
+    }
+
+    pub fn warn(&self, msg: &str) {
+        eprintln!("vectl: warning: {msg}");
+    }
+
+    pub fn note(&self, msg: &str) {
+        if !self.json {
+            eprintln!("{msg}");
+        }
+    }
+
+    /// A progress reporter for long work; prints to stderr only on a terminal.
+    pub fn progress(&self, what: &str) -> impl FnMut(Progress) + use<> {
+        let show = std::io::stderr().is_terminal() && !self.json;
+        let what = what.to_string();
+        let mut last = Instant::now() - Duration::from_secs(1);
+        move |p: Progress| {
+            if show && last.elapsed() >= Duration::from_millis(100) {
+                last = Instant::now();
+                let mut err = std::io::stderr().lock();
+                let _ = write!(
+                    err,
+                    "\r{what}: {} files, {}   ",
+                    p.files,
+                    human_bytes(p.bytes)
+                );
+                let _ = err.flush();
+            }
+        }
+    }
+
+    pub fn init(&self, host: &Host, created: bool) {
+        if self.json {
+            self.print_json(&json!({
+                "root": host.root(),
+                "created": created,
+                "settings": host.settings(),
+            }));
+        } else if created {
+            println!("initialised {}", host.root().display());
+        } else {
+            println!("{} is already initialised", host.root().display());
+        }
+    }
+
+    pub fn host_info(&self, host: &Host) -> anyhow::Result<()> {
+        let cg = host.cgroups()?;
+        let cap = host.capacity();
+        let (ves, _) = host.list()?;
+        let running = ves.iter().filter(|v| v.status == Status::Running).count();
+        let templates = host.list_templates()?.len();
+        let info = json!({
+            "root": host.root(),
+            "pool": host.pool().dir(),
+            "backend": host.settings().backend,
+            "cgroup_version": cg.version(),
+            "cgroup_parent": host.settings().cgroup.parent,
+            "cgroup_paths": cg.paths(""),
+            "cpus": cap.cpus,
+            "ram_bytes": cap.ram_bytes,
+            "ves": ves.len(),
+            "running": running,
+            "template_versions": templates,
+            "kernel": kernel_release(),
+        });
+        if self.json {
+            self.print_json(&info);
+            return Ok(());
+        }
+        let rows = [
+            ("root", host.root().display().to_string()),
+            (
+                "pool",
+                format!(
+                    "{} ({})",
+                    host.pool().dir().display(),
+                    host.settings().backend
+                ),
+            ),
+            ("kernel", kernel_release()),
+            (
+                "cgroups",
+                format!(
+                    "{} (parent {})",
+                    cg.version(),
+                    host.settings().cgroup.parent
+                ),
+            ),
+            ("cpus", cap.cpus.to_string()),
+            ("ram", human_bytes(cap.ram_bytes)),
+            ("ves", format!("{} ({running} running)", ves.len())),
+            ("templates", format!("{templates} version(s)")),
+        ];
+        print_pairs(&rows);
+        Ok(())
+    }
+
+    pub fn template_imported(&self, tv: &TemplateVersion) {
+        if self.json {
+            self.print_json(tv);
+        } else {
+            eprint!(
+                "{}",
+                if std::io::stderr().is_terminal() {
+                    "\r\x1b[K"
+                } else {
+                    ""
+                }
+            );
+            println!(
+                "imported template {} ({} files, {})",
+                tv.reference(),
+                tv.files,
+                human_bytes(tv.size_bytes)
+            );
+        }
+    }
+
+    pub fn templates(&self, list: &[TemplateVersion]) {
+        if self.json {
+            self.print_json(&list);
+            return;
+        }
+        let mut rows = vec![vec![
+            "TEMPLATE".to_string(),
+            "CREATED".into(),
+            "SIZE".into(),
+            "FILES".into(),
+            "SOURCE".into(),
+        ]];
+        for t in list {
+            rows.push(vec![
+                t.reference(),
+                t.created.clone(),
+                human_bytes(t.size_bytes),
+                t.files.to_string(),
+                t.source.clone(),
+            ]);
+        }
+        print_table(&rows);
+    }
+
+    pub fn created(&self, cfg: &VeConfig) {
+        if self.json {
+            self.print_json(cfg);
+        } else {
+            println!(
+                "created VE {} (id {}) from {}",
+                cfg.name, cfg.id, cfg.template
+            );
+        }
+    }
+
+    pub fn started(&self, ve: &str, rs: &RunState) {
+        if self.json {
+            self.print_json(&json!({"ve": ve, "status": "running", "pid": rs.pid}));
+        } else {
+            println!("started VE {ve} (init pid {})", rs.pid);
+        }
+    }
+
+    pub fn stopped(&self, ve: &str, outcome: StopOutcome) {
+        if self.json {
+            self.print_json(&json!({"ve": ve, "status": "stopped", "outcome": outcome}));
+            return;
+        }
+        match outcome {
+            StopOutcome::AlreadyStopped => println!("VE {ve} was not running"),
+            StopOutcome::Halted => println!("stopped VE {ve}"),
+            StopOutcome::Killed => println!("stopped VE {ve} (killed)"),
+        }
+    }
+
+    pub fn destroyed(&self, ve: &str) {
+        if self.json {
+            self.print_json(&json!({"ve": ve, "destroyed": true}));
+        } else {
+            println!("destroyed VE {ve}");
+        }
+    }
+
+    pub fn set(&self, ve: &str, o: &SetOutcome) {
+        if self.json {
+            self.print_json(&json!({"ve": ve, "live": o.live, "limits": o.limits}));
+        } else if o.live {
+            println!("VE {ve}: limits changed live and saved");
+        } else {
+            println!("VE {ve}: limits saved (applied at next start)");
+        }
+    }
+
+    pub fn list(&self, ves: &[VeInfo]) {
+        if self.json {
+            self.print_json(&ves);
+            return;
+        }
+        let mut rows = vec![vec![
+            "ID".to_string(),
+            "NAME".into(),
+            "STATUS".into(),
+            "TEMPLATE".into(),
+            "RAM".into(),
+            "CPU".into(),
+            "PIDS".into(),
+            "UPTIME".into(),
+        ]];
+        for v in ves {
+            rows.push(vec![
+                v.id.to_string(),
+                v.name.clone(),
+                v.status.to_string(),
+                v.template.clone(),
+                v.limits.ram.map_or("-".into(), |r| r.to_string()),
+                v.limits.cpu_limit.map_or("-".into(), |c| c.to_string()),
+                v.limits.pids.map_or("-".into(), |p| p.to_string()),
+                v.uptime_secs.map_or("-".into(), duration),
+            ]);
+        }
+        print_table(&rows);
+    }
+
+    pub fn show(&self, d: &VeDetails) {
+        if self.json {
+            self.print_json(d);
+            return;
+        }
+        let i = &d.info;
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "unlimited".into());
+        let mut rows = vec![
+            ("name", i.name.clone()),
+            ("id", i.id.to_string()),
+            ("status", i.status.to_string()),
+            ("template", i.template.clone()),
+            ("hostname", i.hostname.clone()),
+            ("init", d.init.join(" ")),
+            ("stop signal", d.stop_signal.clone()),
+            ("created", d.created.clone()),
+            ("ram", opt(i.limits.ram.map(|r| r.to_string()))),
+            ("cpu limit", opt(i.limits.cpu_limit.map(|c| c.to_string()))),
+            ("pids", opt(i.limits.pids.map(|p| p.to_string()))),
+        ];
+        if let Some(pid) = i.pid {
+            rows.push(("init pid", pid.to_string()));
+        }
+        if let Some(up) = i.uptime_secs {
+            rows.push(("uptime", duration(up)));
+        }
+        if let Some(u) = &d.usage {
+            rows.push(("ram used", human_bytes(u.memory_bytes)));
+            rows.push(("processes", u.pids.to_string()));
+            rows.push(("cpu time", format!("{:.2}s", u.cpu_usage_ns as f64 / 1e9)));
+        }
+        rows.push(("private files", human_bytes(d.private_bytes)));
+        rows.push(("config", d.config_path.display().to_string()));
+        rows.push(("private dir", d.private_dir.display().to_string()));
+        rows.push(("template dir", d.template_dir.display().to_string()));
+        for c in &d.cgroups {
+            rows.push(("cgroup", c.display().to_string()));
+        }
+        print_pairs(&rows);
+    }
+}
+
+fn kernel_release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    if d > 0 {
+        format!("{d}d{h}h")
+    } else if h > 0 {
+        format!("{h}h{m}m")
+    } else if m > 0 {
+        format!("{m}m{s}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+fn print_pairs(rows: &[(&str, String)]) {
+    let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let mut out = std::io::stdout().lock();
+    for (k, v) in rows {
+        let _ = writeln!(out, "{k:<w$}  {v}");
+    }
+}
+
+fn print_table(rows: &[Vec<String>]) {
+    let cols = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = std::io::stdout().lock();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, cell)| {
+                if i + 1 == cols {
+                    cell.clone()
+                } else {
+                    format!("{cell:<w$}", w = widths[i])
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "{}", line.join("  "));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_uptime() {
+        assert_eq!(duration(5), "5s");
+        assert_eq!(duration(65), "1m5s");
+        assert_eq!(duration(3700), "1h1m");
+        assert_eq!(duration(90000), "1d1h");
+    }
+}

@@ -1,0 +1,596 @@
+//! cgroups for VEs, v1 and v2 behind one trait ([`CgroupBackend`]).
+//!
+//! Every VE gets two cgroups below the configured parent, in every hierarchy used:
+//!
+//! ```text
+//! <parent>/<ve>       limits (written by vectl only)
+//! <parent>/<ve>/ve    the VE's processes; the root of its cgroup namespace
+//! ```
+//!
+//! The VE's root may mount cgroupfs and write the knobs of its own namespace root,
+//! but those belong to `<ve>/ve`: the limits one level up still hold. Knob writes go
+//! straight to the files (one `write(2)` each) and every kernel refusal is an error;
+//! the controllers are stateless functions over a directory, so unit tests run them
+//! against a temporary directory laid out like cgroupfs.
+
+mod v1;
+mod v2;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::limits::KernelLimits;
+
+pub use v1::V1;
+pub use v2::V2;
+
+/// The name of the payload cgroup below a VE's limits cgroup.
+pub const PAYLOAD: &str = "ve";
+
+/// Which cgroup version a backend drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum CgroupVersion {
+    #[serde(rename = "v1")]
+    V1,
+    #[serde(rename = "v2")]
+    V2,
+}
+
+impl std::fmt::Display for CgroupVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CgroupVersion::V1 => "v1",
+            CgroupVersion::V2 => "v2",
+        })
+    }
+}
+
+/// How a new process gets into a VE's payload cgroup.
+#[derive(Debug)]
+pub enum Placement {
+    /// v2: clone3 with CLONE_INTO_CGROUP and this directory fd.
+    CloneInto(OwnedFd),
+    /// v1: the single-threaded caller moves itself into `join` (writing "0" to each
+    /// `tasks` file), clones, and moves back to `back`. Moving only the current
+    /// thread avoids the RCU grace period a whole-process move waits for.
+    Tasks {
+        join: Vec<PathBuf>,
+        back: Vec<PathBuf>,
+    },
+}
+
+/// Current resource use of a VE, as the cgroups count it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub memory_bytes: u64,
+    pub pids: u64,
+    pub cpu_usage_ns: u64,
+}
+
+/// The operations vectl needs from a cgroup hierarchy, whatever its version.
+pub trait CgroupBackend: std::fmt::Debug {
+    /// The version this backend drives.
+    fn version(&self) -> CgroupVersion;
+    /// Creates the parent cgroup (and, on v2, enables the controllers down to it).
+    fn prepare_parent(&self) -> Result<()>;
+    /// Creates the VE's cgroups and applies its limits. Leftovers of an earlier
+    /// attempt are reused.
+    fn create(&self, ve: &str, limits: &KernelLimits) -> Result<()>;
+    /// Changes limits of an existing VE cgroup in place. Writes only the knobs that
+    /// differ from `old`; if one is refused, the ones already written go back to
+    /// `old` and the refusal is returned.
+    fn apply(&self, ve: &str, old: &KernelLimits, new: &KernelLimits) -> Result<()>;
+    /// The limits the kernel holds now.
+    fn read_limits(&self, ve: &str) -> Result<KernelLimits>;
+    /// Whether the VE's cgroup exists.
+    fn exists(&self, ve: &str) -> bool;
+    /// Every process in the VE's cgroups.
+    fn procs(&self, ve: &str) -> Result<Vec<i32>>;
+    /// Kills every process in the VE's cgroups and waits until they are gone.
+    fn kill_all(&self, ve: &str) -> Result<()>;
+    /// Removes the VE's cgroups (which must be empty). Missing is fine.
+    fn remove(&self, ve: &str) -> Result<()>;
+    /// How a new process enters the VE's payload cgroup.
+    fn placement(&self, ve: &str) -> Result<Placement>;
+    /// Current use.
+    fn usage(&self, ve: &str) -> Result<Usage>;
+    /// The directories this backend would use for a VE (for `show`).
+    fn paths(&self, ve: &str) -> Vec<PathBuf>;
+}
+
+/// Host settings for cgroups, kept in vectl.toml.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupSettings {
+    /// The parent of all VE cgroups, as given: `vectl` (below each hierarchy's
+    /// root), `/a/b`, or `./name` (below vectl's own cgroup at `vectl init`).
+    pub parent: String,
+    /// `./`-relative parents resolved at init, per controller (`unified` on v2).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub resolved: BTreeMap<String, String>,
+}
+
+impl Default for CgroupSettings {
+    fn default() -> Self {
+        CgroupSettings {
+            parent: "vectl".into(),
+            resolved: BTreeMap::new(),
+        }
+    }
+}
+
+/// Controllers vectl puts VEs into on v1, and whether a VE can run without them.
+const V1_CONTROLLERS: &[(&str, bool)] = &[
+    ("memory", true),
+    ("cpu", true),
+    ("pids", true),
+    ("cpuacct", false),
+    ("freezer", false),
+    ("devices", false),
+    ("blkio", false),
+];
+
+/// One mounted cgroup hierarchy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub path: PathBuf,
+    /// v1 controllers bound to it; empty for cgroup2.
+    pub controllers: Vec<String>,
+    pub v2: bool,
+}
+
+/// The cgroup mounts in a `/proc/self/mountinfo` text.
+pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
+        let pre: Vec<&str> = pre.split(' ').collect();
+        let post: Vec<&str> = post.split(' ').collect();
+        if pre.len() < 5 || post.len() < 3 || pre[3] != "/" {
+            continue;
+        }
+        let path = PathBuf::from(unescape_mount_path(pre[4]));
+        match post[0] {
+            "cgroup2" => out.push(Mount {
+                path,
+                controllers: Vec::new(),
+                v2: true,
+            }),
+            "cgroup" => {
+                let controllers = post[2]
+                    .split(',')
+                    .filter(|o| !matches!(*o, "rw" | "ro") && !o.contains('='))
+                    .filter(|o| !o.starts_with("no") && *o != "clone_children")
+                    .map(str::to_string)
+                    .collect();
+                out.push(Mount {
+                    path,
+                    controllers,
+                    v2: false,
+                });
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn unescape_mount_path(s: &str) -> String {
+    // mountinfo escapes space, tab, newline and backslash as \ooo.
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The calling process's cgroup per controller (`unified` for the v2 line), from a
+/// `/proc/self/cgroup` text.
+pub fn parse_proc_cgroup(text: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        if ctrls.is_empty() {
+            out.insert("unified".to_string(), path.to_string());
+        } else {
+            for c in ctrls.split(',') {
+                out.insert(c.to_string(), path.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// The version this host's VEs use: v1 when the memory controller is on a v1
+/// hierarchy (legacy or hybrid hosts), else v2.
+pub fn host_version(mounts: &[Mount]) -> Result<CgroupVersion> {
+    if mounts
+        .iter()
+        .any(|m| !m.v2 && m.controllers.iter().any(|c| c == "memory"))
+    {
+        return Ok(CgroupVersion::V1);
+    }
+    let v2 = mounts
+        .iter()
+        .find(|m| m.v2)
+        .ok_or_else(|| Error::Cgroups("no cgroup file system is mounted".into()))?;
+    let ctrls = fs::read_to_string(v2.path.join("cgroup.controllers")).unwrap_or_default();
+    if !ctrls.split_whitespace().any(|c| c == "memory") {
+        return Err(Error::Cgroups(format!(
+            "the memory controller is not available (not in {}/cgroup.controllers, not mounted as v1)",
+            v2.path.display()
+        )));
+    }
+    Ok(CgroupVersion::V2)
+}
+
+/// Resolves a `./`-relative parent against the caller's own cgroups, for storing
+/// in the host settings. Other parents are kept as given.
+pub fn resolve_parent(settings: &CgroupSettings) -> Result<CgroupSettings> {
+    let mut out = CgroupSettings {
+        parent: settings.parent.clone(),
+        resolved: BTreeMap::new(),
+    };
+    validate_parent(&settings.parent)?;
+    if let Some(rel) = settings.parent.strip_prefix("./") {
+        let own = read_file("/proc/self/cgroup")?;
+        for (ctrl, path) in parse_proc_cgroup(&own) {
+            let joined = Path::new(&path).join(rel);
+            out.resolved
+                .insert(ctrl, joined.to_string_lossy().into_owned());
+        }
+    }
+    Ok(out)
+}
+
+fn validate_parent(p: &str) -> Result<()> {
+    let rel = p.strip_prefix("./").unwrap_or(p).trim_start_matches('/');
+    let ok = !rel.is_empty()
+        && rel.split('/').all(|c| {
+            !c.is_empty() && c != "." && c != ".." && c.bytes().all(|b| b.is_ascii_graphic())
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Host(format!(
+            "invalid cgroup parent {p:?}: expected a path like vectl, /machine/vectl or ./vectl"
+        )))
+    }
+}
+
+/// The parent directory for `controller` inside a hierarchy mounted at `mount`.
+fn parent_dir(settings: &CgroupSettings, controller: &str, mount: &Path) -> PathBuf {
+    let rel = match settings.resolved.get(controller) {
+        Some(r) => r.clone(),
+        None => settings.parent.trim_start_matches("./").to_string(),
+    };
+    mount.join(rel.trim_start_matches('/'))
+}
+
+/// Opens the backend for this host.
+pub fn open(settings: &CgroupSettings) -> Result<Box<dyn CgroupBackend>> {
+    let mounts = parse_mountinfo(&read_file("/proc/self/mountinfo")?);
+    match host_version(&mounts)? {
+        CgroupVersion::V1 => {
+            let own = parse_proc_cgroup(&read_file("/proc/self/cgroup")?);
+            let mut hierarchies: Vec<v1::Hierarchy> = Vec::new();
+            for (ctrl, required) in V1_CONTROLLERS {
+                let Some(m) = mounts
+                    .iter()
+                    .find(|m| !m.v2 && m.controllers.iter().any(|c| c == ctrl))
+                else {
+                    if *required {
+                        return Err(Error::Cgroups(format!(
+                            "the {ctrl} controller is not mounted"
+                        )));
+                    }
+                    continue;
+                };
+                if hierarchies.iter().any(|h| h.mount == m.path) {
+                    continue;
+                }
+                let own_path = own.get(*ctrl).map(String::as_str).unwrap_or("/");
+                hierarchies.push(v1::Hierarchy {
+                    mount: m.path.clone(),
+                    controllers: m.controllers.clone(),
+                    parent: parent_dir(settings, ctrl, &m.path),
+                    own: m.path.join(own_path.trim_start_matches('/')),
+                });
+            }
+            Ok(Box::new(V1::new(hierarchies)))
+        }
+        CgroupVersion::V2 => {
+            let m = mounts
+                .iter()
+                .find(|m| m.v2)
+                .ok_or_else(|| Error::Cgroups("no cgroup2 mount".into()))?;
+            Ok(Box::new(V2::new(
+                m.path.clone(),
+                parent_dir(settings, "unified", &m.path),
+            )))
+        }
+    }
+}
+
+fn read_file(path: &str) -> Result<String> {
+    fs::read_to_string(path).map_err(crate::error::io_err(Path::new(path)))
+}
+
+/// Writes one knob with a single write(2), as cgroupfs wants. Refusals name the VE,
+/// the knob, the value and the kernel's reason.
+pub(crate) fn write_knob(ve: &str, dir: &Path, knob: &str, value: &str) -> Result<()> {
+    let path = dir.join(knob);
+    let res = fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(value.as_bytes()));
+    res.map_err(|e| Error::Kernel {
+        ve: ve.to_string(),
+        knob: knob.to_string(),
+        value: value.to_string(),
+        reason: knob_reason(knob, &e),
+        path,
+    })
+}
+
+fn knob_reason(knob: &str, e: &io::Error) -> String {
+    match (e.raw_os_error(), knob) {
+        (Some(libc::EBUSY), k) if k.starts_with("memory.") => {
+            "the VE uses more memory than that and the kernel could not reclaim enough".into()
+        }
+        (Some(libc::ENOENT), _) => "no such knob (is the controller enabled?)".into(),
+        (Some(libc::EINVAL), _) => "invalid value".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// Reads one knob, trimmed.
+pub(crate) fn read_knob(dir: &Path, knob: &str) -> Result<String> {
+    let path = dir.join(knob);
+    fs::read_to_string(&path)
+        .map(|s| s.trim().to_string())
+        .map_err(crate::error::io_err(&path))
+}
+
+/// Reads a numeric knob; `max` and v1's "unlimited" sentinels read as `None`.
+pub(crate) fn read_limit(dir: &Path, knob: &str) -> Result<Option<u64>> {
+    let s = read_knob(dir, knob)?;
+    if s == "max" || s == "-1" {
+        return Ok(None);
+    }
+    let v: u64 = s.parse().map_err(|_| {
+        Error::Cgroups(format!(
+            "{}: unexpected value {s:?}",
+            dir.join(knob).display()
+        ))
+    })?;
+    // v1 reports "unlimited" memory as a huge page-aligned number.
+    Ok(if v >= (i64::MAX as u64) & !0xfff {
+        None
+    } else {
+        Some(v)
+    })
+}
+
+/// One knob value to write: which controller's directory, which file, what value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Knob {
+    pub controller: &'static str,
+    pub file: &'static str,
+    pub value: String,
+}
+
+/// Writes the knobs of `new` that differ from `old` (same order, same files). If the
+/// kernel refuses one, the knobs already written are put back to their `old` values
+/// and the refusal is returned: the VE's limits stay as they were.
+pub(crate) fn apply_knobs(
+    ve: &str,
+    dir_of: &dyn Fn(&str) -> Option<PathBuf>,
+    old: &[Knob],
+    new: &[Knob],
+) -> Result<()> {
+    let mut written: Vec<(PathBuf, &Knob)> = Vec::new();
+    for (o, n) in old.iter().zip(new) {
+        if o.value == n.value {
+            continue;
+        }
+        let Some(dir) = dir_of(n.controller) else {
+            rollback(ve, &written, old);
+            return Err(Error::Cgroups(format!(
+                "VE {ve}: the {} controller is not available on this host, so {} cannot be set",
+                n.controller, n.file
+            )));
+        };
+        if let Err(e) = write_knob(ve, &dir, n.file, &n.value) {
+            rollback(ve, &written, old);
+            return Err(e);
+        }
+        written.push((dir, n));
+    }
+    Ok(())
+}
+
+fn rollback(ve: &str, written: &[(PathBuf, &Knob)], old: &[Knob]) {
+    for (dir, n) in written.iter().rev() {
+        if let Some(o) = old.iter().find(|o| o.file == n.file) {
+            // Best effort: the original refusal is what the caller reports.
+            let _ = write_knob(ve, dir, o.file, &o.value);
+        }
+    }
+}
+
+/// Creates a directory; an existing one is fine.
+pub(crate) fn mkdir(dir: &Path) -> Result<()> {
+    match fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(crate::error::io_err(dir)(e)),
+    }
+}
+
+/// Removes a cgroup directory, waiting briefly while exiting tasks leave it.
+pub(crate) fn rmdir(dir: &Path) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e)
+                if e.raw_os_error() == Some(libc::EBUSY)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Err(e) => return Err(crate::error::io_err(dir)(e)),
+        }
+    }
+}
+
+/// The pids listed in a `cgroup.procs` file (missing file = none).
+pub(crate) fn read_procs(dir: &Path) -> Result<Vec<i32>> {
+    let path = dir.join("cgroup.procs");
+    match fs::read_to_string(&path) {
+        Ok(s) => Ok(s.lines().filter_map(|l| l.trim().parse().ok()).collect()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(crate::error::io_err(&path)(e)),
+    }
+}
+
+/// Pids in a cgroup and all cgroups below it.
+pub(crate) fn read_procs_tree(dir: &Path) -> Result<Vec<i32>> {
+    let mut out = read_procs(dir)?;
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(crate::error::io_err(dir)(e)),
+    };
+    for entry in rd.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(read_procs_tree(&entry.path())?);
+        }
+    }
+    Ok(out)
+}
+
+/// Removes a cgroup tree bottom-up (the VE's root may have made sub-cgroups).
+pub(crate) fn rmdir_tree(dir: &Path) -> Result<()> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(crate::error::io_err(dir)(e)),
+    };
+    for entry in rd.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            rmdir_tree(&entry.path())?;
+        }
+    }
+    rmdir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+24 1 253:0 / / rw,relatime - ext4 /dev/vda rw
+30 24 0:26 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+31 30 0:27 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+32 30 0:28 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+33 30 0:29 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+34 30 0:30 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+35 30 0:31 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+";
+
+    #[test]
+    fn mountinfo_yields_cgroup_hierarchies() {
+        let m = parse_mountinfo(HYBRID);
+        assert_eq!(m.len(), 5);
+        assert_eq!(m[0].controllers, vec!["cpu"]);
+        assert!(
+            m[2].controllers.is_empty(),
+            "named hierarchies carry no controller"
+        );
+        assert!(m[3].v2);
+        assert_eq!(m[4].controllers, vec!["cpu", "cpuacct"]);
+        assert_eq!(host_version(&m).unwrap(), CgroupVersion::V1);
+    }
+
+    #[test]
+    fn proc_cgroup_maps_controllers_to_paths() {
+        let own = parse_proc_cgroup("4:memory:/a/b\n2:cpu,cpuacct:/\n0::/u\n9:name=systemd:/\n");
+        assert_eq!(own["memory"], "/a/b");
+        assert_eq!(own["cpuacct"], "/");
+        assert_eq!(own["unified"], "/u");
+    }
+
+    #[test]
+    fn parents_resolve_per_controller() {
+        let s = CgroupSettings {
+            parent: "./t1".into(),
+            resolved: [("memory".to_string(), "/a/b/t1".to_string())].into(),
+        };
+        assert_eq!(
+            parent_dir(&s, "memory", Path::new("/sys/fs/cgroup/memory")),
+            PathBuf::from("/sys/fs/cgroup/memory/a/b/t1")
+        );
+        let s = CgroupSettings::default();
+        assert_eq!(
+            parent_dir(&s, "cpu", Path::new("/sys/fs/cgroup/cpu")),
+            PathBuf::from("/sys/fs/cgroup/cpu/vectl")
+        );
+        for bad in ["", "./", "a/../b", "/", "a//b"] {
+            assert!(validate_parent(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn escaped_mount_paths_unescape() {
+        assert_eq!(unescape_mount_path("/a\\040b"), "/a b");
+    }
+
+    #[test]
+    fn knob_refusals_name_ve_knob_and_value() {
+        let tmp = tempfile::tempdir().unwrap();
+        let e = write_knob("web1", tmp.path(), "memory.max", "1").unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("VE web1: the kernel refused memory.max = 1: no such knob"),
+            "{msg}"
+        );
+        fs::write(tmp.path().join("pids.max"), "max\n").unwrap();
+        assert_eq!(read_limit(tmp.path(), "pids.max").unwrap(), None);
+        write_knob("web1", tmp.path(), "pids.max", "64").unwrap();
+        assert_eq!(read_limit(tmp.path(), "pids.max").unwrap(), Some(64));
+        fs::write(
+            tmp.path().join("memory.limit_in_bytes"),
+            "9223372036854771712\n",
+        )
+        .unwrap();
+        assert_eq!(
+            read_limit(tmp.path(), "memory.limit_in_bytes").unwrap(),
+            None
+        );
+    }
+}

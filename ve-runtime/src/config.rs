@@ -1,0 +1,174 @@
+//! A VE's configuration file (`ves/<name>.toml`): the source of truth for what the
+//! VE is. Written atomically and durably; never partially.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result, io_err};
+use crate::fsutil::write_atomic;
+use crate::limits::Limits;
+
+/// The first id vectl hands out (ids below are reserved, as in OpenVZ).
+pub const FIRST_ID: u32 = 100;
+/// The largest id.
+pub const MAX_ID: u32 = 999_999_999;
+
+/// One VE's configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VeConfig {
+    /// Numeric id (from 100), accepted wherever a name is.
+    pub id: u32,
+    /// The VE's name.
+    pub name: String,
+    /// The pinned template version, `name@version`.
+    pub template: String,
+    /// The VE's hostname.
+    pub hostname: String,
+    /// The init command; absent = the template's /sbin/init.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<Vec<String>>,
+    /// The signal that asks init to halt; absent = chosen from the init program.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    /// When it was created (RFC 3339 UTC).
+    pub created: String,
+    /// Resource limits.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+impl VeConfig {
+    /// Reads a VE's config; `Ok(None)` if there is none.
+    pub(crate) fn load(path: &Path) -> Result<Option<VeConfig>> {
+        let text = match fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(path)(e)),
+        };
+        let cfg: VeConfig = toml::from_str(&text).map_err(|e| Error::Corrupt {
+            path: path.to_path_buf(),
+            what: "VE config",
+            reason: e.message().replace('\n', " "),
+        })?;
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+        if cfg.name != stem {
+            return Err(Error::Corrupt {
+                path: path.to_path_buf(),
+                what: "VE config",
+                reason: format!("it names VE {:?}", cfg.name),
+            });
+        }
+        Ok(Some(cfg))
+    }
+
+    /// Writes the config atomically and durably.
+    pub(crate) fn store(&self, path: &Path) -> Result<()> {
+        let text = toml::to_string(self).map_err(|e| Error::Corrupt {
+            path: path.to_path_buf(),
+            what: "VE config",
+            reason: e.to_string(),
+        })?;
+        write_atomic(path, text.as_bytes(), true)
+    }
+}
+
+/// Checks a VE name: `[a-z0-9][a-z0-9-]*`, not all digits (those are ids), at most
+/// 63 characters (it is the default hostname).
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.bytes().all(|b| b.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidName(name.to_string()))
+    }
+}
+
+/// Checks a hostname (RFC 1123 labels).
+pub fn validate_hostname(h: &str) -> Result<()> {
+    let ok = !h.is_empty()
+        && h.len() <= 64
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Host(format!(
+            "invalid hostname {h:?}: use letters, digits, '-' and '.', at most 64 characters"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::{Amount, Percent, Size};
+
+    #[test]
+    fn names() {
+        for good in ["web1", "a", "web-1", "1web", &"x".repeat(63)] {
+            validate_name(good).unwrap();
+        }
+        for bad in [
+            "",
+            "-a",
+            "Web",
+            "web_1",
+            "web.1",
+            "123",
+            &"x".repeat(64),
+            "a b",
+            "é",
+        ] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+        validate_hostname("web1.example.com").unwrap();
+        assert!(validate_hostname("bad_host").is_err());
+    }
+
+    #[test]
+    fn configs_round_trip_and_corruption_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("web1.toml");
+        let cfg = VeConfig {
+            id: 101,
+            name: "web1".into(),
+            template: "bb@1".into(),
+            hostname: "web1".into(),
+            init: Some(vec!["/bin/sh".into()]),
+            stop_signal: None,
+            created: "2026-11-26T00:00:00Z".into(),
+            limits: Limits {
+                ram: Some(Amount::Bytes(Size(256 << 20))),
+                cpu_limit: Some(Percent(50.0)),
+                pids: Some(200),
+            },
+        };
+        cfg.store(&p).unwrap();
+        let text = fs::read_to_string(&p).unwrap();
+        assert!(
+            text.contains("ram = \"256M\"") && text.contains("cpu_limit = \"50%\""),
+            "{text}"
+        );
+        assert_eq!(VeConfig::load(&p).unwrap(), Some(cfg));
+        assert_eq!(VeConfig::load(&tmp.path().join("none.toml")).unwrap(), None);
+        fs::write(&p, "id = 101\nname = [").unwrap();
+        let e = VeConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("web1.toml: corrupt VE config"), "{e}");
+        assert!(!e.contains('\n'));
+    }
+}

@@ -1,0 +1,112 @@
+//! The one error type of ve-runtime. Every message is one line that names the VE,
+//! file or knob it concerns and says why.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Errors from VE operations.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O error on a path.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// A VE name that vectl does not accept.
+    #[error(
+        "invalid VE name {0:?}: use lower-case letters, digits and '-', starting with a letter or digit, not all digits, at most 63 characters"
+    )]
+    InvalidName(String),
+    /// No VE of that name or id.
+    #[error("VE {0}: no such VE (see `vectl list`)")]
+    NoSuchVe(String),
+    /// A VE of that name already exists.
+    #[error("VE {ve}: already exists (id {id})")]
+    VeExists { ve: String, id: u32 },
+    /// The requested numeric id is in use or out of range.
+    #[error("VE id {id}: {reason}")]
+    BadId { id: u32, reason: String },
+    /// The VE is running and the operation needs it stopped.
+    #[error("VE {ve}: running (pid {pid}){hint}")]
+    Running {
+        ve: String,
+        pid: i32,
+        hint: &'static str,
+    },
+    /// The VE is stopped and the operation needs it running.
+    #[error("VE {0}: not running (start it with `vectl start {0}`)")]
+    NotRunning(String),
+    /// A limit that is out of range for this host.
+    #[error("VE {ve}: {reason}")]
+    BadLimit { ve: String, reason: String },
+    /// A configuration or state file that cannot be parsed.
+    #[error("{path}: corrupt {what}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        what: &'static str,
+        reason: String,
+    },
+    /// The kernel refused a cgroup write.
+    #[error("VE {ve}: the kernel refused {knob} = {value}: {reason} ({path})")]
+    Kernel {
+        ve: String,
+        knob: String,
+        value: String,
+        reason: String,
+        path: PathBuf,
+    },
+    /// cgroups are missing or unusable on this host.
+    #[error("cgroups: {0}")]
+    Cgroups(String),
+    /// Starting the VE failed at a given step.
+    #[error("VE {ve}: start failed: {reason}")]
+    Start { ve: String, reason: String },
+    /// Stopping or cleaning up the VE failed.
+    #[error("VE {ve}: stop failed: {reason}")]
+    Stop { ve: String, reason: String },
+    /// Running a command in the VE failed before the command ran.
+    #[error("VE {ve}: exec failed: {reason}")]
+    Exec { ve: String, reason: String },
+    /// A system call failed.
+    #[error("{what}: {source}")]
+    Sys {
+        what: String,
+        #[source]
+        source: nix::Error,
+    },
+    /// The host settings ask for something this host cannot do.
+    #[error("{0}")]
+    Host(String),
+    /// Template store errors.
+    #[error(transparent)]
+    Template(#[from] ve_templates::Error),
+    /// Storage pool errors.
+    #[error(transparent)]
+    Storage(#[from] quota::Error),
+    /// Network errors for a VE.
+    #[error("VE {ve}: network: {source}")]
+    Network {
+        ve: String,
+        #[source]
+        source: netns::Error,
+    },
+}
+
+/// Result alias for ve-runtime.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Maps an `io::Error` to [`Error::Io`] for `path`.
+pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Maps a `nix::Error` to [`Error::Sys`] describing the call.
+pub(crate) fn sys_err(what: impl Into<String>) -> impl FnOnce(nix::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Sys { what, source }
+}

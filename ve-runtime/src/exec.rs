@@ -1,0 +1,518 @@
+//! Running a command inside a running VE (`vectl exec`, `vectl enter`).
+//!
+//! Three processes are involved. vectl clones a helper into the VE's cgroup; the
+//! helper drops the capabilities a VE may not have, joins all of the init's
+//! namespaces through its pidfd, and clones the command process with CLONE_PARENT,
+//! so the command is born inside the VE's PID namespace as vectl's own child. The
+//! helper never appears in the VE (it stays in the host's PID namespace), and the
+//! command has the VE's restrictions before anything in the VE can see it.
+//!
+//! With a terminal (`-t`, `enter`) the pty is allocated inside the VE's own devpts
+//! (`/dev/pts/N` in the VE), vectl relays bytes between it and the user's terminal
+//! in raw mode and passes window-size changes on.
+
+use std::ffi::CString;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sched::{CloneFlags, setns};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
+use nix::sys::signalfd::SignalFd;
+use nix::sys::termios;
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use crate::cgroup::Placement;
+use crate::error::{Error, Result};
+use crate::launch::move_self;
+use crate::security;
+use crate::sys::{self, Forked};
+
+/// What to run.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOptions {
+    /// The command and its arguments; looked up in the VE's PATH.
+    pub argv: Vec<String>,
+    /// Allocate a pseudo-terminal.
+    pub tty: bool,
+    /// Extra `KEY=VALUE` environment variables.
+    pub env: Vec<String>,
+    /// Working directory inside the VE (default: /root if it exists, else /).
+    pub workdir: Option<String>,
+    /// argv[0] to pass instead of the command path (`-sh` for a login shell).
+    pub arg0: Option<String>,
+}
+
+const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+fn cstring(s: &str) -> Result<CString> {
+    CString::new(s).map_err(|_| Error::Host(format!("{s:?}: contains a NUL byte")))
+}
+
+/// Runs `opts` in the VE whose init is `init_pidfd`; returns the command's exit
+/// status (128 + signal number when it was killed).
+pub(crate) fn run(
+    ve: &str,
+    init_pid: i32,
+    init_pidfd: OwnedFd,
+    placement: Placement,
+    opts: &ExecOptions,
+) -> Result<i32> {
+    let fail = |reason: String| Error::Exec {
+        ve: ve.to_string(),
+        reason,
+    };
+    if opts.argv.is_empty() {
+        return Err(fail("no command given".into()));
+    }
+    let mut env = vec![
+        format!("PATH={PATH}"),
+        "HOME=/root".into(),
+        "container=vectl".into(),
+    ];
+    if opts.tty {
+        env.push(format!(
+            "TERM={}",
+            std::env::var("TERM").unwrap_or_else(|_| "xterm".into())
+        ));
+    }
+    for kv in &opts.env {
+        if !kv.contains('=') || kv.starts_with('=') {
+            return Err(fail(format!("--env {kv:?}: expected KEY=VALUE")));
+        }
+        env.push(kv.clone());
+    }
+    let env: Vec<CString> = env.iter().map(|s| cstring(s)).collect::<Result<_>>()?;
+    let mut argv: Vec<CString> = opts
+        .argv
+        .iter()
+        .map(|s| cstring(s))
+        .collect::<Result<_>>()?;
+    let command = argv[0].clone();
+    if let Some(a0) = &opts.arg0 {
+        argv[0] = cstring(a0)?;
+    }
+    let workdir = opts.workdir.as_deref().map(cstring).transpose()?;
+    let prog = security::seccomp_program().map_err(&fail)?;
+
+    let pty = if opts.tty {
+        Some(open_pty(init_pid).map_err(|e| fail(format!("allocate a terminal in the VE: {e}")))?)
+    } else {
+        None
+    };
+    let (sync_r, sync_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| fail(format!("pipe: {e}")))?;
+
+    // Signals vectl relays to the command arrive on a signalfd; the children unblock
+    // them before exec.
+    let mut relayed = SigSet::empty();
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGWINCH,
+    ] {
+        relayed.add(s);
+    }
+    let mut old_mask = SigSet::empty();
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&relayed), Some(&mut old_mask))
+        .map_err(|e| fail(format!("sigprocmask: {e}")))?;
+    let sfd = SignalFd::new(&relayed).map_err(|e| fail(format!("signalfd: {e}")))?;
+
+    let (cgroup_fd, join) = match placement {
+        Placement::CloneInto(fd) => (Some(fd), Vec::new()),
+        Placement::Tasks { join, .. } => (None, join),
+    };
+    let helper = sys::clone3(0, cgroup_fd.as_ref().map(|f| f.as_fd()))
+        .map_err(|e| fail(format!("clone3: {e}")))?;
+    let helper_pid = match helper {
+        Forked::Child => {
+            drop(sync_r);
+            let h = Helper {
+                join: &join,
+                init_pidfd: init_pidfd.as_fd(),
+                pty_slave: pty.as_ref().map(|p| p.1.as_fd()),
+                command: &command,
+                argv: &argv,
+                env: &env,
+                workdir: workdir.as_deref(),
+                prog: &prog,
+            };
+            h.run(sync_w)
+        }
+        Forked::Parent { pid, .. } => pid,
+    };
+    drop(sync_w);
+    let (pty_master, pty_slave) = match pty {
+        Some((m, s)) => (Some(m), Some(s)),
+        None => (None, None),
+    };
+    drop(pty_slave);
+
+    let helper_status = waitpid(Pid::from_raw(helper_pid), None);
+    let mut report = String::new();
+    let _ = fs::File::from(sync_r).read_to_string(&mut report);
+    let mut command_pid = None;
+    let mut error = None;
+    for line in report.lines() {
+        if let Some(p) = line.strip_prefix("pid ") {
+            command_pid = p.trim().parse::<i32>().ok();
+        } else if let Some(e) = line.strip_prefix("err ") {
+            error = Some(e.to_string());
+        }
+    }
+    let restore_mask = || {
+        let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
+    };
+    if let Some(e) = error {
+        if let Some(pid) = command_pid {
+            let _ = waitpid(Pid::from_raw(pid), None);
+        }
+        restore_mask();
+        return Err(fail(e));
+    }
+    let Some(command_pid) = command_pid else {
+        restore_mask();
+        return Err(fail(format!(
+            "the helper process ended without starting the command ({helper_status:?})"
+        )));
+    };
+    let pidfd = sys::pidfd_open(command_pid).map_err(|e| fail(format!("pidfd_open: {e}")))?;
+    let relay = Relay {
+        master: pty_master,
+        sfd,
+        command: pidfd,
+        command_pid,
+    };
+    let status = relay.run();
+    restore_mask();
+    status.map_err(fail)
+}
+
+/// Opens a new pty in the VE's devpts (through the init's root) and its peer.
+fn open_pty(init_pid: i32) -> std::result::Result<(OwnedFd, OwnedFd), String> {
+    let ptmx = format!("/proc/{init_pid}/root/dev/pts/ptmx");
+    let master: OwnedFd = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(&ptmx)
+        .map_err(|e| format!("{ptmx}: {e}"))?
+        .into();
+    let slave = sys::pty_peer(master.as_fd()).map_err(|e| format!("open the pty's peer: {e}"))?;
+    if let Some(ws) = sys::get_winsize(std::io::stdin().as_fd()) {
+        sys::set_winsize(master.as_fd(), &ws);
+    }
+    Ok((master, slave))
+}
+
+use std::os::unix::fs::OpenOptionsExt;
+
+struct Helper<'a> {
+    join: &'a [std::path::PathBuf],
+    init_pidfd: BorrowedFd<'a>,
+    pty_slave: Option<BorrowedFd<'a>>,
+    command: &'a CString,
+    argv: &'a [CString],
+    env: &'a [CString],
+    workdir: Option<&'a std::ffi::CStr>,
+    prog: &'a seccompiler::BpfProgram,
+}
+
+impl Helper<'_> {
+    /// The helper: joins the VE and clones the command. Never returns.
+    fn run(&self, sync: OwnedFd) -> ! {
+        let mut sync = fs::File::from(sync);
+        let mut report = |line: String| {
+            let _ = sync.write_all(line.as_bytes());
+        };
+        if let Err(e) = self.enter() {
+            report(format!("err {e}\n"));
+            sys::exit_now(1);
+        }
+        match sys::clone3(libc::CLONE_PARENT as u64, None) {
+            Ok(Forked::Child) => {
+                let e = self.exec();
+                report(format!("err {e}\n"));
+                sys::exit_now(127);
+            }
+            Ok(Forked::Parent { pid, .. }) => {
+                report(format!("pid {pid}\n"));
+                sys::exit_now(0);
+            }
+            Err(e) => {
+                report(format!("err clone3: {e}\n"));
+                sys::exit_now(1);
+            }
+        }
+    }
+
+    fn enter(&self) -> std::result::Result<(), String> {
+        move_self(self.join).map_err(|e| format!("join the VE's cgroup: {e}"))?;
+        security::drop_capabilities()?;
+        let all = CloneFlags::CLONE_NEWCGROUP
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWNET
+            | CloneFlags::CLONE_NEWPID
+            | CloneFlags::CLONE_NEWNS;
+        setns(self.init_pidfd, all).map_err(|e| format!("join the VE's namespaces: {e}"))
+    }
+
+    /// The command process, inside the VE: terminal, directory, restrictions, exec.
+    fn exec(&self) -> String {
+        if let Err(e) = nix::unistd::setsid() {
+            return format!("setsid: {e}");
+        }
+        if let Some(slave) = self.pty_slave {
+            if let Err(e) = sys::set_controlling_tty(slave) {
+                return format!("set the controlling terminal: {e}");
+            }
+            for r in [
+                nix::unistd::dup2_stdin(slave),
+                nix::unistd::dup2_stdout(slave),
+                nix::unistd::dup2_stderr(slave),
+            ] {
+                if let Err(e) = r {
+                    return format!("attach the terminal: {e}");
+                }
+            }
+        }
+        let dir = match self.workdir {
+            Some(d) => d.to_owned(),
+            None if std::path::Path::new("/root").is_dir() => c"/root".to_owned(),
+            None => c"/".to_owned(),
+        };
+        if let Err(e) = nix::unistd::chdir(dir.as_c_str()) {
+            return format!("chdir {}: {e}", dir.to_string_lossy());
+        }
+        sys::reset_signals();
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+        if let Err(e) = security::install_seccomp(self.prog) {
+            return e;
+        }
+        exec_path(self.command, self.argv, self.env)
+    }
+}
+
+/// execve with a PATH search (in the VE's file system, with the VE's PATH).
+fn exec_path(command: &CString, argv: &[CString], env: &[CString]) -> String {
+    let name = command.as_bytes();
+    let shown = command.to_string_lossy();
+    if name.contains(&b'/') {
+        let e = match nix::unistd::execve(command, argv, env) {
+            Ok(never) => match never {},
+            Err(e) => e,
+        };
+        return exec_error(&shown, e);
+    }
+    let mut denied = false;
+    for dir in PATH.split(':') {
+        let mut full = dir.as_bytes().to_vec();
+        full.push(b'/');
+        full.extend_from_slice(name);
+        let Ok(full) = CString::new(full) else {
+            continue;
+        };
+        match nix::unistd::execve(&full, argv, env) {
+            Ok(never) => match never {},
+            Err(nix::Error::ENOENT | nix::Error::ENOTDIR) => {}
+            Err(nix::Error::EACCES) => denied = true,
+            Err(e) => return exec_error(&shown, e),
+        }
+    }
+    exec_error(
+        &shown,
+        if denied {
+            nix::Error::EACCES
+        } else {
+            nix::Error::ENOENT
+        },
+    )
+}
+
+fn exec_error(command: &str, e: nix::Error) -> String {
+    match e {
+        nix::Error::ENOENT => format!("{command}: command not found in the VE"),
+        nix::Error::EACCES => format!("{command}: permission denied"),
+        e => format!("{command}: {e}"),
+    }
+}
+
+/// vectl's side while the command runs: relays terminal bytes, signals and window
+/// size, and collects the exit status.
+struct Relay {
+    master: Option<OwnedFd>,
+    sfd: SignalFd,
+    command: OwnedFd,
+    command_pid: i32,
+}
+
+/// Puts the user's terminal in raw mode while a pty session runs.
+struct RawMode {
+    saved: Option<termios::Termios>,
+}
+
+impl RawMode {
+    fn enter() -> RawMode {
+        let stdin = std::io::stdin();
+        let saved = termios::tcgetattr(stdin.as_fd()).ok();
+        if let Some(t) = &saved {
+            let mut raw = t.clone();
+            termios::cfmakeraw(&mut raw);
+            let _ = termios::tcsetattr(stdin.as_fd(), termios::SetArg::TCSANOW, &raw);
+        }
+        RawMode { saved }
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        if let Some(t) = &self.saved {
+            let _ = termios::tcsetattr(std::io::stdin().as_fd(), termios::SetArg::TCSANOW, t);
+        }
+    }
+}
+
+impl Relay {
+    fn run(self) -> std::result::Result<i32, String> {
+        let _raw = self.master.as_ref().map(|_| RawMode::enter());
+        let stdin = std::io::stdin();
+        let mut stdin_open = self.master.is_some();
+        let mut buf = vec![0u8; 16384];
+        loop {
+            let mut fds = vec![
+                PollFd::new(self.command.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.sfd.as_fd(), PollFlags::POLLIN),
+            ];
+            if let Some(m) = &self.master {
+                fds.push(PollFd::new(m.as_fd(), PollFlags::POLLIN));
+                if stdin_open {
+                    fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
+                }
+            }
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::Error::EINTR) => continue,
+                Err(e) => return Err(format!("poll: {e}")),
+            }
+            let ready = |i: usize| {
+                fds.get(i)
+                    .and_then(|f| f.revents())
+                    .is_some_and(|r| !r.is_empty())
+            };
+            let (exited, signalled, master_ready, stdin_ready) =
+                (ready(0), ready(1), ready(2), ready(3));
+            drop(fds);
+            if signalled {
+                self.relay_signal();
+            }
+            if master_ready && !self.copy_from_master(&mut buf) && !exited {
+                // The terminal closed while the command lives on (it detached).
+                // Keep waiting for it without a terminal.
+                return self.wait_without_terminal();
+            }
+            if stdin_ready {
+                stdin_open = self.copy_to_master(&mut buf);
+            }
+            if exited {
+                if self.master.is_some() {
+                    while self.copy_from_master(&mut buf) {}
+                }
+                return self.status();
+            }
+        }
+    }
+
+    fn wait_without_terminal(&self) -> std::result::Result<i32, String> {
+        loop {
+            let mut fds = [
+                PollFd::new(self.command.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.sfd.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) | Err(nix::Error::EINTR) => {}
+                Err(e) => return Err(format!("poll: {e}")),
+            }
+            let exited = fds[0].revents().is_some_and(|r| !r.is_empty());
+            let signalled = fds[1].revents().is_some_and(|r| !r.is_empty());
+            if signalled {
+                self.relay_signal();
+            }
+            if exited {
+                return self.status();
+            }
+        }
+    }
+
+    fn relay_signal(&self) {
+        while let Ok(Some(info)) = self.sfd.read_signal() {
+            let sig = info.ssi_signo as i32;
+            if sig == libc::SIGWINCH {
+                if let (Some(m), Some(ws)) =
+                    (&self.master, sys::get_winsize(std::io::stdin().as_fd()))
+                {
+                    sys::set_winsize(m.as_fd(), &ws);
+                }
+            } else {
+                let _ = sys::pidfd_send_signal(self.command.as_fd(), sig);
+            }
+        }
+    }
+
+    /// Copies what the command wrote to our stdout; false once the pty is closed.
+    fn copy_from_master(&self, buf: &mut [u8]) -> bool {
+        let Some(m) = &self.master else {
+            return false;
+        };
+        let mut pfd = [PollFd::new(m.as_fd(), PollFlags::POLLIN)];
+        if !matches!(poll(&mut pfd, PollTimeout::ZERO), Ok(n) if n > 0) {
+            return false;
+        }
+        match nix::unistd::read(m.as_fd(), buf) {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(&buf[..n]);
+                let _ = out.flush();
+                true
+            }
+        }
+    }
+
+    /// Copies the user's input to the pty; false at end of input.
+    fn copy_to_master(&self, buf: &mut [u8]) -> bool {
+        let Some(m) = &self.master else {
+            return false;
+        };
+        match nix::unistd::read(std::io::stdin().as_fd(), buf) {
+            Ok(0) | Err(_) => false,
+            Ok(n) => write_all_fd(m.as_fd(), &buf[..n]),
+        }
+    }
+
+    fn status(&self) -> std::result::Result<i32, String> {
+        loop {
+            match waitpid(Pid::from_raw(self.command_pid), None) {
+                Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+                Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+                Ok(_) | Err(nix::Error::EINTR) => continue,
+                Err(e) => return Err(format!("wait for the command: {e}")),
+            }
+        }
+    }
+}
+
+fn write_all_fd(fd: BorrowedFd<'_>, mut data: &[u8]) -> bool {
+    while !data.is_empty() {
+        match nix::unistd::write(fd, data) {
+            Ok(n) => data = &data[n..],
+            Err(nix::Error::EINTR | nix::Error::EAGAIN) => continue,
+            Err(_) => return false,
+        }
+    }
+    true
+}

@@ -1,0 +1,286 @@
+//! The host: its state directory (`--root`, default /var/lib/vectl), settings
+//! (`vectl.toml`), pool, template store and cgroup backend.
+//!
+//! ```text
+//! vectl.toml        host settings
+//! pool/             storage pool (templates/, ves/)
+//! ves/<name>.toml   VE configs; <name>.toml.destroying while a destroy runs
+//! ids/<id>          symlink to the VE name holding that id
+//! run/<name>.json   runtime facts of running VEs
+//! mnt/<name>/       mount point of the VE's root (inside its own mount namespace)
+//! locks/            one lock file per VE, one for the host, one per template
+//! ```
+
+use std::cell::OnceCell;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cgroup::{self, CgroupBackend, CgroupSettings};
+use crate::error::{Error, Result, io_err};
+use crate::fsutil::{Lock, write_atomic};
+use crate::limits::Capacity;
+
+/// The default state directory.
+pub const DEFAULT_ROOT: &str = "/var/lib/vectl";
+
+/// Host settings, `vectl.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSettings {
+    /// Settings format version.
+    pub version: u32,
+    /// Storage backend of the pool.
+    #[serde(default)]
+    pub backend: quota::Backend,
+    /// The pool directory; absent = `<root>/pool`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_dir: Option<PathBuf>,
+    /// Where VE cgroups go.
+    #[serde(default)]
+    pub cgroup: CgroupSettings,
+}
+
+impl Default for HostSettings {
+    fn default() -> Self {
+        HostSettings {
+            version: 1,
+            backend: quota::Backend::Dir,
+            pool_dir: None,
+            cgroup: CgroupSettings::default(),
+        }
+    }
+}
+
+/// Options of `vectl init`; `None` = default (or keep what is there).
+#[derive(Debug, Clone, Default)]
+pub struct InitOptions {
+    pub cgroup_parent: Option<String>,
+    pub backend: Option<quota::Backend>,
+    pub pool_dir: Option<PathBuf>,
+}
+
+/// An opened host state directory.
+#[derive(Debug)]
+pub struct Host {
+    root: PathBuf,
+    settings: HostSettings,
+    pool: quota::Pool,
+    templates: ve_templates::TemplateStore,
+    cgroups: OnceCell<Box<dyn CgroupBackend>>,
+    capacity: OnceCell<Capacity>,
+}
+
+impl Host {
+    /// Opens the state directory, initialising it with defaults on first use.
+    pub fn open(root: &Path) -> Result<Host> {
+        if root.join("vectl.toml").is_file() {
+            return Host::load(root);
+        }
+        Ok(Host::init(root, &InitOptions::default())?.0)
+    }
+
+    /// Creates the state directory and settings if needed (idempotent). Returns the
+    /// host and whether anything was created. Options that contradict existing
+    /// settings are refused.
+    pub fn init(root: &Path, opts: &InitOptions) -> Result<(Host, bool)> {
+        check_root_path(root)?;
+        fs::create_dir_all(root).map_err(io_err(root))?;
+        fs::create_dir_all(root.join("locks")).map_err(io_err(root))?;
+        let _lock = Lock::acquire(&root.join("locks/host.lock"))?;
+        let settings_path = root.join("vectl.toml");
+        let existing = load_settings(&settings_path)?;
+        let created = existing.is_none();
+        let settings = match existing {
+            Some(s) => {
+                check_init_matches(&s, opts, &settings_path)?;
+                s
+            }
+            None => {
+                let mut s = HostSettings::default();
+                if let Some(b) = opts.backend {
+                    s.backend = b;
+                }
+                if let Some(p) = &opts.pool_dir {
+                    check_root_path(p)?;
+                    s.pool_dir = Some(p.clone());
+                }
+                if let Some(parent) = &opts.cgroup_parent {
+                    s.cgroup = cgroup::resolve_parent(&CgroupSettings {
+                        parent: parent.clone(),
+                        resolved: Default::default(),
+                    })?;
+                }
+                s
+            }
+        };
+        for sub in ["ves", "ids", "run", "mnt"] {
+            let p = root.join(sub);
+            fs::create_dir_all(&p).map_err(io_err(&p))?;
+        }
+        let pool_dir = settings
+            .pool_dir
+            .clone()
+            .unwrap_or_else(|| root.join("pool"));
+        quota::Pool::init(&pool_dir, settings.backend)?;
+        if created {
+            let text = toml::to_string(&settings).map_err(|e| Error::Host(e.to_string()))?;
+            write_atomic(&settings_path, text.as_bytes(), true)?;
+        }
+        let host = Host::load(root)?;
+        host.cgroups()?.prepare_parent()?;
+        Ok((host, created))
+    }
+
+    fn load(root: &Path) -> Result<Host> {
+        check_root_path(root)?;
+        let settings_path = root.join("vectl.toml");
+        let settings = load_settings(&settings_path)?.ok_or_else(|| {
+            Error::Host(format!(
+                "{}: missing (run `vectl init`)",
+                settings_path.display()
+            ))
+        })?;
+        let pool_dir = settings
+            .pool_dir
+            .clone()
+            .unwrap_or_else(|| root.join("pool"));
+        let pool = quota::Pool::open(&pool_dir, settings.backend)?;
+        let templates =
+            ve_templates::TemplateStore::new(&pool.templates_dir(), &root.join("locks"));
+        Ok(Host {
+            root: root.to_path_buf(),
+            settings,
+            pool,
+            templates,
+            cgroups: OnceCell::new(),
+            capacity: OnceCell::new(),
+        })
+    }
+
+    /// The state directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// Host settings.
+    pub fn settings(&self) -> &HostSettings {
+        &self.settings
+    }
+    /// The storage pool.
+    pub fn pool(&self) -> &quota::Pool {
+        &self.pool
+    }
+    /// The template store.
+    pub fn templates(&self) -> &ve_templates::TemplateStore {
+        &self.templates
+    }
+
+    /// The cgroup backend (opened on first use).
+    pub fn cgroups(&self) -> Result<&dyn CgroupBackend> {
+        if let Some(c) = self.cgroups.get() {
+            return Ok(c.as_ref());
+        }
+        let c = cgroup::open(&self.settings.cgroup)?;
+        Ok(self.cgroups.get_or_init(|| c).as_ref())
+    }
+
+    /// What the host has: online CPUs and RAM.
+    pub fn capacity(&self) -> Capacity {
+        *self.capacity.get_or_init(read_capacity)
+    }
+
+    pub(crate) fn config_path(&self, ve: &str) -> PathBuf {
+        self.root.join("ves").join(format!("{ve}.toml"))
+    }
+    pub(crate) fn tombstone_path(&self, ve: &str) -> PathBuf {
+        self.root.join("ves").join(format!("{ve}.toml.destroying"))
+    }
+    pub(crate) fn run_path(&self, ve: &str) -> PathBuf {
+        self.root.join("run").join(format!("{ve}.json"))
+    }
+    pub(crate) fn mount_dir(&self, ve: &str) -> PathBuf {
+        self.root.join("mnt").join(ve)
+    }
+    pub(crate) fn id_link(&self, id: u32) -> PathBuf {
+        self.root.join("ids").join(id.to_string())
+    }
+    pub(crate) fn lock_ve(&self, ve: &str) -> Result<Lock> {
+        Lock::acquire(&self.root.join("locks").join(format!("ve-{ve}.lock")))
+    }
+    pub(crate) fn lock_host(&self) -> Result<Lock> {
+        Lock::acquire(&self.root.join("locks/host.lock"))
+    }
+}
+
+fn load_settings(path: &Path) -> Result<Option<HostSettings>> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    toml::from_str(&text).map(Some).map_err(|e| Error::Corrupt {
+        path: path.to_path_buf(),
+        what: "host settings",
+        reason: e.message().replace('\n', " "),
+    })
+}
+
+fn check_init_matches(s: &HostSettings, opts: &InitOptions, path: &Path) -> Result<()> {
+    let differs = |what: &str, have: String| {
+        Err(Error::Host(format!(
+            "{}: already initialised with {what} {have}; remove the state directory to change it",
+            path.display()
+        )))
+    };
+    if let Some(p) = &opts.cgroup_parent
+        && *p != s.cgroup.parent
+    {
+        return differs("cgroup parent", s.cgroup.parent.clone());
+    }
+    if let Some(b) = opts.backend
+        && b != s.backend
+    {
+        return differs("backend", s.backend.to_string());
+    }
+    if let Some(d) = &opts.pool_dir
+        && Some(d) != s.pool_dir.as_ref()
+    {
+        return differs("pool directory", format!("{:?}", s.pool_dir));
+    }
+    Ok(())
+}
+
+/// Paths end up in overlayfs mount options, where ',', ':' and '\' are separators.
+fn check_root_path(p: &Path) -> Result<()> {
+    let s = p.to_string_lossy();
+    if !p.is_absolute() {
+        return Err(Error::Host(format!(
+            "{s}: the state directory must be an absolute path"
+        )));
+    }
+    if s.contains([',', ':', '\\']) || s.chars().any(char::is_whitespace) {
+        return Err(Error::Host(format!(
+            "{s}: the state directory may not contain ',', ':', '\\' or white space (overlayfs cannot take such paths)"
+        )));
+    }
+    Ok(())
+}
+
+fn read_capacity() -> Capacity {
+    let cpus = nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN)
+        .ok()
+        .flatten()
+        .unwrap_or(1)
+        .max(1) as u32;
+    let ram_bytes = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024);
+    Capacity { cpus, ram_bytes }
+}

@@ -1,0 +1,404 @@
+//! Starting a VE's init: one clone3 into new mount, PID, UTS, IPC, network and
+//! cgroup namespaces (and into the VE's cgroup), then, in the child: the overlay
+//! root, /proc, read-only /sys, a minimal /dev, the hostname, pivot_root, the
+//! capability and seccomp restrictions, and exec of init.
+//!
+//! Parent and child talk over two pipes. The child does all of its setup at once
+//! and then waits on `go`; the parent wires what must be wired from outside (the
+//! network, the runtime state file) and writes `go`. The child reports a failure as
+//! a message on `err`; a successful exec closes `err` (close-on-exec), which is how
+//! the parent learns the VE is up. If the parent dies before `go`, the child reads
+//! end-of-file and exits, so a killed `vectl start` never leaves a half-made VE.
+
+use std::ffi::{CString, OsStr};
+use std::fs;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sys::stat::{Mode, SFlag, makedev, mknod, umask};
+use nix::unistd::{chdir, execve, pivot_root, sethostname, setsid};
+
+use crate::cgroup::Placement;
+use crate::error::{Error, Result};
+use crate::security;
+use crate::sys::{self, Forked};
+
+/// Everything the child needs, prepared by the parent before clone.
+#[derive(Debug)]
+pub(crate) struct Spec {
+    pub ve: String,
+    pub lower: PathBuf,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    pub mountpoint: PathBuf,
+    pub hostname: String,
+    pub init: Vec<String>,
+}
+
+/// A started init.
+#[derive(Debug)]
+pub(crate) struct Started {
+    pub pid: i32,
+    pub pidfd: OwnedFd,
+}
+
+const NS_FLAGS: u64 = (libc::CLONE_NEWNS
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWNET
+    | libc::CLONE_NEWCGROUP) as u64;
+
+/// The environment a VE's init starts with.
+pub(crate) const INIT_ENV: &[&str] = &[
+    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "TERM=linux",
+    "container=vectl",
+];
+
+fn cstr(s: impl AsRef<OsStr>) -> Result<CString> {
+    CString::new(s.as_ref().as_bytes())
+        .map_err(|_| Error::Host("a path or argument contains a NUL byte".into()))
+}
+
+/// Starts the VE's init. `wire` runs in the parent once the child exists and
+/// before it may exec (network setup, state file); if it fails, the child is
+/// killed and the error returned.
+pub(crate) fn start(
+    spec: &Spec,
+    placement: Placement,
+    wire: &mut dyn FnMut(&Started) -> Result<()>,
+) -> Result<Started> {
+    let fail = |reason: String| Error::Start {
+        ve: spec.ve.clone(),
+        reason,
+    };
+    let prog = security::seccomp_program().map_err(fail)?;
+    let overlay_opts = cstr(format!(
+        "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off",
+        spec.lower.display(),
+        spec.upper.display(),
+        spec.work.display()
+    ))?;
+    let argv: Vec<CString> = spec.init.iter().map(cstr).collect::<Result<_>>()?;
+    if argv.is_empty() {
+        return Err(fail("the init command is empty".into()));
+    }
+    let env: Vec<CString> = INIT_ENV.iter().map(cstr).collect::<Result<_>>()?;
+    debug_assert!(
+        sys::single_threaded(),
+        "clone3 needs a single-threaded vectl"
+    );
+
+    let (go_r, go_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| fail(format!("pipe: {e}")))?;
+    let (err_r, err_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| fail(format!("pipe: {e}")))?;
+
+    let (cgroup_fd, back) = match placement {
+        Placement::CloneInto(fd) => (Some(fd), Vec::new()),
+        Placement::Tasks { join, back } => {
+            move_self(&join).map_err(|e| fail(format!("join the VE's cgroup: {e}")))?;
+            (None, back)
+        }
+    };
+    let forked = sys::clone3(NS_FLAGS, cgroup_fd.as_ref().map(|f| f.as_fd()));
+    let forked = match forked {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = move_self(&back);
+            return Err(fail(format!("clone3: {e}")));
+        }
+    };
+    let (pid, pidfd) = match forked {
+        Forked::Child => {
+            drop(go_w);
+            drop(err_r);
+            let child = ChildSetup {
+                spec,
+                overlay_opts: &overlay_opts,
+                argv: &argv,
+                env: &env,
+                prog: &prog,
+            };
+            let msg = match child.run(go_r) {
+                Ok(never) => match never {},
+                Err(msg) => msg,
+            };
+            let mut w = fs::File::from(err_w);
+            let _ = w.write_all(msg.as_bytes());
+            sys::exit_now(1);
+        }
+        Forked::Parent { pid, pidfd } => (pid, pidfd),
+    };
+    drop(go_r);
+    drop(err_w);
+    let started = Started { pid, pidfd };
+    let mut err_r = Some(fs::File::from(err_r));
+    // Kills the child and reports why: its own message if it wrote one (it failed
+    // first), else the parent's error.
+    let mut abort = |e: Error| {
+        let _ = sys::pidfd_send_signal(started.pidfd.as_fd(), libc::SIGKILL);
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(started.pid), None);
+        let mut msg = String::new();
+        if let Some(mut r) = err_r.take() {
+            let _ = r.read_to_string(&mut msg);
+        }
+        if msg.is_empty() { e } else { fail(msg) }
+    };
+    if let Err(e) = move_self(&back) {
+        return Err(abort(fail(format!("leave the VE's cgroup: {e}"))));
+    }
+    crate::failpoint::hit("start-after-clone");
+    if let Err(e) = wire(&started) {
+        return Err(abort(e));
+    }
+    crate::failpoint::hit("start-before-go");
+    let mut go = fs::File::from(go_w);
+    if let Err(e) = go.write_all(b"g") {
+        return Err(abort(fail(format!("release init: {e}"))));
+    }
+    drop(go);
+    let mut msg = String::new();
+    if let Some(mut r) = err_r.take() {
+        let _ = r.read_to_string(&mut msg);
+    }
+    if !msg.is_empty() {
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(started.pid), None);
+        return Err(fail(msg));
+    }
+    Ok(started)
+}
+
+/// Moves the calling thread into the cgroups whose `tasks` files are given.
+pub(crate) fn move_self(tasks: &[PathBuf]) -> std::io::Result<()> {
+    for t in tasks {
+        fs::OpenOptions::new()
+            .write(true)
+            .open(t)
+            .and_then(|mut f| f.write_all(b"0"))
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", t.display())))?;
+    }
+    Ok(())
+}
+
+struct ChildSetup<'a> {
+    spec: &'a Spec,
+    overlay_opts: &'a CString,
+    argv: &'a [CString],
+    env: &'a [CString],
+    prog: &'a seccompiler::BpfProgram,
+}
+
+type Step<T = ()> = std::result::Result<T, String>;
+
+fn step(what: impl FnOnce() -> String) -> impl FnOnce(nix::Error) -> String {
+    move |e| format!("{}: {e}", what())
+}
+
+impl ChildSetup<'_> {
+    /// Runs in the child: sets up the VE's root and execs init. Returns only on
+    /// failure, with the message for the parent.
+    fn run(&self, go: OwnedFd) -> Step<std::convert::Infallible> {
+        umask(Mode::empty());
+        setsid().map_err(step(|| "setsid".into()))?;
+        let root = &self.spec.mountpoint;
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .map_err(step(|| "make mounts private".into()))?;
+        mount(
+            Some("overlay"),
+            root,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(self.overlay_opts.as_c_str()),
+        )
+        .map_err(step(|| {
+            format!("mount the overlay root at {}", root.display())
+        }))?;
+        self.mount_proc(root)?;
+        ensure_dir(&root.join("sys"), 0o555)?;
+        mount(
+            Some("sysfs"),
+            &root.join("sys"),
+            Some("sysfs"),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )
+        .map_err(step(|| "mount /sys".into()))?;
+        self.mount_dev(root)?;
+        sethostname(&self.spec.hostname).map_err(step(|| "set the hostname".into()))?;
+        chdir(root).map_err(step(|| format!("chdir {}", root.display())))?;
+        pivot_root(".", ".").map_err(step(|| "pivot_root".into()))?;
+        umount2(".", MntFlags::MNT_DETACH).map_err(step(|| "detach the host's root".into()))?;
+        chdir("/").map_err(step(|| "chdir /".into()))?;
+
+        let null = nix::fcntl::open("/dev/null", nix::fcntl::OFlag::O_RDWR, Mode::empty())
+            .map_err(step(|| "open /dev/null".into()))?;
+        nix::unistd::dup2_stdin(&null).map_err(step(|| "redirect stdin".into()))?;
+        nix::unistd::dup2_stdout(&null).map_err(step(|| "redirect stdout".into()))?;
+        nix::unistd::dup2_stderr(&null).map_err(step(|| "redirect stderr".into()))?;
+        drop(null);
+        sys::cloexec_from(3).map_err(step(|| "close inherited descriptors".into()))?;
+
+        // Wait for the parent: network wired, state recorded.
+        let mut byte = [0u8; 1];
+        let mut go = fs::File::from(go);
+        match go.read(&mut byte) {
+            Ok(1) => {}
+            // The parent is gone: nobody will ever track this VE. Leave quietly.
+            _ => sys::exit_now(0),
+        }
+        drop(go);
+
+        security::drop_capabilities()?;
+        sys::reset_signals();
+        umask(Mode::from_bits_truncate(0o022));
+        security::install_seccomp(self.prog)?;
+        let e = match execve(&self.argv[0], self.argv, self.env) {
+            Ok(never) => match never {},
+            Err(e) => e,
+        };
+        let init = self.argv[0].to_string_lossy();
+        Err(match e {
+            nix::Error::ENOENT => format!(
+                "init {init}: not found in the VE (give `--init CMD` or use a template with {init})"
+            ),
+            nix::Error::EACCES => format!("init {init}: not executable"),
+            e => format!("exec init {init}: {e}"),
+        })
+    }
+
+    fn mount_proc(&self, root: &Path) -> Step {
+        let proc_dir = root.join("proc");
+        ensure_dir(&proc_dir, 0o555)?;
+        let hard = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        mount(Some("proc"), &proc_dir, Some("proc"), hard, None::<&str>)
+            .map_err(step(|| "mount /proc".into()))?;
+        // Kernel-wide knobs stay read-only; the VE's own network namespace's stay
+        // writable.
+        bind_self(&proc_dir.join("sys"), hard | MsFlags::MS_RDONLY)?;
+        bind_self(&proc_dir.join("sys/net"), hard)?;
+        let sysrq = proc_dir.join("sysrq-trigger");
+        if sysrq.exists() {
+            bind_self(&sysrq, hard | MsFlags::MS_RDONLY)?;
+        }
+        Ok(())
+    }
+
+    fn mount_dev(&self, root: &Path) -> Step {
+        let dev = root.join("dev");
+        ensure_dir(&dev, 0o755)?;
+        mount(
+            Some("tmpfs"),
+            &dev,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("mode=755,size=1024k,nr_inodes=4096"),
+        )
+        .map_err(step(|| "mount /dev".into()))?;
+        for (name, major, minor) in [
+            ("null", 1, 3),
+            ("zero", 1, 5),
+            ("full", 1, 7),
+            ("random", 1, 8),
+            ("urandom", 1, 9),
+            ("tty", 5, 0),
+        ] {
+            let p = dev.join(name);
+            mknod(
+                &p,
+                SFlag::S_IFCHR,
+                Mode::from_bits_truncate(0o666),
+                makedev(major, minor),
+            )
+            .map_err(step(|| format!("mknod /dev/{name}")))?;
+        }
+        // /dev/console: the host's console must stay out of reach; the VE's console
+        // output is discarded.
+        let console = dev.join("console");
+        fs::File::create(&console).map_err(|e| format!("create /dev/console: {e}"))?;
+        mount(
+            Some(&dev.join("null")),
+            &console,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(step(|| "bind /dev/console".into()))?;
+        let pts = dev.join("pts");
+        ensure_dir(&pts, 0o755)?;
+        mount(
+            Some("devpts"),
+            &pts,
+            Some("devpts"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        )
+        .map_err(step(|| "mount /dev/pts".into()))?;
+        symlink("pts/ptmx", &dev.join("ptmx"))?;
+        for (dir, fstype, opts) in [
+            ("shm", "tmpfs", Some("mode=1777,size=65536k")),
+            ("mqueue", "mqueue", None),
+        ] {
+            let p = dev.join(dir);
+            ensure_dir(&p, 0o755)?;
+            mount(
+                Some(fstype),
+                &p,
+                Some(fstype),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                opts,
+            )
+            .map_err(step(|| format!("mount /dev/{dir}")))?;
+        }
+        for (link, target) in [
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+        ] {
+            symlink(target, &dev.join(link))?;
+        }
+        Ok(())
+    }
+}
+
+fn ensure_dir(p: &Path, mode: u32) -> Step {
+    match fs::symlink_metadata(p) {
+        Ok(md) if md.is_dir() => Ok(()),
+        Ok(_) => Err(format!("{} in the VE is not a directory", p.display())),
+        Err(_) => {
+            fs::create_dir_all(p).map_err(|e| format!("create {}: {e}", p.display()))?;
+            fs::set_permissions(p, fs::Permissions::from_mode(mode))
+                .map_err(|e| format!("chmod {}: {e}", p.display()))
+        }
+    }
+}
+
+fn symlink(target: &str, link: &Path) -> Step {
+    std::os::unix::fs::symlink(target, link).map_err(|e| format!("symlink {}: {e}", link.display()))
+}
+
+/// Bind-mounts a path onto itself with `flags` (read-only and the like).
+fn bind_self(p: &Path, flags: MsFlags) -> Step {
+    mount(Some(p), p, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(step(|| format!("bind {}", p.display())))?;
+    mount(
+        None::<&str>,
+        p,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
+        None::<&str>,
+    )
+    .map_err(step(|| format!("remount {}", p.display())))
+}

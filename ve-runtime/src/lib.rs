@@ -1,0 +1,38 @@
+//! The VE model and lifecycle of vectl: VE configs and runtime state, locking,
+//! starting an init in its own namespaces, exec/enter, cgroup limits (v1 and v2
+//! behind [`CgroupBackend`]).
+//!
+//! The CLI talks to a [`Host`] (one state directory): `Host::open`, then
+//! `create`, `start`, `stop`, `set`, `exec`, `list`, `show`, `destroy`.
+
+mod cgroup;
+mod config;
+mod error;
+mod exec;
+mod failpoint;
+mod fsutil;
+mod host;
+mod launch;
+mod limits;
+mod security;
+mod state;
+mod sys;
+mod template;
+mod ve;
+
+pub use cgroup::{CgroupBackend, CgroupSettings, CgroupVersion, Usage};
+pub use config::{VeConfig, validate_name};
+pub use error::{Error, Result};
+pub use exec::ExecOptions;
+pub use host::{DEFAULT_ROOT, Host, HostSettings, InitOptions};
+pub use limits::{
+    Amount, Capacity, KernelLimits, Limits, LimitsUpdate, Percent, Setting, Size, human_bytes,
+    parse_count,
+};
+pub use security::DROPPED_CAPS;
+pub use state::RunState;
+pub use ve::{
+    CreateOptions, SetOutcome, Status, StopOptions, StopOutcome, VeDetails, VeInfo, parse_signal,
+    signal_name,
+};
+pub use ve_templates::{Progress, Source, TemplateVersion};

@@ -1,0 +1,170 @@
+//! Runtime facts of a running VE (`run/<name>.json`) and how they are checked
+//! against the kernel. The file is a hint: a VE is running only if the recorded
+//! init pid is alive *and* has the recorded start time in this boot.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result, io_err};
+use crate::fsutil::write_atomic;
+
+/// What vectl records when it starts a VE.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunState {
+    /// The VE's init, as a host pid.
+    pub pid: i32,
+    /// Its start time in clock ticks after boot (/proc/<pid>/stat field 22).
+    pub start_ticks: u64,
+    /// The boot it belongs to (/proc/sys/kernel/random/boot_id).
+    pub boot_id: String,
+    /// Wall-clock start, seconds since the epoch.
+    pub started_at: u64,
+}
+
+impl RunState {
+    /// Reads the state file; missing = not started by vectl in a way it remembers.
+    pub(crate) fn load(path: &Path) -> Result<Option<RunState>> {
+        match fs::read(path) {
+            Ok(data) => serde_json::from_slice(&data)
+                .map(Some)
+                .map_err(|e| Error::Corrupt {
+                    path: path.to_path_buf(),
+                    what: "runtime state",
+                    reason: e.to_string(),
+                }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(path)(e)),
+        }
+    }
+
+    /// Writes the state file atomically (no fsync: it means nothing after a reboot).
+    pub(crate) fn store(&self, path: &Path) -> Result<()> {
+        let data = serde_json::to_vec(self).map_err(|e| Error::Corrupt {
+            path: path.to_path_buf(),
+            what: "runtime state",
+            reason: e.to_string(),
+        })?;
+        write_atomic(path, &data, false)
+    }
+
+    /// Whether the recorded init is alive now.
+    pub fn is_alive(&self) -> bool {
+        self.boot_id == boot_id()
+            && proc_stat(self.pid).is_some_and(|s| s.start_ticks == self.start_ticks && s.alive())
+    }
+}
+
+/// The parts of /proc/<pid>/stat vectl uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    pub state: char,
+    pub start_ticks: u64,
+}
+
+impl ProcStat {
+    /// Not a zombie and not dead.
+    pub fn alive(&self) -> bool {
+        !matches!(self.state, 'Z' | 'X' | 'x')
+    }
+}
+
+/// Reads state and start time of a process; `None` if it does not exist.
+pub fn proc_stat(pid: i32) -> Option<ProcStat> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&text)
+}
+
+fn parse_stat(text: &str) -> Option<ProcStat> {
+    // The command name may contain spaces and parentheses: fields start after the
+    // last ')'. After it: state is field 3, starttime field 22 (1-based overall).
+    let rest = &text[text.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let start_ticks = fields.nth(18)?.parse().ok()?;
+    Some(ProcStat { state, start_ticks })
+}
+
+/// This boot's id.
+pub fn boot_id() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Whether an init in its own PID namespace would receive `sig` from outside. The
+/// kernel drops such signals unless the init has a handler for them (`SigCgt`),
+/// blocks them (`SigBlk`: read later from a signalfd, as systemd does) or is waiting
+/// for signals in sigtimedwait (busybox init does; its mask is hidden meanwhile).
+pub fn init_listens(pid: i32, sig: i32) -> bool {
+    if !(1..=64).contains(&sig) {
+        return false;
+    }
+    let Ok(text) = fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    let mask = |field: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    let bit = 1u64 << (sig - 1);
+    if (mask("SigCgt:") | mask("SigBlk:")) & bit != 0 {
+        return true;
+    }
+    fs::read_to_string(format!("/proc/{pid}/wchan")).is_ok_and(|w| w.contains("sigtimedwait"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines_with_odd_names_parse() {
+        let line = "4242 (we ird) name)) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0";
+        let s = parse_stat(line).unwrap();
+        assert_eq!(s.state, 'S');
+        assert_eq!(s.start_ticks, 987654);
+        assert!(s.alive());
+        assert!(
+            !ProcStat {
+                state: 'Z',
+                start_ticks: 1
+            }
+            .alive()
+        );
+    }
+
+    #[test]
+    fn our_own_process_is_alive_with_its_start_time() {
+        let me = std::process::id() as i32;
+        let s = proc_stat(me).unwrap();
+        let rs = RunState {
+            pid: me,
+            start_ticks: s.start_ticks,
+            boot_id: boot_id(),
+            started_at: 0,
+        };
+        assert!(rs.is_alive());
+        let other = RunState {
+            start_ticks: s.start_ticks + 1,
+            ..rs.clone()
+        };
+        assert!(!other.is_alive(), "a reused pid is not our VE");
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("x.json");
+        assert_eq!(RunState::load(&p).unwrap(), None);
+        rs.store(&p).unwrap();
+        assert_eq!(RunState::load(&p).unwrap(), Some(rs));
+        fs::write(&p, "{garbage").unwrap();
+        assert!(
+            RunState::load(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("corrupt runtime state")
+        );
+    }
+}

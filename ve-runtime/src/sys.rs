@@ -1,0 +1,200 @@
+//! The raw system calls vectl needs that nix does not wrap: clone3 (with pidfds and
+//! CLONE_INTO_CGROUP), pidfd_open, pidfd_send_signal, close_range. Each unsafe block
+//! is here, at the syscall boundary.
+
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+
+/// `struct clone_args` (linux/sched.h), version 2 (with `cgroup`).
+#[repr(C)]
+#[derive(Debug, Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// What clone3 returned.
+#[derive(Debug)]
+pub(crate) enum Forked {
+    /// We are the child.
+    Child,
+    /// We are the parent; the child's pid (in our namespace) and a pidfd for it.
+    Parent { pid: i32, pidfd: OwnedFd },
+}
+
+/// clone3 without a new stack (fork semantics) with `flags` (CLONE_NEW* and the
+/// like), always with CLONE_PIDFD, optionally into the cgroup `cgroup`. The child
+/// sends SIGCHLD to its parent when it exits.
+///
+/// The caller must be single-threaded: the child is a copy of this thread only and
+/// runs ordinary Rust code until it execs.
+pub(crate) fn clone3(flags: u64, cgroup: Option<BorrowedFd<'_>>) -> nix::Result<Forked> {
+    let mut pidfd: RawFd = -1;
+    let mut args = CloneArgs {
+        flags: flags | libc::CLONE_PIDFD as u64,
+        pidfd: std::ptr::addr_of_mut!(pidfd) as u64,
+        // With CLONE_PARENT the child inherits our exit signal; the kernel wants 0.
+        exit_signal: if flags & libc::CLONE_PARENT as u64 != 0 {
+            0
+        } else {
+            libc::SIGCHLD as u64
+        },
+        ..CloneArgs::default()
+    };
+    if let Some(fd) = cgroup {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = fd.as_raw_fd() as u64;
+    }
+    // SAFETY: `args` is a valid clone_args of the size passed; with stack = 0 the
+    // child runs on a copy of our stack like fork(). The kernel writes the pidfd
+    // into `pidfd`, which lives across the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            std::ptr::addr_of_mut!(args),
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match ret {
+        -1 => Err(Errno::last()),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent {
+            pid: pid as i32,
+            // SAFETY: the kernel returned a new pidfd that nothing else owns.
+            pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) },
+        }),
+    }
+}
+
+/// CLONE_INTO_CGROUP (linux/sched.h; not in every libc yet).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Opens a pidfd for `pid`.
+pub(crate) fn pidfd_open(pid: i32) -> nix::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Sends `sig` to the process behind `pidfd` (no pid-reuse race).
+pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> nix::Result<()> {
+    // SAFETY: a valid fd, a signal number, no siginfo, no flags.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if rc < 0 { Err(Errno::last()) } else { Ok(()) }
+}
+
+/// Marks every fd from `first` up close-on-exec.
+pub(crate) fn cloexec_from(first: u32) -> nix::Result<()> {
+    const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
+    // SAFETY: close_range only changes flags of our own fds.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+    if rc < 0 { Err(Errno::last()) } else { Ok(()) }
+}
+
+/// Ends the calling process at once, without running destructors or atexit
+/// handlers (which belong to the parent's copy of the process).
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit has no preconditions and does not return.
+    unsafe { libc::_exit(code) }
+}
+
+/// Resets every signal to its default action and unblocks all signals, so an
+/// exec'd program starts clean (Rust ignores SIGPIPE, for one).
+pub(crate) fn reset_signals() {
+    for sig in 1..libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: restoring the default disposition is always valid; errors for
+        // signal numbers the kernel reserves are ignored.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+    }
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    );
+}
+
+/// Whether the calling process has exactly one thread (clone3 with fork semantics
+/// is only safe then).
+pub(crate) fn single_threaded() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .map(|v| v.trim() == "1")
+        })
+        .unwrap_or(false)
+}
+
+/// Unlocks a pty master and opens its peer (the slave) without a path lookup.
+pub(crate) fn pty_peer(master: BorrowedFd<'_>) -> nix::Result<OwnedFd> {
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one int from the pointer, which is valid.
+    let rc = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) };
+    if rc < 0 {
+        return Err(Errno::last());
+    }
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: TIOCGPTPEER takes open flags by value and returns a new fd.
+    let fd = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, flags) };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The window size of a terminal, if `fd` is one.
+pub(crate) fn get_winsize(fd: BorrowedFd<'_>) -> Option<libc::winsize> {
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes a winsize into the valid pointer.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
+    (rc == 0).then_some(ws)
+}
+
+/// Sets a terminal's window size (the kernel sends SIGWINCH to its foreground).
+pub(crate) fn set_winsize(fd: BorrowedFd<'_>, ws: &libc::winsize) {
+    // SAFETY: TIOCSWINSZ reads a winsize from the valid pointer.
+    unsafe {
+        libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, ws);
+    }
+}
+
+/// Makes `fd` the controlling terminal of the calling session leader.
+pub(crate) fn set_controlling_tty(fd: BorrowedFd<'_>) -> nix::Result<()> {
+    // SAFETY: TIOCSCTTY takes an int argument by value.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSCTTY, 0) };
+    if rc < 0 { Err(Errno::last()) } else { Ok(()) }
+}

@@ -1,0 +1,793 @@
+//! The VE lifecycle: create, start, stop, destroy, set, list, show, exec.
+//!
+//! Every operation on a VE holds that VE's lock for its whole run, so commands on one
+//! VE serialize and commands on different VEs run in parallel; create and destroy
+//! also hold the host lock (names and ids). State is reconciled from the kernel each
+//! time: a VE is running only if its recorded init is alive, and whatever a dead VE
+//! or a killed vectl left behind (processes, cgroups, the state file) is cleaned up
+//! by the next command that takes the VE's lock.
+
+use std::fs;
+use std::io;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use serde::Serialize;
+
+use crate::cgroup::Usage;
+use crate::config::{FIRST_ID, MAX_ID, VeConfig, validate_hostname, validate_name};
+use crate::error::{Error, Result, io_err};
+use crate::exec::ExecOptions;
+use crate::fsutil::remove_file;
+use crate::host::Host;
+use crate::launch;
+use crate::limits::{KernelLimits, Limits, LimitsUpdate};
+use crate::state::{self, RunState};
+use crate::sys;
+
+/// What `create` needs.
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    pub name: String,
+    /// `NAME` or `NAME@VERSION`.
+    pub template: String,
+    pub limits: LimitsUpdate,
+    pub hostname: Option<String>,
+    /// The init command line (split like a shell would).
+    pub init: Option<String>,
+    pub stop_signal: Option<String>,
+    pub id: Option<u32>,
+}
+
+/// Whether a VE runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Running,
+    Stopped,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Status::Running => "running",
+            Status::Stopped => "stopped",
+        })
+    }
+}
+
+/// One VE as `list` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct VeInfo {
+    pub id: u32,
+    pub name: String,
+    pub status: Status,
+    pub template: String,
+    pub hostname: String,
+    /// The init's pid on the host, while running.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    /// Seconds since start, while running.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uptime_secs: Option<u64>,
+    pub limits: Limits,
+}
+
+/// One VE as `show` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct VeDetails {
+    #[serde(flatten)]
+    pub info: VeInfo,
+    pub created: String,
+    pub init: Vec<String>,
+    pub stop_signal: String,
+    pub config_path: PathBuf,
+    pub private_dir: PathBuf,
+    pub template_dir: PathBuf,
+    pub cgroups: Vec<PathBuf>,
+    /// Limits in the kernel's units, as checked against this host.
+    pub kernel_limits: KernelLimits,
+    /// Current use, while running.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    /// Space the private layer takes.
+    pub private_bytes: u64,
+}
+
+/// How `stop` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StopOutcome {
+    /// It was not running (leftovers, if any, were cleaned up).
+    AlreadyStopped,
+    /// Init halted within the timeout.
+    Halted,
+    /// It was killed (fast stop, timeout, or an init that ignores the signal).
+    Killed,
+}
+
+/// Options of `stop`.
+#[derive(Debug, Clone, Copy)]
+pub struct StopOptions {
+    /// How long init gets to halt before everything is killed.
+    pub timeout: Duration,
+    /// Kill at once without asking init.
+    pub fast: bool,
+}
+
+impl Default for StopOptions {
+    fn default() -> Self {
+        StopOptions {
+            timeout: Duration::from_secs(30),
+            fast: false,
+        }
+    }
+}
+
+/// What `set` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct SetOutcome {
+    /// Whether the running VE's kernel limits changed (false = stopped, only saved).
+    pub live: bool,
+    pub limits: Limits,
+}
+
+const DEFAULT_INIT: &str = "/sbin/init";
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Parses a signal: `SIGTERM`, `TERM`, `15`, `SIGRTMIN+4`.
+pub fn parse_signal(s: &str) -> std::result::Result<i32, String> {
+    let bad =
+        || format!("invalid signal {s:?}: expected a name like SIGTERM or SIGRTMIN+4, or a number");
+    let t = s.trim();
+    if let Ok(n) = t.parse::<i32>() {
+        return if (1..=libc::SIGRTMAX()).contains(&n) && n != libc::SIGKILL && n != libc::SIGSTOP {
+            Ok(n)
+        } else {
+            Err(bad())
+        };
+    }
+    let up = t.to_ascii_uppercase();
+    let name = up.strip_prefix("SIG").unwrap_or(&up);
+    if let Some(rest) = name.strip_prefix("RTMIN") {
+        let off: i32 = if rest.is_empty() {
+            0
+        } else {
+            rest.strip_prefix('+')
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(bad)?
+        };
+        let n = libc::SIGRTMIN() + off;
+        return if n <= libc::SIGRTMAX() {
+            Ok(n)
+        } else {
+            Err(bad())
+        };
+    }
+    let sig = nix::sys::signal::Signal::from_str(&format!("SIG{name}")).map_err(|_| bad())?;
+    if matches!(
+        sig,
+        nix::sys::signal::Signal::SIGKILL | nix::sys::signal::Signal::SIGSTOP
+    ) {
+        return Err(bad());
+    }
+    Ok(sig as i32)
+}
+
+/// The signal that asks an init program to halt, from what it is: busybox init
+/// halts on SIGUSR1, systemd powers off on SIGRTMIN+4, sysvinit and most others on
+/// SIGTERM.
+fn halt_signal_for(exe: &str) -> i32 {
+    let base = exe.rsplit('/').next().unwrap_or(exe);
+    let base = base.strip_suffix(" (deleted)").unwrap_or(base);
+    match base {
+        "busybox" => libc::SIGUSR1,
+        "systemd" => libc::SIGRTMIN() + 4,
+        _ => libc::SIGTERM,
+    }
+}
+
+impl Host {
+    /// Resolves a name or numeric id to the VE's name.
+    pub fn resolve(&self, name_or_id: &str) -> Result<String> {
+        if !name_or_id.is_empty() && name_or_id.bytes().all(|b| b.is_ascii_digit()) {
+            let id: u32 = name_or_id
+                .parse()
+                .map_err(|_| Error::NoSuchVe(name_or_id.to_string()))?;
+            let target = fs::read_link(self.id_link(id))
+                .map_err(|_| Error::NoSuchVe(name_or_id.to_string()))?;
+            let name = target.to_string_lossy().into_owned();
+            if validate_name(&name).is_ok() && self.config_path(&name).is_file() {
+                return Ok(name);
+            }
+            return Err(Error::NoSuchVe(name_or_id.to_string()));
+        }
+        validate_name(name_or_id)?;
+        Ok(name_or_id.to_string())
+    }
+
+    fn load_config(&self, ve: &str) -> Result<VeConfig> {
+        VeConfig::load(&self.config_path(ve))?.ok_or_else(|| Error::NoSuchVe(ve.to_string()))
+    }
+
+    /// The VE's runtime state if its init is alive.
+    fn alive_state(&self, ve: &str) -> Result<Option<RunState>> {
+        Ok(RunState::load(&self.run_path(ve))?.filter(RunState::is_alive))
+    }
+
+    /// Removes what a VE that is not running left behind: processes still in its
+    /// cgroups, the cgroups, the state file. Called with the VE's lock held.
+    fn clean_up_stopped(&self, ve: &str) -> Result<()> {
+        let cg = self.cgroups()?;
+        if cg.exists(ve) {
+            cg.kill_all(ve)?;
+            cg.remove(ve)?;
+        }
+        remove_file(&self.run_path(ve))
+    }
+
+    /// Creates a VE (stopped).
+    pub fn create(&self, opts: &CreateOptions) -> Result<VeConfig> {
+        let name = opts.name.as_str();
+        validate_name(name)?;
+        let tref: ve_templates::TemplateRef = opts.template.parse()?;
+        let hostname = opts.hostname.clone().unwrap_or_else(|| name.to_string());
+        validate_hostname(&hostname)?;
+        let init = match &opts.init {
+            Some(cmd) => Some(parse_command(name, cmd)?),
+            None => None,
+        };
+        if let Some(sig) = &opts.stop_signal {
+            parse_signal(sig).map_err(|reason| Error::BadLimit {
+                ve: name.to_string(),
+                reason: format!("--stop-signal: {reason}"),
+            })?;
+        }
+        let limits = opts.limits.applied_to(&Limits::default());
+        limits.resolve(name, self.capacity())?;
+        if let Some(id) = opts.id
+            && !(FIRST_ID..=MAX_ID).contains(&id)
+        {
+            return Err(Error::BadId {
+                id,
+                reason: format!("ids run from {FIRST_ID} to {MAX_ID}"),
+            });
+        }
+
+        let _host = self.lock_host()?;
+        let _ve = self.lock_ve(name)?;
+        let tv = self.templates().resolve(&tref)?;
+        if let Some(existing) = VeConfig::load(&self.config_path(name))? {
+            return Err(Error::VeExists {
+                ve: name.to_string(),
+                id: existing.id,
+            });
+        }
+        if self.tombstone_path(name).exists() {
+            self.finish_destroy(name)?;
+        }
+        let id = match opts.id {
+            Some(id) => {
+                if let Some(holder) = self.id_holder(id)? {
+                    return Err(Error::BadId {
+                        id,
+                        reason: format!("in use by VE {holder}"),
+                    });
+                }
+                id
+            }
+            None => self.free_id()?,
+        };
+        // Leftovers of a create that was killed before it wrote the config.
+        self.pool().remove_ve_volume(name)?;
+        crate::failpoint::hit("create-before-volume");
+        self.pool().create_ve_volume(name)?;
+        let mnt = self.mount_dir(name);
+        fs::create_dir_all(&mnt).map_err(io_err(&mnt))?;
+        crate::failpoint::hit("create-after-volume");
+        let link = self.id_link(id);
+        remove_file(&link)?;
+        std::os::unix::fs::symlink(name, &link).map_err(io_err(&link))?;
+        let cfg = VeConfig {
+            id,
+            name: name.to_string(),
+            template: tv.reference(),
+            hostname,
+            init,
+            stop_signal: opts.stop_signal.clone(),
+            created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            limits,
+        };
+        cfg.store(&self.config_path(name))?;
+        Ok(cfg)
+    }
+
+    /// The VE holding `id`, if any (a link whose VE has no config is free).
+    fn id_holder(&self, id: u32) -> Result<Option<String>> {
+        let Ok(target) = fs::read_link(self.id_link(id)) else {
+            return Ok(None);
+        };
+        let name = target.to_string_lossy().into_owned();
+        if validate_name(&name).is_err() {
+            return Ok(None);
+        }
+        Ok(VeConfig::load(&self.config_path(&name))?
+            .filter(|c| c.id == id)
+            .map(|c| c.name))
+    }
+
+    /// The lowest id not held by a VE.
+    fn free_id(&self) -> Result<u32> {
+        let dir = self.root().join("ids");
+        let mut used = std::collections::BTreeSet::new();
+        for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let entry = entry.map_err(io_err(&dir))?;
+            if let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+                && self.id_holder(id)?.is_some()
+            {
+                used.insert(id);
+            }
+        }
+        (FIRST_ID..=MAX_ID)
+            .find(|id| !used.contains(id))
+            .ok_or_else(|| Error::Host("no free VE id left".into()))
+    }
+
+    /// Starts a VE; returns once its init runs.
+    pub fn start(&self, name_or_id: &str) -> Result<RunState> {
+        let ve = self.resolve(name_or_id)?;
+        let _lock = self.lock_ve(&ve)?;
+        let cfg = self.load_config(&ve)?;
+        if let Some(rs) = self.alive_state(&ve)? {
+            return Err(Error::Running {
+                ve,
+                pid: rs.pid,
+                hint: " already",
+            });
+        }
+        self.clean_up_stopped(&ve)?;
+        let tref: ve_templates::TemplateRef = cfg.template.parse()?;
+        let tv = self.templates().resolve(&tref).map_err(|e| Error::Start {
+            ve: ve.clone(),
+            reason: format!("its template: {e}"),
+        })?;
+        let vol = self.pool().ve_volume(&ve);
+        if !vol.upper().is_dir() || !vol.work().is_dir() {
+            return Err(Error::Start {
+                ve: ve.clone(),
+                reason: format!("its private layer {} is missing", vol.dir.display()),
+            });
+        }
+        let limits = cfg.limits.resolve(&ve, self.capacity())?;
+        let cg = self.cgroups()?;
+        cg.prepare_parent()?;
+        cg.create(&ve, &limits)?;
+        crate::failpoint::hit("start-after-cgroup");
+        let mountpoint = self.mount_dir(&ve);
+        fs::create_dir_all(&mountpoint).map_err(io_err(&mountpoint))?;
+        let spec = launch::Spec {
+            ve: ve.clone(),
+            lower: self.templates().path(&tv),
+            upper: vol.upper(),
+            work: vol.work(),
+            mountpoint,
+            hostname: cfg.hostname.clone(),
+            init: cfg
+                .init
+                .clone()
+                .unwrap_or_else(|| vec![DEFAULT_INIT.to_string()]),
+        };
+        let run_path = self.run_path(&ve);
+        let mut recorded = None;
+        let placement = cg.placement(&ve)?;
+        let started = launch::start(&spec, placement, &mut |child| {
+            let ns = fs::File::open(format!("/proc/{}/ns/net", child.pid)).map_err(io_err(
+                &PathBuf::from(format!("/proc/{}/ns/net", child.pid)),
+            ))?;
+            netns::bring_up_loopback(ns.as_fd()).map_err(|source| Error::Network {
+                ve: ve.clone(),
+                source,
+            })?;
+            let stat = state::proc_stat(child.pid).ok_or_else(|| Error::Start {
+                ve: ve.clone(),
+                reason: "init died during setup".into(),
+            })?;
+            let rs = RunState {
+                pid: child.pid,
+                start_ticks: stat.start_ticks,
+                boot_id: state::boot_id(),
+                started_at: now_secs(),
+            };
+            rs.store(&run_path)?;
+            recorded = Some(rs);
+            Ok(())
+        });
+        match (started, recorded) {
+            (Ok(_), Some(rs)) => Ok(rs),
+            (Ok(_), None) => Err(Error::Start {
+                ve,
+                reason: "internal: no state recorded".into(),
+            }),
+            (Err(e), _) => {
+                let _ = self.clean_up_stopped(&ve);
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops a VE: asks init to halt, waits up to the timeout, kills what is left.
+    pub fn stop(&self, name_or_id: &str, opts: StopOptions) -> Result<StopOutcome> {
+        let ve = self.resolve(name_or_id)?;
+        let _lock = self.lock_ve(&ve)?;
+        let cfg = self.load_config(&ve)?;
+        self.stop_locked(&cfg, opts)
+    }
+
+    fn stop_locked(&self, cfg: &VeConfig, opts: StopOptions) -> Result<StopOutcome> {
+        let ve = cfg.name.as_str();
+        let Some(rs) = self.alive_state(ve)? else {
+            self.clean_up_stopped(ve)?;
+            return Ok(StopOutcome::AlreadyStopped);
+        };
+        let mut outcome = StopOutcome::Killed;
+        if !opts.fast && !opts.timeout.is_zero() {
+            let sig = match &cfg.stop_signal {
+                Some(s) => parse_signal(s).map_err(|reason| Error::Stop {
+                    ve: ve.to_string(),
+                    reason,
+                })?,
+                None => {
+                    let exe = fs::read_link(format!("/proc/{}/exe", rs.pid)).unwrap_or_default();
+                    halt_signal_for(&exe.to_string_lossy())
+                }
+            };
+            // An init in its own PID namespace only receives signals it listens
+            // for; if it does not, asking is pointless: kill at once.
+            if state::init_listens(rs.pid, sig)
+                && let Ok(pidfd) = sys::pidfd_open(rs.pid)
+                && rs.is_alive()
+            {
+                crate::failpoint::hit("stop-before-signal");
+                if sys::pidfd_send_signal(pidfd.as_fd(), sig).is_ok()
+                    && wait_exit(&pidfd, opts.timeout)
+                {
+                    outcome = StopOutcome::Halted;
+                }
+            }
+        }
+        crate::failpoint::hit("stop-before-kill");
+        self.clean_up_stopped(ve)?;
+        Ok(outcome)
+    }
+
+    /// Destroys a VE: its config, private files, cgroups and id. A running VE is
+    /// refused unless `force` (then it is killed first).
+    pub fn destroy(&self, name_or_id: &str, force: bool) -> Result<()> {
+        let ve = match self.resolve(name_or_id) {
+            Ok(v) => v,
+            Err(Error::NoSuchVe(_)) if name_or_id.bytes().all(|b| b.is_ascii_digit()) => {
+                return Err(Error::NoSuchVe(name_or_id.to_string()));
+            }
+            Err(e) => return Err(e),
+        };
+        let _host = self.lock_host()?;
+        let _lock = self.lock_ve(&ve)?;
+        let Some(cfg) = VeConfig::load(&self.config_path(&ve))? else {
+            // A destroy or create that was killed half-way: finish the job.
+            let leftovers = self.tombstone_path(&ve).exists()
+                || self.pool().ve_volume(&ve).dir.exists()
+                || self.mount_dir(&ve).exists();
+            if leftovers {
+                return self.finish_destroy(&ve);
+            }
+            return Err(Error::NoSuchVe(ve));
+        };
+        if let Some(rs) = self.alive_state(&ve)? {
+            if !force {
+                return Err(Error::Running {
+                    ve,
+                    pid: rs.pid,
+                    hint: "; stop it first or use --force",
+                });
+            }
+            self.stop_locked(
+                &cfg,
+                StopOptions {
+                    timeout: Duration::ZERO,
+                    fast: true,
+                },
+            )?;
+        }
+        let cfg_path = self.config_path(&ve);
+        fs::rename(&cfg_path, self.tombstone_path(&ve)).map_err(io_err(&cfg_path))?;
+        crate::failpoint::hit("destroy-after-tombstone");
+        self.finish_destroy(&ve)
+    }
+
+    /// Removes everything of a VE whose config is gone or tombstoned. Idempotent.
+    fn finish_destroy(&self, ve: &str) -> Result<()> {
+        self.clean_up_stopped(ve)?;
+        self.pool().remove_ve_volume(ve)?;
+        let mnt = self.mount_dir(ve);
+        match fs::remove_dir(&mnt) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&mnt)(e)),
+        }
+        let ids = self.root().join("ids");
+        for entry in fs::read_dir(&ids).map_err(io_err(&ids))? {
+            let entry = entry.map_err(io_err(&ids))?;
+            if fs::read_link(entry.path()).is_ok_and(|t| t.as_os_str() == ve) {
+                remove_file(&entry.path())?;
+            }
+        }
+        remove_file(&self.tombstone_path(ve))
+    }
+
+    /// Changes limits: live on a running VE (then saved), saved only on a stopped
+    /// one. A refused change leaves kernel and config as they were.
+    pub fn set(&self, name_or_id: &str, update: &LimitsUpdate) -> Result<SetOutcome> {
+        let ve = self.resolve(name_or_id)?;
+        let _lock = self.lock_ve(&ve)?;
+        let mut cfg = self.load_config(&ve)?;
+        let limits = update.applied_to(&cfg.limits);
+        let new_k = limits.resolve(&ve, self.capacity())?;
+        let live = self.alive_state(&ve)?.is_some();
+        let mut old_k = None;
+        if live {
+            let cg = self.cgroups()?;
+            let current = cg.read_limits(&ve)?;
+            cg.apply(&ve, &current, &new_k)?;
+            old_k = Some(current);
+        }
+        cfg.limits = limits.clone();
+        if let Err(e) = cfg.store(&self.config_path(&ve)) {
+            if let Some(old) = old_k {
+                let _ = self.cgroups()?.apply(&ve, &new_k, &old);
+            }
+            return Err(e);
+        }
+        Ok(SetOutcome { live, limits })
+    }
+
+    /// Every VE, by id. Configs that cannot be read are returned as errors beside
+    /// the list rather than failing it.
+    pub fn list(&self) -> Result<(Vec<VeInfo>, Vec<Error>)> {
+        let dir = self.root().join("ves");
+        let mut out = Vec::new();
+        let mut errors = Vec::new();
+        let rd = fs::read_dir(&dir).map_err(io_err(&dir))?;
+        for entry in rd {
+            let entry = entry.map_err(io_err(&dir))?;
+            let fname = entry.file_name();
+            let Some(name) = fname.to_str().and_then(|f| f.strip_suffix(".toml")) else {
+                continue;
+            };
+            if validate_name(name).is_err() {
+                continue;
+            }
+            match VeConfig::load(&entry.path()) {
+                Ok(Some(cfg)) => out.push(self.info(cfg)),
+                Ok(None) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+        out.sort_by_key(|i| i.id);
+        Ok((out, errors))
+    }
+
+    fn info(&self, cfg: VeConfig) -> VeInfo {
+        let rs = RunState::load(&self.run_path(&cfg.name))
+            .ok()
+            .flatten()
+            .filter(RunState::is_alive);
+        VeInfo {
+            id: cfg.id,
+            status: if rs.is_some() {
+                Status::Running
+            } else {
+                Status::Stopped
+            },
+            pid: rs.as_ref().map(|r| r.pid),
+            uptime_secs: rs.as_ref().map(|r| now_secs().saturating_sub(r.started_at)),
+            name: cfg.name,
+            template: cfg.template,
+            hostname: cfg.hostname,
+            limits: cfg.limits,
+        }
+    }
+
+    /// Everything about one VE.
+    pub fn show(&self, name_or_id: &str) -> Result<VeDetails> {
+        let ve = self.resolve(name_or_id)?;
+        let cfg = self.load_config(&ve)?;
+        let kernel_limits = cfg.limits.resolve(&ve, self.capacity())?;
+        let tref: ve_templates::TemplateRef = cfg.template.parse()?;
+        let template_dir = self
+            .templates()
+            .resolve(&tref)
+            .map(|tv| self.templates().path(&tv))
+            .unwrap_or_default();
+        let info = self.info(cfg.clone());
+        let cg = self.cgroups()?;
+        let usage = if info.status == Status::Running {
+            Some(cg.usage(&ve)?)
+        } else {
+            None
+        };
+        let stop_signal = match (&cfg.stop_signal, info.pid) {
+            (Some(s), _) => s.clone(),
+            (None, Some(pid)) => {
+                let exe = fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+                signal_name(halt_signal_for(&exe.to_string_lossy()))
+            }
+            (None, None) => "auto".into(),
+        };
+        let vol = self.pool().ve_volume(&ve);
+        Ok(VeDetails {
+            created: cfg.created.clone(),
+            init: cfg
+                .init
+                .clone()
+                .unwrap_or_else(|| vec![DEFAULT_INIT.to_string()]),
+            stop_signal,
+            config_path: self.config_path(&ve),
+            private_bytes: self.pool().ve_usage(&ve).map_or(0, |u| u.bytes),
+            private_dir: vol.dir,
+            template_dir,
+            cgroups: cg.paths(&ve),
+            kernel_limits,
+            usage,
+            info,
+        })
+    }
+
+    /// Runs a command in a running VE; returns its exit status.
+    pub fn exec(&self, name_or_id: &str, opts: &ExecOptions) -> Result<i32> {
+        let (ve, rs, pidfd, placement) = {
+            let ve = self.resolve(name_or_id)?;
+            let _lock = self.lock_ve(&ve)?;
+            self.load_config(&ve)?;
+            let rs = self
+                .alive_state(&ve)?
+                .ok_or_else(|| Error::NotRunning(ve.clone()))?;
+            let pidfd = sys::pidfd_open(rs.pid).map_err(|_| Error::NotRunning(ve.clone()))?;
+            // The pidfd pins the process: check it is still our init.
+            if !rs.is_alive() {
+                return Err(Error::NotRunning(ve));
+            }
+            let placement = self.cgroups()?.placement(&ve)?;
+            (ve, rs, pidfd, placement)
+        };
+        crate::exec::run(&ve, rs.pid, pidfd, placement, opts)
+    }
+
+    /// Opens an interactive login shell in a running VE (root's shell from its
+    /// /etc/passwd, else /bin/sh).
+    pub fn enter(&self, name_or_id: &str) -> Result<i32> {
+        let ve = self.resolve(name_or_id)?;
+        let pid = self
+            .alive_state(&ve)?
+            .ok_or_else(|| Error::NotRunning(ve.clone()))?
+            .pid;
+        let root = PathBuf::from(format!("/proc/{pid}/root"));
+        let shell = fs::read_to_string(root.join("etc/passwd"))
+            .ok()
+            .and_then(|p| {
+                p.lines()
+                    .find(|l| l.starts_with("root:"))
+                    .and_then(|l| l.rsplit(':').next().map(str::to_string))
+            })
+            .filter(|s| s.starts_with('/') && root.join(s.trim_start_matches('/')).exists())
+            .unwrap_or_else(|| "/bin/sh".to_string());
+        let base = shell.rsplit('/').next().unwrap_or("sh").to_string();
+        self.exec(
+            &ve,
+            &ExecOptions {
+                argv: vec![shell],
+                tty: true,
+                arg0: Some(format!("-{base}")),
+                ..ExecOptions::default()
+            },
+        )
+    }
+}
+
+/// Splits an init command line like a shell would (quotes, escapes).
+fn parse_command(ve: &str, cmd: &str) -> Result<Vec<String>> {
+    let argv = shell_words::split(cmd).map_err(|e| Error::BadLimit {
+        ve: ve.to_string(),
+        reason: format!("--init {cmd:?}: {e}"),
+    })?;
+    if argv.is_empty() {
+        return Err(Error::BadLimit {
+            ve: ve.to_string(),
+            reason: "--init: empty command".into(),
+        });
+    }
+    if !argv[0].starts_with('/') {
+        return Err(Error::BadLimit {
+            ve: ve.to_string(),
+            reason: format!("--init {cmd:?}: the program must be an absolute path in the VE"),
+        });
+    }
+    Ok(argv)
+}
+
+/// A signal's name for people: `SIGUSR1`, `SIGRTMIN+4`.
+pub fn signal_name(sig: i32) -> String {
+    if sig >= libc::SIGRTMIN() {
+        return format!("SIGRTMIN+{}", sig - libc::SIGRTMIN());
+    }
+    nix::sys::signal::Signal::try_from(sig)
+        .map_or_else(|_| sig.to_string(), |s| s.as_str().to_string())
+}
+
+/// Waits until the process behind `pidfd` exits, up to `timeout`.
+fn wait_exit(pidfd: &std::os::fd::OwnedFd, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ms = left.as_millis().min(i32::MAX as u128) as i32;
+        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        match poll(
+            &mut fds,
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::ZERO),
+        ) {
+            Ok(n) if n > 0 => return true,
+            Ok(_) => return false,
+            Err(nix::Error::EINTR) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_parse_by_name_number_and_realtime_offset() {
+        assert_eq!(parse_signal("SIGUSR1").unwrap(), libc::SIGUSR1);
+        assert_eq!(parse_signal("term").unwrap(), libc::SIGTERM);
+        assert_eq!(parse_signal("15").unwrap(), 15);
+        assert_eq!(parse_signal("SIGRTMIN+4").unwrap(), libc::SIGRTMIN() + 4);
+        for bad in ["SIGKILL", "9", "0", "SIGNOPE", "RTMIN+99", ""] {
+            assert!(parse_signal(bad).is_err(), "{bad}");
+        }
+        assert_eq!(signal_name(libc::SIGRTMIN() + 4), "SIGRTMIN+4");
+        assert_eq!(signal_name(libc::SIGUSR1), "SIGUSR1");
+    }
+
+    #[test]
+    fn the_halt_signal_suits_the_init() {
+        assert_eq!(halt_signal_for("/bin/busybox"), libc::SIGUSR1);
+        assert_eq!(
+            halt_signal_for("/usr/lib/systemd/systemd"),
+            libc::SIGRTMIN() + 4
+        );
+        assert_eq!(halt_signal_for("/sbin/init"), libc::SIGTERM);
+    }
+
+    #[test]
+    fn init_commands_split_like_a_shell() {
+        assert_eq!(
+            parse_command("w", "/bin/httpd -f -h '/var/my www'").unwrap(),
+            vec!["/bin/httpd", "-f", "-h", "/var/my www"]
+        );
+        assert!(parse_command("w", "httpd -f").is_err());
+        assert!(parse_command("w", "'/bin/sh").is_err());
+        assert!(parse_command("w", "  ").is_err());
+    }
+}

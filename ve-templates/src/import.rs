@@ -1,0 +1,364 @@
+//! Filling a new template version from a source: a directory tree or a tar archive
+//! (plain, gzip or zstd). Ownership, modes, timestamps, hard links, symlinks and
+//! extended attributes (file capabilities among them) are kept. Device nodes are
+//! never imported: a VE's /dev is made by vectl at start.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, BufReader, Read};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{AT_FDCWD, AtFlags};
+use nix::sys::stat::{Mode, SFlag, UtimensatFlags, mknod, utimensat};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{Gid, Uid, fchownat};
+
+use crate::{Error, Result, io_err};
+
+/// Where a template version's tree comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A directory holding a root file system.
+    Dir(PathBuf),
+    /// A tar archive of a root file system: plain, `.gz` or `.zst` (detected from
+    /// its first bytes, not its name).
+    Tar(PathBuf),
+}
+
+/// How far an import has got, for progress displays.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+impl Source {
+    /// Checks the source exists and is of the right kind, before anything is created.
+    pub(crate) fn check(&self) -> Result<()> {
+        let bad = |path: &Path, reason: String| Error::BadSource {
+            path: path.to_path_buf(),
+            reason,
+        };
+        match self {
+            Source::Dir(p) => {
+                let md = fs::metadata(p).map_err(|e| bad(p, io_reason(&e)))?;
+                if !md.is_dir() {
+                    return Err(bad(p, "not a directory".into()));
+                }
+                fs::read_dir(p).map_err(|e| bad(p, io_reason(&e)))?;
+            }
+            Source::Tar(p) => {
+                let md = fs::metadata(p).map_err(|e| bad(p, io_reason(&e)))?;
+                if !md.is_file() {
+                    return Err(bad(p, "not a regular file".into()));
+                }
+                fs::File::open(p).map_err(|e| bad(p, io_reason(&e)))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A short description for the version's metadata.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Source::Dir(p) => format!("dir:{}", p.display()),
+            Source::Tar(p) => format!("tar:{}", p.display()),
+        }
+    }
+}
+
+fn io_reason(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::NotFound => "no such file or directory".into(),
+        io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// Fills `dest` (an empty directory) from `source`. Returns warnings worth showing
+/// the operator (skipped device nodes, a tree without an init...).
+pub(crate) fn fill(
+    source: &Source,
+    dest: &Path,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Vec<String>> {
+    let mut warnings = Vec::new();
+    let mut skipped = Skipped::default();
+    match source {
+        Source::Dir(src) => {
+            let mut copier = Copier {
+                links: HashMap::new(),
+                root_dev: fs::metadata(src).map_err(io_err(src))?.dev(),
+                progress: Progress::default(),
+                report: progress,
+                skipped: &mut skipped,
+            };
+            copier.copy_dir_contents(src, dest)?;
+            let md = fs::symlink_metadata(src).map_err(io_err(src))?;
+            apply_metadata(src, dest, &md)?;
+            (copier.report)(copier.progress);
+        }
+        Source::Tar(archive) => unpack_tar(archive, dest, progress, &mut skipped)?,
+    }
+    if skipped.devices > 0 {
+        warnings.push(format!(
+            "skipped {} device node(s): a VE's /dev is provided by vectl",
+            skipped.devices
+        ));
+    }
+    if skipped.unsafe_paths > 0 {
+        warnings.push(format!(
+            "skipped {} archive member(s) with paths outside the tree",
+            skipped.unsafe_paths
+        ));
+    }
+    if skipped.mounts > 0 {
+        warnings.push(format!(
+            "did not descend into {} directory(ies) on other file systems",
+            skipped.mounts
+        ));
+    }
+    if skipped.sockets > 0 {
+        warnings.push(format!("skipped {} socket(s)", skipped.sockets));
+    }
+    let init = dest.join("sbin/init");
+    if fs::symlink_metadata(&init).is_err() {
+        warnings.push("the tree has no /sbin/init: VEs need `--init CMD`".into());
+    }
+    Ok(warnings)
+}
+
+#[derive(Debug, Default)]
+struct Skipped {
+    devices: u64,
+    sockets: u64,
+    unsafe_paths: u64,
+    mounts: u64,
+}
+
+struct Copier<'a> {
+    /// Hard links seen: (dev, inode) of the source → first destination path.
+    links: HashMap<(u64, u64), PathBuf>,
+    root_dev: u64,
+    progress: Progress,
+    report: &'a mut dyn FnMut(Progress),
+    skipped: &'a mut Skipped,
+}
+
+impl Copier<'_> {
+    fn copy_dir_contents(&mut self, src: &Path, dst: &Path) -> Result<()> {
+        let mut entries = fs::read_dir(src)
+            .map_err(io_err(src))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(io_err(src))?;
+        entries.sort();
+        for name in entries {
+            let s = src.join(&name);
+            let d = dst.join(&name);
+            self.copy_entry(&s, &d)?;
+        }
+        Ok(())
+    }
+
+    fn copy_entry(&mut self, src: &Path, dst: &Path) -> Result<()> {
+        let md = fs::symlink_metadata(src).map_err(io_err(src))?;
+        let ft = md.file_type();
+        if !ft.is_dir() && md.nlink() > 1 {
+            if let Some(first) = self.links.get(&(md.dev(), md.ino())) {
+                fs::hard_link(first, dst).map_err(io_err(dst))?;
+                return Ok(());
+            }
+            self.links.insert((md.dev(), md.ino()), dst.to_path_buf());
+        }
+        if ft.is_dir() {
+            fs::create_dir(dst).map_err(io_err(dst))?;
+            if md.dev() == self.root_dev {
+                self.copy_dir_contents(src, dst)?;
+            } else {
+                self.skipped.mounts += 1;
+            }
+        } else if ft.is_file() {
+            let mut from = fs::File::open(src).map_err(io_err(src))?;
+            let mut to = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(dst)
+                .map_err(io_err(dst))?;
+            // std's copy uses copy_file_range: a reflink on btrfs, in-kernel elsewhere.
+            io::copy(&mut from, &mut to).map_err(io_err(dst))?;
+            self.progress.bytes += md.len();
+        } else if ft.is_symlink() {
+            let target = fs::read_link(src).map_err(io_err(src))?;
+            std::os::unix::fs::symlink(&target, dst).map_err(io_err(dst))?;
+        } else if ft.is_fifo() {
+            mknod(dst, SFlag::S_IFIFO, Mode::from_bits_truncate(0o600), 0)
+                .map_err(|e| io_err(dst)(e.into()))?;
+        } else if ft.is_socket() {
+            self.skipped.sockets += 1;
+            return Ok(());
+        } else {
+            // Character and block devices.
+            self.skipped.devices += 1;
+            return Ok(());
+        }
+        apply_metadata(src, dst, &md)?;
+        self.progress.files += 1;
+        if self.progress.files.is_multiple_of(512) {
+            (self.report)(self.progress);
+        }
+        Ok(())
+    }
+}
+
+/// Gives `dst` the owner, mode, extended attributes and times of `src`, in the order
+/// that keeps them: chown clears set-id bits and file capabilities, so it goes first.
+fn apply_metadata(src: &Path, dst: &Path, md: &fs::Metadata) -> Result<()> {
+    let is_link = md.file_type().is_symlink();
+    fchownat(
+        AT_FDCWD,
+        dst,
+        Some(Uid::from_raw(md.uid())),
+        Some(Gid::from_raw(md.gid())),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| io_err(dst)(e.into()))?;
+    if !is_link {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dst, fs::Permissions::from_mode(md.mode() & 0o7777))
+            .map_err(io_err(dst))?;
+    }
+    copy_xattrs(src, dst)?;
+    let atime = TimeSpec::new(md.atime(), md.atime_nsec());
+    let mtime = TimeSpec::new(md.mtime(), md.mtime_nsec());
+    utimensat(
+        AT_FDCWD,
+        dst,
+        &atime,
+        &mtime,
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(|e| io_err(dst)(e.into()))?;
+    Ok(())
+}
+
+/// Copies extended attributes (without following symlinks). Overlayfs' own
+/// `trusted.overlay.*` attributes are not carried over: they describe another mount.
+fn copy_xattrs(src: &Path, dst: &Path) -> Result<()> {
+    let names = match xattr::list(src) {
+        Ok(n) => n,
+        Err(e) if is_unsupported(&e) => return Ok(()),
+        Err(e) => return Err(io_err(src)(e)),
+    };
+    for name in names {
+        if name.to_string_lossy().starts_with("trusted.overlay.") {
+            continue;
+        }
+        let Some(value) = xattr::get(src, &name).map_err(io_err(src))? else {
+            continue;
+        };
+        match xattr::set(dst, &name, &value) {
+            Ok(()) => {}
+            Err(e) if is_unsupported(&e) => {}
+            Err(e) => return Err(io_err(dst)(e)),
+        }
+    }
+    Ok(())
+}
+
+fn is_unsupported(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EOPNOTSUPP)
+}
+
+fn open_archive(path: &Path) -> Result<Box<dyn Read>> {
+    let bad = |reason: String| Error::BadArchive {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut file = BufReader::new(fs::File::open(path).map_err(io_err(path))?);
+    let mut magic = [0u8; 6];
+    let n = read_up_to(&mut file, &mut magic).map_err(io_err(path))?;
+    let magic = &magic[..n];
+    use std::io::Seek;
+    file.seek(io::SeekFrom::Start(0)).map_err(io_err(path))?;
+    if magic.starts_with(&[0x1f, 0x8b]) {
+        Ok(Box::new(flate2::read::MultiGzDecoder::new(file)))
+    } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        let dec = zstd::stream::read::Decoder::with_buffer(file)
+            .map_err(|e| bad(format!("zstd: {e}")))?;
+        Ok(Box::new(dec))
+    } else if magic.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        Err(bad(
+            "xz compression is not supported; use gzip or zstd".into()
+        ))
+    } else if magic.starts_with(b"BZh") {
+        Err(bad(
+            "bzip2 compression is not supported; use gzip or zstd".into()
+        ))
+    } else {
+        Ok(Box::new(file))
+    }
+}
+
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+fn unpack_tar(
+    path: &Path,
+    dest: &Path,
+    progress: &mut dyn FnMut(Progress),
+    skipped: &mut Skipped,
+) -> Result<()> {
+    let bad = |reason: String| Error::BadArchive {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut archive = tar::Archive::new(open_archive(path)?);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(true);
+    archive.set_preserve_mtime(true);
+    archive.set_unpack_xattrs(true);
+    archive.set_overwrite(true);
+    let mut done = Progress::default();
+    let mut members = 0u64;
+    for entry in archive.entries().map_err(|e| bad(e.to_string()))? {
+        let mut entry = entry.map_err(|e| bad(e.to_string()))?;
+        members += 1;
+        let kind = entry.header().entry_type();
+        if kind.is_character_special() || kind.is_block_special() {
+            skipped.devices += 1;
+            continue;
+        }
+        let size = entry.header().size().unwrap_or(0);
+        let name = entry
+            .path()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let unpacked = entry
+            .unpack_in(dest)
+            .map_err(|e| bad(format!("{name}: {e}")))?;
+        if !unpacked {
+            skipped.unsafe_paths += 1;
+            continue;
+        }
+        done.files += 1;
+        done.bytes += size;
+        if done.files.is_multiple_of(512) {
+            progress(done);
+        }
+    }
+    if members == 0 {
+        return Err(bad("the archive is empty".into()));
+    }
+    progress(done);
+    Ok(())
+}

@@ -1,0 +1,380 @@
+//! The template store: names, versions, metadata, publishing.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::import::{self, Progress, Source};
+use crate::{Error, Result, VolumeOps, io_err};
+
+/// `NAME` or `NAME@VERSION`, as given on the command line and stored in VE configs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateRef {
+    pub name: String,
+    /// `None` means the latest version.
+    pub version: Option<u32>,
+}
+
+impl std::str::FromStr for TemplateRef {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let (name, version) = match s.split_once('@') {
+            Some((n, v)) => {
+                let v: u32 = v.parse().map_err(|_| Error::InvalidRef(s.to_string()))?;
+                if v == 0 {
+                    return Err(Error::InvalidRef(s.to_string()));
+                }
+                (n, Some(v))
+            }
+            None => (s, None),
+        };
+        validate_name(name)?;
+        Ok(TemplateRef {
+            name: name.to_string(),
+            version,
+        })
+    }
+}
+
+impl std::fmt::Display for TemplateRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.version {
+            Some(v) => write!(f, "{}@{v}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+/// Checks a template name: `[a-z0-9][a-z0-9._-]*`, at most 64 characters.
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidName(name.to_string()))
+    }
+}
+
+/// One published, immutable template version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateVersion {
+    pub name: String,
+    pub version: u32,
+    /// RFC 3339 UTC time of publishing.
+    pub created: String,
+    /// Where it came from (`dir:/path`, `tar:/path/rootfs.tar.zst`).
+    pub source: String,
+    /// Space the tree takes (allocated blocks, hard links once).
+    pub size_bytes: u64,
+    pub files: u64,
+    #[serde(default)]
+    pub message: String,
+}
+
+impl TemplateVersion {
+    /// `name@version`.
+    pub fn reference(&self) -> String {
+        format!("{}@{}", self.name, self.version)
+    }
+}
+
+/// The directory that holds every template's versions.
+#[derive(Debug, Clone)]
+pub struct TemplateStore {
+    dir: PathBuf,
+    locks: PathBuf,
+}
+
+impl TemplateStore {
+    /// A store at `dir`; per-template lock files go to `locks`.
+    pub fn new(dir: &Path, locks: &Path) -> TemplateStore {
+        TemplateStore {
+            dir: dir.to_path_buf(),
+            locks: locks.to_path_buf(),
+        }
+    }
+
+    /// The root tree of a version (the overlay lower layer).
+    pub fn path(&self, v: &TemplateVersion) -> PathBuf {
+        self.dir.join(&v.name).join(v.version.to_string())
+    }
+
+    fn meta_path(&self, name: &str, version: u32) -> PathBuf {
+        self.dir.join(name).join(format!("{version}.toml"))
+    }
+
+    /// Every published version of every template, by name then version.
+    pub fn list(&self) -> Result<Vec<TemplateVersion>> {
+        let mut out = Vec::new();
+        let rd = match fs::read_dir(&self.dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(io_err(&self.dir)(e)),
+        };
+        let mut names = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(io_err(&self.dir))?;
+            if let Some(name) = entry.file_name().to_str()
+                && validate_name(name).is_ok()
+            {
+                names.push(name.to_string());
+            }
+        }
+        names.sort();
+        for name in names {
+            out.extend(self.versions(&name)?);
+        }
+        Ok(out)
+    }
+
+    /// The published versions of one template, oldest first (empty if none).
+    pub fn versions(&self, name: &str) -> Result<Vec<TemplateVersion>> {
+        let dir = self.dir.join(name);
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(&dir)(e)),
+        };
+        let mut nums = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(io_err(&dir))?;
+            let Some(n) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if entry.file_type().map_err(io_err(&dir))?.is_dir() {
+                nums.push(n);
+            }
+        }
+        nums.sort_unstable();
+        nums.into_iter().map(|n| self.read_meta(name, n)).collect()
+    }
+
+    fn read_meta(&self, name: &str, version: u32) -> Result<TemplateVersion> {
+        let path = self.meta_path(name, version);
+        let text = fs::read_to_string(&path).map_err(io_err(&path))?;
+        let meta: TemplateVersion = toml::from_str(&text).map_err(|e| Error::BadMetadata {
+            path: path.clone(),
+            reason: e.message().to_string(),
+        })?;
+        if meta.name != name || meta.version != version {
+            return Err(Error::BadMetadata {
+                path,
+                reason: format!("it describes {}@{}", meta.name, meta.version),
+            });
+        }
+        Ok(meta)
+    }
+
+    /// The version a reference names; the latest when it names no version.
+    pub fn resolve(&self, r: &TemplateRef) -> Result<TemplateVersion> {
+        match r.version {
+            Some(v) => {
+                if self.path_of(&r.name, v).is_dir() {
+                    self.read_meta(&r.name, v)
+                } else if self.versions(&r.name)?.is_empty() {
+                    Err(Error::UnknownTemplate(r.name.clone()))
+                } else {
+                    Err(Error::UnknownVersion {
+                        name: r.name.clone(),
+                        version: v,
+                    })
+                }
+            }
+            None => self
+                .versions(&r.name)?
+                .pop()
+                .ok_or_else(|| Error::UnknownTemplate(r.name.clone())),
+        }
+    }
+
+    fn path_of(&self, name: &str, version: u32) -> PathBuf {
+        self.dir.join(name).join(version.to_string())
+    }
+
+    /// Imports a tree as the next version of `name` and publishes it.
+    ///
+    /// The new version is built in a staging volume and becomes visible only once it
+    /// is complete, sealed and its metadata written: a failed or killed import leaves
+    /// no version behind (a later import removes its staging leftovers).
+    pub fn import(
+        &self,
+        name: &str,
+        source: &Source,
+        message: &str,
+        volumes: &dyn VolumeOps,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(TemplateVersion, Vec<String>)> {
+        validate_name(name)?;
+        source.check()?;
+        let _lock = self.lock(name)?;
+        let tdir = self.dir.join(name);
+        let fresh = !tdir.exists();
+        fs::create_dir_all(&tdir).map_err(io_err(&tdir))?;
+        let result = self.import_locked(name, &tdir, source, message, volumes, progress);
+        if result.is_err() && fresh {
+            // Nothing was published: leave no trace of the template.
+            let _ = fs::remove_dir(&tdir);
+        }
+        result
+    }
+
+    fn import_locked(
+        &self,
+        name: &str,
+        tdir: &Path,
+        source: &Source,
+        message: &str,
+        volumes: &dyn VolumeOps,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(TemplateVersion, Vec<String>)> {
+        let vol_err = |source: io::Error| Error::Volume {
+            name: name.to_string(),
+            source,
+        };
+        self.remove_leftovers(tdir, volumes)?;
+        let version = self.versions(name)?.last().map_or(1, |v| v.version + 1);
+        let staging = tdir.join(format!(".staging-{version}"));
+        volumes.create(&staging).map_err(vol_err)?;
+        let filled = import::fill(source, &staging, progress);
+        let warnings = match filled {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = volumes.delete(&staging);
+                return Err(e);
+            }
+        };
+        let published = self.publish(name, version, tdir, &staging, source, message, volumes);
+        match published {
+            Ok(meta) => Ok((meta, warnings)),
+            Err(e) => {
+                let _ = volumes.delete(&staging);
+                let _ = fs::remove_file(self.meta_path(name, version));
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn publish(
+        &self,
+        name: &str,
+        version: u32,
+        tdir: &Path,
+        staging: &Path,
+        source: &Source,
+        message: &str,
+        volumes: &dyn VolumeOps,
+    ) -> Result<TemplateVersion> {
+        let usage = volumes.usage(staging).map_err(|source| Error::Volume {
+            name: name.to_string(),
+            source,
+        })?;
+        let meta = TemplateVersion {
+            name: name.to_string(),
+            version,
+            created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            source: source.describe(),
+            size_bytes: usage.0,
+            files: usage.1,
+            message: message.to_string(),
+        };
+        let text = toml::to_string(&meta).map_err(|e| Error::BadMetadata {
+            path: self.meta_path(name, version),
+            reason: e.to_string(),
+        })?;
+        write_atomic(&self.meta_path(name, version), text.as_bytes())?;
+        volumes.seal(staging).map_err(|source| Error::Volume {
+            name: name.to_string(),
+            source,
+        })?;
+        let dest = self.path_of(name, version);
+        fs::rename(staging, &dest).map_err(io_err(&dest))?;
+        fs::File::open(tdir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(tdir))?;
+        Ok(meta)
+    }
+
+    /// Removes what a killed import left: staging volumes and metadata files whose
+    /// version tree was never published. Called with the template's lock held.
+    fn remove_leftovers(&self, tdir: &Path, volumes: &dyn VolumeOps) -> Result<()> {
+        let rd = fs::read_dir(tdir).map_err(io_err(tdir))?;
+        for entry in rd {
+            let entry = entry.map_err(io_err(tdir))?;
+            let fname = entry.file_name();
+            let Some(fname) = fname.to_str() else {
+                continue;
+            };
+            let path = entry.path();
+            if fname.starts_with(".staging-") {
+                volumes.delete(&path).map_err(|source| Error::Volume {
+                    name: fname.to_string(),
+                    source,
+                })?;
+            } else if let Some(v) = fname.strip_suffix(".toml")
+                && v.parse::<u32>().is_ok()
+                && !tdir.join(v).is_dir()
+            {
+                fs::remove_file(&path).map_err(io_err(&path))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn lock(&self, name: &str) -> Result<fs::File> {
+        fs::create_dir_all(&self.locks).map_err(io_err(&self.locks))?;
+        let path = self.locks.join(format!("template-{name}.lock"));
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        f.lock().map_err(io_err(&path))?;
+        Ok(f)
+    }
+}
+
+/// Writes a file atomically: temporary file in the same directory, fsync, rename.
+fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;
+    tmp.write_all(data).map_err(io_err(path))?;
+    tmp.as_file().sync_all().map_err(io_err(path))?;
+    tmp.persist(path).map_err(|e| io_err(path)(e.error))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_refs_parse() {
+        let r: TemplateRef = "debian-12@3".parse().unwrap();
+        assert_eq!((r.name.as_str(), r.version), ("debian-12", Some(3)));
+        let r: TemplateRef = "bb".parse().unwrap();
+        assert_eq!(r.version, None);
+        assert_eq!(r.to_string(), "bb");
+        for bad in [
+            "", "Bb", "-x", "bb@", "bb@0", "bb@x", "a/b", "bb@1@2", "../x",
+        ] {
+            assert!(bad.parse::<TemplateRef>().is_err(), "{bad} parsed");
+        }
+    }
+}
