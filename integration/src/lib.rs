@@ -1,1 +1,400 @@
-//! Shared helpers for the end-to-end tests and benchmarks.
+//! Shared fixture of vectl's end-to-end tests and benchmarks.
+//!
+//! A [`TestHost`] is one isolated vectl host for one test:
+//! - its own state directory (`--root`, a temporary directory),
+//! - VE cgroups below the test process's own cgroup (`--cgroup-parent ./NAME`, or
+//!   below `$VECTL_TEST_CGROUP_BASE` where a cgroup with processes cannot delegate,
+//!   as on cgroup v2),
+//! - its own network namespace: the test's thread moves into a new one, so vectl and
+//!   everything it starts from that thread sees only loopback,
+//! - a drop guard that kills and destroys every VE, removes the cgroups, restores
+//!   the thread's network namespace and deletes the state directory, pass or fail.
+//!
+//! Tests that need something this machine lacks call [`skip`], which prints
+//! `SKIP: <reason>` and records it for the suite's summary.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::fs;
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use nix::sched::{CloneFlags, setns, unshare};
+
+/// The `vectl` binary under test: `$VECTL_BIN`, else the one cargo built beside
+/// this test executable (`target/<profile>/vectl`).
+pub fn vectl_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("VECTL_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("vectl");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it first (cargo build --workspace --bins) or set VECTL_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// The repository's top directory.
+pub fn repo_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .to_path_buf()
+}
+
+/// Records a skipped test: prints `SKIP: <reason>` and appends it to
+/// `$VECTL_SKIP_LOG` (default `target/vectl-skips.log`) for the summary.
+pub fn skip(test: &str, reason: &str) {
+    eprintln!("SKIP: {test}: {reason}");
+    let log = std::env::var_os("VECTL_SKIP_LOG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_dir().join("target/vectl-skips.log"));
+    if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(log) {
+        let _ = writeln!(f, "SKIP: {test}: {reason}");
+    }
+}
+
+/// Whether we run as root; records a skip if not.
+pub fn is_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        true
+    } else {
+        skip(test, "needs root");
+        false
+    }
+}
+
+struct Rootfs {
+    dir: tempfile::TempDir,
+}
+
+static ROOTFS: OnceLock<Result<Rootfs, String>> = OnceLock::new();
+
+extern "C" fn remove_rootfs() {
+    if let Some(Ok(r)) = ROOTFS.get() {
+        let _ = fs::remove_dir_all(r.dir.path());
+    }
+}
+
+/// A busybox root file system (built once per test process with
+/// `integration/rootfs/busybox-rootfs.sh`, removed at exit). `Err` says why not.
+pub fn busybox_rootfs() -> Result<&'static Path, String> {
+    let r = ROOTFS.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("vectl-bb-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let root = dir.path().join("rootfs");
+        let out = Command::new(repo_dir().join("integration/rootfs/busybox-rootfs.sh"))
+            .arg(&root)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        // SAFETY: registering a plain extern "C" function with atexit.
+        unsafe {
+            libc::atexit(remove_rootfs);
+        }
+        Ok(Rootfs { dir })
+    });
+    match r {
+        Ok(r) => Ok(Box::leak(r.dir.path().join("rootfs").into_boxed_path())),
+        Err(e) => Err(e.clone()),
+    }
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A unique name for a test resource: `<prefix>-<pid>-<n>`.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// One isolated vectl host (see the module documentation).
+pub struct TestHost {
+    pub name: String,
+    root: tempfile::TempDir,
+    cgroup_dirs: Vec<PathBuf>,
+    old_netns: Option<OwnedFd>,
+}
+
+/// What a finished vectl run printed.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl TestHost {
+    /// A fresh host with the busybox template imported as `bb`. `None` (after
+    /// printing SKIP) when the machine cannot run VEs.
+    pub fn new(test: &str) -> Option<TestHost> {
+        let h = TestHost::bare(test)?;
+        let rootfs = match busybox_rootfs() {
+            Ok(r) => r,
+            Err(e) => {
+                skip(test, &format!("no busybox template: {e}"));
+                return None;
+            }
+        };
+        h.ok(&[
+            "template",
+            "import",
+            "bb",
+            "--from-dir",
+            rootfs.to_str().unwrap(),
+        ]);
+        Some(h)
+    }
+
+    /// A fresh, initialised host without templates.
+    pub fn bare(test: &str) -> Option<TestHost> {
+        if !is_root(test) {
+            return None;
+        }
+        let name = unique("vt");
+        let old_netns = fs::File::open("/proc/thread-self/ns/net")
+            .ok()
+            .map(OwnedFd::from);
+        if let Err(e) = unshare(CloneFlags::CLONE_NEWNET) {
+            skip(test, &format!("cannot create a network namespace: {e}"));
+            return None;
+        }
+        let root = tempfile::Builder::new()
+            .prefix("vectl-test-")
+            .tempdir()
+            .expect("tempdir");
+        let parent = match std::env::var("VECTL_TEST_CGROUP_BASE") {
+            Ok(base) => format!("{}/{name}", base.trim_end_matches('/')),
+            Err(_) => format!("./{name}"),
+        };
+        let mut h = TestHost {
+            name,
+            root,
+            cgroup_dirs: Vec::new(),
+            old_netns,
+        };
+        h.ok(&["init", "--cgroup-parent", &parent]);
+        let info: serde_json::Value =
+            serde_json::from_str(&h.ok(&["--json", "host", "info"])).expect("host info json");
+        h.cgroup_dirs = info["cgroup_paths"]
+            .as_array()
+            .expect("cgroup_paths")
+            .iter()
+            .map(|p| PathBuf::from(p.as_str().unwrap()))
+            .collect();
+        Some(h)
+    }
+
+    /// The state directory.
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// The parent cgroup directories of this host's VEs, one per hierarchy.
+    pub fn cgroup_parents(&self) -> &[PathBuf] {
+        &self.cgroup_dirs
+    }
+
+    /// A `vectl --root ROOT` command to add arguments to.
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(vectl_bin());
+        c.arg("--root").arg(self.root.path());
+        c.env_remove("VECTL_ROOT").env_remove("VECTL_FAILPOINT");
+        c
+    }
+
+    /// Runs vectl with `args` and returns what happened.
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.command()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run vectl")
+            .into()
+    }
+
+    /// Runs vectl, asserts success, returns stdout.
+    #[track_caller]
+    pub fn ok(&self, args: &[&str]) -> String {
+        let r = self.run(args);
+        assert!(
+            r.code == 0,
+            "vectl {args:?} failed with {}:\n{}{}",
+            r.code,
+            r.stderr,
+            r.stdout
+        );
+        r.stdout
+    }
+
+    /// Runs vectl, asserts it fails with exit 1 and exactly one line on stderr
+    /// starting with `vectl: `, returns that line.
+    #[track_caller]
+    pub fn fails(&self, args: &[&str]) -> String {
+        let r = self.run(args);
+        assert_eq!(
+            r.code, 1,
+            "vectl {args:?}: expected exit 1, got {}: {}{}",
+            r.code, r.stderr, r.stdout
+        );
+        let lines: Vec<&str> = r.stderr.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "vectl {args:?}: expected one line on stderr, got {:?}",
+            r.stderr
+        );
+        assert!(lines[0].starts_with("vectl: "), "{:?}", lines[0]);
+        assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+        lines[0].to_string()
+    }
+
+    /// `vectl --json ARGS`, parsed.
+    #[track_caller]
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&all)).expect("json output")
+    }
+
+    /// Runs a command in a VE and returns (exit code, stdout).
+    pub fn exec(&self, ve: &str, cmd: &[&str]) -> Run {
+        let mut args = vec!["exec", ve, "--"];
+        args.extend_from_slice(cmd);
+        self.run(&args)
+    }
+
+    /// Creates and starts a VE from `bb` with extra create arguments.
+    #[track_caller]
+    pub fn start_ve(&self, ve: &str, create_args: &[&str]) {
+        let mut args = vec!["create", ve, "--template", "bb"];
+        args.extend_from_slice(create_args);
+        self.ok(&args);
+        self.ok(&["start", ve]);
+    }
+
+    /// The VE's limits cgroup directory in the hierarchy holding `knob_dir_hint`
+    /// (a controller name such as "memory"; on v2 there is one directory).
+    pub fn cgroup_dir(&self, controller: &str, ve: &str) -> PathBuf {
+        let parent = self
+            .cgroup_dirs
+            .iter()
+            .find(|p| {
+                p.components().any(|c| {
+                    c.as_os_str()
+                        .to_str()
+                        .is_some_and(|s| s.split(',').any(|x| x == controller))
+                })
+            })
+            .or_else(|| self.cgroup_dirs.first())
+            .expect("a cgroup parent");
+        parent.join(ve)
+    }
+
+    /// The pid of a running VE's init.
+    pub fn init_pid(&self, ve: &str) -> i32 {
+        self.json(&["show", ve])["pid"].as_i64().expect("pid") as i32
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        // Every VE this host knows, killed and destroyed.
+        if let Ok(out) = self.command().args(["--json", "list"]).output()
+            && let Ok(list) = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        {
+            for ve in list.as_array().into_iter().flatten() {
+                if let Some(name) = ve["name"].as_str() {
+                    let _ = self.command().args(["destroy", "--force", name]).output();
+                }
+            }
+        }
+        // Whatever is left in our cgroups (a test that broke vectl's state).
+        for dir in &self.cgroup_dirs {
+            kill_cgroup_tree(dir);
+        }
+        for dir in &self.cgroup_dirs {
+            remove_cgroup_tree(dir);
+        }
+        if let Some(fd) = self.old_netns.take() {
+            let _ = setns(fd, CloneFlags::CLONE_NEWNET);
+        }
+    }
+}
+
+fn kill_cgroup_tree(dir: &Path) {
+    for _ in 0..100 {
+        let pids = procs_below(dir);
+        if pids.is_empty() {
+            return;
+        }
+        for p in pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// All pids in a cgroup directory and below.
+pub fn procs_below(dir: &Path) -> Vec<i32> {
+    let mut out = Vec::new();
+    if let Ok(s) = fs::read_to_string(dir.join("cgroup.procs")) {
+        out.extend(s.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+    }
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.extend(procs_below(&e.path()));
+            }
+        }
+    }
+    out
+}
+
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    for _ in 0..50 {
+        match fs::remove_dir(dir) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    }
+}

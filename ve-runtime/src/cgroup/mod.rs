@@ -342,8 +342,11 @@ fn read_file(path: &str) -> Result<String> {
 /// the knob, the value and the kernel's reason.
 pub(crate) fn write_knob(ve: &str, dir: &Path, knob: &str, value: &str) -> Result<()> {
     let path = dir.join(knob);
+    // O_TRUNC is ignored by cgroupfs and keeps the fake trees of unit tests exact;
+    // no O_CREAT: a missing knob must fail, not appear.
     let res = fs::OpenOptions::new()
         .write(true)
+        .truncate(true)
         .open(&path)
         .and_then(|mut f| f.write_all(value.as_bytes()));
     res.map_err(|e| Error::Kernel {
