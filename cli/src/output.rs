@@ -91,7 +91,7 @@ impl Out {
             "backend": host.settings().backend,
             "cgroup_version": cg.version(),
             "cgroup_parent": host.settings().cgroup.parent,
-            "cgroup_paths": cg.paths(""),
+            "cgroup_paths": cg.parents(),
             "cpus": cap.cpus,
             "ram_bytes": cap.ram_bytes,
             "ves": ves.len(),

@@ -28,3 +28,142 @@ fn a_ve_runs_its_init_as_pid_1_and_serves_http() {
     h.ok(&["destroy", "web1"]);
     assert!(h.json(&["list"]).as_array().unwrap().is_empty());
 }
+
+mod common;
+
+use std::fs;
+
+use common::*;
+
+#[test]
+fn writes_stay_private_to_the_ve_and_survive_stop_start() {
+    let Some(h) = TestHost::new("writes_stay_private_to_the_ve_and_survive_stop_start") else {
+        return;
+    };
+    h.start_ve("mine", &[]);
+    h.start_ve("theirs", &[]);
+    let w = h.exec(
+        "mine",
+        &[
+            "sh",
+            "-c",
+            "echo secret > /root/note && echo changed > /etc/hosts && mkdir -p /srv/data && echo x > /srv/data/f",
+        ],
+    );
+    assert_eq!(w.code, 0, "{}", w.stderr);
+    assert_eq!(h.exec("mine", &["cat", "/root/note"]).stdout, "secret\n");
+    // The other VE from the same template sees none of it.
+    assert_ne!(h.exec("theirs", &["test", "-e", "/root/note"]).code, 0);
+    assert_ne!(h.exec("theirs", &["test", "-e", "/srv/data"]).code, 0);
+    assert!(
+        h.exec("theirs", &["cat", "/etc/hosts"])
+            .stdout
+            .contains("localhost")
+    );
+    // The files are in the VE's private layer.
+    let upper = h.root().join("pool/ves/mine/upper");
+    assert_eq!(
+        fs::read_to_string(upper.join("root/note")).unwrap(),
+        "secret\n"
+    );
+    assert_eq!(fs::read_to_string(upper.join("etc/hosts")).unwrap(), "changed\n");
+    assert!(upper.join("srv/data/f").is_file());
+    assert!(!h.root().join("pool/ves/theirs/upper/root/note").exists());
+    // Template files are shared, not copied into the private layer.
+    assert!(!upper.join("bin/busybox").exists());
+
+    // They survive a stop and a start.
+    h.ok(&["stop", "--fast", "mine"]);
+    assert!(upper.join("root/note").is_file());
+    h.ok(&["start", "mine"]);
+    assert_eq!(h.exec("mine", &["cat", "/root/note"]).stdout, "secret\n");
+    assert_eq!(h.exec("mine", &["cat", "/etc/hosts"]).stdout, "changed\n");
+    assert_eq!(h.exec("mine", &["cat", "/srv/data/f"]).stdout, "x\n");
+}
+
+#[test]
+fn template_files_are_never_modified() {
+    let Some(h) = TestHost::new("template_files_are_never_modified") else {
+        return;
+    };
+    let tdir = h.root().join("pool/templates/bb/1");
+    assert!(tdir.join("bin/busybox").is_file(), "{}", tdir.display());
+    let before = snapshot(&tdir, true, &|_| false);
+    assert!(before.len() > 100, "{} entries", before.len());
+    h.start_ve("vandal", &[]);
+    let script = "set -e
+        echo new > /etc/newfile
+        echo changed >> /etc/passwd
+        rm /etc/os-release
+        rm /bin/ls
+        echo '#!/bin/sh' > /bin/newcmd
+        chmod 755 /bin/newcmd
+        chmod 600 /etc/hosts
+        touch /etc/inittab
+        mv /etc/group /etc/group.old
+        rm -r /etc/init.d
+        ln -sf /bin/busybox /bin/cat2";
+    let r = h.exec("vandal", &["sh", "-c", script]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // The VE sees its changes...
+    assert_ne!(h.exec("vandal", &["test", "-e", "/etc/os-release"]).code, 0);
+    assert_ne!(h.exec("vandal", &["test", "-e", "/bin/ls"]).code, 0);
+    assert_eq!(h.exec("vandal", &["cat", "/etc/newfile"]).stdout, "new\n");
+    // ...another VE on the same version does not, and the template is untouched.
+    h.start_ve("bystander", &[]);
+    assert_eq!(h.exec("bystander", &["test", "-e", "/etc/os-release"]).code, 0);
+    assert_eq!(h.exec("bystander", &["test", "-e", "/etc/init.d/rcS"]).code, 0);
+    h.ok(&["stop", "--fast", "vandal"]);
+    h.ok(&["destroy", "vandal"]);
+    let after = snapshot(&tdir, true, &|_| false);
+    assert_eq!(diff(&before, &after), "", "the template version changed");
+}
+
+#[test]
+fn ids_start_at_100_are_accepted_everywhere_and_are_reused() {
+    let Some(h) = TestHost::new("ids_start_at_100_are_accepted_everywhere_and_are_reused") else {
+        return;
+    };
+    for (i, name) in ["ida", "idb", "idc"].iter().enumerate() {
+        let cfg = h.json(&["create", name, "--template", "bb"]);
+        assert_eq!(cfg["id"], 100 + i as u64, "{cfg}");
+    }
+    let list = h.json(&["list"]);
+    let ids: Vec<u64> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [100, 101, 102]);
+
+    // Every command takes the id instead of the name.
+    h.ok(&["start", "101"]);
+    assert_eq!(status(&h, "idb"), "running");
+    assert_eq!(h.json(&["show", "101"])["name"], "idb");
+    assert_eq!(h.exec("101", &["hostname"]).stdout.trim(), "idb");
+    let set = h.json(&["set", "101", "--pids", "77"]);
+    assert_eq!(set["live"], true);
+    assert_eq!(knob(&h, "pids", "idb", "pids.max"), "77");
+    h.ok(&["stop", "--fast", "101"]);
+    assert_eq!(status(&h, "idb"), "stopped");
+    h.ok(&["restart", "--fast", "101"]);
+    assert_eq!(status(&h, "idb"), "running");
+    h.ok(&["destroy", "--force", "101"]);
+    assert_gone(&h, "idb");
+    // A freed id is unknown until reused...
+    let line = h.fails(&["show", "101"]);
+    assert!(line.contains("101"), "{line}");
+    // ...and the next VE gets the lowest free id.
+    assert_eq!(h.json(&["create", "idd", "--template", "bb"])["id"], 101);
+    assert_eq!(h.json(&["create", "ide", "--template", "bb"])["id"], 103);
+    h.ok(&["destroy", "100"]);
+    assert_gone(&h, "ida");
+    assert_eq!(h.json(&["create", "idf", "--template", "bb"])["id"], 100);
+    // An explicit id.
+    assert_eq!(
+        h.json(&["create", "idg", "--template", "bb", "--id", "500"])["id"],
+        500
+    );
+    assert_eq!(h.json(&["show", "500"])["name"], "idg");
+}

@@ -198,3 +198,21 @@ pub(crate) fn set_controlling_tty(fd: BorrowedFd<'_>) -> nix::Result<()> {
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSCTTY, 0) };
     if rc < 0 { Err(Errno::last()) } else { Ok(()) }
 }
+
+/// The bpf(2) system call with an attribute struct `T` (a `union bpf_attr` prefix).
+/// Returns the call's non-negative result (a new fd for BPF_PROG_LOAD).
+pub(crate) fn bpf<T>(cmd: u32, attr: &T) -> nix::Result<i32> {
+    // SAFETY: `attr` is a live, initialised repr(C) prefix of union bpf_attr and
+    // its size is passed along; the kernel reads at most that many bytes and
+    // copies what it needs (instructions, license) from pointers inside it, which
+    // the caller keeps alive for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            (attr as *const T).cast::<libc::c_void>(),
+            std::mem::size_of::<T>(),
+        )
+    };
+    if rc < 0 { Err(Errno::last()) } else { Ok(rc as i32) }
+}

@@ -13,6 +13,7 @@
 //! the controllers are stateless functions over a directory, so unit tests run them
 //! against a temporary directory laid out like cgroupfs.
 
+mod devices;
 mod v1;
 mod v2;
 
@@ -102,6 +103,8 @@ pub trait CgroupBackend: std::fmt::Debug {
     fn usage(&self, ve: &str) -> Result<Usage>;
     /// The directories this backend would use for a VE (for `show`).
     fn paths(&self, ve: &str) -> Vec<PathBuf>;
+    /// The parent directories of all VE cgroups, one per hierarchy.
+    fn parents(&self) -> Vec<PathBuf>;
 }
 
 /// Host settings for cgroups, kept in vectl.toml.

@@ -36,7 +36,8 @@ pub struct V1 {
 }
 
 /// Device rules for a VE: nothing but the nodes vectl puts in its /dev, pseudo
-/// terminals, fuse and tun. Block devices are never accessible.
+/// terminals, fuse and tun. Block devices are never accessible, nor the host's
+/// console (a VE's /dev/console is bound to /dev/null).
 const DEVICE_RULES: &[&str] = &[
     "c 1:3 rwm",    // null
     "c 1:5 rwm",    // zero
@@ -225,6 +226,10 @@ impl CgroupBackend for V1 {
 
     fn paths(&self, ve: &str) -> Vec<PathBuf> {
         self.hierarchies.iter().map(|h| h.parent.join(ve)).collect()
+    }
+
+    fn parents(&self) -> Vec<PathBuf> {
+        self.hierarchies.iter().map(|h| h.parent.clone()).collect()
     }
 }
 

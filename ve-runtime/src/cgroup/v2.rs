@@ -115,6 +115,7 @@ impl CgroupBackend for V2 {
     fn create(&self, ve: &str, limits: &KernelLimits) -> Result<()> {
         let dir = self.ve_dir(ve);
         mkdir(&dir)?;
+        super::devices::attach(ve, &dir)?;
         mkdir(&dir.join(PAYLOAD))?;
         let old = self.read_limits(ve)?;
         self.apply(ve, &old, limits)
@@ -213,6 +214,10 @@ impl CgroupBackend for V2 {
 
     fn paths(&self, ve: &str) -> Vec<PathBuf> {
         vec![self.ve_dir(ve)]
+    }
+
+    fn parents(&self) -> Vec<PathBuf> {
+        vec![self.parent.clone()]
     }
 }
 

@@ -1,0 +1,207 @@
+//! vectl's benchmark: the hot paths of the VE lifecycle, timed as a user sees them
+//! (whole `vectl` command runs), on a busybox template, as root.
+//!
+//!   cargo build --release --workspace --bins
+//!   target/release/vectl-bench [--runs N] [--ves N] [--json]
+//!
+//! Figures (medians):
+//! - cycle: create + start + exec true + stop --fast + destroy of one VE
+//! - create→ready: create + start until the VE's own HTTP server answers
+//!   (`exec -- wget` inside the VE)
+//! - start: `vectl start` of an existing, stopped VE (returns once init runs)
+//! - stop --fast + destroy
+//! - set --ram: a live memory limit change on a running VE
+//! - list: `vectl list` with the VEs of the memory run present
+//! - memory: host memory per running idle VE = drop of MemAvailable over N
+//!   VEs, minus what the VEs' own cgroups account, divided by N
+//! - N VEs one after another: create + start of N VEs in sequence
+//!
+//! It is a benchmark, not a test: it prints numbers and fails only if vectl fails.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use integration::TestHost;
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn timed(f: impl FnOnce()) -> f64 {
+    let t = Instant::now();
+    f();
+    ms(t.elapsed())
+}
+
+fn mem_available_kib() -> u64 {
+    fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let runs = arg("--runs", 20);
+    let nves = arg("--ves", 50);
+    let json = std::env::args().any(|a| a == "--json");
+    let Some(h) = TestHost::new("vectl-bench") else {
+        eprintln!("vectl-bench: cannot run here (see SKIP above)");
+        std::process::exit(1);
+    };
+    let limits = ["--ram", "64M", "--cpu-limit", "50%", "--pids", "200"];
+    // Warm up caches (binary, template pages).
+    h.start_ve("warm", &limits);
+    h.ok(&["stop", "--fast", "warm"]);
+    h.ok(&["destroy", "warm"]);
+
+    let mut cycle = Vec::new();
+    let mut ready = Vec::new();
+    let mut teardown = Vec::new();
+    for i in 0..runs {
+        let ve = format!("c{i}");
+        let t = Instant::now();
+        let mut create = vec!["create", ve.as_str(), "--template", "bb"];
+        create.extend_from_slice(&limits);
+        h.ok(&create);
+        h.ok(&["start", &ve]);
+        h.ok(&["exec", &ve, "--", "true"]);
+        h.ok(&["stop", "--fast", &ve]);
+        h.ok(&["destroy", &ve]);
+        cycle.push(ms(t.elapsed()));
+
+        let t = Instant::now();
+        h.ok(&create);
+        h.ok(&["start", &ve]);
+        // Ready = the VE's own HTTP server answers (its init starts httpd).
+        loop {
+            let r = h.exec(&ve, &["wget", "-qO-", "http://127.0.0.1/"]);
+            if r.code == 0 && r.stdout.contains("hello") {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "VE {ve} never served HTTP");
+        }
+        ready.push(ms(t.elapsed()));
+        teardown.push(timed(|| {
+            h.ok(&["stop", "--fast", &ve]);
+            h.ok(&["destroy", &ve]);
+        }));
+    }
+
+    h.ok(&{
+        let mut c = vec!["create", "s", "--template", "bb"];
+        c.extend_from_slice(&limits);
+        c
+    });
+    let mut start = Vec::new();
+    for _ in 0..runs {
+        start.push(timed(|| {
+            h.ok(&["start", "s"]);
+        }));
+        h.ok(&["stop", "--fast", "s"]);
+    }
+    h.ok(&["start", "s"]);
+    let mut set = Vec::new();
+    for i in 0..runs.max(50) {
+        let size = if i % 2 == 0 { "96M" } else { "128M" };
+        set.push(timed(|| {
+            h.ok(&["set", "s", "--ram", size]);
+        }));
+    }
+    h.ok(&["stop", "--fast", "s"]);
+    h.ok(&["destroy", "s"]);
+
+    // Memory per idle VE, and N VEs one after another.
+    std::thread::sleep(Duration::from_millis(500));
+    let before = mem_available_kib();
+    let t = Instant::now();
+    for i in 0..nves {
+        h.start_ve(&format!("m{i}"), &limits);
+    }
+    let sequential = ms(t.elapsed());
+    std::thread::sleep(Duration::from_secs(2));
+    let after = mem_available_kib();
+    // What the VEs' cgroups account: everything (usage), and the file pages in it
+    // (page cache such as the shared busybox binary, charged to whichever VE read
+    // it first and counted as available by MemAvailable anyway).
+    let mut cgroup_kib = 0u64;
+    let mut cgroup_file_kib = 0u64;
+    for i in 0..nves {
+        let dir = h.cgroup_dir("memory", &format!("m{i}"));
+        let usage = fs::read_to_string(dir.join("memory.usage_in_bytes"))
+            .or_else(|_| fs::read_to_string(dir.join("memory.current")))
+            .unwrap();
+        cgroup_kib += usage.trim().parse::<u64>().unwrap() / 1024;
+        let stat = fs::read_to_string(dir.join("memory.stat")).unwrap();
+        let file = stat
+            .lines()
+            .find_map(|l| l.strip_prefix("total_cache ").or_else(|| l.strip_prefix("file ")))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        cgroup_file_kib += file / 1024;
+    }
+    let mut list = Vec::new();
+    for _ in 0..runs {
+        list.push(timed(|| {
+            h.ok(&["list"]);
+        }));
+    }
+    let n = nves as f64;
+    let drop_per_ve = (before as f64 - after as f64) / n;
+    let cgroup_per_ve = cgroup_kib as f64 / n;
+    let nonfile_per_ve = (cgroup_kib - cgroup_file_kib.min(cgroup_kib)) as f64 / n;
+    let stop_all = timed(|| {
+        let names: Vec<String> = (0..nves).map(|i| format!("m{i}")).collect();
+        let mut args = vec!["destroy", "--force"];
+        args.extend(names.iter().map(String::as_str));
+        h.ok(&args);
+    });
+
+    let rows = [
+        ("cycle create+start+exec+stop+destroy (ms)", median(&mut cycle)),
+        ("create->ready, HTTP answers (ms)", median(&mut ready)),
+        ("start of an existing VE (ms)", median(&mut start)),
+        ("stop --fast + destroy (ms)", median(&mut teardown)),
+        ("set --ram on a running VE (ms)", median(&mut set)),
+        ("list with N VEs (ms)", median(&mut list)),
+        ("N VEs created+started one after another (ms)", sequential),
+        ("destroy --force of N running VEs (ms)", stop_all),
+        ("MemAvailable drop per running idle VE (KiB)", drop_per_ve),
+        ("charged to each VE's cgroup, all (KiB)", cgroup_per_ve),
+        ("charged to each VE's cgroup, without page cache (KiB)", nonfile_per_ve),
+        ("host memory per VE outside its cgroup (KiB)", drop_per_ve - nonfile_per_ve),
+    ];
+    if json {
+        let obj: serde_json::Map<String, serde_json::Value> = rows
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+            .collect();
+        println!("{}", serde_json::json!({"runs": runs, "ves": nves, "figures": obj}));
+    } else {
+        println!("vectl-bench: {runs} runs, N = {nves} VEs, medians");
+        for (k, v) in rows {
+            println!("  {k:<52} {v:>9.2}");
+        }
+    }
+}

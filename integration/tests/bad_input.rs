@@ -1,0 +1,499 @@
+//! Bad input: every refused command exits 1 with exactly one line on stderr that
+//! starts with `vectl: ` and names the VE or file, and changes nothing on disk.
+//! Usage errors exit 2. Nothing panics.
+//!
+//! Each test checks a list of cases and reports every case that is wrong at once.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::process::Stdio;
+
+use common::*;
+
+/// Runs `vectl ARGS` expecting a refused operation; returns what is wrong, if anything.
+fn refused(h: &TestHost, args: &[&str], must_name: &[&str]) -> Option<String> {
+    let before = state_snapshot(h);
+    let r = h.run(args);
+    let changed = diff(&before, &state_snapshot(h));
+    let mut wrong = Vec::new();
+    if r.code != 1 {
+        wrong.push(format!("exit {} (want 1)", r.code));
+    }
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    if lines.len() != 1 {
+        wrong.push(format!("{} lines on stderr (want 1)", lines.len()));
+    }
+    if !lines.first().is_some_and(|l| l.starts_with("vectl: ")) {
+        wrong.push("stderr does not start with \"vectl: \"".into());
+    }
+    for n in must_name {
+        if !r.stderr.contains(n) {
+            wrong.push(format!("the message does not name {n:?}"));
+        }
+    }
+    if r.stderr.contains("panicked") {
+        wrong.push("vectl panicked".into());
+    }
+    if !changed.is_empty() {
+        wrong.push(format!("the state changed: {changed}"));
+    }
+    (!wrong.is_empty()).then(|| format!("vectl {args:?}: {}; stderr: {:?}", wrong.join(", "), r.stderr))
+}
+
+/// Asserts that every case was refused properly.
+#[track_caller]
+fn all_refused(h: &TestHost, cases: &[(Vec<&str>, Vec<&str>)]) {
+    let wrong: Vec<String> = cases
+        .iter()
+        .filter_map(|(args, names)| refused(h, args, names))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} bad inputs were not refused properly:\n{}",
+        wrong.len(),
+        cases.len(),
+        wrong.join("\n")
+    );
+}
+
+fn case<'a>(args: &[&'a str], names: &[&'a str]) -> (Vec<&'a str>, Vec<&'a str>) {
+    (args.to_vec(), names.to_vec())
+}
+
+#[test]
+fn invalid_names_are_refused() {
+    let Some(h) = TestHost::new("invalid_names_are_refused") else {
+        return;
+    };
+    let long = "a".repeat(64);
+    let cases = [
+        case(&["create", "Web", "--template", "bb"], &["Web"]),
+        case(&["create", "--template", "bb", "--", "-x"], &["-x"]),
+        case(&["create", "a_b", "--template", "bb"], &["a_b"]),
+        case(&["create", "123", "--template", "bb"], &["123"]),
+        case(&["create", &long, "--template", "bb"], &[&long]),
+        case(&["create", "web.1", "--template", "bb"], &["web.1"]),
+        case(&["create", "../evil", "--template", "bb"], &["../evil"]),
+        case(&["create", "wëb", "--template", "bb"], &["wëb"]),
+        case(&["create", "", "--template", "bb"], &["\"\""]),
+        case(&["start", "Web"], &["Web"]),
+        case(&["show", "a_b"], &["a_b"]),
+        case(&["destroy", "../evil"], &["../evil"]),
+    ];
+    all_refused(&h, &cases);
+    // 63 characters are fine.
+    h.ok(&["create", &"a".repeat(63), "--template", "bb"]);
+}
+
+#[test]
+fn duplicate_names_are_refused() {
+    let Some(h) = TestHost::new("duplicate_names_are_refused") else {
+        return;
+    };
+    h.ok(&["create", "dup", "--template", "bb"]);
+    h.start_ve("duprun", &[]);
+    all_refused(
+        &h,
+        &[
+            case(&["create", "dup", "--template", "bb"], &["dup"]),
+            case(&["create", "duprun", "--template", "bb", "--ram", "64M"], &["duprun"]),
+            case(&["create", "other", "--template", "bb", "--id", "100"], &["100"]),
+        ],
+    );
+    assert_eq!(status(&h, "duprun"), "running");
+}
+
+#[test]
+fn unknown_templates_and_versions_are_refused() {
+    let Some(h) = TestHost::new("unknown_templates_and_versions_are_refused") else {
+        return;
+    };
+    all_refused(
+        &h,
+        &[
+            case(&["create", "w", "--template", "nope"], &["nope"]),
+            case(&["create", "w", "--template", "bb@9"], &["bb", "9"]),
+            case(&["create", "w", "--template", "bb@0"], &["bb"]),
+            case(&["create", "w", "--template", "bb@x"], &["bb@x"]),
+            case(&["create", "w", "--template", "../bb"], &["../bb"]),
+            case(&["create", "w", "--template", ""], &["\"\""]),
+        ],
+    );
+}
+
+#[test]
+fn imports_from_bad_sources_are_refused() {
+    let Some(h) = TestHost::new("imports_from_bad_sources_are_refused") else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let p = |n: &str| work.path().join(n).to_str().unwrap().to_string();
+    let missing = p("missing");
+    let file = p("file");
+    fs::write(&file, "not a directory\n").unwrap();
+    let garbage = p("garbage.tar");
+    fs::write(&garbage, vec![0x5a_u8; 10_000]).unwrap();
+    let empty = p("empty.tar");
+    fs::write(&empty, b"").unwrap();
+    let fake_gz = p("fake.tar.gz");
+    fs::write(&fake_gz, b"\x1f\x8b\x08\x00garbage after a gzip magic").unwrap();
+    let fake_zst = p("fake.tar.zst");
+    fs::write(&fake_zst, b"\x28\xb5\x2f\xfdgarbage after a zstd magic").unwrap();
+    // A real archive cut short.
+    let rootfs = integration::busybox_rootfs().unwrap();
+    let cut = p("cut.tar.gz");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "tar -C {} -czf - . | head -c 300000 > {cut}",
+            rootfs.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let dir = work.path().to_str().unwrap().to_string();
+    let cases = [
+        case(&["template", "import", "t", "--from-dir", &missing], &[&missing]),
+        case(&["template", "import", "t", "--from-dir", &file], &[&file]),
+        case(&["template", "import", "t", "--from-tar", &missing], &[&missing]),
+        case(&["template", "import", "t", "--from-tar", &garbage], &[&garbage]),
+        case(&["template", "import", "t", "--from-tar", &empty], &[&empty]),
+        case(&["template", "import", "t", "--from-tar", &fake_gz], &[&fake_gz]),
+        case(&["template", "import", "t", "--from-tar", &fake_zst], &[&fake_zst]),
+        case(&["template", "import", "t", "--from-tar", &cut], &[&cut]),
+        case(&["template", "import", "t", "--from-tar", &dir], &[&dir]),
+        // Into an existing template: no half version either.
+        case(&["template", "import", "bb", "--from-tar", &garbage], &[&garbage]),
+        case(&["template", "import", "Bad", "--from-dir", rootfs.to_str().unwrap()], &["Bad"]),
+    ];
+    all_refused(&h, &cases);
+    // No version number was used up.
+    let out = h.ok(&["template", "import", "bb", "--from-dir", rootfs.to_str().unwrap()]);
+    assert!(out.contains("bb@2"), "{out}");
+}
+
+#[test]
+fn operations_that_need_another_state_are_refused() {
+    let Some(h) = TestHost::new("operations_that_need_another_state_are_refused") else {
+        return;
+    };
+    h.start_ve("up", &[]);
+    h.ok(&["create", "down", "--template", "bb"]);
+    let pid = h.init_pid("up");
+    all_refused(
+        &h,
+        &[
+            case(&["start", "up"], &["up"]),
+            case(&["start", "100"], &["up"]),
+            case(&["exec", "down", "--", "true"], &["down"]),
+            case(&["exec", "101", "--", "true"], &["down"]),
+            case(&["enter", "down"], &["down"]),
+            case(&["destroy", "up"], &["up"]),
+            case(&["destroy", "100"], &["up"]),
+        ],
+    );
+    // Nothing happened to either VE.
+    assert_eq!(h.init_pid("up"), pid);
+    assert_eq!(status(&h, "down"), "stopped");
+    assert!(existing_cgroup_dirs(&h, "down").is_empty());
+}
+
+#[test]
+fn a_corrupted_config_is_named_and_list_still_works() {
+    let Some(h) = TestHost::new("a_corrupted_config_is_named_and_list_still_works") else {
+        return;
+    };
+    h.ok(&["create", "good", "--template", "bb"]);
+    h.ok(&["create", "bad", "--template", "bb"]);
+    let cfg = h.root().join("ves/bad.toml");
+    fs::write(&cfg, "id = 101\nname = [garbage\n\u{0}\u{1}").unwrap();
+    let file = cfg.to_str().unwrap().to_string();
+    all_refused(
+        &h,
+        &[
+            case(&["start", "bad"], &[&file]),
+            case(&["show", "bad"], &[&file]),
+            case(&["show", "101"], &[&file]),
+            case(&["stop", "bad"], &[&file]),
+            case(&["set", "bad", "--ram", "64M"], &[&file]),
+            case(&["exec", "bad", "--", "true"], &[&file]),
+            case(&["create", "bad", "--template", "bb"], &[&file]),
+        ],
+    );
+    // list works, warns once naming the file, and shows the others.
+    for json in [false, true] {
+        let args: &[&str] = if json { &["--json", "list"] } else { &["list"] };
+        let r = h.run(args);
+        assert_eq!(r.code, 0, "{r:?}");
+        let warnings: Vec<&str> = r.stderr.lines().collect();
+        assert_eq!(warnings.len(), 1, "{r:?}");
+        assert!(
+            warnings[0].starts_with("vectl: ") && warnings[0].contains(&file),
+            "{r:?}"
+        );
+        assert!(r.stdout.contains("good"), "{r:?}");
+        if json {
+            let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+            assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+        }
+    }
+    // Other VEs are unaffected.
+    h.ok(&["start", "good"]);
+    h.ok(&["stop", "--fast", "good"]);
+    fs::remove_file(&cfg).unwrap();
+}
+
+#[test]
+fn corrupted_host_settings_are_named() {
+    let Some(h) = TestHost::new("corrupted_host_settings_are_named") else {
+        return;
+    };
+    let settings = h.root().join("vectl.toml");
+    let good = fs::read(&settings).unwrap();
+    fs::write(&settings, "version = [[[").unwrap();
+    let file = settings.to_str().unwrap().to_string();
+    let cases = [
+        case(&["list"], &[&file]),
+        case(&["create", "x", "--template", "bb"], &[&file]),
+        case(&["template", "list"], &[&file]),
+        case(&["host", "info"], &[&file]),
+    ];
+    let wrong: Vec<String> = cases
+        .iter()
+        .filter_map(|(a, n)| refused(&h, a, n))
+        .collect();
+    fs::write(&settings, good).unwrap();
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn out_of_range_limits_are_refused() {
+    let Some(h) = TestHost::new("out_of_range_limits_are_refused") else {
+        return;
+    };
+    h.start_ve(
+        "lim",
+        &["--ram", "256M", "--cpu-limit", "50%", "--pids", "200"],
+    );
+    let kernel = |h: &TestHost| {
+        (
+            knob(h, "memory", "lim", "memory.limit_in_bytes"),
+            knob(h, "cpu", "lim", "cpu.cfs_quota_us"),
+            knob(h, "pids", "lim", "pids.max"),
+        )
+    };
+    let before = kernel(&h);
+    let mut cases = Vec::new();
+    for bad in [
+        ["--ram", "1K"],
+        ["--ram", "0"],
+        ["--ram", "101%"],
+        ["--ram", "0%"],
+        ["--ram", "1000T"],
+        ["--cpu-limit", "0%"],
+        ["--cpu-limit", "500%"],
+        ["--cpu-limit", "0.5%"],
+        ["--pids", "0"],
+        ["--pids", "99999999"],
+    ] {
+        cases.push(case(&["create", "new", "--template", "bb", bad[0], bad[1]], &["new"]));
+        cases.push(case(&["set", "lim", bad[0], bad[1]], &["lim"]));
+    }
+    all_refused(&h, &cases);
+    assert_eq!(kernel(&h), before, "a refused set changed the kernel");
+    assert!(listed(&h, "new").is_none());
+}
+
+#[test]
+fn malformed_sizes_are_exit_1_not_usage_errors() {
+    let Some(h) = TestHost::new("malformed_sizes_are_exit_1_not_usage_errors") else {
+        return;
+    };
+    h.ok(&["create", "sz", "--template", "bb", "--ram", "256M"]);
+    let mut cases = Vec::new();
+    for bad in [
+        ["--ram", "12Q"],
+        ["--ram", "-5M"],
+        ["--ram=-5M", ""],
+        ["--ram", "1..5G"],
+        ["--ram", "99999999999999999999T"],
+        ["--cpu-limit", "50"],
+        ["--cpu-limit", "-5%"],
+        ["--pids", "-1"],
+        ["--pids", "ten"],
+    ] {
+        let value = bad[0].strip_prefix("--ram=").unwrap_or(bad[1]);
+        let args: Vec<&str> = bad.iter().copied().filter(|a| !a.is_empty()).collect();
+        let mut create = vec!["create", "new", "--template", "bb"];
+        create.extend(&args);
+        cases.push((create, vec!["new", value]));
+        let mut set = vec!["set", "sz"];
+        set.extend(&args);
+        cases.push((set, vec!["sz", value]));
+    }
+    all_refused(&h, &cases);
+    assert!(listed(&h, "new").is_none());
+    assert_eq!(h.json(&["show", "sz"])["limits"]["ram"], "256M");
+}
+
+#[test]
+fn unknown_ves_and_ids_are_refused() {
+    let Some(h) = TestHost::new("unknown_ves_and_ids_are_refused") else {
+        return;
+    };
+    h.ok(&["create", "known", "--template", "bb"]);
+    let mut cases = Vec::new();
+    for who in ["nope", "999", "0100", "4294967296"] {
+        cases.push(case(&["start", who], &[who]));
+        cases.push(case(&["stop", who], &[who]));
+        cases.push(case(&["restart", who], &[who]));
+        cases.push(case(&["show", who], &[who]));
+        cases.push(case(&["exec", who, "--", "true"], &[who]));
+        cases.push(case(&["enter", who], &[who]));
+        cases.push(case(&["set", who, "--pids", "10"], &[who]));
+        cases.push(case(&["destroy", who], &[who]));
+        cases.push(case(&["destroy", "--force", who], &[who]));
+    }
+    all_refused(&h, &cases);
+    // One bad VE among good ones: the others are done, the command fails.
+    let r = h.run(&["start", "known", "nope"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(r.stderr.lines().count(), 1, "{r:?}");
+    assert!(r.stderr.contains("nope"));
+    assert_eq!(status(&h, "known"), "running");
+}
+
+#[test]
+fn other_bad_create_options_are_refused() {
+    let Some(h) = TestHost::new("other_bad_create_options_are_refused") else {
+        return;
+    };
+    let long_host = "h".repeat(300);
+    all_refused(
+        &h,
+        &[
+            case(&["create", "o", "--template", "bb", "--init", "sbin/init"], &["o"]),
+            case(&["create", "o", "--template", "bb", "--init", ""], &["o"]),
+            case(&["create", "o", "--template", "bb", "--init", "'/sbin/init"], &["o"]),
+            case(&["create", "o", "--template", "bb", "--stop-signal", "SIGKILL"], &["o"]),
+            case(&["create", "o", "--template", "bb", "--stop-signal", "SIGNOPE"], &["o"]),
+            case(&["create", "o", "--template", "bb", "--stop-signal", "SIGRTMIN+99"], &["o"]),
+            case(&["create", "o", "--template", "bb", "--hostname", "bad_host"], &["bad_host"]),
+            case(&["create", "o", "--template", "bb", "--hostname", &long_host], &[]),
+            case(&["create", "o", "--template", "bb", "--id", "5"], &["5"]),
+            case(&["create", "o", "--template", "bb", "--id", "0"], &["0"]),
+        ],
+    );
+}
+
+#[test]
+fn bad_exec_options_are_refused() {
+    let Some(h) = TestHost::new("bad_exec_options_are_refused") else {
+        return;
+    };
+    h.start_ve("ex", &[]);
+    all_refused(
+        &h,
+        &[
+            case(&["exec", "ex", "-e", "NOEQUALS", "--", "true"], &["ex"]),
+            case(&["exec", "ex", "-e", "=x", "--", "true"], &["ex"]),
+            case(&["exec", "ex", "-w", "/nonexistent", "--", "true"], &["ex", "/nonexistent"]),
+            case(&["exec", "ex", "--", "/etc/passwd"], &["ex"]),
+            case(&["exec", "ex", "--", "/nonexistent/prog"], &["ex"]),
+        ],
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let Some(h) = TestHost::new("usage_errors_exit_2") else {
+        return;
+    };
+    h.ok(&["create", "u", "--template", "bb"]);
+    let cases: &[&[&str]] = &[
+        &["create", "v", "--template", "bb", "--bogus"],
+        &["create", "v"],
+        &["create"],
+        &["start"],
+        &["exec", "u"],
+        &["exec", "u", "true"],
+        &["set", "u", "--ram"],
+        &["frobnicate"],
+        &[],
+        &["template", "import", "t"],
+        &["template", "import", "t", "--from-dir", "/a", "--from-tar", "/b"],
+        &["stop", "u", "--timeout", "soon"],
+        &["init", "--backend", "zfs"],
+    ];
+    let mut wrong = Vec::new();
+    for args in cases {
+        let before = state_snapshot(&h);
+        let r = h.run(args);
+        let changed = diff(&before, &state_snapshot(&h));
+        if r.code != 2 || r.stderr.is_empty() || r.stderr.contains("panicked") || !changed.is_empty()
+        {
+            wrong.push(format!("vectl {args:?}: exit {} {:?} changed: {changed}", r.code, r.stderr));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn odd_arguments_never_panic_or_change_anything() {
+    let Some(h) = TestHost::new("odd_arguments_never_panic_or_change_anything") else {
+        return;
+    };
+    h.start_ve("odd", &[]);
+    let huge = "x".repeat(100_000);
+    let huge_num = "9".repeat(400);
+    let huge_pct = format!("{huge_num}%");
+    let cases: Vec<Vec<&OsStr>> = vec![
+        vec![OsStr::new("start"), OsStr::from_bytes(b"\xff\xfe")],
+        vec![OsStr::new("show"), OsStr::new(&huge)],
+        vec![OsStr::new("show"), OsStr::new(&huge_num)],
+        vec![OsStr::new("create"), OsStr::new("n"), OsStr::new("--template"), OsStr::from_bytes(b"bb\xff")],
+        vec![OsStr::new("create"), OsStr::new("n"), OsStr::new("--template"), OsStr::new("bb@99999999999999999999")],
+        vec![OsStr::new("create"), OsStr::new("n"), OsStr::new("--template"), OsStr::new("bb"), OsStr::new("--ram"), OsStr::new("1e400M")],
+        vec![OsStr::new("create"), OsStr::new("n"), OsStr::new("--template"), OsStr::new("bb"), OsStr::new("--cpu-limit"), OsStr::new(&huge_pct)],
+        vec![OsStr::new("create"), OsStr::new("n"), OsStr::new("--template"), OsStr::new("bb"), OsStr::new("--cpu-limit"), OsStr::new("nan%")],
+        vec![OsStr::new("create"), OsStr::new("n"), OsStr::new("--template"), OsStr::new("bb"), OsStr::new("--id"), OsStr::new("99999999999")],
+        vec![OsStr::new("exec"), OsStr::new("odd"), OsStr::new("--"), OsStr::new("")],
+        vec![OsStr::new("exec"), OsStr::new("odd"), OsStr::new("-w"), OsStr::new(""), OsStr::new("--"), OsStr::new("true")],
+        vec![OsStr::new("exec"), OsStr::new("odd"), OsStr::new("-e"), OsStr::new("A=\0"), OsStr::new("--"), OsStr::new("true")],
+        vec![OsStr::new("exec"), OsStr::new("odd"), OsStr::new("--"), OsStr::from_bytes(b"\xff")],
+        vec![OsStr::new("template"), OsStr::new("import"), OsStr::new("../up"), OsStr::new("--from-dir"), OsStr::new("/nonexistent")],
+    ];
+    let mut wrong = Vec::new();
+    for args in &cases {
+        let before = state_snapshot(&h);
+        let out = h
+            .command()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let r: Run = out.into();
+        let changed = diff(&before, &state_snapshot(&h));
+        let shown: Vec<String> = args
+            .iter()
+            .map(|a| a.to_string_lossy().chars().take(40).collect())
+            .collect();
+        if !(r.code == 1 || r.code == 2) || r.stderr.contains("panicked") || !changed.is_empty() {
+            wrong.push(format!(
+                "vectl {shown:?}: exit {} {:?} changed: {changed}",
+                r.code,
+                r.stderr.chars().take(300).collect::<String>()
+            ));
+        }
+        if r.code == 1 && !(r.stderr.lines().count() == 1 && r.stderr.starts_with("vectl: ")) {
+            wrong.push(format!("vectl {shown:?}: not one \"vectl: \" line: {:?}", r.stderr));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert_eq!(status(&h, "odd"), "running");
+}

@@ -1,0 +1,373 @@
+//! Helpers shared by the end-to-end test files (each test binary uses a part).
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub use integration::{Run, TestHost, procs_below};
+
+/// The VE's cgroup directories, one per hierarchy (limits live in these).
+pub fn cgroup_dirs(h: &TestHost, ve: &str) -> Vec<PathBuf> {
+    h.cgroup_parents().iter().map(|p| p.join(ve)).collect()
+}
+
+/// Which of the VE's cgroup directories exist.
+pub fn existing_cgroup_dirs(h: &TestHost, ve: &str) -> Vec<PathBuf> {
+    cgroup_dirs(h, ve).into_iter().filter(|d| d.exists()).collect()
+}
+
+/// A process's state letter (`R`, `S`, `Z`...), `None` if it is gone.
+pub fn proc_state(pid: i32) -> Option<char> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    rest.split_whitespace().next()?.chars().next()
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    proc_state(pid).is_some_and(|s| !matches!(s, 'Z' | 'X' | 'x'))
+}
+
+/// Live (non-zombie) processes anywhere on the host whose cgroup, in any hierarchy,
+/// is this host's cgroup of `ve` or below it. Independent of what vectl recorded.
+pub fn leftover_procs(h: &TestHost, ve: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cg) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+            continue;
+        };
+        let inside = cg.lines().any(|l| {
+            let path = l.splitn(3, ':').nth(2).unwrap_or("");
+            let parts: Vec<&str> = path.split('/').collect();
+            parts.windows(2).any(|w| w[0] == h.name && w[1] == ve)
+        });
+        if inside && alive(pid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Polls `f` until it is true or `timeout` passes; returns the last result.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The VE's entry in `list --json`, if listed.
+pub fn listed(h: &TestHost, ve: &str) -> Option<serde_json::Value> {
+    h.json(&["list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == ve)
+        .cloned()
+}
+
+/// The VE's status in `list --json` ("running", "stopped"), panics if not listed.
+#[track_caller]
+pub fn status(h: &TestHost, ve: &str) -> String {
+    listed(h, ve)
+        .unwrap_or_else(|| panic!("VE {ve} is not listed"))
+        .get("status")
+        .and_then(|s| s.as_str())
+        .unwrap()
+        .to_string()
+}
+
+/// Fetches the VE's web page from inside it, retrying while httpd comes up.
+#[track_caller]
+pub fn wait_http(h: &TestHost, ve: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = h.exec(ve, &["wget", "-qO-", "http://127.0.0.1/"]);
+        if r.code == 0 && r.stdout.starts_with("hello from") {
+            return r.stdout.trim().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "VE {ve} does not serve HTTP: exit {}: {}{}",
+            r.code,
+            r.stdout,
+            r.stderr
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Asserts that a stopped VE left nothing running: listed as stopped, no cgroup
+/// directory, no process in its cgroups, no runtime state file.
+#[track_caller]
+pub fn assert_stopped_clean(h: &TestHost, ve: &str) {
+    assert_eq!(status(h, ve), "stopped", "VE {ve}");
+    let dirs = existing_cgroup_dirs(h, ve);
+    assert!(dirs.is_empty(), "VE {ve}: cgroup dirs left: {dirs:?}");
+    let procs = leftover_procs(h, ve);
+    assert!(procs.is_empty(), "VE {ve}: processes left: {procs:?}");
+    let run = h.root().join("run").join(format!("{ve}.json"));
+    assert!(!run.exists(), "VE {ve}: {} left", run.display());
+}
+
+/// Asserts that nothing of a destroyed VE is left: not listed, no config or
+/// tombstone, no private volume, mount dir, id link, state file, cgroup or process.
+#[track_caller]
+pub fn assert_gone(h: &TestHost, ve: &str) {
+    assert!(listed(h, ve).is_none(), "VE {ve} still listed");
+    let root = h.root();
+    for p in [
+        root.join("ves").join(format!("{ve}.toml")),
+        root.join("ves").join(format!("{ve}.toml.destroying")),
+        root.join("pool/ves").join(ve),
+        root.join("mnt").join(ve),
+        root.join("run").join(format!("{ve}.json")),
+    ] {
+        assert!(
+            fs::symlink_metadata(&p).is_err(),
+            "VE {ve}: {} left",
+            p.display()
+        );
+    }
+    for e in fs::read_dir(root.join("ids")).unwrap().flatten() {
+        let target = fs::read_link(e.path()).unwrap_or_default();
+        assert!(
+            target.as_os_str() != ve,
+            "VE {ve}: id link {} left",
+            e.path().display()
+        );
+    }
+    let dirs = existing_cgroup_dirs(h, ve);
+    assert!(dirs.is_empty(), "VE {ve}: cgroup dirs left: {dirs:?}");
+    let procs = leftover_procs(h, ve);
+    assert!(procs.is_empty(), "VE {ve}: processes left: {procs:?}");
+}
+
+/// Asserts that the host holds no VE at all any more: empty list, and nothing in
+/// ROOT/ves, ROOT/pool/ves, ROOT/mnt, ROOT/ids, ROOT/run, below the cgroup parents.
+#[track_caller]
+pub fn assert_host_empty(h: &TestHost) {
+    assert_eq!(h.json(&["list"]), serde_json::json!([]));
+    for sub in ["ves", "pool/ves", "mnt", "ids", "run"] {
+        let d = h.root().join(sub);
+        let left: Vec<_> = fs::read_dir(&d)
+            .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{} not empty: {left:?}", d.display());
+    }
+    for p in h.cgroup_parents() {
+        let subdirs: Vec<_> = fs::read_dir(p)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.file_name())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(subdirs.is_empty(), "{} has {subdirs:?}", p.display());
+        let procs = procs_below(p);
+        assert!(procs.is_empty(), "{}: processes {procs:?}", p.display());
+    }
+}
+
+/// One entry of a directory snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    Dir { mode: u32 },
+    File { mode: u32, data: Vec<u8> },
+    Symlink { target: PathBuf },
+    Other { mode: u32 },
+}
+
+/// A directory tree: relative path → entry (and mtime in ns if asked for).
+pub type Snapshot = BTreeMap<PathBuf, (Entry, Option<i128>)>;
+
+/// Records every path below `dir` with type, mode and content; with `mtimes`
+/// also each entry's modification time. Paths for which `skip` is true (relative
+/// to `dir`) are left out, with everything below them.
+pub fn snapshot(dir: &Path, mtimes: bool, skip: &dyn Fn(&Path) -> bool) -> Snapshot {
+    let mut out = BTreeMap::new();
+    walk(dir, dir, mtimes, skip, &mut out);
+    out
+}
+
+fn walk(base: &Path, dir: &Path, mtimes: bool, skip: &dyn Fn(&Path) -> bool, out: &mut Snapshot) {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let path = e.path();
+        let rel = path.strip_prefix(base).unwrap().to_path_buf();
+        if skip(&rel) {
+            continue;
+        }
+        let md = fs::symlink_metadata(&path).unwrap();
+        let mode = md.permissions().mode();
+        let ft = md.file_type();
+        let entry = if ft.is_symlink() {
+            Entry::Symlink {
+                target: fs::read_link(&path).unwrap(),
+            }
+        } else if ft.is_dir() {
+            Entry::Dir { mode }
+        } else if ft.is_file() {
+            Entry::File {
+                mode,
+                data: fs::read(&path).unwrap_or_default(),
+            }
+        } else {
+            Entry::Other { mode }
+        };
+        let mtime = mtimes.then(|| i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec()));
+        out.insert(rel, (entry, mtime));
+        if ft.is_dir() {
+            walk(base, &path, mtimes, skip, out);
+        }
+    }
+}
+
+/// A snapshot of a host's state directory for "nothing changed" checks: every
+/// path and content, except the lock files (created on demand, content-free).
+pub fn state_snapshot(h: &TestHost) -> Snapshot {
+    snapshot(h.root(), false, &|p| p.starts_with("locks"))
+}
+
+/// Describes how two snapshots differ ("" if they are equal).
+pub fn diff(before: &Snapshot, after: &Snapshot) -> String {
+    let mut out = Vec::new();
+    for (p, e) in before {
+        match after.get(p) {
+            None => out.push(format!("removed {}", p.display())),
+            Some(a) if a != e => out.push(format!("changed {}", p.display())),
+            _ => {}
+        }
+    }
+    for p in after.keys() {
+        if !before.contains_key(p) {
+            out.push(format!("added {}", p.display()));
+        }
+    }
+    out.join(", ")
+}
+
+/// A small xorshift generator (the suite needs no cryptographic randomness).
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded from the clock; the seed is printed so a failure can be replayed
+    /// with `VECTL_TEST_SEED`.
+    pub fn new() -> Rng {
+        let seed = std::env::var("VECTL_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        eprintln!("random seed: VECTL_TEST_SEED={seed}");
+        Rng(seed)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Whether a process was killed by SIGKILL.
+pub fn killed_by_sigkill(st: ExitStatus) -> bool {
+    st.signal() == Some(libc::SIGKILL)
+}
+
+/// Runs vectl with a failpoint set and asserts it died by SIGKILL there.
+#[track_caller]
+pub fn crash_at(h: &TestHost, failpoint: &str, args: &[&str]) {
+    let out = h
+        .command()
+        .args(args)
+        .env("VECTL_FAILPOINT", failpoint)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        killed_by_sigkill(out.status),
+        "vectl {args:?} with VECTL_FAILPOINT={failpoint} did not die by SIGKILL: {:?}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// Spawns vectl in the background (stdin null, output captured).
+pub fn spawn(h: &TestHost, args: &[&str]) -> Child {
+    h.command()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for a spawned vectl and returns what it printed.
+pub fn finish(c: Child) -> Run {
+    c.wait_with_output().unwrap().into()
+}
+
+/// The contents of a cgroup control file, trimmed.
+#[track_caller]
+pub fn knob(h: &TestHost, controller: &str, ve: &str, file: &str) -> String {
+    let p = h.cgroup_dir(controller, ve).join(file);
+    fs::read_to_string(&p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .trim()
+        .to_string()
+}
+
+/// The VE's config file, as text.
+pub fn config_text(h: &TestHost, ve: &str) -> String {
+    fs::read_to_string(h.root().join("ves").join(format!("{ve}.toml"))).unwrap()
+}
+
+/// Asserts no "panicked" in a run's stderr.
+#[track_caller]
+pub fn no_panic(r: &Run) {
+    assert!(!r.stderr.contains("panicked"), "vectl panicked: {}", r.stderr);
+}
+
+/// A plain `vectl` command without `--root` (for tests of the root option).
+pub fn bare_vectl() -> Command {
+    let mut c = Command::new(integration::vectl_bin());
+    c.env_remove("VECTL_ROOT").env_remove("VECTL_FAILPOINT");
+    c
+}

@@ -1,0 +1,184 @@
+//! Stopping VEs: graceful halt through the init's signal, --fast, timeouts, inits
+//! that do not listen, and VEs whose init died on its own.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Runs `vectl ARGS` and returns its stdout and how long it took.
+fn timed(h: &TestHost, args: &[&str]) -> (String, Duration) {
+    let t = Instant::now();
+    let out = h.ok(args);
+    (out, t.elapsed())
+}
+
+#[test]
+fn a_graceful_stop_halts_busybox_init() {
+    let Some(h) = TestHost::new("a_graceful_stop_halts_busybox_init") else {
+        return;
+    };
+    h.start_ve("calm", &[]);
+    wait_http(&h, "calm");
+    let pid = h.init_pid("calm");
+    assert_eq!(h.json(&["show", "calm"])["stop_signal"], "SIGUSR1");
+    let (out, took) = timed(&h, &["stop", "calm"]);
+    assert_eq!(out.trim(), "stopped VE calm", "not a graceful halt: {out}");
+    assert!(!out.contains("killed"));
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    assert!(!alive(pid), "init {pid} still runs");
+    assert_stopped_clean(&h, "calm");
+    // A second stop is a no-op that says so.
+    let again = h.ok(&["stop", "calm"]);
+    assert!(again.contains("was not running"), "{again}");
+    // And the JSON outcome of a graceful stop.
+    h.ok(&["start", "calm"]);
+    wait_http(&h, "calm");
+    let j = h.json(&["stop", "calm"]);
+    assert_eq!(j["outcome"], "halted", "{j}");
+    assert_stopped_clean(&h, "calm");
+}
+
+#[test]
+fn a_fast_stop_kills_at_once() {
+    let Some(h) = TestHost::new("a_fast_stop_kills_at_once") else {
+        return;
+    };
+    h.start_ve("quick", &[]);
+    wait_http(&h, "quick");
+    // Some extra processes in the VE, detached from the init.
+    let r = h.exec(
+        "quick",
+        &["sh", "-c", "setsid sleep 1000 </dev/null >/dev/null 2>&1 &"],
+    );
+    assert_eq!(r.code, 0);
+    assert!(leftover_procs(&h, "quick").len() >= 3);
+    let (out, took) = timed(&h, &["stop", "--fast", "quick"]);
+    assert_eq!(out.trim(), "stopped VE quick (killed)");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    assert_stopped_clean(&h, "quick");
+}
+
+#[test]
+fn an_init_that_does_not_listen_is_killed_at_once() {
+    let Some(h) = TestHost::new("an_init_that_does_not_listen_is_killed_at_once") else {
+        return;
+    };
+    h.start_ve("deaf", &["--init", "/usr/sbin/httpd -f -p 80 -h /etc"]);
+    // Its init is httpd, as PID 1.
+    let ps = h.exec("deaf", &["ps", "-o", "pid,args"]).stdout;
+    assert!(
+        ps.lines()
+            .any(|l| l.trim_start().starts_with("1 ") && l.contains("httpd")),
+        "{ps}"
+    );
+    let page = h.exec("deaf", &["wget", "-qO-", "http://127.0.0.1/hosts"]);
+    assert!(page.stdout.contains("localhost"), "{page:?}");
+    let (out, took) = timed(&h, &["stop", "--timeout", "1", "deaf"]);
+    assert_eq!(out.trim(), "stopped VE deaf (killed)");
+    assert!(
+        took < Duration::from_millis(900),
+        "vectl waited for an init that cannot hear it: {took:?}"
+    );
+    assert_stopped_clean(&h, "deaf");
+}
+
+#[test]
+fn an_init_that_ignores_the_stop_signal_is_killed_after_the_timeout() {
+    let Some(h) = TestHost::new("an_init_that_ignores_the_stop_signal_is_killed_after_the_timeout")
+    else {
+        return;
+    };
+    // Busybox init listens for SIGHUP (it re-reads inittab) but does not halt.
+    h.start_ve("stubborn", &["--stop-signal", "SIGHUP"]);
+    wait_http(&h, "stubborn");
+    assert_eq!(h.json(&["show", "stubborn"])["stop_signal"], "SIGHUP");
+    let pid = h.init_pid("stubborn");
+    let (out, took) = timed(&h, &["stop", "--timeout", "1", "stubborn"]);
+    assert_eq!(out.trim(), "stopped VE stubborn (killed)");
+    assert!(
+        took >= Duration::from_millis(950) && took < Duration::from_secs(4),
+        "the timeout was 1 s, stop took {took:?}"
+    );
+    assert!(!alive(pid));
+    assert_stopped_clean(&h, "stubborn");
+}
+
+#[test]
+fn a_ve_whose_init_died_shows_stopped_and_starts_again() {
+    let Some(h) = TestHost::new("a_ve_whose_init_died_shows_stopped_and_starts_again") else {
+        return;
+    };
+    h.start_ve("crashy", &[]);
+    wait_http(&h, "crashy");
+    let pid = h.init_pid("crashy");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || !alive(pid)));
+    assert_eq!(status(&h, "crashy"), "stopped");
+    let show = h.json(&["show", "crashy"]);
+    assert_eq!(show["status"], "stopped");
+    assert!(show.get("pid").is_none(), "{show}");
+    let line = h.fails(&["exec", "crashy", "--", "true"]);
+    assert!(line.contains("crashy") && line.contains("not running"), "{line}");
+    // The next start cleans up what is left and runs it again.
+    let out = h.ok(&["start", "crashy"]);
+    assert!(out.contains("started VE crashy"), "{out}");
+    let pid2 = h.init_pid("crashy");
+    assert_ne!(pid, pid2);
+    assert_eq!(status(&h, "crashy"), "running");
+    assert_eq!(wait_http(&h, "crashy"), "hello from crashy");
+    // Only the new VE's processes are in its cgroups.
+    for p in leftover_procs(&h, "crashy") {
+        let ns = std::fs::read_link(format!("/proc/{p}/ns/pid")).unwrap();
+        assert_eq!(
+            ns,
+            std::fs::read_link(format!("/proc/{pid2}/ns/pid")).unwrap(),
+            "process {p} is not of the new VE"
+        );
+    }
+}
+
+#[test]
+fn a_ve_whose_init_died_is_cleaned_up_by_stop_and_destroy() {
+    let Some(h) = TestHost::new("a_ve_whose_init_died_is_cleaned_up_by_stop_and_destroy") else {
+        return;
+    };
+    for ve in ["dead1", "dead2"] {
+        h.start_ve(ve, &[]);
+        let pid = h.init_pid(ve);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        assert!(wait_until(Duration::from_secs(5), || !alive(pid)));
+        assert_eq!(status(&h, ve), "stopped");
+    }
+    let out = h.ok(&["stop", "dead1"]);
+    assert!(out.contains("was not running"), "{out}");
+    assert_stopped_clean(&h, "dead1");
+    // destroy without --force: the VE is not running any more.
+    h.ok(&["destroy", "dead2"]);
+    assert_gone(&h, "dead2");
+}
+
+#[test]
+fn restart_gives_a_new_init() {
+    let Some(h) = TestHost::new("restart_gives_a_new_init") else {
+        return;
+    };
+    h.start_ve("again", &[]);
+    let pid = h.init_pid("again");
+    let out = h.ok(&["restart", "--fast", "again"]);
+    assert!(out.contains("started VE again"), "{out}");
+    assert_ne!(h.init_pid("again"), pid);
+    assert!(!alive(pid));
+    assert_eq!(wait_http(&h, "again"), "hello from again");
+}

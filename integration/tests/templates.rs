@@ -1,0 +1,156 @@
+//! Templates: import from a directory and from tar, tar.gz and tar.zst archives;
+//! versions (`bb@1`, `bb@2`) and VEs pinned to theirs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+fn rootfs() -> &'static Path {
+    integration::busybox_rootfs().unwrap()
+}
+
+/// Runs a shell command line on the host and asserts it worked.
+#[track_caller]
+fn sh(cmd: &str) {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn have(prog: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {prog}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The versions `template list --json` shows, as `name@version`.
+fn versions(h: &TestHost) -> Vec<String> {
+    h.json(&["template", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| format!("{}@{}", t["name"].as_str().unwrap(), t["version"]))
+        .collect()
+}
+
+#[test]
+fn the_fixture_import_from_a_directory_is_bb_1() {
+    let Some(h) = TestHost::new("the_fixture_import_from_a_directory_is_bb_1") else {
+        return;
+    };
+    let list = h.json(&["template", "list"]);
+    assert_eq!(versions(&h), ["bb@1"]);
+    let t = &list[0];
+    assert!(t["files"].as_u64().unwrap() > 100, "{t}");
+    assert!(t["size_bytes"].as_u64().unwrap() > 500_000, "{t}");
+    // The version directory holds the tree as imported.
+    let tdir = h.root().join("pool/templates/bb/1");
+    let ours = snapshot(&tdir, false, &|_| false);
+    let theirs = snapshot(rootfs(), false, &|_| false);
+    assert_eq!(diff(&theirs, &ours), "", "the imported tree differs from the source");
+}
+
+#[test]
+fn import_from_tar_gz_and_zst_archives() {
+    let test = "import_from_tar_gz_and_zst_archives";
+    let Some(h) = TestHost::new(test) else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let src = rootfs().display().to_string();
+    let w = work.path().display().to_string();
+    sh(&format!("tar -C {src} -cf {w}/rootfs.tar ."));
+    sh(&format!("tar -C {src} -czf {w}/rootfs.tar.gz ."));
+    let mut archives = vec![("plain", "rootfs.tar"), ("gz", "rootfs.tar.gz")];
+    if have("zstd") {
+        sh(&format!("tar -C {src} -cf - . | zstd -q -o {w}/rootfs.tar.zst"));
+        archives.push(("zst", "rootfs.tar.zst"));
+    } else {
+        integration::skip(test, "no zstd command: the .tar.zst import is not tested");
+    }
+    let reference = snapshot(&h.root().join("pool/templates/bb/1"), false, &|_| false);
+    for (name, file) in &archives {
+        let path: PathBuf = work.path().join(file);
+        let out = h.ok(&["template", "import", name, "--from-tar", path.to_str().unwrap()]);
+        assert!(out.contains(&format!("{name}@1")), "{out}");
+        let tdir = h.root().join("pool/templates").join(name).join("1");
+        let got = snapshot(&tdir, false, &|_| false);
+        assert_eq!(
+            diff(&reference, &got),
+            "",
+            "{file}: the imported tree differs from the directory import"
+        );
+        // A VE runs from it.
+        let ve = format!("from-{name}");
+        h.ok(&["create", &ve, "--template", name]);
+        h.ok(&["start", &ve]);
+        assert_eq!(wait_http(&h, &ve), format!("hello from {ve}"));
+        assert_eq!(
+            h.exec(&ve, &["readlink", "/bin/ls"]).stdout.trim(),
+            "/bin/busybox"
+        );
+        assert_eq!(
+            h.json(&["show", &ve])["template"],
+            format!("{name}@1").as_str()
+        );
+        h.ok(&["stop", "--fast", &ve]);
+    }
+    let mut want: Vec<String> = archives.iter().map(|(n, _)| format!("{n}@1")).collect();
+    want.push("bb@1".into());
+    want.sort();
+    let mut got = versions(&h);
+    got.sort();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn a_second_import_is_the_next_version_and_ves_stay_pinned() {
+    let Some(h) = TestHost::new("a_second_import_is_the_next_version_and_ves_stay_pinned") else {
+        return;
+    };
+    // Version 2 differs from version 1 by one file.
+    let work = tempfile::tempdir().unwrap();
+    let v2 = work.path().join("rootfs");
+    sh(&format!("cp -a {} {}", rootfs().display(), v2.display()));
+    fs::write(v2.join("etc/release"), "two\n").unwrap();
+    let out = h.ok(&["template", "import", "bb", "--from-dir", v2.to_str().unwrap()]);
+    assert!(out.contains("bb@2"), "{out}");
+    assert_eq!(versions(&h), ["bb@1", "bb@2"]);
+
+    h.ok(&["create", "pinned", "--template", "bb@1"]);
+    h.ok(&["create", "latest", "--template", "bb"]);
+    assert!(config_text(&h, "pinned").contains("\"bb@1\""));
+    assert!(config_text(&h, "latest").contains("\"bb@2\""));
+    h.ok(&["start", "pinned"]);
+    h.ok(&["start", "latest"]);
+    assert_ne!(h.exec("pinned", &["test", "-e", "/etc/release"]).code, 0);
+    assert_eq!(h.exec("latest", &["cat", "/etc/release"]).stdout, "two\n");
+
+    // A third version does not move either of them.
+    let out = h.ok(&["template", "import", "bb", "--from-dir", rootfs().to_str().unwrap()]);
+    assert!(out.contains("bb@3"), "{out}");
+    h.ok(&["restart", "--fast", "pinned", "latest"]);
+    assert_eq!(h.json(&["show", "pinned"])["template"], "bb@1");
+    assert_eq!(h.json(&["show", "latest"])["template"], "bb@2");
+    assert_ne!(h.exec("pinned", &["test", "-e", "/etc/release"]).code, 0);
+    assert_eq!(h.exec("latest", &["cat", "/etc/release"]).stdout, "two\n");
+    let show = h.json(&["show", "pinned"]);
+    assert!(
+        show["template_dir"]
+            .as_str()
+            .unwrap()
+            .ends_with("templates/bb/1"),
+        "{show}"
+    );
+}

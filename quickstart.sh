@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# vectl quick start, for a fresh Debian/Ubuntu machine, as root:
+#   - installs the packages vectl needs (and Rust, if missing),
+#   - builds vectl and installs it as /usr/local/bin/vectl,
+#   - runs its main job on the embedded defaults: initialises /var/lib/vectl,
+#     imports a small busybox template, creates and starts three web VEs
+#     (web1..web3), lists them and fetches a page from one of them.
+# Running it again is safe: what exists is kept.
+set -euo pipefail
+cd "$(dirname "$0")"
+source scripts/deps.sh
+
+echo "== building vectl"
+cargo build --release --workspace --bins
+install -m 0755 target/release/vectl /usr/local/bin/vectl
+
+export VECTL_ROOT=${VECTL_ROOT:-/var/lib/vectl}
+echo "== vectl init ($VECTL_ROOT)"
+vectl init
+
+if ! vectl --json template list | grep -q '"name": "busybox"'; then
+    echo "== importing the busybox template"
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
+    integration/rootfs/busybox-rootfs.sh "$tmp/rootfs"
+    vectl template import busybox --from-dir "$tmp/rootfs" --message "quick start"
+fi
+
+for ve in web1 web2 web3; do
+    if ! vectl --json show "$ve" >/dev/null 2>&1; then
+        vectl create "$ve" --template busybox --ram 64M --cpu-limit 50% --pids 100
+    fi
+    if ! vectl --json show "$ve" | grep -q '"status": "running"'; then
+        vectl start "$ve"
+    fi
+done
+
+echo "== vectl list"
+vectl list
+echo "== vectl exec web1 -- wget -qO- http://127.0.0.1/"
+vectl exec web1 -- wget -qO- http://127.0.0.1/
+echo
+echo "Done. Try: vectl enter web2 | vectl set web3 --ram 128M | vectl stop web1 | vectl destroy --force web1"

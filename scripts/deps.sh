@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs what vectl needs to build, run and test on Debian/Ubuntu, as root:
+# Debian packages that are missing (one `apt-get update`, then `apt-get install -y`)
+# and a Rust toolchain if there is none. Safe to run again: it only installs what
+# is missing.
+set -euo pipefail
+
+packages=(
+    build-essential   # cc for crates that build C (zstd)
+    pkg-config
+    ca-certificates
+    curl
+    busybox-static    # the small template of the quick start and the tests
+    tar
+    zstd
+    util-linux        # unshare, script
+    iproute2
+    procps
+)
+
+if [ "$(id -u)" != 0 ]; then
+    echo "deps.sh: run as root (vectl manages namespaces, cgroups and mounts)" >&2
+    exit 1
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$p")
+    fi
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "deps.sh: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    if [ -x "$HOME/.cargo/bin/cargo" ]; then
+        export PATH="$HOME/.cargo/bin:$PATH"
+    else
+        echo "deps.sh: installing the Rust toolchain (rustup, minimal profile)"
+        curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt,clippy
+        export PATH="$HOME/.cargo/bin:$PATH"
+    fi
+fi
+cargo --version >/dev/null

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Runs vectl's whole test suite, as root, from a clean checkout:
+#   - installs what is missing (scripts/deps.sh),
+#   - format and lint checks (cargo fmt --check, clippy -D warnings),
+#   - unit tests and the real-kernel integration tests (cargo test --workspace:
+#     real VEs with namespaces, cgroups and overlayfs on this machine),
+#   - the cgroup-v2 suite in a QEMU VM (integration/vm/run), when present,
+# and ends with how many tests were skipped and why. Exit status: 0 only if
+# everything that ran passed.
+set -euo pipefail
+cd "$(dirname "$0")"
+source scripts/deps.sh
+
+mkdir -p target
+export VECTL_SKIP_LOG="$PWD/target/vectl-skips.log"
+: > "$VECTL_SKIP_LOG"
+
+step() { echo; echo "== $*"; }
+
+step "format"
+if cargo fmt --version >/dev/null 2>&1; then
+    cargo fmt --all --check
+else
+    echo "SKIP: format: rustfmt is not installed" | tee -a "$VECTL_SKIP_LOG"
+fi
+
+step "lint"
+if cargo clippy --version >/dev/null 2>&1; then
+    cargo clippy --workspace --all-targets -- -D warnings
+else
+    echo "SKIP: lint: clippy is not installed" | tee -a "$VECTL_SKIP_LOG"
+fi
+
+step "build"
+cargo build --workspace --bins
+
+step "unit and integration tests (real kernel, $(uname -r))"
+cargo test --workspace --no-fail-fast
+
+if [ -x integration/vm/run ]; then
+    step "cgroup v2 suite in a VM"
+    integration/vm/run
+fi
+
+step "summary"
+skips=$(grep -c '^SKIP' "$VECTL_SKIP_LOG" || true)
+echo "all tests that ran passed; $skips skipped"
+if [ "$skips" -gt 0 ]; then
+    sort "$VECTL_SKIP_LOG" | uniq -c | sed 's/^/  /'
+fi
