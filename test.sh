@@ -39,7 +39,7 @@ cargo test --workspace --no-fail-fast
 
 if [ -x integration/vm/run ]; then
     step "cgroup v2 suite in a VM"
-    integration/vm/run
+    VECTL_VM_ALLOW_SKIP=1 integration/vm/run
 fi
 
 step "summary"

@@ -218,6 +218,13 @@ struct ExecArgs {
 }
 
 fn main() -> ExitCode {
+    // Like every Unix filter: end quietly when the reader of our output goes away
+    // (`vectl list | head`), instead of failing on EPIPE.
+    // SAFETY: restoring the default disposition of SIGPIPE at startup, before any
+    // other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let out = Out::new(cli.json);
     match run(cli, &out) {

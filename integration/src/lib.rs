@@ -61,7 +61,9 @@ pub fn skip(test: &str, reason: &str) {
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_dir().join("target/vectl-skips.log"));
     if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(log) {
-        let _ = writeln!(f, "SKIP: {test}: {reason}");
+        // One write(2) per line: tests skip in parallel, and O_APPEND keeps whole
+        // writes apart.
+        let _ = f.write_all(format!("SKIP: {test}: {reason}\n").as_bytes());
     }
 }
 

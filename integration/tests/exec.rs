@@ -21,9 +21,15 @@ fn exit_codes_propagate() {
     assert_eq!(h.exec("codes", &["sh", "-c", "exit 255"]).code, 255);
     // Killed by a signal: 128 + N, like a shell reports it.
     assert_eq!(h.exec("codes", &["sh", "-c", "kill -9 $$"]).code, 128 + 9);
-    assert_eq!(h.exec("codes", &["sh", "-c", "kill -TERM $$"]).code, 128 + 15);
+    assert_eq!(
+        h.exec("codes", &["sh", "-c", "kill -TERM $$"]).code,
+        128 + 15
+    );
     // By id, too.
-    let id = h.json(&["show", "codes"])["id"].as_u64().unwrap().to_string();
+    let id = h.json(&["show", "codes"])["id"]
+        .as_u64()
+        .unwrap()
+        .to_string();
     assert_eq!(h.exec(&id, &["sh", "-c", "exit 42"]).code, 42);
 }
 
@@ -122,8 +128,19 @@ fn env_and_workdir_options_work() {
     assert_eq!(r.stdout.trim(), "bar baz||a=b|/etc/init.d");
     // Without options: the defaults (root's home or /, and a PATH that finds busybox).
     let r = h.exec("envw", &["sh", "-c", "echo \"${FOO-unset}\"; which httpd"]);
-    assert_eq!(r.stdout.lines().collect::<Vec<_>>(), ["unset", "/usr/sbin/httpd"]);
-    let r = h.run(&["exec", "--workdir", "/var/www", "envw", "--", "cat", "index.html"]);
+    assert_eq!(
+        r.stdout.lines().collect::<Vec<_>>(),
+        ["unset", "/usr/sbin/httpd"]
+    );
+    let r = h.run(&[
+        "exec",
+        "--workdir",
+        "/var/www",
+        "envw",
+        "--",
+        "cat",
+        "index.html",
+    ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.starts_with("hello from envw"), "{}", r.stdout);
 }

@@ -81,16 +81,20 @@ fn pid_1_is_the_init_and_a_ve_sees_only_its_own_processes() {
         .lines()
         .map(|l| l.trim_start_matches("/proc/").parse().unwrap())
         .collect();
-    assert!(
-        pids.len() <= 4 && pids.iter().all(|p| *p < 100),
-        "{pids:?}"
-    );
+    assert!(pids.len() <= 4 && pids.iter().all(|p| *p < 100), "{pids:?}");
     let host_procs = fs::read_dir("/proc")
         .unwrap()
         .flatten()
-        .filter(|e| e.file_name().to_str().is_some_and(|s| s.parse::<u32>().is_ok()))
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|s| s.parse::<u32>().is_ok())
+        })
         .count();
-    assert!(host_procs > pids.len() + 5, "the host has {host_procs} processes");
+    assert!(
+        host_procs > pids.len() + 5,
+        "the host has {host_procs} processes"
+    );
 }
 
 #[test]
@@ -108,7 +112,10 @@ fn the_hostname_is_the_ve_name_or_the_one_given() {
             .trim(),
         "shop.example.com"
     );
-    assert_eq!(h.exec("other", &["uname", "-n"]).stdout.trim(), "shop.example.com");
+    assert_eq!(
+        h.exec("other", &["uname", "-n"]).stdout.trim(),
+        "shop.example.com"
+    );
     // The init's rcS saw the same name.
     assert_eq!(wait_http(&h, "other"), "hello from shop.example.com");
     assert_eq!(wait_http(&h, "named"), "hello from named");
@@ -257,11 +264,55 @@ fn dev_holds_only_the_minimal_nodes() {
     // The nodes work.
     let z = h.exec(
         "mini",
-        &["sh", "-c", "head -c 5 /dev/zero | od -An -tx1; echo x > /dev/null && echo ok"],
+        &[
+            "sh",
+            "-c",
+            "head -c 5 /dev/zero | od -An -tx1; echo x > /dev/null && echo ok",
+        ],
     );
-    assert_eq!(z.stdout.split_whitespace().collect::<Vec<_>>(), ["00", "00", "00", "00", "00", "ok"]);
+    assert_eq!(
+        z.stdout.split_whitespace().collect::<Vec<_>>(),
+        ["00", "00", "00", "00", "00", "ok"]
+    );
     let full = h.exec("mini", &["sh", "-c", "echo x > /dev/full"]);
     assert_ne!(full.code, 0, "writing /dev/full worked");
     let rnd = h.exec("mini", &["sh", "-c", "head -c 16 /dev/urandom | wc -c"]);
     assert_eq!(rnd.stdout.trim(), "16");
+}
+
+#[test]
+fn the_ve_cannot_make_sys_or_proc_sys_writable() {
+    let Some(h) = TestHost::new("the_ve_cannot_make_sys_or_proc_sys_writable") else {
+        return;
+    };
+    h.start_ve("ro", &[]);
+    // Every probe only opens files for appending (`exec 3>>`), never writes: the
+    // host's kernel settings are not touched even where a probe succeeds. Each
+    // probe prints a word when it got through; all must stay silent.
+    let probes = [
+        // The read-only mounts hold as set up.
+        "(exec 3>>/proc/sys/kernel/core_pattern) 2>/dev/null && echo proc-sys-writable",
+        "(exec 3>>/sys/kernel/uevent_helper) 2>/dev/null && echo sys-writable",
+        // /sys cannot be remounted read-write.
+        "mount -o remount,rw /sys 2>/dev/null; \
+         grep ' /sys ' /proc/mounts | grep -q '[ ,]rw[ ,]' && echo sys-remounted-rw",
+        // /proc/sys neither.
+        "mount -o remount,rw /proc/sys 2>/dev/null; \
+         (exec 3>>/proc/sys/kernel/core_pattern) 2>/dev/null && echo proc-sys-remounted-rw",
+        // A fresh procfs must not expose the host's sysctls for writing (the
+        // kernel runs core_pattern's program as host root).
+        "mkdir -p /tmp/p && mount -t proc proc /tmp/p 2>/dev/null && \
+         (exec 3>>/tmp/p/sys/kernel/core_pattern) 2>/dev/null && echo fresh-proc-sys-writable; \
+         umount /tmp/p 2>/dev/null",
+        // Nor a fresh, writable sysfs.
+        "mkdir -p /tmp/s && mount -t sysfs sysfs /tmp/s 2>/dev/null && \
+         grep ' /tmp/s ' /proc/mounts | grep -q '[ ,]rw[ ,]' && echo fresh-sysfs-rw; \
+         umount /tmp/s 2>/dev/null",
+    ];
+    let mut got = Vec::new();
+    for p in probes {
+        let out = h.exec("ro", &["sh", "-c", &format!("{p}; true")]).stdout;
+        got.extend(out.split_whitespace().map(str::to_string));
+    }
+    assert!(got.is_empty(), "VE root got through: {got:?}");
 }

@@ -2,7 +2,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use integration::TestHost;
+mod common;
+
+use std::fs;
+
+use common::*;
 
 #[test]
 fn a_ve_runs_its_init_as_pid_1_and_serves_http() {
@@ -22,18 +26,12 @@ fn a_ve_runs_its_init_as_pid_1_and_serves_http() {
         "{}",
         ps.stdout
     );
-    let page = h.exec("web1", &["wget", "-qO-", "http://127.0.0.1/"]);
-    assert_eq!(page.stdout.trim(), "hello from web1");
+    // httpd comes up right after init's rcS: wait for it.
+    assert_eq!(wait_http(&h, "web1"), "hello from web1");
     h.ok(&["stop", "--fast", "web1"]);
     h.ok(&["destroy", "web1"]);
     assert!(h.json(&["list"]).as_array().unwrap().is_empty());
 }
-
-mod common;
-
-use std::fs;
-
-use common::*;
 
 #[test]
 fn writes_stay_private_to_the_ve_and_survive_stop_start() {
@@ -66,7 +64,10 @@ fn writes_stay_private_to_the_ve_and_survive_stop_start() {
         fs::read_to_string(upper.join("root/note")).unwrap(),
         "secret\n"
     );
-    assert_eq!(fs::read_to_string(upper.join("etc/hosts")).unwrap(), "changed\n");
+    assert_eq!(
+        fs::read_to_string(upper.join("etc/hosts")).unwrap(),
+        "changed\n"
+    );
     assert!(upper.join("srv/data/f").is_file());
     assert!(!h.root().join("pool/ves/theirs/upper/root/note").exists());
     // Template files are shared, not copied into the private layer.
@@ -111,8 +112,14 @@ fn template_files_are_never_modified() {
     assert_eq!(h.exec("vandal", &["cat", "/etc/newfile"]).stdout, "new\n");
     // ...another VE on the same version does not, and the template is untouched.
     h.start_ve("bystander", &[]);
-    assert_eq!(h.exec("bystander", &["test", "-e", "/etc/os-release"]).code, 0);
-    assert_eq!(h.exec("bystander", &["test", "-e", "/etc/init.d/rcS"]).code, 0);
+    assert_eq!(
+        h.exec("bystander", &["test", "-e", "/etc/os-release"]).code,
+        0
+    );
+    assert_eq!(
+        h.exec("bystander", &["test", "-e", "/etc/init.d/rcS"]).code,
+        0
+    );
     h.ok(&["stop", "--fast", "vandal"]);
     h.ok(&["destroy", "vandal"]);
     let after = snapshot(&tdir, true, &|_| false);

@@ -80,7 +80,11 @@ fn create_limits_land_in_the_cgroup_files() {
     h.start_ve("few", &["--pids", "5"]);
     let r = h.exec(
         "few",
-        &["sh", "-c", "for i in 1 2 3 4 5 6 7 8; do sleep 1 & done; wait"],
+        &[
+            "sh",
+            "-c",
+            "for i in 1 2 3 4 5 6 7 8; do sleep 1 & done; wait",
+        ],
     );
     assert!(r.stderr.contains("can't fork"), "{r:?}");
     // The kernel counted the refused forks in the VE's pids subtree.
@@ -212,7 +216,14 @@ fn unlimited_removes_a_limit() {
     let show = h.json(&["show", "unl"]);
     assert!(show["limits"].get("ram").is_none(), "{show}");
     assert!(!config_text(&h, "unl").contains("ram"));
-    h.ok(&["set", "unl", "--cpu-limit", "unlimited", "--pids", "unlimited"]);
+    h.ok(&[
+        "set",
+        "unl",
+        "--cpu-limit",
+        "unlimited",
+        "--pids",
+        "unlimited",
+    ]);
     assert_eq!(
         kernel(&h, "unl"),
         (unlimited_memory(&h), "-1".into(), "max".into())
@@ -244,7 +255,13 @@ fn a_limit_the_kernel_refuses_changes_nothing() {
     // without swap.
     let r = h.exec(
         "full",
-        &["dd", "if=/dev/zero", "of=/dev/shm/fill", "bs=1M", "count=60"],
+        &[
+            "dd",
+            "if=/dev/zero",
+            "of=/dev/shm/fill",
+            "bs=1M",
+            "count=60",
+        ],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let used: u64 = knob(&h, "memory", "full", "memory.usage_in_bytes")
@@ -275,11 +292,18 @@ fn a_limit_the_kernel_refuses_changes_nothing() {
         "16M",
     ]);
     assert!(line.contains("full"), "{line}");
-    assert_eq!(kernel(&h, "full"), kernel_before, "a refused set left partial changes");
+    assert_eq!(
+        kernel(&h, "full"),
+        kernel_before,
+        "a refused set left partial changes"
+    );
     assert_eq!(config_text(&h, "full"), config_before);
     assert_eq!(diff(&snap_before, &state_snapshot(&h)), "");
     assert_eq!(h.json(&["show", "full"])["limits"]["ram"], "128M");
     // The VE still runs and a change the kernel can take still works.
     h.ok(&["set", "full", "--ram", "100M"]);
-    assert_eq!(knob(&h, "memory", "full", "memory.limit_in_bytes"), "104857600");
+    assert_eq!(
+        knob(&h, "memory", "full", "memory.limit_in_bytes"),
+        "104857600"
+    );
 }

@@ -126,7 +126,10 @@ fn a_ve_whose_init_died_shows_stopped_and_starts_again() {
     assert_eq!(show["status"], "stopped");
     assert!(show.get("pid").is_none(), "{show}");
     let line = h.fails(&["exec", "crashy", "--", "true"]);
-    assert!(line.contains("crashy") && line.contains("not running"), "{line}");
+    assert!(
+        line.contains("crashy") && line.contains("not running"),
+        "{line}"
+    );
     // The next start cleans up what is left and runs it again.
     let out = h.ok(&["start", "crashy"]);
     assert!(out.contains("started VE crashy"), "{out}");

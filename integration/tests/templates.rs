@@ -58,7 +58,11 @@ fn the_fixture_import_from_a_directory_is_bb_1() {
     let tdir = h.root().join("pool/templates/bb/1");
     let ours = snapshot(&tdir, false, &|_| false);
     let theirs = snapshot(rootfs(), false, &|_| false);
-    assert_eq!(diff(&theirs, &ours), "", "the imported tree differs from the source");
+    assert_eq!(
+        diff(&theirs, &ours),
+        "",
+        "the imported tree differs from the source"
+    );
 }
 
 #[test]
@@ -74,7 +78,9 @@ fn import_from_tar_gz_and_zst_archives() {
     sh(&format!("tar -C {src} -czf {w}/rootfs.tar.gz ."));
     let mut archives = vec![("plain", "rootfs.tar"), ("gz", "rootfs.tar.gz")];
     if have("zstd") {
-        sh(&format!("tar -C {src} -cf - . | zstd -q -o {w}/rootfs.tar.zst"));
+        sh(&format!(
+            "tar -C {src} -cf - . | zstd -q -o {w}/rootfs.tar.zst"
+        ));
         archives.push(("zst", "rootfs.tar.zst"));
     } else {
         integration::skip(test, "no zstd command: the .tar.zst import is not tested");
@@ -82,7 +88,13 @@ fn import_from_tar_gz_and_zst_archives() {
     let reference = snapshot(&h.root().join("pool/templates/bb/1"), false, &|_| false);
     for (name, file) in &archives {
         let path: PathBuf = work.path().join(file);
-        let out = h.ok(&["template", "import", name, "--from-tar", path.to_str().unwrap()]);
+        let out = h.ok(&[
+            "template",
+            "import",
+            name,
+            "--from-tar",
+            path.to_str().unwrap(),
+        ]);
         assert!(out.contains(&format!("{name}@1")), "{out}");
         let tdir = h.root().join("pool/templates").join(name).join("1");
         let got = snapshot(&tdir, false, &|_| false);
@@ -124,7 +136,13 @@ fn a_second_import_is_the_next_version_and_ves_stay_pinned() {
     let v2 = work.path().join("rootfs");
     sh(&format!("cp -a {} {}", rootfs().display(), v2.display()));
     fs::write(v2.join("etc/release"), "two\n").unwrap();
-    let out = h.ok(&["template", "import", "bb", "--from-dir", v2.to_str().unwrap()]);
+    let out = h.ok(&[
+        "template",
+        "import",
+        "bb",
+        "--from-dir",
+        v2.to_str().unwrap(),
+    ]);
     assert!(out.contains("bb@2"), "{out}");
     assert_eq!(versions(&h), ["bb@1", "bb@2"]);
 
@@ -138,7 +156,13 @@ fn a_second_import_is_the_next_version_and_ves_stay_pinned() {
     assert_eq!(h.exec("latest", &["cat", "/etc/release"]).stdout, "two\n");
 
     // A third version does not move either of them.
-    let out = h.ok(&["template", "import", "bb", "--from-dir", rootfs().to_str().unwrap()]);
+    let out = h.ok(&[
+        "template",
+        "import",
+        "bb",
+        "--from-dir",
+        rootfs().to_str().unwrap(),
+    ]);
     assert!(out.contains("bb@3"), "{out}");
     h.ok(&["restart", "--fast", "pinned", "latest"]);
     assert_eq!(h.json(&["show", "pinned"])["template"], "bb@1");

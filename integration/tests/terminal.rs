@@ -144,7 +144,10 @@ fn enter_accepts_the_id_and_exits_0_on_plain_exit() {
         return;
     };
     h.start_ve("byid", &[]);
-    let id = h.json(&["show", "byid"])["id"].as_u64().unwrap().to_string();
+    let id = h.json(&["show", "byid"])["id"]
+        .as_u64()
+        .unwrap()
+        .to_string();
     let mut t = Term::spawn(&h, &["enter", &id]);
     t.expect("#");
     t.send("echo in-$(hostname)\r");
@@ -238,4 +241,38 @@ fn exec_t_relays_input_and_window_size_changes() {
         text.lines().any(|l| l.trim() == "50 160"),
         "the new window size did not reach the VE: {text:?}"
     );
+}
+
+#[test]
+fn enter_from_a_pipe_runs_the_input_and_ends_at_its_end() {
+    let Some(h) = TestHost::new("enter_from_a_pipe_runs_the_input_and_ends_at_its_end") else {
+        return;
+    };
+    h.start_ve("piped", &[]);
+    // A script piped in (no terminal on our side): it runs, its exit is the status.
+    let mut cmd = h.command();
+    cmd.args([
+        "exec",
+        "-t",
+        "piped",
+        "--",
+        "sh",
+        "-c",
+        "read a; echo got-$a; exit 4",
+    ])
+    .stdin(
+        std::fs::File::open("/etc/hostname")
+            .or_else(|_| std::fs::File::open("/etc/passwd"))
+            .unwrap(),
+    );
+    let r = run_limited(cmd, Duration::from_secs(15));
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stdout.contains("got-"), "{r:?}");
+    // Input that ends before the shell does: the shell sees end of input and
+    // exits; vectl does not wait forever.
+    let mut cmd = h.command();
+    cmd.args(["enter", "piped"]).stdin(Stdio::null());
+    let r = run_limited(cmd, Duration::from_secs(8));
+    assert_ne!(r.code, -2, "vectl enter with no more input hangs");
+    assert!(!r.stderr.contains("panicked"), "{r:?}");
 }

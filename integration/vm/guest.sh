@@ -42,7 +42,7 @@ setup() {
     mkdir -p "/lib/modules/$VM_KVER" &&
         mount --bind "$VM_MODULES_DIR" "/lib/modules/$VM_KVER" || return 1
     ip link set lo up || return 1
-    hostname vectl-vm
+    echo vectl-vm >/proc/sys/kernel/hostname
 
     # cgroup v2: the root's controllers for everyone below; this runner (and so
     # every test) in the leaf /runner, so /vectl-tests can delegate.

@@ -29,12 +29,11 @@ pub enum Error {
     #[error("VE id {id}: {reason}")]
     BadId { id: u32, reason: String },
     /// The VE is running and the operation needs it stopped.
-    #[error("VE {ve}: running (pid {pid}){hint}")]
-    Running {
-        ve: String,
-        pid: i32,
-        hint: &'static str,
-    },
+    #[error("VE {ve}: running (init pid {pid}); stop it first or use --force")]
+    Running { ve: String, pid: i32 },
+    /// `start` of a VE that runs.
+    #[error("VE {ve}: already running (init pid {pid})")]
+    AlreadyRunning { ve: String, pid: i32 },
     /// The VE is stopped and the operation needs it running.
     #[error("VE {0}: not running (start it with `vectl start {0}`)")]
     NotRunning(String),

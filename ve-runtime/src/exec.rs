@@ -19,7 +19,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sched::{CloneFlags, setns};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
-use nix::sys::signalfd::SignalFd;
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::termios;
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
@@ -120,7 +120,9 @@ pub(crate) fn run(
     let mut old_mask = SigSet::empty();
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&relayed), Some(&mut old_mask))
         .map_err(|e| fail(format!("sigprocmask: {e}")))?;
-    let sfd = SignalFd::new(&relayed).map_err(|e| fail(format!("signalfd: {e}")))?;
+    // Non-blocking: the relay drains it in a loop after poll says it is readable.
+    let sfd = SignalFd::with_flags(&relayed, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| fail(format!("signalfd: {e}")))?;
 
     let (cgroup_fd, join) = match placement {
         Placement::CloneInto(fd) => (Some(fd), Vec::new()),

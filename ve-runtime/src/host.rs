@@ -125,12 +125,14 @@ impl Host {
             .clone()
             .unwrap_or_else(|| root.join("pool"));
         quota::Pool::init(&pool_dir, settings.backend)?;
+        // The cgroup parent must work before the settings are written: a host whose
+        // `init` failed is not initialised.
+        cgroup::open(&settings.cgroup)?.prepare_parent()?;
         if created {
             let text = toml::to_string(&settings).map_err(|e| Error::Host(e.to_string()))?;
             write_atomic(&settings_path, text.as_bytes(), true)?;
         }
         let host = Host::load(root)?;
-        host.cgroups()?.prepare_parent()?;
         Ok((host, created))
     }
 

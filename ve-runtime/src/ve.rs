@@ -350,11 +350,7 @@ impl Host {
         let _lock = self.lock_ve(&ve)?;
         let cfg = self.load_config(&ve)?;
         if let Some(rs) = self.alive_state(&ve)? {
-            return Err(Error::Running {
-                ve,
-                pid: rs.pid,
-                hint: " already",
-            });
+            return Err(Error::AlreadyRunning { ve, pid: rs.pid });
         }
         self.clean_up_stopped(&ve)?;
         let tref: ve_templates::TemplateRef = cfg.template.parse()?;
@@ -495,11 +491,7 @@ impl Host {
         };
         if let Some(rs) = self.alive_state(&ve)? {
             if !force {
-                return Err(Error::Running {
-                    ve,
-                    pid: rs.pid,
-                    hint: "; stop it first or use --force",
-                });
+                return Err(Error::Running { ve, pid: rs.pid });
             }
             self.stop_locked(
                 &cfg,

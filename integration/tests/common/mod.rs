@@ -19,7 +19,10 @@ pub fn cgroup_dirs(h: &TestHost, ve: &str) -> Vec<PathBuf> {
 
 /// Which of the VE's cgroup directories exist.
 pub fn existing_cgroup_dirs(h: &TestHost, ve: &str) -> Vec<PathBuf> {
-    cgroup_dirs(h, ve).into_iter().filter(|d| d.exists()).collect()
+    cgroup_dirs(h, ve)
+        .into_iter()
+        .filter(|d| d.exists())
+        .collect()
 }
 
 /// A process's state letter (`R`, `S`, `Z`...), `None` if it is gone.
@@ -236,7 +239,8 @@ fn walk(base: &Path, dir: &Path, mtimes: bool, skip: &dyn Fn(&Path) -> bool, out
         } else {
             Entry::Other { mode }
         };
-        let mtime = mtimes.then(|| i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec()));
+        let mtime =
+            mtimes.then(|| i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec()));
         out.insert(rel, (entry, mtime));
         if ft.is_dir() {
             walk(base, &path, mtimes, skip, out);
@@ -245,9 +249,16 @@ fn walk(base: &Path, dir: &Path, mtimes: bool, skip: &dyn Fn(&Path) -> bool, out
 }
 
 /// A snapshot of a host's state directory for "nothing changed" checks: every
-/// path and content, except the lock files (created on demand, content-free).
+/// path and content, except the lock files (created on demand, content-free) and
+/// what is inside the VEs' private layers (running VEs write there themselves).
 pub fn state_snapshot(h: &TestHost) -> Snapshot {
-    snapshot(h.root(), false, &|p| p.starts_with("locks"))
+    snapshot(h.root(), false, &|p| {
+        let parts: Vec<_> = p.components().collect();
+        p.starts_with("locks")
+            || (p.starts_with("pool/ves")
+                && parts.len() > 4
+                && matches!(parts[3].as_os_str().to_str(), Some("upper" | "work")))
+    })
 }
 
 /// Describes how two snapshots differ ("" if they are equal).
@@ -362,7 +373,11 @@ pub fn config_text(h: &TestHost, ve: &str) -> String {
 /// Asserts no "panicked" in a run's stderr.
 #[track_caller]
 pub fn no_panic(r: &Run) {
-    assert!(!r.stderr.contains("panicked"), "vectl panicked: {}", r.stderr);
+    assert!(
+        !r.stderr.contains("panicked"),
+        "vectl panicked: {}",
+        r.stderr
+    );
 }
 
 /// A plain `vectl` command without `--root` (for tests of the root option).
@@ -370,4 +385,61 @@ pub fn bare_vectl() -> Command {
     let mut c = Command::new(integration::vectl_bin());
     c.env_remove("VECTL_ROOT").env_remove("VECTL_FAILPOINT");
     c
+}
+
+/// Runs a prepared command with a time limit; a command that does not finish in
+/// time is killed and reported with code -2 and "timed out" on stderr.
+pub fn run_limited(mut cmd: Command, limit: Duration) -> Run {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut out, &mut v);
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut err, &mut v);
+        v
+    });
+    let deadline = Instant::now() + limit;
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            timed_out = true;
+            let _ = child.kill();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // A grandchild may hold the pipes; do not wait for it after a timeout.
+    let (stdout, stderr) = if timed_out {
+        (Vec::new(), b"timed out".to_vec())
+    } else {
+        (t_out.join().unwrap(), t_err.join().unwrap())
+    };
+    Run {
+        code: if timed_out {
+            -2
+        } else {
+            status.code().unwrap_or(-1)
+        },
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+/// `vectl ARGS` with stdin null and a 10 s limit (see [`run_limited`]).
+pub fn run_guarded(h: &TestHost, args: &[&str]) -> Run {
+    let mut c = h.command();
+    c.args(args).stdin(Stdio::null());
+    run_limited(c, Duration::from_secs(10))
 }

@@ -76,12 +76,51 @@ pub(crate) fn enable_controllers(dir: &Path) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    write_knob("-", dir, "cgroup.subtree_control", &missing.join(" ")).map_err(|e| {
-        Error::Cgroups(format!(
-            "cannot enable {} in {}: {e} (a cgroup with processes of its own cannot delegate controllers; choose another cgroup parent)",
-            missing.join(" "),
-            dir.display()
-        ))
+    let value = missing.join(" ");
+    let path = dir.join("cgroup.subtree_control");
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, value.as_bytes()))
+        .map_err(|e| {
+            let why = if e.raw_os_error() == Some(libc::EBUSY) {
+                " (a cgroup with processes of its own cannot delegate controllers; choose another cgroup parent)"
+            } else {
+                ""
+            };
+            Error::Cgroups(format!("cannot enable {value} in {}: {e}{why}", path.display()))
+        })
+}
+
+/// Before memory.max goes below what the VE uses: v2 would OOM-kill the VE's
+/// processes (v1 refuses such a limit with EBUSY). Ask the kernel to reclaim the
+/// difference first (memory.reclaim), and refuse, naming the usage, if the VE still
+/// does not fit. The limit is not written in that case.
+pub(crate) fn fits_or_reclaim(ve: &str, dir: &Path, limit: u64) -> Result<()> {
+    let current = |d: &Path| -> Result<u64> {
+        Ok(read_knob(d, "memory.current")?.parse().unwrap_or(0))
+    };
+    let used = current(dir)?;
+    if used <= limit {
+        return Ok(());
+    }
+    if dir.join("memory.reclaim").exists() {
+        // EAGAIN means it could not reclaim all of it: the check below decides.
+        let _ = write_knob(ve, dir, "memory.reclaim", &(used - limit).to_string());
+    }
+    let used = current(dir)?;
+    if used <= limit {
+        return Ok(());
+    }
+    Err(Error::Kernel {
+        ve: ve.to_string(),
+        knob: "memory.max".into(),
+        value: limit.to_string(),
+        reason: format!(
+            "the VE uses {} and the kernel could not reclaim enough",
+            crate::limits::human_bytes(used)
+        ),
+        path: dir.join("memory.max"),
     })
 }
 
@@ -123,6 +162,11 @@ impl CgroupBackend for V2 {
 
     fn apply(&self, ve: &str, old: &KernelLimits, new: &KernelLimits) -> Result<()> {
         let dir = self.ve_dir(ve);
+        if let Some(limit) = new.memory_bytes
+            && old.memory_bytes.is_none_or(|o| limit < o)
+        {
+            fits_or_reclaim(ve, &dir, limit)?;
+        }
         apply_knobs(ve, &|_| Some(dir.clone()), &knobs(old), &knobs(new))
     }
 
@@ -231,6 +275,7 @@ mod tests {
         fs::write(dir.join("memory.max"), "max\n").unwrap();
         fs::write(dir.join("cpu.max"), "max 100000\n").unwrap();
         fs::write(dir.join("pids.max"), "max\n").unwrap();
+        fs::write(dir.join("memory.current"), "0\n").unwrap();
         V2::new(root.to_path_buf(), root.join("vectl"))
     }
 
@@ -243,7 +288,11 @@ mod tests {
             cpu_quota_us: Some(150_000),
             pids: Some(64),
         };
-        cg.create("web1", &l).unwrap();
+        // `create` also attaches the BPF device filter, which needs the real
+        // kernel (the VM suite covers it); the knob writes are `apply`'s.
+        let old = cg.read_limits("web1").unwrap();
+        assert_eq!(old, KernelLimits::default());
+        cg.apply("web1", &old, &l).unwrap();
         let r = |p: &str| fs::read_to_string(tmp.path().join("vectl/web1").join(p)).unwrap();
         assert_eq!(r("memory.max"), "268435456");
         assert_eq!(r("cpu.max"), "150000 100000");
@@ -252,6 +301,24 @@ mod tests {
         cg.apply("web1", &l, &KernelLimits::default()).unwrap();
         assert_eq!(r("cpu.max"), "max 100000");
         assert_eq!(r("memory.max"), "max");
+    }
+
+    #[test]
+    fn a_memory_limit_below_usage_is_refused_without_writing_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cg = fake(tmp.path());
+        let dir = tmp.path().join("vectl/web1");
+        fs::write(dir.join("memory.current"), "104857600\n").unwrap();
+        let new = KernelLimits {
+            memory_bytes: Some(64 << 20),
+            ..KernelLimits::default()
+        };
+        let e = cg.apply("web1", &KernelLimits::default(), &new).unwrap_err().to_string();
+        assert!(e.contains("the VE uses 100M"), "{e}");
+        assert_eq!(fs::read_to_string(dir.join("memory.max")).unwrap(), "max\n");
+        fs::write(dir.join("memory.current"), "1048576\n").unwrap();
+        cg.apply("web1", &KernelLimits::default(), &new).unwrap();
+        assert_eq!(fs::read_to_string(dir.join("memory.max")).unwrap(), "67108864");
     }
 
     #[test]

@@ -1,0 +1,400 @@
+//! Crash safety: vectl killed with SIGKILL at every failpoint of create, start,
+//! stop and destroy (VECTL_FAILPOINT), and at random moments, leaves a state from
+//! which the next start, stop or destroy of the VE succeeds and is consistent.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// The VE is listed with a status that matches the kernel: "running" only with a
+/// live init that serves, "stopped" with no live init.
+#[track_caller]
+fn consistent(h: &TestHost, ve: &str) -> String {
+    let v = listed(h, ve).unwrap_or_else(|| panic!("VE {ve} is not listed"));
+    let st = v["status"].as_str().unwrap().to_string();
+    match st.as_str() {
+        "running" => {
+            let pid = v["pid"].as_i64().unwrap() as i32;
+            assert!(
+                alive(pid),
+                "VE {ve} is listed running with a dead init {pid}"
+            );
+            let r = run_guarded(h, &["exec", ve, "--", "true"]);
+            assert_eq!(r.code, 0, "VE {ve} is listed running, but exec: {r:?}");
+        }
+        "stopped" => {
+            assert!(v.get("pid").is_none(), "{v}");
+            let r = run_guarded(h, &["exec", ve, "--", "true"]);
+            assert!(
+                r.code == 1 && r.stderr.contains("not running"),
+                "VE {ve} is listed stopped, but exec: {r:?}"
+            );
+        }
+        other => panic!("VE {ve}: status {other}"),
+    }
+    st
+}
+
+/// A full healthy cycle of an existing, stopped VE: start, serve, stop, destroy.
+#[track_caller]
+fn full_cycle(h: &TestHost, ve: &str) {
+    h.ok(&["start", ve]);
+    assert_eq!(wait_http(h, ve), format!("hello from {ve}"));
+    h.ok(&["stop", "--fast", ve]);
+    assert_stopped_clean(h, ve);
+    h.ok(&["destroy", ve]);
+    assert_gone(h, ve);
+}
+
+fn create_crash(test: &str, failpoint: &str) {
+    let Some(h) = TestHost::new(test) else {
+        return;
+    };
+    // Recovery by creating again.
+    crash_at(&h, failpoint, &["create", "cr1", "--template", "bb"]);
+    assert!(listed(&h, "cr1").is_none(), "a killed create left a VE");
+    let cfg = h.json(&["create", "cr1", "--template", "bb", "--pids", "50"]);
+    assert_eq!(cfg["id"], 100, "{cfg}");
+    assert_eq!(consistent(&h, "cr1"), "stopped");
+    h.ok(&["start", "cr1"]);
+    assert_eq!(knob(&h, "pids", "cr1", "pids.max"), "50");
+    h.ok(&["stop", "--fast", "cr1"]);
+    assert_stopped_clean(&h, "cr1");
+    h.ok(&["destroy", "cr1"]);
+    assert_host_empty(&h);
+
+    // Recovery by destroying what is left (or being told there is nothing).
+    crash_at(&h, failpoint, &["create", "cr2", "--template", "bb"]);
+    let r = h.run(&["destroy", "cr2"]);
+    no_panic(&r);
+    assert!(
+        r.code == 0 || (r.code == 1 && r.stderr.contains("no such VE")),
+        "{r:?}"
+    );
+    assert_host_empty(&h);
+    // The name and the id are free.
+    let cfg = h.json(&["create", "cr2", "--template", "bb"]);
+    assert_eq!(cfg["id"], 100, "{cfg}");
+    full_cycle(&h, "cr2");
+    assert_host_empty(&h);
+}
+
+#[test]
+fn crash_at_create_before_volume() {
+    create_crash("crash_at_create_before_volume", "create-before-volume");
+}
+
+#[test]
+fn crash_at_create_after_volume() {
+    create_crash("crash_at_create_after_volume", "create-after-volume");
+}
+
+fn start_crash(test: &str, failpoint: &str) {
+    let Some(h) = TestHost::new(test) else {
+        return;
+    };
+    for ve in ["by-start", "by-stop", "by-destroy"] {
+        h.ok(&["create", ve, "--template", "bb", "--ram", "128M"]);
+        crash_at(&h, failpoint, &["start", ve]);
+        // A half-started init exits when it sees vectl gone (its pipe closes).
+        assert!(
+            wait_until(Duration::from_secs(3), || status(&h, ve) == "stopped"),
+            "{ve} still listed running after a start killed at {failpoint}"
+        );
+        assert_eq!(
+            consistent(&h, ve),
+            "stopped",
+            "after a start killed at {failpoint}"
+        );
+    }
+    // The next start works (and the limits are right).
+    h.ok(&["start", "by-start"]);
+    assert_eq!(consistent(&h, "by-start"), "running");
+    assert_eq!(wait_http(&h, "by-start"), "hello from by-start");
+    assert_eq!(
+        knob(&h, "memory", "by-start", "memory.limit_in_bytes"),
+        "134217728"
+    );
+    h.ok(&["stop", "--fast", "by-start"]);
+    assert_stopped_clean(&h, "by-start");
+    // The next stop cleans up.
+    h.ok(&["stop", "by-stop"]);
+    assert_stopped_clean(&h, "by-stop");
+    full_cycle(&h, "by-stop");
+    // The next destroy removes everything.
+    h.ok(&["destroy", "by-destroy"]);
+    assert_gone(&h, "by-destroy");
+    h.ok(&["destroy", "by-start"]);
+    assert_host_empty(&h);
+}
+
+#[test]
+fn crash_at_start_after_cgroup() {
+    start_crash("crash_at_start_after_cgroup", "start-after-cgroup");
+}
+
+#[test]
+fn crash_at_start_after_clone() {
+    start_crash("crash_at_start_after_clone", "start-after-clone");
+}
+
+#[test]
+fn crash_at_start_before_go() {
+    start_crash("crash_at_start_before_go", "start-before-go");
+}
+
+/// Stops `ves` in parallel with a failpoint (graceful stops take seconds).
+fn crash_stops(h: &TestHost, failpoint: &str, args: &[&str], ves: &[&str]) {
+    std::thread::scope(|s| {
+        for ve in ves {
+            s.spawn(move || {
+                let mut a = args.to_vec();
+                a.push(ve);
+                crash_at(h, failpoint, &a);
+            });
+        }
+    });
+}
+
+#[test]
+fn crash_at_stop_before_signal() {
+    let Some(h) = TestHost::new("crash_at_stop_before_signal") else {
+        return;
+    };
+    let ves = ["by-stop", "by-destroy", "by-start"];
+    for ve in ves {
+        h.start_ve(ve, &[]);
+    }
+    wait_http(&h, "by-stop");
+    let pids: Vec<i32> = ves.iter().map(|v| h.init_pid(v)).collect();
+    crash_stops(&h, "stop-before-signal", &["stop"], &ves);
+    for (ve, pid) in ves.iter().zip(&pids) {
+        // Nothing was done yet: the VE runs on, unharmed.
+        assert_eq!(consistent(&h, ve), "running");
+        assert_eq!(h.init_pid(ve), *pid);
+    }
+    assert_eq!(wait_http(&h, "by-stop"), "hello from by-stop");
+    // The next stop stops it (gracefully: init never got the signal).
+    let out = h.ok(&["stop", "by-stop"]);
+    assert_eq!(out.trim(), "stopped VE by-stop");
+    assert_stopped_clean(&h, "by-stop");
+    // The next destroy --force removes it.
+    h.ok(&["destroy", "--force", "by-destroy"]);
+    assert_gone(&h, "by-destroy");
+    // The next start says it runs; it still does.
+    let line = h.fails(&["start", "by-start"]);
+    assert!(
+        line.contains("by-start") && line.contains("running"),
+        "{line}"
+    );
+    assert_eq!(h.exec("by-start", &["true"]).code, 0);
+    h.ok(&["stop", "--fast", "by-start"]);
+    full_cycle(&h, "by-start");
+    full_cycle(&h, "by-stop");
+    assert_host_empty(&h);
+}
+
+#[test]
+fn crash_at_stop_before_kill() {
+    let Some(h) = TestHost::new("crash_at_stop_before_kill") else {
+        return;
+    };
+    // Graceful: init halts, then vectl dies before it cleans up.
+    let ves = ["by-start", "by-stop", "by-destroy"];
+    for ve in ves {
+        h.start_ve(ve, &[]);
+        wait_http(&h, ve);
+    }
+    let pids: Vec<i32> = ves.iter().map(|v| h.init_pid(v)).collect();
+    crash_stops(&h, "stop-before-kill", &["stop"], &ves);
+    for (ve, pid) in ves.iter().zip(&pids) {
+        assert!(
+            wait_until(Duration::from_secs(5), || !alive(*pid)),
+            "init of {ve} still runs"
+        );
+        assert_eq!(consistent(&h, ve), "stopped");
+    }
+    h.ok(&["start", "by-start"]);
+    assert_eq!(wait_http(&h, "by-start"), "hello from by-start");
+    h.ok(&["stop", "--fast", "by-start"]);
+    assert_stopped_clean(&h, "by-start");
+    let out = h.ok(&["stop", "by-stop"]);
+    assert!(out.contains("was not running"), "{out}");
+    assert_stopped_clean(&h, "by-stop");
+    h.ok(&["destroy", "by-destroy"]);
+    assert_gone(&h, "by-destroy");
+
+    // Fast: vectl dies before it kills anything; the VE runs on.
+    h.ok(&["start", "by-stop"]);
+    let pid = h.init_pid("by-stop");
+    crash_at(&h, "stop-before-kill", &["stop", "--fast", "by-stop"]);
+    assert_eq!(consistent(&h, "by-stop"), "running");
+    assert_eq!(h.init_pid("by-stop"), pid);
+    h.ok(&["stop", "--fast", "by-stop"]);
+    assert_stopped_clean(&h, "by-stop");
+    full_cycle(&h, "by-start");
+    full_cycle(&h, "by-stop");
+    assert_host_empty(&h);
+}
+
+#[test]
+fn crash_at_destroy_after_tombstone() {
+    let Some(h) = TestHost::new("crash_at_destroy_after_tombstone") else {
+        return;
+    };
+    h.ok(&["create", "stopped1", "--template", "bb"]);
+    h.start_ve("running1", &[]);
+    h.ok(&["create", "recreated", "--template", "bb"]);
+    crash_at(&h, "destroy-after-tombstone", &["destroy", "stopped1"]);
+    crash_at(
+        &h,
+        "destroy-after-tombstone",
+        &["destroy", "--force", "running1"],
+    );
+    crash_at(&h, "destroy-after-tombstone", &["destroy", "recreated"]);
+    // Half-destroyed VEs are not listed, cannot be started, and hold no process.
+    for ve in ["stopped1", "running1", "recreated"] {
+        assert!(listed(&h, ve).is_none(), "{ve} is still listed");
+        let line = h.fails(&["start", ve]);
+        assert!(line.contains(ve), "{line}");
+        assert!(leftover_procs(&h, ve).is_empty(), "{ve}");
+    }
+    // The next destroy finishes the job.
+    h.ok(&["destroy", "stopped1"]);
+    assert_gone(&h, "stopped1");
+    h.ok(&["destroy", "running1"]);
+    assert_gone(&h, "running1");
+    // Or a create of the same name does, and the new VE works.
+    let cfg = h.json(&["create", "recreated", "--template", "bb"]);
+    assert_eq!(cfg["id"], 100, "{cfg}");
+    full_cycle(&h, "recreated");
+    assert_host_empty(&h);
+}
+
+#[test]
+fn random_kills_of_create_start_stop_destroy_are_recovered() {
+    let Some(h) = TestHost::new("random_kills_of_create_start_stop_destroy_are_recovered") else {
+        return;
+    };
+    let mut rng = Rng::new();
+    // Kills `vectl ARGS` after a random delay of 0..30 ms (it may have finished).
+    let mut killed_run = |args: &[&str]| {
+        let mut child = spawn(&h, args);
+        std::thread::sleep(Duration::from_micros(rng.below(30_000)));
+        let _ = child.kill();
+        let r = finish(child);
+        no_panic(&r);
+        // A half-started init exits when it sees vectl gone; give it a moment.
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for i in 0..10 {
+        let ve = format!("rnd{i}");
+        let ve = ve.as_str();
+
+        killed_run(&["create", ve, "--template", "bb", "--pids", "40"]);
+        if listed(&h, ve).is_none() {
+            h.ok(&["create", ve, "--template", "bb", "--pids", "40"]);
+        }
+        assert_eq!(consistent(&h, ve), "stopped", "iteration {i}");
+
+        killed_run(&["start", ve]);
+        if consistent(&h, ve) == "stopped" {
+            h.ok(&["start", ve]);
+        }
+        assert_eq!(consistent(&h, ve), "running", "iteration {i}");
+        assert_eq!(knob(&h, "pids", ve, "pids.max"), "40");
+
+        // Stops are short: three tries to land a kill inside one.
+        for _ in 0..3 {
+            killed_run(&["stop", "--fast", ve]);
+            if consistent(&h, ve) == "stopped" {
+                h.ok(&["stop", "--fast", ve]);
+                assert_stopped_clean(&h, ve);
+                h.ok(&["start", ve]);
+            }
+        }
+        h.ok(&["stop", "--fast", ve]);
+        assert_stopped_clean(&h, ve);
+
+        h.ok(&["start", ve]);
+        killed_run(&["destroy", "--force", ve]);
+        if listed(&h, ve).is_some() {
+            consistent(&h, ve);
+        }
+        let r = h.run(&["destroy", "--force", ve]);
+        no_panic(&r);
+        assert!(
+            r.code == 0 || (r.code == 1 && r.stderr.contains("no such VE")),
+            "iteration {i}: {r:?}"
+        );
+        assert_gone(&h, ve);
+    }
+    assert_host_empty(&h);
+}
+
+#[test]
+fn a_ve_left_frozen_by_a_killed_stop_is_recovered() {
+    let Some(h) = TestHost::new("a_ve_left_frozen_by_a_killed_stop_is_recovered") else {
+        return;
+    };
+    // `stop` freezes the VE's cgroup, kills everything in it and thaws it. A
+    // vectl killed in between leaves the VE frozen, as this test does by hand.
+    let freezer = h.cgroup_dir("freezer", "cold");
+    h.start_ve("cold", &[]);
+    h.start_ve("cold2", &[]);
+    wait_http(&h, "cold");
+    if !freezer.join("freezer.state").exists() {
+        integration::skip(
+            "a_ve_left_frozen_by_a_killed_stop_is_recovered",
+            "no v1 freezer",
+        );
+        return;
+    }
+    for ve in ["cold", "cold2"] {
+        std::fs::write(h.cgroup_dir("freezer", ve).join("freezer.state"), "FROZEN").unwrap();
+    }
+    // The next command sees a consistent VE (and does not hang on it).
+    consistent(&h, "cold");
+    // The next stop finishes the job; the next start works.
+    let r = run_guarded(&h, &["stop", "--fast", "cold"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_stopped_clean(&h, "cold");
+    full_cycle(&h, "cold");
+    // The next destroy, too.
+    let r = run_guarded(&h, &["destroy", "--force", "cold2"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_gone(&h, "cold2");
+    assert_host_empty(&h);
+}
+
+#[test]
+fn a_damaged_runtime_state_file_does_not_wedge_the_ve() {
+    let Some(h) = TestHost::new("a_damaged_runtime_state_file_does_not_wedge_the_ve") else {
+        return;
+    };
+    // run/NAME.json is written without fsync ("it means nothing after a reboot"),
+    // so a power cut can leave it empty; it is a hint, the kernel is the truth.
+    h.ok(&["create", "after-reboot", "--template", "bb"]);
+    std::fs::write(h.root().join("run/after-reboot.json"), "").unwrap();
+    let r = run_guarded(&h, &["start", "after-reboot"]);
+    assert_eq!(r.code, 0, "an empty state file blocks start: {r:?}");
+    assert_eq!(consistent(&h, "after-reboot"), "running");
+
+    // A running VE whose state file is damaged can still be stopped and destroyed.
+    h.start_ve("damaged", &[]);
+    h.start_ve("damaged2", &[]);
+    for ve in ["damaged", "damaged2"] {
+        std::fs::write(h.root().join(format!("run/{ve}.json")), "{garbage").unwrap();
+    }
+    let r = run_guarded(&h, &["stop", "--fast", "damaged"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_stopped_clean(&h, "damaged");
+    full_cycle(&h, "damaged");
+    let r = run_guarded(&h, &["destroy", "--force", "damaged2"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_gone(&h, "damaged2");
+}
