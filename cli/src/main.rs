@@ -123,27 +123,41 @@ struct ImportArgs {
     message: String,
 }
 
-/// Limits common to `create` and `set`. `unlimited` removes a limit.
+/// Limits common to `create` and `set`. `unlimited` removes a limit. The values are
+/// taken as text and checked by vectl, so a bad one (`12Q`, `-5M`) is a failed
+/// operation naming the VE (exit 1), not a usage error.
 #[derive(Debug, Args, Default)]
 struct LimitArgs {
     /// Memory limit: a size (256M, 1G) or a percentage of host RAM (10%).
-    #[arg(long, value_name = "SIZE|P%")]
-    ram: Option<Setting<Amount>>,
+    #[arg(long, value_name = "SIZE|P%", allow_hyphen_values = true)]
+    ram: Option<String>,
     /// CPU cap in percent of one CPU (150% = one and a half CPUs).
-    #[arg(long, value_name = "P%")]
-    cpu_limit: Option<Setting<Percent>>,
+    #[arg(long, value_name = "P%", allow_hyphen_values = true)]
+    cpu_limit: Option<String>,
     /// Maximum number of processes and threads.
-    #[arg(long, value_name = "N", value_parser = ve_runtime::parse_count)]
-    pids: Option<Setting<u64>>,
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pids: Option<String>,
 }
 
 impl LimitArgs {
-    fn update(&self) -> LimitsUpdate {
-        LimitsUpdate {
-            ram: self.ram,
-            cpu_limit: self.cpu_limit,
-            pids: self.pids,
+    fn update(&self, ve: &str) -> Result<LimitsUpdate> {
+        fn parse<T>(
+            ve: &str,
+            flag: &str,
+            v: &Option<String>,
+            p: impl Fn(&str) -> std::result::Result<T, String>,
+        ) -> Result<Option<T>> {
+            v.as_deref()
+                .map(|s| p(s).map_err(|e| anyhow::anyhow!("VE {ve}: --{flag}: {e}")))
+                .transpose()
         }
+        Ok(LimitsUpdate {
+            ram: parse(ve, "ram", &self.ram, |s| s.parse::<Setting<Amount>>())?,
+            cpu_limit: parse(ve, "cpu-limit", &self.cpu_limit, |s| {
+                s.parse::<Setting<Percent>>()
+            })?,
+            pids: parse(ve, "pids", &self.pids, ve_runtime::parse_count)?,
+        })
     }
 }
 
@@ -277,7 +291,7 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
             let cfg = host.create(&CreateOptions {
                 name: a.name.clone(),
                 template: a.template.clone(),
-                limits: a.limits.update(),
+                limits: a.limits.update(&a.name)?,
                 hostname: a.hostname.clone(),
                 init: a.init.clone(),
                 stop_signal: a.stop_signal.clone(),
@@ -331,7 +345,7 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
         }
         Command::Show { ve } => out.show(&open(&cli)?.show(ve)?),
         Command::Set(a) => {
-            let update = a.limits.update();
+            let update = a.limits.update(&a.ve)?;
             if update.is_empty() {
                 bail!(
                     "VE {}: nothing to set (give --ram, --cpu-limit or --pids)",

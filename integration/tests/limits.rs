@@ -1,6 +1,6 @@
-//! Limits: --ram, --cpu-limit and --pids in the cgroup files (v1 here; v2 through
-//! the same backend trait in the VM harness), live `set`, persistence, removal,
-//! and a change the kernel refuses.
+//! Limits: --ram, --cpu-limit and --pids in the cgroup files (v1 on this host, v2
+//! in the VM suite: integration/vm/run), live `set`, persistence, removal, a change
+//! the kernel refuses, and an allocation above the limit killed inside the VE only.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -8,36 +8,81 @@ mod common;
 
 use common::*;
 
-/// The kernel's files for the three limits: (memory bytes, cfs quota, pids.max).
+/// Whether VE cgroups here are v2 (the VM suite) or v1 (this development host).
+fn is_v2(h: &TestHost) -> bool {
+    h.json(&["host", "info"])["cgroup_version"] == "v2"
+}
+
+/// The three limits as the kernel holds them, the same on v1 and v2: (memory
+/// bytes, CPU quota in µs per 100 ms, pids), each `max` when unlimited.
+/// v1: memory.limit_in_bytes, cpu.cfs_quota_us, pids.max; v2: memory.max,
+/// cpu.max, pids.max.
 fn kernel(h: &TestHost, ve: &str) -> (String, String, String) {
-    (
-        knob(h, "memory", ve, "memory.limit_in_bytes"),
-        knob(h, "cpu", ve, "cpu.cfs_quota_us"),
-        knob(h, "pids", ve, "pids.max"),
-    )
-}
-
-fn v1_only(h: &TestHost, test: &str) -> bool {
-    let v = h.json(&["host", "info"])["cgroup_version"].clone();
-    if v != "v1" {
-        integration::skip(test, "the knob checks here are for cgroup v1");
-        return false;
+    if is_v2(h) {
+        let cpu = knob(h, "cpu", ve, "cpu.max");
+        let (quota, period) = cpu.split_once(' ').unwrap();
+        assert_eq!(period, "100000", "cpu.max period");
+        (
+            knob(h, "memory", ve, "memory.max"),
+            quota.to_string(),
+            knob(h, "pids", ve, "pids.max"),
+        )
+    } else {
+        assert_eq!(knob(h, "cpu", ve, "cpu.cfs_period_us"), "100000");
+        let mem = knob(h, "memory", ve, "memory.limit_in_bytes");
+        // v1 spells "no limit" as the largest page-aligned value.
+        let mem = if mem.parse::<u64>().unwrap() >= (i64::MAX as u64) & !0xfff {
+            "max".to_string()
+        } else {
+            mem
+        };
+        let quota = knob(h, "cpu", ve, "cpu.cfs_quota_us");
+        let quota = if quota == "-1" {
+            "max".to_string()
+        } else {
+            quota
+        };
+        (mem, quota, knob(h, "pids", ve, "pids.max"))
     }
-    true
 }
 
-/// What the memory controller writes for "no limit" on this kernel.
-fn unlimited_memory(h: &TestHost) -> String {
-    let parent = h
-        .cgroup_parents()
-        .iter()
-        .find(|p| p.to_string_lossy().contains("/memory"))
-        .unwrap();
-    // The test's parent has no limit of its own.
-    std::fs::read_to_string(parent.join("memory.limit_in_bytes"))
-        .unwrap()
-        .trim()
-        .to_string()
+fn unlimited() -> (String, String, String) {
+    ("max".into(), "max".into(), "max".into())
+}
+
+/// Memory the kernel counts for the VE now.
+fn memory_used(h: &TestHost, ve: &str) -> u64 {
+    let file = if is_v2(h) {
+        "memory.current"
+    } else {
+        "memory.usage_in_bytes"
+    };
+    knob(h, "memory", ve, file).parse().unwrap()
+}
+
+/// How many OOM kills the kernel counted in the VE's cgroups. v2's memory.events
+/// counts the whole subtree; v1 counts in the cgroup of the killed task (the VE's
+/// payload cgroup, or deeper), so add them up.
+fn oom_kills(h: &TestHost, ve: &str) -> u64 {
+    let count = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .map_or(0, |n| n.trim().parse::<u64>().unwrap())
+    };
+    if is_v2(h) {
+        return count(&knob(h, "memory", ve, "memory.events"));
+    }
+    let mut total = 0;
+    let mut dirs = vec![h.cgroup_dir("memory", ve)];
+    while let Some(d) = dirs.pop() {
+        total += count(&std::fs::read_to_string(d.join("memory.oom_control")).unwrap());
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                dirs.push(e.path());
+            }
+        }
+    }
+    total
 }
 
 #[test]
@@ -46,9 +91,6 @@ fn create_limits_land_in_the_cgroup_files() {
     let Some(h) = TestHost::new(test) else {
         return;
     };
-    if !v1_only(&h, test) {
-        return;
-    }
     h.start_ve(
         "lim",
         &["--ram", "256M", "--cpu-limit", "50%", "--pids", "200"],
@@ -57,25 +99,19 @@ fn create_limits_land_in_the_cgroup_files() {
         kernel(&h, "lim"),
         ("268435456".into(), "50000".into(), "200".into())
     );
-    assert_eq!(knob(&h, "cpu", "lim", "cpu.cfs_period_us"), "100000");
     // Fractional and multi-CPU caps, and RAM as a percentage of the host.
     h.start_ve("frac", &["--cpu-limit", "150%", "--ram", "1%"]);
     assert_eq!(knob(&h, "cpu", "frac", "cpu.cfs_quota_us"), "150000");
     let ram_host = h.json(&["host", "info"])["ram_bytes"].as_u64().unwrap();
     let want = (ram_host / 100) & !4095;
-    let got: u64 = knob(&h, "memory", "frac", "memory.limit_in_bytes")
-        .parse()
-        .unwrap();
+    let got: u64 = kernel(&h, "frac").0.parse().unwrap();
     assert!(
         got.abs_diff(want) <= 4096,
         "1% of {ram_host} is {want}, kernel has {got}"
     );
     // No limits given: none in the kernel.
     h.start_ve("free", &[]);
-    assert_eq!(
-        kernel(&h, "free"),
-        (unlimited_memory(&h), "-1".into(), "max".into())
-    );
+    assert_eq!(kernel(&h, "free"), unlimited());
     // And the limits really hold: pids.max stops a fork bomb at the limit.
     h.start_ve("few", &["--pids", "5"]);
     let r = h.exec(
@@ -114,9 +150,6 @@ fn a_live_set_changes_the_kernel_without_restart_and_persists() {
     let Some(h) = TestHost::new(test) else {
         return;
     };
-    if !v1_only(&h, test) {
-        return;
-    }
     h.start_ve(
         "live",
         &["--ram", "256M", "--cpu-limit", "50%", "--pids", "200"],
@@ -171,9 +204,6 @@ fn set_on_a_stopped_ve_only_persists() {
     let Some(h) = TestHost::new(test) else {
         return;
     };
-    if !v1_only(&h, test) {
-        return;
-    }
     h.ok(&["create", "cold", "--template", "bb", "--ram", "256M"]);
     let out = h.json(&["set", "cold", "--ram", "96M", "--pids", "50"]);
     assert_eq!(out["live"], false, "{out}");
@@ -201,9 +231,6 @@ fn unlimited_removes_a_limit() {
     let Some(h) = TestHost::new(test) else {
         return;
     };
-    if !v1_only(&h, test) {
-        return;
-    }
     h.start_ve(
         "unl",
         &["--ram", "256M", "--cpu-limit", "50%", "--pids", "200"],
@@ -211,7 +238,7 @@ fn unlimited_removes_a_limit() {
     h.ok(&["set", "unl", "--ram", "unlimited"]);
     assert_eq!(
         kernel(&h, "unl"),
-        (unlimited_memory(&h), "50000".into(), "200".into())
+        ("max".into(), "50000".into(), "200".into())
     );
     let show = h.json(&["show", "unl"]);
     assert!(show["limits"].get("ram").is_none(), "{show}");
@@ -224,18 +251,12 @@ fn unlimited_removes_a_limit() {
         "--pids",
         "unlimited",
     ]);
-    assert_eq!(
-        kernel(&h, "unl"),
-        (unlimited_memory(&h), "-1".into(), "max".into())
-    );
+    assert_eq!(kernel(&h, "unl"), unlimited());
     assert_eq!(h.json(&["show", "unl"])["limits"], serde_json::json!({}));
     // Still unlimited after a restart.
     h.ok(&["stop", "--fast", "unl"]);
     h.ok(&["start", "unl"]);
-    assert_eq!(
-        kernel(&h, "unl"),
-        (unlimited_memory(&h), "-1".into(), "max".into())
-    );
+    assert_eq!(kernel(&h, "unl"), unlimited());
 }
 
 #[test]
@@ -244,9 +265,6 @@ fn a_limit_the_kernel_refuses_changes_nothing() {
     let Some(h) = TestHost::new(test) else {
         return;
     };
-    if !v1_only(&h, test) {
-        return;
-    }
     h.start_ve(
         "full",
         &["--ram", "128M", "--cpu-limit", "50%", "--pids", "200"],
@@ -264,9 +282,7 @@ fn a_limit_the_kernel_refuses_changes_nothing() {
         ],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let used: u64 = knob(&h, "memory", "full", "memory.usage_in_bytes")
-        .parse()
-        .unwrap();
+    let used = memory_used(&h, "full");
     assert!(used > 60 << 20, "the VE uses only {used} bytes");
     let kernel_before = kernel(&h, "full");
     let config_before = config_text(&h, "full");
@@ -306,4 +322,31 @@ fn a_limit_the_kernel_refuses_changes_nothing() {
         knob(&h, "memory", "full", "memory.limit_in_bytes"),
         "104857600"
     );
+}
+
+#[test]
+fn an_allocation_above_the_ram_limit_is_killed_inside_the_ve_only() {
+    let test = "an_allocation_above_the_ram_limit_is_killed_inside_the_ve_only";
+    let Some(h) = TestHost::new(test) else {
+        return;
+    };
+    h.start_ve("small", &["--ram", "32M"]);
+    h.start_ve("neighbour", &["--ram", "32M"]);
+    wait_http(&h, "small");
+    let init = h.init_pid("small");
+    // A shell that grows to ~64 MB of its own (anonymous) memory.
+    let hog = "x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo ${#x}";
+    let r = h.exec("small", &["sh", "-c", hog]);
+    assert_ne!(r.code, 0, "64 MB fit in a 32M VE: {r:?}");
+    assert!(oom_kills(&h, "small") >= 1, "no OOM kill counted");
+    // The VE, its init and its neighbour carry on.
+    assert_eq!(h.init_pid("small"), init);
+    assert_eq!(wait_http(&h, "small"), "hello from small");
+    assert_eq!(wait_http(&h, "neighbour"), "hello from neighbour");
+    assert_eq!(oom_kills(&h, "neighbour"), 0);
+    // With room, the same allocation succeeds.
+    h.ok(&["set", "small", "--ram", "256M"]);
+    let r = h.exec("small", &["sh", "-c", hog]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stdout.trim(), "67108864");
 }

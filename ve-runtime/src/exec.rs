@@ -45,6 +45,10 @@ pub struct ExecOptions {
     pub arg0: Option<String>,
 }
 
+/// How often the end of input is passed on (^D) before vectl leaves the terminal
+/// to the command: a shell ends on the first one it reads.
+const EOF_TRIES: u32 = 10;
+
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 fn cstring(s: &str) -> Result<CString> {
@@ -185,6 +189,7 @@ pub(crate) fn run(
     let pidfd = sys::pidfd_open(command_pid).map_err(|e| fail(format!("pidfd_open: {e}")))?;
     let relay = Relay {
         master: pty_master,
+        last_input: std::cell::Cell::new(None),
         sfd,
         command: pidfd,
         command_pid,
@@ -348,6 +353,8 @@ fn exec_error(command: &str, e: nix::Error) -> String {
 /// size, and collects the exit status.
 struct Relay {
     master: Option<OwnedFd>,
+    /// The last byte of input passed to the terminal.
+    last_input: std::cell::Cell<Option<u8>>,
     sfd: SignalFd,
     command: OwnedFd,
     command_pid: i32,
@@ -384,6 +391,8 @@ impl Relay {
         let _raw = self.master.as_ref().map(|_| RawMode::enter());
         let stdin = std::io::stdin();
         let mut stdin_open = self.master.is_some();
+        // After the end of input: how many end-of-file characters were sent.
+        let mut eofs_sent: Option<u32> = None;
         let mut buf = vec![0u8; 16384];
         loop {
             let mut fds = vec![
@@ -396,7 +405,12 @@ impl Relay {
                     fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
                 }
             }
-            match poll(&mut fds, PollTimeout::NONE) {
+            // While ending the input, look again every 100 ms.
+            let timeout = match eofs_sent {
+                Some(n) if n < EOF_TRIES => PollTimeout::from(100u8),
+                _ => PollTimeout::NONE,
+            };
+            match poll(&mut fds, timeout) {
                 Ok(_) => {}
                 Err(nix::Error::EINTR) => continue,
                 Err(e) => return Err(format!("poll: {e}")),
@@ -419,6 +433,9 @@ impl Relay {
             }
             if stdin_ready {
                 stdin_open = self.copy_to_master(&mut buf);
+                if !stdin_open {
+                    eofs_sent = Some(0);
+                }
             }
             if exited {
                 if self.master.is_some() {
@@ -426,7 +443,39 @@ impl Relay {
                 }
                 return self.status();
             }
+            if let Some(n) = eofs_sent
+                && n < EOF_TRIES
+                && self.send_eof(n == 0)
+            {
+                eofs_sent = Some(n + 1);
+            }
         }
+    }
+
+    /// Passes the end of input on as the terminal's end-of-file character (^D), the
+    /// way a user ends a session: once the command has read everything before it
+    /// (a program that sets up its terminal may discard unread input), twice when
+    /// a line is pending. Returns whether it was sent.
+    fn send_eof(&self, first: bool) -> bool {
+        let Some(m) = &self.master else {
+            return false;
+        };
+        // The line discipline's state is the slave side's.
+        let Ok(slave) = sys::pty_peer(m.as_fd()) else {
+            return false;
+        };
+        if sys::pending_input(slave.as_fd()) > 0 {
+            return false;
+        }
+        let eof = termios::tcgetattr(slave.as_fd())
+            .map(|t| t.control_chars[termios::SpecialCharacterIndices::VEOF as usize])
+            .unwrap_or(4);
+        let pending_line = first && matches!(self.last_input.get(), Some(b) if b != b'\n');
+        let times = if pending_line { 2 } else { 1 };
+        for _ in 0..times {
+            write_all_fd(m.as_fd(), &[eof]);
+        }
+        true
     }
 
     fn wait_without_terminal(&self) -> std::result::Result<i32, String> {
@@ -491,8 +540,11 @@ impl Relay {
             return false;
         };
         match nix::unistd::read(std::io::stdin().as_fd(), buf) {
-            Ok(0) | Err(_) => false,
-            Ok(n) => write_all_fd(m.as_fd(), &buf[..n]),
+            Ok(n) if n > 0 => {
+                self.last_input.set(Some(buf[n - 1]));
+                write_all_fd(m.as_fd(), &buf[..n])
+            }
+            Ok(_) | Err(_) => false,
         }
     }
 

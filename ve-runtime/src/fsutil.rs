@@ -2,25 +2,42 @@
 
 use std::fs;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Result, io_err};
 
-/// Writes `data` to `path` atomically: a temporary file in the same directory,
-/// written in full, then renamed over `path`. With `durable`, the file and the
+/// The temporary file `write_atomic` uses for `path`: `.NAME.tmp` beside it. The
+/// name is fixed, not random: writers of a file hold its lock, and a temporary file
+/// left by a killed writer is simply overwritten by the next one (or removed with
+/// the VE) instead of piling up.
+pub(crate) fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp"))
+}
+
+/// Writes `data` to `path` atomically: the whole content to a temporary file in the
+/// same directory, then a rename over `path`. With `durable`, the file and the
 /// directory are fsynced so the new contents survive a power cut; runtime state
-/// (meaningless after a reboot) skips that.
+/// (meaningless after a reboot) skips that. The caller holds the lock that guards
+/// `path`.
 pub(crate) fn write_atomic(path: &Path, data: &[u8], durable: bool) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .map_err(io_err(dir))?;
-    tmp.write_all(data).map_err(io_err(path))?;
+    let tmp = temp_path(path);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
+    f.write_all(data).map_err(io_err(&tmp))?;
     if durable {
-        tmp.as_file().sync_all().map_err(io_err(path))?;
+        f.sync_all().map_err(io_err(&tmp))?;
     }
-    tmp.persist(path).map_err(|e| io_err(path)(e.error))?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(io_err(path))?;
     if durable {
         fs::File::open(dir)
             .and_then(|d| d.sync_all())

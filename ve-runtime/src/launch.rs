@@ -235,6 +235,10 @@ impl ChildSetup<'_> {
             None::<&str>,
         )
         .map_err(step(|| "mount /sys".into()))?;
+        let firmware = root.join("sys/firmware");
+        if firmware.is_dir() {
+            hide(&firmware, true)?;
+        }
         self.mount_dev(root)?;
         sethostname(&self.spec.hostname).map_err(step(|| "set the hostname".into()))?;
         chdir(root).map_err(step(|| format!("chdir {}", root.display())))?;
@@ -288,9 +292,18 @@ impl ChildSetup<'_> {
         // writable.
         bind_self(&proc_dir.join("sys"), hard | MsFlags::MS_RDONLY)?;
         bind_self(&proc_dir.join("sys/net"), hard)?;
-        let sysrq = proc_dir.join("sysrq-trigger");
-        if sysrq.exists() {
-            bind_self(&sysrq, hard | MsFlags::MS_RDONLY)?;
+        for ro in READ_ONLY_PROC {
+            let p = proc_dir.join(ro);
+            if p.exists() {
+                bind_self(&p, hard | MsFlags::MS_RDONLY)?;
+            }
+        }
+        // Host facts a VE has no business reading.
+        for hidden in HIDDEN_PROC {
+            let p = proc_dir.join(hidden);
+            if let Ok(md) = fs::symlink_metadata(&p) {
+                hide(&p, md.is_dir())?;
+            }
         }
         Ok(())
     }
@@ -370,6 +383,44 @@ impl ChildSetup<'_> {
             symlink(target, &dev.join(link))?;
         }
         Ok(())
+    }
+}
+
+/// /proc entries that are bound read-only in a VE (besides /proc/sys): they
+/// configure the host's hardware and kernel.
+const READ_ONLY_PROC: &[&str] = &["sysrq-trigger", "bus", "fs", "irq"];
+
+/// /proc entries hidden from a VE (files become /dev/null, directories empty).
+const HIDDEN_PROC: &[&str] = &[
+    "kcore",
+    "keys",
+    "timer_list",
+    "sched_debug",
+    "latency_stats",
+    "acpi",
+    "scsi",
+];
+
+/// Covers a path: a file with /dev/null, a directory with an empty read-only tmpfs.
+fn hide(p: &Path, is_dir: bool) -> Step {
+    if is_dir {
+        mount(
+            Some("tmpfs"),
+            p,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("size=0,mode=555"),
+        )
+        .map_err(step(|| format!("hide {}", p.display())))
+    } else {
+        mount(
+            Some("/dev/null"),
+            p,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(step(|| format!("hide {}", p.display())))
     }
 }
 

@@ -3,11 +3,15 @@
 //! to a VE's init and to everything `vectl exec` runs in it.
 //!
 //! Root in a VE is the host's root with a reduced bounding set (there is no user
-//! namespace yet): it keeps what a full system needs (mounts, networking in its own
-//! namespace, chown, setuid programs) and loses what reaches beyond the VE: kernel
-//! modules, raw I/O, the clock, reboot and kexec, audit and MAC policy, BPF and perf,
-//! resource overrides (which would bypass disk quotas), and device nodes other than
-//! the few a VE's /dev holds.
+//! namespace yet): it keeps what a system needs inside its own namespaces
+//! (networking, chown, setuid programs, ptrace of its own processes) and loses what
+//! reaches beyond the VE: kernel modules, raw I/O, the clock, reboot and kexec,
+//! audit and MAC policy, BPF and perf, resource overrides (which would bypass disk
+//! quotas), device nodes other than the few a VE's /dev holds, and CAP_SYS_ADMIN.
+//! Without a user namespace CAP_SYS_ADMIN would let VE root remount /sys or
+//! /proc/sys writable (or mount a fresh proc) and set host-wide knobs such as
+//! kernel.core_pattern, which runs a program as host root: so a VE cannot mount.
+//! vectl prepares every mount a VE needs before its init starts.
 
 use std::collections::BTreeMap;
 
@@ -19,6 +23,7 @@ use seccompiler::{
 
 /// Capabilities no VE process ever has.
 pub const DROPPED_CAPS: &[Capability] = &[
+    Capability::CAP_SYS_ADMIN,
     Capability::CAP_SYS_MODULE,
     Capability::CAP_SYS_RAWIO,
     Capability::CAP_SYS_TIME,

@@ -87,6 +87,48 @@ fn parse_stat(text: &str) -> Option<ProcStat> {
     Some(ProcStat { state, start_ticks })
 }
 
+/// Rebuilds the runtime state of a VE whose init is `pid`, if `pid` is the init of
+/// its own PID namespace (its last NSpid is 1). For state files that were lost.
+pub fn recover(pid: i32) -> Option<RunState> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let nspid: Vec<&str> = status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))?
+        .split_whitespace()
+        .collect();
+    if nspid.len() < 2 || nspid.last() != Some(&"1") {
+        return None;
+    }
+    let stat = proc_stat(pid).filter(ProcStat::alive)?;
+    Some(RunState {
+        pid,
+        start_ticks: stat.start_ticks,
+        boot_id: boot_id(),
+        started_at: boot_time() + stat.start_ticks / clock_ticks(),
+    })
+}
+
+/// When this boot began, in seconds since the epoch (`btime` in /proc/stat).
+fn boot_time() -> u64 {
+    fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime "))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Clock ticks per second (the unit of start times in /proc).
+fn clock_ticks() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|t| *t > 0)
+        .map_or(100, |t| t as u64)
+}
+
 /// This boot's id.
 pub fn boot_id() -> String {
     fs::read_to_string("/proc/sys/kernel/random/boot_id")

@@ -214,5 +214,17 @@ pub(crate) fn bpf<T>(cmd: u32, attr: &T) -> nix::Result<i32> {
             std::mem::size_of::<T>(),
         )
     };
-    if rc < 0 { Err(Errno::last()) } else { Ok(rc as i32) }
+    if rc < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(rc as i32)
+    }
+}
+
+/// Bytes waiting in a terminal's input queue (FIONREAD).
+pub(crate) fn pending_input(fd: BorrowedFd<'_>) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int into the valid pointer.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) };
+    if rc == 0 { n.max(0) as usize } else { 0 }
 }

@@ -21,7 +21,7 @@ use crate::cgroup::Usage;
 use crate::config::{FIRST_ID, MAX_ID, VeConfig, validate_hostname, validate_name};
 use crate::error::{Error, Result, io_err};
 use crate::exec::ExecOptions;
-use crate::fsutil::remove_file;
+use crate::fsutil::{remove_file, temp_path};
 use crate::host::Host;
 use crate::launch;
 use crate::limits::{KernelLimits, Limits, LimitsUpdate};
@@ -214,13 +214,54 @@ impl Host {
         Ok(name_or_id.to_string())
     }
 
+    /// Resolves a name or id of a VE that exists (has a config). Checked before any
+    /// lock is taken, so a mistyped name leaves no trace on disk.
+    fn resolve_existing(&self, name_or_id: &str) -> Result<String> {
+        let ve = self.resolve(name_or_id)?;
+        if self.config_path(&ve).exists() {
+            Ok(ve)
+        } else {
+            Err(Error::NoSuchVe(ve))
+        }
+    }
+
     fn load_config(&self, ve: &str) -> Result<VeConfig> {
         VeConfig::load(&self.config_path(ve))?.ok_or_else(|| Error::NoSuchVe(ve.to_string()))
     }
 
-    /// The VE's runtime state if its init is alive.
+    /// The VE's runtime state if its init is alive. The state file is only a hint:
+    /// when it is missing or damaged, the state is rebuilt from the kernel (the
+    /// process in the VE's cgroup that is PID 1 of its own namespace) and, if
+    /// `repair`, written back (the caller holds the VE's lock).
+    fn alive_state_with(&self, ve: &str, repair: bool) -> Result<Option<RunState>> {
+        let path = self.run_path(ve);
+        match RunState::load(&path) {
+            Ok(Some(rs)) if rs.is_alive() => {
+                if repair {
+                    self.cgroups()?.thaw(ve)?;
+                }
+                return Ok(Some(rs));
+            }
+            Ok(Some(_)) => return Ok(None),
+            Ok(None) | Err(Error::Corrupt { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let cg = self.cgroups()?;
+        if !cg.exists(ve) {
+            return Ok(None);
+        }
+        let Some(rs) = cg.procs(ve)?.into_iter().find_map(state::recover) else {
+            return Ok(None);
+        };
+        if repair {
+            rs.store(&path)?;
+        }
+        Ok(Some(rs))
+    }
+
+    /// [`Host::alive_state_with`] for commands that hold the VE's lock.
     fn alive_state(&self, ve: &str) -> Result<Option<RunState>> {
-        Ok(RunState::load(&self.run_path(ve))?.filter(RunState::is_alive))
+        self.alive_state_with(ve, true)
     }
 
     /// Removes what a VE that is not running left behind: processes still in its
@@ -262,6 +303,14 @@ impl Host {
             });
         }
 
+        // Checked before locking too, so a refused create leaves no trace on disk.
+        self.templates().resolve(&tref)?;
+        if let Some(existing) = VeConfig::load(&self.config_path(name))? {
+            return Err(Error::VeExists {
+                ve: name.to_string(),
+                id: existing.id,
+            });
+        }
         let _host = self.lock_host()?;
         let _ve = self.lock_ve(name)?;
         let tv = self.templates().resolve(&tref)?;
@@ -346,7 +395,7 @@ impl Host {
 
     /// Starts a VE; returns once its init runs.
     pub fn start(&self, name_or_id: &str) -> Result<RunState> {
-        let ve = self.resolve(name_or_id)?;
+        let ve = self.resolve_existing(name_or_id)?;
         let _lock = self.lock_ve(&ve)?;
         let cfg = self.load_config(&ve)?;
         if let Some(rs) = self.alive_state(&ve)? {
@@ -424,7 +473,7 @@ impl Host {
 
     /// Stops a VE: asks init to halt, waits up to the timeout, kills what is left.
     pub fn stop(&self, name_or_id: &str, opts: StopOptions) -> Result<StopOutcome> {
-        let ve = self.resolve(name_or_id)?;
+        let ve = self.resolve_existing(name_or_id)?;
         let _lock = self.lock_ve(&ve)?;
         let cfg = self.load_config(&ve)?;
         self.stop_locked(&cfg, opts)
@@ -477,6 +526,15 @@ impl Host {
             }
             Err(e) => return Err(e),
         };
+        let exists = |h: &Host| {
+            h.config_path(&ve).exists()
+                || h.tombstone_path(&ve).exists()
+                || h.pool().ve_volume(&ve).dir.exists()
+                || h.mount_dir(&ve).exists()
+        };
+        if !exists(self) {
+            return Err(Error::NoSuchVe(ve));
+        }
         let _host = self.lock_host()?;
         let _lock = self.lock_ve(&ve)?;
         let Some(cfg) = VeConfig::load(&self.config_path(&ve))? else {
@@ -524,13 +582,15 @@ impl Host {
                 remove_file(&entry.path())?;
             }
         }
+        remove_file(&temp_path(&self.config_path(ve)))?;
+        remove_file(&temp_path(&self.run_path(ve)))?;
         remove_file(&self.tombstone_path(ve))
     }
 
     /// Changes limits: live on a running VE (then saved), saved only on a stopped
     /// one. A refused change leaves kernel and config as they were.
     pub fn set(&self, name_or_id: &str, update: &LimitsUpdate) -> Result<SetOutcome> {
-        let ve = self.resolve(name_or_id)?;
+        let ve = self.resolve_existing(name_or_id)?;
         let _lock = self.lock_ve(&ve)?;
         let mut cfg = self.load_config(&ve)?;
         let limits = update.applied_to(&cfg.limits);
@@ -580,10 +640,7 @@ impl Host {
     }
 
     fn info(&self, cfg: VeConfig) -> VeInfo {
-        let rs = RunState::load(&self.run_path(&cfg.name))
-            .ok()
-            .flatten()
-            .filter(RunState::is_alive);
+        let rs = self.alive_state_with(&cfg.name, false).ok().flatten();
         VeInfo {
             id: cfg.id,
             status: if rs.is_some() {
@@ -602,7 +659,7 @@ impl Host {
 
     /// Everything about one VE.
     pub fn show(&self, name_or_id: &str) -> Result<VeDetails> {
-        let ve = self.resolve(name_or_id)?;
+        let ve = self.resolve_existing(name_or_id)?;
         let cfg = self.load_config(&ve)?;
         let kernel_limits = cfg.limits.resolve(&ve, self.capacity())?;
         let tref: ve_templates::TemplateRef = cfg.template.parse()?;
@@ -648,7 +705,7 @@ impl Host {
     /// Runs a command in a running VE; returns its exit status.
     pub fn exec(&self, name_or_id: &str, opts: &ExecOptions) -> Result<i32> {
         let (ve, rs, pidfd, placement) = {
-            let ve = self.resolve(name_or_id)?;
+            let ve = self.resolve_existing(name_or_id)?;
             let _lock = self.lock_ve(&ve)?;
             self.load_config(&ve)?;
             let rs = self
@@ -668,7 +725,7 @@ impl Host {
     /// Opens an interactive login shell in a running VE (root's shell from its
     /// /etc/passwd, else /bin/sh).
     pub fn enter(&self, name_or_id: &str) -> Result<i32> {
-        let ve = self.resolve(name_or_id)?;
+        let ve = self.resolve_existing(name_or_id)?;
         let pid = self
             .alive_state(&ve)?
             .ok_or_else(|| Error::NotRunning(ve.clone()))?

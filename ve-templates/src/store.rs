@@ -321,7 +321,9 @@ impl TemplateStore {
                 continue;
             };
             let path = entry.path();
-            if fname.starts_with(".staging-") {
+            if fname.starts_with('.') && fname.ends_with(".tmp") {
+                fs::remove_file(&path).map_err(io_err(&path))?;
+            } else if fname.starts_with(".staging-") {
                 volumes.delete(&path).map_err(|source| Error::Volume {
                     name: fname.to_string(),
                     source,
@@ -350,14 +352,19 @@ impl TemplateStore {
     }
 }
 
-/// Writes a file atomically: temporary file in the same directory, fsync, rename.
+/// Writes a file atomically: `.NAME.tmp` beside it (under the template's lock, so a
+/// fixed name is safe and a killed writer's leftover is overwritten), fsync, rename.
 fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;
-    tmp.write_all(data).map_err(io_err(path))?;
-    tmp.as_file().sync_all().map_err(io_err(path))?;
-    tmp.persist(path).map_err(|e| io_err(path)(e.error))?;
-    Ok(())
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
+    f.write_all(data).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(io_err(path))
 }
 
 #[cfg(test)]

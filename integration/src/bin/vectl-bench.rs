@@ -31,7 +31,11 @@ fn median(v: &mut [f64]) -> f64 {
     if n == 0 {
         return f64::NAN;
     }
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -100,7 +104,10 @@ fn main() {
             if r.code == 0 && r.stdout.contains("hello") {
                 break;
             }
-            assert!(t.elapsed() < Duration::from_secs(10), "VE {ve} never served HTTP");
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "VE {ve} never served HTTP"
+            );
         }
         ready.push(ms(t.elapsed()));
         teardown.push(timed(|| {
@@ -156,7 +163,10 @@ fn main() {
         let stat = fs::read_to_string(dir.join("memory.stat")).unwrap();
         let file = stat
             .lines()
-            .find_map(|l| l.strip_prefix("total_cache ").or_else(|| l.strip_prefix("file ")))
+            .find_map(|l| {
+                l.strip_prefix("total_cache ")
+                    .or_else(|| l.strip_prefix("file "))
+            })
             .and_then(|v| v.trim().parse::<u64>().ok())
             .unwrap_or(0);
         cgroup_file_kib += file / 1024;
@@ -179,7 +189,10 @@ fn main() {
     });
 
     let rows = [
-        ("cycle create+start+exec+stop+destroy (ms)", median(&mut cycle)),
+        (
+            "cycle create+start+exec+stop+destroy (ms)",
+            median(&mut cycle),
+        ),
         ("create->ready, HTTP answers (ms)", median(&mut ready)),
         ("start of an existing VE (ms)", median(&mut start)),
         ("stop --fast + destroy (ms)", median(&mut teardown)),
@@ -189,15 +202,24 @@ fn main() {
         ("destroy --force of N running VEs (ms)", stop_all),
         ("MemAvailable drop per running idle VE (KiB)", drop_per_ve),
         ("charged to each VE's cgroup, all (KiB)", cgroup_per_ve),
-        ("charged to each VE's cgroup, without page cache (KiB)", nonfile_per_ve),
-        ("host memory per VE outside its cgroup (KiB)", drop_per_ve - nonfile_per_ve),
+        (
+            "charged to each VE's cgroup, without page cache (KiB)",
+            nonfile_per_ve,
+        ),
+        (
+            "host memory per VE outside its cgroup (KiB)",
+            drop_per_ve - nonfile_per_ve,
+        ),
     ];
     if json {
         let obj: serde_json::Map<String, serde_json::Value> = rows
             .iter()
             .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
             .collect();
-        println!("{}", serde_json::json!({"runs": runs, "ves": nves, "figures": obj}));
+        println!(
+            "{}",
+            serde_json::json!({"runs": runs, "ves": nves, "figures": obj})
+        );
     } else {
         println!("vectl-bench: {runs} runs, N = {nves} VEs, medians");
         for (k, v) in rows {

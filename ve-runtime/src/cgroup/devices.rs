@@ -133,8 +133,12 @@ pub(crate) fn attach(ve: &str, dir: &Path) -> Result<()> {
     let fd = sys::bpf(BPF_PROG_LOAD, &load).map_err(|e| fail("load", e))?;
     // SAFETY: BPF_PROG_LOAD returned a new fd that nothing else owns.
     let prog_fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let cg = open(dir, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(|e| fail("open the cgroup for attaching", e))?;
+    let cg = open(
+        dir,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| fail("open the cgroup for attaching", e))?;
     let attach = ProgAttachAttr {
         target_fd: cg.as_raw_fd() as u32,
         attach_bpf_fd: prog_fd.as_raw_fd() as u32,

@@ -95,6 +95,10 @@ pub trait CgroupBackend: std::fmt::Debug {
     fn procs(&self, ve: &str) -> Result<Vec<i32>>;
     /// Kills every process in the VE's cgroups and waits until they are gone.
     fn kill_all(&self, ve: &str) -> Result<()>;
+    /// Thaws the VE's cgroup if something froze it (vectl never leaves a VE frozen:
+    /// a frozen VE would hang every command that enters it). Returns whether it was
+    /// frozen.
+    fn thaw(&self, ve: &str) -> Result<bool>;
     /// Removes the VE's cgroups (which must be empty). Missing is fine.
     fn remove(&self, ve: &str) -> Result<()>;
     /// How a new process enters the VE's payload cgroup.

@@ -154,26 +154,31 @@ impl CgroupBackend for V1 {
         Ok(all)
     }
 
-    fn kill_all(&self, ve: &str) -> Result<()> {
-        let freezer = self.ve_dir("freezer", ve).filter(|d| d.is_dir());
-        if let Some(dir) = &freezer {
-            write_knob(ve, dir, "freezer.state", "FROZEN")?;
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while read_knob(dir, "freezer.state")? != "FROZEN" && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(1));
-            }
+    fn thaw(&self, ve: &str) -> Result<bool> {
+        let Some(dir) = self.ve_dir("freezer", ve).filter(|d| d.is_dir()) else {
+            return Ok(false);
+        };
+        if read_knob(&dir, "freezer.state")? == "THAWED" {
+            return Ok(false);
         }
+        write_knob(ve, &dir, "freezer.state", "THAWED")?;
+        Ok(true)
+    }
+
+    fn kill_all(&self, ve: &str) -> Result<()> {
+        // Frozen tasks cannot die.
+        self.thaw(ve)?;
+        // No freezing: once the VE's init (PID 1 of its namespace) dies, the kernel
+        // kills the rest of the namespace and refuses new processes in it, so this
+        // loop converges; and a vectl killed half-way leaves nothing frozen.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let pids = self.procs(ve)?;
             if pids.is_empty() {
-                break;
+                return Ok(());
             }
             for pid in &pids {
                 let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
-            }
-            if let Some(dir) = &freezer {
-                write_knob(ve, dir, "freezer.state", "THAWED")?;
             }
             if Instant::now() > deadline {
                 return Err(Error::Stop {
@@ -183,10 +188,6 @@ impl CgroupBackend for V1 {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        if let Some(dir) = &freezer {
-            write_knob(ve, dir, "freezer.state", "THAWED")?;
-        }
-        Ok(())
     }
 
     fn remove(&self, ve: &str) -> Result<()> {

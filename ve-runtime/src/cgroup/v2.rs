@@ -97,9 +97,8 @@ pub(crate) fn enable_controllers(dir: &Path) -> Result<()> {
 /// difference first (memory.reclaim), and refuse, naming the usage, if the VE still
 /// does not fit. The limit is not written in that case.
 pub(crate) fn fits_or_reclaim(ve: &str, dir: &Path, limit: u64) -> Result<()> {
-    let current = |d: &Path| -> Result<u64> {
-        Ok(read_knob(d, "memory.current")?.parse().unwrap_or(0))
-    };
+    let current =
+        |d: &Path| -> Result<u64> { Ok(read_knob(d, "memory.current")?.parse().unwrap_or(0)) };
     let used = current(dir)?;
     if used <= limit {
         return Ok(());
@@ -191,6 +190,15 @@ impl CgroupBackend for V2 {
 
     fn procs(&self, ve: &str) -> Result<Vec<i32>> {
         read_procs_tree(&self.ve_dir(ve))
+    }
+
+    fn thaw(&self, ve: &str) -> Result<bool> {
+        let dir = self.ve_dir(ve);
+        if !dir.join("cgroup.freeze").exists() || read_knob(&dir, "cgroup.freeze")? == "0" {
+            return Ok(false);
+        }
+        write_knob(ve, &dir, "cgroup.freeze", "0")?;
+        Ok(true)
     }
 
     fn kill_all(&self, ve: &str) -> Result<()> {
@@ -313,12 +321,18 @@ mod tests {
             memory_bytes: Some(64 << 20),
             ..KernelLimits::default()
         };
-        let e = cg.apply("web1", &KernelLimits::default(), &new).unwrap_err().to_string();
+        let e = cg
+            .apply("web1", &KernelLimits::default(), &new)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("the VE uses 100M"), "{e}");
         assert_eq!(fs::read_to_string(dir.join("memory.max")).unwrap(), "max\n");
         fs::write(dir.join("memory.current"), "1048576\n").unwrap();
         cg.apply("web1", &KernelLimits::default(), &new).unwrap();
-        assert_eq!(fs::read_to_string(dir.join("memory.max")).unwrap(), "67108864");
+        assert_eq!(
+            fs::read_to_string(dir.join("memory.max")).unwrap(),
+            "67108864"
+        );
     }
 
     #[test]
