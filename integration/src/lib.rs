@@ -353,6 +353,8 @@ impl Drop for TestHost {
 }
 
 fn kill_cgroup_tree(dir: &Path) {
+    // Frozen tasks cannot die: thaw the tree first.
+    thaw_tree(dir);
     for _ in 0..100 {
         let pids = procs_below(dir);
         if pids.is_empty() {
@@ -365,6 +367,18 @@ fn kill_cgroup_tree(dir: &Path) {
             );
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+fn thaw_tree(dir: &Path) {
+    let _ = fs::write(dir.join("freezer.state"), "THAWED");
+    let _ = fs::write(dir.join("cgroup.freeze"), "0");
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                thaw_tree(&e.path());
+            }
+        }
     }
 }
 

@@ -328,13 +328,7 @@ fn out_of_range_limits_are_refused() {
         "lim",
         &["--ram", "256M", "--cpu-limit", "50%", "--pids", "200"],
     );
-    let kernel = |h: &TestHost| {
-        (
-            knob(h, "memory", "lim", "memory.limit_in_bytes"),
-            knob(h, "cpu", "lim", "cpu.cfs_quota_us"),
-            knob(h, "pids", "lim", "pids.max"),
-        )
-    };
+    let kernel = |h: &TestHost| kernel(h, "lim");
     let before = kernel(&h);
     let mut cases = Vec::new();
     for bad in [

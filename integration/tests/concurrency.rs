@@ -72,7 +72,7 @@ fn twenty_ves_start_serve_and_stop_in_parallel() {
     assert_eq!(pids.len(), N, "inits are not distinct: {list}");
     for n in &names {
         assert_eq!(wait_http(&h, n), format!("hello from {n}"));
-        assert_eq!(knob(&h, "memory", n, "memory.limit_in_bytes"), "67108864");
+        assert_eq!(kernel(&h, n).0, "67108864");
     }
 
     // And 20 concurrent stops.
@@ -151,13 +151,12 @@ fn concurrent_sets_on_one_ve_serialize() {
         "{show}"
     );
     assert_eq!(
-        knob(&h, "memory", "busy", "memory.limit_in_bytes"),
-        ((64 + i) << 20).to_string()
-    );
-    assert_eq!(knob(&h, "pids", "busy", "pids.max"), (100 + i).to_string());
-    assert_eq!(
-        knob(&h, "cpu", "busy", "cpu.cfs_quota_us"),
-        ((10 + i) * 1000).to_string()
+        kernel(&h, "busy"),
+        (
+            ((64 + i) << 20).to_string(),
+            ((10 + i) * 1000).to_string(),
+            (100 + i).to_string()
+        )
     );
     assert_eq!(h.init_pid("busy"), pid);
     // The config file parses (no torn write) and list is right.

@@ -115,10 +115,7 @@ fn start_crash(test: &str, failpoint: &str) {
     h.ok(&["start", "by-start"]);
     assert_eq!(consistent(&h, "by-start"), "running");
     assert_eq!(wait_http(&h, "by-start"), "hello from by-start");
-    assert_eq!(
-        knob(&h, "memory", "by-start", "memory.limit_in_bytes"),
-        "134217728"
-    );
+    assert_eq!(kernel(&h, "by-start").0, "134217728");
     h.ok(&["stop", "--fast", "by-start"]);
     assert_stopped_clean(&h, "by-start");
     // The next stop cleans up.

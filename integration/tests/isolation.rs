@@ -316,3 +316,45 @@ fn the_ve_cannot_make_sys_or_proc_sys_writable() {
     }
     assert!(got.is_empty(), "VE root got through: {got:?}");
 }
+
+#[test]
+fn device_nodes_planted_in_a_ves_files_cannot_be_opened() {
+    let test = "device_nodes_planted_in_a_ves_files_cannot_be_opened";
+    let Some(h) = TestHost::new(test) else {
+        return;
+    };
+    h.start_ve("dev", &[]);
+    // The host plants nodes in the VE's private layer, past the seccomp mknod
+    // filter: only the devices controller (v1) or the BPF device program (v2) on
+    // the VE's cgroup stands between the VE and them.
+    let upper = h.root().join("pool/ves/dev/upper/root");
+    std::fs::create_dir_all(&upper).unwrap();
+    let mk = |name: &str, kind: nix::sys::stat::SFlag, major: u64, minor: u64| {
+        nix::sys::stat::mknod(
+            &upper.join(name),
+            kind,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(major, minor),
+        )
+        .unwrap();
+    };
+    use nix::sys::stat::SFlag;
+    mk("null", SFlag::S_IFCHR, 1, 3);
+    mk("mem", SFlag::S_IFCHR, 1, 1);
+    mk("console", SFlag::S_IFCHR, 5, 1);
+    mk("loop0", SFlag::S_IFBLK, 7, 0);
+    let r = h.exec("dev", &["sh", "-c", "echo x > /root/null && echo null-ok"]);
+    assert_eq!(r.stdout.trim(), "null-ok", "{r:?}");
+    for node in ["mem", "console", "loop0"] {
+        let r = h.exec(
+            "dev",
+            &["sh", "-c", &format!("head -c 1 /root/{node} >/dev/null")],
+        );
+        assert_ne!(r.code, 0, "{node} opened inside the VE: {r:?}");
+        assert!(
+            r.stderr.contains("Operation not permitted"),
+            "{node}: {}",
+            r.stderr
+        );
+    }
+}

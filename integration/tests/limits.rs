@@ -8,58 +8,6 @@ mod common;
 
 use common::*;
 
-/// Whether VE cgroups here are v2 (the VM suite) or v1 (this development host).
-fn is_v2(h: &TestHost) -> bool {
-    h.json(&["host", "info"])["cgroup_version"] == "v2"
-}
-
-/// The three limits as the kernel holds them, the same on v1 and v2: (memory
-/// bytes, CPU quota in µs per 100 ms, pids), each `max` when unlimited.
-/// v1: memory.limit_in_bytes, cpu.cfs_quota_us, pids.max; v2: memory.max,
-/// cpu.max, pids.max.
-fn kernel(h: &TestHost, ve: &str) -> (String, String, String) {
-    if is_v2(h) {
-        let cpu = knob(h, "cpu", ve, "cpu.max");
-        let (quota, period) = cpu.split_once(' ').unwrap();
-        assert_eq!(period, "100000", "cpu.max period");
-        (
-            knob(h, "memory", ve, "memory.max"),
-            quota.to_string(),
-            knob(h, "pids", ve, "pids.max"),
-        )
-    } else {
-        assert_eq!(knob(h, "cpu", ve, "cpu.cfs_period_us"), "100000");
-        let mem = knob(h, "memory", ve, "memory.limit_in_bytes");
-        // v1 spells "no limit" as the largest page-aligned value.
-        let mem = if mem.parse::<u64>().unwrap() >= (i64::MAX as u64) & !0xfff {
-            "max".to_string()
-        } else {
-            mem
-        };
-        let quota = knob(h, "cpu", ve, "cpu.cfs_quota_us");
-        let quota = if quota == "-1" {
-            "max".to_string()
-        } else {
-            quota
-        };
-        (mem, quota, knob(h, "pids", ve, "pids.max"))
-    }
-}
-
-fn unlimited() -> (String, String, String) {
-    ("max".into(), "max".into(), "max".into())
-}
-
-/// Memory the kernel counts for the VE now.
-fn memory_used(h: &TestHost, ve: &str) -> u64 {
-    let file = if is_v2(h) {
-        "memory.current"
-    } else {
-        "memory.usage_in_bytes"
-    };
-    knob(h, "memory", ve, file).parse().unwrap()
-}
-
 /// How many OOM kills the kernel counted in the VE's cgroups. v2's memory.events
 /// counts the whole subtree; v1 counts in the cgroup of the killed task (the VE's
 /// payload cgroup, or deeper), so add them up.
@@ -101,7 +49,7 @@ fn create_limits_land_in_the_cgroup_files() {
     );
     // Fractional and multi-CPU caps, and RAM as a percentage of the host.
     h.start_ve("frac", &["--cpu-limit", "150%", "--ram", "1%"]);
-    assert_eq!(knob(&h, "cpu", "frac", "cpu.cfs_quota_us"), "150000");
+    assert_eq!(kernel(&h, "frac").1, "150000");
     let ram_host = h.json(&["host", "info"])["ram_bytes"].as_u64().unwrap();
     let want = (ram_host / 100) & !4095;
     let got: u64 = kernel(&h, "frac").0.parse().unwrap();
@@ -318,10 +266,7 @@ fn a_limit_the_kernel_refuses_changes_nothing() {
     assert_eq!(h.json(&["show", "full"])["limits"]["ram"], "128M");
     // The VE still runs and a change the kernel can take still works.
     h.ok(&["set", "full", "--ram", "100M"]);
-    assert_eq!(
-        knob(&h, "memory", "full", "memory.limit_in_bytes"),
-        "104857600"
-    );
+    assert_eq!(kernel(&h, "full").0, "104857600");
 }
 
 #[test]

@@ -312,6 +312,28 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
+/// A tar error for people: no archive bytes quoted (the tar crate quotes the
+/// header it could not parse, which for a wrong file is its content).
+fn tar_reason(e: &io::Error, members: u64) -> String {
+    if members == 0 && e.kind() != io::ErrorKind::UnexpectedEof {
+        return "no tar header at the start of the file".into();
+    }
+    let text = e.to_string();
+    let text = text.split(" when getting").next().unwrap_or("");
+    let clean: String = text
+        .chars()
+        .map(|c| {
+            if c.is_control() || c == '\u{fffd}' {
+                '?'
+            } else {
+                c
+            }
+        })
+        .take(120)
+        .collect();
+    format!("member {}: {clean}", members + 1)
+}
+
 fn unpack_tar(
     path: &Path,
     dest: &Path,
@@ -330,8 +352,8 @@ fn unpack_tar(
     archive.set_overwrite(true);
     let mut done = Progress::default();
     let mut members = 0u64;
-    for entry in archive.entries().map_err(|e| bad(e.to_string()))? {
-        let mut entry = entry.map_err(|e| bad(e.to_string()))?;
+    for entry in archive.entries().map_err(|e| bad(tar_reason(&e, 0)))? {
+        let mut entry = entry.map_err(|e| bad(tar_reason(&e, members)))?;
         members += 1;
         let kind = entry.header().entry_type();
         if kind.is_character_special() || kind.is_block_special() {

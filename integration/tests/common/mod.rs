@@ -443,3 +443,55 @@ pub fn run_guarded(h: &TestHost, args: &[&str]) -> Run {
     c.args(args).stdin(Stdio::null());
     run_limited(c, Duration::from_secs(10))
 }
+
+/// Whether VE cgroups here are v2 (the VM suite) or v1 (this development host).
+pub fn is_v2(h: &TestHost) -> bool {
+    h.json(&["host", "info"])["cgroup_version"] == "v2"
+}
+
+/// The three limits as the kernel holds them, the same on v1 and v2: (memory
+/// bytes, CPU quota in µs per 100 ms, pids), each `max` when unlimited.
+/// v1: memory.limit_in_bytes, cpu.cfs_quota_us, pids.max; v2: memory.max,
+/// cpu.max, pids.max.
+pub fn kernel(h: &TestHost, ve: &str) -> (String, String, String) {
+    if is_v2(h) {
+        let cpu = knob(h, "cpu", ve, "cpu.max");
+        let (quota, period) = cpu.split_once(' ').unwrap();
+        assert_eq!(period, "100000", "cpu.max period");
+        (
+            knob(h, "memory", ve, "memory.max"),
+            quota.to_string(),
+            knob(h, "pids", ve, "pids.max"),
+        )
+    } else {
+        assert_eq!(knob(h, "cpu", ve, "cpu.cfs_period_us"), "100000");
+        let mem = knob(h, "memory", ve, "memory.limit_in_bytes");
+        // v1 spells "no limit" as the largest page-aligned value.
+        let mem = if mem.parse::<u64>().unwrap() >= (i64::MAX as u64) & !0xfff {
+            "max".to_string()
+        } else {
+            mem
+        };
+        let quota = knob(h, "cpu", ve, "cpu.cfs_quota_us");
+        let quota = if quota == "-1" {
+            "max".to_string()
+        } else {
+            quota
+        };
+        (mem, quota, knob(h, "pids", ve, "pids.max"))
+    }
+}
+
+pub fn unlimited() -> (String, String, String) {
+    ("max".into(), "max".into(), "max".into())
+}
+
+/// Memory the kernel counts for the VE now.
+pub fn memory_used(h: &TestHost, ve: &str) -> u64 {
+    let file = if is_v2(h) {
+        "memory.current"
+    } else {
+        "memory.usage_in_bytes"
+    };
+    knob(h, "memory", ve, file).parse().unwrap()
+}
