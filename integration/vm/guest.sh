@@ -31,12 +31,24 @@ trap finish EXIT
 uptime_s() { cut -d' ' -f1 /proc/uptime; }
 
 setup() {
+    # A checkout below /tmp or /var/tmp (a CI clone, say) must stay visible under
+    # the guest's own tmpfs there: keep a bind of it aside and put it back.
+    local kept=""
+    case "$VM_REPO/" in
+    /tmp/* | /var/tmp/*)
+        kept=/run/vectl-repo
+        mkdir -p "$kept" && mount --bind "$VM_REPO" "$kept" || return 1
+        ;;
+    esac
     mkdir -p /dev/pts /dev/shm &&
         mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts &&
         mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm &&
         mount -t tmpfs -o mode=1777 tmpfs /tmp &&
         mount -t tmpfs -o mode=755 tmpfs /var/tmp &&
         chmod 1777 /var/tmp || return 1
+    if [ -n "$kept" ]; then
+        mkdir -p "$VM_REPO" && mount --bind "$kept" "$VM_REPO" || return 1
+    fi
     # The host's tools from the host's / see the guest kernel's modules, so modprobe
     # and the kernel's on-demand loading (which runs /sbin/modprobe here) work.
     mkdir -p "/lib/modules/$VM_KVER" &&
