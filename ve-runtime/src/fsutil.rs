@@ -19,12 +19,14 @@ pub(crate) fn temp_path(path: &Path) -> PathBuf {
 }
 
 /// Writes `data` to `path` atomically: the whole content to a temporary file in the
-/// same directory, then a rename over `path`. With `durable`, the file and the
-/// directory are fsynced so the new contents survive a power cut; runtime state
-/// (meaningless after a reboot) skips that. The caller holds the lock that guards
-/// `path`.
+/// same directory, then a rename over `path`. With `durable`, the data reaches the
+/// disk before the rename, so after a crash or power cut `path` holds either the
+/// old or the new content, never a torn one; runtime state (meaningless after a
+/// reboot) skips that. The directory is not fsynced: the rename itself reaches the
+/// disk with the file system's next journal commit (seconds), and losing it means
+/// the previous, complete version — cheaper than a second flush on every `set`.
+/// The caller holds the lock that guards `path`.
 pub(crate) fn write_atomic(path: &Path, data: &[u8], durable: bool) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = temp_path(path);
     let mut f = fs::OpenOptions::new()
         .write(true)
@@ -34,16 +36,10 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8], durable: bool) -> Result<()
         .map_err(io_err(&tmp))?;
     f.write_all(data).map_err(io_err(&tmp))?;
     if durable {
-        f.sync_all().map_err(io_err(&tmp))?;
+        f.sync_data().map_err(io_err(&tmp))?;
     }
     drop(f);
-    fs::rename(&tmp, path).map_err(io_err(path))?;
-    if durable {
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(dir))?;
-    }
-    Ok(())
+    fs::rename(&tmp, path).map_err(io_err(path))
 }
 
 /// An exclusive lock on a file, held until dropped (the kernel releases it when the

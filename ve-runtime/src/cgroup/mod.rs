@@ -298,10 +298,12 @@ fn parent_dir(settings: &CgroupSettings, controller: &str, mount: &Path) -> Path
 
 /// Opens the backend for this host.
 pub fn open(settings: &CgroupSettings) -> Result<Box<dyn CgroupBackend>> {
-    let mounts = parse_mountinfo(&read_file("/proc/self/mountinfo")?);
+    let mounts = match standard_mounts() {
+        Some(m) => m,
+        None => parse_mountinfo(&read_file("/proc/self/mountinfo")?),
+    };
     match host_version(&mounts)? {
         CgroupVersion::V1 => {
-            let own = parse_proc_cgroup(&read_file("/proc/self/cgroup")?);
             let mut hierarchies: Vec<v1::Hierarchy> = Vec::new();
             for (ctrl, required) in V1_CONTROLLERS {
                 let Some(m) = mounts
@@ -318,12 +320,11 @@ pub fn open(settings: &CgroupSettings) -> Result<Box<dyn CgroupBackend>> {
                 if hierarchies.iter().any(|h| h.mount == m.path) {
                     continue;
                 }
-                let own_path = own.get(*ctrl).map(String::as_str).unwrap_or("/");
                 hierarchies.push(v1::Hierarchy {
                     mount: m.path.clone(),
                     controllers: m.controllers.clone(),
                     parent: parent_dir(settings, ctrl, &m.path),
-                    own: m.path.join(own_path.trim_start_matches('/')),
+                    own: None,
                 });
             }
             Ok(Box::new(V1::new(hierarchies)))
@@ -339,6 +340,59 @@ pub fn open(settings: &CgroupSettings) -> Result<Box<dyn CgroupBackend>> {
             )))
         }
     }
+}
+
+/// The cgroup mounts at the standard place, found with a few stat calls instead of
+/// reading /proc/self/mountinfo (which the kernel renders at some cost, on every
+/// vectl run): cgroup2 on /sys/fs/cgroup, or v1 hierarchies in its subdirectories
+/// (co-mounted controllers share a device number). `None` for anything else; then
+/// the caller reads mountinfo.
+fn standard_mounts() -> Option<Vec<Mount>> {
+    use nix::sys::statfs::{CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, TMPFS_MAGIC, statfs};
+    use std::os::unix::fs::MetadataExt;
+    let root = Path::new("/sys/fs/cgroup");
+    let kind = statfs(root).ok()?.filesystem_type();
+    if kind == CGROUP2_SUPER_MAGIC {
+        return Some(vec![Mount {
+            path: root.to_path_buf(),
+            controllers: Vec::new(),
+            v2: true,
+        }]);
+    }
+    if kind != TMPFS_MAGIC {
+        return None;
+    }
+    let mut found: Vec<(u64, Mount)> = Vec::new();
+    for (ctrl, _) in V1_CONTROLLERS {
+        let path = root.join(ctrl);
+        if statfs(&path).ok()?.filesystem_type() != CGROUP_SUPER_MAGIC {
+            continue;
+        }
+        let dev = fs::metadata(&path).ok()?.dev();
+        match found.iter_mut().find(|(d, _)| *d == dev) {
+            Some((_, m)) => m.controllers.push((*ctrl).to_string()),
+            None => found.push((
+                dev,
+                Mount {
+                    path,
+                    controllers: vec![(*ctrl).to_string()],
+                    v2: false,
+                },
+            )),
+        }
+    }
+    let unified = root.join("unified");
+    if statfs(&unified).is_ok_and(|s| s.filesystem_type() == CGROUP2_SUPER_MAGIC) {
+        found.push((
+            0,
+            Mount {
+                path: unified,
+                controllers: Vec::new(),
+                v2: true,
+            },
+        ));
+    }
+    Some(found.into_iter().map(|(_, m)| m).collect())
 }
 
 fn read_file(path: &str) -> Result<String> {

@@ -25,8 +25,9 @@ pub struct Hierarchy {
     pub controllers: Vec<String>,
     /// The parent of VE cgroups in it.
     pub parent: PathBuf,
-    /// vectl's own cgroup in it (to move back to after placing a child).
-    pub own: PathBuf,
+    /// vectl's own cgroup in it (to move back to after placing a child); read
+    /// from /proc/self/cgroup when needed if not given.
+    pub own: Option<PathBuf>,
 }
 
 /// The v1 backend.
@@ -202,10 +203,28 @@ impl CgroupBackend for V1 {
             .iter()
             .map(|h| h.parent.join(ve).join(PAYLOAD).join("tasks"))
             .collect();
+        let mine = if self.hierarchies.iter().any(|h| h.own.is_none()) {
+            let text = std::fs::read_to_string("/proc/self/cgroup").map_err(
+                crate::error::io_err(std::path::Path::new("/proc/self/cgroup")),
+            )?;
+            super::parse_proc_cgroup(&text)
+        } else {
+            Default::default()
+        };
         let back = self
             .hierarchies
             .iter()
-            .map(|h| h.own.join("tasks"))
+            .map(|h| {
+                let own = h.own.clone().unwrap_or_else(|| {
+                    let rel = h
+                        .controllers
+                        .iter()
+                        .find_map(|c| mine.get(c))
+                        .map_or("", |p| p.trim_start_matches('/'));
+                    h.mount.join(rel)
+                });
+                own.join("tasks")
+            })
             .collect();
         Ok(Placement::Tasks { join, back })
     }
@@ -250,7 +269,7 @@ mod tests {
                 mount: mount.clone(),
                 controllers: vec![c.to_string()],
                 parent: mount.join("vectl"),
-                own: mount.clone(),
+                own: Some(mount.clone()),
             });
         }
         fs::write(
