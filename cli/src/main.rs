@@ -12,8 +12,8 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 use ve_runtime::{
-    Amount, CreateOptions, ExecOptions, Host, InitOptions, LimitsUpdate, Percent, Setting, Source,
-    StopOptions, StopOutcome,
+    Amount, Cpus, CreateOptions, ExecOptions, Host, InitOptions, LimitsUpdate, Percent, Setting,
+    Size, Source, StopOptions, StopOutcome,
 };
 
 use crate::output::Out;
@@ -48,6 +48,9 @@ enum Command {
     Start {
         #[arg(required = true, value_name = "VE")]
         ves: Vec<String>,
+        /// Start even if guarantees do not fit beside the running VEs'.
+        #[arg(long)]
+        force: bool,
     },
     /// Stop VEs: ask init to halt, wait, then kill what is left.
     Stop(StopArgs),
@@ -70,6 +73,15 @@ enum Command {
     },
     /// Change a VE's limits (live if it runs).
     Set(SetArgs),
+    /// Resource use per VE: CPU, RAM, swap, processes, disk I/O, OOM kills.
+    Stats {
+        /// VEs (default: all).
+        #[arg(value_name = "VE")]
+        ves: Vec<String>,
+        /// Refresh every SECS seconds like `top` (CPU % over each interval).
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<f64>,
+    },
     /// Run a command inside a running VE.
     Exec(ExecArgs),
     /// Open an interactive shell inside a running VE.
@@ -95,8 +107,17 @@ struct InitArgs {
 
 #[derive(Debug, Subcommand)]
 enum HostCommand {
-    /// Capacity, cgroup version, paths and settings.
+    /// Capacity, committed guarantees and limits, cgroup version, paths.
     Info,
+    /// Change host settings.
+    Set {
+        /// Share of the host's CPU time kept out of VE guarantees.
+        #[arg(long, value_name = "P%")]
+        reserve_cpu: Option<String>,
+        /// RAM kept out of VE guarantees: a size or a percentage.
+        #[arg(long, value_name = "SIZE|P%")]
+        reserve_ram: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -131,12 +152,36 @@ struct LimitArgs {
     /// Memory limit: a size (256M, 1G) or a percentage of host RAM (10%).
     #[arg(long, value_name = "SIZE|P%", allow_hyphen_values = true)]
     ram: Option<String>,
+    /// Memory protected from reclaim by other VEs: a size or a percentage of host RAM.
+    #[arg(long, value_name = "SIZE|P%", allow_hyphen_values = true)]
+    ram_guarantee: Option<String>,
+    /// Swap the VE may use on top of its RAM (needs --ram).
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
+    swap: Option<String>,
     /// CPU cap in percent of one CPU (150% = one and a half CPUs).
     #[arg(long, value_name = "P%", allow_hyphen_values = true)]
     cpu_limit: Option<String>,
+    /// Minimum share of the whole host's CPU time when it is contended.
+    #[arg(long, value_name = "P%", allow_hyphen_values = true)]
+    cpu_guarantee: Option<String>,
+    /// The CPUs the VE may run on: a count (2) or a list (0-1,3).
+    #[arg(long, value_name = "N|LIST", allow_hyphen_values = true)]
+    cpus: Option<String>,
     /// Maximum number of processes and threads.
     #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pids: Option<String>,
+    /// Disk bandwidth cap in bytes per second, reads and writes each (50M).
+    #[arg(long, value_name = "RATE", allow_hyphen_values = true)]
+    io_limit: Option<String>,
+    /// Disk operations per second cap, reads and writes each.
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    iops_limit: Option<String>,
+    /// Proportional disk weight, 1..1000 (default 100; needs the bfq scheduler).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    io_weight: Option<String>,
+    /// Disk time share under contention (weight 10 per percent; needs bfq).
+    #[arg(long, value_name = "P%", allow_hyphen_values = true)]
+    io_guarantee: Option<String>,
 }
 
 impl LimitArgs {
@@ -151,12 +196,23 @@ impl LimitArgs {
                 .map(|s| p(s).map_err(|e| anyhow::anyhow!("VE {ve}: --{flag}: {e}")))
                 .transpose()
         }
+        fn text<T: std::str::FromStr<Err = String>>(
+            s: &str,
+        ) -> std::result::Result<Setting<T>, String> {
+            s.parse::<Setting<T>>()
+        }
         Ok(LimitsUpdate {
-            ram: parse(ve, "ram", &self.ram, |s| s.parse::<Setting<Amount>>())?,
-            cpu_limit: parse(ve, "cpu-limit", &self.cpu_limit, |s| {
-                s.parse::<Setting<Percent>>()
-            })?,
+            ram: parse(ve, "ram", &self.ram, text::<Amount>)?,
+            ram_guarantee: parse(ve, "ram-guarantee", &self.ram_guarantee, text::<Amount>)?,
+            swap: parse(ve, "swap", &self.swap, text::<Size>)?,
+            cpu_limit: parse(ve, "cpu-limit", &self.cpu_limit, text::<Percent>)?,
+            cpu_guarantee: parse(ve, "cpu-guarantee", &self.cpu_guarantee, text::<Percent>)?,
+            cpus: parse(ve, "cpus", &self.cpus, text::<Cpus>)?,
             pids: parse(ve, "pids", &self.pids, ve_runtime::parse_count)?,
+            io_limit: parse(ve, "io-limit", &self.io_limit, text::<Size>)?,
+            iops_limit: parse(ve, "iops-limit", &self.iops_limit, ve_runtime::parse_count)?,
+            io_weight: parse(ve, "io-weight", &self.io_weight, ve_runtime::parse_count)?,
+            io_guarantee: parse(ve, "io-guarantee", &self.io_guarantee, text::<Percent>)?,
         })
     }
 }
@@ -182,6 +238,9 @@ struct CreateArgs {
     /// Numeric id (default: the lowest free one from 100).
     #[arg(long)]
     id: Option<u32>,
+    /// Create even if its guarantees do not fit beside the running VEs'.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -211,6 +270,10 @@ struct SetArgs {
     ve: String,
     #[command(flatten)]
     limits: LimitArgs,
+    /// Skip admission control, and lower RAM below what the VE uses even where
+    /// the kernel then kills processes in it to make it fit.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -269,6 +332,58 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
             out.init(&host, created);
         }
         Command::Host(HostCommand::Info) => out.host_info(&open(&cli)?)?,
+        Command::Host(HostCommand::Set {
+            reserve_cpu,
+            reserve_ram,
+        }) => {
+            let cpu = reserve_cpu
+                .as_deref()
+                .map(|s| {
+                    s.parse::<Percent>()
+                        .map_err(|e| anyhow::anyhow!("--reserve-cpu: {e}"))
+                })
+                .transpose()?;
+            let ram = reserve_ram
+                .as_deref()
+                .map(|s| {
+                    s.parse::<Amount>()
+                        .map_err(|e| anyhow::anyhow!("--reserve-ram: {e}"))
+                })
+                .transpose()?;
+            if cpu.is_none() && ram.is_none() {
+                bail!("nothing to set (give --reserve-cpu or --reserve-ram)");
+            }
+            let mut host = open(&cli)?;
+            host.set_reserve(cpu, ram)?;
+            out.host_info(&host)?;
+        }
+        Command::Stats { ves, watch } => {
+            let host = open(&cli)?;
+            match watch {
+                None => out.stats(&host.stats(ves)?, None),
+                Some(secs) => {
+                    if secs.is_nan() || *secs < 0.1 {
+                        bail!("--watch {secs}: give an interval of at least 0.1 seconds");
+                    }
+                    let mut before = host.stats(ves)?;
+                    let mut at = std::time::Instant::now();
+                    loop {
+                        std::thread::sleep(Duration::from_secs_f64(*secs));
+                        let mut now = host.stats(ves)?;
+                        let dt = at.elapsed().as_secs_f64();
+                        at = std::time::Instant::now();
+                        for s in &mut now {
+                            s.cpu_percent = before
+                                .iter()
+                                .find(|b| b.name == s.name && b.status == s.status)
+                                .map_or(0.0, |b| s.cpu_percent_since(b, dt));
+                        }
+                        out.stats(&now, Some(*secs));
+                        before = now;
+                    }
+                }
+            }
+        }
         Command::Template(TemplateCommand::Import(a)) => {
             let source = match (&a.from_dir, &a.from_tar) {
                 (Some(d), _) => Source::Dir(d.clone()),
@@ -296,13 +411,14 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
                 init: a.init.clone(),
                 stop_signal: a.stop_signal.clone(),
                 id: a.id,
+                force: a.force,
             })?;
             out.created(&cfg);
         }
-        Command::Start { ves } => {
+        Command::Start { ves, force } => {
             let host = open(&cli)?;
             return Ok(each(out, ves, |ve| {
-                let rs = host.start(ve)?;
+                let rs = host.start(ve, *force)?;
                 out.started(ve, &rs);
                 Ok(())
             }));
@@ -322,7 +438,7 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
                 if outcome == StopOutcome::AlreadyStopped {
                     out.note(&format!("VE {ve}: was not running"));
                 }
-                let rs = host.start(ve)?;
+                let rs = host.start(ve, false)?;
                 out.started(ve, &rs);
                 Ok(())
             }));
@@ -348,11 +464,11 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
             let update = a.limits.update(&a.ve)?;
             if update.is_empty() {
                 bail!(
-                    "VE {}: nothing to set (give --ram, --cpu-limit or --pids)",
+                    "VE {}: nothing to set (give a limit such as --ram or --cpu-limit)",
                     a.ve
                 );
             }
-            let outcome = open(&cli)?.set(&a.ve, &update)?;
+            let outcome = open(&cli)?.set(&a.ve, &update, a.force)?;
             out.set(&a.ve, &outcome);
         }
         Command::Exec(a) => {

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::json;
 use ve_runtime::{
     Host, Progress, RunState, SetOutcome, Status, StopOutcome, TemplateVersion, VeConfig,
-    VeDetails, VeInfo, human_bytes,
+    VeDetails, VeInfo, VeStats, human_bytes,
 };
 
 /// The output mode of one vectl run.
@@ -85,6 +85,15 @@ impl Out {
         let (ves, _) = host.list()?;
         let running = ves.iter().filter(|v| v.status == Status::Running).count();
         let templates = host.list_templates()?.len();
+        let committed = host.commitments(None)?;
+        let (reserve_cpu, reserve_ram) = host.reserve();
+        let cpu_limits: f64 = committed
+            .ves
+            .iter()
+            .filter_map(|c| c.cpu_limit_pct)
+            .fold(0.0, |a, b| a + b);
+        let ram_limits: u64 = committed.ves.iter().filter_map(|c| c.ram_limit_bytes).sum();
+        let io = host.facts().io_device;
         let info = json!({
             "root": host.root(),
             "pool": host.pool().dir(),
@@ -94,6 +103,16 @@ impl Out {
             "cgroup_paths": cg.parents(),
             "cpus": cap.cpus,
             "ram_bytes": cap.ram_bytes,
+            "reserve": {"cpu_percent": reserve_cpu * 100.0, "ram_bytes": reserve_ram},
+            "committed": {
+                "cpu_guarantee_percent": committed.cpu * 100.0,
+                "ram_guarantee_bytes": committed.ram_bytes,
+                "cpu_limit_percent_sum": cpu_limits,
+                "ram_limit_bytes_sum": ram_limits,
+                "ves": committed.ves,
+            },
+            "io_device": io.as_ref().ok(),
+            "io_device_problem": io.as_ref().err(),
             "ves": ves.len(),
             "running": running,
             "template_versions": templates,
@@ -103,6 +122,7 @@ impl Out {
             self.print_json(&info);
             return Ok(());
         }
+        let pct = |x: f64| format!("{:.1}%", x * 100.0);
         let rows = [
             ("root", host.root().display().to_string()),
             (
@@ -122,13 +142,103 @@ impl Out {
                     host.settings().cgroup.parent
                 ),
             ),
-            ("cpus", cap.cpus.to_string()),
+            (
+                "cpus",
+                format!("{} ({}% of one CPU in all)", cap.cpus, cap.cpus * 100),
+            ),
             ("ram", human_bytes(cap.ram_bytes)),
+            (
+                "reserve",
+                format!("cpu {}, ram {}", pct(reserve_cpu), human_bytes(reserve_ram)),
+            ),
+            (
+                "guaranteed",
+                format!(
+                    "cpu {} of the host, ram {} (running VEs)",
+                    pct(committed.cpu),
+                    human_bytes(committed.ram_bytes)
+                ),
+            ),
+            (
+                "limits",
+                format!(
+                    "cpu {}% of one CPU, ram {} (sum over running VEs)",
+                    cpu_limits,
+                    human_bytes(ram_limits)
+                ),
+            ),
+            (
+                "disk",
+                match &io {
+                    Ok(d) => format!(
+                        "{} ({}:{}, {} scheduler)",
+                        d.name, d.major, d.minor, d.scheduler
+                    ),
+                    Err(why) => format!("none for I/O limits: {why}"),
+                },
+            ),
             ("ves", format!("{} ({running} running)", ves.len())),
             ("templates", format!("{templates} version(s)")),
         ];
         print_pairs(&rows);
         Ok(())
+    }
+
+    /// `vectl stats`: a table (refreshed in place with --watch on a terminal) or
+    /// JSON (one document per refresh).
+    pub fn stats(&self, stats: &[VeStats], watch: Option<f64>) {
+        if self.json {
+            match serde_json::to_string(&stats) {
+                Ok(s) if watch.is_some() => println!("{s}"),
+                Ok(_) => self.print_json(&stats),
+                Err(e) => eprintln!("vectl: cannot encode JSON: {e}"),
+            }
+            return;
+        }
+        let mut rows = vec![vec![
+            "ID".to_string(),
+            "NAME".into(),
+            "STATUS".into(),
+            "CPU%".into(),
+            "CPU TIME".into(),
+            "RAM".into(),
+            "SWAP".into(),
+            "PIDS".into(),
+            "IO READ".into(),
+            "IO WRITE".into(),
+            "OOM".into(),
+            "UPTIME".into(),
+        ]];
+        let of = |used: String, limit: Option<String>| match limit {
+            Some(l) => format!("{used}/{l}"),
+            None => used,
+        };
+        for s in stats {
+            rows.push(vec![
+                s.id.to_string(),
+                s.name.clone(),
+                s.status.to_string(),
+                format!("{:.1}", s.cpu_percent),
+                format!("{:.1}s", s.cpu_usage_ns as f64 / 1e9),
+                of(human_bytes(s.ram_bytes), s.ram_limit_bytes.map(human_bytes)),
+                of(
+                    human_bytes(s.swap_bytes),
+                    s.swap_limit_bytes.map(human_bytes),
+                ),
+                of(s.pids.to_string(), s.pids_limit.map(|p| p.to_string())),
+                format!("{} ({} ops)", human_bytes(s.io_read_bytes), s.io_read_ops),
+                format!("{} ({} ops)", human_bytes(s.io_write_bytes), s.io_write_ops),
+                s.oom_kills.to_string(),
+                s.uptime_secs.map_or("-".into(), duration),
+            ]);
+        }
+        if watch.is_some() && std::io::stdout().is_terminal() {
+            print!("\x1b[H\x1b[2J");
+        }
+        print_table(&rows);
+        if let Some(secs) = watch {
+            println!("(every {secs}s, CPU% over the interval; Ctrl-C ends)");
+        }
     }
 
     pub fn template_imported(&self, tv: &TemplateVersion) {
@@ -262,6 +372,7 @@ impl Out {
         }
         let i = &d.info;
         let opt = |v: Option<String>| v.unwrap_or_else(|| "unlimited".into());
+        let none = |v: Option<String>| v.unwrap_or_else(|| "none".into());
         let mut rows = vec![
             ("name", i.name.clone()),
             ("id", i.id.to_string()),
@@ -272,8 +383,35 @@ impl Out {
             ("stop signal", d.stop_signal.clone()),
             ("created", d.created.clone()),
             ("ram", opt(i.limits.ram.map(|r| r.to_string()))),
+            (
+                "ram guarantee",
+                none(i.limits.ram_guarantee.map(|r| r.to_string())),
+            ),
+            ("swap", opt(i.limits.swap.map(|r| r.to_string()))),
             ("cpu limit", opt(i.limits.cpu_limit.map(|c| c.to_string()))),
+            (
+                "cpu guarantee",
+                none(i.limits.cpu_guarantee.map(|c| c.to_string())),
+            ),
+            (
+                "cpus",
+                d.kernel_limits
+                    .cpuset
+                    .clone()
+                    .unwrap_or_else(|| "all".into()),
+            ),
             ("pids", opt(i.limits.pids.map(|p| p.to_string()))),
+            ("io limit", opt(i.limits.io_limit.map(|r| format!("{r}/s")))),
+            (
+                "iops limit",
+                opt(i.limits.iops_limit.map(|p| p.to_string())),
+            ),
+            (
+                "io weight",
+                d.kernel_limits
+                    .io_weight
+                    .map_or("default".into(), |w| w.to_string()),
+            ),
         ];
         if let Some(pid) = i.pid {
             rows.push(("init pid", pid.to_string()));

@@ -156,6 +156,7 @@ mod tests {
                 ram: Some(Amount::Bytes(Size(256 << 20))),
                 cpu_limit: Some(Percent(50.0)),
                 pids: Some(200),
+                ..Limits::default()
             },
         };
         cfg.store(&p).unwrap();

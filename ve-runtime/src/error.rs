@@ -37,6 +37,9 @@ pub enum Error {
     /// The VE is stopped and the operation needs it running.
     #[error("VE {0}: not running (start it with `vectl start {0}`)")]
     NotRunning(String),
+    /// Admission control: the VE's guarantees do not fit beside the others'.
+    #[error("VE {ve}: refused: {reason} (use --force to override)")]
+    Admission { ve: String, reason: String },
     /// A limit that is out of range for this host.
     #[error("VE {ve}: {reason}")]
     BadLimit { ve: String, reason: String },

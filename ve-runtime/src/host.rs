@@ -21,13 +21,13 @@ use serde::{Deserialize, Serialize};
 use crate::cgroup::{self, CgroupBackend, CgroupSettings};
 use crate::error::{Error, Result, io_err};
 use crate::fsutil::{Lock, write_atomic};
-use crate::limits::Capacity;
+use crate::limits::{Amount, Capacity, HostFacts, IoDevice, Percent, Size};
 
 /// The default state directory.
 pub const DEFAULT_ROOT: &str = "/var/lib/vectl";
 
 /// Host settings, `vectl.toml`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostSettings {
     /// Settings format version.
@@ -41,6 +41,28 @@ pub struct HostSettings {
     /// Where VE cgroups go.
     #[serde(default)]
     pub cgroup: CgroupSettings,
+    /// What guarantees may not promise away: kept for the host itself.
+    #[serde(default)]
+    pub reserve: Reserve,
+}
+
+/// The host's own share, kept out of VE guarantees by admission control.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reserve {
+    /// Share of the host's CPU time.
+    pub cpu: Percent,
+    /// RAM, absolute or a share of the host's.
+    pub ram: Amount,
+}
+
+impl Default for Reserve {
+    fn default() -> Self {
+        Reserve {
+            cpu: Percent(5.0),
+            ram: Amount::Bytes(Size(256 << 20)),
+        }
+    }
 }
 
 impl Default for HostSettings {
@@ -50,6 +72,7 @@ impl Default for HostSettings {
             backend: quota::Backend::Dir,
             pool_dir: None,
             cgroup: CgroupSettings::default(),
+            reserve: Reserve::default(),
         }
     }
 }
@@ -71,6 +94,7 @@ pub struct Host {
     templates: ve_templates::TemplateStore,
     cgroups: OnceCell<Box<dyn CgroupBackend>>,
     capacity: OnceCell<Capacity>,
+    io_device: OnceCell<std::result::Result<IoDevice, String>>,
 }
 
 impl Host {
@@ -159,6 +183,7 @@ impl Host {
             templates,
             cgroups: OnceCell::new(),
             capacity: OnceCell::new(),
+            io_device: OnceCell::new(),
         })
     }
 
@@ -191,6 +216,60 @@ impl Host {
     /// What the host has: online CPUs and RAM.
     pub fn capacity(&self) -> Capacity {
         *self.capacity.get_or_init(read_capacity)
+    }
+
+    /// What limits are checked against: capacity, and the disk that holds VE files.
+    pub fn facts(&self) -> HostFacts {
+        HostFacts {
+            capacity: self.capacity(),
+            io_device: self
+                .io_device
+                .get_or_init(|| io_device_of(self.pool.dir()))
+                .clone(),
+        }
+    }
+
+    /// Changes the host reserve (kept out of VE guarantees) and saves it.
+    pub fn set_reserve(&mut self, cpu: Option<Percent>, ram: Option<Amount>) -> Result<()> {
+        let _lock = self.lock_host()?;
+        let mut settings =
+            load_settings(&self.root.join("vectl.toml"))?.unwrap_or_else(|| self.settings.clone());
+        if let Some(c) = cpu {
+            if !(0.0..100.0).contains(&c.0) {
+                return Err(Error::Host(format!(
+                    "--reserve-cpu {c} is not between 0% and 100%"
+                )));
+            }
+            settings.reserve.cpu = c;
+        }
+        if let Some(r) = ram {
+            let bytes = match r {
+                Amount::Bytes(Size(b)) => b,
+                Amount::Percent(Percent(p)) => {
+                    (self.capacity().ram_bytes as f64 * p / 100.0) as u64
+                }
+            };
+            if bytes >= self.capacity().ram_bytes {
+                return Err(Error::Host(format!(
+                    "--reserve-ram {r} is all of the host's RAM or more"
+                )));
+            }
+            settings.reserve.ram = r;
+        }
+        let text = toml::to_string(&settings).map_err(|e| Error::Host(e.to_string()))?;
+        write_atomic(&self.root.join("vectl.toml"), text.as_bytes(), true)?;
+        self.settings = settings;
+        Ok(())
+    }
+
+    /// The host reserve in bytes of RAM and a fraction of CPU time.
+    pub fn reserve(&self) -> (f64, u64) {
+        let cap = self.capacity();
+        let ram = match self.settings.reserve.ram {
+            Amount::Bytes(Size(b)) => b,
+            Amount::Percent(Percent(p)) => (cap.ram_bytes as f64 * p / 100.0) as u64,
+        };
+        (self.settings.reserve.cpu.0 / 100.0, ram)
     }
 
     pub(crate) fn config_path(&self, ve: &str) -> PathBuf {
@@ -285,4 +364,55 @@ fn read_capacity() -> Capacity {
         })
         .map_or(0, |kb| kb * 1024);
     Capacity { cpus, ram_bytes }
+}
+
+/// The whole disk under `dir`, for I/O limits: the kernel throttles disks, so a
+/// partition is traded for its disk. Errors say why there is none (tmpfs, a
+/// network file system, a btrfs spanning devices...).
+fn io_device_of(dir: &Path) -> std::result::Result<IoDevice, String> {
+    use std::os::unix::fs::MetadataExt;
+    let md = fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let dev = md.dev();
+    let (major, minor) = (
+        nix::sys::stat::major(dev) as u32,
+        nix::sys::stat::minor(dev) as u32,
+    );
+    let sys = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+    let Ok(mut node) = fs::canonicalize(&sys) else {
+        let fstype = nix::sys::statfs::statfs(dir)
+            .map(|s| format!("{:?}", s.filesystem_type()))
+            .unwrap_or_else(|_| "an unknown file system".into());
+        return Err(format!(
+            "the VEs' files ({}) are not on a block device ({fstype}, device {major}:{minor}), so there is no disk to throttle",
+            dir.display()
+        ));
+    };
+    if node.join("partition").exists() {
+        node.pop();
+    }
+    let name = node
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let (major, minor) = fs::read_to_string(node.join("dev"))
+        .ok()
+        .and_then(|d| {
+            let (a, b) = d.trim().split_once(':')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        })
+        .unwrap_or((major, minor));
+    let scheduler = fs::read_to_string(node.join("queue/scheduler"))
+        .ok()
+        .and_then(|s| {
+            let open = s.find('[')?;
+            let close = s[open..].find(']')? + open;
+            Some(s[open + 1..close].to_string())
+        })
+        .unwrap_or_else(|| "none".into());
+    Ok(IoDevice {
+        major,
+        minor,
+        name,
+        scheduler,
+    })
 }

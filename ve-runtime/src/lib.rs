@@ -5,6 +5,7 @@
 //! The CLI talks to a [`Host`] (one state directory): `Host::open`, then
 //! `create`, `start`, `stop`, `set`, `exec`, `list`, `show`, `destroy`.
 
+mod admission;
 mod cgroup;
 mod config;
 mod error;
@@ -16,21 +17,24 @@ mod launch;
 mod limits;
 mod security;
 mod state;
+mod stats;
 mod sys;
 mod template;
 mod ve;
 
+pub use admission::{Commitment, Commitments};
 pub use cgroup::{CgroupBackend, CgroupSettings, CgroupVersion, Usage};
 pub use config::{VeConfig, validate_name};
 pub use error::{Error, Result};
 pub use exec::ExecOptions;
-pub use host::{DEFAULT_ROOT, Host, HostSettings, InitOptions};
+pub use host::{DEFAULT_ROOT, Host, HostSettings, InitOptions, Reserve};
 pub use limits::{
-    Amount, Capacity, KernelLimits, Limits, LimitsUpdate, Percent, Setting, Size, human_bytes,
-    parse_count,
+    Amount, Capacity, Cpus, HostFacts, IoDevice, IoLimits, KernelLimits, Limits, LimitsUpdate,
+    Percent, Setting, Size, human_bytes, parse_count,
 };
 pub use security::DROPPED_CAPS;
 pub use state::RunState;
+pub use stats::VeStats;
 pub use ve::{
     CreateOptions, SetOutcome, Status, StopOptions, StopOutcome, VeDetails, VeInfo, parse_signal,
     signal_name,

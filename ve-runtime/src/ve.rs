@@ -21,7 +21,7 @@ use crate::cgroup::Usage;
 use crate::config::{FIRST_ID, MAX_ID, VeConfig, validate_hostname, validate_name};
 use crate::error::{Error, Result, io_err};
 use crate::exec::ExecOptions;
-use crate::fsutil::{remove_file, temp_path};
+use crate::fsutil::{Lock, remove_file, temp_path};
 use crate::host::Host;
 use crate::launch;
 use crate::limits::{KernelLimits, Limits, LimitsUpdate};
@@ -40,6 +40,8 @@ pub struct CreateOptions {
     pub init: Option<String>,
     pub stop_signal: Option<String>,
     pub id: Option<u32>,
+    /// Skip admission control.
+    pub force: bool,
 }
 
 /// Whether a VE runs.
@@ -293,7 +295,7 @@ impl Host {
             })?;
         }
         let limits = opts.limits.applied_to(&Limits::default());
-        limits.resolve(name, self.capacity())?;
+        limits.resolve(name, opts.id.unwrap_or(FIRST_ID), &self.facts())?;
         if let Some(id) = opts.id
             && !(FIRST_ID..=MAX_ID).contains(&id)
         {
@@ -335,6 +337,8 @@ impl Host {
             }
             None => self.free_id()?,
         };
+        // As if it started now: a VE that could never start is refused up front.
+        self.admit(name, &limits, opts.force)?;
         // Leftovers of a create that was killed before it wrote the config.
         self.pool().remove_ve_volume(name)?;
         crate::failpoint::hit("create-before-volume");
@@ -393,11 +397,35 @@ impl Host {
             .ok_or_else(|| Error::Host("no free VE id left".into()))
     }
 
-    /// Starts a VE; returns once its init runs.
-    pub fn start(&self, name_or_id: &str) -> Result<RunState> {
+    /// Takes the locks for a change to `ve` that may commit guarantees: the host
+    /// lock too (before the VE's, as create and destroy take them) when the VE's
+    /// config or `also` has guarantees, so admission checks cannot race.
+    fn lock_for_guarantees(
+        &self,
+        ve: &str,
+        also: Option<&LimitsUpdate>,
+    ) -> Result<(Option<Lock>, Lock, VeConfig)> {
+        let has = |l: &Limits| l.cpu_guarantee.is_some() || l.ram_guarantee.is_some();
+        let wants = |cfg: &VeConfig| {
+            has(&cfg.limits) || also.is_some_and(|u| has(&u.applied_to(&cfg.limits)))
+        };
+        let mut host = None;
+        loop {
+            let lock = self.lock_ve(ve)?;
+            let cfg = self.load_config(ve)?;
+            if host.is_some() || !wants(&cfg) {
+                return Ok((host, lock, cfg));
+            }
+            drop(lock);
+            host = Some(self.lock_host()?);
+        }
+    }
+
+    /// Starts a VE; returns once its init runs. Admission control refuses a VE
+    /// whose guarantees do not fit beside the running VEs' unless `force`.
+    pub fn start(&self, name_or_id: &str, force: bool) -> Result<RunState> {
         let ve = self.resolve_existing(name_or_id)?;
-        let _lock = self.lock_ve(&ve)?;
-        let cfg = self.load_config(&ve)?;
+        let (_host, _lock, cfg) = self.lock_for_guarantees(&ve, None)?;
         if let Some(rs) = self.alive_state(&ve)? {
             return Err(Error::AlreadyRunning { ve, pid: rs.pid });
         }
@@ -414,7 +442,8 @@ impl Host {
                 reason: format!("its private layer {} is missing", vol.dir.display()),
             });
         }
-        let limits = cfg.limits.resolve(&ve, self.capacity())?;
+        let limits = cfg.limits.resolve(&ve, cfg.id, &self.facts())?;
+        self.admit(&ve, &cfg.limits, force)?;
         let cg = self.cgroups()?;
         cg.prepare_parent()?;
         cg.create(&ve, &limits)?;
@@ -589,24 +618,26 @@ impl Host {
 
     /// Changes limits: live on a running VE (then saved), saved only on a stopped
     /// one. A refused change leaves kernel and config as they were.
-    pub fn set(&self, name_or_id: &str, update: &LimitsUpdate) -> Result<SetOutcome> {
+    /// With `force`, admission control is skipped and a RAM limit below what the VE
+    /// uses is written even where the kernel would OOM-kill to meet it (v2).
+    pub fn set(&self, name_or_id: &str, update: &LimitsUpdate, force: bool) -> Result<SetOutcome> {
         let ve = self.resolve_existing(name_or_id)?;
-        let _lock = self.lock_ve(&ve)?;
-        let mut cfg = self.load_config(&ve)?;
+        let (_host, _lock, mut cfg) = self.lock_for_guarantees(&ve, Some(update))?;
         let limits = update.applied_to(&cfg.limits);
-        let new_k = limits.resolve(&ve, self.capacity())?;
+        let new_k = limits.resolve(&ve, cfg.id, &self.facts())?;
+        self.admit(&ve, &limits, force)?;
         let live = self.alive_state(&ve)?.is_some();
         let mut old_k = None;
         if live {
             let cg = self.cgroups()?;
             let current = cg.read_limits(&ve)?;
-            cg.apply(&ve, &current, &new_k)?;
+            cg.apply(&ve, &current, &new_k, force)?;
             old_k = Some(current);
         }
         cfg.limits = limits.clone();
         if let Err(e) = cfg.store(&self.config_path(&ve)) {
             if let Some(old) = old_k {
-                let _ = self.cgroups()?.apply(&ve, &new_k, &old);
+                let _ = self.cgroups()?.apply(&ve, &new_k, &old, true);
             }
             return Err(e);
         }
@@ -661,7 +692,7 @@ impl Host {
     pub fn show(&self, name_or_id: &str) -> Result<VeDetails> {
         let ve = self.resolve_existing(name_or_id)?;
         let cfg = self.load_config(&ve)?;
-        let kernel_limits = cfg.limits.resolve(&ve, self.capacity())?;
+        let kernel_limits = cfg.limits.resolve(&ve, cfg.id, &self.facts())?;
         let tref: ve_templates::TemplateRef = cfg.template.parse()?;
         let template_dir = self
             .templates()

@@ -66,12 +66,19 @@ pub enum Placement {
     },
 }
 
-/// Current resource use of a VE, as the cgroups count it.
+/// Current resource use of a VE, as the cgroups count it (cumulative counters since
+/// the VE started).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Usage {
     pub memory_bytes: u64,
+    pub swap_bytes: u64,
     pub pids: u64,
     pub cpu_usage_ns: u64,
+    pub io_read_bytes: u64,
+    pub io_write_bytes: u64,
+    pub io_read_ops: u64,
+    pub io_write_ops: u64,
+    pub oom_kills: u64,
 }
 
 /// The operations vectl needs from a cgroup hierarchy, whatever its version.
@@ -85,8 +92,9 @@ pub trait CgroupBackend: std::fmt::Debug {
     fn create(&self, ve: &str, limits: &KernelLimits) -> Result<()>;
     /// Changes limits of an existing VE cgroup in place. Writes only the knobs that
     /// differ from `old`; if one is refused, the ones already written go back to
-    /// `old` and the refusal is returned.
-    fn apply(&self, ve: &str, old: &KernelLimits, new: &KernelLimits) -> Result<()>;
+    /// `old` and the refusal is returned. A RAM limit below what the VE uses is
+    /// refused unless `force` (v1's kernel refuses it itself).
+    fn apply(&self, ve: &str, old: &KernelLimits, new: &KernelLimits, force: bool) -> Result<()>;
     /// The limits the kernel holds now.
     fn read_limits(&self, ve: &str) -> Result<KernelLimits>;
     /// Whether the VE's cgroup exists.
@@ -137,6 +145,7 @@ const V1_CONTROLLERS: &[(&str, bool)] = &[
     ("cpu", true),
     ("pids", true),
     ("cpuacct", false),
+    ("cpuset", false),
     ("freezer", false),
     ("devices", false),
     ("blkio", false),
@@ -458,51 +467,93 @@ pub(crate) fn read_limit(dir: &Path, knob: &str) -> Result<Option<u64>> {
     })
 }
 
-/// One knob value to write: which controller's directory, which file, what value.
+/// One write of a knob: directory, file, value.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Knob {
-    pub controller: &'static str,
+pub(crate) struct KnobWrite {
+    pub dir: PathBuf,
     pub file: &'static str,
     pub value: String,
 }
 
-/// Writes the knobs of `new` that differ from `old` (same order, same files). If the
-/// kernel refuses one, the knobs already written are put back to their `old` values
-/// and the refusal is returned: the VE's limits stay as they were.
-pub(crate) fn apply_knobs(
-    ve: &str,
-    dir_of: &dyn Fn(&str) -> Option<PathBuf>,
-    old: &[Knob],
-    new: &[Knob],
-) -> Result<()> {
-    let mut written: Vec<(PathBuf, &Knob)> = Vec::new();
-    for (o, n) in old.iter().zip(new) {
-        if o.value == n.value {
-            continue;
+impl KnobWrite {
+    pub(crate) fn new(dir: &Path, file: &'static str, value: impl Into<String>) -> KnobWrite {
+        KnobWrite {
+            dir: dir.to_path_buf(),
+            file,
+            value: value.into(),
         }
-        let Some(dir) = dir_of(n.controller) else {
-            rollback(ve, &written, old);
-            return Err(Error::Cgroups(format!(
-                "VE {ve}: the {} controller is not available on this host, so {} cannot be set",
-                n.controller, n.file
-            )));
-        };
-        if let Err(e) = write_knob(ve, &dir, n.file, &n.value) {
-            rollback(ve, &written, old);
+    }
+}
+
+/// A set of knob values (a whole limits state), by (directory, file).
+pub(crate) type KnobState = Vec<KnobWrite>;
+
+/// The value `state` leaves a knob at (its last write), if any.
+pub(crate) fn value_in<'a>(state: &'a KnobState, dir: &Path, file: &str) -> Option<&'a str> {
+    state
+        .iter()
+        .rev()
+        .find(|w| w.dir == dir && w.file == file)
+        .map(|w| w.value.as_str())
+}
+
+/// The writes that take knobs from `old` to `new`: every knob of `new` whose value
+/// differs, in `new`'s order (which encodes what must go first).
+pub(crate) fn changes(old: &KnobState, new: &KnobState) -> Vec<KnobWrite> {
+    new.iter()
+        .filter(|w| value_in(old, &w.dir, w.file) != Some(w.value.as_str()))
+        .cloned()
+        .collect()
+}
+
+/// Performs `plan`. If the kernel refuses a write, every knob already written goes
+/// back to its value in `restore` (newest first) and the refusal is returned: the
+/// VE's limits stay as they were.
+pub(crate) fn apply_plan(ve: &str, plan: &[KnobWrite], restore: &KnobState) -> Result<()> {
+    for (i, w) in plan.iter().enumerate() {
+        if let Err(e) = write_knob(ve, &w.dir, w.file, &w.value) {
+            let mut undone: Vec<(&Path, &str)> = Vec::new();
+            for done in plan[..i].iter().rev() {
+                if undone.contains(&(done.dir.as_path(), done.file)) {
+                    continue;
+                }
+                undone.push((done.dir.as_path(), done.file));
+                if let Some(v) = value_in(restore, &done.dir, done.file) {
+                    // Best effort: the original refusal is what the caller reports.
+                    let _ = write_knob(ve, &done.dir, done.file, v);
+                }
+            }
             return Err(e);
         }
-        written.push((dir, n));
     }
     Ok(())
 }
 
-fn rollback(ve: &str, written: &[(PathBuf, &Knob)], old: &[Knob]) {
-    for (dir, n) in written.iter().rev() {
-        if let Some(o) = old.iter().find(|o| o.file == n.file) {
-            // Best effort: the original refusal is what the caller reports.
-            let _ = write_knob(ve, dir, o.file, &o.value);
-        }
-    }
+/// Parses a cgroup "MAJ:MIN value" or "MAJ:MIN key=value ..." file into the line
+/// for one device (without the device), if present.
+pub(crate) fn device_line(text: &str, major: u32, minor: u32) -> Option<&str> {
+    let dev = format!("{major}:{minor}");
+    text.lines().find_map(|l| {
+        let (d, rest) = l.split_once(' ')?;
+        (d == dev).then_some(rest.trim())
+    })
+}
+
+/// The first "MAJ:MIN" device a device file mentions.
+pub(crate) fn first_device(text: &str) -> Option<(u32, u32)> {
+    let first = text.lines().next()?.split_whitespace().next()?;
+    let (maj, min) = first.split_once(':')?;
+    Some((maj.parse().ok()?, min.parse().ok()?))
+}
+
+/// Converts between cpu.weight (1..10000, default 100) and v1 cpu.shares (2..262144,
+/// default 1024) at the kernel's own ratio.
+pub(crate) fn weight_to_shares(w: u64) -> u64 {
+    (w * 1024 / 100).clamp(2, 262_144)
+}
+
+pub(crate) fn shares_to_weight(s: u64) -> u64 {
+    ((s * 100 + 512) / 1024).clamp(1, 10_000)
 }
 
 /// Creates a directory; an existing one is fine.

@@ -1,7 +1,10 @@
 //! cgroup v1 (legacy and hybrid hosts): one directory per controller hierarchy.
 //!
-//! Knobs: memory.limit_in_bytes, cpu.cfs_quota_us (period 100 ms), pids.max; the
-//! devices controller allows only the character devices a VE's /dev holds.
+//! Knobs: memory.limit_in_bytes, memory.memsw.limit_in_bytes (RAM + swap),
+//! memory.soft_limit_in_bytes (RAM guarantee), cpu.cfs_quota_us (period 100 ms),
+//! cpu.shares (CPU guarantee), cpuset.cpus, pids.max, blkio.throttle.* and
+//! blkio.bfq.weight; the devices controller allows only the character devices a
+//! VE's /dev holds.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -10,11 +13,12 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::{
-    CgroupBackend, CgroupVersion, Knob, PAYLOAD, Placement, Usage, apply_knobs, mkdir, read_knob,
-    read_limit, read_procs_tree, rmdir_tree, write_knob,
+    CgroupBackend, CgroupVersion, KnobState, KnobWrite, PAYLOAD, Placement, Usage, apply_plan,
+    changes, device_line, first_device, mkdir, read_knob, read_limit, read_procs_tree, rmdir_tree,
+    shares_to_weight, weight_to_shares, write_knob,
 };
 use crate::error::{Error, Result};
-use crate::limits::KernelLimits;
+use crate::limits::{IoLimits, KernelLimits};
 
 /// One v1 hierarchy vectl uses.
 #[derive(Debug, Clone)]
@@ -67,27 +71,187 @@ impl V1 {
     fn ve_dir(&self, controller: &str, ve: &str) -> Option<PathBuf> {
         self.hierarchy(controller).map(|h| h.parent.join(ve))
     }
+
+    fn need(&self, controller: &str, ve: &str) -> Result<PathBuf> {
+        self.ve_dir(controller, ve).ok_or_else(|| {
+            Error::Cgroups(format!(
+                "VE {ve}: the {controller} controller is not mounted on this host"
+            ))
+        })
+    }
+
+    /// The knob values that express `l`, in the order they must be written when
+    /// going from `old` (RAM and RAM+swap limits must stay ordered, and a VE's
+    /// cpuset must always contain its payload's).
+    fn state(&self, ve: &str, l: &KernelLimits, old: Option<&KernelLimits>) -> Result<KnobState> {
+        let mut st = Vec::new();
+        let mem = self.need("memory", ve)?;
+        let limit = KnobWrite::new(
+            &mem,
+            "memory.limit_in_bytes",
+            l.memory_bytes.map_or("-1".into(), |b| b.to_string()),
+        );
+        let memsw_file = mem.join("memory.memsw.limit_in_bytes").exists();
+        if !memsw_file && l.swap_bytes.is_some() {
+            return Err(Error::Cgroups(format!(
+                "VE {ve}: this host cannot limit swap (no memory.memsw.* files: boot the kernel with swapaccount=1)"
+            )));
+        }
+        let memsw = memsw_file.then(|| {
+            let v = match (l.memory_bytes, l.swap_bytes) {
+                (Some(m), Some(s)) => (m + s).to_string(),
+                _ => "-1".into(),
+            };
+            KnobWrite::new(&mem, "memory.memsw.limit_in_bytes", v)
+        });
+        // RAM+swap may never be below RAM: raise it first, lower it last.
+        let raising = match (old.and_then(|o| o.memory_bytes), l.memory_bytes) {
+            (_, None) => true,
+            (None, Some(_)) => false,
+            (Some(o), Some(n)) => n > o,
+        };
+        if raising {
+            st.extend(memsw.clone());
+            st.push(limit);
+        } else {
+            st.push(limit);
+            st.extend(memsw);
+        }
+        st.push(KnobWrite::new(
+            &mem,
+            "memory.soft_limit_in_bytes",
+            l.memory_low.map_or("-1".into(), |b| b.to_string()),
+        ));
+        let cpu = self.need("cpu", ve)?;
+        st.push(KnobWrite::new(
+            &cpu,
+            "cpu.cfs_quota_us",
+            l.cpu_quota_us.map_or("-1".into(), |q| q.to_string()),
+        ));
+        st.push(KnobWrite::new(
+            &cpu,
+            "cpu.shares",
+            l.cpu_weight.map_or(1024, weight_to_shares).to_string(),
+        ));
+        if let Some(set) = self.ve_dir("cpuset", ve) {
+            let parent = read_knob(set.parent().unwrap_or(&set), "cpuset.cpus")?;
+            let new = l.cpuset.clone().unwrap_or_else(|| parent.clone());
+            let was = old
+                .and_then(|o| o.cpuset.clone())
+                .unwrap_or_else(|| parent.clone());
+            // The VE's set first widens to both, then the payload follows, then the
+            // VE's set narrows: a cpuset may never lose CPUs its children use.
+            if was != new {
+                st.push(KnobWrite::new(&set, "cpuset.cpus", union_list(&was, &new)));
+            }
+            st.push(KnobWrite::new(
+                &set.join(PAYLOAD),
+                "cpuset.cpus",
+                new.clone(),
+            ));
+            st.push(KnobWrite::new(&set, "cpuset.cpus", new));
+        } else if l.cpuset.is_some() {
+            self.need("cpuset", ve)?;
+        }
+        st.push(KnobWrite::new(
+            &self.need("pids", ve)?,
+            "pids.max",
+            l.pids.map_or("max".into(), |n| n.to_string()),
+        ));
+        let io_dev = l.io.or(old.and_then(|o| o.io));
+        if let Some(dev) = io_dev {
+            let blk = self.need("blkio", ve)?;
+            let io = l.io.unwrap_or(IoLimits {
+                bps: None,
+                iops: None,
+                ..dev
+            });
+            let d = format!("{}:{}", dev.major, dev.minor);
+            let bps = format!("{d} {}", io.bps.unwrap_or(0));
+            let iops = format!("{d} {}", io.iops.unwrap_or(0));
+            st.push(KnobWrite::new(
+                &blk,
+                "blkio.throttle.read_bps_device",
+                bps.clone(),
+            ));
+            st.push(KnobWrite::new(&blk, "blkio.throttle.write_bps_device", bps));
+            st.push(KnobWrite::new(
+                &blk,
+                "blkio.throttle.read_iops_device",
+                iops.clone(),
+            ));
+            st.push(KnobWrite::new(
+                &blk,
+                "blkio.throttle.write_iops_device",
+                iops,
+            ));
+        }
+        if let Some(blk) = self.ve_dir("blkio", ve)
+            && (l.io_weight.is_some() || blk.join("blkio.bfq.weight").exists())
+        {
+            st.push(KnobWrite::new(
+                &blk,
+                "blkio.bfq.weight",
+                l.io_weight.unwrap_or(100).to_string(),
+            ));
+        }
+        Ok(st)
+    }
 }
 
-/// The v1 knobs for `l`, in the order they are written.
-pub(crate) fn knobs(l: &KernelLimits) -> Vec<Knob> {
-    vec![
-        Knob {
-            controller: "memory",
-            file: "memory.limit_in_bytes",
-            value: l.memory_bytes.map_or("-1".into(), |b| b.to_string()),
-        },
-        Knob {
-            controller: "cpu",
-            file: "cpu.cfs_quota_us",
-            value: l.cpu_quota_us.map_or("-1".into(), |q| q.to_string()),
-        },
-        Knob {
-            controller: "pids",
-            file: "pids.max",
-            value: l.pids.map_or("max".into(), |n| n.to_string()),
-        },
-    ]
+/// The union of two CPU lists, as a CPU list.
+fn union_list(a: &str, b: &str) -> String {
+    let mut all: Vec<u32> = Vec::new();
+    for list in [a, b] {
+        // Kernel CPU lists: a bare number is a CPU, not a count.
+        match list.parse() {
+            Ok(crate::limits::Cpus::List(l)) => all.extend(l),
+            Ok(crate::limits::Cpus::Count(n)) => all.push(n),
+            Err(_) if list == "0" => all.push(0),
+            Err(_) => {}
+        }
+    }
+    all.sort_unstable();
+    all.dedup();
+    crate::limits::cpu_list(&all)
+}
+
+/// Reads a throttle file's value for the device, 0 meaning none.
+fn throttle(dir: &std::path::Path, file: &str, dev: (u32, u32)) -> Result<Option<u64>> {
+    let text = read_knob(dir, file)?;
+    Ok(device_line(&text, dev.0, dev.1)
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|v| *v > 0))
+}
+
+/// Sums the "MAJ:MIN Read N" / "MAJ:MIN Write N" lines of a blkio statistics file.
+fn blkio_sum(text: &str) -> (u64, u64) {
+    let (mut r, mut w) = (0, 0);
+    for l in text.lines() {
+        let mut f = l.split_whitespace();
+        let (Some(_), Some(op), Some(n)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        let n: u64 = n.parse().unwrap_or(0);
+        match op {
+            "Read" => r += n,
+            "Write" => w += n,
+            _ => {}
+        }
+    }
+    (r, w)
+}
+
+/// Gives a fresh cpuset cgroup its parent's CPUs and memory nodes (v1 starts it
+/// with none, and no task can join it then).
+fn inherit_cpuset(ve: &str, dir: &std::path::Path) -> Result<()> {
+    let parent = dir.parent().unwrap_or(dir);
+    for file in ["cpuset.cpus", "cpuset.mems"] {
+        if read_knob(dir, file)?.is_empty() {
+            write_knob(ve, dir, file, &read_knob(parent, file)?)?;
+        }
+    }
+    Ok(())
 }
 
 /// Restricts device access of a fresh VE cgroup (devices controller).
@@ -107,6 +271,18 @@ impl CgroupBackend for V1 {
     fn prepare_parent(&self) -> Result<()> {
         for h in &self.hierarchies {
             std::fs::create_dir_all(&h.parent).map_err(crate::error::io_err(&h.parent))?;
+            if h.controllers.iter().any(|c| c == "cpuset") {
+                // Every level below the mount needs CPUs and memory nodes of its own.
+                let mut levels: Vec<&std::path::Path> = h
+                    .parent
+                    .ancestors()
+                    .take_while(|p| *p != h.mount.as_path())
+                    .collect();
+                levels.reverse();
+                for dir in levels {
+                    inherit_cpuset("-", dir)?;
+                }
+            }
         }
         Ok(())
     }
@@ -118,25 +294,83 @@ impl CgroupBackend for V1 {
             if h.controllers.iter().any(|c| c == "devices") {
                 apply_devices(ve, &dir)?;
             }
+            if h.controllers.iter().any(|c| c == "cpuset") {
+                inherit_cpuset(ve, &dir)?;
+            }
             mkdir(&dir.join(PAYLOAD))?;
+            if h.controllers.iter().any(|c| c == "cpuset") {
+                inherit_cpuset(ve, &dir.join(PAYLOAD))?;
+            }
         }
         let old = self.read_limits(ve)?;
-        self.apply(ve, &old, limits)
+        self.apply(ve, &old, limits, false)
     }
 
-    fn apply(&self, ve: &str, old: &KernelLimits, new: &KernelLimits) -> Result<()> {
-        apply_knobs(ve, &|c| self.ve_dir(c, ve), &knobs(old), &knobs(new))
+    fn apply(&self, ve: &str, old: &KernelLimits, new: &KernelLimits, force: bool) -> Result<()> {
+        let _ = force; // v1's kernel refuses a limit below usage itself (EBUSY).
+        let before = self.state(ve, old, Some(old))?;
+        let after = self.state(ve, new, Some(old))?;
+        apply_plan(ve, &changes(&before, &after), &before)
     }
 
     fn read_limits(&self, ve: &str) -> Result<KernelLimits> {
-        let dir = |c: &str| {
-            self.ve_dir(c, ve)
-                .ok_or_else(|| Error::Cgroups(format!("the {c} controller is not mounted")))
+        let mem = self.need("memory", ve)?;
+        let memory_bytes = read_limit(&mem, "memory.limit_in_bytes")?;
+        let memsw = if mem.join("memory.memsw.limit_in_bytes").exists() {
+            read_limit(&mem, "memory.memsw.limit_in_bytes")?
+        } else {
+            None
         };
+        let cpu = self.need("cpu", ve)?;
+        let shares: u64 = read_knob(&cpu, "cpu.shares")?.parse().unwrap_or(1024);
+        let cpuset = match self.ve_dir("cpuset", ve) {
+            Some(set) => {
+                let mine = read_knob(&set, "cpuset.cpus")?;
+                let parent = read_knob(set.parent().unwrap_or(&set), "cpuset.cpus")?;
+                (mine != parent).then_some(mine)
+            }
+            None => None,
+        };
+        let mut io = None;
+        let mut io_weight = None;
+        if let Some(blk) = self.ve_dir("blkio", ve) {
+            let text = read_knob(&blk, "blkio.throttle.read_bps_device")?;
+            let iops_text = read_knob(&blk, "blkio.throttle.read_iops_device")?;
+            if let Some(dev) = first_device(&text).or_else(|| first_device(&iops_text)) {
+                let bps = throttle(&blk, "blkio.throttle.read_bps_device", dev)?;
+                let iops = throttle(&blk, "blkio.throttle.read_iops_device", dev)?;
+                if bps.is_some() || iops.is_some() {
+                    io = Some(IoLimits {
+                        major: dev.0,
+                        minor: dev.1,
+                        bps,
+                        iops,
+                    });
+                }
+            }
+            if blk.join("blkio.bfq.weight").exists() {
+                let w = read_knob(&blk, "blkio.bfq.weight")?;
+                let w: u64 = w
+                    .split_whitespace()
+                    .last()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(100);
+                io_weight = (w != 100).then_some(w);
+            }
+        }
         Ok(KernelLimits {
-            memory_bytes: read_limit(&dir("memory")?, "memory.limit_in_bytes")?,
-            cpu_quota_us: read_limit(&dir("cpu")?, "cpu.cfs_quota_us")?,
-            pids: read_limit(&dir("pids")?, "pids.max")?,
+            memory_bytes,
+            memory_low: read_limit(&mem, "memory.soft_limit_in_bytes")?,
+            swap_bytes: match (memory_bytes, memsw) {
+                (Some(m), Some(s)) => Some(s.saturating_sub(m)),
+                _ => None,
+            },
+            cpu_quota_us: read_limit(&cpu, "cpu.cfs_quota_us")?,
+            cpu_weight: (shares != 1024).then(|| shares_to_weight(shares)),
+            cpuset,
+            pids: read_limit(&self.need("pids", ve)?, "pids.max")?,
+            io,
+            io_weight,
         })
     }
 
@@ -231,14 +465,45 @@ impl CgroupBackend for V1 {
 
     fn usage(&self, ve: &str) -> Result<Usage> {
         let mut u = Usage::default();
+        let num = |d: &std::path::Path, f: &str| -> Result<u64> {
+            Ok(read_knob(d, f)?.parse().unwrap_or(0))
+        };
         if let Some(d) = self.ve_dir("memory", ve) {
-            u.memory_bytes = read_knob(&d, "memory.usage_in_bytes")?.parse().unwrap_or(0);
+            u.memory_bytes = num(&d, "memory.usage_in_bytes")?;
+            if d.join("memory.memsw.usage_in_bytes").exists() {
+                u.swap_bytes =
+                    num(&d, "memory.memsw.usage_in_bytes")?.saturating_sub(u.memory_bytes);
+            }
+            // v1 counts an OOM kill in the cgroup of the killed task: add up the tree.
+            let mut dirs = vec![d];
+            while let Some(d) = dirs.pop() {
+                let text =
+                    std::fs::read_to_string(d.join("memory.oom_control")).unwrap_or_default();
+                u.oom_kills += text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("oom_kill "))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or(0);
+                if let Ok(rd) = std::fs::read_dir(&d) {
+                    dirs.extend(
+                        rd.flatten()
+                            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                            .map(|e| e.path()),
+                    );
+                }
+            }
         }
         if let Some(d) = self.ve_dir("pids", ve) {
-            u.pids = read_knob(&d, "pids.current")?.parse().unwrap_or(0);
+            u.pids = num(&d, "pids.current")?;
         }
         if let Some(d) = self.ve_dir("cpuacct", ve) {
-            u.cpu_usage_ns = read_knob(&d, "cpuacct.usage")?.parse().unwrap_or(0);
+            u.cpu_usage_ns = num(&d, "cpuacct.usage")?;
+        }
+        if let Some(d) = self.ve_dir("blkio", ve) {
+            (u.io_read_bytes, u.io_write_bytes) =
+                blkio_sum(&read_knob(&d, "blkio.throttle.io_service_bytes_recursive")?);
+            (u.io_read_ops, u.io_write_ops) =
+                blkio_sum(&read_knob(&d, "blkio.throttle.io_serviced_recursive")?);
         }
         Ok(u)
     }
@@ -257,14 +522,18 @@ mod tests {
     use super::*;
     use std::fs;
 
-    /// A fake v1 tree: one directory per controller, knob files pre-created as the
-    /// kernel would show them for a fresh cgroup.
-    fn fake(root: &std::path::Path, ve: &str) -> V1 {
+    /// A fake v1 tree: memory, cpu and pids hierarchies (and blkio, memsw files
+    /// when asked), knob files pre-created as the kernel shows them for a fresh
+    /// cgroup.
+    fn fake(root: &std::path::Path, extra: bool) -> V1 {
         let mut hs = Vec::new();
-        for c in ["memory", "cpu", "pids"] {
+        let mut ctrls = vec!["memory", "cpu", "pids"];
+        if extra {
+            ctrls.push("blkio");
+        }
+        for c in ctrls {
             let mount = root.join(c);
-            let dir = mount.join("vectl").join(ve);
-            fs::create_dir_all(dir.join(PAYLOAD)).unwrap();
+            fs::create_dir_all(mount.join("vectl/web1").join(PAYLOAD)).unwrap();
             hs.push(Hierarchy {
                 mount: mount.clone(),
                 controllers: vec![c.to_string()],
@@ -272,81 +541,223 @@ mod tests {
                 own: Some(mount.clone()),
             });
         }
-        fs::write(
-            root.join("memory/vectl/web1/memory.limit_in_bytes"),
+        let put = |ctrl: &str, file: &str, v: &str| {
+            fs::write(root.join(ctrl).join("vectl/web1").join(file), v).unwrap();
+        };
+        put("memory", "memory.limit_in_bytes", "9223372036854771712\n");
+        put(
+            "memory",
+            "memory.soft_limit_in_bytes",
             "9223372036854771712\n",
-        )
-        .unwrap();
-        fs::write(root.join("cpu/vectl/web1/cpu.cfs_quota_us"), "-1\n").unwrap();
-        fs::write(root.join("pids/vectl/web1/pids.max"), "max\n").unwrap();
+        );
+        put("cpu", "cpu.cfs_quota_us", "-1\n");
+        put("cpu", "cpu.shares", "1024\n");
+        put("pids", "pids.max", "max\n");
+        if extra {
+            put(
+                "memory",
+                "memory.memsw.limit_in_bytes",
+                "9223372036854771712\n",
+            );
+            for f in [
+                "blkio.throttle.read_bps_device",
+                "blkio.throttle.write_bps_device",
+                "blkio.throttle.read_iops_device",
+                "blkio.throttle.write_iops_device",
+            ] {
+                put("blkio", f, "");
+            }
+        }
         V1::new(hs)
+    }
+
+    fn read(root: &std::path::Path, p: &str) -> String {
+        fs::read_to_string(root.join(p)).unwrap().trim().to_string()
     }
 
     #[test]
     fn limits_land_in_the_v1_knobs() {
         let tmp = tempfile::tempdir().unwrap();
-        let cg = fake(tmp.path(), "web1");
+        let cg = fake(tmp.path(), false);
         let l = KernelLimits {
             memory_bytes: Some(256 << 20),
+            memory_low: Some(128 << 20),
             cpu_quota_us: Some(50_000),
+            cpu_weight: Some(2500),
             pids: Some(200),
+            ..Default::default()
         };
         cg.create("web1", &l).unwrap();
-        let r = |p: &str| fs::read_to_string(tmp.path().join(p)).unwrap();
+        let r = |p: &str| read(tmp.path(), p);
         assert_eq!(r("memory/vectl/web1/memory.limit_in_bytes"), "268435456");
+        assert_eq!(
+            r("memory/vectl/web1/memory.soft_limit_in_bytes"),
+            "134217728"
+        );
         assert_eq!(r("cpu/vectl/web1/cpu.cfs_quota_us"), "50000");
+        assert_eq!(r("cpu/vectl/web1/cpu.shares"), "25600");
         assert_eq!(r("pids/vectl/web1/pids.max"), "200");
         assert_eq!(cg.read_limits("web1").unwrap(), l);
     }
 
     #[test]
+    fn swap_and_io_limits_use_memsw_and_throttle_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cg = fake(tmp.path(), true);
+        let l = KernelLimits {
+            memory_bytes: Some(256 << 20),
+            swap_bytes: Some(64 << 20),
+            io: Some(IoLimits {
+                major: 254,
+                minor: 0,
+                bps: Some(10 << 20),
+                iops: None,
+            }),
+            ..Default::default()
+        };
+        cg.apply("web1", &cg.read_limits("web1").unwrap(), &l, false)
+            .unwrap();
+        let r = |p: &str| read(tmp.path(), p);
+        assert_eq!(
+            r("memory/vectl/web1/memory.memsw.limit_in_bytes"),
+            "335544320"
+        );
+        assert_eq!(
+            r("blkio/vectl/web1/blkio.throttle.write_bps_device"),
+            "254:0 10485760"
+        );
+        assert_eq!(
+            r("blkio/vectl/web1/blkio.throttle.read_iops_device"),
+            "254:0 0"
+        );
+        // Removing the I/O limit writes 0 for the device.
+        let none = KernelLimits {
+            io: None,
+            ..l.clone()
+        };
+        cg.apply("web1", &l, &none, false).unwrap();
+        assert_eq!(
+            r("blkio/vectl/web1/blkio.throttle.read_bps_device"),
+            "254:0 0"
+        );
+    }
+
+    #[test]
+    fn ram_plus_swap_is_raised_before_ram_and_lowered_after_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cg = fake(tmp.path(), true);
+        let small = KernelLimits {
+            memory_bytes: Some(64 << 20),
+            swap_bytes: Some(0),
+            ..Default::default()
+        };
+        let big = KernelLimits {
+            memory_bytes: Some(512 << 20),
+            swap_bytes: Some(0),
+            ..Default::default()
+        };
+        let up = changes(
+            &cg.state("web1", &small, None).unwrap(),
+            &cg.state("web1", &big, Some(&small)).unwrap(),
+        );
+        let files: Vec<&str> = up.iter().map(|w| w.file).collect();
+        assert_eq!(
+            files,
+            ["memory.memsw.limit_in_bytes", "memory.limit_in_bytes"]
+        );
+        let down = changes(
+            &cg.state("web1", &big, None).unwrap(),
+            &cg.state("web1", &small, Some(&big)).unwrap(),
+        );
+        let files: Vec<&str> = down.iter().map(|w| w.file).collect();
+        assert_eq!(
+            files,
+            ["memory.limit_in_bytes", "memory.memsw.limit_in_bytes"]
+        );
+    }
+
+    #[test]
     fn only_changed_knobs_are_written_and_unlimited_is_spelled_per_knob() {
         let tmp = tempfile::tempdir().unwrap();
-        let cg = fake(tmp.path(), "web1");
+        let cg = fake(tmp.path(), false);
         let old = KernelLimits {
             memory_bytes: Some(1 << 30),
             cpu_quota_us: Some(10_000),
             pids: Some(10),
+            ..Default::default()
         };
         // The kernel holds other values than `old` claims: untouched knobs keep them.
         let new = KernelLimits {
             memory_bytes: None,
-            ..old
+            ..old.clone()
         };
-        cg.apply("web1", &old, &new).unwrap();
-        let r = |p: &str| fs::read_to_string(tmp.path().join(p)).unwrap();
+        cg.apply("web1", &old, &new, false).unwrap();
+        let r = |p: &str| read(tmp.path(), p);
         assert_eq!(r("memory/vectl/web1/memory.limit_in_bytes"), "-1");
-        assert_eq!(r("cpu/vectl/web1/cpu.cfs_quota_us"), "-1\n");
-        assert_eq!(r("pids/vectl/web1/pids.max"), "max\n");
+        assert_eq!(r("cpu/vectl/web1/cpu.cfs_quota_us"), "-1");
+        assert_eq!(r("pids/vectl/web1/pids.max"), "max");
+    }
+
+    #[test]
+    fn a_swap_limit_without_swap_accounting_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cg = fake(tmp.path(), false);
+        let l = KernelLimits {
+            memory_bytes: Some(64 << 20),
+            swap_bytes: Some(0),
+            ..Default::default()
+        };
+        let e = cg
+            .apply("web1", &KernelLimits::default(), &l, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cannot limit swap") && e.contains("swapaccount=1"),
+            "{e}"
+        );
     }
 
     #[test]
     fn a_refused_knob_rolls_back_the_ones_written_before_it() {
         let tmp = tempfile::tempdir().unwrap();
-        let cg = fake(tmp.path(), "web1");
+        let cg = fake(tmp.path(), false);
         // pids.max missing: the kernel would refuse (here: ENOENT).
         fs::remove_file(tmp.path().join("pids/vectl/web1/pids.max")).unwrap();
         let old = KernelLimits::default();
         let new = KernelLimits {
             memory_bytes: Some(64 << 20),
-            cpu_quota_us: None,
             pids: Some(5),
+            ..Default::default()
         };
-        let e = cg.apply("web1", &old, &new).unwrap_err().to_string();
+        let e = cg.apply("web1", &old, &new, false).unwrap_err().to_string();
         assert!(e.contains("pids.max = 5"), "{e}");
-        let mem =
-            fs::read_to_string(tmp.path().join("memory/vectl/web1/memory.limit_in_bytes")).unwrap();
-        assert_eq!(mem, "-1", "memory limit restored");
+        assert_eq!(
+            read(tmp.path(), "memory/vectl/web1/memory.limit_in_bytes"),
+            "-1",
+            "memory limit restored"
+        );
     }
 
     #[test]
     fn placement_moves_the_thread_via_tasks_files() {
         let tmp = tempfile::tempdir().unwrap();
-        let cg = fake(tmp.path(), "web1");
+        let cg = fake(tmp.path(), false);
         let Placement::Tasks { join, back } = cg.placement("web1").unwrap() else {
             panic!("v1 places by tasks files");
         };
         assert_eq!(join[0], tmp.path().join("memory/vectl/web1/ve/tasks"));
         assert_eq!(back[2], tmp.path().join("pids/tasks"));
+    }
+
+    #[test]
+    fn cpu_lists_unite() {
+        assert_eq!(union_list("0-1", "3"), "0-1,3");
+        assert_eq!(union_list("2", "2"), "2");
+    }
+
+    #[test]
+    fn blkio_statistics_add_up() {
+        let text = "254:0 Read 4096\n254:0 Write 8192\n254:0 Sync 0\n8:0 Read 10\nTotal 12298\n";
+        assert_eq!(blkio_sum(text), (4106, 8192));
     }
 }

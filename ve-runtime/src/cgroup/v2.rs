@@ -1,8 +1,9 @@
 //! cgroup v2 (the unified hierarchy every current distribution uses).
 //!
-//! Knobs: memory.max, cpu.max (`quota period`), pids.max. New processes are born in
-//! the payload cgroup with clone3(CLONE_INTO_CGROUP); a whole VE is killed with
-//! cgroup.kill.
+//! Knobs: memory.max, memory.low (RAM guarantee), memory.swap.max, cpu.max
+//! (`quota period`), cpu.weight (CPU guarantee), cpuset.cpus, pids.max, io.max and
+//! io.bfq.weight. New processes are born in the payload cgroup with
+//! clone3(CLONE_INTO_CGROUP); a whole VE is killed with cgroup.kill.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -12,14 +13,15 @@ use nix::fcntl::{OFlag, open};
 use nix::sys::stat::Mode;
 
 use super::{
-    CgroupBackend, CgroupVersion, Knob, PAYLOAD, Placement, Usage, apply_knobs, mkdir, read_knob,
-    read_limit, read_procs_tree, rmdir_tree, write_knob,
+    CgroupBackend, CgroupVersion, KnobState, KnobWrite, PAYLOAD, Placement, Usage, apply_plan,
+    changes, device_line, first_device, mkdir, read_knob, read_limit, read_procs_tree, rmdir_tree,
+    write_knob,
 };
 use crate::error::{Error, Result, io_err, sys_err};
-use crate::limits::{CPU_PERIOD_US, KernelLimits};
+use crate::limits::{CPU_PERIOD_US, IoLimits, KernelLimits};
 
 /// Controllers vectl enables for VE cgroups.
-const CONTROLLERS: &[&str] = &["cpu", "memory", "pids", "io"];
+const CONTROLLERS: &[&str] = &["cpu", "cpuset", "memory", "pids", "io"];
 
 /// The v2 backend.
 #[derive(Debug)]
@@ -39,28 +41,95 @@ impl V2 {
     }
 }
 
-/// The v2 knobs for `l`, in the order they are written.
-pub(crate) fn knobs(l: &KernelLimits) -> Vec<Knob> {
-    vec![
-        Knob {
-            controller: "memory",
-            file: "memory.max",
-            value: l.memory_bytes.map_or("max".into(), |b| b.to_string()),
-        },
-        Knob {
-            controller: "cpu",
-            file: "cpu.max",
-            value: format!(
-                "{} {CPU_PERIOD_US}",
-                l.cpu_quota_us.map_or("max".into(), |q| q.to_string())
+/// The knob values that express `l` (`old`'s device for I/O when `l` has none).
+pub(crate) fn state(
+    ve: &str,
+    dir: &Path,
+    l: &KernelLimits,
+    old: Option<&KernelLimits>,
+) -> Result<KnobState> {
+    let opt = |v: Option<u64>| v.map_or("max".to_string(), |b| b.to_string());
+    let mut st = vec![KnobWrite::new(dir, "memory.max", opt(l.memory_bytes))];
+    st.push(KnobWrite::new(
+        dir,
+        "memory.low",
+        l.memory_low.unwrap_or(0).to_string(),
+    ));
+    if dir.join("memory.swap.max").exists() {
+        st.push(KnobWrite::new(dir, "memory.swap.max", opt(l.swap_bytes)));
+    } else if l.swap_bytes.is_some() {
+        return Err(Error::Cgroups(format!(
+            "VE {ve}: this host cannot limit swap (no memory.swap.max: swap accounting is off)"
+        )));
+    }
+    st.push(KnobWrite::new(
+        dir,
+        "cpu.max",
+        format!("{} {CPU_PERIOD_US}", opt(l.cpu_quota_us)),
+    ));
+    st.push(KnobWrite::new(
+        dir,
+        "cpu.weight",
+        l.cpu_weight.unwrap_or(100).to_string(),
+    ));
+    if dir.join("cpuset.cpus").exists() {
+        st.push(KnobWrite::new(
+            dir,
+            "cpuset.cpus",
+            l.cpuset.clone().unwrap_or_default(),
+        ));
+    } else if l.cpuset.is_some() {
+        return Err(Error::Cgroups(format!(
+            "VE {ve}: the cpuset controller is not available to VE cgroups on this host"
+        )));
+    }
+    st.push(KnobWrite::new(dir, "pids.max", opt(l.pids)));
+    if let Some(dev) = l.io.or(old.and_then(|o| o.io)) {
+        let io = l.io.unwrap_or(IoLimits {
+            bps: None,
+            iops: None,
+            ..dev
+        });
+        st.push(KnobWrite::new(
+            dir,
+            "io.max",
+            format!(
+                "{}:{} rbps={} wbps={} riops={} wiops={}",
+                dev.major,
+                dev.minor,
+                opt(io.bps),
+                opt(io.bps),
+                opt(io.iops),
+                opt(io.iops)
             ),
-        },
-        Knob {
-            controller: "pids",
-            file: "pids.max",
-            value: l.pids.map_or("max".into(), |n| n.to_string()),
-        },
-    ]
+        ));
+    }
+    if l.io_weight.is_some() || dir.join("io.bfq.weight").exists() {
+        st.push(KnobWrite::new(
+            dir,
+            "io.bfq.weight",
+            l.io_weight.unwrap_or(100).to_string(),
+        ));
+    }
+    Ok(st)
+}
+
+/// Reads io.max's line for the device as vectl writes it back (`max` → `None`).
+fn parse_io_max(text: &str) -> Option<IoLimits> {
+    let (major, minor) = first_device(text)?;
+    let line = device_line(text, major, minor)?;
+    let get = |key: &str| {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let (bps, iops) = (get("rbps"), get("riops"));
+    (bps.is_some() || iops.is_some()).then_some(IoLimits {
+        major,
+        minor,
+        bps,
+        iops,
+    })
 }
 
 /// Enables vectl's controllers in `dir`'s subtree_control (those `dir` has).
@@ -156,31 +225,67 @@ impl CgroupBackend for V2 {
         super::devices::attach(ve, &dir)?;
         mkdir(&dir.join(PAYLOAD))?;
         let old = self.read_limits(ve)?;
-        self.apply(ve, &old, limits)
+        self.apply(ve, &old, limits, false)
     }
 
-    fn apply(&self, ve: &str, old: &KernelLimits, new: &KernelLimits) -> Result<()> {
+    fn apply(&self, ve: &str, old: &KernelLimits, new: &KernelLimits, force: bool) -> Result<()> {
         let dir = self.ve_dir(ve);
-        if let Some(limit) = new.memory_bytes
+        if !force
+            && let Some(limit) = new.memory_bytes
             && old.memory_bytes.is_none_or(|o| limit < o)
         {
             fits_or_reclaim(ve, &dir, limit)?;
         }
-        apply_knobs(ve, &|_| Some(dir.clone()), &knobs(old), &knobs(new))
+        let before = state(ve, &dir, old, Some(old))?;
+        let after = state(ve, &dir, new, Some(old))?;
+        apply_plan(ve, &changes(&before, &after), &before)
     }
 
     fn read_limits(&self, ve: &str) -> Result<KernelLimits> {
         let dir = self.ve_dir(ve);
         let cpu = read_knob(&dir, "cpu.max")?;
         let quota = cpu.split_whitespace().next().unwrap_or("max");
+        let weight: u64 = read_knob(&dir, "cpu.weight")?.parse().unwrap_or(100);
+        let low: u64 = read_knob(&dir, "memory.low")?.parse().unwrap_or(0);
+        let swap = if dir.join("memory.swap.max").exists() {
+            read_limit(&dir, "memory.swap.max")?
+        } else {
+            None
+        };
+        let cpuset = if dir.join("cpuset.cpus").exists() {
+            Some(read_knob(&dir, "cpuset.cpus")?).filter(|c| !c.is_empty())
+        } else {
+            None
+        };
+        let io = if dir.join("io.max").exists() {
+            parse_io_max(&read_knob(&dir, "io.max")?)
+        } else {
+            None
+        };
+        let io_weight = if dir.join("io.bfq.weight").exists() {
+            let w: u64 = read_knob(&dir, "io.bfq.weight")?
+                .split_whitespace()
+                .last()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(100);
+            (w != 100).then_some(w)
+        } else {
+            None
+        };
         Ok(KernelLimits {
             memory_bytes: read_limit(&dir, "memory.max")?,
+            memory_low: (low > 0).then_some(low),
+            swap_bytes: swap,
             cpu_quota_us: if quota == "max" {
                 None
             } else {
                 quota.parse().ok()
             },
+            cpu_weight: (weight != 100).then_some(weight),
+            cpuset,
             pids: read_limit(&dir, "pids.max")?,
+            io,
+            io_weight,
         })
     }
 
@@ -250,18 +355,39 @@ impl CgroupBackend for V2 {
 
     fn usage(&self, ve: &str) -> Result<Usage> {
         let dir = self.ve_dir(ve);
+        let text = |f: &str| fs::read_to_string(dir.join(f)).unwrap_or_default();
+        let field = |t: &str, key: &str| {
+            t.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         let stat =
             fs::read_to_string(dir.join("cpu.stat")).map_err(io_err(&dir.join("cpu.stat")))?;
-        let usage_usec = stat
-            .lines()
-            .find_map(|l| l.strip_prefix("usage_usec "))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0);
-        Ok(Usage {
+        let mut u = Usage {
             memory_bytes: read_knob(&dir, "memory.current")?.parse().unwrap_or(0),
+            swap_bytes: text("memory.swap.current").trim().parse().unwrap_or(0),
             pids: read_knob(&dir, "pids.current")?.parse().unwrap_or(0),
-            cpu_usage_ns: usage_usec * 1000,
-        })
+            cpu_usage_ns: field(&stat, "usage_usec") * 1000,
+            oom_kills: field(&text("memory.events"), "oom_kill"),
+            ..Usage::default()
+        };
+        for line in text("io.stat").lines() {
+            for kv in line.split_whitespace().skip(1) {
+                let Some((k, v)) = kv.split_once('=') else {
+                    continue;
+                };
+                let v: u64 = v.parse().unwrap_or(0);
+                match k {
+                    "rbytes" => u.io_read_bytes += v,
+                    "wbytes" => u.io_write_bytes += v,
+                    "rios" => u.io_read_ops += v,
+                    "wios" => u.io_write_ops += v,
+                    _ => {}
+                }
+            }
+        }
+        Ok(u)
     }
 
     fn paths(&self, ve: &str) -> Vec<PathBuf> {
@@ -284,6 +410,10 @@ mod tests {
         fs::write(dir.join("cpu.max"), "max 100000\n").unwrap();
         fs::write(dir.join("pids.max"), "max\n").unwrap();
         fs::write(dir.join("memory.current"), "0\n").unwrap();
+        fs::write(dir.join("memory.low"), "0\n").unwrap();
+        fs::write(dir.join("cpu.weight"), "100\n").unwrap();
+        fs::write(dir.join("cpuset.cpus"), "\n").unwrap();
+        fs::write(dir.join("io.max"), "").unwrap();
         V2::new(root.to_path_buf(), root.join("vectl"))
     }
 
@@ -293,22 +423,42 @@ mod tests {
         let cg = fake(tmp.path());
         let l = KernelLimits {
             memory_bytes: Some(256 << 20),
+            memory_low: Some(64 << 20),
             cpu_quota_us: Some(150_000),
+            cpu_weight: Some(2500),
+            cpuset: Some("1".into()),
             pids: Some(64),
+            io: Some(IoLimits {
+                major: 254,
+                minor: 0,
+                bps: Some(10 << 20),
+                iops: Some(500),
+            }),
+            ..Default::default()
         };
         // `create` also attaches the BPF device filter, which needs the real
         // kernel (the VM suite covers it); the knob writes are `apply`'s.
         let old = cg.read_limits("web1").unwrap();
         assert_eq!(old, KernelLimits::default());
-        cg.apply("web1", &old, &l).unwrap();
+        cg.apply("web1", &old, &l, false).unwrap();
         let r = |p: &str| fs::read_to_string(tmp.path().join("vectl/web1").join(p)).unwrap();
         assert_eq!(r("memory.max"), "268435456");
         assert_eq!(r("cpu.max"), "150000 100000");
         assert_eq!(r("pids.max"), "64");
+        assert_eq!(r("memory.low"), "67108864");
+        assert_eq!(r("cpu.weight"), "2500");
+        assert_eq!(r("cpuset.cpus"), "1");
+        assert_eq!(
+            r("io.max"),
+            "254:0 rbps=10485760 wbps=10485760 riops=500 wiops=500"
+        );
         assert_eq!(cg.read_limits("web1").unwrap(), l);
-        cg.apply("web1", &l, &KernelLimits::default()).unwrap();
+        cg.apply("web1", &l, &KernelLimits::default(), false)
+            .unwrap();
         assert_eq!(r("cpu.max"), "max 100000");
         assert_eq!(r("memory.max"), "max");
+        assert_eq!(r("io.max"), "254:0 rbps=max wbps=max riops=max wiops=max");
+        assert_eq!(r("cpuset.cpus"), "");
     }
 
     #[test]
@@ -322,13 +472,14 @@ mod tests {
             ..KernelLimits::default()
         };
         let e = cg
-            .apply("web1", &KernelLimits::default(), &new)
+            .apply("web1", &KernelLimits::default(), &new, false)
             .unwrap_err()
             .to_string();
         assert!(e.contains("the VE uses 100M"), "{e}");
         assert_eq!(fs::read_to_string(dir.join("memory.max")).unwrap(), "max\n");
         fs::write(dir.join("memory.current"), "1048576\n").unwrap();
-        cg.apply("web1", &KernelLimits::default(), &new).unwrap();
+        cg.apply("web1", &KernelLimits::default(), &new, false)
+            .unwrap();
         assert_eq!(
             fs::read_to_string(dir.join("memory.max")).unwrap(),
             "67108864"
@@ -347,7 +498,7 @@ mod tests {
         enable_controllers(tmp.path()).unwrap();
         assert_eq!(
             fs::read_to_string(tmp.path().join("cgroup.subtree_control")).unwrap(),
-            "+cpu +pids +io"
+            "+cpu +cpuset +pids +io"
         );
     }
 }
