@@ -10,8 +10,8 @@
 //!   (`exec -- wget` inside the VE)
 //! - start: `vectl start` of an existing, stopped VE (returns once init runs)
 //! - stop --fast + destroy
-//! - set --ram: a live memory limit change on a running VE
-//! - list: `vectl list` with the VEs of the memory run present
+//! - set: a live change of each knob on a running VE (--ram, and every other)
+//! - list, stats --json: with the N VEs of the memory run running
 //! - memory: host memory per running idle VE = growth of memory in use (not
 //!   page cache) over N VEs, minus what the VEs' own cgroups account (without
 //!   page cache), divided by N; the drop of MemAvailable is shown beside it
@@ -154,6 +154,32 @@ fn main() {
             h.ok(&["set", "s", "--ram", size]);
         }));
     }
+    // Every other knob, alternating between two values (medians).
+    let knobs: [(&str, [&str; 2]); 9] = [
+        ("--ram-guarantee", ["32M", "48M"]),
+        ("--swap", ["32M", "64M"]),
+        ("--cpu-limit", ["50%", "75%"]),
+        ("--cpu-guarantee", ["5%", "10%"]),
+        ("--cpus", ["1", "2"]),
+        ("--pids", ["100", "200"]),
+        ("--io-limit", ["50M", "60M"]),
+        ("--iops-limit", ["1000", "2000"]),
+        ("--io-weight", ["100", "200"]),
+    ];
+    let bfq = h.json(&["host", "info"])["io_device"]["scheduler"] == "bfq";
+    let mut per_knob: Vec<(String, f64)> = Vec::new();
+    for (flag, values) in knobs {
+        if flag == "--io-weight" && !bfq {
+            continue;
+        }
+        let mut t = Vec::new();
+        for i in 0..runs {
+            t.push(timed(|| {
+                h.ok(&["set", "s", flag, values[i % 2]]);
+            }));
+        }
+        per_knob.push((format!("set {flag} on a running VE (ms)"), median(&mut t)));
+    }
     h.ok(&["stop", "--fast", "s"]);
     h.ok(&["destroy", "s"]);
 
@@ -190,9 +216,13 @@ fn main() {
         cgroup_file_kib += file / 1024;
     }
     let mut list = Vec::new();
+    let mut stats = Vec::new();
     for _ in 0..runs {
         list.push(timed(|| {
             h.ok(&["list"]);
+        }));
+        stats.push(timed(|| {
+            h.ok(&["--json", "stats"]);
         }));
     }
     let n = nves as f64;
@@ -217,6 +247,7 @@ fn main() {
         ("stop --fast + destroy (ms)", median(&mut teardown)),
         ("set --ram on a running VE (ms)", median(&mut set)),
         ("list with N VEs (ms)", median(&mut list)),
+        ("stats --json with N VEs running (ms)", median(&mut stats)),
         ("N VEs created+started one after another (ms)", sequential),
         ("destroy --force of N running VEs (ms)", stop_all),
         ("MemAvailable drop per running idle VE (KiB)", drop_per_ve),
@@ -234,6 +265,8 @@ fn main() {
             used_per_ve - nonfile_per_ve,
         ),
     ];
+    let knob_rows: Vec<(&str, f64)> = per_knob.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    let rows: Vec<(&str, f64)> = rows.iter().copied().chain(knob_rows).collect();
     if json {
         let obj: serde_json::Map<String, serde_json::Value> = rows
             .iter()

@@ -169,22 +169,18 @@ impl V1 {
             let d = format!("{}:{}", dev.major, dev.minor);
             let bps = format!("{d} {}", io.bps.unwrap_or(0));
             let iops = format!("{d} {}", io.iops.unwrap_or(0));
-            st.push(KnobWrite::new(
-                &blk,
-                "blkio.throttle.read_bps_device",
-                bps.clone(),
-            ));
-            st.push(KnobWrite::new(&blk, "blkio.throttle.write_bps_device", bps));
-            st.push(KnobWrite::new(
-                &blk,
-                "blkio.throttle.read_iops_device",
-                iops.clone(),
-            ));
-            st.push(KnobWrite::new(
-                &blk,
-                "blkio.throttle.write_iops_device",
-                iops,
-            ));
+            // v1's throttling is not hierarchical: the limit goes on the payload
+            // cgroup that holds the VE's processes as well (the VE cannot reach it).
+            for dir in [blk.clone(), blk.join(PAYLOAD)] {
+                for (file, value) in [
+                    ("blkio.throttle.read_bps_device", &bps),
+                    ("blkio.throttle.write_bps_device", &bps),
+                    ("blkio.throttle.read_iops_device", &iops),
+                    ("blkio.throttle.write_iops_device", &iops),
+                ] {
+                    st.push(KnobWrite::new(&dir, file, value.clone()));
+                }
+            }
         }
         if let Some(blk) = self.ve_dir("blkio", ve)
             && (l.io_weight.is_some() || blk.join("blkio.bfq.weight").exists())
@@ -566,6 +562,7 @@ mod tests {
                 "blkio.throttle.write_iops_device",
             ] {
                 put("blkio", f, "");
+                put("blkio", &format!("{PAYLOAD}/{f}"), "");
             }
         }
         V1::new(hs)
