@@ -2,9 +2,10 @@
 # vectl quick start, for a fresh Debian/Ubuntu machine, as root:
 #   - installs the packages vectl needs (and Rust, if missing),
 #   - builds vectl and installs it as /usr/local/bin/vectl,
-#   - runs its main job on the embedded defaults: initialises /var/lib/vectl,
-#     imports a small busybox template, creates and starts three web VEs
-#     (web1..web3), lists them and fetches a page from one of them.
+#   - runs its main job on the embedded defaults: initialises /var/lib/vectl
+#     (a loop-backed btrfs pool in /var/lib/vectl/pool.img), imports a small
+#     busybox template, creates and starts three web VEs (web1..web3) with RAM,
+#     CPU and disk limits, lists them, shows the pool and fetches a page from one.
 # Running it again is safe: what exists is kept.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -26,9 +27,15 @@ if ! vectl --json template list | grep -q '"name": "busybox"'; then
     vectl template import busybox --from-dir "$tmp/rootfs" --message "quick start"
 fi
 
+# Disk limits need the btrfs pool (a host initialised earlier with --backend dir
+# has none).
+disk=()
+if vectl --json pool info | grep -q '"backend": "btrfs"'; then
+    disk=(--disk 256M)
+fi
 for ve in web1 web2 web3; do
     if ! vectl --json show "$ve" >/dev/null 2>&1; then
-        vectl create "$ve" --template busybox --ram 64M --cpu-limit 50% --pids 100
+        vectl create "$ve" --template busybox --ram 64M --cpu-limit 50% --pids 100 "${disk[@]}"
     fi
     if ! vectl --json show "$ve" | grep -q '"status": "running"'; then
         vectl start "$ve"
@@ -37,6 +44,8 @@ done
 
 echo "== vectl list"
 vectl list
+echo "== vectl pool info"
+vectl pool info
 echo "== vectl exec web1 -- wget -qO- http://127.0.0.1/"
 vectl exec web1 -- wget -qO- http://127.0.0.1/
 echo

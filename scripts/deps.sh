@@ -13,6 +13,8 @@ packages=(
     busybox-static    # the small template of the quick start and the tests
     tar
     zstd
+    btrfs-progs       # mkfs.btrfs for the storage pool (vectl uses ioctls after that)
+    e2fsprogs         # mkfs.ext4 (tests of pools on devices that hold another file system)
     util-linux        # unshare, script
     iproute2
     procps

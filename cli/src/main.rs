@@ -89,6 +89,60 @@ enum Command {
         #[arg(value_name = "VE")]
         ve: String,
     },
+    /// The storage pool: use, growing it, checking it.
+    #[command(subcommand)]
+    Pool(PoolCommand),
+    /// Snapshots of a VE's own files (btrfs pool).
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PoolCommand {
+    /// Size, use and free space; each VE's and template's use.
+    Info,
+    /// Grow the pool online (an image pool to SIZE; a device pool to its device).
+    Grow {
+        #[arg(long, value_name = "SIZE")]
+        size: Option<String>,
+    },
+    /// Find what a crash left behind (volumes without VEs, VEs without volumes,
+    /// stale quota groups); --repair fixes it.
+    Check {
+        #[arg(long)]
+        repair: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SnapshotCommand {
+    /// Snapshot a VE's files (a running VE is frozen for the moment it takes).
+    Create {
+        #[arg(value_name = "VE")]
+        ve: String,
+        /// Snapshot name (default: the time, like 20261126-104512).
+        #[arg(value_name = "NAME")]
+        name: Option<String>,
+    },
+    /// A VE's snapshots.
+    List {
+        #[arg(value_name = "VE")]
+        ve: String,
+    },
+    /// Delete a snapshot.
+    Rm {
+        #[arg(value_name = "VE")]
+        ve: String,
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+    /// Put a stopped VE's files back to a snapshot (the snapshot stays).
+    Restore {
+        #[arg(value_name = "VE")]
+        ve: String,
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -97,12 +151,21 @@ struct InitArgs {
     /// command's own cgroup, resolved now).
     #[arg(long, value_name = "PATH")]
     cgroup_parent: Option<String>,
-    /// Storage backend (only `dir` for now).
-    #[arg(long, value_parser = ["dir"])]
+    /// Storage backend: `btrfs` (default; disk limits, no copies) or `dir` (any
+    /// file system, no disk limits).
+    #[arg(long, value_parser = ["btrfs", "dir"])]
     backend: Option<String>,
-    /// Pool directory for the `dir` backend (default: ROOT/pool).
+    /// Pool directory (default: ROOT/pool). With btrfs and no --pool-size or
+    /// --pool-dev: a directory on a btrfs the operator mounted.
     #[arg(long, value_name = "DIR")]
     pool_dir: Option<PathBuf>,
+    /// Size of the pool's sparse image file ROOT/pool.img (default: half the free
+    /// space, at most 1T).
+    #[arg(long, value_name = "SIZE")]
+    pool_size: Option<String>,
+    /// A block device for the pool: used if it holds btrfs, formatted if blank.
+    #[arg(long, value_name = "DEV", conflicts_with = "pool_size")]
+    pool_dev: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -182,6 +245,9 @@ struct LimitArgs {
     /// Disk time share under contention (weight 10 per percent; needs bfq).
     #[arg(long, value_name = "P%", allow_hyphen_values = true)]
     io_guarantee: Option<String>,
+    /// Disk space of the VE's own files (btrfs pool): 10G; live on a running VE.
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
+    disk: Option<String>,
 }
 
 impl LimitArgs {
@@ -213,6 +279,7 @@ impl LimitArgs {
             iops_limit: parse(ve, "iops-limit", &self.iops_limit, ve_runtime::parse_count)?,
             io_weight: parse(ve, "io-weight", &self.io_weight, ve_runtime::parse_count)?,
             io_guarantee: parse(ve, "io-guarantee", &self.io_guarantee, text::<Percent>)?,
+            disk: parse(ve, "disk", &self.disk, text::<Size>)?,
         })
     }
 }
@@ -324,9 +391,21 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
                 cgroup_parent: a.cgroup_parent.clone(),
                 backend: a
                     .backend
-                    .as_ref()
-                    .map(|_| ve_runtime::HostSettings::default().backend),
+                    .as_deref()
+                    .map(str::parse)
+                    .transpose()
+                    .map_err(|e: String| anyhow::anyhow!("--backend: {e}"))?,
                 pool_dir: a.pool_dir.clone(),
+                pool_size: a
+                    .pool_size
+                    .as_deref()
+                    .map(|t| {
+                        t.parse::<ve_runtime::Size>()
+                            .map(|s| s.0)
+                            .map_err(|e| anyhow::anyhow!("--pool-size: {e}"))
+                    })
+                    .transpose()?,
+                pool_dev: a.pool_dev.clone(),
             };
             let (host, created) = Host::init(&cli.root, &opts)?;
             out.init(&host, created);
@@ -487,6 +566,51 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
         Command::Enter { ve } => {
             let code = open(&cli)?.enter(ve)?;
             return Ok(ExitCode::from(code.clamp(0, 255) as u8));
+        }
+        Command::Pool(PoolCommand::Info) => out.pool_info(&open(&cli)?.pool_info()?),
+        Command::Pool(PoolCommand::Grow { size }) => {
+            let size = size
+                .as_deref()
+                .map(|t| {
+                    t.parse::<Size>()
+                        .map(|s| s.0)
+                        .map_err(|e| anyhow::anyhow!("--size: {e}"))
+                })
+                .transpose()?;
+            out.pool_grown(&open(&cli)?.pool_grow(size)?);
+        }
+        Command::Pool(PoolCommand::Check { repair }) => {
+            let problems = open(&cli)?.pool_check(*repair)?;
+            out.pool_check(&problems, *repair);
+            if problems
+                .iter()
+                .any(|p| !p.repaired && !matches!(p.kind, "foreign-qgroup" | "held-qgroup"))
+            {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Snapshot(SnapshotCommand::Create { ve, name }) => {
+            let name = name.clone().unwrap_or_else(|| {
+                humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                    .to_string()
+                    .replace(['-', ':'], "")
+                    .replace('T', "-")
+                    .trim_end_matches('Z')
+                    .to_string()
+            });
+            out.snapshot_made(&open(&cli)?.snapshot_create(ve, &name)?);
+        }
+        Command::Snapshot(SnapshotCommand::List { ve }) => {
+            let (ve, list) = open(&cli)?.snapshot_list(ve)?;
+            out.snapshots(&ve, &list);
+        }
+        Command::Snapshot(SnapshotCommand::Rm { ve, name }) => {
+            let ve = open(&cli)?.snapshot_remove(ve, name)?;
+            out.done(&format!("VE {ve}: removed snapshot {name}"));
+        }
+        Command::Snapshot(SnapshotCommand::Restore { ve, name }) => {
+            let ve = open(&cli)?.snapshot_restore(ve, name)?;
+            out.done(&format!("VE {ve}: files restored from snapshot {name}"));
         }
     }
     Ok(ExitCode::SUCCESS)

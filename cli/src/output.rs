@@ -207,6 +207,7 @@ impl Out {
             "IO READ".into(),
             "IO WRITE".into(),
             "OOM".into(),
+            "DISK".into(),
             "UPTIME".into(),
         ]];
         let of = |used: String, limit: Option<String>| match limit {
@@ -229,6 +230,9 @@ impl Out {
                 format!("{} ({} ops)", human_bytes(s.io_read_bytes), s.io_read_ops),
                 format!("{} ({} ops)", human_bytes(s.io_write_bytes), s.io_write_ops),
                 s.oom_kills.to_string(),
+                s.disk_bytes.map_or("-".into(), |d| {
+                    of(human_bytes(d), s.disk_limit_bytes.map(human_bytes))
+                }),
                 s.uptime_secs.map_or("-".into(), duration),
             ]);
         }
@@ -335,6 +339,139 @@ impl Out {
         }
     }
 
+    /// A plain confirmation (`{"ok": true, "message": ...}` in JSON).
+    pub fn done(&self, msg: &str) {
+        if self.json {
+            self.print_json(&json!({"ok": true, "message": msg}));
+        } else {
+            println!("{msg}");
+        }
+    }
+
+    pub fn pool_info(&self, p: &ve_runtime::PoolInfo) {
+        if self.json {
+            self.print_json(p);
+            return;
+        }
+        let source = match &p.source {
+            Some(ve_runtime::quota::Source::Image { path }) => format!("image {}", path.display()),
+            Some(ve_runtime::quota::Source::Device { path }) => {
+                format!("device {}", path.display())
+            }
+            Some(ve_runtime::quota::Source::Mounted) => "the operator's btrfs mount".into(),
+            None => "a directory".into(),
+        };
+        let rows = [
+            ("pool", p.dir.display().to_string()),
+            ("backend", p.backend.to_string()),
+            ("on", source),
+            (
+                "disk limits",
+                p.quota
+                    .map_or("none".into(), |q| format!("yes ({q} quotas)")),
+            ),
+            ("size", human_bytes(p.space.size_bytes)),
+            ("used", human_bytes(p.space.used_bytes)),
+            ("free", human_bytes(p.space.free_bytes)),
+        ];
+        for (k, v) in rows {
+            println!("{k:<12} {v}");
+        }
+        let mut table = vec![vec![
+            "KIND".to_string(),
+            "NAME".into(),
+            "USED".into(),
+            "LIMIT".into(),
+        ]];
+        for (kind, list) in [("template", &p.templates), ("ve", &p.ves)] {
+            for v in list.iter() {
+                table.push(vec![
+                    kind.to_string(),
+                    v.name.clone(),
+                    human_bytes(v.used_bytes),
+                    v.limit_bytes.map_or("-".into(), human_bytes),
+                ]);
+            }
+        }
+        println!();
+        print_table(&table);
+    }
+
+    pub fn pool_grown(&self, s: &ve_runtime::quota::PoolSpace) {
+        if self.json {
+            self.print_json(s);
+        } else {
+            println!(
+                "pool grown to {} ({} free)",
+                human_bytes(s.size_bytes),
+                human_bytes(s.free_bytes)
+            );
+        }
+    }
+
+    pub fn pool_check(&self, problems: &[ve_runtime::PoolProblem], repair: bool) {
+        if self.json {
+            self.print_json(&problems);
+            return;
+        }
+        if problems.is_empty() {
+            println!("pool: no problems found");
+            return;
+        }
+        for p in problems {
+            let state = if p.repaired {
+                "repaired"
+            } else if matches!(p.kind, "foreign-qgroup" | "held-qgroup") {
+                "note"
+            } else if repair {
+                "NOT repaired"
+            } else {
+                "found"
+            };
+            println!("{state}: {} {}: {}", p.kind, p.subject, p.detail);
+        }
+        if !repair
+            && problems
+                .iter()
+                .any(|p| !matches!(p.kind, "foreign-qgroup" | "held-qgroup"))
+        {
+            println!("(run `vectl pool check --repair` to fix)");
+        }
+    }
+
+    pub fn snapshot_made(&self, m: &ve_runtime::SnapshotMade) {
+        if self.json {
+            self.print_json(m);
+        } else {
+            match m.consistency {
+                ve_runtime::Consistency::Stopped => {
+                    println!("VE {}: snapshot {} taken (VE stopped)", m.ve, m.name);
+                }
+                ve_runtime::Consistency::Frozen => println!(
+                    "VE {}: snapshot {} taken (VE frozen for {:.1} ms)",
+                    m.ve, m.name, m.frozen_ms
+                ),
+            }
+        }
+    }
+
+    pub fn snapshots(&self, ve: &str, list: &[ve_runtime::quota::SnapshotInfo]) {
+        if self.json {
+            self.print_json(&json!({"ve": ve, "snapshots": list}));
+            return;
+        }
+        let mut rows = vec![vec!["NAME".to_string(), "TAKEN".into(), "OWN DATA".into()]];
+        for s in list {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(s.created_unix);
+            rows.push(vec![
+                s.name.clone(),
+                humantime::format_rfc3339_seconds(t).to_string(),
+                human_bytes(s.exclusive_bytes),
+            ]);
+        }
+        print_table(&rows);
+    }
+
     pub fn list(&self, ves: &[VeInfo]) {
         if self.json {
             self.print_json(&ves);
@@ -421,10 +558,26 @@ impl Out {
         }
         if let Some(u) = &d.usage {
             rows.push(("ram used", human_bytes(u.memory_bytes)));
+            rows.push(("swap used", human_bytes(u.swap_bytes)));
             rows.push(("processes", u.pids.to_string()));
             rows.push(("cpu time", format!("{:.2}s", u.cpu_usage_ns as f64 / 1e9)));
+            rows.push((
+                "disk read",
+                format!("{} ({} ops)", human_bytes(u.io_read_bytes), u.io_read_ops),
+            ));
+            rows.push((
+                "disk written",
+                format!("{} ({} ops)", human_bytes(u.io_write_bytes), u.io_write_ops),
+            ));
+            rows.push(("oom kills", u.oom_kills.to_string()));
         }
-        rows.push(("private files", human_bytes(d.private_bytes)));
+        rows.push((
+            "disk used",
+            match d.disk_limit_bytes {
+                Some(l) => format!("{} of {}", human_bytes(d.private_bytes), human_bytes(l)),
+                None => human_bytes(d.private_bytes),
+            },
+        ));
         rows.push(("config", d.config_path.display().to_string()));
         rows.push(("private dir", d.private_dir.display().to_string()));
         rows.push(("template dir", d.template_dir.display().to_string()));

@@ -157,8 +157,29 @@ impl From<Output> for Run {
 impl TestHost {
     /// A fresh host with the busybox template imported as `bb`. `None` (after
     /// printing SKIP) when the machine cannot run VEs.
+    /// Its pool is the `dir` backend (fast, nothing mounted); the btrfs pool has
+    /// its own fixture, [`TestHost::with_btrfs`].
     pub fn new(test: &str) -> Option<TestHost> {
-        let h = TestHost::bare(test)?;
+        TestHost::with_template(TestHost::bare(test)?, test)
+    }
+
+    /// A fresh host on a btrfs pool: a sparse image of `pool_size` (`1G`) in the
+    /// test's root, loop-mounted at ROOT/pool and unmounted again on drop, with the
+    /// busybox template as `bb`. `None` (after SKIP) without mkfs.btrfs or loop
+    /// devices.
+    pub fn with_btrfs(test: &str, pool_size: &str) -> Option<TestHost> {
+        if !is_root(test) {
+            return None;
+        }
+        if let Some(why) = btrfs_missing() {
+            skip(test, &why);
+            return None;
+        }
+        let h = TestHost::bare_with(test, &["--pool-size", pool_size])?;
+        TestHost::with_template(h, test)
+    }
+
+    fn with_template(h: TestHost, test: &str) -> Option<TestHost> {
         let rootfs = match busybox_rootfs() {
             Ok(r) => r,
             Err(e) => {
@@ -176,8 +197,13 @@ impl TestHost {
         Some(h)
     }
 
-    /// A fresh, initialised host without templates.
+    /// A fresh, initialised host without templates (`dir` pool).
     pub fn bare(test: &str) -> Option<TestHost> {
+        TestHost::bare_with(test, &["--backend", "dir"])
+    }
+
+    /// A fresh host initialised with `init_args` beside its cgroup parent.
+    pub fn bare_with(test: &str, init_args: &[&str]) -> Option<TestHost> {
         if !is_root(test) {
             return None;
         }
@@ -203,7 +229,9 @@ impl TestHost {
             cgroup_dirs: Vec::new(),
             old_netns,
         };
-        h.ok(&["init", "--cgroup-parent", &parent]);
+        let mut init = vec!["init", "--cgroup-parent", &parent];
+        init.extend_from_slice(init_args);
+        h.ok(&init);
         let info: serde_json::Value =
             serde_json::from_str(&h.ok(&["--json", "host", "info"])).expect("host info json");
         h.cgroup_dirs = info["cgroup_paths"]
@@ -329,6 +357,18 @@ impl TestHost {
 
 impl Drop for TestHost {
     fn drop(&mut self) {
+        self.release();
+        if let Some(fd) = self.old_netns.take() {
+            let _ = setns(fd, CloneFlags::CLONE_NEWNET);
+        }
+    }
+}
+
+impl TestHost {
+    /// Destroys every VE of this host, empties and removes its cgroups and
+    /// unmounts its pool: what drop does, for a program whose panics abort (the
+    /// benchmark calls it from its panic hook).
+    pub fn release(&self) {
         // Every VE this host knows, killed and destroyed.
         if let Ok(out) = self.command().args(["--json", "list"]).output()
             && let Ok(list) = serde_json::from_slice::<serde_json::Value>(&out.stdout)
@@ -346,10 +386,39 @@ impl Drop for TestHost {
         for dir in &self.cgroup_dirs {
             remove_cgroup_tree(dir);
         }
-        if let Some(fd) = self.old_netns.take() {
-            let _ = setns(fd, CloneFlags::CLONE_NEWNET);
+        // A btrfs pool vectl mounted: unmounted (its loop device clears itself).
+        let pool = self.root.path().join("pool");
+        if nix::sys::statfs::statfs(&pool)
+            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BTRFS_SUPER_MAGIC)
+        {
+            let _ = nix::mount::umount2(&pool, nix::mount::MntFlags::MNT_DETACH);
         }
     }
+}
+
+/// Why btrfs pools cannot be tested here (`None`: they can).
+pub fn btrfs_missing() -> Option<String> {
+    let mkfs = [
+        "/usr/sbin/mkfs.btrfs",
+        "/sbin/mkfs.btrfs",
+        "/usr/bin/mkfs.btrfs",
+    ];
+    if !mkfs.iter().any(|p| Path::new(p).exists()) {
+        return Some("no mkfs.btrfs (apt-get install btrfs-progs)".into());
+    }
+    if !Path::new("/dev/loop-control").exists() {
+        return Some("no /dev/loop-control (loop devices)".into());
+    }
+    let fs = fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    if !fs.lines().any(|l| l.trim_end().ends_with("btrfs")) {
+        // Loaded on demand by the first mount; only say so if it cannot be.
+        let _ = Command::new("modprobe").arg("btrfs").output();
+        let fs = fs::read_to_string("/proc/filesystems").unwrap_or_default();
+        if !fs.lines().any(|l| l.trim_end().ends_with("btrfs")) {
+            return Some("the kernel has no btrfs".into());
+        }
+    }
+    None
 }
 
 fn kill_cgroup_tree(dir: &Path) {

@@ -30,6 +30,25 @@ trap finish EXIT
 
 uptime_s() { cut -d' ' -f1 /proc/uptime; }
 
+# /tmp on the scratch disk (ext4 on /dev/vda) with the bfq I/O scheduler, so the
+# tests' VEs have a real disk to throttle and weigh. Falls back to tmpfs (and the
+# I/O tests then SKIP) if the disk is missing.
+scratch_tmp() {
+    /sbin/modprobe virtio_blk 2>/dev/null || true
+    local i
+    for i in $(seq 50); do
+        [ -b /dev/vda ] && break
+        sleep 0.1
+    done
+    [ -b /dev/vda ] || { echo "vm: no scratch disk; /tmp on tmpfs"; return 1; }
+    /sbin/mkfs.ext4 -q -F -E lazy_itable_init=1,lazy_journal_init=1 /dev/vda &&
+        mount -t ext4 -o noatime /dev/vda /tmp &&
+        chmod 1777 /tmp || return 1
+    /sbin/modprobe bfq 2>/dev/null || true
+    echo bfq >/sys/block/vda/queue/scheduler 2>/dev/null || true
+    echo "vm: /tmp on the scratch disk vda (ext4, $(grep -o '\[[a-z-]*\]' /sys/block/vda/queue/scheduler) scheduler)"
+}
+
 setup() {
     # A checkout below /tmp or /var/tmp (a CI clone, say) must stay visible under
     # the guest's own tmpfs there: keep a bind of it aside and put it back.
@@ -40,19 +59,19 @@ setup() {
         mkdir -p "$kept" && mount --bind "$VM_REPO" "$kept" || return 1
         ;;
     esac
-    mkdir -p /dev/pts /dev/shm &&
-        mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts &&
-        mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm &&
-        mount -t tmpfs -o mode=1777 tmpfs /tmp &&
-        mount -t tmpfs -o mode=755 tmpfs /var/tmp &&
-        chmod 1777 /var/tmp || return 1
-    if [ -n "$kept" ]; then
-        mkdir -p "$VM_REPO" && mount --bind "$kept" "$VM_REPO" || return 1
-    fi
     # The host's tools from the host's / see the guest kernel's modules, so modprobe
     # and the kernel's on-demand loading (which runs /sbin/modprobe here) work.
     mkdir -p "/lib/modules/$VM_KVER" &&
         mount --bind "$VM_MODULES_DIR" "/lib/modules/$VM_KVER" || return 1
+    mkdir -p /dev/pts /dev/shm &&
+        mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts &&
+        mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm &&
+        mount -t tmpfs -o mode=755 tmpfs /var/tmp &&
+        chmod 1777 /var/tmp || return 1
+    scratch_tmp || mount -t tmpfs -o mode=1777 tmpfs /tmp || return 1
+    if [ -n "$kept" ]; then
+        mkdir -p "$VM_REPO" && mount --bind "$kept" "$VM_REPO" || return 1
+    fi
     ip link set lo up || return 1
     echo vectl-vm >/proc/sys/kernel/hostname
 

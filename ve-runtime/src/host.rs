@@ -38,6 +38,10 @@ pub struct HostSettings {
     /// The pool directory; absent = `<root>/pool`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool_dir: Option<PathBuf>,
+    /// btrfs: what the pool is mounted from (an image, a device, or the
+    /// operator's own mount), so any command can mount it again after a reboot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_source: Option<quota::Source>,
     /// Where VE cgroups go.
     #[serde(default)]
     pub cgroup: CgroupSettings,
@@ -69,8 +73,9 @@ impl Default for HostSettings {
     fn default() -> Self {
         HostSettings {
             version: 1,
-            backend: quota::Backend::Dir,
+            backend: quota::Backend::Btrfs,
             pool_dir: None,
+            pool_source: None,
             cgroup: CgroupSettings::default(),
             reserve: Reserve::default(),
         }
@@ -83,7 +88,14 @@ pub struct InitOptions {
     pub cgroup_parent: Option<String>,
     pub backend: Option<quota::Backend>,
     pub pool_dir: Option<PathBuf>,
+    /// btrfs: the size of a new pool image (default: half the free space).
+    pub pool_size: Option<u64>,
+    /// btrfs: a block device for the pool instead of an image.
+    pub pool_dev: Option<PathBuf>,
 }
+
+/// The largest default pool image: bigger pools are asked for by size.
+const MAX_DEFAULT_POOL: u64 = 1 << 40;
 
 /// An opened host state directory.
 #[derive(Debug)]
@@ -127,8 +139,22 @@ impl Host {
                 if let Some(b) = opts.backend {
                     s.backend = b;
                 }
+                if s.backend == quota::Backend::Dir
+                    && (opts.pool_size.is_some() || opts.pool_dev.is_some())
+                {
+                    return Err(Error::Host(
+                        "--pool-size and --pool-dev are for the btrfs backend, not --backend dir"
+                            .into(),
+                    ));
+                }
                 if let Some(p) = &opts.pool_dir {
                     check_root_path(p)?;
+                    if p.symlink_metadata().is_ok() && !p.is_dir() {
+                        return Err(Error::Host(format!(
+                            "{}: the pool directory is not a directory",
+                            p.display()
+                        )));
+                    }
                     s.pool_dir = Some(p.clone());
                 }
                 if let Some(parent) = &opts.cgroup_parent {
@@ -148,13 +174,30 @@ impl Host {
             .pool_dir
             .clone()
             .unwrap_or_else(|| root.join("pool"));
-        quota::Pool::init(&pool_dir, settings.backend)?;
         // The cgroup parent must work before the settings are written: a host whose
         // `init` failed is not initialised.
         cgroup::open(&settings.cgroup)?.prepare_parent()?;
+        let mut settings = settings;
+        if created && settings.backend == quota::Backend::Btrfs {
+            settings.pool_source = Some(make_btrfs_pool(root, &pool_dir, opts)?);
+        } else if settings.backend == quota::Backend::Btrfs {
+            // Mounted again if a reboot unmounted it.
+            quota::Pool::open(&pool_dir, settings.backend, settings.pool_source.as_ref())?;
+        }
+        let made = |r: Result<()>| {
+            if r.is_err() && created {
+                undo_btrfs_pool(&pool_dir, settings.pool_source.as_ref());
+            }
+            r
+        };
+        made(
+            quota::Pool::init(&pool_dir, settings.backend)
+                .map(drop)
+                .map_err(Into::into),
+        )?;
         if created {
             let text = toml::to_string(&settings).map_err(|e| Error::Host(e.to_string()))?;
-            write_atomic(&settings_path, text.as_bytes(), true)?;
+            made(write_atomic(&settings_path, text.as_bytes(), true))?;
         }
         let host = Host::load(root)?;
         Ok((host, created))
@@ -173,7 +216,15 @@ impl Host {
             .pool_dir
             .clone()
             .unwrap_or_else(|| root.join("pool"));
-        let pool = quota::Pool::open(&pool_dir, settings.backend)?;
+        let pool = match quota::Pool::open(&pool_dir, settings.backend, None) {
+            Ok(p) => p,
+            // Not mounted (after a reboot): mount it, one command at a time.
+            Err(quota::Error::Setup { .. }) if settings.pool_source.is_some() => {
+                let _lock = Lock::acquire(&root.join("locks/host.lock"))?;
+                quota::Pool::open(&pool_dir, settings.backend, settings.pool_source.as_ref())?
+            }
+            Err(e) => return Err(e.into()),
+        };
         let templates =
             ve_templates::TemplateStore::new(&pool.templates_dir(), &root.join("locks"));
         Ok(Host {
@@ -288,7 +339,18 @@ impl Host {
         self.root.join("ids").join(id.to_string())
     }
     pub(crate) fn lock_ve(&self, ve: &str) -> Result<Lock> {
-        Lock::acquire(&self.root.join("locks").join(format!("ve-{ve}.lock")))
+        let lock = Lock::acquire(&self.root.join("locks").join(format!("ve-{ve}.lock")))?;
+        // A snapshot whose vectl died while the VE was frozen: thaw it first.
+        let marker = self.frozen_marker(ve);
+        if marker.exists() {
+            self.cgroups()?.thaw(ve)?;
+            let _ = fs::remove_file(&marker);
+        }
+        Ok(lock)
+    }
+    /// Exists while vectl holds the VE frozen (for a snapshot).
+    pub(crate) fn frozen_marker(&self, ve: &str) -> PathBuf {
+        self.root.join("run").join(format!("{ve}.frozen"))
     }
     pub(crate) fn lock_host(&self) -> Result<Lock> {
         Lock::acquire(&self.root.join("locks/host.lock"))
@@ -306,6 +368,58 @@ fn load_settings(path: &Path) -> Result<Option<HostSettings>> {
         what: "host settings",
         reason: e.message().replace('\n', " "),
     })
+}
+
+/// Makes the btrfs file system of a new host's pool: on `--pool-dev`, on the
+/// operator's btrfs at `--pool-dir`, or (the default) in a sparse image file
+/// `ROOT/pool.img` of `--pool-size` (default: half the free space, at most 1 TiB).
+fn make_btrfs_pool(root: &Path, pool_dir: &Path, opts: &InitOptions) -> Result<quota::Source> {
+    let how = if let Some(dev) = &opts.pool_dev {
+        quota::NewBtrfs::Device { path: dev.clone() }
+    } else if opts.pool_dir.is_some() && opts.pool_size.is_none() {
+        quota::NewBtrfs::Mounted
+    } else {
+        let image = root.join("pool.img");
+        let size = match opts.pool_size {
+            Some(s) => s,
+            None => {
+                let st = nix::sys::statvfs::statvfs(root)
+                    .map_err(|e| Error::Host(format!("{}: {e}", root.display())))?;
+                let half = st.blocks_available() * st.fragment_size() / 2;
+                let size = (half.min(MAX_DEFAULT_POOL)) & !((1 << 20) - 1);
+                if size < quota::MIN_POOL_BYTES {
+                    return Err(Error::Host(format!(
+                        "{}: only {} free, too little for a pool (free some space, give --pool-dev, or use --backend dir)",
+                        root.display(),
+                        crate::limits::human_bytes(half * 2)
+                    )));
+                }
+                size
+            }
+        };
+        // A leftover of an `init` that was killed before it wrote the settings:
+        // nothing can be in it yet.
+        if image.exists() {
+            undo_btrfs_pool(
+                pool_dir,
+                Some(&quota::Source::Image {
+                    path: image.clone(),
+                }),
+            );
+        }
+        quota::NewBtrfs::Image { path: image, size }
+    };
+    Ok(quota::Pool::make_btrfs(pool_dir, &how)?)
+}
+
+/// Takes back what [`make_btrfs_pool`] made for an `init` that failed later.
+fn undo_btrfs_pool(pool_dir: &Path, source: Option<&quota::Source>) {
+    if let Some(quota::Source::Image { path }) = source {
+        let _ = quota::Pool::unmount(pool_dir);
+        let _ = fs::remove_file(path);
+    } else if let Some(quota::Source::Device { .. }) = source {
+        let _ = quota::Pool::unmount(pool_dir);
+    }
 }
 
 fn check_init_matches(s: &HostSettings, opts: &InitOptions, path: &Path) -> Result<()> {
@@ -329,6 +443,17 @@ fn check_init_matches(s: &HostSettings, opts: &InitOptions, path: &Path) -> Resu
         && Some(d) != s.pool_dir.as_ref()
     {
         return differs("pool directory", format!("{:?}", s.pool_dir));
+    }
+    if let Some(d) = &opts.pool_dev
+        && s.pool_source != Some(quota::Source::Device { path: d.clone() })
+    {
+        return differs("pool source", format!("{:?}", s.pool_source));
+    }
+    if opts.pool_size.is_some() {
+        return Err(Error::Host(format!(
+            "{}: already initialised; `vectl pool grow --size SIZE` changes the pool's size",
+            path.display()
+        )));
     }
     Ok(())
 }
@@ -366,6 +491,42 @@ fn read_capacity() -> Capacity {
     Capacity { cpus, ram_bytes }
 }
 
+/// The file system type of the mount holding `dir` (`tmpfs`, `nfs4`...), from
+/// the longest mount point in /proc/self/mountinfo that contains it.
+fn fs_type_of(dir: &Path) -> Option<String> {
+    let dir = fs::canonicalize(dir).ok()?;
+    let text = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let point = PathBuf::from(crate::cgroup::unescape_mount_path(left.split(' ').nth(4)?));
+            let fstype = right.split(' ').next()?;
+            dir.starts_with(&point)
+                .then(|| (point.as_os_str().len(), fstype.to_string()))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, t)| t)
+}
+
+/// The sysfs node of the one block device a btrfs at `dir` lives on.
+fn btrfs_device(dir: &Path) -> std::result::Result<PathBuf, String> {
+    let fsid = quota::btrfs::fsid(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let devs = PathBuf::from(format!("/sys/fs/btrfs/{fsid}/devices"));
+    let nodes: Vec<PathBuf> = fs::read_dir(&devs)
+        .map_err(|e| format!("{}: {e}", devs.display()))?
+        .flatten()
+        .filter_map(|e| fs::canonicalize(e.path()).ok())
+        .collect();
+    match nodes.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => Err(format!(
+            "the VEs' files ({}) are on a btrfs spanning {} devices: there is no one disk to throttle",
+            dir.display(),
+            nodes.len()
+        )),
+    }
+}
+
 /// The whole disk under `dir`, for I/O limits: the kernel throttles disks, so a
 /// partition is traded for its disk. Errors say why there is none (tmpfs, a
 /// network file system, a btrfs spanning devices...).
@@ -378,14 +539,18 @@ fn io_device_of(dir: &Path) -> std::result::Result<IoDevice, String> {
         nix::sys::stat::minor(dev) as u32,
     );
     let sys = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
-    let Ok(mut node) = fs::canonicalize(&sys) else {
-        let fstype = nix::sys::statfs::statfs(dir)
-            .map(|s| format!("{:?}", s.filesystem_type()))
-            .unwrap_or_else(|_| "an unknown file system".into());
-        return Err(format!(
-            "the VEs' files ({}) are not on a block device ({fstype}, device {major}:{minor}), so there is no disk to throttle",
-            dir.display()
-        ));
+    let mut node = match fs::canonicalize(&sys) {
+        Ok(node) => node,
+        // btrfs gives each subvolume an anonymous device number: its disk is
+        // the one device of the file system (the pool's loop device, say).
+        Err(_) if quota::btrfs::is_btrfs(dir) => btrfs_device(dir)?,
+        Err(_) => {
+            let fstype = fs_type_of(dir).unwrap_or_else(|| "an unknown file system".into());
+            return Err(format!(
+                "the VEs' files ({}) are not on a block device ({fstype}, device {major}:{minor}), so there is no disk to throttle",
+                dir.display()
+            ));
+        }
     };
     if node.join("partition").exists() {
         node.pop();

@@ -15,6 +15,7 @@ mod fsutil;
 mod host;
 mod launch;
 mod limits;
+mod pool;
 mod security;
 mod state;
 mod stats;
@@ -32,6 +33,8 @@ pub use limits::{
     Amount, Capacity, Cpus, HostFacts, IoDevice, IoLimits, KernelLimits, Limits, LimitsUpdate,
     Percent, Setting, Size, human_bytes, parse_count,
 };
+pub use pool::{Consistency, PoolInfo, PoolProblem, SnapshotMade, VolumeUse};
+pub use quota;
 pub use security::DROPPED_CAPS;
 pub use state::RunState;
 pub use stats::VeStats;

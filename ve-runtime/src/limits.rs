@@ -278,12 +278,17 @@ impl fmt::Display for Cpus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Cpus::Count(n) => write!(f, "{n}"),
+            // One CPU is written `N-N`: a bare number reads back as a count.
+            Cpus::List(l) if l.len() == 1 => write!(f, "{0}-{0}", l[0]),
             Cpus::List(l) => f.write_str(&cpu_list(l)),
         }
     }
 }
 
 serde_via_string!(Cpus);
+
+/// The smallest disk limit: a VE's empty private layer alone takes 16K.
+pub const MIN_DISK: u64 = 1 << 20;
 
 /// A VE's limits and guarantees as configured (absent = none). Stored in the VE's
 /// config. Percentages of the host are of its capacity: all CPUs together, all RAM.
@@ -323,6 +328,9 @@ pub struct Limits {
     /// Disk time share under contention, as a weight of 10 per percent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub io_guarantee: Option<Percent>,
+    /// Disk space limit of the VE's private layer (btrfs pool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<Size>,
 }
 
 /// A change to limits, as given to `create` or `set`: `None` = leave as is.
@@ -339,6 +347,7 @@ pub struct LimitsUpdate {
     pub iops_limit: Option<Setting<u64>>,
     pub io_weight: Option<Setting<u64>>,
     pub io_guarantee: Option<Setting<Percent>>,
+    pub disk: Option<Setting<Size>>,
 }
 
 impl LimitsUpdate {
@@ -366,6 +375,15 @@ impl LimitsUpdate {
         up(&mut out.iops_limit, &self.iops_limit);
         up(&mut out.io_weight, &self.io_weight);
         up(&mut out.io_guarantee, &self.io_guarantee);
+        up(&mut out.disk, &self.disk);
+        // --io-weight and --io-guarantee are two spellings of one knob: the one
+        // given replaces the other (giving both is refused when resolved).
+        if self.io_weight.is_some() && self.io_guarantee.is_none() {
+            out.io_guarantee = None;
+        }
+        if self.io_guarantee.is_some() && self.io_weight.is_none() {
+            out.io_weight = None;
+        }
         out
     }
 }
@@ -560,6 +578,14 @@ impl Limits {
                 Some(cpu_list(list))
             }
         };
+        if let Some(Size(d)) = self.disk
+            && d < MIN_DISK
+        {
+            return Err(bad(format!(
+                "--disk {}: a VE needs at least 1M of disk",
+                human_bytes(d)
+            )));
+        }
         if let Some(n) = self.pids
             && !(1..=MAX_PIDS).contains(&n)
         {
@@ -926,5 +952,38 @@ mod tests {
         assert_eq!(out.ram, None);
         assert_eq!(out.cpu_limit, Some(Percent(25.0)));
         assert_eq!(out.pids, Some(10));
+    }
+
+    #[test]
+    fn io_weight_and_io_guarantee_replace_each_other() {
+        let base = Limits {
+            io_weight: Some(300),
+            ..Default::default()
+        };
+        let up = LimitsUpdate {
+            io_guarantee: Some(Setting::Value(Percent(30.0))),
+            ..LimitsUpdate::default()
+        };
+        let out = up.applied_to(&base);
+        assert_eq!(
+            (out.io_weight, out.io_guarantee),
+            (None, Some(Percent(30.0)))
+        );
+        let back = LimitsUpdate {
+            io_weight: Some(Setting::Value(500)),
+            ..LimitsUpdate::default()
+        }
+        .applied_to(&out);
+        assert_eq!((back.io_weight, back.io_guarantee), (Some(500), None));
+    }
+
+    #[test]
+    fn one_listed_cpu_reads_back_as_a_list_not_a_count() {
+        let one: Cpus = "1-1".parse().unwrap();
+        assert_eq!(one, Cpus::List(vec![1]));
+        assert_eq!(one.to_string(), "1-1");
+        assert_eq!(one.to_string().parse::<Cpus>().unwrap(), one);
+        assert_eq!("1".parse::<Cpus>().unwrap(), Cpus::Count(1));
+        assert_eq!(Cpus::List(vec![0, 1, 3]).to_string(), "0-1,3");
     }
 }

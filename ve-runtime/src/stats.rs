@@ -37,6 +37,11 @@ pub struct VeStats {
     pub io_read_ops: u64,
     pub io_write_ops: u64,
     pub oom_kills: u64,
+    /// Disk used by the VE's own files (btrfs pool; absent on `dir`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_limit_bytes: Option<u64>,
 }
 
 impl VeStats {
@@ -74,7 +79,10 @@ impl Host {
             Amount::Percent(Percent(p)) => (cap.ram_bytes as f64 * p / 100.0) as u64,
         };
         let mut out = Vec::with_capacity(chosen.len());
+        let btrfs = self.pool().backend() == quota::Backend::Btrfs;
         for info in chosen {
+            // On `dir` use means walking the VE's files: too slow for stats.
+            let disk = btrfs.then(|| self.pool().disk(&info.name).ok()).flatten();
             let usage = if info.status == Status::Running {
                 self.cgroups()?.usage(&info.name)?
             } else {
@@ -103,6 +111,8 @@ impl Host {
                 io_read_ops: usage.io_read_ops,
                 io_write_ops: usage.io_write_ops,
                 oom_kills: usage.oom_kills,
+                disk_bytes: disk.map(|d| d.used),
+                disk_limit_bytes: disk.and_then(|d| d.limit),
             });
         }
         Ok(out)

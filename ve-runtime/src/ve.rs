@@ -24,7 +24,7 @@ use crate::exec::ExecOptions;
 use crate::fsutil::{Lock, remove_file, temp_path};
 use crate::host::Host;
 use crate::launch;
-use crate::limits::{KernelLimits, Limits, LimitsUpdate};
+use crate::limits::{KernelLimits, Limits, LimitsUpdate, Size};
 use crate::state::{self, RunState};
 use crate::sys;
 
@@ -97,6 +97,9 @@ pub struct VeDetails {
     pub usage: Option<Usage>,
     /// Space the private layer takes.
     pub private_bytes: u64,
+    /// The disk limit of the VE's private layer, as the pool enforces it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_limit_bytes: Option<u64>,
 }
 
 /// How `stop` ended.
@@ -218,7 +221,7 @@ impl Host {
 
     /// Resolves a name or id of a VE that exists (has a config). Checked before any
     /// lock is taken, so a mistyped name leaves no trace on disk.
-    fn resolve_existing(&self, name_or_id: &str) -> Result<String> {
+    pub(crate) fn resolve_existing(&self, name_or_id: &str) -> Result<String> {
         let ve = self.resolve(name_or_id)?;
         if self.config_path(&ve).exists() {
             Ok(ve)
@@ -227,7 +230,7 @@ impl Host {
         }
     }
 
-    fn load_config(&self, ve: &str) -> Result<VeConfig> {
+    pub(crate) fn load_config(&self, ve: &str) -> Result<VeConfig> {
         VeConfig::load(&self.config_path(ve))?.ok_or_else(|| Error::NoSuchVe(ve.to_string()))
     }
 
@@ -262,7 +265,7 @@ impl Host {
     }
 
     /// [`Host::alive_state_with`] for commands that hold the VE's lock.
-    fn alive_state(&self, ve: &str) -> Result<Option<RunState>> {
+    pub(crate) fn alive_state(&self, ve: &str) -> Result<Option<RunState>> {
         self.alive_state_with(ve, true)
     }
 
@@ -296,6 +299,7 @@ impl Host {
         }
         let limits = opts.limits.applied_to(&Limits::default());
         limits.resolve(name, opts.id.unwrap_or(FIRST_ID), &self.facts())?;
+        self.check_disk_limit(name, &limits)?;
         if let Some(id) = opts.id
             && !(FIRST_ID..=MAX_ID).contains(&id)
         {
@@ -343,6 +347,11 @@ impl Host {
         self.pool().remove_ve_volume(name)?;
         crate::failpoint::hit("create-before-volume");
         self.pool().create_ve_volume(name)?;
+        if let Some(Size(d)) = limits.disk {
+            self.pool()
+                .set_disk_limit(name, Some(d))
+                .map_err(|e| disk_error(name, e))?;
+        }
         let mnt = self.mount_dir(name);
         fs::create_dir_all(&mnt).map_err(io_err(&mnt))?;
         crate::failpoint::hit("create-after-volume");
@@ -595,7 +604,7 @@ impl Host {
     }
 
     /// Removes everything of a VE whose config is gone or tombstoned. Idempotent.
-    fn finish_destroy(&self, ve: &str) -> Result<()> {
+    pub(crate) fn finish_destroy(&self, ve: &str) -> Result<()> {
         self.clean_up_stopped(ve)?;
         self.pool().remove_ve_volume(ve)?;
         let mnt = self.mount_dir(ve);
@@ -625,23 +634,59 @@ impl Host {
         let (_host, _lock, mut cfg) = self.lock_for_guarantees(&ve, Some(update))?;
         let limits = update.applied_to(&cfg.limits);
         let new_k = limits.resolve(&ve, cfg.id, &self.facts())?;
+        self.check_disk_limit(&ve, &limits)?;
         self.admit(&ve, &limits, force)?;
+        // The disk limit belongs to the VE's volume, running or not. It goes first:
+        // it is the one a VE's use can refuse, and it is the easiest to put back.
+        let old_disk = cfg.limits.disk.map(|Size(d)| d);
+        let new_disk = limits.disk.map(|Size(d)| d);
+        let disk_changed = update.disk.is_some() && old_disk != new_disk;
+        if disk_changed {
+            self.pool()
+                .set_disk_limit(&ve, new_disk)
+                .map_err(|e| disk_error(&ve, e))?;
+        }
+        let undo_disk = || {
+            if disk_changed {
+                let _ = self.pool().set_disk_limit(&ve, old_disk);
+            }
+        };
         let live = self.alive_state(&ve)?.is_some();
         let mut old_k = None;
         if live {
-            let cg = self.cgroups()?;
-            let current = cg.read_limits(&ve)?;
-            cg.apply(&ve, &current, &new_k, force)?;
-            old_k = Some(current);
+            let applied = self.cgroups().and_then(|cg| {
+                let current = cg.read_limits(&ve)?;
+                cg.apply(&ve, &current, &new_k, force)?;
+                Ok(current)
+            });
+            match applied {
+                Ok(current) => old_k = Some(current),
+                Err(e) => {
+                    undo_disk();
+                    return Err(e);
+                }
+            }
         }
         cfg.limits = limits.clone();
         if let Err(e) = cfg.store(&self.config_path(&ve)) {
             if let Some(old) = old_k {
                 let _ = self.cgroups()?.apply(&ve, &new_k, &old, true);
             }
+            undo_disk();
             return Err(e);
         }
         Ok(SetOutcome { live, limits })
+    }
+
+    /// A disk limit needs a pool that can enforce one: refused up front otherwise.
+    fn check_disk_limit(&self, ve: &str, limits: &Limits) -> Result<()> {
+        if limits.disk.is_some() && self.pool().backend() == quota::Backend::Dir {
+            return Err(Error::BadLimit {
+                ve: ve.to_string(),
+                reason: "--disk: the dir storage backend has no disk limits (initialise the host with the btrfs pool)".into(),
+            });
+        }
+        Ok(())
     }
 
     /// Every VE, by id. Configs that cannot be read are returned as errors beside
@@ -715,6 +760,7 @@ impl Host {
             (None, None) => "auto".into(),
         };
         let vol = self.pool().ve_volume(&ve);
+        let disk = self.pool().disk(&ve).ok();
         Ok(VeDetails {
             created: cfg.created.clone(),
             init: cfg
@@ -723,7 +769,8 @@ impl Host {
                 .unwrap_or_else(|| vec![DEFAULT_INIT.to_string()]),
             stop_signal,
             config_path: self.config_path(&ve),
-            private_bytes: self.pool().ve_usage(&ve).map_or(0, |u| u.bytes),
+            private_bytes: disk.map_or(0, |d| d.used),
+            disk_limit_bytes: disk.and_then(|d| d.limit),
             private_dir: vol.dir,
             template_dir,
             cgroups: cg.paths(&ve),
@@ -830,6 +877,18 @@ fn wait_exit(pidfd: &std::os::fd::OwnedFd, timeout: Duration) -> bool {
             Err(nix::Error::EINTR) => continue,
             Err(_) => return false,
         }
+    }
+}
+
+/// A pool error about a VE's disk limit, as one line naming the VE.
+fn disk_error(ve: &str, e: quota::Error) -> Error {
+    match e {
+        // Already "VE NAME: the disk limit ... is below the ... it uses".
+        e @ quota::Error::BelowUsage { .. } => Error::Storage(e),
+        e => Error::BadLimit {
+            ve: ve.to_string(),
+            reason: format!("--disk: {e}"),
+        },
     }
 }
 

@@ -16,7 +16,12 @@
 //!   page cache) over N VEs, minus what the VEs' own cgroups account (without
 //!   page cache), divided by N; the drop of MemAvailable is shown beside it
 //! - N VEs one after another: create + start of N VEs in sequence
+//! - storage (btrfs pool): create of a VE on a 200 MB template, `set --disk` on a
+//!   running VE, disk used by a fresh VE
 //!
+//! It runs on a loop-backed btrfs pool (as `vectl init` makes by default), or on
+//! the `dir` pool when this machine cannot make one (then without the storage
+//! figures).
 //! It is a benchmark, not a test: it prints numbers and fails only if vectl fails.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -88,9 +93,28 @@ fn main() {
     let runs = arg("--runs", 20);
     let nves = arg("--ves", 50);
     let json = std::env::args().any(|a| a == "--json");
-    let Some(h) = TestHost::new("vectl-bench") else {
+    let btrfs = integration::btrfs_missing().is_none();
+    let host = if btrfs {
+        TestHost::with_btrfs("vectl-bench", "8G")
+    } else {
+        TestHost::new("vectl-bench")
+    };
+    let Some(h) = host else {
         eprintln!("vectl-bench: cannot run here (see SKIP above)");
         std::process::exit(1);
+    };
+    // Release builds abort on panic, so no drop would clean up: the hook does.
+    let h: &'static TestHost = Box::leak(Box::new(h));
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        h.release();
+        let _ = fs::remove_dir_all(h.root());
+    }));
+    let storage = if btrfs {
+        storage_figures(h, runs)
+    } else {
+        Vec::new()
     };
     let limits = ["--ram", "64M", "--cpu-limit", "50%", "--pids", "200"];
     // Warm up caches (binary, template pages).
@@ -265,7 +289,13 @@ fn main() {
             used_per_ve - nonfile_per_ve,
         ),
     ];
-    let knob_rows: Vec<(&str, f64)> = per_knob.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    h.release();
+    let _ = fs::remove_dir_all(h.root());
+    let knob_rows: Vec<(&str, f64)> = per_knob
+        .iter()
+        .chain(&storage)
+        .map(|(k, v)| (k.as_str(), *v))
+        .collect();
     let rows: Vec<(&str, f64)> = rows.iter().copied().chain(knob_rows).collect();
     if json {
         let obj: serde_json::Map<String, serde_json::Value> = rows
@@ -282,4 +312,80 @@ fn main() {
             println!("  {k:<52} {v:>9.2}");
         }
     }
+}
+
+/// Storage figures on the btrfs pool: create on a 200 MB template (no copy),
+/// `set --disk` live (growing, and shrinking above use, which commits first),
+/// disk used by a fresh VE.
+fn storage_figures(h: &TestHost, runs: usize) -> Vec<(String, f64)> {
+    let src = integration::busybox_rootfs().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("rootfs");
+    let ok = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(src)
+        .arg(&big)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let data = big.join("srv/data");
+    fs::create_dir_all(&data).unwrap();
+    // 200 files of 1 MiB that do not compress or deduplicate.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..200 {
+        let mut buf = vec![0u8; 1 << 20];
+        for chunk in buf.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+        }
+        fs::write(data.join(format!("f{i}")), &buf).unwrap();
+    }
+    h.ok(&[
+        "template",
+        "import",
+        "big",
+        "--from-dir",
+        big.to_str().unwrap(),
+    ]);
+    drop(dir);
+    let mut create = Vec::new();
+    for i in 0..runs {
+        let ve = format!("b{i}");
+        create.push(timed(|| {
+            h.ok(&["create", &ve, "--template", "big"]);
+        }));
+    }
+    let _ = std::process::Command::new("sync").status();
+    let fresh = h.json(&["show", "b0"])["private_bytes"].as_f64().unwrap() / 1024.0;
+    for i in 0..runs {
+        h.ok(&["destroy", &format!("b{i}")]);
+    }
+    h.start_ve("d", &["--disk", "100M"]);
+    let (mut grow, mut shrink) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        grow.push(timed(|| {
+            h.ok(&["set", "d", "--disk", &format!("{}M", 200 + i)]);
+        }));
+        shrink.push(timed(|| {
+            h.ok(&["set", "d", "--disk", &format!("{}M", 100 + i)]);
+        }));
+    }
+    h.ok(&["destroy", "--force", "d"]);
+    vec![
+        (
+            "create on a 200 MB template (ms)".into(),
+            median(&mut create),
+        ),
+        (
+            "set --disk growing, running VE (ms)".into(),
+            median(&mut grow),
+        ),
+        (
+            "set --disk shrinking, running VE (ms)".into(),
+            median(&mut shrink),
+        ),
+        ("disk used by a fresh VE (KiB)".into(), fresh),
+    ]
 }

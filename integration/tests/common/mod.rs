@@ -495,3 +495,304 @@ pub fn memory_used(h: &TestHost, ve: &str) -> u64 {
     };
     knob(h, "memory", ve, file).parse().unwrap()
 }
+
+// ---- QoS: the VE's limits cgroup read the same way on v1 and v2 ----
+
+/// "No limit" as v1 spells it in byte-valued files (the largest page-aligned value).
+fn v1_unlimited_bytes(v: u64) -> bool {
+    v >= (i64::MAX as u64) & !0xfff
+}
+
+/// A byte or count limit file: `None` for "max" / "-1" / v1's huge value.
+fn limit_value(text: &str) -> Option<u64> {
+    match text.trim() {
+        "max" | "-1" | "" => None,
+        t => {
+            let v: u64 = t
+                .parse()
+                .unwrap_or_else(|_| panic!("not a limit value: {t:?}"));
+            (!v1_unlimited_bytes(v)).then_some(v)
+        }
+    }
+}
+
+/// The disk limits of the VE on one device, each `None` when unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoKnobs {
+    pub rbps: Option<u64>,
+    pub wbps: Option<u64>,
+    pub riops: Option<u64>,
+    pub wiops: Option<u64>,
+}
+
+/// Every QoS knob of a running VE as the kernel holds it, in one vocabulary on v1
+/// and v2 (`None` = unlimited / not set):
+///
+/// | field        | v2                          | v1                                        |
+/// |--------------|-----------------------------|-------------------------------------------|
+/// | memory_max   | memory.max                  | memory.limit_in_bytes                     |
+/// | memory_low   | memory.low (0 = none)       | memory.soft_limit_in_bytes                |
+/// | swap_max     | memory.swap.max             | memory.memsw.limit_in_bytes − RAM limit   |
+/// | cpu_quota_us | cpu.max (period 100 ms)     | cpu.cfs_quota_us (period 100 ms)          |
+/// | cpu_weight   | cpu.weight                  | cpu.shares = weight × 1024 / 100          |
+/// | cpus         | cpuset.cpus.effective       | cpuset.effective_cpus                     |
+/// | pids_max     | pids.max                    | pids.max                                  |
+/// | io           | io.max line of the device   | blkio.throttle.{read,write}_{bps,iops}_device |
+/// | io_weight    | io.bfq.weight (default)     | blkio.bfq.weight                          |
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QosKnobs {
+    pub memory_max: Option<u64>,
+    pub memory_low: Option<u64>,
+    pub swap_max: Option<u64>,
+    pub cpu_quota_us: Option<u64>,
+    pub cpu_weight: u64,
+    pub cpus: String,
+    pub pids_max: Option<u64>,
+    pub io: IoKnobs,
+    pub io_weight: Option<u64>,
+}
+
+/// The disk vectl throttles for this host's VEs, from `host info`: (major, minor,
+/// name, scheduler), or `Err(why there is none)` (e.g. the VE files are on tmpfs,
+/// as in the VM suite).
+pub fn io_device(h: &TestHost) -> Result<(u32, u32, String, String), String> {
+    let info = h.json(&["host", "info"]);
+    let d = &info["io_device"];
+    if d.is_null() {
+        return Err(info["io_device_problem"]
+            .as_str()
+            .unwrap_or("no io_device in host info")
+            .to_string());
+    }
+    Ok((
+        d["major"].as_u64().unwrap() as u32,
+        d["minor"].as_u64().unwrap() as u32,
+        d["name"].as_str().unwrap().to_string(),
+        d["scheduler"].as_str().unwrap().to_string(),
+    ))
+}
+
+/// v1 cpu.shares back to the cpu.weight vectl wrote (shares = weight × 1024 / 100,
+/// at least 2); panics on a value no weight maps to.
+fn shares_to_weight(shares: u64) -> u64 {
+    let w = (shares * 100).div_ceil(1024).max(1);
+    assert_eq!(
+        (w * 1024 / 100).clamp(2, 262_144),
+        shares,
+        "cpu.shares {shares} is not weight*1024/100 of any cpu.weight"
+    );
+    w
+}
+
+/// Reads a file of the VE's limits cgroup in the hierarchy of `controller`.
+fn knob_opt(h: &TestHost, controller: &str, ve: &str, file: &str) -> Option<String> {
+    fs::read_to_string(h.cgroup_dir(controller, ve).join(file))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// All QoS knobs of a running VE (see [`QosKnobs`]). The device for I/O limits is
+/// the host's VE disk (none: `io` is all `None`).
+#[track_caller]
+pub fn qos_knobs(h: &TestHost, ve: &str) -> QosKnobs {
+    let dev = io_device(h).ok().map(|(ma, mi, _, _)| format!("{ma}:{mi}"));
+    let dev_line = |text: &str| -> Option<String> {
+        let d = dev.as_deref()?;
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(d))
+            .map(|l| l.to_string())
+    };
+    if is_v2(h) {
+        let cpu = knob(h, "cpu", ve, "cpu.max");
+        let (quota, period) = cpu.split_once(' ').unwrap();
+        assert_eq!(period, "100000", "cpu.max period");
+        let io_max = knob_opt(h, "io", ve, "io.max").unwrap_or_default();
+        let io = dev_line(&io_max).map_or(IoKnobs::default(), |line| {
+            let get = |key: &str| {
+                line.split_whitespace()
+                    .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+                    .and_then(limit_value)
+            };
+            IoKnobs {
+                rbps: get("rbps"),
+                wbps: get("wbps"),
+                riops: get("riops"),
+                wiops: get("wiops"),
+            }
+        });
+        let io_weight = knob_opt(h, "io", ve, "io.bfq.weight").and_then(|t| {
+            let w: u64 = dev_line(&t)
+                .or_else(|| {
+                    t.lines()
+                        .find(|l| l.starts_with("default"))
+                        .map(String::from)
+                })?
+                .split_whitespace()
+                .last()?
+                .parse()
+                .ok()?;
+            (w != 100).then_some(w)
+        });
+        let low: u64 = knob(h, "memory", ve, "memory.low").parse().unwrap();
+        QosKnobs {
+            memory_max: limit_value(&knob(h, "memory", ve, "memory.max")),
+            memory_low: (low > 0).then_some(low),
+            swap_max: knob_opt(h, "memory", ve, "memory.swap.max")
+                .as_deref()
+                .and_then(limit_value),
+            cpu_quota_us: limit_value(quota),
+            cpu_weight: knob(h, "cpu", ve, "cpu.weight").parse().unwrap(),
+            cpus: knob(h, "cpuset", ve, "cpuset.cpus.effective"),
+            pids_max: limit_value(&knob(h, "pids", ve, "pids.max")),
+            io,
+            io_weight,
+        }
+    } else {
+        assert_eq!(knob(h, "cpu", ve, "cpu.cfs_period_us"), "100000");
+        let memory_max = limit_value(&knob(h, "memory", ve, "memory.limit_in_bytes"));
+        let memsw = knob_opt(h, "memory", ve, "memory.memsw.limit_in_bytes")
+            .as_deref()
+            .and_then(limit_value);
+        let throttle = |file: &str| {
+            let text = knob(h, "blkio", ve, file);
+            dev_line(&text)
+                .and_then(|l| l.split_whitespace().nth(1).map(String::from))
+                .and_then(|v| limit_value(&v))
+                .filter(|v| *v > 0)
+        };
+        let io_weight = knob_opt(h, "blkio", ve, "blkio.bfq.weight").and_then(|t| {
+            let w: u64 = t.split_whitespace().last()?.parse().ok()?;
+            (w != 100).then_some(w)
+        });
+        QosKnobs {
+            memory_max,
+            memory_low: limit_value(&knob(h, "memory", ve, "memory.soft_limit_in_bytes")),
+            swap_max: match (memory_max, memsw) {
+                (Some(m), Some(s)) => Some(s - m),
+                _ => None,
+            },
+            cpu_quota_us: limit_value(&knob(h, "cpu", ve, "cpu.cfs_quota_us")),
+            cpu_weight: shares_to_weight(knob(h, "cpu", ve, "cpu.shares").parse().unwrap()),
+            cpus: knob(h, "cpuset", ve, "cpuset.effective_cpus"),
+            pids_max: limit_value(&knob(h, "pids", ve, "pids.max")),
+            io: IoKnobs {
+                rbps: throttle("blkio.throttle.read_bps_device"),
+                wbps: throttle("blkio.throttle.write_bps_device"),
+                riops: throttle("blkio.throttle.read_iops_device"),
+                wiops: throttle("blkio.throttle.write_iops_device"),
+            },
+            io_weight,
+        }
+    }
+}
+
+/// The cpu.weight of a VE without a CPU guarantee (the smallest: best effort).
+pub const BEST_EFFORT_WEIGHT: u64 = 1;
+
+/// The CPUs of the host, as a kernel CPU list ("0-1").
+pub fn all_cpus() -> String {
+    fs::read_to_string("/sys/devices/system/cpu/online")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// `vectl --json stats VE`: the VE's entry.
+#[track_caller]
+pub fn ve_stats(h: &TestHost, ve: &str) -> serde_json::Value {
+    let all = h.json(&["stats", ve]);
+    let list = all.as_array().expect("stats --json is an array");
+    assert_eq!(list.len(), 1, "stats {ve}: {all}");
+    assert_eq!(list[0]["name"], ve, "{all}");
+    list[0].clone()
+}
+
+/// One sample of the cumulative CPU time of VEs (`stats --json` cpu_usage_ns, one
+/// vectl call for all of them), and the moment it was taken (the middle of the call).
+pub fn cpu_sample(h: &TestHost, ves: &[&str]) -> (Instant, Vec<u64>) {
+    let mut args = vec!["stats"];
+    args.extend_from_slice(ves);
+    let t0 = Instant::now();
+    let all = h.json(&args);
+    let t1 = Instant::now();
+    let at = t0 + (t1 - t0) / 2;
+    let ns = ves
+        .iter()
+        .map(|ve| {
+            all.as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["name"] == *ve)
+                .unwrap_or_else(|| panic!("{ve} not in stats: {all}"))["cpu_usage_ns"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    (at, ns)
+}
+
+/// `vectl exec VE -- CMD` with a time limit (see [`run_limited`]): a command that
+/// leaves something behind holding its output pipes shows as a timeout (code -2)
+/// instead of hanging the test.
+pub fn exec_limited(h: &TestHost, ve: &str, cmd: &[&str], limit: Duration) -> Run {
+    let mut c = h.command();
+    c.args(["exec", ve, "--"]).args(cmd).stdin(Stdio::null());
+    run_limited(c, limit)
+}
+
+/// Starts `n` shell busy loops in the background inside a VE (they run until the
+/// VE stops or they are killed).
+#[track_caller]
+pub fn busy_loops(h: &TestHost, ve: &str, n: usize) {
+    for _ in 0..n {
+        let r = exec_limited(
+            h,
+            ve,
+            &[
+                "sh",
+                "-c",
+                "while :; do :; done </dev/null >/dev/null 2>&1 &",
+            ],
+            Duration::from_secs(60),
+        );
+        assert_eq!(r.code, 0, "busy loop in {ve}: {r:?}");
+    }
+}
+
+/// What is wrong with a refusal (`None`: refused properly): exit 1, exactly one
+/// line `vectl: ...` naming each of `must_name`, no panic, and the state directory
+/// unchanged.
+pub fn refusal_problem(h: &TestHost, args: &[&str], must_name: &[&str]) -> Option<String> {
+    let before = state_snapshot(h);
+    let r = run_guarded(h, args);
+    let changed = diff(&before, &state_snapshot(h));
+    let mut wrong = Vec::new();
+    if r.code != 1 {
+        wrong.push(format!("exit {} (want 1)", r.code));
+    }
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    if lines.len() != 1 {
+        wrong.push(format!("{} lines on stderr (want 1)", lines.len()));
+    }
+    if !lines.first().is_some_and(|l| l.starts_with("vectl: ")) {
+        wrong.push("stderr does not start with \"vectl: \"".into());
+    }
+    for n in must_name {
+        if !r.stderr.contains(n) {
+            wrong.push(format!("the message does not name {n:?}"));
+        }
+    }
+    if r.stderr.contains("panicked") {
+        wrong.push("vectl panicked".into());
+    }
+    if !changed.is_empty() {
+        wrong.push(format!("the state changed: {changed}"));
+    }
+    (!wrong.is_empty()).then(|| {
+        format!(
+            "vectl {args:?}: {}; stderr: {:?}",
+            wrong.join(", "),
+            r.stderr
+        )
+    })
+}

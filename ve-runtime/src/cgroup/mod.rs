@@ -107,6 +107,10 @@ pub trait CgroupBackend: std::fmt::Debug {
     /// a frozen VE would hang every command that enters it). Returns whether it was
     /// frozen.
     fn thaw(&self, ve: &str) -> Result<bool>;
+    /// Freezes every process of the VE and waits until they are (for a consistent
+    /// snapshot); [`CgroupBackend::thaw`] undoes it. `Ok(false)`: this host has
+    /// no freezer for VE cgroups.
+    fn freeze(&self, ve: &str) -> Result<bool>;
     /// Removes the VE's cgroups (which must be empty). Missing is fine.
     fn remove(&self, ve: &str) -> Result<()>;
     /// How a new process enters the VE's payload cgroup.
@@ -198,7 +202,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
     out
 }
 
-fn unescape_mount_path(s: &str) -> String {
+pub(crate) fn unescape_mount_path(s: &str) -> String {
     // mountinfo escapes space, tab, newline and backslash as \ooo.
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -418,7 +422,15 @@ pub(crate) fn write_knob(ve: &str, dir: &Path, knob: &str, value: &str) -> Resul
         .write(true)
         .truncate(true)
         .open(&path)
-        .and_then(|mut f| f.write_all(value.as_bytes()));
+        // An empty value must still be one write(2) (cpuset.cpus "" = inherit);
+        // write_all of nothing would not call write at all.
+        .and_then(|mut f| {
+            f.write_all(if value.is_empty() {
+                b"\n"
+            } else {
+                value.as_bytes()
+            })
+        });
     res.map_err(|e| Error::Kernel {
         ve: ve.to_string(),
         knob: knob.to_string(),

@@ -73,10 +73,16 @@ pub(crate) fn state(
         l.cpu_weight.unwrap_or(100).to_string(),
     ));
     if dir.join("cpuset.cpus").exists() {
+        // No CPU set = every CPU of the parent. Not "" (inherit): a populated
+        // cpuset may not go back to empty (ENOSPC).
+        let all = || parent_cpus(dir);
         st.push(KnobWrite::new(
             dir,
             "cpuset.cpus",
-            l.cpuset.clone().unwrap_or_default(),
+            match &l.cpuset {
+                Some(c) => c.clone(),
+                None => all()?,
+            },
         ));
     } else if l.cpuset.is_some() {
         return Err(Error::Cgroups(format!(
@@ -159,6 +165,11 @@ pub(crate) fn enable_controllers(dir: &Path) -> Result<()> {
             };
             Error::Cgroups(format!("cannot enable {value} in {}: {e}{why}", path.display()))
         })
+}
+
+/// The CPUs the parent of a VE cgroup has: what "no CPU set" means.
+fn parent_cpus(dir: &Path) -> Result<String> {
+    read_knob(dir.parent().unwrap_or(dir), "cpuset.cpus.effective")
 }
 
 /// Before memory.max goes below what the VE uses: v2 would OOM-kill the VE's
@@ -253,7 +264,8 @@ impl CgroupBackend for V2 {
             None
         };
         let cpuset = if dir.join("cpuset.cpus").exists() {
-            Some(read_knob(&dir, "cpuset.cpus")?).filter(|c| !c.is_empty())
+            let mine = read_knob(&dir, "cpuset.cpus")?;
+            (!mine.is_empty() && mine != parent_cpus(&dir)?).then_some(mine)
         } else {
             None
         };
@@ -303,6 +315,28 @@ impl CgroupBackend for V2 {
             return Ok(false);
         }
         write_knob(ve, &dir, "cgroup.freeze", "0")?;
+        Ok(true)
+    }
+
+    fn freeze(&self, ve: &str) -> Result<bool> {
+        let dir = self.ve_dir(ve);
+        if !dir.join("cgroup.freeze").exists() {
+            return Ok(false);
+        }
+        write_knob(ve, &dir, "cgroup.freeze", "1")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !read_knob(&dir, "cgroup.events")?
+            .lines()
+            .any(|l| l == "frozen 1")
+        {
+            if Instant::now() > deadline {
+                let _ = write_knob(ve, &dir, "cgroup.freeze", "0");
+                return Err(Error::Cgroups(format!(
+                    "VE {ve}: its processes did not freeze within 10 s"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
         Ok(true)
     }
 
@@ -413,6 +447,7 @@ mod tests {
         fs::write(dir.join("memory.low"), "0\n").unwrap();
         fs::write(dir.join("cpu.weight"), "100\n").unwrap();
         fs::write(dir.join("cpuset.cpus"), "\n").unwrap();
+        fs::write(root.join("vectl/cpuset.cpus.effective"), "0-1\n").unwrap();
         fs::write(dir.join("io.max"), "").unwrap();
         V2::new(root.to_path_buf(), root.join("vectl"))
     }
@@ -458,7 +493,9 @@ mod tests {
         assert_eq!(r("cpu.max"), "max 100000");
         assert_eq!(r("memory.max"), "max");
         assert_eq!(r("io.max"), "254:0 rbps=max wbps=max riops=max wiops=max");
-        assert_eq!(r("cpuset.cpus"), "");
+        // No CPU set: every CPU of the parent (a populated cpuset may not be "").
+        assert_eq!(r("cpuset.cpus"), "0-1");
+        assert_eq!(cg.read_limits("web1").unwrap(), KernelLimits::default());
     }
 
     #[test]

@@ -1,0 +1,373 @@
+//! `vectl stats`: per-VE CPU time and CPU %, RAM and its limit, swap, processes,
+//! disk bytes and operations, OOM kills and uptime, as JSON and as a table, and
+//! `--watch` refreshing on its interval. Counters come from the cgroups (v1 here,
+//! v2 in the VM suite).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const MIB: u64 = 1 << 20;
+
+/// Tests that burn CPU or read CPU % hold this: they must not skew each other.
+static CPU: Mutex<()> = Mutex::new(());
+
+fn cpu_lock() -> std::sync::MutexGuard<'static, ()> {
+    CPU.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The fields every entry has, with their JSON types.
+const NUMBERS: &[&str] = &[
+    "id",
+    "cpu_usage_ns",
+    "ram_bytes",
+    "swap_bytes",
+    "pids",
+    "io_read_bytes",
+    "io_write_bytes",
+    "io_read_ops",
+    "io_write_ops",
+    "oom_kills",
+];
+
+#[track_caller]
+fn u(v: &serde_json::Value, field: &str) -> u64 {
+    v[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{field} is not a count: {v}"))
+}
+
+#[test]
+fn stats_json_reports_cpu_ram_pids_io_oom_and_uptime_per_ve() {
+    let _cpu = cpu_lock();
+    let test = "stats_json_reports_cpu_ram_pids_io_oom_and_uptime_per_ve";
+    let Some(h) = TestHost::new(test) else {
+        return;
+    };
+    let started = Instant::now();
+    h.start_ve(
+        "busy",
+        &["--ram", "128M", "--pids", "100", "--cpu-limit", "100%"],
+    );
+    h.ok(&["create", "cold", "--template", "bb"]);
+    wait_http(&h, "busy");
+
+    // Every VE by default, in id order; a stopped one with zeros and no uptime.
+    let all = h.json(&["stats"]);
+    let list = all.as_array().unwrap();
+    let names: Vec<&str> = list.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["busy", "cold"], "{all}");
+    let cold = &list[1];
+    assert_eq!(cold["status"], "stopped");
+    assert!(cold.get("uptime_secs").is_none(), "{cold}");
+    for f in NUMBERS.iter().filter(|f| **f != "id") {
+        assert_eq!(u(cold, f), 0, "stopped VE: {f} in {cold}");
+    }
+    assert_eq!(cold["cpu_percent"], 0.0, "{cold}");
+
+    let st = ve_stats(&h, "busy");
+    for f in NUMBERS {
+        u(&st, f);
+    }
+    assert_eq!(st["status"], "running");
+    assert_eq!(u(&st, "ram_limit_bytes"), 128 * MIB);
+    assert_eq!(u(&st, "pids_limit"), 100);
+    assert_eq!(st["cpu_limit_percent"], 100.0);
+    assert!(st.get("swap_limit_bytes").is_none(), "{st}");
+    assert!(u(&st, "cpu_usage_ns") > 0, "{st}");
+    assert!(
+        u(&st, "ram_bytes") > 0 && u(&st, "ram_bytes") <= 128 * MIB,
+        "{st}"
+    );
+    // init and httpd at least.
+    assert!(u(&st, "pids") >= 2, "{st}");
+    assert_eq!(u(&st, "swap_bytes"), 0, "no swap in use: {st}");
+    assert_eq!(u(&st, "oom_kills"), 0, "{st}");
+    let up = u(&st, "uptime_secs");
+    assert!(
+        up <= started.elapsed().as_secs() + 1,
+        "uptime {up} s, but the VE started {:?} ago",
+        started.elapsed()
+    );
+    // cpu_percent without --watch: CPU time over the uptime, in % of one CPU.
+    let want = if up > 0 {
+        u(&st, "cpu_usage_ns") as f64 / (up as f64 * 1e9) * 100.0
+    } else {
+        0.0
+    };
+    let pct = st["cpu_percent"].as_f64().unwrap();
+    assert!((pct - want).abs() < 0.01, "cpu_percent {pct}, want {want}");
+
+    // A second of busy loop: about a second of CPU time more, never more than
+    // the loop's wall time (the cap is one CPU).
+    let before = u(&ve_stats(&h, "busy"), "cpu_usage_ns");
+    let t = Instant::now();
+    busy_loops(&h, "busy", 1);
+    std::thread::sleep(Duration::from_secs(1));
+    let r = h.exec("busy", &["killall", "sh"]);
+    let wall = t.elapsed();
+    assert_eq!(r.code, 0, "{r:?}");
+    let used = u(&ve_stats(&h, "busy"), "cpu_usage_ns") - before;
+    assert!(
+        used >= 500_000_000 && used as f64 <= wall.as_nanos() as f64 * 1.05 + 50e6,
+        "a busy loop of {wall:?} under --cpu-limit 100% counted {used} ns"
+    );
+
+    // RAM: 40 MB in the VE's tmpfs is charged to it.
+    let r = h.exec(
+        "busy",
+        &[
+            "dd",
+            "if=/dev/zero",
+            "of=/dev/shm/fill",
+            "bs=1M",
+            "count=40",
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let st = ve_stats(&h, "busy");
+    assert!(u(&st, "ram_bytes") >= 40 * MIB, "{st}");
+    // What the kernel counts (read a moment later: give or take a little).
+    let kernel = memory_used(&h, "busy");
+    assert!(
+        u(&st, "ram_bytes").abs_diff(kernel) < 4 * MIB,
+        "stats {} bytes, the kernel {kernel}",
+        u(&st, "ram_bytes")
+    );
+
+    // Processes: five more sleeping in the background.
+    let pids = u(&st, "pids");
+    h.exec(
+        "busy",
+        &[
+            "sh",
+            "-c",
+            "for i in 1 2 3 4 5; do sleep 1000 </dev/null >/dev/null 2>&1 & done",
+        ],
+    );
+    assert_eq!(u(&ve_stats(&h, "busy"), "pids"), pids + 5);
+
+    // Disk: 40 MiB written and read back with direct I/O (buffered writes reach
+    // the disk later, from the kernel's flusher threads).
+    match io_device(&h) {
+        Err(why) => integration::skip(test, &format!("disk counters: no disk here: {why}")),
+        Ok(_) => {
+            let st0 = ve_stats(&h, "busy");
+            let r = h.exec(
+                "busy",
+                &[
+                    "dd",
+                    "if=/dev/zero",
+                    "of=/root/f",
+                    "bs=1M",
+                    "count=40",
+                    "oflag=direct",
+                ],
+            );
+            assert_eq!(r.code, 0, "{r:?}");
+            let st1 = ve_stats(&h, "busy");
+            let wrote = u(&st1, "io_write_bytes") - u(&st0, "io_write_bytes");
+            let wops = u(&st1, "io_write_ops") - u(&st0, "io_write_ops");
+            assert!(
+                wrote >= 40 * MIB,
+                "wrote 40 MiB, stats count {wrote}: {st1}"
+            );
+            assert!(wops >= 40, "40 writes of 1 MiB, stats count {wops} ops");
+            let r = h.exec(
+                "busy",
+                &["dd", "if=/root/f", "of=/dev/null", "bs=1M", "iflag=direct"],
+            );
+            assert_eq!(r.code, 0, "{r:?}");
+            let st2 = ve_stats(&h, "busy");
+            let read = u(&st2, "io_read_bytes") - u(&st1, "io_read_bytes");
+            let rops = u(&st2, "io_read_ops") - u(&st1, "io_read_ops");
+            assert!(read >= 40 * MIB, "read 40 MiB, stats count {read}: {st2}");
+            assert!(rops >= 40, "40 reads of 1 MiB, stats count {rops} ops");
+        }
+    }
+
+    // The table: a header and a line per VE.
+    let table = h.ok(&["stats"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("CPU%") && lines[0].contains("OOM"),
+        "{table}"
+    );
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(
+        lines[1].contains("busy") && lines[1].contains("running"),
+        "{table}"
+    );
+    assert!(
+        lines[2].contains("cold") && lines[2].contains("stopped"),
+        "{table}"
+    );
+
+    // Named VEs only, by name or id; an unknown one is an error.
+    let id = u(&h.json(&["show", "cold"]), "id").to_string();
+    let two = h.json(&["stats", &id, "busy"]);
+    let names: Vec<&str> = two
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["cold", "busy"], "{two}");
+    let line = h.fails(&["stats", "busy", "nosuch"]);
+    assert!(line.contains("nosuch"), "{line}");
+}
+
+#[test]
+fn oom_kills_are_counted_per_ve() {
+    let test = "oom_kills_are_counted_per_ve";
+    let Some(h) = TestHost::new(test) else {
+        return;
+    };
+    h.start_ve("tight", &["--ram", "32M"]);
+    h.start_ve("calm", &["--ram", "32M"]);
+    let hog = "x=$(head -c 67108864 /dev/zero | tr '\\0' a)";
+    for n in 1..=2u64 {
+        let r = h.exec("tight", &["sh", "-c", hog]);
+        assert_ne!(r.code, 0, "64 MB fit in a 32M VE: {r:?}");
+        let kills = u(&ve_stats(&h, "tight"), "oom_kills");
+        assert!(kills >= n, "after {n} OOM kills stats count {kills}");
+    }
+    assert_eq!(u(&ve_stats(&h, "calm"), "oom_kills"), 0);
+    // A counter of the VE's run: it starts from zero after a restart.
+    h.ok(&["stop", "--fast", "tight"]);
+    h.ok(&["start", "tight"]);
+    assert_eq!(u(&ve_stats(&h, "tight"), "oom_kills"), 0);
+}
+
+/// Output lines, each with when it arrived.
+type Lines = [(Duration, String)];
+
+/// Runs `vectl ARGS` in the background and collects its output lines, each with
+/// the time it arrived, until `enough` says so or `limit` passes; then kills it.
+fn watch_lines(
+    h: &TestHost,
+    args: &[&str],
+    limit: Duration,
+    enough: &dyn Fn(&Lines) -> bool,
+) -> Vec<(Duration, String)> {
+    let mut child = h
+        .command()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t0 = Instant::now();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send((t0.elapsed(), line)).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = t0 + limit;
+    while Instant::now() < deadline && !enough(&lines) {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(l) => lines.push(l),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let still_running = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = reader.join();
+    lines.extend(rx.try_iter());
+    assert!(still_running, "vectl {args:?} ended by itself: {:?}", lines);
+    lines
+}
+
+#[test]
+fn stats_watch_refreshes_on_its_interval() {
+    let _cpu = cpu_lock();
+    let test = "stats_watch_refreshes_on_its_interval";
+    let Some(h) = TestHost::new(test) else {
+        return;
+    };
+    h.start_ve("w1", &["--cpu-limit", "50%"]);
+    h.start_ve("w2", &[]);
+    busy_loops(&h, "w1", 1);
+
+    // The table, every second: run it ~2.5 s (longer where vectl is slow to
+    // start, as in the VM), at least two tables.
+    let headers = |ls: &Lines| {
+        ls.iter()
+            .filter(|(_, l)| l.starts_with("ID") && l.contains("NAME"))
+            .count()
+    };
+    let lines = watch_lines(
+        &h,
+        &["stats", "--watch", "1"],
+        Duration::from_secs(20),
+        &|ls| headers(ls) >= 2 && ls.last().is_some_and(|(_, l)| l.contains("every")),
+    );
+    let tables: Vec<Duration> = lines
+        .iter()
+        .filter(|(_, l)| l.starts_with("ID") && l.contains("NAME"))
+        .map(|(t, _)| *t)
+        .collect();
+    assert!(tables.len() >= 2, "fewer than 2 tables: {lines:?}");
+    let gap = tables[1] - tables[0];
+    assert!(
+        gap >= Duration::from_millis(800),
+        "tables {gap:?} apart with --watch 1"
+    );
+    for ve in ["w1", "w2"] {
+        assert!(
+            lines.iter().filter(|(_, l)| l.contains(ve)).count() >= 2,
+            "{ve} is not in every table: {lines:?}"
+        );
+    }
+
+    // JSON: one array per line, each a complete refresh; CPU % over the
+    // interval (the capped busy loop: about 50).
+    let lines = watch_lines(
+        &h,
+        &["--json", "stats", "--watch", "1"],
+        Duration::from_secs(20),
+        &|ls| ls.len() >= 3,
+    );
+    assert!(lines.len() >= 2, "fewer than 2 refreshes: {lines:?}");
+    for (_, line) in &lines {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not one JSON document per line ({e}): {line}"));
+        let list = v
+            .as_array()
+            .unwrap_or_else(|| panic!("not an array: {line}"));
+        let names: Vec<&str> = list.iter().map(|s| s["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["w1", "w2"], "{line}");
+        let pct = list[0]["cpu_percent"].as_f64().unwrap();
+        assert!(
+            (35.0..=60.0).contains(&pct),
+            "a busy loop under --cpu-limit 50%: cpu_percent {pct} over a 1 s interval"
+        );
+        let idle = list[1]["cpu_percent"].as_f64().unwrap();
+        assert!(idle < 5.0, "an idle VE: cpu_percent {idle}");
+    }
+    let gap = lines[1].0 - lines[0].0;
+    assert!(
+        gap >= Duration::from_millis(800),
+        "refreshes {gap:?} apart with --watch 1"
+    );
+
+    // An interval that makes no sense is refused.
+    let line = h.fails(&["stats", "--watch", "0"]);
+    assert!(line.contains("--watch"), "{line}");
+}

@@ -1,0 +1,347 @@
+//! The storage pool as the operator sees it: `pool info`, `pool grow`, `pool
+//! check`, and snapshots of VEs' private layers.
+
+use std::fs;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::config::VeConfig;
+use crate::error::{Error, Result, io_err};
+use crate::host::Host;
+use crate::limits::Size;
+
+/// `vectl pool info`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolInfo {
+    pub backend: quota::Backend,
+    pub dir: std::path::PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<quota::Source>,
+    /// `simple` (squota), `qgroups`, or absent (no disk limits).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota: Option<&'static str>,
+    #[serde(flatten)]
+    pub space: quota::PoolSpace,
+    pub ves: Vec<VolumeUse>,
+    pub templates: Vec<VolumeUse>,
+}
+
+/// One volume's use in `pool info`.
+#[derive(Debug, Clone, Serialize)]
+pub struct VolumeUse {
+    pub name: String,
+    pub used_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_bytes: Option<u64>,
+}
+
+/// A problem `pool check` found, and whether `--repair` fixed it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolProblem {
+    /// `orphan-volume`, `missing-volume`, `stale-qgroup`; and for information
+    /// only, `foreign-qgroup` and `held-qgroup`.
+    pub kind: &'static str,
+    /// The VE, or the qgroup (`0/ID`).
+    pub subject: String,
+    pub detail: String,
+    pub repaired: bool,
+}
+
+/// How a snapshot was made consistent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    /// The VE was stopped.
+    Stopped,
+    /// The VE's processes were frozen for the snapshot.
+    Frozen,
+}
+
+/// What `snapshot create` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotMade {
+    pub ve: String,
+    pub name: String,
+    pub consistency: Consistency,
+    /// How long the VE was frozen (0 when stopped).
+    pub frozen_ms: f64,
+}
+
+impl Host {
+    /// Size, use and free space of the pool, with every VE's and template's use.
+    pub fn pool_info(&self) -> Result<PoolInfo> {
+        let pool = self.pool();
+        // Quota numbers are counted at commit.
+        pool.commit()?;
+        let (list, _) = self.list()?;
+        let ves = list
+            .iter()
+            .map(|v| {
+                let d = pool.disk(&v.name).unwrap_or_default();
+                VolumeUse {
+                    name: v.name.clone(),
+                    used_bytes: d.used,
+                    limit_bytes: d.limit,
+                }
+            })
+            .collect();
+        let mut templates = Vec::new();
+        for tv in self.list_templates()? {
+            let path = self.templates().path(&tv);
+            templates.push(VolumeUse {
+                name: tv.reference(),
+                used_bytes: pool.volume_bytes(&path).unwrap_or(tv.size_bytes),
+                limit_bytes: None,
+            });
+        }
+        Ok(PoolInfo {
+            backend: pool.backend(),
+            dir: pool.dir().to_path_buf(),
+            source: self.settings().pool_source.clone(),
+            quota: pool.quota_mode().map(|m| match m {
+                quota::btrfs::QuotaMode::Simple => "simple",
+                quota::btrfs::QuotaMode::Qgroups => "qgroups",
+            }),
+            space: pool.space()?,
+            ves,
+            templates,
+        })
+    }
+
+    /// Grows the pool online (see [`quota::Pool::grow`]). Returns the new space.
+    pub fn pool_grow(&self, size: Option<u64>) -> Result<quota::PoolSpace> {
+        let _host = self.lock_host()?;
+        let pool = self.pool();
+        let source = match (pool.backend(), &self.settings().pool_source) {
+            (quota::Backend::Btrfs, Some(s)) => s.clone(),
+            _ => {
+                return Err(Error::Host(format!(
+                    "pool {}: the {} backend cannot grow (it uses its file system as it is)",
+                    pool.dir().display(),
+                    pool.backend()
+                )));
+            }
+        };
+        pool.grow(&source, size)?;
+        Ok(pool.space()?)
+    }
+
+    /// Finds (and with `repair`, fixes) what a crash can leave in the pool: a VE
+    /// volume without a config (a killed create or destroy: removed), a config
+    /// without a volume (an empty private layer is made, so the VE starts from
+    /// its template again), qgroups of deleted subvolumes (removed).
+    pub fn pool_check(&self, repair: bool) -> Result<Vec<PoolProblem>> {
+        let _host = self.lock_host()?;
+        let pool = self.pool();
+        let mut out = Vec::new();
+        for name in pool.ve_volumes()? {
+            if self.config_path(&name).exists() {
+                continue;
+            }
+            let _ve = self.lock_ve(&name)?;
+            if self.config_path(&name).exists() {
+                continue;
+            }
+            let repaired = repair && self.finish_destroy(&name).is_ok();
+            out.push(PoolProblem {
+                kind: "orphan-volume",
+                subject: name.clone(),
+                detail: format!(
+                    "{} has no VE config (left by a create or destroy that was killed)",
+                    pool.ve_volume(&name).dir.display()
+                ),
+                repaired,
+            });
+        }
+        let (list, _) = self.list()?;
+        for v in &list {
+            let vol = pool.ve_volume(&v.name);
+            if vol.dir.exists() {
+                continue;
+            }
+            let _ve = self.lock_ve(&v.name)?;
+            let mut repaired = false;
+            if repair {
+                pool.finish_restore(&v.name)?;
+                if !vol.dir.exists() {
+                    pool.create_ve_volume(&v.name)?;
+                    if let Some(Size(d)) = v.limits.disk {
+                        pool.set_disk_limit(&v.name, Some(d))?;
+                    }
+                }
+                repaired = true;
+            }
+            out.push(PoolProblem {
+                kind: "missing-volume",
+                subject: v.name.clone(),
+                detail: format!(
+                    "VE {} has no private layer at {}{}",
+                    v.name,
+                    vol.dir.display(),
+                    if repaired {
+                        ": made an empty one (the VE starts from its template again)"
+                    } else {
+                        ""
+                    }
+                ),
+                repaired,
+            });
+        }
+        let (stale, foreign) = pool.stale_qgroups()?;
+        for id in stale {
+            let held = pool.qgroup_bytes(id).filter(|&b| b > 0);
+            if let Some(bytes) = held {
+                // Simple quotas: data of the deleted volume that snapshots still
+                // share stays charged to its group until they go.
+                out.push(PoolProblem {
+                    kind: "held-qgroup",
+                    subject: format!("0/{id}"),
+                    detail: format!(
+                        "quota group of a deleted volume, still charged {} for data snapshots share (it goes with them)",
+                        crate::limits::human_bytes(bytes)
+                    ),
+                    repaired: false,
+                });
+                continue;
+            }
+            let res = if repair {
+                pool.remove_qgroup(id)
+            } else {
+                Ok(())
+            };
+            out.push(PoolProblem {
+                kind: "stale-qgroup",
+                subject: format!("0/{id}"),
+                detail: match &res {
+                    Err(e) => format!("quota group of a deleted subvolume; cannot remove it: {e}"),
+                    Ok(()) => "quota group of a deleted subvolume".into(),
+                },
+                repaired: repair && res.is_ok(),
+            });
+        }
+        let own_fs = !matches!(self.settings().pool_source, Some(quota::Source::Mounted));
+        for id in foreign {
+            out.push(PoolProblem {
+                kind: "foreign-qgroup",
+                subject: format!("0/{id}"),
+                detail: if own_fs {
+                    "quota group of a subvolume the kernel is still deleting (it goes when the kernel is done)".into()
+                } else {
+                    "a subvolume that is not vectl's, or one the kernel is still deleting: left alone".into()
+                },
+                repaired: false,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Takes snapshot `name` of a VE's private layer: frozen while running,
+    /// as it is while stopped.
+    pub fn snapshot_create(&self, name_or_id: &str, name: &str) -> Result<SnapshotMade> {
+        let ve = self.resolve_existing(name_or_id)?;
+        let _lock = self.lock_ve(&ve)?;
+        self.load_config(&ve)?;
+        let running = self.alive_state(&ve)?.is_some();
+        if !running {
+            self.pool()
+                .create_snapshot(&ve, name)
+                .map_err(|e| ve_storage(&ve, e))?;
+            return Ok(SnapshotMade {
+                ve,
+                name: name.to_string(),
+                consistency: Consistency::Stopped,
+                frozen_ms: 0.0,
+            });
+        }
+        let cg = self.cgroups()?;
+        // A marker first: if vectl dies while the VE is frozen, the next command
+        // on the VE thaws it.
+        let marker = self.frozen_marker(&ve);
+        fs::write(&marker, b"").map_err(io_err(&marker))?;
+        let t0 = Instant::now();
+        let frozen = match cg.freeze(&ve) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = fs::remove_file(&marker);
+                return Err(e);
+            }
+        };
+        if !frozen {
+            let _ = fs::remove_file(&marker);
+            return Err(Error::Host(format!(
+                "VE {ve}: this host has no freezer for VE cgroups: stop the VE for a consistent snapshot"
+            )));
+        }
+        let made = self
+            .pool()
+            .create_snapshot(&ve, name)
+            .map_err(|e| ve_storage(&ve, e));
+        let thawed = cg.thaw(&ve);
+        let frozen_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        if thawed.is_ok() {
+            let _ = fs::remove_file(&marker);
+        }
+        made?;
+        thawed?;
+        Ok(SnapshotMade {
+            ve,
+            name: name.to_string(),
+            consistency: Consistency::Frozen,
+            frozen_ms,
+        })
+    }
+
+    /// A VE's snapshots.
+    pub fn snapshot_list(&self, name_or_id: &str) -> Result<(String, Vec<quota::SnapshotInfo>)> {
+        let ve = self.resolve_existing(name_or_id)?;
+        let list = self
+            .pool()
+            .list_snapshots(&ve)
+            .map_err(|e| ve_storage(&ve, e))?;
+        Ok((ve, list))
+    }
+
+    /// Deletes a VE's snapshot.
+    pub fn snapshot_remove(&self, name_or_id: &str, name: &str) -> Result<String> {
+        let ve = self.resolve_existing(name_or_id)?;
+        let _lock = self.lock_ve(&ve)?;
+        self.pool()
+            .remove_snapshot(&ve, name)
+            .map_err(|e| ve_storage(&ve, e))?;
+        Ok(ve)
+    }
+
+    /// Puts a stopped VE's private layer back to a snapshot; its disk limit is
+    /// kept.
+    pub fn snapshot_restore(&self, name_or_id: &str, name: &str) -> Result<String> {
+        let ve = self.resolve_existing(name_or_id)?;
+        let _lock = self.lock_ve(&ve)?;
+        let cfg: VeConfig = self.load_config(&ve)?;
+        if let Some(rs) = self.alive_state(&ve)? {
+            return Err(Error::Host(format!(
+                "VE {ve}: running (init pid {}); stop it before restoring a snapshot",
+                rs.pid
+            )));
+        }
+        self.pool()
+            .restore_snapshot(&ve, name)
+            .map_err(|e| ve_storage(&ve, e))?;
+        if let Some(Size(d)) = cfg.limits.disk {
+            // Growing or equal always fits; a snapshot bigger than today's limit
+            // keeps the snapshot's own (inherited) limit, which was met.
+            let _ = self.pool().set_disk_limit(&ve, Some(d));
+        }
+        Ok(ve)
+    }
+}
+
+/// A pool error about one VE, as one line that names it (once).
+fn ve_storage(ve: &str, e: quota::Error) -> Error {
+    let msg = e.to_string();
+    if msg.starts_with(&format!("VE {ve}: ")) {
+        Error::Storage(e)
+    } else {
+        Error::Host(format!("VE {ve}: {msg}"))
+    }
+}
