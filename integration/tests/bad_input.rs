@@ -17,38 +17,7 @@ use common::*;
 
 /// Runs `vectl ARGS` expecting a refused operation; returns what is wrong, if anything.
 fn refused(h: &TestHost, args: &[&str], must_name: &[&str]) -> Option<String> {
-    let before = state_snapshot(h);
-    let r = run_guarded(h, args);
-    let changed = diff(&before, &state_snapshot(h));
-    let mut wrong = Vec::new();
-    if r.code != 1 {
-        wrong.push(format!("exit {} (want 1)", r.code));
-    }
-    let lines: Vec<&str> = r.stderr.lines().collect();
-    if lines.len() != 1 {
-        wrong.push(format!("{} lines on stderr (want 1)", lines.len()));
-    }
-    if !lines.first().is_some_and(|l| l.starts_with("vectl: ")) {
-        wrong.push("stderr does not start with \"vectl: \"".into());
-    }
-    for n in must_name {
-        if !r.stderr.contains(n) {
-            wrong.push(format!("the message does not name {n:?}"));
-        }
-    }
-    if r.stderr.contains("panicked") {
-        wrong.push("vectl panicked".into());
-    }
-    if !changed.is_empty() {
-        wrong.push(format!("the state changed: {changed}"));
-    }
-    (!wrong.is_empty()).then(|| {
-        format!(
-            "vectl {args:?}: {}; stderr: {:?}",
-            wrong.join(", "),
-            r.stderr
-        )
-    })
+    refusal_problem(h, args, must_name)
 }
 
 /// Asserts that every case was refused properly.

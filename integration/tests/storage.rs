@@ -205,59 +205,11 @@ fn assert_pool_clean(h: &TestHost) {
     }
 }
 
-/// A snapshot of a btrfs host's state directory for "nothing changed" checks:
-/// like `state_snapshot`, but without the pool image (a sparse gigabyte).
-fn pool_state(h: &TestHost) -> Snapshot {
-    snapshot(h.root(), false, &|p| {
-        let parts: Vec<_> = p.components().collect();
-        p.starts_with("locks")
-            || p == Path::new("pool.img")
-            || (p.starts_with("pool/ves")
-                && parts.len() > 4
-                && matches!(parts[3].as_os_str().to_str(), Some("upper" | "work")))
-    })
-}
-
 /// What is wrong with a refusal on a btrfs host (`None`: refused properly): exit
 /// 1, one line `vectl: ...` naming each of `must_name`, no panic, the state
 /// directory and the kernel's quota limits unchanged.
 fn refusal_on_pool(h: &TestHost, args: &[&str], must_name: &[&str]) -> Option<String> {
-    let before = pool_state(h);
-    let limits = qgroups(h);
-    let r = run_guarded(h, args);
-    let mut wrong = Vec::new();
-    let changed = diff(&before, &pool_state(h));
-    if !changed.is_empty() {
-        wrong.push(format!("the state changed: {changed}"));
-    }
-    let limits_after = qgroups(h);
-    if limits_after != limits {
-        wrong.push(format!(
-            "the quota limits changed: {limits:?} -> {limits_after:?}"
-        ));
-    }
-    if r.code != 1 {
-        wrong.push(format!("exit {} (want 1)", r.code));
-    }
-    let lines: Vec<&str> = r.stderr.lines().collect();
-    if lines.len() != 1 || !lines[0].starts_with("vectl: ") {
-        wrong.push("stderr is not one \"vectl: \" line".into());
-    }
-    for n in must_name {
-        if !r.stderr.contains(n) {
-            wrong.push(format!("the message does not name {n:?}"));
-        }
-    }
-    if r.stderr.contains("panicked") {
-        wrong.push("vectl panicked".into());
-    }
-    (!wrong.is_empty()).then(|| {
-        format!(
-            "vectl {args:?}: {}; stderr: {:?}",
-            wrong.join(", "),
-            r.stderr
-        )
-    })
+    refusal_problem_with(h, args, must_name, &|| format!("{:?}", qgroups(h)))
 }
 
 /// Mount points at or below `dir` (from /proc/self/mountinfo).
@@ -643,11 +595,17 @@ fn destroy_leaves_no_subvolume_and_no_quota_group() {
     // reported as foreign (informational), never as a problem.
     assert_pool_clean(&h);
 
-    // Once the kernel is done, the quota group is gone too.
+    // Once the kernel is done, the quota group is gone too: the kernel removes
+    // it itself (6.x), or (older kernels, which refuse to remove a group whose
+    // subvolume they have not dropped yet) the next vectl create or destroy does.
     let pool_s = pool(&h).to_str().unwrap().to_string();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         btrfs_ok(&["subvolume", "sync", &pool_s]);
+        if qgroups(&h).contains_key(&id) {
+            h.ok(&["create", "next", "--template", "bb"]);
+            h.ok(&["destroy", "next"]);
+        }
         if !qgroups(&h).contains_key(&id) {
             break;
         }
@@ -664,11 +622,15 @@ fn destroy_leaves_no_subvolume_and_no_quota_group() {
         !list.iter().any(|p| p["kind"] == "stale-qgroup"),
         "pool check --repair: {list:?}"
     );
+    // Nothing about 0/{id} any more; at most notes about the group of `next`,
+    // which the loop above may just have destroyed.
     let (code, list) = pool_check(&h, false);
-    assert_eq!(
-        (code, list.clone()),
-        (0, vec![]),
-        "pool check after the kernel dropped 0/{id}: {list:?}"
+    let subject = format!("0/{id}");
+    assert!(
+        code == 0
+            && real_problems(&list).is_empty()
+            && !list.iter().any(|p| p["subject"] == subject.as_str()),
+        "pool check after the kernel dropped 0/{id}: exit {code}, {list:?}"
     );
     // The neighbour kept its volume and limit.
     assert_eq!(qgroups(&h).get(&keeper_id), Some(&Some(50 * MIB)));
@@ -1305,8 +1267,26 @@ fn the_pool_is_mounted_again_after_a_reboot() {
         &write_mib(&h, "survivor", "/fill", 50),
         "50 MB after the remount (--disk 40M)",
     );
+    // Quotas came back as they were made: simple quotas where the kernel has
+    // them (6.7+), full qgroups before.
     let info = h.json(&["pool", "info"]);
-    assert_eq!(info["quota"], "simple", "{info}");
+    let want = if kernel_at_least(6, 7) {
+        "simple"
+    } else {
+        "qgroups"
+    };
+    assert_eq!(info["quota"], want, "{info}");
+}
+
+/// True if the running kernel is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    let have = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    have >= (major, minor)
 }
 
 // ---- 14. no copies ----

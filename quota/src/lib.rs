@@ -385,15 +385,8 @@ impl Pool {
         self.delete_volume(&ves.join(format!(".{ve}.restore")))?;
         self.delete_volume(&ves.join(format!(".{ve}.old")))?;
         self.delete_volume(&self.ve_volume(ve).dir)?;
-        // Kernels before 6.x keep the qgroups of deleted subvolumes: sweep those
-        // of earlier destroys (whose subvolumes the cleaner has dropped by now).
-        if self.backend == Backend::Btrfs
-            && let Ok((stale, _)) = self.stale_qgroups()
-        {
-            for id in stale {
-                let _ = btrfs::destroy_qgroup(&self.dir, id);
-            }
-        }
+        // The groups of earlier removals whose subvolumes are dropped by now.
+        self.sweep_qgroups();
         Ok(())
     }
 
@@ -584,15 +577,57 @@ impl Pool {
         remove_tree(path)
     }
 
-    /// Removes the qgroup a deleted subvolume leaves behind. The kernel refuses
-    /// (EBUSY) until its cleaner thread has dropped the subvolume, which takes a
-    /// few seconds; kernels since 6.x then remove the qgroup themselves, and
-    /// `pool check --repair` removes what older ones keep.
+    /// Removes the qgroup a deleted subvolume leaves behind. The kernel may
+    /// refuse (EBUSY) until its cleaner thread has dropped the subvolume, which
+    /// takes up to its commit interval (30 s). Recent kernels then remove the
+    /// group themselves; for older ones the id goes on a list that the next
+    /// volume removal or creation sweeps ([`Pool::sweep_qgroups`]).
     fn forget_qgroup(&self, id: u64) -> Result<()> {
         match btrfs::destroy_qgroup(&self.dir, id) {
             Ok(()) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                let path = self.pending_qgroups_path();
+                let mut f = fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(io_err(&path))?;
+                io::Write::write_all(&mut f, format!("{id}\n").as_bytes()).map_err(io_err(&path))
+            }
             Err(e) => Err(io_err(&self.dir)(e)),
+        }
+    }
+
+    /// The qgroups of deleted subvolumes still to remove, one id a line.
+    fn pending_qgroups_path(&self) -> PathBuf {
+        self.dir.join(".vectl-pending-qgroups")
+    }
+
+    /// Removes the pending qgroups (see [`Pool::forget_qgroup`]) whose
+    /// subvolumes the kernel has dropped by now. Best effort and cheap: nothing
+    /// to do is one failed open. Called with the host lock held.
+    pub fn sweep_qgroups(&self) {
+        let path = self.pending_qgroups_path();
+        let Ok(text) = fs::read_to_string(&path) else {
+            return;
+        };
+        let left: Vec<u64> = text
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .filter(|&id| {
+                let gone = btrfs::subvolume_exists(&self.dir, id).is_ok_and(|e| !e)
+                    && btrfs::destroy_qgroup(&self.dir, id).is_ok();
+                !gone
+            })
+            .collect();
+        if left.is_empty() {
+            let _ = fs::remove_file(&path);
+        } else {
+            let text: String = left.iter().map(|id| format!("{id}\n")).collect();
+            let tmp = path.with_extension("tmp");
+            if fs::write(&tmp, text).is_ok() {
+                let _ = fs::rename(&tmp, &path);
+            }
         }
     }
 

@@ -270,6 +270,24 @@ impl Host {
     }
 
     /// What limits are checked against: capacity, and the disk that holds VE files.
+    /// What resolving `limits` needs to know about the host: the disk to
+    /// throttle is looked up only when they have disk I/O settings (it costs a
+    /// walk through sysfs, on every `set`).
+    pub fn facts_for(&self, limits: &crate::limits::Limits) -> HostFacts {
+        let needs_disk = limits.io_limit.is_some()
+            || limits.iops_limit.is_some()
+            || limits.io_weight.is_some()
+            || limits.io_guarantee.is_some();
+        if needs_disk {
+            return self.facts();
+        }
+        HostFacts {
+            capacity: self.capacity(),
+            io_device: Err("not looked up (no disk I/O settings)".into()),
+        }
+    }
+
+    /// Capacity and the disk to throttle (looked up once per command).
     pub fn facts(&self) -> HostFacts {
         HostFacts {
             capacity: self.capacity(),

@@ -298,7 +298,7 @@ impl Host {
             })?;
         }
         let limits = opts.limits.applied_to(&Limits::default());
-        limits.resolve(name, opts.id.unwrap_or(FIRST_ID), &self.facts())?;
+        limits.resolve(name, opts.id.unwrap_or(FIRST_ID), &self.facts_for(&limits))?;
         self.check_disk_limit(name, &limits)?;
         if let Some(id) = opts.id
             && !(FIRST_ID..=MAX_ID).contains(&id)
@@ -451,7 +451,9 @@ impl Host {
                 reason: format!("its private layer {} is missing", vol.dir.display()),
             });
         }
-        let limits = cfg.limits.resolve(&ve, cfg.id, &self.facts())?;
+        let limits = cfg
+            .limits
+            .resolve(&ve, cfg.id, &self.facts_for(&cfg.limits))?;
         self.admit(&ve, &cfg.limits, force)?;
         let cg = self.cgroups()?;
         cg.prepare_parent()?;
@@ -633,7 +635,7 @@ impl Host {
         let ve = self.resolve_existing(name_or_id)?;
         let (_host, _lock, mut cfg) = self.lock_for_guarantees(&ve, Some(update))?;
         let limits = update.applied_to(&cfg.limits);
-        let new_k = limits.resolve(&ve, cfg.id, &self.facts())?;
+        let new_k = limits.resolve(&ve, cfg.id, &self.facts_for(&limits))?;
         self.check_disk_limit(&ve, &limits)?;
         self.admit(&ve, &limits, force)?;
         // The disk limit belongs to the VE's volume, running or not. It goes first:
@@ -737,7 +739,9 @@ impl Host {
     pub fn show(&self, name_or_id: &str) -> Result<VeDetails> {
         let ve = self.resolve_existing(name_or_id)?;
         let cfg = self.load_config(&ve)?;
-        let kernel_limits = cfg.limits.resolve(&ve, cfg.id, &self.facts())?;
+        let kernel_limits = cfg
+            .limits
+            .resolve(&ve, cfg.id, &self.facts_for(&cfg.limits))?;
         let tref: ve_templates::TemplateRef = cfg.template.parse()?;
         let template_dir = self
             .templates()

@@ -171,6 +171,13 @@ fn main() {
         h.ok(&["stop", "--fast", "s"]);
     }
     h.ok(&["start", "s"]);
+    // The floor under every figure: starting the vectl process at all.
+    let mut version = Vec::new();
+    for _ in 0..runs.max(50) {
+        version.push(timed(|| {
+            h.ok(&["--version"]);
+        }));
+    }
     let mut set = Vec::new();
     for i in 0..runs.max(50) {
         let size = if i % 2 == 0 { "96M" } else { "128M" };
@@ -269,6 +276,10 @@ fn main() {
         ("create->ready, HTTP answers (ms)", median(&mut ready)),
         ("start of an existing VE (ms)", median(&mut start)),
         ("stop --fast + destroy (ms)", median(&mut teardown)),
+        (
+            "vectl --version, process start alone (ms)",
+            median(&mut version),
+        ),
         ("set --ram on a running VE (ms)", median(&mut set)),
         ("list with N VEs (ms)", median(&mut list)),
         ("stats --json with N VEs running (ms)", median(&mut stats)),

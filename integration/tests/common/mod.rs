@@ -255,6 +255,8 @@ pub fn state_snapshot(h: &TestHost) -> Snapshot {
     snapshot(h.root(), false, &|p| {
         let parts: Vec<_> = p.components().collect();
         p.starts_with("locks")
+            // A btrfs pool's image: what is in it is seen through ROOT/pool.
+            || p == Path::new("pool.img")
             || (p.starts_with("pool/ves")
                 && parts.len() > 4
                 && matches!(parts[3].as_os_str().to_str(), Some("upper" | "work")))
@@ -763,10 +765,28 @@ pub fn busy_loops(h: &TestHost, ve: &str, n: usize) {
 /// line `vectl: ...` naming each of `must_name`, no panic, and the state directory
 /// unchanged.
 pub fn refusal_problem(h: &TestHost, args: &[&str], must_name: &[&str]) -> Option<String> {
+    refusal_problem_with(h, args, must_name, &|| String::new())
+}
+
+/// [`refusal_problem`], and `kernel()` (a description of kernel state the refusal
+/// must not change either, such as quota limits) the same before and after.
+pub fn refusal_problem_with(
+    h: &TestHost,
+    args: &[&str],
+    must_name: &[&str],
+    kernel: &dyn Fn() -> String,
+) -> Option<String> {
     let before = state_snapshot(h);
+    let kernel_before = kernel();
     let r = run_guarded(h, args);
     let changed = diff(&before, &state_snapshot(h));
     let mut wrong = Vec::new();
+    let kernel_after = kernel();
+    if kernel_after != kernel_before {
+        wrong.push(format!(
+            "the kernel's state changed: {kernel_before} -> {kernel_after}"
+        ));
+    }
     if r.code != 1 {
         wrong.push(format!("exit {} (want 1)", r.code));
     }
