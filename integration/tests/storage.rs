@@ -1008,6 +1008,21 @@ fn bad_init_pool_arguments_leave_no_config_mount_or_loop_device() {
         if !l.is_empty() {
             w.push(format!("loop devices left: {l:?}"));
         }
+        // Nothing of vectl's left in the state directory (the test's own files
+        // stay) or in the cgroup tree.
+        let left: Vec<String> = fs::read_dir(root)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !matches!(n.as_str(), "not-a-dir" | "disk.img"))
+            .collect();
+        if !left.is_empty() {
+            w.push(format!("left in the state directory: {left:?}"));
+        }
+        let cg: Vec<&PathBuf> = case.cgroup_dirs.iter().filter(|d| d.exists()).collect();
+        if !cg.is_empty() {
+            w.push(format!("cgroup directories left: {cg:?}"));
+        }
         if !w.is_empty() {
             wrong.push(format!(
                 "init {args:?}: {}; stderr {:?}",
@@ -1435,4 +1450,162 @@ fn disk_io_limits_hold_on_the_pools_loop_device() {
         rate <= 11.0,
         "a direct write under --io-limit 10M ran at {rate:.1} MiB/s on the btrfs pool"
     );
+}
+
+/// A sparse file of `size` in a fresh temporary directory, attached to a loop
+/// device by the test itself (`losetup`, no autoclear): (directory, device, guard).
+fn own_loop_device(size: u64) -> (tempfile::TempDir, String, LoopGuard) {
+    let dir = tempfile::Builder::new()
+        .prefix("vectl-test-dev-")
+        .tempdir()
+        .unwrap();
+    let img = dir.path().join("disk.img");
+    fs::File::create(&img).unwrap().set_len(size).unwrap();
+    let out = Command::new("losetup")
+        .args(["-f", "--show"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "losetup: {out:?}");
+    let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let guard = LoopGuard(dev.clone());
+    (dir, dev, guard)
+}
+
+/// A mount the test made itself, lazily unmounted on drop.
+struct MountGuard(PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+fn import_bb(h: &TestHost) {
+    let rootfs = integration::busybox_rootfs().unwrap();
+    h.ok(&[
+        "template",
+        "import",
+        "bb",
+        "--from-dir",
+        rootfs.to_str().unwrap(),
+    ]);
+}
+
+#[test]
+fn a_pool_on_a_blank_block_device_is_formatted_limited_and_mounted_again() {
+    let test = "a_pool_on_a_blank_block_device_is_formatted_limited_and_mounted_again";
+    if let Some(why) = integration::btrfs_missing() {
+        integration::skip(test, &why);
+        return;
+    }
+    // Declared first, dropped last: after the host has unmounted the pool.
+    let (_dir, dev, _loop) = own_loop_device(512 * MIB);
+    let Some(h) = TestHost::bare_with(test, &["--pool-dev", &dev]) else {
+        return;
+    };
+    import_bb(&h);
+    let info = h.json(&["pool", "info"]);
+    assert_eq!(info["backend"], "btrfs", "{info}");
+    assert_eq!(info["source"]["kind"], "device", "{info}");
+    assert_eq!(info["source"]["path"], dev.as_str(), "{info}");
+    assert!(
+        !info["quota"].is_null(),
+        "no quotas on the device pool: {info}"
+    );
+    assert!(
+        !h.root().join("pool.img").exists(),
+        "an image beside a device pool"
+    );
+    // btrfs on the device itself (its superblock magic at 64 KiB + 64).
+    assert_eq!(read_at(Path::new(&dev), 0x10040, 8), b"_BHRfS_M");
+
+    h.start_ve("ondev", &["--disk", "20M"]);
+    assert_edquot(
+        &write_mib(&h, "ondev", "/fill", 30),
+        "30 MB under --disk 20M",
+    );
+    assert_eq!(wait_http(&h, "ondev"), "hello from ondev");
+
+    // A device pool grows with its device, never by a size vectl picks.
+    let line = h.fails(&["pool", "grow", "--size", "1G"]);
+    assert!(line.contains("device"), "{line}");
+    h.ok(&["pool", "grow"]);
+
+    // After a reboot it is mounted from the device again.
+    h.ok(&["stop", "--fast", "ondev"]);
+    nix::mount::umount(&pool(&h)).unwrap();
+    assert!(!pool_is_btrfs(&h));
+    h.ok(&["start", "ondev"]);
+    assert!(
+        pool_is_btrfs(&h),
+        "vectl did not mount the device pool again"
+    );
+    assert_eq!(kernel_disk_limit(&h, "ondev"), Some(20 * MIB));
+    assert_eq!(wait_http(&h, "ondev"), "hello from ondev");
+}
+
+#[test]
+fn a_pool_on_the_operators_btrfs_mount_is_used_as_it_is() {
+    let test = "a_pool_on_the_operators_btrfs_mount_is_used_as_it_is";
+    if let Some(why) = integration::btrfs_missing() {
+        integration::skip(test, &why);
+        return;
+    }
+    let (dir, dev, _loop) = own_loop_device(512 * MIB);
+    let mk = Command::new("mkfs.btrfs")
+        .args(["-q", "-f", &dev])
+        .output()
+        .unwrap();
+    assert!(mk.status.success(), "mkfs.btrfs: {mk:?}");
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    nix::mount::mount(
+        Some(Path::new(&dev)),
+        &mnt,
+        Some("btrfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    let _mount = MountGuard(mnt.clone());
+    // The operator's own subvolume beside vectl's pool.
+    btrfs_ok(&[
+        "subvolume",
+        "create",
+        mnt.join("operator").to_str().unwrap(),
+    ]);
+    let pool_dir = mnt.join("vectl");
+    let Some(h) = TestHost::bare_with(test, &["--pool-dir", pool_dir.to_str().unwrap()]) else {
+        return;
+    };
+    import_bb(&h);
+    let info = h.json(&["pool", "info"]);
+    assert_eq!(info["source"]["kind"], "mounted", "{info}");
+    assert_eq!(info["dir"], pool_dir.to_str().unwrap(), "{info}");
+    assert!(!h.root().join("pool.img").exists());
+
+    h.start_ve("guest", &["--disk", "20M"]);
+    assert!(
+        pool_dir.join("ves/guest/upper").is_dir(),
+        "the VE's volume is not in the operator's btrfs"
+    );
+    assert_edquot(
+        &write_mib(&h, "guest", "/fill", 30),
+        "30 MB under --disk 20M",
+    );
+
+    // vectl does not resize or repair what is not its own.
+    let line = h.fails(&["pool", "grow", "--size", "1G"]);
+    assert!(line.contains("btrfs filesystem resize"), "{line}");
+    let (code, list) = pool_check(&h, true);
+    assert_eq!(code, 0, "{list:?}");
+    assert!(real_problems(&list).is_empty(), "{list:?}");
+    assert!(
+        mnt.join("operator").is_dir(),
+        "pool check --repair touched the operator's subvolume"
+    );
+    h.ok(&["destroy", "--force", "guest"]);
+    assert!(!pool_dir.join("ves/guest").exists());
+    assert!(mnt.join("operator").is_dir());
 }

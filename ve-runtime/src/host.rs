@@ -94,6 +94,9 @@ pub struct InitOptions {
     pub pool_dev: Option<PathBuf>,
 }
 
+/// The directories `init` makes in the state directory (besides `locks`).
+const INIT_DIRS: [&str; 5] = ["ves", "ids", "run", "mnt", "pool"];
+
 /// The largest default pool image: bigger pools are asked for by size.
 const MAX_DEFAULT_POOL: u64 = 1 << 40;
 
@@ -123,6 +126,30 @@ impl Host {
     /// settings are refused.
     pub fn init(root: &Path, opts: &InitOptions) -> Result<(Host, bool)> {
         check_root_path(root)?;
+        let root_existed = root.exists();
+        let made_before: Vec<bool> = INIT_DIRS.iter().map(|d| root.join(d).exists()).collect();
+        let locks_existed = root.join("locks").exists();
+        let res = Host::init_locked(root, opts);
+        if res.is_err() && !root.join("vectl.toml").exists() {
+            // A first init that failed leaves nothing behind: what it made goes
+            // (empty directories only; a pool it made was taken back already).
+            for (d, existed) in INIT_DIRS.iter().zip(made_before).rev() {
+                if !existed {
+                    let _ = fs::remove_dir(root.join(d));
+                }
+            }
+            if !locks_existed {
+                let _ = fs::remove_file(root.join("locks/host.lock"));
+                let _ = fs::remove_dir(root.join("locks"));
+            }
+            if !root_existed {
+                let _ = fs::remove_dir(root);
+            }
+        }
+        res
+    }
+
+    fn init_locked(root: &Path, opts: &InitOptions) -> Result<(Host, bool)> {
         fs::create_dir_all(root).map_err(io_err(root))?;
         fs::create_dir_all(root.join("locks")).map_err(io_err(root))?;
         let _lock = Lock::acquire(&root.join("locks/host.lock"))?;
@@ -166,7 +193,7 @@ impl Host {
                 s
             }
         };
-        for sub in ["ves", "ids", "run", "mnt"] {
+        for sub in INIT_DIRS.iter().filter(|d| **d != "pool") {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(io_err(&p))?;
         }
@@ -176,10 +203,28 @@ impl Host {
             .unwrap_or_else(|| root.join("pool"));
         // The cgroup parent must work before the settings are written: a host whose
         // `init` failed is not initialised.
-        cgroup::open(&settings.cgroup)?.prepare_parent()?;
+        let cg = cgroup::open(&settings.cgroup)?;
+        let parents_before: Vec<bool> = cg.parents().iter().map(|p| p.exists()).collect();
+        cg.prepare_parent()?;
+        // A first init that fails from here takes the cgroup parents it made back.
+        let undo_cgroups = || {
+            if created {
+                for (p, existed) in cg.parents().iter().zip(&parents_before) {
+                    if !existed {
+                        let _ = fs::remove_dir(p);
+                    }
+                }
+            }
+        };
         let mut settings = settings;
         if created && settings.backend == quota::Backend::Btrfs {
-            settings.pool_source = Some(make_btrfs_pool(root, &pool_dir, opts)?);
+            match make_btrfs_pool(root, &pool_dir, opts) {
+                Ok(src) => settings.pool_source = Some(src),
+                Err(e) => {
+                    undo_cgroups();
+                    return Err(e);
+                }
+            }
         } else if settings.backend == quota::Backend::Btrfs {
             // Mounted again if a reboot unmounted it.
             quota::Pool::open(&pool_dir, settings.backend, settings.pool_source.as_ref())?;
@@ -187,6 +232,7 @@ impl Host {
         let made = |r: Result<()>| {
             if r.is_err() && created {
                 undo_btrfs_pool(&pool_dir, settings.pool_source.as_ref());
+                undo_cgroups();
             }
             r
         };
