@@ -19,7 +19,10 @@ export VECTL_ROOT=${VECTL_ROOT:-/var/lib/vectl}
 echo "== vectl init ($VECTL_ROOT)"
 vectl init
 
-if ! vectl --json template list | grep -q '"name": "busybox"'; then
+# (Outputs are read whole before grep looks at them: with pipefail, a `grep -q`
+# that stops reading early would fail the pipeline with vectl's SIGPIPE.)
+templates=$(vectl --json template list)
+if ! grep -q '"name": "busybox"' <<<"$templates"; then
     echo "== importing the busybox template"
     tmp=$(mktemp -d)
     trap 'rm -rf "$tmp"' EXIT
@@ -30,14 +33,15 @@ fi
 # Disk limits need the btrfs pool (a host initialised earlier with --backend dir
 # has none).
 disk=()
-if vectl --json pool info | grep -q '"backend": "btrfs"'; then
+pool=$(vectl --json pool info)
+if grep -q '"backend": "btrfs"' <<<"$pool"; then
     disk=(--disk 256M)
 fi
 for ve in web1 web2 web3; do
     if ! vectl --json show "$ve" >/dev/null 2>&1; then
         vectl create "$ve" --template busybox --ram 64M --cpu-limit 50% --pids 100 "${disk[@]}"
     fi
-    if ! vectl --json show "$ve" | grep -q '"status": "running"'; then
+    if ! grep -q '"status": "running"' <<<"$(vectl --json show "$ve")"; then
         vectl start "$ve"
     fi
 done
