@@ -145,11 +145,19 @@ pub struct Run {
 }
 
 impl From<Output> for Run {
+    /// A process killed by a signal gets code -1 and says which on stderr.
     fn from(o: Output) -> Run {
+        use std::os::unix::process::ExitStatusExt;
+        let mut stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        if let Some(sig) = o.status.signal() {
+            let name = nix::sys::signal::Signal::try_from(sig)
+                .map_or_else(|_| sig.to_string(), |s| s.as_str().to_string());
+            stderr.push_str(&format!("(killed by {name})\n"));
+        }
         Run {
             code: o.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+            stderr,
         }
     }
 }

@@ -408,8 +408,20 @@ fn a_ve_writing_past_its_disk_limit_gets_edquot_and_stays_usable() {
     assert_eq!(num(&entry, "limit_bytes"), 50 * MIB, "{info}");
     assert!(num(&entry, "used_bytes") >= 45 * MIB, "{info}");
 
+    // A VE that is full starts again (overlayfs needs to write to mount it),
+    // and its limit holds afterwards.
+    h.ok(&["stop", "--fast", "quota1"]);
+    h.ok(&["start", "quota1"]);
+    assert_eq!(kernel_disk_limit(&h, "quota1"), Some(50 * MIB));
+    assert!(!h.root().join("run/quota1.disk-lifted").exists());
+    assert_eq!(wait_http(&h, "quota1"), "hello from quota1");
+    assert_edquot(
+        &write_mib(&h, "quota1", "/more", 20),
+        "20 MB more in a full VE after its restart",
+    );
+
     // Removing the file frees the space for the VE.
-    sh_ok(&h, "quota1", "rm /big && sync");
+    sh_ok(&h, "quota1", "rm /big /more; sync");
     let r = write_mib(&h, "quota1", "/again", 30);
     assert_eq!(r.code, 0, "30 MB after freeing 50M: {r:?}");
 }

@@ -662,6 +662,17 @@ impl Pool {
         }
     }
 
+    /// Sets a VE volume's limit without looking at its use (btrfs takes a limit
+    /// below use; writes then fail until the volume shrinks). For putting a
+    /// limit back, not for operators' changes. A no-op on `dir`.
+    pub fn force_disk_limit(&self, ve: &str, bytes: Option<u64>) -> Result<()> {
+        if self.backend == Backend::Dir {
+            return Ok(());
+        }
+        let dir = self.ve_volume(ve).dir;
+        btrfs::set_limit(&dir, bytes).map_err(io_err(&dir))
+    }
+
     /// A VE volume's disk use and limit.
     pub fn disk(&self, ve: &str) -> Result<DiskUsage> {
         let dir = self.ve_volume(ve).dir;

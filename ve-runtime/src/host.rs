@@ -410,7 +410,18 @@ impl Host {
             self.cgroups()?.thaw(ve)?;
             let _ = fs::remove_file(&marker);
         }
+        // A start that died while the VE's disk limit was lifted: put it back.
+        if self.disk_lifted_marker(ve).exists() {
+            let limit = crate::config::VeConfig::load(&self.config_path(ve))?
+                .and_then(|c| c.limits.disk)
+                .map(|Size(d)| d);
+            self.put_back_disk_limit(ve, limit)?;
+        }
         Ok(lock)
+    }
+    /// Exists while a start has the VE's disk limit lifted.
+    pub(crate) fn disk_lifted_marker(&self, ve: &str) -> PathBuf {
+        self.root.join("run").join(format!("{ve}.disk-lifted"))
     }
     /// Exists while vectl holds the VE frozen (for a snapshot).
     pub(crate) fn frozen_marker(&self, ve: &str) -> PathBuf {

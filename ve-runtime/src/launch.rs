@@ -159,7 +159,7 @@ pub(crate) fn start(
     }
     crate::failpoint::hit("start-before-go");
     let mut go = fs::File::from(go_w);
-    if let Err(e) = go.write_all(b"g") {
+    if let Err(e) = sys::write_to_child(&mut go, b"g") {
         return Err(abort(fail(format!("release init: {e}"))));
     }
     drop(go);

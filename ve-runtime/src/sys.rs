@@ -120,6 +120,23 @@ pub(crate) fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// Writes to a pipe whose reader may be gone (a child that failed and exited)
+/// without being killed by SIGPIPE: `vectl` keeps SIGPIPE's default action for
+/// its output (`vectl list | head`), so for this write it is ignored and the
+/// failure comes back as EPIPE. vectl is single-threaded where this is used.
+pub(crate) fn write_to_child(w: &mut impl std::io::Write, buf: &[u8]) -> std::io::Result<()> {
+    // SAFETY: changing a signal disposition; the old one is put back below.
+    let old = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    let res = w.write_all(buf);
+    if old != libc::SIG_ERR {
+        // SAFETY: restoring the disposition signal() returned.
+        unsafe {
+            libc::signal(libc::SIGPIPE, old);
+        }
+    }
+    res
+}
+
 /// Resets every signal to its default action and unblocks all signals, so an
 /// exec'd program starts clean (Rust ignores SIGPIPE, for one).
 pub(crate) fn reset_signals() {

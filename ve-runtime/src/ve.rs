@@ -476,6 +476,17 @@ impl Host {
         let run_path = self.run_path(&ve);
         let mut recorded = None;
         let placement = cg.placement(&ve)?;
+        // overlayfs makes its work directory anew on every mount, which btrfs
+        // refuses (EDQUOT) in a VE at its disk limit: a full VE could never start
+        // again. The limit is lifted for the moment of the mount and put back once
+        // init runs (a marker lets the next command put it back if vectl dies).
+        let lifted = match cfg.limits.disk {
+            Some(Size(d)) if self.pool().backend() == quota::Backend::Btrfs => {
+                self.lift_disk_limit(&ve)?;
+                Some(d)
+            }
+            _ => None,
+        };
         let started = launch::start(&spec, placement, &mut |child| {
             let ns = fs::File::open(format!("/proc/{}/ns/net", child.pid)).map_err(io_err(
                 &PathBuf::from(format!("/proc/{}/ns/net", child.pid)),
@@ -498,6 +509,9 @@ impl Host {
             recorded = Some(rs);
             Ok(())
         });
+        if let Some(d) = lifted {
+            self.put_back_disk_limit(&ve, Some(d))?;
+        }
         match (started, recorded) {
             (Ok(_), Some(rs)) => Ok(rs),
             (Ok(_), None) => Err(Error::Start {
@@ -678,6 +692,20 @@ impl Host {
             return Err(e);
         }
         Ok(SetOutcome { live, limits })
+    }
+
+    /// Lifts a VE's disk limit for a moment (see `start`), marked in
+    /// `run/NAME.disk-lifted` until [`Host::put_back_disk_limit`].
+    fn lift_disk_limit(&self, ve: &str) -> Result<()> {
+        let marker = self.disk_lifted_marker(ve);
+        fs::write(&marker, b"").map_err(io_err(&marker))?;
+        Ok(self.pool().force_disk_limit(ve, None)?)
+    }
+
+    /// Puts a lifted disk limit back and removes the marker.
+    pub(crate) fn put_back_disk_limit(&self, ve: &str, limit: Option<u64>) -> Result<()> {
+        self.pool().force_disk_limit(ve, limit)?;
+        remove_file(&self.disk_lifted_marker(ve))
     }
 
     /// A disk limit needs a pool that can enforce one: refused up front otherwise.
