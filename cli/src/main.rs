@@ -582,10 +582,7 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
         Command::Pool(PoolCommand::Check { repair }) => {
             let problems = open(&cli)?.pool_check(*repair)?;
             out.pool_check(&problems, *repair);
-            if problems
-                .iter()
-                .any(|p| !p.repaired && !matches!(p.kind, "foreign-qgroup" | "held-qgroup"))
-            {
+            if problems.iter().any(|p| !p.repaired && !p.is_note()) {
                 return Ok(ExitCode::from(1));
             }
         }

@@ -421,7 +421,7 @@ impl Out {
         for p in problems {
             let state = if p.repaired {
                 "repaired"
-            } else if matches!(p.kind, "foreign-qgroup" | "held-qgroup") {
+            } else if p.is_note() {
                 "note"
             } else if repair {
                 "NOT repaired"
@@ -430,11 +430,7 @@ impl Out {
             };
             println!("{state}: {} {}: {}", p.kind, p.subject, p.detail);
         }
-        if !repair
-            && problems
-                .iter()
-                .any(|p| !matches!(p.kind, "foreign-qgroup" | "held-qgroup"))
-        {
+        if !repair && problems.iter().any(|p| !p.is_note()) {
             println!("(run `vectl pool check --repair` to fix)");
         }
     }

@@ -188,21 +188,24 @@ impl TestHost {
     }
 
     fn with_template(h: TestHost, test: &str) -> Option<TestHost> {
-        let rootfs = match busybox_rootfs() {
-            Ok(r) => r,
-            Err(e) => {
-                skip(test, &format!("no busybox template: {e}"));
-                return None;
-            }
-        };
-        h.ok(&[
+        if let Err(e) = h.import_busybox() {
+            skip(test, &format!("no busybox template: {e}"));
+            return None;
+        }
+        Some(h)
+    }
+
+    /// Imports the busybox template as `bb`; `Err` says why there is none.
+    pub fn import_busybox(&self) -> Result<(), String> {
+        let rootfs = busybox_rootfs()?;
+        self.ok(&[
             "template",
             "import",
             "bb",
             "--from-dir",
             rootfs.to_str().unwrap(),
         ]);
-        Some(h)
+        Ok(())
     }
 
     /// A fresh, initialised host without templates (`dir` pool).

@@ -16,7 +16,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -318,21 +318,6 @@ fn a_pids_limit_stops_a_fork_flood_at_the_limit_and_the_ve_stays_usable() {
     assert_eq!(r.stdout, "all started\n");
     assert_eq!(settled_sleeps(&h, "flood", base), 200);
     assert_eq!(h.init_pid("flood"), init);
-}
-
-/// Runs `dd ARGS` in a VE and returns the wall time of the exec, asserting success.
-#[track_caller]
-fn timed_dd(h: &TestHost, ve: &str, args: &[&str]) -> f64 {
-    let mut cmd = vec!["dd"];
-    cmd.extend_from_slice(args);
-    let t = Instant::now();
-    let r = h.exec(ve, &cmd);
-    let secs = t.elapsed().as_secs_f64();
-    assert_eq!(
-        r.code, 0,
-        "dd {args:?} in VE {ve} failed (O_DIRECT refused on the VE's overlayfs?): {r:?}"
-    );
-    secs
 }
 
 #[test]

@@ -1446,14 +1446,11 @@ fn disk_io_limits_hold_on_the_pools_loop_device() {
         "the throttled loop device is not the pool's"
     );
     h.start_ve("slow", &["--io-limit", "10M"]);
-    let t = Instant::now();
-    let r = sh(
+    let secs = timed_dd(
         &h,
         "slow",
-        "dd if=/dev/zero of=/t bs=1M count=20 oflag=direct 2>&1",
+        &["if=/dev/zero", "of=/t", "bs=1M", "count=20", "oflag=direct"],
     );
-    let secs = t.elapsed().as_secs_f64();
-    assert_eq!(r.code, 0, "{r:?}");
     let rate = 20.0 / secs;
     eprintln!(
         "20 MiB direct write under --io-limit 10M on the btrfs pool: {secs:.2} s, {rate:.1} MiB/s"
@@ -1494,14 +1491,7 @@ impl Drop for MountGuard {
 }
 
 fn import_bb(h: &TestHost) {
-    let rootfs = integration::busybox_rootfs().unwrap();
-    h.ok(&[
-        "template",
-        "import",
-        "bb",
-        "--from-dir",
-        rootfs.to_str().unwrap(),
-    ]);
+    h.import_busybox().unwrap();
 }
 
 #[test]

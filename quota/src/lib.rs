@@ -698,17 +698,6 @@ impl Pool {
         }
     }
 
-    /// Space used by a VE's private layer.
-    pub fn ve_usage(&self, ve: &str) -> Result<Usage> {
-        match self.backend {
-            Backend::Dir => usage(&self.ve_volume(ve).dir),
-            Backend::Btrfs => Ok(Usage {
-                bytes: self.disk(ve)?.used,
-                files: 0,
-            }),
-        }
-    }
-
     /// Disk used by any volume of the pool (a template version, say): its
     /// qgroup's referenced bytes on btrfs, a walk of its files on `dir`.
     pub fn volume_bytes(&self, path: &Path) -> Result<u64> {
@@ -1104,8 +1093,9 @@ mod tests {
             Err(Error::VolumeExists(_))
         ));
         fs::write(vol.upper().join("f"), vec![1u8; 10000]).unwrap();
-        let u = pool.ve_usage("web1").unwrap();
+        let u = usage(&vol.dir).unwrap();
         assert!(u.bytes >= 10000 && u.files == 4, "{u:?}");
+        assert_eq!(pool.disk("web1").unwrap().used, u.bytes);
         pool.remove_ve_volume("web1").unwrap();
         pool.remove_ve_volume("web1").unwrap();
         assert!(!vol.dir.exists());

@@ -48,6 +48,13 @@ pub struct PoolProblem {
     pub repaired: bool,
 }
 
+impl PoolProblem {
+    /// Kinds that are for information only: nothing for `--repair` to do.
+    pub fn is_note(&self) -> bool {
+        matches!(self.kind, "foreign-qgroup" | "held-qgroup")
+    }
+}
+
 /// How a snapshot was made consistent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

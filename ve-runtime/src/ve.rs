@@ -510,7 +510,9 @@ impl Host {
             Ok(())
         });
         if let Some(d) = lifted {
-            self.put_back_disk_limit(&ve, Some(d))?;
+            // If this fails the marker stays, and the next command on the VE
+            // puts the limit back; the start itself stands.
+            let _ = self.put_back_disk_limit(&ve, Some(d));
         }
         match (started, recorded) {
             (Ok(_), Some(rs)) => Ok(rs),
@@ -662,9 +664,10 @@ impl Host {
                 .set_disk_limit(&ve, new_disk)
                 .map_err(|e| disk_error(&ve, e))?;
         }
+        // Back exactly as it was, whatever the VE wrote meanwhile.
         let undo_disk = || {
             if disk_changed {
-                let _ = self.pool().set_disk_limit(&ve, old_disk);
+                let _ = self.pool().force_disk_limit(&ve, old_disk);
             }
         };
         let live = self.alive_state(&ve)?.is_some();

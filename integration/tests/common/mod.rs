@@ -816,3 +816,18 @@ pub fn refusal_problem_with(
         )
     })
 }
+
+/// Runs `dd ARGS` in a VE and returns the wall time of the exec, asserting success.
+#[track_caller]
+pub fn timed_dd(h: &TestHost, ve: &str, args: &[&str]) -> f64 {
+    let mut cmd = vec!["dd"];
+    cmd.extend_from_slice(args);
+    let t = Instant::now();
+    let r = h.exec(ve, &cmd);
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(
+        r.code, 0,
+        "dd {args:?} in VE {ve} failed (O_DIRECT refused on the VE's overlayfs?): {r:?}"
+    );
+    secs
+}
