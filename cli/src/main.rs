@@ -12,8 +12,9 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 use ve_runtime::{
-    Amount, Cpus, CreateOptions, ExecOptions, Host, InitOptions, LimitsUpdate, Percent, Setting,
-    Size, Source, StopOptions, StopOutcome,
+    Amount, Cpus, CreateOptions, ExecOptions, Host, InitOptions, LimitsUpdate, Mode, NetCreate,
+    NetShare, NicRequest, Percent, Publish, Rate, Setting, Size, Source, StopOptions, StopOutcome,
+    Subnet,
 };
 
 use crate::output::Out;
@@ -95,6 +96,59 @@ enum Command {
     /// Snapshots of a VE's own files (btrfs pool).
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Virtual networks: bridged, host-only, nat, routed.
+    #[command(subcommand)]
+    Net(NetCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum NetCommand {
+    /// Create a network.
+    Create(NetCreateArgs),
+    /// List networks.
+    List,
+    /// Show a network and the VEs on it.
+    Show {
+        #[arg(value_name = "NET")]
+        net: String,
+    },
+    /// Remove a network (refused while a VE has a NIC on it).
+    Rm {
+        #[arg(value_name = "NET")]
+        net: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct NetCreateArgs {
+    /// Network name.
+    name: String,
+    /// bridged (VEs on the LAN through --uplink), host-only (VEs and the host),
+    /// nat (host-only plus masquerade and published ports), routed (each VE's
+    /// address routed to it, the host answering ARP on --uplink).
+    #[arg(long)]
+    mode: String,
+    /// IPv4 subnet of the VEs' addresses (default for nat and host-only: a free
+    /// 10.x.y.0/20).
+    #[arg(long, value_name = "CIDR")]
+    subnet: Option<String>,
+    /// The VEs' default gateway (nat and host-only: the host's address on the
+    /// bridge, default the subnet's first address; bridged: the LAN's router).
+    #[arg(long, value_name = "IP")]
+    gateway: Option<String>,
+    /// Host interface to the LAN (bridged: an interface without addresses, or a
+    /// bridge such as br0; routed: where the host answers ARP for the VEs).
+    #[arg(long, value_name = "IFACE")]
+    uplink: Option<String>,
+    /// Make the uplink an 802.1Q VLAN of --uplink with this id.
+    #[arg(long, value_name = "ID")]
+    vlan: Option<u16>,
+    /// Name servers for the VEs' /etc/resolv.conf (default for nat: the host's).
+    #[arg(long, value_name = "IP,...", value_delimiter = ',')]
+    dns: Option<Vec<String>>,
+    /// Total bandwidth, shared by the VEs' --net-guarantee (100mbit, 1gbit).
+    #[arg(long, value_name = "RATE")]
+    bandwidth: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -166,6 +220,10 @@ struct InitArgs {
     /// A block device for the pool: used if it holds btrfs, formatted if blank.
     #[arg(long, value_name = "DEV", conflicts_with = "pool_size")]
     pool_dev: Option<PathBuf>,
+    /// Do not make the default nat network (VEs then get loopback only unless
+    /// created with --net).
+    #[arg(long)]
+    no_net: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -248,6 +306,13 @@ struct LimitArgs {
     /// Disk space of the VE's own files (btrfs pool): 10G; live on a running VE.
     #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
     disk: Option<String>,
+    /// Network bandwidth cap of each NIC, each direction (100mbit, 1gbit).
+    #[arg(long, value_name = "RATE", allow_hyphen_values = true)]
+    net_limit: Option<String>,
+    /// Network bandwidth guaranteed to each NIC under contention: a rate or a
+    /// share of the network's --bandwidth (10%).
+    #[arg(long, value_name = "RATE|P%", allow_hyphen_values = true)]
+    net_guarantee: Option<String>,
 }
 
 impl LimitArgs {
@@ -280,6 +345,8 @@ impl LimitArgs {
             io_weight: parse(ve, "io-weight", &self.io_weight, ve_runtime::parse_count)?,
             io_guarantee: parse(ve, "io-guarantee", &self.io_guarantee, text::<Percent>)?,
             disk: parse(ve, "disk", &self.disk, text::<Size>)?,
+            net_limit: parse(ve, "net-limit", &self.net_limit, text::<Rate>)?,
+            net_guarantee: parse(ve, "net-guarantee", &self.net_guarantee, text::<NetShare>)?,
         })
     }
 }
@@ -308,6 +375,85 @@ struct CreateArgs {
     /// Create even if its guarantees do not fit beside the running VEs'.
     #[arg(long)]
     force: bool,
+    /// A network for a NIC (repeatable: eth0, eth1...; default: the network
+    /// `default`; `none` = no NIC).
+    #[arg(long = "net", value_name = "NET")]
+    nets: Vec<String>,
+    /// The address of the NIC on the matching --net (in order): an address, a
+    /// CIDR with the network's prefix, or auto (default).
+    #[arg(long = "ip", value_name = "CIDR|auto")]
+    ips: Vec<String>,
+    /// Publish a port on the host's addresses: HOSTPORT:VEPORT[/tcp|udp]
+    /// (repeatable; needs a NIC on a nat network).
+    #[arg(long, value_name = "HOST:VE[/PROTO]")]
+    publish: Vec<String>,
+}
+
+impl CreateArgs {
+    fn nics(&self) -> Result<Option<Vec<NicRequest>>> {
+        if self.ips.len() > self.nets.len().max(1) {
+            bail!(
+                "VE {}: more --ip than --net (give one --ip per --net, in order)",
+                self.name
+            );
+        }
+        if self.nets.is_empty() {
+            if let Some(ip) = self.ips.first() {
+                return Ok(Some(vec![NicRequest {
+                    net: ve_runtime::DEFAULT_NET.into(),
+                    ip: Some(ip.clone()),
+                }]));
+            }
+            return Ok(None);
+        }
+        if self.nets.iter().any(|n| n == "none") {
+            if self.nets.len() > 1 || !self.ips.is_empty() {
+                bail!("VE {}: --net none stands alone", self.name);
+            }
+            return Ok(Some(Vec::new()));
+        }
+        Ok(Some(
+            self.nets
+                .iter()
+                .enumerate()
+                .map(|(i, n)| NicRequest {
+                    net: n.clone(),
+                    ip: self.ips.get(i).cloned(),
+                })
+                .collect(),
+        ))
+    }
+}
+
+fn parse_publish(ve: &str, flag: &str, list: &[String]) -> Result<Vec<Publish>> {
+    list.iter()
+        .map(|p| {
+            p.parse::<Publish>()
+                .map_err(|e| anyhow::anyhow!("VE {ve}: --{flag}: {e}"))
+        })
+        .collect()
+}
+
+/// `--unpublish HOSTPORT[/PROTO]`.
+fn parse_unpublish(ve: &str, list: &[String]) -> Result<Vec<Publish>> {
+    list.iter()
+        .map(|p| {
+            let (port, proto) = match p.rsplit_once('/') {
+                Some((port, "tcp")) => (port, ve_runtime::Proto::Tcp),
+                Some((port, "udp")) => (port, ve_runtime::Proto::Udp),
+                Some(_) => bail!("VE {ve}: --unpublish {p:?}: expected HOSTPORT[/tcp|udp]"),
+                None => (p.as_str(), ve_runtime::Proto::Tcp),
+            };
+            let host_port: u16 = port
+                .parse()
+                .map_err(|_| anyhow::anyhow!("VE {ve}: --unpublish {p:?}: expected HOSTPORT[/tcp|udp]"))?;
+            Ok(Publish {
+                host_port,
+                ve_port: 0,
+                proto,
+            })
+        })
+        .collect()
 }
 
 #[derive(Debug, Args)]
@@ -341,6 +487,13 @@ struct SetArgs {
     /// the kernel then kills processes in it to make it fit.
     #[arg(long)]
     force: bool,
+    /// Publish a port on the host's addresses: HOSTPORT:VEPORT[/tcp|udp]
+    /// (repeatable).
+    #[arg(long, value_name = "HOST:VE[/PROTO]")]
+    publish: Vec<String>,
+    /// Withdraw a published port: HOSTPORT[/tcp|udp] (repeatable).
+    #[arg(long, value_name = "HOST[/PROTO]")]
+    unpublish: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -406,6 +559,7 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
                     })
                     .transpose()?,
                 pool_dev: a.pool_dev.clone(),
+                no_net: a.no_net,
             };
             let (host, created) = Host::init(&cli.root, &opts)?;
             out.init(&host, created);
@@ -491,6 +645,8 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
                 stop_signal: a.stop_signal.clone(),
                 id: a.id,
                 force: a.force,
+                nics: a.nics()?,
+                publish: parse_publish(&a.name, "publish", &a.publish)?,
             })?;
             out.created(&cfg);
         }
@@ -541,14 +697,73 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
         Command::Show { ve } => out.show(&open(&cli)?.show(ve)?),
         Command::Set(a) => {
             let update = a.limits.update(&a.ve)?;
-            if update.is_empty() {
+            let add = parse_publish(&a.ve, "publish", &a.publish)?;
+            let remove = parse_unpublish(&a.ve, &a.unpublish)?;
+            if update.is_empty() && add.is_empty() && remove.is_empty() {
                 bail!(
-                    "VE {}: nothing to set (give a limit such as --ram or --cpu-limit)",
+                    "VE {}: nothing to set (give a limit such as --ram or --cpu-limit, or --publish)",
                     a.ve
                 );
             }
-            let outcome = open(&cli)?.set(&a.ve, &update, a.force)?;
-            out.set(&a.ve, &outcome);
+            let host = open(&cli)?;
+            if !update.is_empty() {
+                let outcome = host.set(&a.ve, &update, a.force)?;
+                out.set(&a.ve, &outcome);
+            }
+            if !add.is_empty() || !remove.is_empty() {
+                let list = host.publish(&a.ve, &add, &remove)?;
+                out.published(&a.ve, &list);
+            }
+        }
+        Command::Net(NetCommand::Create(a)) => {
+            let bad = |flag: &str, e: String| anyhow::anyhow!("network {}: --{flag}: {e}", a.name);
+            let mode: Mode = a.mode.parse().map_err(|e| bad("mode", e))?;
+            let subnet = a
+                .subnet
+                .as_deref()
+                .map(|s| s.parse::<Subnet>().map_err(|e| bad("subnet", e)))
+                .transpose()?;
+            let ip = |flag: &str, s: &str| {
+                s.trim()
+                    .parse::<std::net::Ipv4Addr>()
+                    .map_err(|_| bad(flag, format!("{s:?} is not an IPv4 address")))
+            };
+            let gateway = a.gateway.as_deref().map(|g| ip("gateway", g)).transpose()?;
+            let dns = a
+                .dns
+                .as_ref()
+                .map(|l| l.iter().map(|d| ip("dns", d)).collect::<Result<Vec<_>>>())
+                .transpose()?;
+            let bandwidth = a
+                .bandwidth
+                .as_deref()
+                .map(|b| b.parse::<Rate>().map_err(|e| bad("bandwidth", e)))
+                .transpose()?;
+            let net = open(&cli)?.net_create(&NetCreate {
+                name: a.name.clone(),
+                mode,
+                subnet,
+                gateway,
+                uplink: a.uplink.clone(),
+                vlan: a.vlan,
+                dns,
+                bandwidth,
+            })?;
+            out.net_created(&net);
+        }
+        Command::Net(NetCommand::List) => {
+            let host = open(&cli)?;
+            let nets = host
+                .nets()?
+                .iter()
+                .map(|n| host.net_show(&n.name))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            out.nets(&nets);
+        }
+        Command::Net(NetCommand::Show { net }) => out.net_show(&open(&cli)?.net_show(net)?),
+        Command::Net(NetCommand::Rm { net }) => {
+            open(&cli)?.net_rm(net)?;
+            out.done(&format!("network {net}: removed"));
         }
         Command::Exec(a) => {
             let code = open(&cli)?.exec(

@@ -294,10 +294,25 @@ impl Out {
         if self.json {
             self.print_json(cfg);
         } else {
-            println!(
-                "created VE {} (id {}) from {}",
-                cfg.name, cfg.id, cfg.template
-            );
+            let addrs: Vec<String> = cfg
+                .nics
+                .iter()
+                .map(|n| format!("{} on {}", n.ip, n.net))
+                .collect();
+            if addrs.is_empty() {
+                println!(
+                    "created VE {} (id {}) from {}",
+                    cfg.name, cfg.id, cfg.template
+                );
+            } else {
+                println!(
+                    "created VE {} (id {}) from {}, address {}",
+                    cfg.name,
+                    cfg.id,
+                    cfg.template,
+                    addrs.join(", ")
+                );
+            }
         }
     }
 
@@ -336,6 +351,114 @@ impl Out {
             println!("VE {ve}: limits changed live and saved");
         } else {
             println!("VE {ve}: limits saved (applied at next start)");
+        }
+    }
+
+    pub fn published(&self, ve: &str, list: &[ve_runtime::Publish]) {
+        if self.json {
+            self.print_json(&json!({"ve": ve, "publish": list}));
+        } else if list.is_empty() {
+            println!("VE {ve}: no ports published");
+        } else {
+            let l: Vec<String> = list.iter().map(ToString::to_string).collect();
+            println!("VE {ve}: published {}", l.join(", "));
+        }
+    }
+
+    pub fn net_created(&self, n: &ve_runtime::NetConfig) {
+        if self.json {
+            self.print_json(n);
+        } else {
+            println!(
+                "created network {} ({}, {}{})",
+                n.name,
+                n.mode,
+                n.subnet,
+                n.gateway.map_or(String::new(), |g| format!(", gateway {g}"))
+            );
+        }
+    }
+
+    pub fn nets(&self, nets: &[ve_runtime::NetDetails]) {
+        if self.json {
+            self.print_json(&nets);
+            return;
+        }
+        let mut rows = vec![vec![
+            "NAME".to_string(),
+            "MODE".into(),
+            "SUBNET".into(),
+            "GATEWAY".into(),
+            "UPLINK".into(),
+            "BANDWIDTH".into(),
+            "VES".into(),
+            "FREE".into(),
+        ]];
+        for n in nets {
+            let c = &n.config;
+            rows.push(vec![
+                c.name.clone(),
+                c.mode.to_string(),
+                c.subnet.to_string(),
+                c.gateway.map_or("-".into(), |g| g.to_string()),
+                match (&c.uplink, c.vlan) {
+                    (Some(u), Some(v)) => format!("{u} vlan {v}"),
+                    (Some(u), None) => u.clone(),
+                    _ => "-".into(),
+                },
+                c.bandwidth.map_or("-".into(), |b| b.to_string()),
+                n.ves.len().to_string(),
+                n.free_addresses.to_string(),
+            ]);
+        }
+        print_table(&rows);
+    }
+
+    pub fn net_show(&self, n: &ve_runtime::NetDetails) {
+        if self.json {
+            self.print_json(n);
+            return;
+        }
+        let c = &n.config;
+        let dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+        let dns: Vec<String> = c.dns.iter().map(ToString::to_string).collect();
+        print_pairs(&[
+            ("name", c.name.clone()),
+            ("id", c.id.to_string()),
+            ("mode", c.mode.to_string()),
+            ("subnet", c.subnet.to_string()),
+            ("gateway", dash(c.ve_gateway().map(|g| g.to_string()))),
+            ("uplink", dash(c.uplink.clone())),
+            ("vlan", dash(c.vlan.map(|v| v.to_string()))),
+            ("bridge", dash(n.bridge.clone())),
+            ("dns", if dns.is_empty() { "-".into() } else { dns.join(", ") }),
+            ("bandwidth", dash(c.bandwidth.map(|b| b.to_string()))),
+            (
+                "guaranteed",
+                ve_runtime::Rate(n.guaranteed_bps.max(1000)).to_string(),
+            ),
+            ("free addresses", n.free_addresses.to_string()),
+            ("created", c.created.clone()),
+        ]);
+        if !n.ves.is_empty() {
+            println!();
+            let mut rows = vec![vec![
+                "VE".to_string(),
+                "ADDRESS".into(),
+                "MAC".into(),
+                "PORT".into(),
+                "STATUS".into(),
+            ]];
+            for m in &n.ves {
+                rows.push(vec![
+                    m.ve.clone(),
+                    m.ip.to_string(),
+                    m.mac.clone(),
+                    m.port.clone(),
+                    if m.running { "running" } else { "stopped" }.into(),
+                ]);
+            }
+            print_table(&rows);
         }
     }
 
@@ -481,6 +604,7 @@ impl Out {
             "RAM".into(),
             "CPU".into(),
             "PIDS".into(),
+            "ADDRESS".into(),
             "UPTIME".into(),
         ]];
         for v in ves {
@@ -492,6 +616,7 @@ impl Out {
                 v.limits.ram.map_or("-".into(), |r| r.to_string()),
                 v.limits.cpu_limit.map_or("-".into(), |c| c.to_string()),
                 v.limits.pids.map_or("-".into(), |p| p.to_string()),
+                v.nics.first().map_or("-".into(), |n| n.ip.to_string()),
                 v.uptime_secs.map_or("-".into(), duration),
             ]);
         }
@@ -546,6 +671,29 @@ impl Out {
                     .map_or("default".into(), |w| w.to_string()),
             ),
         ];
+        rows.push(("net limit", opt(i.limits.net_limit.map(|r| r.to_string()))));
+        rows.push((
+            "net guarantee",
+            none(i.limits.net_guarantee.map(|r| r.to_string())),
+        ));
+        for n in &d.interfaces {
+            rows.push((
+                "interface",
+                format!(
+                    "{} {} on {} ({}), mac {}, host port {}{}",
+                    n.ifname,
+                    n.ip,
+                    n.net,
+                    n.mode,
+                    n.mac,
+                    n.port,
+                    n.gateway.map_or(String::new(), |g| format!(", gateway {g}"))
+                ),
+            ));
+        }
+        for p in &i.publish {
+            rows.push(("published", p.to_string()));
+        }
         if let Some(pid) = i.pid {
             rows.push(("init pid", pid.to_string()));
         }

@@ -1,12 +1,18 @@
 //! Networking for vectl VEs. A VE has its own network namespace; this crate
 //! configures it over netlink (rtnetlink), never by running `ip`.
 //!
-//! For now a VE gets its loopback interface only; bridged, NAT and routed networks
-//! with veth pairs come later behind the same entry points.
+//! A network (`model`) is bridged, host-only, NAT or routed; `link` makes its host
+//! side and a VE's veth pairs, `nft` its firewall (NAT, published ports, isolation,
+//! anti-spoofing), `tc` its traffic shaping.
 //!
 //! A netlink socket belongs to the namespace it was opened in, so work inside a VE's
 //! namespace runs on a short-lived thread that first joins that namespace and then
 //! opens its own connection there; the calling thread's namespaces are untouched.
+
+pub mod link;
+pub mod model;
+pub mod nft;
+pub mod tc;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
@@ -26,6 +32,12 @@ pub enum Error {
     /// A netlink request about an interface failed.
     #[error("interface {link}: {reason}")]
     Link { link: String, reason: String },
+    /// nftables refused or could not be run.
+    #[error("firewall: {0}")]
+    Firewall(String),
+    /// Traffic shaping failed.
+    #[error(transparent)]
+    Tc(#[from] tc::TcError),
     /// The worker thread could not be started or died.
     #[error("network setup thread: {0}")]
     Thread(String),
@@ -68,7 +80,7 @@ fn link_err(link: &str, e: rtnetlink::Error) -> Error {
 
 /// Runs `work` with a netlink handle opened inside the namespace `netns`, on a
 /// thread of its own (namespace membership is per thread).
-fn in_netns<F, Fut>(netns: OwnedFd, work: F) -> Result<()>
+pub(crate) fn in_netns<F, Fut>(netns: OwnedFd, work: F) -> Result<()>
 where
     F: FnOnce(rtnetlink::Handle) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<()>>,

@@ -39,6 +39,12 @@ pub struct VeConfig {
     /// Resource limits.
     #[serde(default)]
     pub limits: Limits,
+    /// Network interfaces, `eth0` first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<crate::net::Nic>,
+    /// Ports published on the host's addresses (to the first NAT NIC).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<netns::model::Publish>,
 }
 
 impl VeConfig {
@@ -63,6 +69,18 @@ impl VeConfig {
             });
         }
         Ok(Some(cfg))
+    }
+
+    /// Reads a config kept under another file name (a tombstone) for VE `ve`.
+    pub(crate) fn load_from(path: &Path, ve: &str) -> Result<Option<VeConfig>> {
+        let text = match fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(path)(e)),
+        };
+        Ok(toml::from_str::<VeConfig>(&text)
+            .ok()
+            .filter(|c| c.name == ve))
     }
 
     /// Writes the config atomically and durably.
@@ -158,6 +176,8 @@ mod tests {
                 pids: Some(200),
                 ..Limits::default()
             },
+            nics: vec![],
+            publish: vec![],
         };
         cfg.store(&p).unwrap();
         let text = fs::read_to_string(&p).unwrap();

@@ -87,6 +87,12 @@ pub enum Error {
     /// Storage pool errors.
     #[error(transparent)]
     Storage(#[from] quota::Error),
+    /// No network of that name.
+    #[error("network {0}: no such network (see `vectl net list`)")]
+    NoSuchNet(String),
+    /// A network operation that is refused or failed.
+    #[error("network {net}: {reason}")]
+    Net { net: String, reason: String },
     /// Network errors for a VE.
     #[error("VE {ve}: network: {source}")]
     Network {

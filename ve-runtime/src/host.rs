@@ -92,10 +92,12 @@ pub struct InitOptions {
     pub pool_size: Option<u64>,
     /// btrfs: a block device for the pool instead of an image.
     pub pool_dev: Option<PathBuf>,
+    /// Do not make the default nat network.
+    pub no_net: bool,
 }
 
 /// The directories `init` makes in the state directory (besides `locks`).
-const INIT_DIRS: [&str; 5] = ["ves", "ids", "run", "mnt", "pool"];
+const INIT_DIRS: [&str; 6] = ["ves", "ids", "run", "mnt", "pool", "nets"];
 
 /// The largest default pool image: bigger pools are asked for by size.
 const MAX_DEFAULT_POOL: u64 = 1 << 40;
@@ -246,6 +248,17 @@ impl Host {
             made(write_atomic(&settings_path, text.as_bytes(), true))?;
         }
         let host = Host::load(root)?;
+        if created && !opts.no_net {
+            // A host whose default network cannot be made is not initialised.
+            if let Err(e) = host.create_default_net() {
+                let _ = fs::remove_file(&settings_path);
+                undo_btrfs_pool(&pool_dir, settings.pool_source.as_ref());
+                undo_cgroups();
+                return Err(Error::Host(format!(
+                    "{e} (the default network could not be made; `vectl init --no-net` makes a host without it)"
+                )));
+            }
+        }
         Ok((host, created))
     }
 

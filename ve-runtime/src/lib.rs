@@ -15,6 +15,7 @@ mod fsutil;
 mod host;
 mod launch;
 mod limits;
+mod net;
 mod pool;
 mod security;
 mod state;
@@ -31,8 +32,11 @@ pub use exec::ExecOptions;
 pub use host::{DEFAULT_ROOT, Host, HostSettings, InitOptions, Reserve};
 pub use limits::{
     Amount, Capacity, Cpus, HostFacts, IoDevice, IoLimits, KernelLimits, Limits, LimitsUpdate,
-    Percent, Setting, Size, human_bytes, parse_count,
+    NetShare, Percent, Setting, Size, human_bytes, parse_count,
 };
+pub use net::{DEFAULT_NET, NetCreate, NetDetails, NetMember, Nic, NicInfo, NicRequest};
+pub use netns;
+pub use netns::model::{Mode, NetConfig, Proto, Publish, Rate, Subnet};
 pub use pool::{Consistency, PoolInfo, PoolProblem, SnapshotMade, VolumeUse};
 pub use quota;
 pub use security::DROPPED_CAPS;

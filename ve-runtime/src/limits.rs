@@ -178,6 +178,45 @@ macro_rules! serde_via_string {
 serde_via_string!(Size);
 serde_via_string!(Percent);
 serde_via_string!(Amount);
+serde_via_string!(NetShare);
+
+/// A network bandwidth guarantee: a rate, or a share of the network's
+/// `--bandwidth`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum NetShare {
+    Rate(netns::model::Rate),
+    Percent(Percent),
+}
+
+impl FromStr for NetShare {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s.trim_end().ends_with('%') {
+            Ok(NetShare::Percent(s.parse()?))
+        } else {
+            Ok(NetShare::Rate(s.parse()?))
+        }
+    }
+}
+
+impl fmt::Display for NetShare {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NetShare::Rate(r) => r.fmt(f),
+            NetShare::Percent(p) => p.fmt(f),
+        }
+    }
+}
+
+impl NetShare {
+    /// Bits per second on a network of `bandwidth` (a share needs one).
+    pub fn bps(self, bandwidth: Option<u64>) -> Option<u64> {
+        match self {
+            NetShare::Rate(r) => Some(r.0),
+            NetShare::Percent(Percent(p)) => bandwidth.map(|b| (b as f64 * p / 100.0) as u64),
+        }
+    }
+}
 
 /// What a user may write for a limit: a value, or `unlimited` to remove it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -331,6 +370,13 @@ pub struct Limits {
     /// Disk space limit of the VE's private layer (btrfs pool).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<Size>,
+    /// Network bandwidth cap of each NIC, in each direction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_limit: Option<netns::model::Rate>,
+    /// Network bandwidth each NIC is guaranteed under contention: a rate or a
+    /// share of its network's bandwidth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_guarantee: Option<NetShare>,
 }
 
 /// A change to limits, as given to `create` or `set`: `None` = leave as is.
@@ -348,6 +394,8 @@ pub struct LimitsUpdate {
     pub io_weight: Option<Setting<u64>>,
     pub io_guarantee: Option<Setting<Percent>>,
     pub disk: Option<Setting<Size>>,
+    pub net_limit: Option<Setting<netns::model::Rate>>,
+    pub net_guarantee: Option<Setting<NetShare>>,
 }
 
 impl LimitsUpdate {
@@ -376,6 +424,8 @@ impl LimitsUpdate {
         up(&mut out.io_weight, &self.io_weight);
         up(&mut out.io_guarantee, &self.io_guarantee);
         up(&mut out.disk, &self.disk);
+        up(&mut out.net_limit, &self.net_limit);
+        up(&mut out.net_guarantee, &self.net_guarantee);
         // --io-weight and --io-guarantee are two spellings of one knob: the one
         // given replaces the other (giving both is refused when resolved).
         if self.io_weight.is_some() && self.io_guarantee.is_none() {

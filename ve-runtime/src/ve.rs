@@ -42,6 +42,10 @@ pub struct CreateOptions {
     pub id: Option<u32>,
     /// Skip admission control.
     pub force: bool,
+    /// NICs; `None` = one on the default network (if the host has one).
+    pub nics: Option<Vec<crate::net::NicRequest>>,
+    /// Ports to publish.
+    pub publish: Vec<netns::model::Publish>,
 }
 
 /// Whether a VE runs.
@@ -76,6 +80,9 @@ pub struct VeInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uptime_secs: Option<u64>,
     pub limits: Limits,
+    pub nics: Vec<crate::net::Nic>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<netns::model::Publish>,
 }
 
 /// One VE as `show` shows it.
@@ -100,6 +107,8 @@ pub struct VeDetails {
     /// The disk limit of the VE's private layer, as the pool enforces it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk_limit_bytes: Option<u64>,
+    /// Network interfaces.
+    pub interfaces: Vec<crate::net::NicInfo>,
 }
 
 /// How `stop` ended.
@@ -277,6 +286,14 @@ impl Host {
             cg.kill_all(ve)?;
             cg.remove(ve)?;
         }
+        // The ports, proxy-ARP entries and traffic classes of its NICs.
+        let cfg = match VeConfig::load(&self.config_path(ve))? {
+            Some(c) => Some(c),
+            None => VeConfig::load_from(&self.tombstone_path(ve), ve)?,
+        };
+        if let Some(cfg) = cfg.filter(|c| !c.nics.is_empty()) {
+            self.detach_nics(&cfg)?;
+        }
         remove_file(&self.run_path(ve))
     }
 
@@ -341,13 +358,40 @@ impl Host {
             }
             None => self.free_id()?,
         };
+        let nic_reqs = match &opts.nics {
+            Some(r) => r.clone(),
+            None if self.net(crate::net::DEFAULT_NET).is_ok() => vec![crate::net::NicRequest {
+                net: crate::net::DEFAULT_NET.into(),
+                ip: None,
+            }],
+            None => Vec::new(),
+        };
+        let nics = self.allocate_nics(name, &nic_reqs)?;
+        let mut cfg = VeConfig {
+            id,
+            name: name.to_string(),
+            template: tv.reference(),
+            hostname,
+            init,
+            stop_signal: opts.stop_signal.clone(),
+            created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            limits,
+            nics,
+            publish: opts.publish.clone(),
+        };
+        cfg.publish.sort();
+        cfg.publish.dedup();
+        self.check_net_settings(&cfg)?;
         // As if it started now: a VE that could never start is refused up front.
-        self.admit(name, &limits, opts.force)?;
+        self.admit(name, &cfg.limits, opts.force)?;
+        if !opts.force {
+            self.admit_net(&cfg, &cfg.limits)?;
+        }
         // Leftovers of a create that was killed before it wrote the config.
         self.pool().remove_ve_volume(name)?;
         crate::failpoint::hit("create-before-volume");
         self.pool().create_ve_volume(name)?;
-        if let Some(Size(d)) = limits.disk {
+        if let Some(Size(d)) = cfg.limits.disk {
             self.pool()
                 .set_disk_limit(name, Some(d))
                 .map_err(|e| disk_error(name, e))?;
@@ -358,16 +402,13 @@ impl Host {
         let link = self.id_link(id);
         remove_file(&link)?;
         std::os::unix::fs::symlink(name, &link).map_err(io_err(&link))?;
-        let cfg = VeConfig {
-            id,
-            name: name.to_string(),
-            template: tv.reference(),
-            hostname,
-            init,
-            stop_signal: opts.stop_signal.clone(),
-            created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-            limits,
-        };
+        if !cfg.nics.is_empty() {
+            // Its addresses and MACs are allowed before it can first send.
+            if let Err(e) = self.apply_firewall(Some(&cfg)) {
+                let _ = self.finish_destroy(name);
+                return Err(e);
+            }
+        }
         cfg.store(&self.config_path(name))?;
         Ok(cfg)
     }
@@ -414,7 +455,9 @@ impl Host {
         ve: &str,
         also: Option<&LimitsUpdate>,
     ) -> Result<(Option<Lock>, Lock, VeConfig)> {
-        let has = |l: &Limits| l.cpu_guarantee.is_some() || l.ram_guarantee.is_some();
+        let has = |l: &Limits| {
+            l.cpu_guarantee.is_some() || l.ram_guarantee.is_some() || l.net_guarantee.is_some()
+        };
         let wants = |cfg: &VeConfig| {
             has(&cfg.limits) || also.is_some_and(|u| has(&u.applied_to(&cfg.limits)))
         };
@@ -455,6 +498,19 @@ impl Host {
             .limits
             .resolve(&ve, cfg.id, &self.facts_for(&cfg.limits))?;
         self.admit(&ve, &cfg.limits, force)?;
+        let nets = self.nets_of(&cfg)?;
+        if !force {
+            self.admit_net(&cfg, &cfg.limits)?;
+        }
+        self.ensure_nets_up(&nets.iter().collect::<Vec<_>>())?;
+        let attachments = self.attachments(&cfg, &nets);
+        crate::net::write_net_files(
+            &vol.upper(),
+            &self.templates().path(&tv),
+            &cfg.hostname,
+            &cfg.nics,
+            &nets,
+        )?;
         let cg = self.cgroups()?;
         cg.prepare_parent()?;
         cg.create(&ve, &limits)?;
@@ -491,7 +547,12 @@ impl Host {
             let ns = fs::File::open(format!("/proc/{}/ns/net", child.pid)).map_err(io_err(
                 &PathBuf::from(format!("/proc/{}/ns/net", child.pid)),
             ))?;
-            netns::bring_up_loopback(ns.as_fd()).map_err(|source| Error::Network {
+            let wired = if attachments.is_empty() {
+                netns::bring_up_loopback(ns.as_fd())
+            } else {
+                netns::link::attach(ns.as_fd(), &attachments)
+            };
+            wired.map_err(|source| Error::Network {
                 ve: ve.clone(),
                 source,
             })?;
@@ -618,7 +679,11 @@ impl Host {
         let cfg_path = self.config_path(&ve);
         fs::rename(&cfg_path, self.tombstone_path(&ve)).map_err(io_err(&cfg_path))?;
         crate::failpoint::hit("destroy-after-tombstone");
-        self.finish_destroy(&ve)
+        self.finish_destroy(&ve)?;
+        if !cfg.nics.is_empty() {
+            self.apply_firewall(None)?;
+        }
+        Ok(())
     }
 
     /// Removes everything of a VE whose config is gone or tombstoned. Idempotent.
@@ -654,6 +719,15 @@ impl Host {
         let new_k = limits.resolve(&ve, cfg.id, &self.facts_for(&limits))?;
         self.check_disk_limit(&ve, &limits)?;
         self.admit(&ve, &limits, force)?;
+        let net_changed = update.net_limit.is_some() || update.net_guarantee.is_some();
+        if net_changed {
+            let mut next = cfg.clone();
+            next.limits = limits.clone();
+            self.check_net_settings(&next)?;
+            if !force {
+                self.admit_net(&next, &limits)?;
+            }
+        }
         // The disk limit belongs to the VE's volume, running or not. It goes first:
         // it is the one a VE's use can refuse, and it is the easiest to put back.
         let old_disk = cfg.limits.disk.map(|Size(d)| d);
@@ -685,6 +759,16 @@ impl Host {
                     return Err(e);
                 }
             }
+            if net_changed && let Err(e) = self.reshape_nics(&cfg, &limits) {
+                if let Some(old) = old_k {
+                    let _ = self.cgroups()?.apply(&ve, &new_k, &old, true);
+                }
+                let mut now = cfg.clone();
+                now.limits = limits.clone();
+                let _ = self.reshape_nics(&now, &cfg.limits);
+                undo_disk();
+                return Err(e);
+            }
         }
         cfg.limits = limits.clone();
         if let Err(e) = cfg.store(&self.config_path(&ve)) {
@@ -695,6 +779,61 @@ impl Host {
             return Err(e);
         }
         Ok(SetOutcome { live, limits })
+    }
+
+    /// Publishes ports of a VE on the host's addresses (`add`) and withdraws
+    /// others (`remove`, matched by host port and protocol). Takes effect at once,
+    /// running or not; returns the VE's published ports.
+    pub fn publish(
+        &self,
+        name_or_id: &str,
+        add: &[netns::model::Publish],
+        remove: &[netns::model::Publish],
+    ) -> Result<Vec<netns::model::Publish>> {
+        let ve = self.resolve_existing(name_or_id)?;
+        let _host = self.lock_host()?;
+        let _lock = self.lock_ve(&ve)?;
+        let mut cfg = self.load_config(&ve)?;
+        for r in remove {
+            let before = cfg.publish.len();
+            cfg.publish
+                .retain(|p| !(p.host_port == r.host_port && p.proto == r.proto));
+            if cfg.publish.len() == before {
+                return Err(Error::BadLimit {
+                    ve,
+                    reason: format!(
+                        "--unpublish {}/{}: that port is not published by this VE",
+                        r.host_port, r.proto
+                    ),
+                });
+            }
+        }
+        for a in add {
+            if let Some(p) = cfg
+                .publish
+                .iter()
+                .find(|p| p.host_port == a.host_port && p.proto == a.proto)
+                && p != a
+            {
+                return Err(Error::BadLimit {
+                    ve,
+                    reason: format!(
+                        "--publish {a}: host port {}/{} is published to port {} already (--unpublish it first)",
+                        a.host_port, a.proto, p.ve_port
+                    ),
+                });
+            }
+            cfg.publish.push(*a);
+        }
+        cfg.publish.sort();
+        cfg.publish.dedup();
+        self.check_net_settings(&cfg)?;
+        self.apply_firewall(Some(&cfg))?;
+        if let Err(e) = cfg.store(&self.config_path(&ve)) {
+            let _ = self.apply_firewall(None);
+            return Err(e);
+        }
+        Ok(cfg.publish)
     }
 
     /// Lifts a VE's disk limit for a moment (see `start`), marked in
@@ -763,6 +902,8 @@ impl Host {
             template: cfg.template,
             hostname: cfg.hostname,
             limits: cfg.limits,
+            nics: cfg.nics,
+            publish: cfg.publish,
         }
     }
 
@@ -809,6 +950,7 @@ impl Host {
             private_dir: vol.dir,
             template_dir,
             cgroups: cg.paths(&ve),
+            interfaces: self.nic_infos(&cfg),
             kernel_limits,
             usage,
             info,

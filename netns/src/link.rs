@@ -1,0 +1,524 @@
+//! The kernel side of networks and VE NICs over netlink: bridges, VLAN links,
+//! veth pairs, addresses, routes, proxy-ARP entries, and traffic shaping (see
+//! [`crate::tc`]). Host-side work runs in the caller's network namespace; work in a
+//! VE's namespace runs on a thread that joined it (see [`crate::in_netns`]).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+
+use futures::TryStreamExt;
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage};
+use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage};
+use rtnetlink::packet_route::route::RouteScope;
+use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVlan, RouteMessageBuilder};
+
+use crate::model::{Mode, NetConfig, ROUTED_GATEWAY, bridge_name, ifb_names, vlan_name};
+use crate::tc::{self, ClassRate};
+use crate::{Error, Result};
+
+/// Traffic shaping of one NIC on its network's shared HTB.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shape {
+    pub minor: u16,
+    pub rate: ClassRate,
+    /// The network's total bandwidth (the root class).
+    pub total: u64,
+}
+
+/// One VE NIC to wire at start.
+#[derive(Debug, Clone)]
+pub struct Attach {
+    pub net: NetConfig,
+    /// Host side of the veth pair.
+    pub port: String,
+    /// Name inside the VE (`eth0`).
+    pub ifname: String,
+    pub mac: [u8; 6],
+    pub ip: Ipv4Addr,
+    pub shape: Option<Shape>,
+}
+
+fn err(link: &str, e: impl std::fmt::Display) -> Error {
+    Error::Link {
+        link: link.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -errno)
+}
+
+/// Runs `work` with a netlink handle in the calling thread's network namespace.
+pub fn on_host<F, Fut, T>(work: F) -> Result<T>
+where
+    F: FnOnce(Handle) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| Error::Thread(e.to_string()))?;
+    rt.block_on(async move {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(Error::Connect)?;
+        let conn = tokio::spawn(conn);
+        let result = work(handle).await;
+        conn.abort();
+        result
+    })
+}
+
+/// The link called `name`, if it exists.
+pub async fn find_link(h: &Handle, name: &str) -> Result<Option<LinkMessage>> {
+    let mut links = h.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(l) => Ok(l),
+        Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
+        Err(e) => Err(err(name, e)),
+    }
+}
+
+async fn index_of(h: &Handle, name: &str) -> Result<u32> {
+    find_link(h, name)
+        .await?
+        .map(|l| l.header.index)
+        .ok_or_else(|| err(name, "no such interface"))
+}
+
+fn kind_of(l: &LinkMessage) -> Option<&InfoKind> {
+    l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+            LinkInfo::Kind(k) => Some(k),
+            _ => None,
+        }),
+        _ => None,
+    })
+}
+
+/// What a host interface is, for `net create` checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UplinkInfo {
+    pub is_bridge: bool,
+    pub ipv4: Vec<Ipv4Addr>,
+}
+
+/// Looks up a host interface; `None` if it does not exist.
+pub async fn uplink_info(h: &Handle, name: &str) -> Result<Option<UplinkInfo>> {
+    let Some(l) = find_link(h, name).await? else {
+        return Ok(None);
+    };
+    let is_bridge = kind_of(&l) == Some(&InfoKind::Bridge);
+    let ipv4 = ipv4_of(h, l.header.index).await?;
+    Ok(Some(UplinkInfo { is_bridge, ipv4 }))
+}
+
+async fn ipv4_of(h: &Handle, index: u32) -> Result<Vec<Ipv4Addr>> {
+    let mut out = Vec::new();
+    let mut addrs = h.address().get().set_link_index_filter(index).execute();
+    while let Some(a) = addrs.try_next().await.map_err(|e| err("addresses", e))? {
+        for attr in a.attributes {
+            if let AddressAttribute::Address(IpAddr::V4(v4)) = attr {
+                out.push(v4);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Every IPv4 address and route destination of the host, to keep a new subnet
+/// clear of them: (address, prefix).
+pub async fn host_subnets(h: &Handle) -> Result<Vec<(Ipv4Addr, u8)>> {
+    let mut out = Vec::new();
+    let mut addrs = h.address().get().execute();
+    while let Some(a) = addrs.try_next().await.map_err(|e| err("addresses", e))? {
+        for attr in &a.attributes {
+            if let AddressAttribute::Address(IpAddr::V4(v4)) = attr {
+                out.push((*v4, a.header.prefix_len));
+            }
+        }
+    }
+    let mut routes = h
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute();
+    while let Some(r) = routes.try_next().await.map_err(|e| err("routes", e))? {
+        if r.header.destination_prefix_length == 0 {
+            continue;
+        }
+        for attr in &r.attributes {
+            if let rtnetlink::packet_route::route::RouteAttribute::Destination(
+                rtnetlink::packet_route::route::RouteAddress::Inet(v4),
+            ) = attr
+            {
+                out.push((*v4, r.header.destination_prefix_length));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Writes a sysctl of the calling thread's network namespace.
+fn sysctl(path: &str, value: &str) -> Result<()> {
+    let full = format!("/proc/sys/net/{path}");
+    match std::fs::read_to_string(&full) {
+        Ok(v) if v.trim() == value => return Ok(()),
+        _ => {}
+    }
+    std::fs::write(&full, value).map_err(|e| err(&full, e))
+}
+
+/// The MAC of a network's own bridge: fixed, so the VEs' ARP caches stay right
+/// while ports come and go (a bridge otherwise takes its lowest port's MAC).
+fn bridge_mac(id: u32) -> Vec<u8> {
+    let b = id.to_be_bytes();
+    vec![0x02, 0xfe, 0x00, b[1], b[2], b[3]]
+}
+
+/// Makes sure the network's host side exists: its bridge (with the host address
+/// for host-only and nat), its VLAN link, the uplink in the bridge (bridged),
+/// forwarding (nat, routed), and the shaper when it has a bandwidth. Idempotent.
+pub async fn net_up(h: &Handle, net: &NetConfig) -> Result<()> {
+    let uplink_is_bridge = is_operator_bridge(h, net).await?;
+    let uplink = match &net.uplink {
+        Some(u) => Some(index_of(h, u).await?),
+        None => None,
+    };
+    let mut upstream = uplink;
+    if let (Some(vid), Some(parent)) = (net.vlan, uplink) {
+        let name = vlan_name(net.id);
+        let idx = match find_link(h, &name).await? {
+            Some(l) => l.header.index,
+            None => {
+                h.link()
+                    .add(LinkVlan::new(&name, parent, vid).up().build())
+                    .execute()
+                    .await
+                    .map_err(|e| err(&name, format!("cannot make VLAN {vid}: {e}")))?;
+                index_of(h, &name).await?
+            }
+        };
+        upstream = Some(idx);
+    }
+    // With the operator's own bridge as uplink, the VEs join it: nothing to make.
+    if let Some(br) = net.bridge(uplink_is_bridge).filter(|_| !uplink_is_bridge) {
+        let idx = match find_link(h, &br).await? {
+            Some(l) => l.header.index,
+            None => {
+                h.link()
+                    .add(
+                        LinkBridge::new(&br)
+                            .address(bridge_mac(net.id))
+                            .up()
+                            .build(),
+                    )
+                    .execute()
+                    .await
+                    .map_err(|e| err(&br, e))?;
+                index_of(h, &br).await?
+            }
+        };
+        if let Some(addr) = net.host_address()
+            && !ipv4_of(h, idx).await?.contains(&addr)
+        {
+            h.address()
+                .add(idx, IpAddr::V4(addr), net.subnet.prefix)
+                .execute()
+                .await
+                .map_err(|e| err(&br, e))?;
+        }
+        if net.mode == Mode::Bridged
+            && let Some(up) = upstream
+        {
+            h.link()
+                .set(LinkUnspec::new_with_index(up).controller(idx).up().build())
+                .execute()
+                .await
+                .map_err(|e| err(&br, format!("cannot add the uplink: {e}")))?;
+        }
+        if net.mode == Mode::Nat {
+            // Published ports answer on 127.0.0.1 too.
+            sysctl(&format!("ipv4/conf/{br}/route_localnet"), "1")?;
+        }
+    }
+    if matches!(net.mode, Mode::Nat | Mode::Routed) {
+        sysctl("ipv4/ip_forward", "1")?;
+    }
+    if let Some(bw) = net.bandwidth {
+        let (up, down) = ifb_names(net.id);
+        tc::ensure_shaper(h, &up, &down, bw.0).await?;
+    }
+    Ok(())
+}
+
+/// Removes what [`net_up`] made: the bridge (releasing the uplink), the VLAN
+/// link and the shaper. Missing pieces are fine.
+pub async fn net_down(h: &Handle, net: &NetConfig) -> Result<()> {
+    for name in [bridge_name(net.id), vlan_name(net.id)] {
+        delete_link(h, &name).await?;
+    }
+    let (up, down) = ifb_names(net.id);
+    tc::remove_shaper(h, &up, &down).await?;
+    Ok(())
+}
+
+/// Deletes a link by name if it exists (deleting one end of a veth pair deletes
+/// both).
+pub async fn delete_link(h: &Handle, name: &str) -> Result<()> {
+    if let Some(l) = find_link(h, name).await? {
+        match h.link().del(l.header.index).execute().await {
+            Ok(()) => {}
+            Err(e) if is_errno(&e, libc::ENODEV) => {}
+            Err(e) => return Err(err(name, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Wires a VE's NICs: for each, a veth pair whose VE end is made directly in the
+/// VE's namespace `ve_ns` with its name and MAC; the host end joins the bridge (or,
+/// routed, gets the next-hop address, a /32 route to the VE and a proxy-ARP entry
+/// on the uplink); then, inside the VE, the address, link and routes.
+pub fn attach(ve_ns: BorrowedFd<'_>, nics: &[Attach]) -> Result<()> {
+    if nics.is_empty() {
+        return Ok(());
+    }
+    on_host(|h| async move {
+        for n in nics {
+            attach_host(&h, ve_ns, n).await?;
+        }
+        Ok(())
+    })?;
+    let owned: OwnedFd = ve_ns
+        .try_clone_to_owned()
+        .map_err(|e| Error::Thread(e.to_string()))?;
+    let nics = nics.to_vec();
+    crate::in_netns(owned, move |h| async move {
+        let lo = index_of(&h, "lo").await?;
+        h.link()
+            .set(LinkUnspec::new_with_index(lo).up().build())
+            .execute()
+            .await
+            .map_err(|e| err("lo", e))?;
+        for n in &nics {
+            attach_ve(&h, n).await?;
+        }
+        Ok(())
+    })
+}
+
+async fn attach_host(h: &Handle, ve_ns: BorrowedFd<'_>, n: &Attach) -> Result<()> {
+    let peer = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(n.ifname.clone())
+        .address(n.mac.to_vec())
+        .setns_by_fd(ve_ns.as_raw_fd())
+        .build();
+    let mut msg = LinkVeth::new(&n.port, &n.ifname).build();
+    for attr in &mut msg.attributes {
+        if let LinkAttribute::LinkInfo(infos) = attr {
+            for i in infos.iter_mut() {
+                if let LinkInfo::Data(d) = i {
+                    *d = InfoData::Veth(InfoVeth::Peer(peer.clone()));
+                }
+            }
+        }
+    }
+    let add = h.link().add(msg.clone()).execute().await;
+    match add {
+        Ok(()) => {}
+        // A port left by a VE whose namespace the kernel is still tearing down.
+        Err(e) if is_errno(&e, libc::EEXIST) => {
+            delete_link(h, &n.port).await?;
+            h.link()
+                .add(msg)
+                .execute()
+                .await
+                .map_err(|e| err(&n.port, e))?;
+        }
+        Err(e) => return Err(err(&n.port, e)),
+    }
+    let port = index_of(h, &n.port).await?;
+    match n.net.mode {
+        Mode::Routed => {
+            h.link()
+                .set(LinkUnspec::new_with_index(port).up().build())
+                .execute()
+                .await
+                .map_err(|e| err(&n.port, e))?;
+            h.address()
+                .add(port, IpAddr::V4(ROUTED_GATEWAY), 32)
+                .execute()
+                .await
+                .map_err(|e| err(&n.port, e))?;
+            h.route()
+                .add(
+                    RouteMessageBuilder::<Ipv4Addr>::new()
+                        .destination_prefix(n.ip, 32)
+                        .output_interface(port)
+                        .scope(RouteScope::Link)
+                        .build(),
+                )
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| err(&n.port, format!("route to {}: {e}", n.ip)))?;
+            if let Some(up) = n.net.effective_uplink() {
+                let upi = index_of(h, &up).await?;
+                h.neighbours()
+                    .add(upi, IpAddr::V4(n.ip))
+                    .flags(NeighbourFlags::Proxy)
+                    .replace()
+                    .execute()
+                    .await
+                    .map_err(|e| err(&up, format!("proxy ARP for {}: {e}", n.ip)))?;
+            }
+        }
+        _ => {
+            let br = n
+                .net
+                .bridge(is_operator_bridge(h, &n.net).await?)
+                .unwrap_or_else(|| bridge_name(n.net.id));
+            let bri = index_of(h, &br)
+                .await
+                .map_err(|_| err(&br, format!("network {}'s bridge is missing", n.net.name)))?;
+            h.link()
+                .set(LinkUnspec::new_with_index(port).controller(bri).up().build())
+                .execute()
+                .await
+                .map_err(|e| err(&n.port, e))?;
+        }
+    }
+    if let Some(s) = &n.shape {
+        let (up, down) = ifb_names(n.net.id);
+        tc::ensure_shaper(h, &up, &down, s.total).await?;
+        tc::shape_port(h, &n.port, n.ip, &up, &down, s.minor, s.rate).await?;
+    }
+    Ok(())
+}
+
+/// Whether a bridged network uses the operator's bridge as is.
+async fn is_operator_bridge(h: &Handle, net: &NetConfig) -> Result<bool> {
+    if net.mode != Mode::Bridged || net.vlan.is_some() {
+        return Ok(false);
+    }
+    match &net.uplink {
+        Some(u) => Ok(find_link(h, u)
+            .await?
+            .is_some_and(|l| kind_of(&l) == Some(&InfoKind::Bridge))),
+        None => Ok(false),
+    }
+}
+
+async fn attach_ve(h: &Handle, n: &Attach) -> Result<()> {
+    let idx = index_of(h, &n.ifname).await?;
+    h.address()
+        .add(idx, IpAddr::V4(n.ip), n.net.ve_prefix())
+        .execute()
+        .await
+        .map_err(|e| err(&n.ifname, e))?;
+    h.link()
+        .set(LinkUnspec::new_with_index(idx).up().build())
+        .execute()
+        .await
+        .map_err(|e| err(&n.ifname, e))?;
+    if n.net.mode == Mode::Routed {
+        h.route()
+            .add(
+                RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(ROUTED_GATEWAY, 32)
+                    .output_interface(idx)
+                    .scope(RouteScope::Link)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(|e| err(&n.ifname, e))?;
+    }
+    if let Some(gw) = n.net.ve_gateway() {
+        let added = h
+            .route()
+            .add(
+                RouteMessageBuilder::<Ipv4Addr>::new()
+                    .gateway(gw)
+                    .output_interface(idx)
+                    .build(),
+            )
+            .execute()
+            .await;
+        match added {
+            Ok(()) => {}
+            // A second NIC with a gateway: the first one's default route stays.
+            Err(e) if is_errno(&e, libc::EEXIST) => {}
+            Err(e) => return Err(err(&n.ifname, format!("default route via {gw}: {e}"))),
+        }
+    }
+    Ok(())
+}
+
+/// One NIC to take down at stop (its port may already be gone).
+#[derive(Debug, Clone)]
+pub struct Detach {
+    pub net: NetConfig,
+    pub port: String,
+    pub ip: Ipv4Addr,
+    pub minor: Option<u16>,
+}
+
+/// Removes what [`attach`] made on the host for NICs of a VE that stopped: the
+/// port (the kernel may not have removed it yet), the proxy-ARP entry, the
+/// traffic classes. Idempotent.
+pub fn detach(nics: &[Detach]) -> Result<()> {
+    if nics.is_empty() {
+        return Ok(());
+    }
+    on_host(|h| async move {
+        for n in nics {
+            delete_link(&h, &n.port).await?;
+            if n.net.mode == Mode::Routed
+                && let Some(up) = n.net.effective_uplink()
+                && let Some(l) = find_link(&h, &up).await?
+            {
+                let mut msg = NeighbourMessage::default();
+                msg.header.family = AddressFamily::Inet;
+                msg.header.ifindex = l.header.index;
+                msg.header.flags = NeighbourFlags::Proxy;
+                msg.attributes
+                    .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(n.ip)));
+                match h.neighbours().del(msg).execute().await {
+                    Ok(()) => {}
+                    Err(e) if is_errno(&e, libc::ENOENT) => {}
+                    Err(e) => return Err(err(&up, format!("proxy ARP for {}: {e}", n.ip))),
+                }
+            }
+            if let Some(minor) = n.minor {
+                let (up, down) = ifb_names(n.net.id);
+                if find_link(&h, &up).await?.is_some() {
+                    tc::unshape_port(&h, None, n.ip, &up, &down, minor).await?;
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Changes a running NIC's traffic class (live `set`).
+pub fn reshape(net: &NetConfig, port: &str, ip: Ipv4Addr, shape: Option<&Shape>, old_minor: Option<u16>) -> Result<()> {
+    let net = net.clone();
+    let port = port.to_string();
+    let shape = shape.cloned();
+    on_host(|h| async move {
+        let (up, down) = ifb_names(net.id);
+        match (&shape, old_minor) {
+            (Some(s), _) => {
+                tc::ensure_shaper(&h, &up, &down, s.total).await?;
+                tc::shape_port(&h, &port, ip, &up, &down, s.minor, s.rate).await?;
+            }
+            (None, Some(m)) => {
+                tc::unshape_port(&h, Some(&port), ip, &up, &down, m).await?;
+            }
+            (None, None) => {}
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,531 @@
+//! What a virtual network is (its mode, subnet, uplink...), how vectl names the
+//! kernel objects it makes for it, and address management (IPAM). Pure: nothing
+//! here touches the kernel.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Serde as a string through Display/FromStr.
+macro_rules! serde_via_str {
+    ($t:ty) => {
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+/// How a network connects its VEs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// A bridge with the host's uplink in it: VEs are on the LAN with their own MACs.
+    Bridged,
+    /// A bridge with a host address and no forwarding beyond it.
+    HostOnly,
+    /// host-only plus masquerade to the outside and published ports.
+    Nat,
+    /// No bridge: each VE's address is routed to its port, and the host answers
+    /// ARP for it on the uplink (the venet way).
+    Routed,
+}
+
+impl Mode {
+    /// Whether the network's VEs hang off a bridge.
+    pub fn bridged(self) -> bool {
+        !matches!(self, Mode::Routed)
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Bridged => "bridged",
+            Mode::HostOnly => "host-only",
+            Mode::Nat => "nat",
+            Mode::Routed => "routed",
+        })
+    }
+}
+
+impl FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "bridged" => Ok(Mode::Bridged),
+            "host-only" => Ok(Mode::HostOnly),
+            "nat" => Ok(Mode::Nat),
+            "routed" => Ok(Mode::Routed),
+            _ => Err(format!(
+                "unknown network mode {s:?}: use bridged, host-only, nat or routed"
+            )),
+        }
+    }
+}
+
+/// An IPv4 subnet, `10.0.3.0/24`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Subnet {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+/// The widest subnet vectl manages (class ids and address scans stay small).
+pub const MIN_PREFIX: u8 = 16;
+/// The narrowest: room for a gateway and at least one VE.
+pub const MAX_PREFIX: u8 = 30;
+
+impl Subnet {
+    fn mask(self) -> u32 {
+        if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(self.prefix))
+        }
+    }
+    /// The network address.
+    pub fn network(self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) & self.mask())
+    }
+    /// The broadcast address.
+    pub fn broadcast(self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) | !self.mask())
+    }
+    /// Whether `ip` is in the subnet.
+    pub fn contains(self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.mask() == u32::from(self.network())
+    }
+    /// Whether two subnets share an address.
+    pub fn overlaps(self, other: Subnet) -> bool {
+        let p = self.prefix.min(other.prefix);
+        let a = Subnet {
+            addr: self.addr,
+            prefix: p,
+        };
+        a.contains(other.addr)
+    }
+    /// The first usable host address (the default gateway).
+    pub fn first_host(self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network()) + 1)
+    }
+    /// `ip`'s offset from the network address.
+    pub fn offset(self, ip: Ipv4Addr) -> u32 {
+        u32::from(ip) - u32::from(self.network())
+    }
+    /// Whether `ip` is a usable host address of the subnet (not the network or
+    /// broadcast address).
+    pub fn is_host(self, ip: Ipv4Addr) -> bool {
+        self.contains(ip) && ip != self.network() && ip != self.broadcast()
+    }
+}
+
+impl fmt::Display for Subnet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl FromStr for Subnet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("invalid subnet {s:?}: expected an IPv4 CIDR like 10.0.3.0/24");
+        let (a, p) = s.split_once('/').ok_or_else(bad)?;
+        let addr: Ipv4Addr = a.parse().map_err(|_| bad())?;
+        let prefix: u8 = p.parse().map_err(|_| bad())?;
+        if prefix > 32 {
+            return Err(bad());
+        }
+        let sn = Subnet { addr, prefix };
+        if sn.network() != addr {
+            return Err(format!(
+                "invalid subnet {s:?}: host bits are set (the network is {}/{prefix})",
+                sn.network()
+            ));
+        }
+        if !(MIN_PREFIX..=MAX_PREFIX).contains(&prefix) {
+            return Err(format!(
+                "subnet {s}: the prefix must be between /{MIN_PREFIX} and /{MAX_PREFIX}"
+            ));
+        }
+        Ok(sn)
+    }
+}
+
+/// A bandwidth in bits per second: `10mbit`, `1gbit`, `500kbit`, `100M` (= 100
+/// Mbit/s), or a plain number of bit/s. Decimal units, as tc has them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Rate(pub u64);
+
+impl FromStr for Rate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad =
+            || format!("invalid rate {s:?}: expected a bandwidth like 100mbit, 1gbit or 500kbit");
+        let t = s.trim().to_ascii_lowercase();
+        let t = t.strip_suffix("bit").unwrap_or(&t);
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: f64 = num.parse().map_err(|_| bad())?;
+        let mult: f64 = match unit {
+            "" => 1.0,
+            "k" => 1e3,
+            "m" => 1e6,
+            "g" => 1e9,
+            "t" => 1e12,
+            _ => return Err(bad()),
+        };
+        let v = (n * mult).round();
+        if !(1000.0..=1e13).contains(&v) {
+            return Err(format!(
+                "rate {s:?} is out of range: from 1kbit to 10000gbit"
+            ));
+        }
+        Ok(Rate(v as u64))
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        for (div, unit) in [(1_000_000_000, "gbit"), (1_000_000, "mbit"), (1000, "kbit")] {
+            if b >= div && b % div == 0 {
+                return write!(f, "{}{unit}", b / div);
+            }
+        }
+        if b >= 1_000_000 {
+            return write!(f, "{}mbit", b as f64 / 1e6);
+        }
+        write!(f, "{b}bit")
+    }
+}
+
+serde_via_str!(Rate);
+
+/// Protocol of a published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+/// A published port: `HOSTPORT:VEPORT[/tcp|udp]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Publish {
+    pub host_port: u16,
+    pub ve_port: u16,
+    pub proto: Proto,
+}
+
+impl FromStr for Publish {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("invalid port mapping {s:?}: expected HOSTPORT:VEPORT[/tcp|udp], like 8080:80")
+        };
+        let (ports, proto) = match s.rsplit_once('/') {
+            Some((p, "tcp")) => (p, Proto::Tcp),
+            Some((p, "udp")) => (p, Proto::Udp),
+            Some(_) => return Err(bad()),
+            None => (s, Proto::Tcp),
+        };
+        let (h, v) = ports.split_once(':').ok_or_else(bad)?;
+        let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad);
+        Ok(Publish {
+            host_port: port(h)?,
+            ve_port: port(v)?,
+            proto,
+        })
+    }
+}
+
+impl fmt::Display for Publish {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}/{}", self.host_port, self.ve_port, self.proto)
+    }
+}
+
+serde_via_str!(Publish);
+
+serde_via_str!(Subnet);
+
+/// The largest network id: interface names (`vn999p999999999`) must fit in 15
+/// characters.
+pub const MAX_NET_ID: u32 = 999;
+
+/// A network as configured (`nets/<name>.toml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    pub name: String,
+    /// 1..=999, part of the names of the network's interfaces.
+    pub id: u32,
+    pub mode: Mode,
+    pub subnet: Subnet,
+    /// The VEs' default gateway: the host's address on the bridge for host-only
+    /// and nat; the LAN's router for bridged (none = no default route).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
+    /// The host interface the network reaches the outside by (bridged: enslaved
+    /// or used as the bridge; routed: where the host answers ARP for VEs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<String>,
+    /// 802.1Q VLAN id on the uplink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
+    /// Name servers written to the VEs' /etc/resolv.conf.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<Ipv4Addr>,
+    /// The network's total bandwidth, shared by guarantees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<Rate>,
+    pub created: String,
+}
+
+/// Name of the bridge vectl makes for network `id`.
+pub fn bridge_name(id: u32) -> String {
+    format!("vn{id}b")
+}
+/// Name of the host side of VE `ve_id`'s port on network `net_id`.
+pub fn port_name(net_id: u32, ve_id: u32) -> String {
+    format!("vn{net_id}p{ve_id}")
+}
+/// Wildcard (nft) for all ports of network `id`.
+pub fn port_glob(id: u32) -> String {
+    format!("vn{id}p*")
+}
+/// Names of the network's IFB devices (traffic from the VEs, traffic to them).
+pub fn ifb_names(id: u32) -> (String, String) {
+    (format!("vn{id}u"), format!("vn{id}d"))
+}
+/// Name of the VLAN link vectl makes on the uplink.
+pub fn vlan_name(id: u32) -> String {
+    format!("vn{id}v")
+}
+
+/// The host-side address of every routed port: the VEs' next hop.
+pub const ROUTED_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 1);
+
+impl NetConfig {
+    /// The bridge the VEs' ports join, if the mode has one: the uplink itself when
+    /// bridged to an operator's bridge (`uplink_is_bridge`), else vectl's own.
+    pub fn bridge(&self, uplink_is_bridge: bool) -> Option<String> {
+        match self.mode {
+            Mode::Routed => None,
+            Mode::Bridged if uplink_is_bridge && self.vlan.is_none() => self.uplink.clone(),
+            _ => Some(bridge_name(self.id)),
+        }
+    }
+
+    /// The gateway VEs route through, if any.
+    pub fn ve_gateway(&self) -> Option<Ipv4Addr> {
+        match self.mode {
+            Mode::Routed => Some(ROUTED_GATEWAY),
+            Mode::HostOnly => None,
+            _ => self.gateway,
+        }
+    }
+
+    /// The host's own address on the network's bridge (host-only and nat).
+    pub fn host_address(&self) -> Option<Ipv4Addr> {
+        match self.mode {
+            Mode::HostOnly | Mode::Nat => self.gateway,
+            _ => None,
+        }
+    }
+
+    /// The prefix a VE's address gets inside the VE.
+    pub fn ve_prefix(&self) -> u8 {
+        if self.mode == Mode::Routed {
+            32
+        } else {
+            self.subnet.prefix
+        }
+    }
+
+    /// The uplink interface after VLAN tagging: the VLAN link, or the uplink.
+    pub fn effective_uplink(&self) -> Option<String> {
+        match (self.vlan, &self.uplink) {
+            (Some(_), Some(_)) => Some(vlan_name(self.id)),
+            (None, Some(u)) => Some(u.clone()),
+            _ => None,
+        }
+    }
+
+    /// The addresses of the subnet no VE may have.
+    pub fn reserved(&self) -> BTreeSet<Ipv4Addr> {
+        let mut r = BTreeSet::new();
+        r.insert(self.subnet.network());
+        r.insert(self.subnet.broadcast());
+        if let Some(g) = self.gateway {
+            r.insert(g);
+        }
+        r
+    }
+
+    /// Checks that `ip` may be a VE's address here; `used` are the addresses of
+    /// the other VEs on the network.
+    pub fn check_address(&self, ip: Ipv4Addr, used: &BTreeSet<Ipv4Addr>) -> Result<(), String> {
+        if !self.subnet.is_host(ip) {
+            return Err(format!(
+                "address {ip} is not a host address of network {}'s subnet {}",
+                self.name, self.subnet
+            ));
+        }
+        if self.gateway == Some(ip) {
+            return Err(format!(
+                "address {ip} is network {}'s gateway",
+                self.name
+            ));
+        }
+        if used.contains(&ip) {
+            return Err(format!(
+                "address {ip} is in use on network {}",
+                self.name
+            ));
+        }
+        if class_minor(self.subnet, ip).is_none() {
+            return Err(format!(
+                "address {ip} is the last of a /16 (reserved by vectl)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The lowest free address for a VE, given the ones in use.
+    pub fn allocate(&self, used: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+        let first = u32::from(self.subnet.network()) + 1;
+        let last = u32::from(self.subnet.broadcast());
+        let reserved = self.reserved();
+        (first..last)
+            .map(Ipv4Addr::from)
+            .find(|ip| !reserved.contains(ip) && !used.contains(ip) && class_minor(self.subnet, *ip).is_some())
+    }
+}
+
+/// The traffic class minor of a VE's address on its network (unique per network:
+/// the address's offset, plus one so that 1:1 stays the root class).
+pub fn class_minor(subnet: Subnet, ip: Ipv4Addr) -> Option<u16> {
+    let m = subnet.offset(ip) + 1;
+    u16::try_from(m).ok().filter(|m| (2..=0xfffe).contains(m))
+}
+
+/// The MAC address of a VE's NIC: locally administered, from the VE id and the
+/// NIC's index, so it is stable across restarts and unique on the host.
+pub fn mac_for(ve_id: u32, nic: u8) -> [u8; 6] {
+    let b = ve_id.to_be_bytes();
+    [0x02, nic, b[0], b[1], b[2], b[3]]
+}
+
+/// A MAC as text.
+pub fn mac_string(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Checks an interface name (the kernel's rules: 1..15 bytes, no '/', ':' or
+/// white space).
+pub fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && !name.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnets_parse_and_overlap() {
+        let a: Subnet = "10.0.3.0/24".parse().unwrap();
+        assert_eq!(a.first_host(), Ipv4Addr::new(10, 0, 3, 1));
+        assert_eq!(a.broadcast(), Ipv4Addr::new(10, 0, 3, 255));
+        assert!(a.contains(Ipv4Addr::new(10, 0, 3, 7)));
+        assert!(!a.contains(Ipv4Addr::new(10, 0, 4, 7)));
+        let b: Subnet = "10.0.0.0/16".parse().unwrap();
+        assert!(a.overlaps(b) && b.overlaps(a));
+        let c: Subnet = "10.1.0.0/16".parse().unwrap();
+        assert!(!a.overlaps(c));
+        for bad in ["10.0.3.1/24", "10.0.3.0", "10.0.3.0/33", "x/24", "10.0.0.0/8", "10.0.3.0/31"] {
+            assert!(bad.parse::<Subnet>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rates_parse_in_decimal_units() {
+        assert_eq!("10mbit".parse::<Rate>().unwrap(), Rate(10_000_000));
+        assert_eq!("1gbit".parse::<Rate>().unwrap(), Rate(1_000_000_000));
+        assert_eq!("100M".parse::<Rate>().unwrap(), Rate(100_000_000));
+        assert_eq!("1.5mbit".parse::<Rate>().unwrap(), Rate(1_500_000));
+        assert_eq!(Rate(10_000_000).to_string(), "10mbit");
+        assert_eq!(Rate(1_500_000).to_string(), "1500kbit");
+        for bad in ["", "fast", "10xbit", "0", "1bit"] {
+            assert!(bad.parse::<Rate>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ports_publish_syntax() {
+        let p: Publish = "8080:80".parse().unwrap();
+        assert_eq!((p.host_port, p.ve_port, p.proto), (8080, 80, Proto::Tcp));
+        let u: Publish = "53:5353/udp".parse().unwrap();
+        assert_eq!(u.to_string(), "53:5353/udp");
+        for bad in ["80", "0:80", "80:70000", "80:80/sctp", "a:b"] {
+            assert!(bad.parse::<Publish>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn addresses_are_allocated_lowest_first_without_duplicates() {
+        let net = NetConfig {
+            name: "n".into(),
+            id: 1,
+            mode: Mode::Nat,
+            subnet: "10.0.3.0/29".parse().unwrap(),
+            gateway: Some(Ipv4Addr::new(10, 0, 3, 1)),
+            uplink: None,
+            vlan: None,
+            dns: vec![],
+            bandwidth: None,
+            created: String::new(),
+        };
+        let mut used = BTreeSet::new();
+        for want in 2..=6 {
+            let ip = net.allocate(&used).unwrap();
+            assert_eq!(ip, Ipv4Addr::new(10, 0, 3, want));
+            net.check_address(ip, &used).unwrap();
+            used.insert(ip);
+        }
+        assert_eq!(net.allocate(&used), None);
+        assert!(net.check_address(Ipv4Addr::new(10, 0, 3, 1), &used).is_err());
+        assert!(net.check_address(Ipv4Addr::new(10, 0, 3, 7), &used).is_err());
+        assert!(net.check_address(Ipv4Addr::new(10, 0, 4, 2), &used).is_err());
+        assert_eq!(class_minor(net.subnet, Ipv4Addr::new(10, 0, 3, 2)), Some(3));
+        assert_eq!(port_name(999, 999_999_999).len(), 15);
+        assert_eq!(mac_string(mac_for(101, 0)), "02:00:00:00:00:65");
+    }
+}

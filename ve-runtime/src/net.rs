@@ -1,0 +1,892 @@
+//! Virtual networks on a host (`nets/<name>.toml`) and the NICs of VEs on them.
+//!
+//! A network's config is the source of truth; its kernel side (bridge, VLAN link,
+//! shaper) is made by `net create` and again by the first start after a reboot
+//! (a marker `run/net-<name>.up` holds the boot it was made in). Addresses are
+//! managed from the VE configs themselves under the host lock, so there is no
+//! lease file to drift: an address returns when its VE is destroyed. The
+//! firewall is regenerated from all configs whenever networks, addresses or
+//! published ports change, never on start or stop.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use netns::link::{Attach, Detach, Shape};
+use netns::model::{self, Mode, NetConfig, Rate, Subnet};
+use netns::nft::{Firewall, FwNic, FwPublish};
+use netns::tc::ClassRate;
+use serde::{Deserialize, Serialize};
+
+use crate::config::VeConfig;
+use crate::error::{Error, Result, io_err};
+use crate::fsutil::{remove_file, write_atomic};
+use crate::host::Host;
+use crate::limits::Limits;
+use crate::state;
+
+/// The name of the network `vectl init` makes.
+pub const DEFAULT_NET: &str = "default";
+
+/// Bandwidth of a network without `--bandwidth`, for the shaper's root class
+/// when a VE on it has a limit: more than any link, so only the limit counts.
+const UNLIMITED_BPS: u64 = 100_000_000_000;
+
+/// A VE's network interface as configured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Nic {
+    /// The network.
+    pub net: String,
+    /// Its address (the prefix is the network's).
+    pub ip: Ipv4Addr,
+}
+
+/// A NIC asked for at create: a network and an address (`None` or `auto` = the
+/// lowest free one; else `A.B.C.D` or `A.B.C.D/PREFIX`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicRequest {
+    pub net: String,
+    pub ip: Option<String>,
+}
+
+/// What `net create` takes.
+#[derive(Debug, Clone)]
+pub struct NetCreate {
+    pub name: String,
+    pub mode: Mode,
+    pub subnet: Option<Subnet>,
+    pub gateway: Option<Ipv4Addr>,
+    pub uplink: Option<String>,
+    pub vlan: Option<u16>,
+    /// `None` = the default (the host's name servers for nat).
+    pub dns: Option<Vec<Ipv4Addr>>,
+    pub bandwidth: Option<Rate>,
+}
+
+/// One VE on a network, for `net show`.
+#[derive(Debug, Clone, Serialize)]
+pub struct NetMember {
+    pub ve: String,
+    pub ip: Ipv4Addr,
+    pub mac: String,
+    pub port: String,
+    pub running: bool,
+}
+
+/// A network as `net show` and `net list` show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NetDetails {
+    #[serde(flatten)]
+    pub config: NetConfig,
+    /// The bridge VEs join (none for routed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
+    pub ves: Vec<NetMember>,
+    /// Addresses still free for VEs.
+    pub free_addresses: u64,
+    /// Guarantees of the running VEs on it, bits per second.
+    pub guaranteed_bps: u64,
+}
+
+/// A NIC's details in `show`.
+#[derive(Debug, Clone, Serialize)]
+pub struct NicInfo {
+    pub ifname: String,
+    pub net: String,
+    pub mode: Mode,
+    pub ip: String,
+    pub mac: String,
+    pub port: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
+}
+
+fn net_err(net: &str, reason: impl Into<String>) -> Error {
+    Error::Net {
+        net: net.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn kernel_err(net: &str, e: netns::Error) -> Error {
+    net_err(net, e.to_string())
+}
+
+/// Network names follow VE names' rules.
+fn validate_net_name(name: &str) -> Result<()> {
+    crate::config::validate_name(name).map_err(|_| {
+        Error::Host(format!(
+            "invalid network name {name:?}: use lower-case letters, digits and '-', starting with a letter or digit, not all digits, at most 63 characters"
+        ))
+    })
+}
+
+/// The name servers of the host's /etc/resolv.conf that a VE can reach (not the
+/// host's loopback stub resolvers).
+fn host_name_servers() -> Vec<Ipv4Addr> {
+    fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse::<Ipv4Addr>().ok())
+        .filter(|a| !a.is_loopback() && !a.is_unspecified())
+        .collect()
+}
+
+/// Subnets tried for a nat or host-only network without `--subnet`.
+fn default_subnets() -> impl Iterator<Item = Subnet> {
+    (0..64u8).map(|i| Subnet {
+        addr: Ipv4Addr::new(10, 200 + i / 16, (i % 16) * 16, 0),
+        prefix: 20,
+    })
+}
+
+impl Host {
+    fn nets_dir(&self) -> PathBuf {
+        self.root().join("nets")
+    }
+    fn net_path(&self, name: &str) -> PathBuf {
+        self.nets_dir().join(format!("{name}.toml"))
+    }
+    fn net_marker(&self, name: &str) -> PathBuf {
+        self.root().join("run").join(format!("net-{name}.up"))
+    }
+
+    /// Every network, by id.
+    pub fn nets(&self) -> Result<Vec<NetConfig>> {
+        let dir = self.nets_dir();
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(&dir)(e)),
+        };
+        let mut out = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(io_err(&dir))?;
+            let fname = entry.file_name();
+            let Some(name) = fname.to_str().and_then(|f| f.strip_suffix(".toml")) else {
+                continue;
+            };
+            if validate_net_name(name).is_ok() {
+                out.push(load_net(&entry.path(), name)?);
+            }
+        }
+        out.sort_by_key(|n| n.id);
+        Ok(out)
+    }
+
+    /// One network's config.
+    pub fn net(&self, name: &str) -> Result<NetConfig> {
+        validate_net_name(name)?;
+        let path = self.net_path(name);
+        if !path.exists() {
+            return Err(Error::NoSuchNet(name.to_string()));
+        }
+        load_net(&path, name)
+    }
+
+    /// Creates a network and its kernel side.
+    pub fn net_create(&self, o: &NetCreate) -> Result<NetConfig> {
+        let _host = self.lock_host()?;
+        self.net_create_locked(o)
+    }
+
+    pub(crate) fn net_create_locked(&self, o: &NetCreate) -> Result<NetConfig> {
+        let name = o.name.as_str();
+        validate_net_name(name)?;
+        if self.net_path(name).exists() {
+            return Err(net_err(name, "already exists"));
+        }
+        let nets = self.nets()?;
+        let id = (1..=model::MAX_NET_ID)
+            .find(|i| !nets.iter().any(|n| n.id == *i))
+            .ok_or_else(|| net_err(name, "no free network id (at most 999 networks)"))?;
+        let bad = |r: String| Err(net_err(name, r));
+        let bridged_or_routed = matches!(o.mode, Mode::Bridged | Mode::Routed);
+        if o.uplink.is_some() && !bridged_or_routed {
+            return bad(format!(
+                "--uplink is for bridged and routed networks, not {}",
+                o.mode
+            ));
+        }
+        if o.mode == Mode::Bridged && o.uplink.is_none() {
+            return bad("a bridged network needs --uplink (the host interface or bridge on the LAN)".into());
+        }
+        if let Some(v) = o.vlan {
+            if !(1..=4094).contains(&v) {
+                return bad(format!("--vlan {v}: VLAN ids run from 1 to 4094"));
+            }
+            if o.uplink.is_none() {
+                return bad("--vlan needs --uplink (the interface that carries the VLAN)".into());
+            }
+        }
+        if let Some(u) = &o.uplink {
+            if !model::valid_ifname(u) {
+                return bad(format!("--uplink {u:?} is not a valid interface name"));
+            }
+            if u.starts_with("vn") {
+                return bad(format!("--uplink {u}: interfaces named vn* are vectl's own"));
+            }
+        }
+        if o.mode == Mode::Routed && o.gateway.is_some() {
+            return bad(format!(
+                "--gateway is not for routed networks (VEs route through the host at {})",
+                model::ROUTED_GATEWAY
+            ));
+        }
+        // What the host has: the uplink, and addresses a new subnet must not take.
+        let uplink_name = o.uplink.clone();
+        let (uplink, host_nets) = netns::link::on_host(|h| async move {
+            let up = match &uplink_name {
+                Some(u) => netns::link::uplink_info(&h, u).await?,
+                None => None,
+            };
+            Ok((up, netns::link::host_subnets(&h).await?))
+        })
+        .map_err(|e| kernel_err(name, e))?;
+        if let Some(u) = &o.uplink {
+            let Some(info) = &uplink else {
+                return bad(format!("--uplink {u}: no such interface on this host"));
+            };
+            if o.mode == Mode::Bridged && !info.is_bridge && o.vlan.is_none() && !info.ipv4.is_empty() {
+                return bad(format!(
+                    "--uplink {u} holds the host's address {}: putting it in a bridge would cut the host off; give a bridge that holds the address (such as br0) as --uplink",
+                    info.ipv4.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+        let ours = |sn: Subnet| nets.iter().find(|n| n.subnet.overlaps(sn));
+        let host_has = |sn: Subnet| {
+            host_nets.iter().find(|(a, p)| {
+                sn.overlaps(Subnet {
+                    addr: *a,
+                    prefix: (*p).min(32),
+                })
+            })
+        };
+        let subnet = match o.subnet {
+            Some(sn) => {
+                if let Some(other) = ours(sn) {
+                    return bad(format!(
+                        "subnet {sn} overlaps network {}'s {}",
+                        other.name, other.subnet
+                    ));
+                }
+                if matches!(o.mode, Mode::Nat | Mode::HostOnly)
+                    && let Some((a, p)) = host_has(sn)
+                {
+                    return bad(format!(
+                        "subnet {sn} overlaps the host's {a}/{p} (pick another --subnet)"
+                    ));
+                }
+                sn
+            }
+            None if bridged_or_routed => {
+                return bad(format!(
+                    "a {} network needs --subnet (the addresses its VEs have on the LAN)",
+                    o.mode
+                ));
+            }
+            None => default_subnets()
+                .find(|sn| ours(*sn).is_none() && host_has(*sn).is_none())
+                .ok_or_else(|| net_err(name, "no free default subnet: give --subnet"))?,
+        };
+        let gateway = match (o.mode, o.gateway) {
+            (_, Some(g)) => {
+                if !subnet.is_host(g) {
+                    return bad(format!(
+                        "--gateway {g} is not a host address of {subnet}"
+                    ));
+                }
+                Some(g)
+            }
+            (Mode::Nat | Mode::HostOnly, None) => Some(subnet.first_host()),
+            _ => None,
+        };
+        let dns = match &o.dns {
+            Some(d) => d.clone(),
+            None if o.mode == Mode::Nat => host_name_servers(),
+            None => Vec::new(),
+        };
+        let cfg = NetConfig {
+            name: name.to_string(),
+            id,
+            mode: o.mode,
+            subnet,
+            gateway,
+            uplink: o.uplink.clone(),
+            vlan: o.vlan,
+            dns,
+            bandwidth: o.bandwidth,
+            created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        };
+        let dir = self.nets_dir();
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        store_net(&self.net_path(name), &cfg)?;
+        let made = self
+            .bring_up(&cfg)
+            .and_then(|()| self.apply_firewall(None));
+        if let Err(e) = made {
+            let _ = netns::link::on_host(|h| async move { netns::link::net_down(&h, &cfg).await });
+            let _ = remove_file(&self.net_path(name));
+            let _ = remove_file(&self.net_marker(name));
+            let _ = self.apply_firewall(None);
+            return Err(e);
+        }
+        Ok(cfg)
+    }
+
+    /// Makes the network's kernel side and records the boot it was made in.
+    fn bring_up(&self, net: &NetConfig) -> Result<()> {
+        let n = net.clone();
+        netns::link::on_host(|h| async move { netns::link::net_up(&h, &n).await })
+            .map_err(|e| kernel_err(&net.name, e))?;
+        write_atomic(&self.net_marker(&net.name), state::boot_id().as_bytes(), false)
+    }
+
+    /// Makes sure the networks' kernel sides exist in this boot (after a reboot
+    /// they are made again, and the firewall with them).
+    pub(crate) fn ensure_nets_up(&self, nets: &[&NetConfig]) -> Result<()> {
+        let boot = state::boot_id();
+        let mut rebuilt = false;
+        for net in nets {
+            let up = fs::read_to_string(self.net_marker(&net.name)).is_ok_and(|b| b == boot);
+            if !up {
+                let _host = self.lock_host()?;
+                self.bring_up(net)?;
+                rebuilt = true;
+            }
+        }
+        if rebuilt {
+            let _host = self.lock_host()?;
+            self.apply_firewall(None)?;
+        }
+        Ok(())
+    }
+
+    /// Removes a network; refused while a VE has a NIC on it.
+    pub fn net_rm(&self, name: &str) -> Result<()> {
+        let net = self.net(name)?;
+        let _host = self.lock_host()?;
+        let (ves, _) = self.list()?;
+        let users: Vec<String> = ves
+            .iter()
+            .filter(|v| v.nics.iter().any(|n| n.net == name))
+            .map(|v| v.name.clone())
+            .collect();
+        if !users.is_empty() {
+            return Err(net_err(
+                name,
+                format!(
+                    "in use by VE {} (destroy them or move them to another network first)",
+                    users.join(", ")
+                ),
+            ));
+        }
+        let n = net.clone();
+        netns::link::on_host(|h| async move { netns::link::net_down(&h, &n).await })
+            .map_err(|e| kernel_err(name, e))?;
+        remove_file(&self.net_path(name))?;
+        remove_file(&self.net_marker(name))?;
+        self.apply_firewall(None)
+    }
+
+    /// A network with the VEs on it.
+    pub fn net_show(&self, name: &str) -> Result<NetDetails> {
+        let net = self.net(name)?;
+        let (ves, _) = self.list()?;
+        let mut members = Vec::new();
+        let mut used = BTreeSet::new();
+        let mut guaranteed = 0;
+        for v in &ves {
+            for (i, nic) in v.nics.iter().enumerate().filter(|(_, n)| n.net == name) {
+                used.insert(nic.ip);
+                let running = v.status == crate::ve::Status::Running;
+                if running {
+                    guaranteed += v
+                        .limits
+                        .net_guarantee
+                        .and_then(|g| g.bps(net.bandwidth.map(|b| b.0)))
+                        .unwrap_or(0);
+                }
+                members.push(NetMember {
+                    ve: v.name.clone(),
+                    ip: nic.ip,
+                    mac: model::mac_string(model::mac_for(v.id, i as u8)),
+                    port: model::port_name(net.id, v.id),
+                    running,
+                });
+            }
+        }
+        let hosts = (1u64 << (32 - u32::from(net.subnet.prefix))).saturating_sub(2);
+        let reserved = net.reserved().len() as u64 - 2;
+        let uplink_bridge = net.mode == Mode::Bridged
+            && net.vlan.is_none()
+            && net
+                .uplink
+                .as_deref()
+                .is_some_and(|u| Path::new(&format!("/sys/class/net/{u}/bridge")).exists());
+        Ok(NetDetails {
+            bridge: net.bridge(uplink_bridge),
+            free_addresses: hosts.saturating_sub(reserved + used.len() as u64),
+            guaranteed_bps: guaranteed,
+            ves: members,
+            config: net,
+        })
+    }
+
+    /// The firewall of all networks, VE addresses and published ports, with
+    /// `extra` (a VE being created) counted in.
+    fn firewall(&self, extra: Option<&VeConfig>) -> Result<Firewall> {
+        let nets = self.nets()?;
+        let by_name: BTreeMap<&str, &NetConfig> =
+            nets.iter().map(|n| (n.name.as_str(), n)).collect();
+        let mut fw = Firewall::default();
+        let (ves, _) = self.list()?;
+        let mut all: Vec<(u32, Vec<Nic>, Vec<model::Publish>)> = ves
+            .into_iter()
+            .filter(|v| extra.is_none_or(|e| e.name != v.name))
+            .map(|v| (v.id, v.nics, v.publish))
+            .collect();
+        if let Some(e) = extra {
+            all.push((e.id, e.nics.clone(), e.publish.clone()));
+        }
+        for (id, nics, publish) in all {
+            for (i, nic) in nics.iter().enumerate() {
+                let Some(net) = by_name.get(nic.net.as_str()) else {
+                    continue;
+                };
+                fw.nics.push(FwNic {
+                    port: model::port_name(net.id, id),
+                    ip: nic.ip,
+                    mac: model::mac_for(id, i as u8),
+                });
+            }
+            if let Some(nat) = nics
+                .iter()
+                .find(|n| by_name.get(n.net.as_str()).is_some_and(|c| c.mode == Mode::Nat))
+            {
+                fw.published.extend(publish.iter().map(|p| FwPublish {
+                    publish: *p,
+                    ip: nat.ip,
+                }));
+            }
+        }
+        fw.nets = nets;
+        Ok(fw)
+    }
+
+    /// Regenerates and applies the firewall (the caller holds the host lock).
+    pub(crate) fn apply_firewall(&self, extra: Option<&VeConfig>) -> Result<()> {
+        self.firewall(extra)?
+            .apply()
+            .map_err(|e| Error::Host(e.to_string()))
+    }
+
+    /// The addresses in use on `net` by VEs other than `except`.
+    fn used_addresses(&self, net: &str, except: &str) -> Result<BTreeSet<Ipv4Addr>> {
+        let (ves, _) = self.list()?;
+        Ok(ves
+            .iter()
+            .filter(|v| v.name != except)
+            .flat_map(|v| v.nics.iter())
+            .filter(|n| n.net == net)
+            .map(|n| n.ip)
+            .collect())
+    }
+
+    /// The NICs of a VE being created (the caller holds the host lock):
+    /// addresses checked or allocated without duplicates.
+    pub(crate) fn allocate_nics(&self, ve: &str, reqs: &[NicRequest]) -> Result<Vec<Nic>> {
+        let mut out: Vec<Nic> = Vec::new();
+        for r in reqs {
+            let net = self.net(&r.net).map_err(|e| match e {
+                Error::NoSuchNet(n) => Error::BadLimit {
+                    ve: ve.to_string(),
+                    reason: format!("--net {n}: no such network (see `vectl net list`)"),
+                },
+                e => e,
+            })?;
+            if out.iter().any(|n| n.net == net.name) {
+                return Err(Error::BadLimit {
+                    ve: ve.to_string(),
+                    reason: format!("--net {}: given twice (one NIC per network)", net.name),
+                });
+            }
+            let used = self.used_addresses(&net.name, ve)?;
+            let ip = match r.ip.as_deref() {
+                None | Some("auto") => net.allocate(&used).ok_or_else(|| {
+                    net_err(&net.name, format!("no free address left in {}", net.subnet))
+                })?,
+                Some(text) => {
+                    let ip = parse_ip_for(&net, text).map_err(|reason| Error::BadLimit {
+                        ve: ve.to_string(),
+                        reason,
+                    })?;
+                    net.check_address(ip, &used).map_err(|reason| Error::BadLimit {
+                        ve: ve.to_string(),
+                        reason: format!("--ip {text}: {reason}"),
+                    })?;
+                    ip
+                }
+            };
+            out.push(Nic { net: net.name, ip });
+        }
+        Ok(out)
+    }
+
+    /// The networks of a VE's NICs.
+    pub(crate) fn nets_of(&self, cfg: &VeConfig) -> Result<Vec<NetConfig>> {
+        cfg.nics
+            .iter()
+            .map(|n| {
+                self.net(&n.net).map_err(|e| Error::Start {
+                    ve: cfg.name.clone(),
+                    reason: format!("its network: {e}"),
+                })
+            })
+            .collect()
+    }
+
+    /// What to wire at start.
+    pub(crate) fn attachments(&self, cfg: &VeConfig, nets: &[NetConfig]) -> Vec<Attach> {
+        cfg.nics
+            .iter()
+            .zip(nets)
+            .enumerate()
+            .map(|(i, (nic, net))| Attach {
+                net: net.clone(),
+                port: model::port_name(net.id, cfg.id),
+                ifname: format!("eth{i}"),
+                mac: model::mac_for(cfg.id, i as u8),
+                ip: nic.ip,
+                shape: shape_for(&cfg.limits, net, nic.ip),
+            })
+            .collect()
+    }
+
+    /// What to take down after a VE stopped (networks that are gone are skipped:
+    /// their ports went with them).
+    pub(crate) fn detach_nics(&self, cfg: &VeConfig) -> Result<()> {
+        let nets = self.nets()?;
+        let d: Vec<Detach> = cfg
+            .nics
+            .iter()
+            .filter_map(|nic| {
+                let net = nets.iter().find(|n| n.name == nic.net)?;
+                Some(Detach {
+                    net: net.clone(),
+                    port: model::port_name(net.id, cfg.id),
+                    ip: nic.ip,
+                    minor: model::class_minor(net.subnet, nic.ip),
+                })
+            })
+            .collect();
+        netns::link::detach(&d).map_err(|source| Error::Network {
+            ve: cfg.name.clone(),
+            source,
+        })
+    }
+
+    /// Applies changed bandwidth settings to a running VE's NICs.
+    pub(crate) fn reshape_nics(&self, cfg: &VeConfig, limits: &Limits) -> Result<()> {
+        for (nic, net) in cfg.nics.iter().zip(self.nets_of(cfg)?) {
+            let shape = shape_for(limits, &net, nic.ip);
+            let old = shape_for(&cfg.limits, &net, nic.ip).map(|s| s.minor);
+            netns::link::reshape(&net, &model::port_name(net.id, cfg.id), nic.ip, shape.as_ref(), old)
+                .map_err(|source| Error::Network {
+                    ve: cfg.name.clone(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Checks a VE's network settings: bandwidth knobs against its networks,
+    /// published ports against the other VEs'.
+    pub(crate) fn check_net_settings(&self, cfg: &VeConfig) -> Result<()> {
+        let bad = |reason: String| Error::BadLimit {
+            ve: cfg.name.clone(),
+            reason,
+        };
+        let nets: Vec<NetConfig> = cfg
+            .nics
+            .iter()
+            .map(|n| self.net(&n.net))
+            .collect::<Result<_>>()?;
+        if let Some(g) = cfg.limits.net_guarantee {
+            if cfg.nics.is_empty() {
+                return Err(bad("--net-guarantee: the VE has no network interface".into()));
+            }
+            if let crate::limits::NetShare::Percent(p) = g
+                && !(p.0 > 0.0 && p.0 <= 100.0)
+            {
+                return Err(bad(format!("--net-guarantee {p} is not between 0% and 100%")));
+            }
+            for net in &nets {
+                let Some(bw) = net.bandwidth else {
+                    return Err(bad(format!(
+                        "--net-guarantee: network {} has no --bandwidth to guarantee a share of",
+                        net.name
+                    )));
+                };
+                let want = g.bps(Some(bw.0)).unwrap_or(0);
+                if want > bw.0 {
+                    return Err(bad(format!(
+                        "--net-guarantee {g} is more than network {}'s bandwidth {bw}",
+                        net.name
+                    )));
+                }
+                if let Some(l) = cfg.limits.net_limit
+                    && want > l.0
+                {
+                    return Err(bad(format!(
+                        "--net-guarantee {g} is above --net-limit {l}"
+                    )));
+                }
+            }
+        }
+        if cfg.limits.net_limit.is_some() && cfg.nics.is_empty() {
+            return Err(bad("--net-limit: the VE has no network interface".into()));
+        }
+        if !cfg.publish.is_empty() {
+            if !nets.iter().any(|n| n.mode == Mode::Nat) {
+                return Err(bad(
+                    "--publish: the VE has no NIC on a nat network (ports are published from NAT networks)".into(),
+                ));
+            }
+            let (ves, _) = self.list()?;
+            for p in &cfg.publish {
+                if let Some(other) = ves
+                    .iter()
+                    .filter(|v| v.name != cfg.name)
+                    .find(|v| v.publish.iter().any(|q| q.host_port == p.host_port && q.proto == p.proto))
+                {
+                    return Err(bad(format!(
+                        "--publish {p}: host port {}/{} is published by VE {} already",
+                        p.host_port, p.proto, other.name
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Network guarantees a VE would hold, checked against its networks'
+    /// bandwidth beside the running VEs' (admission control).
+    pub(crate) fn admit_net(&self, cfg: &VeConfig, limits: &Limits) -> Result<()> {
+        let Some(g) = limits.net_guarantee else {
+            return Ok(());
+        };
+        let (ves, _) = self.list()?;
+        for nic in &cfg.nics {
+            let net = self.net(&nic.net)?;
+            let Some(bw) = net.bandwidth else { continue };
+            let mine = g.bps(Some(bw.0)).unwrap_or(0);
+            let mut parts = Vec::new();
+            let mut others = 0;
+            for v in ves.iter().filter(|v| {
+                v.name != cfg.name
+                    && v.status == crate::ve::Status::Running
+                    && v.nics.iter().any(|n| n.net == net.name)
+            }) {
+                if let Some(b) = v.limits.net_guarantee.and_then(|g| g.bps(Some(bw.0))) {
+                    others += b;
+                    parts.push(format!("{} {}", v.name, Rate(b)));
+                }
+            }
+            if mine + others > bw.0 {
+                if parts.is_empty() {
+                    parts.push("none".into());
+                }
+                return Err(Error::Admission {
+                    ve: cfg.name.clone(),
+                    reason: format!(
+                        "network guarantees on {} would total {} of its {bw}: running VEs {}; this VE {}",
+                        net.name,
+                        Rate(mine + others),
+                        parts.join(", "),
+                        Rate(mine)
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Details of a VE's NICs for `show`.
+    pub(crate) fn nic_infos(&self, cfg: &VeConfig) -> Vec<NicInfo> {
+        cfg.nics
+            .iter()
+            .enumerate()
+            .map(|(i, nic)| {
+                let net = self.net(&nic.net).ok();
+                NicInfo {
+                    ifname: format!("eth{i}"),
+                    net: nic.net.clone(),
+                    mode: net.as_ref().map_or(Mode::Nat, |n| n.mode),
+                    ip: match &net {
+                        Some(n) => format!("{}/{}", nic.ip, n.ve_prefix()),
+                        None => nic.ip.to_string(),
+                    },
+                    mac: model::mac_string(model::mac_for(cfg.id, i as u8)),
+                    port: net
+                        .as_ref()
+                        .map_or_else(String::new, |n| model::port_name(n.id, cfg.id)),
+                    gateway: net.as_ref().and_then(NetConfig::ve_gateway),
+                }
+            })
+            .collect()
+    }
+
+    /// Creates the default nat network of a new host.
+    pub(crate) fn create_default_net(&self) -> Result<NetConfig> {
+        self.net_create_locked(&NetCreate {
+            name: DEFAULT_NET.into(),
+            mode: Mode::Nat,
+            subnet: None,
+            gateway: None,
+            uplink: None,
+            vlan: None,
+            dns: None,
+            bandwidth: None,
+        })
+    }
+}
+
+/// A NIC's traffic class: when the VE has a limit or guarantee, or its network
+/// has a bandwidth to share.
+fn shape_for(limits: &Limits, net: &NetConfig, ip: Ipv4Addr) -> Option<Shape> {
+    if limits.net_limit.is_none() && limits.net_guarantee.is_none() && net.bandwidth.is_none() {
+        return None;
+    }
+    let minor = model::class_minor(net.subnet, ip)?;
+    let total = net.bandwidth.map_or(UNLIMITED_BPS, |b| b.0);
+    let ceil = limits.net_limit.map_or(total, |l| l.0.min(total));
+    // Best effort: a small rate, so guarantees come first when the network is full.
+    let best_effort = (total / 1000).clamp(10_000, 1_000_000).min(ceil);
+    let rate = limits
+        .net_guarantee
+        .and_then(|g| g.bps(net.bandwidth.map(|b| b.0)))
+        .unwrap_or(best_effort)
+        .clamp(1000, ceil);
+    Some(Shape {
+        minor,
+        rate: ClassRate { rate, ceil },
+        total,
+    })
+}
+
+/// Parses `--ip` for a network: an address, or an address with the network's
+/// prefix.
+fn parse_ip_for(net: &NetConfig, text: &str) -> std::result::Result<Ipv4Addr, String> {
+    let (a, p) = match text.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (text, None),
+    };
+    let ip: Ipv4Addr = a
+        .parse()
+        .map_err(|_| format!("--ip {text:?}: expected an IPv4 address, CIDR or auto"))?;
+    if let Some(p) = p {
+        let p: u8 = p
+            .parse()
+            .map_err(|_| format!("--ip {text:?}: bad prefix"))?;
+        if p != net.subnet.prefix && !(net.mode == Mode::Routed && p == 32) {
+            return Err(format!(
+                "--ip {text}: network {} is {} (prefix /{})",
+                net.name, net.subnet, net.subnet.prefix
+            ));
+        }
+    }
+    Ok(ip)
+}
+
+fn load_net(path: &Path, name: &str) -> Result<NetConfig> {
+    let text = fs::read_to_string(path).map_err(io_err(path))?;
+    let cfg: NetConfig = toml::from_str(&text).map_err(|e| Error::Corrupt {
+        path: path.to_path_buf(),
+        what: "network config",
+        reason: e.message().replace('\n', " "),
+    })?;
+    if cfg.name != name {
+        return Err(Error::Corrupt {
+            path: path.to_path_buf(),
+            what: "network config",
+            reason: format!("it names network {:?}", cfg.name),
+        });
+    }
+    Ok(cfg)
+}
+
+fn store_net(path: &Path, cfg: &NetConfig) -> Result<()> {
+    let text = toml::to_string(cfg).map_err(|e| Error::Corrupt {
+        path: path.to_path_buf(),
+        what: "network config",
+        reason: e.to_string(),
+    })?;
+    write_atomic(path, text.as_bytes(), true)
+}
+
+/// Writes the VE's /etc/hosts entry and (when its first network has name
+/// servers) /etc/resolv.conf into its private layer, before its root is mounted.
+/// Lines vectl owns in /etc/hosts end in `# vectl`; the rest is the VE's own.
+pub(crate) fn write_net_files(
+    upper: &Path,
+    lower: &Path,
+    hostname: &str,
+    nics: &[Nic],
+    nets: &[NetConfig],
+) -> Result<()> {
+    let Some(first) = nics.first() else {
+        return Ok(());
+    };
+    let etc = upper.join("etc");
+    let current = |name: &str| {
+        fs::read_to_string(etc.join(name))
+            .or_else(|_| fs::read_to_string(lower.join("etc").join(name)))
+            .unwrap_or_default()
+    };
+    let write = |name: &str, text: &str, old: &str| -> Result<()> {
+        if text == old && etc.join(name).is_file() {
+            return Ok(());
+        }
+        fs::create_dir_all(&etc).map_err(io_err(&etc))?;
+        let p = etc.join(name);
+        // A symlink (to a resolver stub, say) is replaced by a file.
+        if p.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
+            remove_file(&p)?;
+        }
+        fs::write(&p, text).map_err(io_err(&p))
+    };
+    let old = current("hosts");
+    let mut hosts: String = old
+        .lines()
+        .filter(|l| !l.ends_with("# vectl"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if !hosts.lines().any(|l| l.split_whitespace().skip(1).any(|n| n == "localhost")) {
+        hosts.push_str("127.0.0.1\tlocalhost # vectl\n");
+    }
+    let short = hostname.split('.').next().unwrap_or(hostname);
+    if short == hostname {
+        hosts.push_str(&format!("{}\t{hostname} # vectl\n", first.ip));
+    } else {
+        hosts.push_str(&format!("{}\t{hostname} {short} # vectl\n", first.ip));
+    }
+    write("hosts", &hosts, &old)?;
+    if let Some(net) = nets.first()
+        && !net.dns.is_empty()
+    {
+        let mut text = format!("# written by vectl from network {}\n", net.name);
+        for d in &net.dns {
+            text.push_str(&format!("nameserver {d}\n"));
+        }
+        let old = fs::read_to_string(etc.join("resolv.conf")).unwrap_or_default();
+        write("resolv.conf", &text, &old)?;
+    }
+    Ok(())
+}
