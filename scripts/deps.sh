@@ -16,7 +16,8 @@ packages=(
     btrfs-progs       # mkfs.btrfs for the storage pool (vectl uses ioctls after that)
     e2fsprogs         # mkfs.ext4 (tests of pools on devices that hold another file system)
     util-linux        # unshare, script
-    iproute2
+    iproute2          # ip, for tests that build a LAN in a network namespace
+    nftables          # nft: NAT, published ports, isolation and anti-spoofing rules
     procps
 )
 

@@ -19,7 +19,7 @@ use std::fs;
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -492,5 +492,132 @@ fn remove_cgroup_tree(dir: &Path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
             Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
         }
+    }
+}
+
+/// A second network namespace playing the LAN (or the internet) for network
+/// tests: a holder process keeps it alive, a veth pair joins it to the calling
+/// thread's namespace (the test's host). Everything in it runs through nsenter.
+/// Dropping it kills its servers and the holder; the namespace and the pair go.
+pub struct Lan {
+    holder: Child,
+    servers: std::sync::Mutex<Vec<Child>>,
+    /// The host side of the veth pair.
+    pub host_if: String,
+}
+
+impl Lan {
+    /// Makes the LAN: `host_if` on the host side (with `host_cidr` if given),
+    /// `lan0` inside with `lan_cidr` (and the loopback up).
+    pub fn new(host_if: &str, host_cidr: Option<&str>, lan_cidr: &str) -> Result<Lan, String> {
+        let mut holder = Command::new("unshare")
+            .args(["--net", "sh", "-c", "echo ready; read _"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("unshare: {e}"))?;
+        let mut line = String::new();
+        if let Some(out) = holder.stdout.take() {
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line);
+        }
+        let lan = Lan {
+            holder,
+            servers: std::sync::Mutex::new(Vec::new()),
+            host_if: host_if.to_string(),
+        };
+        if line.trim() != "ready" {
+            return Err("the LAN namespace did not start".into());
+        }
+        let pid = lan.holder.id().to_string();
+        sh(&["ip", "link", "add", host_if, "type", "veth", "peer", "name", "lan0", "netns", &pid])?;
+        if let Some(c) = host_cidr {
+            sh(&["ip", "addr", "add", c, "dev", host_if])?;
+        }
+        sh(&["ip", "link", "set", host_if, "up"])?;
+        lan.ok(&["ip", "addr", "add", lan_cidr, "dev", "lan0"])?;
+        lan.ok(&["ip", "link", "set", "lan0", "up"])?;
+        lan.ok(&["ip", "link", "set", "lo", "up"])?;
+        Ok(lan)
+    }
+
+    fn nsenter(&self, cmd: &[&str]) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg("-t")
+            .arg(self.holder.id().to_string())
+            .arg("-n")
+            .arg("--")
+            .args(cmd);
+        c
+    }
+
+    /// Runs a command in the LAN; `Err` with its output if it fails.
+    pub fn ok(&self, cmd: &[&str]) -> Result<String, String> {
+        let out = self
+            .nsenter(cmd)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!(
+                "{cmd:?} in the LAN: {}{}",
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&out.stdout)
+            ))
+        }
+    }
+
+    /// Starts a long-running command in the LAN (killed on drop).
+    pub fn serve(&self, cmd: &[&str]) -> Result<(), String> {
+        let child = self
+            .nsenter(cmd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        self.servers
+            .lock()
+            .map_err(|_| "poisoned".to_string())?
+            .push(child);
+        Ok(())
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        if let Ok(mut servers) = self.servers.lock() {
+            for s in servers.iter_mut() {
+                let _ = s.kill();
+                let _ = s.wait();
+            }
+        }
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Runs a command in the calling thread's namespaces; `Err` with its output if
+/// it fails.
+pub fn sh(cmd: &[&str]) -> Result<String, String> {
+    let out = Command::new(cmd[0])
+        .args(&cmd[1..])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{}: {e}", cmd[0]))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{cmd:?}: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        ))
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! A network's config is the source of truth; its kernel side (bridge, VLAN link,
 //! shaper) is made by `net create` and again by the first start after a reboot
-//! (a marker `run/net-<name>.up` holds the boot it was made in). Addresses are
+//! (a marker `nets/<name>.up` holds the boot it was made in). Addresses are
 //! managed from the VE configs themselves under the host lock, so there is no
 //! lease file to drift: an address returns when its VE is destroyed. The
 //! firewall is regenerated from all configs whenever networks, addresses or
@@ -153,7 +153,7 @@ impl Host {
         self.nets_dir().join(format!("{name}.toml"))
     }
     fn net_marker(&self, name: &str) -> PathBuf {
-        self.root().join("run").join(format!("net-{name}.up"))
+        self.nets_dir().join(format!("{name}.up"))
     }
 
     /// Every network, by id.
