@@ -50,7 +50,23 @@ echo "== vectl list"
 vectl list
 echo "== vectl pool info"
 vectl pool info
-echo "== vectl exec web1 -- wget -qO- http://127.0.0.1/"
-vectl exec web1 -- wget -qO- http://127.0.0.1/
+echo "== vectl net list"
+vectl net list
+# Each VE answers on its own address on the default nat network.
+for ve in web1 web2 web3; do
+    ip=$(vectl --json show "$ve" | sed -n 's/.*"ip": "\([0-9.]*\)".*/\1/p' | head -n1)
+    if [ -z "$ip" ]; then
+        echo "VE $ve has no network interface (created before the host had a default network)"
+        continue
+    fi
+    echo "== curl http://$ip/ (VE $ve)"
+    page=$(curl -sS --retry 5 --retry-delay 1 --retry-connrefused -m 5 "http://$ip/")
+    echo "$page"
+done
+# web1's port 80, published on the host's addresses as port 18080.
+vectl set web1 --publish 18080:80
+echo "== curl http://127.0.0.1:18080/ (published from web1)"
+page=$(curl -sS --retry 5 --retry-delay 1 --retry-connrefused -m 5 http://127.0.0.1:18080/)
+echo "$page"
 echo
-echo "Done. Try: vectl enter web2 | vectl set web3 --ram 128M | vectl stop web1 | vectl destroy --force web1"
+echo "Done. Try: vectl enter web2 | vectl set web3 --ram 128M --net-limit 100mbit | vectl stop web1 | vectl destroy --force web1"

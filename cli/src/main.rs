@@ -444,9 +444,9 @@ fn parse_unpublish(ve: &str, list: &[String]) -> Result<Vec<Publish>> {
                 Some(_) => bail!("VE {ve}: --unpublish {p:?}: expected HOSTPORT[/tcp|udp]"),
                 None => (p.as_str(), ve_runtime::Proto::Tcp),
             };
-            let host_port: u16 = port
-                .parse()
-                .map_err(|_| anyhow::anyhow!("VE {ve}: --unpublish {p:?}: expected HOSTPORT[/tcp|udp]"))?;
+            let host_port: u16 = port.parse().map_err(|_| {
+                anyhow::anyhow!("VE {ve}: --unpublish {p:?}: expected HOSTPORT[/tcp|udp]")
+            })?;
             Ok(Publish {
                 host_port,
                 ve_port: 0,

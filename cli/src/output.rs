@@ -374,7 +374,8 @@ impl Out {
                 n.name,
                 n.mode,
                 n.subnet,
-                n.gateway.map_or(String::new(), |g| format!(", gateway {g}"))
+                n.gateway
+                    .map_or(String::new(), |g| format!(", gateway {g}"))
             );
         }
     }
@@ -431,7 +432,14 @@ impl Out {
             ("uplink", dash(c.uplink.clone())),
             ("vlan", dash(c.vlan.map(|v| v.to_string()))),
             ("bridge", dash(n.bridge.clone())),
-            ("dns", if dns.is_empty() { "-".into() } else { dns.join(", ") }),
+            (
+                "dns",
+                if dns.is_empty() {
+                    "-".into()
+                } else {
+                    dns.join(", ")
+                },
+            ),
             ("bandwidth", dash(c.bandwidth.map(|b| b.to_string()))),
             (
                 "guaranteed",
@@ -687,7 +695,8 @@ impl Out {
                     n.mode,
                     n.mac,
                     n.port,
-                    n.gateway.map_or(String::new(), |g| format!(", gateway {g}"))
+                    n.gateway
+                        .map_or(String::new(), |g| format!(", gateway {g}"))
                 ),
             ));
         }

@@ -530,7 +530,9 @@ impl Lan {
             return Err("the LAN namespace did not start".into());
         }
         let pid = lan.holder.id().to_string();
-        sh(&["ip", "link", "add", host_if, "type", "veth", "peer", "name", "lan0", "netns", &pid])?;
+        sh(&[
+            "ip", "link", "add", host_if, "type", "veth", "peer", "name", "lan0", "netns", &pid,
+        ])?;
         if let Some(c) = host_cidr {
             sh(&["ip", "addr", "add", c, "dev", host_if])?;
         }
@@ -620,4 +622,70 @@ pub fn sh(cmd: &[&str]) -> Result<String, String> {
             String::from_utf8_lossy(&out.stdout)
         ))
     }
+}
+
+/// Mbit/s of a TCP transfer to a listener on `ip`: `send` gets the port and
+/// sends (then closes); the rate is taken from the first byte to EOF.
+pub fn receive_rate(ip: &str, send: impl FnOnce(u16) + Send) -> f64 {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind(format!("{ip}:0")).expect("listen");
+    let port = listener.local_addr().expect("port").port();
+    std::thread::scope(|s| {
+        let rx = s.spawn(|| {
+            let (mut conn, _) = listener.accept().expect("accept");
+            let mut buf = vec![0u8; 1 << 16];
+            let mut total = 0usize;
+            let mut start = None;
+            loop {
+                let n = conn.read(&mut buf).expect("read");
+                if n == 0 {
+                    break;
+                }
+                start.get_or_insert_with(std::time::Instant::now);
+                total += n;
+            }
+            let secs = start.map_or(1.0, |s| s.elapsed().as_secs_f64());
+            total as f64 * 8.0 / secs / 1e6
+        });
+        send(port);
+        rx.join().expect("receiver")
+    })
+}
+
+/// Mbit/s of `mib` MiB sent over TCP to `addr`, where `serve` (run on a thread
+/// of its own) listens, reads to EOF and closes. Timed until the server closed.
+pub fn send_rate(addr: &str, mib: u32, serve: impl FnOnce() + Send) -> f64 {
+    use std::io::{Read, Write};
+    std::thread::scope(|s| {
+        let server = s.spawn(serve);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut conn = loop {
+            match std::net::TcpStream::connect(addr) {
+                Ok(c) => break c,
+                Err(e) if std::time::Instant::now() > deadline => {
+                    panic!("nothing listens on {addr}: {e}")
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        };
+        let chunk = vec![0u8; 1 << 16];
+        let start = std::time::Instant::now();
+        for _ in 0..mib * 16 {
+            conn.write_all(&chunk).expect("send");
+        }
+        conn.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        let mut rest = Vec::new();
+        let _ = conn.read_to_end(&mut rest);
+        let secs = start.elapsed().as_secs_f64();
+        server.join().expect("server");
+        f64::from(mib) * 8.0 * 1.048_576 / secs
+    })
+}
+
+/// The shell command that sends `mib` MiB of zeros to `ip:port` with busybox nc.
+pub fn nc_send(ip: &str, port: u16, mib: u32) -> String {
+    format!(
+        "dd if=/dev/zero bs=65536 count={} 2>/dev/null | busybox nc {ip} {port}",
+        mib * 16
+    )
 }

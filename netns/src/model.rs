@@ -200,7 +200,7 @@ impl fmt::Display for Rate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
         for (div, unit) in [(1_000_000_000, "gbit"), (1_000_000, "mbit"), (1000, "kbit")] {
-            if b >= div && b % div == 0 {
+            if b >= div && b.is_multiple_of(div) {
                 return write!(f, "{}{unit}", b / div);
             }
         }
@@ -393,16 +393,10 @@ impl NetConfig {
             ));
         }
         if self.gateway == Some(ip) {
-            return Err(format!(
-                "address {ip} is network {}'s gateway",
-                self.name
-            ));
+            return Err(format!("address {ip} is network {}'s gateway", self.name));
         }
         if used.contains(&ip) {
-            return Err(format!(
-                "address {ip} is in use on network {}",
-                self.name
-            ));
+            return Err(format!("address {ip} is in use on network {}", self.name));
         }
         if class_minor(self.subnet, ip).is_none() {
             return Err(format!(
@@ -417,9 +411,9 @@ impl NetConfig {
         let first = u32::from(self.subnet.network()) + 1;
         let last = u32::from(self.subnet.broadcast());
         let reserved = self.reserved();
-        (first..last)
-            .map(Ipv4Addr::from)
-            .find(|ip| !reserved.contains(ip) && !used.contains(ip) && class_minor(self.subnet, *ip).is_some())
+        (first..last).map(Ipv4Addr::from).find(|ip| {
+            !reserved.contains(ip) && !used.contains(ip) && class_minor(self.subnet, *ip).is_some()
+        })
     }
 }
 
@@ -452,7 +446,9 @@ pub fn valid_ifname(name: &str) -> bool {
         && name.len() <= 15
         && name != "."
         && name != ".."
-        && !name.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace())
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace())
 }
 
 #[cfg(test)]
@@ -470,7 +466,14 @@ mod tests {
         assert!(a.overlaps(b) && b.overlaps(a));
         let c: Subnet = "10.1.0.0/16".parse().unwrap();
         assert!(!a.overlaps(c));
-        for bad in ["10.0.3.1/24", "10.0.3.0", "10.0.3.0/33", "x/24", "10.0.0.0/8", "10.0.3.0/31"] {
+        for bad in [
+            "10.0.3.1/24",
+            "10.0.3.0",
+            "10.0.3.0/33",
+            "x/24",
+            "10.0.0.0/8",
+            "10.0.3.0/31",
+        ] {
             assert!(bad.parse::<Subnet>().is_err(), "{bad}");
         }
     }
@@ -521,9 +524,18 @@ mod tests {
             used.insert(ip);
         }
         assert_eq!(net.allocate(&used), None);
-        assert!(net.check_address(Ipv4Addr::new(10, 0, 3, 1), &used).is_err());
-        assert!(net.check_address(Ipv4Addr::new(10, 0, 3, 7), &used).is_err());
-        assert!(net.check_address(Ipv4Addr::new(10, 0, 4, 2), &used).is_err());
+        assert!(
+            net.check_address(Ipv4Addr::new(10, 0, 3, 1), &used)
+                .is_err()
+        );
+        assert!(
+            net.check_address(Ipv4Addr::new(10, 0, 3, 7), &used)
+                .is_err()
+        );
+        assert!(
+            net.check_address(Ipv4Addr::new(10, 0, 4, 2), &used)
+                .is_err()
+        );
         assert_eq!(class_minor(net.subnet, Ipv4Addr::new(10, 0, 3, 2)), Some(3));
         assert_eq!(port_name(999, 999_999_999).len(), 15);
         assert_eq!(mac_string(mac_for(101, 0)), "02:00:00:00:00:65");

@@ -30,6 +30,72 @@ pub struct FwPublish {
     pub ip: Ipv4Addr,
 }
 
+/// One VE's own elements of the ruleset: its NICs' addresses and MACs (`bridged`:
+/// also in the bridge table) and its published ports. Added and deleted on their
+/// own when the VE is created or destroyed (one small nft transaction instead of
+/// the whole ruleset).
+#[derive(Debug, Clone, Default)]
+pub struct VeRules {
+    pub nics: Vec<(FwNic, bool)>,
+    pub published: Vec<FwPublish>,
+}
+
+impl VeRules {
+    fn script(&self, verb: &str) -> String {
+        let mut s = String::new();
+        for (n, bridged) in &self.nics {
+            let _ = writeln!(
+                s,
+                "{verb} element ip vectl ve_ips {{ \"{}\" . {} }}",
+                n.port, n.ip
+            );
+            if *bridged {
+                let _ = writeln!(
+                    s,
+                    "{verb} element bridge vectl ve_ips {{ \"{}\" . {} }}\n{verb} element bridge vectl ve_macs {{ \"{}\" . {} }}",
+                    n.port,
+                    n.ip,
+                    n.port,
+                    mac_string(n.mac)
+                );
+            }
+        }
+        for p in &self.published {
+            let proto = p.publish.proto;
+            if verb == "add" {
+                let _ = writeln!(
+                    s,
+                    "add element ip vectl published_{proto} {{ {} : {} . {} }}",
+                    p.publish.host_port, p.ip, p.publish.ve_port
+                );
+            } else {
+                let _ = writeln!(
+                    s,
+                    "delete element ip vectl published_{proto} {{ {} }}",
+                    p.publish.host_port
+                );
+            }
+        }
+        s
+    }
+
+    /// Adds the VE's elements to the ruleset in force.
+    pub fn add(&self) -> Result<()> {
+        if self.nics.is_empty() && self.published.is_empty() {
+            return Ok(());
+        }
+        run_nft(&self.script("add"))
+    }
+
+    /// Deletes the VE's elements from the ruleset in force.
+    pub fn delete(&self) -> Result<()> {
+        if self.nics.is_empty() && self.published.is_empty() {
+            return Ok(());
+        }
+        run_nft(&self.script("delete"))
+    }
+}
+
 /// Everything the ruleset is made of.
 #[derive(Debug, Clone, Default)]
 pub struct Firewall {
@@ -89,7 +155,9 @@ impl Firewall {
                 elements(&map(proto))
             );
         }
-        s.push_str("  chain antispoof {\n    type filter hook prerouting priority raw; policy accept;\n");
+        s.push_str(
+            "  chain antispoof {\n    type filter hook prerouting priority raw; policy accept;\n",
+        );
         for n in self.nets.iter().filter(|n| n.mode == Mode::Routed) {
             let _ = writeln!(
                 s,
@@ -280,6 +348,23 @@ mod tests {
         ] {
             assert!(s.contains(want), "{want} missing from\n{s}");
         }
+        let ve = VeRules {
+            nics: vec![(fw.nics[0].clone(), true)],
+            published: fw.published.clone(),
+        };
+        let add = ve.script("add");
+        assert!(
+            add.contains("add element bridge vectl ve_macs { \"vn1p101\" . 02:00:00:00:00:65 }"),
+            "{add}"
+        );
+        assert!(
+            add.contains("add element ip vectl published_tcp { 8080 : 10.0.1.2 . 80 }"),
+            "{add}"
+        );
+        assert!(
+            ve.script("delete")
+                .contains("delete element ip vectl published_tcp { 8080 }")
+        );
         let empty = Firewall::default().script();
         assert!(!empty.contains('{'), "{empty}");
     }

@@ -8,7 +8,7 @@
 //! firewall is regenerated from all configs whenever networks, addresses or
 //! published ports change, never on start or stop.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fs;
 use std::io;
 use std::net::Ipv4Addr;
@@ -17,7 +17,7 @@ use std::time::SystemTime;
 
 use netns::link::{Attach, Detach, Shape};
 use netns::model::{self, Mode, NetConfig, Rate, Subnet};
-use netns::nft::{Firewall, FwNic, FwPublish};
+use netns::nft::{Firewall, FwNic, FwPublish, VeRules};
 use netns::tc::ClassRate;
 use serde::{Deserialize, Serialize};
 
@@ -156,6 +156,24 @@ impl Host {
         self.nets_dir().join(format!("{name}.up"))
     }
 
+    /// Every VE's config (no runtime state: cheaper than `list`). Unreadable
+    /// ones are skipped; `list` reports them.
+    fn configs(&self) -> Result<Vec<VeConfig>> {
+        let dir = self.root().join("ves");
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let entry = entry.map_err(io_err(&dir))?;
+            let fname = entry.file_name();
+            if let Some(name) = fname.to_str().and_then(|f| f.strip_suffix(".toml"))
+                && crate::config::validate_name(name).is_ok()
+                && let Ok(Some(cfg)) = VeConfig::load(&entry.path())
+            {
+                out.push(cfg);
+            }
+        }
+        Ok(out)
+    }
+
     /// Every network, by id.
     pub fn nets(&self) -> Result<Vec<NetConfig>> {
         let dir = self.nets_dir();
@@ -214,7 +232,9 @@ impl Host {
             ));
         }
         if o.mode == Mode::Bridged && o.uplink.is_none() {
-            return bad("a bridged network needs --uplink (the host interface or bridge on the LAN)".into());
+            return bad(
+                "a bridged network needs --uplink (the host interface or bridge on the LAN)".into(),
+            );
         }
         if let Some(v) = o.vlan {
             if !(1..=4094).contains(&v) {
@@ -229,7 +249,9 @@ impl Host {
                 return bad(format!("--uplink {u:?} is not a valid interface name"));
             }
             if u.starts_with("vn") {
-                return bad(format!("--uplink {u}: interfaces named vn* are vectl's own"));
+                return bad(format!(
+                    "--uplink {u}: interfaces named vn* are vectl's own"
+                ));
             }
         }
         if o.mode == Mode::Routed && o.gateway.is_some() {
@@ -252,10 +274,18 @@ impl Host {
             let Some(info) = &uplink else {
                 return bad(format!("--uplink {u}: no such interface on this host"));
             };
-            if o.mode == Mode::Bridged && !info.is_bridge && o.vlan.is_none() && !info.ipv4.is_empty() {
+            if o.mode == Mode::Bridged
+                && !info.is_bridge
+                && o.vlan.is_none()
+                && !info.ipv4.is_empty()
+            {
                 return bad(format!(
                     "--uplink {u} holds the host's address {}: putting it in a bridge would cut the host off; give a bridge that holds the address (such as br0) as --uplink",
-                    info.ipv4.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                    info.ipv4
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ));
             }
         }
@@ -298,9 +328,7 @@ impl Host {
         let gateway = match (o.mode, o.gateway) {
             (_, Some(g)) => {
                 if !subnet.is_host(g) {
-                    return bad(format!(
-                        "--gateway {g} is not a host address of {subnet}"
-                    ));
+                    return bad(format!("--gateway {g} is not a host address of {subnet}"));
                 }
                 Some(g)
             }
@@ -327,9 +355,7 @@ impl Host {
         let dir = self.nets_dir();
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         store_net(&self.net_path(name), &cfg)?;
-        let made = self
-            .bring_up(&cfg)
-            .and_then(|()| self.apply_firewall(None));
+        let made = self.bring_up(&cfg).and_then(|()| self.apply_firewall(None));
         if let Err(e) = made {
             let _ = netns::link::on_host(|h| async move { netns::link::net_down(&h, &cfg).await });
             let _ = remove_file(&self.net_path(name));
@@ -345,7 +371,11 @@ impl Host {
         let n = net.clone();
         netns::link::on_host(|h| async move { netns::link::net_up(&h, &n).await })
             .map_err(|e| kernel_err(&net.name, e))?;
-        write_atomic(&self.net_marker(&net.name), state::boot_id().as_bytes(), false)
+        write_atomic(
+            &self.net_marker(&net.name),
+            state::boot_id().as_bytes(),
+            false,
+        )
     }
 
     /// Makes sure the networks' kernel sides exist in this boot (after a reboot
@@ -372,8 +402,8 @@ impl Host {
     pub fn net_rm(&self, name: &str) -> Result<()> {
         let net = self.net(name)?;
         let _host = self.lock_host()?;
-        let (ves, _) = self.list()?;
-        let users: Vec<String> = ves
+        let users: Vec<String> = self
+            .configs()?
             .iter()
             .filter(|v| v.nics.iter().any(|n| n.net == name))
             .map(|v| v.name.clone())
@@ -440,14 +470,12 @@ impl Host {
     }
 
     /// The firewall of all networks, VE addresses and published ports, with
-    /// `extra` (a VE being created) counted in.
+    /// `extra` (a VE being created or changed) counted in.
     fn firewall(&self, extra: Option<&VeConfig>) -> Result<Firewall> {
         let nets = self.nets()?;
-        let by_name: BTreeMap<&str, &NetConfig> =
-            nets.iter().map(|n| (n.name.as_str(), n)).collect();
         let mut fw = Firewall::default();
-        let (ves, _) = self.list()?;
-        let mut all: Vec<(u32, Vec<Nic>, Vec<model::Publish>)> = ves
+        let mut all: Vec<(u32, Vec<Nic>, Vec<model::Publish>)> = self
+            .configs()?
             .into_iter()
             .filter(|v| extra.is_none_or(|e| e.name != v.name))
             .map(|v| (v.id, v.nics, v.publish))
@@ -456,28 +484,28 @@ impl Host {
             all.push((e.id, e.nics.clone(), e.publish.clone()));
         }
         for (id, nics, publish) in all {
-            for (i, nic) in nics.iter().enumerate() {
-                let Some(net) = by_name.get(nic.net.as_str()) else {
-                    continue;
-                };
-                fw.nics.push(FwNic {
-                    port: model::port_name(net.id, id),
-                    ip: nic.ip,
-                    mac: model::mac_for(id, i as u8),
-                });
-            }
-            if let Some(nat) = nics
-                .iter()
-                .find(|n| by_name.get(n.net.as_str()).is_some_and(|c| c.mode == Mode::Nat))
-            {
-                fw.published.extend(publish.iter().map(|p| FwPublish {
-                    publish: *p,
-                    ip: nat.ip,
-                }));
-            }
+            let rules = ve_rules(&nets, id, &nics, &publish);
+            fw.nics.extend(rules.nics.into_iter().map(|(n, _)| n));
+            fw.published.extend(rules.published);
         }
         fw.nets = nets;
         Ok(fw)
+    }
+
+    /// Adds (`add`) or deletes a VE's own elements of the firewall; if the
+    /// ruleset in force does not take that (it was changed by hand, say), the
+    /// whole ruleset is made again from the configs (counting `cfg` in when
+    /// adding). The caller holds the host lock.
+    pub(crate) fn firewall_ve(&self, cfg: &VeConfig, add: bool) -> Result<()> {
+        if cfg.nics.is_empty() {
+            return Ok(());
+        }
+        let rules = ve_rules(&self.nets()?, cfg.id, &cfg.nics, &cfg.publish);
+        let done = if add { rules.add() } else { rules.delete() };
+        match done {
+            Ok(()) => Ok(()),
+            Err(_) => self.apply_firewall(add.then_some(cfg)),
+        }
     }
 
     /// Regenerates and applies the firewall (the caller holds the host lock).
@@ -489,7 +517,7 @@ impl Host {
 
     /// The addresses in use on `net` by VEs other than `except`.
     fn used_addresses(&self, net: &str, except: &str) -> Result<BTreeSet<Ipv4Addr>> {
-        let (ves, _) = self.list()?;
+        let ves = self.configs()?;
         Ok(ves
             .iter()
             .filter(|v| v.name != except)
@@ -527,10 +555,11 @@ impl Host {
                         ve: ve.to_string(),
                         reason,
                     })?;
-                    net.check_address(ip, &used).map_err(|reason| Error::BadLimit {
-                        ve: ve.to_string(),
-                        reason: format!("--ip {text}: {reason}"),
-                    })?;
+                    net.check_address(ip, &used)
+                        .map_err(|reason| Error::BadLimit {
+                            ve: ve.to_string(),
+                            reason: format!("--ip {text}: {reason}"),
+                        })?;
                     ip
                 }
             };
@@ -597,11 +626,17 @@ impl Host {
         for (nic, net) in cfg.nics.iter().zip(self.nets_of(cfg)?) {
             let shape = shape_for(limits, &net, nic.ip);
             let old = shape_for(&cfg.limits, &net, nic.ip).map(|s| s.minor);
-            netns::link::reshape(&net, &model::port_name(net.id, cfg.id), nic.ip, shape.as_ref(), old)
-                .map_err(|source| Error::Network {
-                    ve: cfg.name.clone(),
-                    source,
-                })?;
+            netns::link::reshape(
+                &net,
+                &model::port_name(net.id, cfg.id),
+                nic.ip,
+                shape.as_ref(),
+                old,
+            )
+            .map_err(|source| Error::Network {
+                ve: cfg.name.clone(),
+                source,
+            })?;
         }
         Ok(())
     }
@@ -620,12 +655,16 @@ impl Host {
             .collect::<Result<_>>()?;
         if let Some(g) = cfg.limits.net_guarantee {
             if cfg.nics.is_empty() {
-                return Err(bad("--net-guarantee: the VE has no network interface".into()));
+                return Err(bad(
+                    "--net-guarantee: the VE has no network interface".into()
+                ));
             }
             if let crate::limits::NetShare::Percent(p) = g
                 && !(p.0 > 0.0 && p.0 <= 100.0)
             {
-                return Err(bad(format!("--net-guarantee {p} is not between 0% and 100%")));
+                return Err(bad(format!(
+                    "--net-guarantee {p} is not between 0% and 100%"
+                )));
             }
             for net in &nets {
                 let Some(bw) = net.bandwidth else {
@@ -644,9 +683,7 @@ impl Host {
                 if let Some(l) = cfg.limits.net_limit
                     && want > l.0
                 {
-                    return Err(bad(format!(
-                        "--net-guarantee {g} is above --net-limit {l}"
-                    )));
+                    return Err(bad(format!("--net-guarantee {g} is above --net-limit {l}")));
                 }
             }
         }
@@ -659,13 +696,13 @@ impl Host {
                     "--publish: the VE has no NIC on a nat network (ports are published from NAT networks)".into(),
                 ));
             }
-            let (ves, _) = self.list()?;
+            let ves = self.configs()?;
             for p in &cfg.publish {
-                if let Some(other) = ves
-                    .iter()
-                    .filter(|v| v.name != cfg.name)
-                    .find(|v| v.publish.iter().any(|q| q.host_port == p.host_port && q.proto == p.proto))
-                {
+                if let Some(other) = ves.iter().filter(|v| v.name != cfg.name).find(|v| {
+                    v.publish
+                        .iter()
+                        .any(|q| q.host_port == p.host_port && q.proto == p.proto)
+                }) {
                     return Err(bad(format!(
                         "--publish {p}: host port {}/{} is published by VE {} already",
                         p.host_port, p.proto, other.name
@@ -756,6 +793,35 @@ impl Host {
             bandwidth: None,
         })
     }
+}
+
+/// A VE's own elements of the firewall.
+fn ve_rules(nets: &[NetConfig], id: u32, nics: &[Nic], publish: &[model::Publish]) -> VeRules {
+    let mut r = VeRules::default();
+    let net_of = |name: &str| nets.iter().find(|n| n.name == name);
+    for (i, nic) in nics.iter().enumerate() {
+        let Some(net) = net_of(&nic.net) else {
+            continue;
+        };
+        r.nics.push((
+            FwNic {
+                port: model::port_name(net.id, id),
+                ip: nic.ip,
+                mac: model::mac_for(id, i as u8),
+            },
+            net.mode.bridged(),
+        ));
+    }
+    if let Some(nat) = nics
+        .iter()
+        .find(|n| net_of(&n.net).is_some_and(|c| c.mode == Mode::Nat))
+    {
+        r.published.extend(publish.iter().map(|p| FwPublish {
+            publish: *p,
+            ip: nat.ip,
+        }));
+    }
+    r
 }
 
 /// A NIC's traffic class: when the VE has a limit or guarantee, or its network
@@ -857,7 +923,9 @@ pub(crate) fn write_net_files(
         fs::create_dir_all(&etc).map_err(io_err(&etc))?;
         let p = etc.join(name);
         // A symlink (to a resolver stub, say) is replaced by a file.
-        if p.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
+        if p.symlink_metadata()
+            .is_ok_and(|m| m.file_type().is_symlink())
+        {
             remove_file(&p)?;
         }
         fs::write(&p, text).map_err(io_err(&p))
@@ -868,7 +936,10 @@ pub(crate) fn write_net_files(
         .filter(|l| !l.ends_with("# vectl"))
         .map(|l| format!("{l}\n"))
         .collect();
-    if !hosts.lines().any(|l| l.split_whitespace().skip(1).any(|n| n == "localhost")) {
+    if !hosts
+        .lines()
+        .any(|l| l.split_whitespace().skip(1).any(|n| n == "localhost"))
+    {
         hosts.push_str("127.0.0.1\tlocalhost # vectl\n");
     }
     let short = hostname.split('.').next().unwrap_or(hostname);

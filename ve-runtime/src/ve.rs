@@ -404,7 +404,7 @@ impl Host {
         std::os::unix::fs::symlink(name, &link).map_err(io_err(&link))?;
         if !cfg.nics.is_empty() {
             // Its addresses and MACs are allowed before it can first send.
-            if let Err(e) = self.apply_firewall(Some(&cfg)) {
+            if let Err(e) = self.firewall_ve(&cfg, true) {
                 let _ = self.finish_destroy(name);
                 return Err(e);
             }
@@ -680,10 +680,7 @@ impl Host {
         fs::rename(&cfg_path, self.tombstone_path(&ve)).map_err(io_err(&cfg_path))?;
         crate::failpoint::hit("destroy-after-tombstone");
         self.finish_destroy(&ve)?;
-        if !cfg.nics.is_empty() {
-            self.apply_firewall(None)?;
-        }
-        Ok(())
+        self.firewall_ve(&cfg, false)
     }
 
     /// Removes everything of a VE whose config is gone or tombstoned. Idempotent.

@@ -18,6 +18,10 @@
 //! - N VEs one after another: create + start of N VEs in sequence
 //! - storage (btrfs pool): create of a VE on a 200 MB template, `set --disk` on a
 //!   running VE, disk used by a fresh VE
+//! - network: `vectl start` of a VE on the default nat network against one with
+//!   no network (`--net none`), alternating; TCP throughput VE -> host and host ->
+//!   VE against a bare veth pair between two namespaces, in the same run (busybox
+//!   nc on the far side both times)
 //!
 //! It runs on a loop-backed btrfs pool (as `vectl init` makes by default), or on
 //! the `dir` pool when this machine cannot make one (then without the storage
@@ -111,11 +115,12 @@ fn main() {
         h.release();
         let _ = fs::remove_dir_all(h.root());
     }));
-    let storage = if btrfs {
+    let mut storage = if btrfs {
         storage_figures(h, runs)
     } else {
         Vec::new()
     };
+    storage.extend(network_figures(h, runs));
     let limits = ["--ram", "64M", "--cpu-limit", "50%", "--pids", "200"];
     // Warm up caches (binary, template pages).
     h.start_ve("warm", &limits);
@@ -398,5 +403,91 @@ fn storage_figures(h: &TestHost, runs: usize) -> Vec<(String, f64)> {
             median(&mut shrink),
         ),
         ("disk used by a fresh VE (KiB)".into(), fresh),
+    ]
+}
+
+/// Network figures: what wiring a NIC adds to `vectl start`, and VE <-> host TCP
+/// throughput against a bare veth pair.
+fn network_figures(h: &TestHost, runs: usize) -> Vec<(String, f64)> {
+    h.ok(&["create", "nnone", "--template", "bb", "--net", "none"]);
+    h.ok(&["create", "nnat", "--template", "bb"]);
+    let mut none = Vec::new();
+    let mut nat = Vec::new();
+    for _ in 0..runs.max(20) {
+        for (ve, v) in [("nnone", &mut none), ("nnat", &mut nat)] {
+            v.push(timed(|| {
+                h.ok(&["start", ve]);
+            }));
+            h.ok(&["stop", "--fast", ve]);
+        }
+    }
+    let (none, nat) = (median(&mut none), median(&mut nat));
+    h.ok(&["destroy", "nnone"]);
+
+    // Throughput: the VE on the nat network, and a bare veth pair to a namespace.
+    h.ok(&["start", "nnat"]);
+    let ip = h.json(&["show", "nnat"])["nics"][0]["ip"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let gw = h.json(&["net", "show", "default"])["gateway"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let lan = integration::Lan::new("bench0", Some("192.0.2.2/24"), "192.0.2.1/24").unwrap();
+    let mib = 256;
+    let mut ve_up = Vec::new();
+    let mut bare_up = Vec::new();
+    let mut ve_down = Vec::new();
+    let mut bare_down = Vec::new();
+    for _ in 0..3 {
+        ve_up.push(integration::receive_rate(&gw, |port| {
+            h.ok(&[
+                "exec",
+                "nnat",
+                "--",
+                "sh",
+                "-c",
+                &integration::nc_send(&gw, port, mib),
+            ]);
+        }));
+        bare_up.push(integration::receive_rate("192.0.2.2", |port| {
+            lan.ok(&["sh", "-c", &integration::nc_send("192.0.2.2", port, mib)])
+                .unwrap();
+        }));
+        ve_down.push(integration::send_rate(&format!("{ip}:5001"), mib, || {
+            h.ok(&[
+                "exec",
+                "nnat",
+                "--",
+                "sh",
+                "-c",
+                "busybox nc -l -p 5001 > /dev/null",
+            ]);
+        }));
+        bare_down.push(integration::send_rate("192.0.2.1:5001", mib, || {
+            lan.ok(&["sh", "-c", "busybox nc -l -p 5001 > /dev/null"])
+                .unwrap();
+        }));
+    }
+    drop(lan);
+    h.ok(&["stop", "--fast", "nnat"]);
+    h.ok(&["destroy", "nnat"]);
+    let (vu, bu, vd, bd) = (
+        median(&mut ve_up),
+        median(&mut bare_up),
+        median(&mut ve_down),
+        median(&mut bare_down),
+    );
+    vec![
+        ("start, VE with no network (ms)".into(), none),
+        ("start, VE on the nat network (ms)".into(), nat),
+        ("network setup added to start (ms)".into(), nat - none),
+        ("TCP VE -> host (Mbit/s)".into(), vu),
+        ("TCP bare veth pair, same direction (Mbit/s)".into(), bu),
+        ("TCP host -> VE (Mbit/s)".into(), vd),
+        ("TCP bare veth pair, same direction (Mbit/s) ".into(), bd),
+        ("VE -> host / bare veth (%)".into(), vu / bu * 100.0),
+        ("host -> VE / bare veth (%)".into(), vd / bd * 100.0),
     ]
 }
