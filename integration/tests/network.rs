@@ -774,3 +774,20 @@ fn a_net_guarantee_holds_under_contention_and_is_admission_controlled() {
         "the network's 20mbit: bulk got {bulk:.2} Mbit/s"
     );
 }
+
+#[test]
+fn networks_are_made_again_after_a_reboot() {
+    let Some(h) = TestHost::new("net_reboot") else {
+        return;
+    };
+    h.ok(&["create", "rb", "-T", "bb"]);
+    let ip = ip_of(&h, "rb");
+    // What a reboot takes: the bridge, the firewall; the marker names an old boot.
+    sh(&["ip", "link", "del", "vn1b"]).unwrap();
+    sh(&["nft", "flush", "ruleset"]).unwrap();
+    std::fs::write(h.root().join("nets/default.up"), "an-earlier-boot").unwrap();
+    h.ok(&["start", "rb"]);
+    assert_eq!(wait_http(&ip), "hello from rb\n");
+    assert_eq!(links("vn1b"), vec!["vn1b".to_string()]);
+    assert!(ruleset().contains(&format!(". {ip}")), "{}", ruleset());
+}

@@ -378,24 +378,26 @@ impl Host {
         )
     }
 
-    /// Makes sure the networks' kernel sides exist in this boot (after a reboot
-    /// they are made again, and the firewall with them).
-    pub(crate) fn ensure_nets_up(&self, nets: &[&NetConfig]) -> Result<()> {
+    /// Makes sure the kernel sides of a VE's networks exist in this boot: after a
+    /// reboot they are made again, and the firewall with them. Called by `start`
+    /// before it takes the VE's lock (the host lock comes first).
+    pub(crate) fn ensure_nets_up(&self, ve: &str) -> Result<()> {
+        let Some(cfg) = VeConfig::load(&self.config_path(ve))? else {
+            return Ok(());
+        };
         let boot = state::boot_id();
-        let mut rebuilt = false;
-        for net in nets {
-            let up = fs::read_to_string(self.net_marker(&net.name)).is_ok_and(|b| b == boot);
-            if !up {
-                let _host = self.lock_host()?;
-                self.bring_up(net)?;
-                rebuilt = true;
+        let is_up =
+            |n: &str| fs::read_to_string(self.net_marker(n)).is_ok_and(|b| b == boot);
+        if cfg.nics.iter().all(|n| is_up(&n.net)) {
+            return Ok(());
+        }
+        let _host = self.lock_host()?;
+        for nic in &cfg.nics {
+            if !is_up(&nic.net) {
+                self.bring_up(&self.net(&nic.net)?)?;
             }
         }
-        if rebuilt {
-            let _host = self.lock_host()?;
-            self.apply_firewall(None)?;
-        }
-        Ok(())
+        self.apply_firewall(None)
     }
 
     /// Removes a network; refused while a VE has a NIC on it.

@@ -477,6 +477,7 @@ impl Host {
     /// whose guarantees do not fit beside the running VEs' unless `force`.
     pub fn start(&self, name_or_id: &str, force: bool) -> Result<RunState> {
         let ve = self.resolve_existing(name_or_id)?;
+        self.ensure_nets_up(&ve)?;
         let (_host, _lock, cfg) = self.lock_for_guarantees(&ve, None)?;
         if let Some(rs) = self.alive_state(&ve)? {
             return Err(Error::AlreadyRunning { ve, pid: rs.pid });
@@ -502,7 +503,6 @@ impl Host {
         if !force {
             self.admit_net(&cfg, &cfg.limits)?;
         }
-        self.ensure_nets_up(&nets.iter().collect::<Vec<_>>())?;
         let attachments = self.attachments(&cfg, &nets);
         crate::net::write_net_files(
             &vol.upper(),
