@@ -443,7 +443,11 @@ impl Out {
             ("bandwidth", dash(c.bandwidth.map(|b| b.to_string()))),
             (
                 "guaranteed",
-                ve_runtime::Rate(n.guaranteed_bps.max(1000)).to_string(),
+                if n.guaranteed_bps == 0 {
+                    "none".into()
+                } else {
+                    ve_runtime::Rate(n.guaranteed_bps).to_string()
+                },
             ),
             ("free addresses", n.free_addresses.to_string()),
             ("created", c.created.clone()),

@@ -653,7 +653,9 @@ pub fn receive_rate(ip: &str, send: impl FnOnce(u16) + Send) -> f64 {
 }
 
 /// Mbit/s of `mib` MiB sent over TCP to `addr`, where `serve` (run on a thread
-/// of its own) listens, reads to EOF and closes. Timed until the server closed.
+/// of its own) listens and reads to EOF. Timed until `serve` returns: the
+/// connection's end is no sign, as a server may close its side early (busybox nc
+/// does when its stdin ends).
 pub fn send_rate(addr: &str, mib: u32, serve: impl FnOnce() + Send) -> f64 {
     use std::io::{Read, Write};
     std::thread::scope(|s| {
@@ -674,10 +676,10 @@ pub fn send_rate(addr: &str, mib: u32, serve: impl FnOnce() + Send) -> f64 {
             conn.write_all(&chunk).expect("send");
         }
         conn.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        server.join().expect("server");
+        let secs = start.elapsed().as_secs_f64();
         let mut rest = Vec::new();
         let _ = conn.read_to_end(&mut rest);
-        let secs = start.elapsed().as_secs_f64();
-        server.join().expect("server");
         f64::from(mib) * 8.0 * 1.048_576 / secs
     })
 }

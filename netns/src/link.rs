@@ -29,8 +29,6 @@ use crate::{Error, Result};
 pub struct Shape {
     pub minor: u16,
     pub rate: ClassRate,
-    /// The network's total bandwidth (the root class).
-    pub total: u64,
 }
 
 /// One VE NIC to wire at start.
@@ -251,21 +249,23 @@ pub async fn net_up(h: &Handle, net: &NetConfig) -> Result<()> {
     if matches!(net.mode, Mode::Nat | Mode::Routed) {
         sysctl("ipv4/ip_forward", "1")?;
     }
-    if let Some(bw) = net.bandwidth {
-        let (up, down) = ifb_names(net.id);
-        tc::ensure_shaper(h, &up, &down, bw.0).await?;
-    }
+    // The shaper is made with the network (under the host lock), so starts that
+    // shape ports only add classes to it.
+    let (up, down) = ifb_names(net.id);
+    tc::ensure_shaper(h, &up, &down, net.total_bps()).await?;
     Ok(())
 }
 
-/// Removes what [`net_up`] made: the bridge (releasing the uplink), the VLAN
-/// link and the shaper. Missing pieces are fine.
+/// Removes what [`net_up`] made: the bridge (releasing the uplink, and taking
+/// the VEs' ports with it), the VLAN link and the shaper. Missing pieces are fine.
 pub async fn net_down(h: &Handle, net: &NetConfig) -> Result<()> {
     for name in [bridge_name(net.id), vlan_name(net.id)] {
         delete_link(h, &name).await?;
     }
     let (up, down) = ifb_names(net.id);
-    tc::remove_shaper(h, &up, &down).await?;
+    if find_link(h, &up).await?.is_some() || find_link(h, &down).await?.is_some() {
+        tc::remove_shaper(h, &up, &down).await?;
+    }
     Ok(())
 }
 
@@ -402,7 +402,6 @@ async fn attach_host(h: &Handle, ve_ns: BorrowedFd<'_>, n: &Attach) -> Result<()
     }
     if let Some(s) = &n.shape {
         let (up, down) = ifb_names(n.net.id);
-        tc::ensure_shaper(h, &up, &down, s.total).await?;
         tc::shape_port(h, &n.port, n.ip, &up, &down, s.minor, s.rate).await?;
     }
     Ok(())
@@ -531,7 +530,6 @@ pub fn reshape(
         let (up, down) = ifb_names(net.id);
         match (&shape, old_minor) {
             (Some(s), _) => {
-                tc::ensure_shaper(&h, &up, &down, s.total).await?;
                 tc::shape_port(&h, &port, ip, &up, &down, s.minor, s.rate).await?;
             }
             (None, Some(m)) => {

@@ -323,6 +323,9 @@ pub fn vlan_name(id: u32) -> String {
     format!("vn{id}v")
 }
 
+/// The root class of a network without `--bandwidth`.
+pub const UNLIMITED_BPS: u64 = 100_000_000_000;
+
 /// The host-side address of every routed port: the VEs' next hop.
 pub const ROUTED_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 1);
 
@@ -352,6 +355,12 @@ impl NetConfig {
             Mode::HostOnly | Mode::Nat => self.gateway,
             _ => None,
         }
+    }
+
+    /// The bandwidth of the shaper's root class: the network's, or for a network
+    /// without one more than any link, so only the VEs' own limits count.
+    pub fn total_bps(&self) -> u64 {
+        self.bandwidth.map_or(UNLIMITED_BPS, |b| b.0)
     }
 
     /// The prefix a VE's address gets inside the VE.

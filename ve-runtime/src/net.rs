@@ -31,10 +31,6 @@ use crate::state;
 /// The name of the network `vectl init` makes.
 pub const DEFAULT_NET: &str = "default";
 
-/// Bandwidth of a network without `--bandwidth`, for the shaper's root class
-/// when a VE on it has a limit: more than any link, so only the limit counts.
-const UNLIMITED_BPS: u64 = 100_000_000_000;
-
 /// A VE's network interface as configured.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -386,8 +382,7 @@ impl Host {
             return Ok(());
         };
         let boot = state::boot_id();
-        let is_up =
-            |n: &str| fs::read_to_string(self.net_marker(n)).is_ok_and(|b| b == boot);
+        let is_up = |n: &str| fs::read_to_string(self.net_marker(n)).is_ok_and(|b| b == boot);
         if cfg.nics.iter().all(|n| is_up(&n.net)) {
             return Ok(());
         }
@@ -833,7 +828,7 @@ fn shape_for(limits: &Limits, net: &NetConfig, ip: Ipv4Addr) -> Option<Shape> {
         return None;
     }
     let minor = model::class_minor(net.subnet, ip)?;
-    let total = net.bandwidth.map_or(UNLIMITED_BPS, |b| b.0);
+    let total = net.total_bps();
     let ceil = limits.net_limit.map_or(total, |l| l.0.min(total));
     // Best effort: a small rate, so guarantees come first when the network is full.
     let best_effort = (total / 1000).clamp(10_000, 1_000_000).min(ceil);
@@ -845,7 +840,6 @@ fn shape_for(limits: &Limits, net: &NetConfig, ip: Ipv4Addr) -> Option<Shape> {
     Some(Shape {
         minor,
         rate: ClassRate { rate, ceil },
-        total,
     })
 }
 
