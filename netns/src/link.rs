@@ -192,6 +192,12 @@ pub async fn net_up(h: &Handle, net: &NetConfig) -> Result<()> {
     let mut upstream = uplink;
     if let (Some(vid), Some(parent)) = (net.vlan, uplink) {
         let name = vlan_name(net.id);
+        // The tagged frames leave through the parent: it must be up.
+        h.link()
+            .set(LinkUnspec::new_with_index(parent).up().build())
+            .execute()
+            .await
+            .map_err(|e| err(net.uplink.as_deref().unwrap_or("uplink"), e))?;
         let idx = match find_link(h, &name).await? {
             Some(l) => l.header.index,
             None => {
@@ -486,6 +492,18 @@ pub fn detach(nics: &[Detach]) -> Result<()> {
     }
     on_host(|h| async move {
         for n in nics {
+            if n.net.mode == Mode::Routed {
+                // The VE's /32 (it would go with the port, a moment later).
+                let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(n.ip, 32)
+                    .scope(RouteScope::Link)
+                    .build();
+                match h.route().del(route).execute().await {
+                    Ok(()) => {}
+                    Err(e) if is_errno(&e, libc::ESRCH) || is_errno(&e, libc::ENODEV) => {}
+                    Err(e) => return Err(err(&n.port, format!("route to {}: {e}", n.ip))),
+                }
+            }
             if n.net.mode == Mode::Routed
                 && let Some(up) = n.net.effective_uplink()
                 && let Some(l) = find_link(&h, &up).await?

@@ -120,9 +120,13 @@ impl Firewall {
         // Creating then deleting makes the delete safe when the table is absent.
         s.push_str("table ip vectl\ndelete table ip vectl\n");
         s.push_str("table bridge vectl\ndelete table bridge vectl\n");
+        s.push_str("table ip6 vectl\ndelete table ip6 vectl\n");
         if self.nets.is_empty() {
             return s;
         }
+        // VEs are IPv4 only: nothing IPv6 from their ports or bridges reaches the
+        // host or goes further (bridged ports are also held to IPv4 and ARP below).
+        s.push_str("table ip6 vectl {\n  chain ipv4_only {\n    type filter hook prerouting priority raw; policy accept;\n    iifname \"vn*\" drop\n  }\n}\n");
         let ips: Vec<String> = self
             .nics
             .iter()
