@@ -390,38 +390,69 @@ struct CreateArgs {
 }
 
 impl CreateArgs {
-    fn nics(&self) -> Result<Option<Vec<NicRequest>>> {
-        if self.ips.len() > self.nets.len().max(1) {
-            bail!(
-                "VE {}: more --ip than --net (give one --ip per --net, in order)",
-                self.name
-            );
-        }
+    /// The NICs asked for: each `--ip` belongs to the `--net` before it on the
+    /// command line (`at` = the positions of the --net and --ip values).
+    fn nics(&self, at: &ArgPositions) -> Result<Option<Vec<NicRequest>>> {
+        let ve = &self.name;
         if self.nets.is_empty() {
-            if let Some(ip) = self.ips.first() {
-                return Ok(Some(vec![NicRequest {
+            return match self.ips.as_slice() {
+                [] => Ok(None),
+                [ip] => Ok(Some(vec![NicRequest {
                     net: ve_runtime::DEFAULT_NET.into(),
                     ip: Some(ip.clone()),
-                }]));
-            }
-            return Ok(None);
+                }])),
+                _ => bail!("VE {ve}: several --ip but no --net (one --ip after each --net)"),
+            };
         }
         if self.nets.iter().any(|n| n == "none") {
             if self.nets.len() > 1 || !self.ips.is_empty() {
-                bail!("VE {}: --net none stands alone", self.name);
+                bail!("VE {ve}: --net none stands alone");
             }
             return Ok(Some(Vec::new()));
         }
-        Ok(Some(
-            self.nets
-                .iter()
-                .enumerate()
-                .map(|(i, n)| NicRequest {
-                    net: n.clone(),
-                    ip: self.ips.get(i).cloned(),
-                })
-                .collect(),
-        ))
+        let mut out: Vec<NicRequest> = self
+            .nets
+            .iter()
+            .map(|n| NicRequest {
+                net: n.clone(),
+                ip: None,
+            })
+            .collect();
+        for (ip, pos) in self.ips.iter().zip(&at.ips) {
+            let Some(owner) = at.nets.iter().rposition(|n| n < pos) else {
+                bail!("VE {ve}: --ip {ip} comes before any --net (give it after its --net)");
+            };
+            let nic = &mut out[owner];
+            if let Some(first) = &nic.ip {
+                bail!("VE {ve}: --net {} has two --ip ({first} and {ip})", nic.net);
+            }
+            nic.ip = Some(ip.clone());
+        }
+        Ok(Some(out))
+    }
+}
+
+/// Where the --net and --ip values of `create` stand on the command line.
+#[derive(Debug, Default)]
+struct ArgPositions {
+    nets: Vec<usize>,
+    ips: Vec<usize>,
+}
+
+impl ArgPositions {
+    fn of(matches: &clap::ArgMatches) -> ArgPositions {
+        let Some(("create", sub)) = matches.subcommand() else {
+            return ArgPositions::default();
+        };
+        let at = |id: &str| {
+            sub.indices_of(id)
+                .map(|i| i.collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        ArgPositions {
+            nets: at("nets"),
+            ips: at("ips"),
+        }
     }
 }
 
@@ -522,9 +553,13 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let out = Out::new(cli.json);
-    match run(cli, &out) {
+    match run(cli, &ArgPositions::of(&matches), &out) {
         Ok(code) => code,
         Err(e) => {
             out.error(&e);
@@ -537,7 +572,7 @@ fn open(cli: &Cli) -> Result<Host> {
     Ok(Host::open(&cli.root)?)
 }
 
-fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
+fn run(cli: Cli, at: &ArgPositions, out: &Out) -> Result<ExitCode> {
     match &cli.command {
         Command::Init(a) => {
             let opts = InitOptions {
@@ -645,7 +680,7 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
                 stop_signal: a.stop_signal.clone(),
                 id: a.id,
                 force: a.force,
-                nics: a.nics()?,
+                nics: a.nics(at)?,
                 publish: parse_publish(&a.name, "publish", &a.publish)?,
             })?;
             out.created(&cfg);
@@ -706,12 +741,17 @@ fn run(cli: Cli, out: &Out) -> Result<ExitCode> {
                 );
             }
             let host = open(&cli)?;
+            let ports = !add.is_empty() || !remove.is_empty();
             if !update.is_empty() {
+                // Both or neither: the ports are checked before the limits change.
+                if ports {
+                    host.publish(&a.ve, &add, &remove, true)?;
+                }
                 let outcome = host.set(&a.ve, &update, a.force)?;
                 out.set(&a.ve, &outcome);
             }
-            if !add.is_empty() || !remove.is_empty() {
-                let list = host.publish(&a.ve, &add, &remove)?;
+            if ports {
+                let list = host.publish(&a.ve, &add, &remove, false)?;
                 out.published(&a.ve, &list);
             }
         }

@@ -59,6 +59,20 @@ fn links(prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// Waits until no link's name starts with `prefix`: the kernel removes a VE's
+/// port with its network namespace, a moment after the VE's last process.
+fn wait_gone(prefix: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !links(prefix).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "links outlived their VE: {:?}",
+            links(prefix)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn ruleset() -> String {
     sh(&["nft", "list", "ruleset"]).unwrap()
 }
@@ -205,6 +219,17 @@ fn host_only_and_separate_networks_are_isolated() {
     assert!(http_from(&h, "n1", &o1).is_err(), "nat -> other nat");
     assert!(http_from(&h, "o1", &n1).is_err(), "other nat -> nat");
     assert!(http_from(&h, "n1", &h1).is_err(), "nat -> host-only");
+    // Nor through a published port: a host-only VE reaches the host, no further.
+    h.ok(&["set", "n1", "--publish", "8080:80"]);
+    assert_eq!(
+        http_from(&h, "o1", "192.0.2.2:8080").unwrap(),
+        "hello from n1\n",
+        "another nat network uses published ports like the outside does"
+    );
+    assert!(
+        http_from(&h, "h1", "10.71.0.1:8080").is_err(),
+        "host-only -> published port of a nat VE"
+    );
     // ... while each still reaches the outside.
     let r = h.exec("o1", &["ping", "-c", "1", "-W", "2", "192.0.2.1"]);
     assert_eq!(r.code, 0, "other nat -> outside: {}", r.stderr);
@@ -292,24 +317,34 @@ fn routed_ves_are_reachable_from_the_lan_through_proxy_arp() {
     );
     let neigh = sh(&["ip", "neigh", "show", "proxy"]).unwrap();
     assert!(neigh.contains("192.0.2.70 dev up0"), "{neigh}");
-    // A routed VE may not send from another address either.
+    // A routed VE may not send from another address either: the LAN counts
+    // what arrives from each source (no answer could come back to .80 anyway).
+    net.ok(&["nft", "add table ip count; add chain ip count in { type filter hook input priority 0; }; add rule ip count in ip saddr 192.0.2.80 counter; add rule ip count in ip saddr 192.0.2.70 counter"])
+        .unwrap();
     h.exec("r1", &["ip", "addr", "add", "192.0.2.80/32", "dev", "eth0"]);
-    let r = h.exec(
+    h.exec(
         "r1",
         &[
             "ping",
             "-c",
-            "1",
-            "-W",
             "2",
+            "-W",
+            "1",
             "-I",
             "192.0.2.80",
             "192.0.2.1",
         ],
     );
-    assert_ne!(r.code, 0, "a routed VE spoofed its source");
     let r = h.exec("r1", &["ping", "-c", "1", "-W", "2", "192.0.2.1"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
+    let counters = net
+        .ok(&["nft", "list", "chain", "ip", "count", "in"])
+        .unwrap();
+    assert!(
+        counters.contains("ip saddr 192.0.2.80 counter packets 0 ")
+            && !counters.contains("ip saddr 192.0.2.70 counter packets 0 "),
+        "a routed VE spoofed its source:\n{counters}"
+    );
     // Stopping takes the route and the proxy-ARP entry away.
     h.ok(&["stop", "--fast", "r1"]);
     assert!(
@@ -356,6 +391,19 @@ fn bridged_ves_are_on_the_lan_with_their_own_macs() {
         .to_string();
     let neigh = net.ok(&["ip", "neigh", "show", "192.0.2.10"]).unwrap();
     assert!(neigh.contains(&mac), "the LAN sees {neigh}, not {mac}");
+    // One bridged network per uplink.
+    let e = h.fails(&[
+        "net",
+        "create",
+        "lan2",
+        "--mode",
+        "bridged",
+        "--subnet",
+        "192.0.3.0/24",
+        "--uplink",
+        "up0",
+    ]);
+    assert!(e.contains("is network lan's already"), "{e}");
     // An uplink that holds the host's address is refused (it would cut the host off).
     sh(&[
         "ip", "link", "add", "hostnic", "type", "veth", "peer", "name", "hostnic1",
@@ -499,6 +547,31 @@ fn addresses_are_unique_under_concurrent_creates_and_return_on_destroy() {
     }
     let e = h.fails(&["create", "full", "-T", "bb", "--net", "small"]);
     assert!(e.contains("no free address"), "{e}");
+    // Each --ip belongs to the --net before it.
+    h.ok(&[
+        "net",
+        "create",
+        "second",
+        "--mode",
+        "nat",
+        "--subnet",
+        "10.74.1.0/24",
+    ]);
+    h.ok(&[
+        "create",
+        "two",
+        "-T",
+        "bb",
+        "--net",
+        "default",
+        "--net",
+        "second",
+        "--ip",
+        "10.74.1.9",
+    ]);
+    let nics = h.json(&["show", "two"])["nics"].clone();
+    assert_eq!(nics[0]["net"], "default");
+    assert_eq!(nics[1]["ip"], "10.74.1.9", "{nics}");
 }
 
 #[test]
@@ -524,23 +597,18 @@ fn links_rules_and_routes_go_with_stop_destroy_and_net_rm() {
     let e = h.fails(&["net", "rm", "tmp"]);
     assert!(e.contains("in use by VE c"), "{e}");
     h.ok(&["stop", "--fast", "c"]);
-    // The kernel removes the port with the VE's namespace, a moment after stop.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !links(&port).is_empty() {
-        assert!(Instant::now() < deadline, "the port outlived the VE");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_gone(&port);
     h.ok(&["start", "c"]);
     assert_eq!(links(&port), vec![port.clone()], "a restart wires it again");
     h.ok(&["destroy", "--force", "c"]);
-    assert!(links(&port).is_empty());
+    wait_gone(&port);
     assert!(!ruleset().contains(&port), "{}", ruleset());
     assert!(!ruleset().contains("9090"));
     h.ok(&["net", "rm", "tmp"]);
-    assert!(links("vn2").is_empty(), "{:?}", links("vn2"));
+    wait_gone("vn2");
     assert!(!ruleset().contains("vn2"));
     h.ok(&["net", "rm", "default"]);
-    assert!(links("vn").is_empty(), "{:?}", links("vn"));
+    wait_gone("vn");
     assert!(!ruleset().contains("vectl"), "{}", ruleset());
     // A VE created with no network has loopback only.
     h.start_ve("lonely", &["--net", "none"]);
@@ -651,6 +719,48 @@ fn bad_network_input_is_refused_with_one_clear_line() {
             "invalid network name",
         ),
         (&["net", "rm", "nosuch"], "no such network"),
+        (
+            &[
+                "net",
+                "create",
+                "x",
+                "--mode",
+                "routed",
+                "--subnet",
+                "10.75.0.0/24",
+                "--uplink",
+                "lo",
+                "--vlan",
+                "5",
+            ],
+            "--vlan is for bridged networks",
+        ),
+        (
+            &[
+                "create",
+                "v",
+                "-T",
+                "bb",
+                "--publish",
+                "80:80",
+                "--publish",
+                "80:81",
+            ],
+            "given twice",
+        ),
+        (
+            &[
+                "create",
+                "v",
+                "-T",
+                "bb",
+                "--ip",
+                "10.200.0.9",
+                "--net",
+                "default",
+            ],
+            "comes before any --net",
+        ),
         (
             &["create", "v", "-T", "bb", "--net", "nosuch"],
             "no such network",

@@ -39,7 +39,7 @@ pub struct Attach {
     pub port: String,
     /// Name inside the VE (`eth0`).
     pub ifname: String,
-    pub mac: [u8; 6],
+    pub mac: crate::model::Mac,
     pub ip: Ipv4Addr,
     pub shape: Option<Shape>,
 }
@@ -105,6 +105,8 @@ fn kind_of(l: &LinkMessage) -> Option<&InfoKind> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UplinkInfo {
     pub is_bridge: bool,
+    /// It is a port of a bridge (or bond).
+    pub has_master: bool,
     pub ipv4: Vec<Ipv4Addr>,
 }
 
@@ -114,8 +116,16 @@ pub async fn uplink_info(h: &Handle, name: &str) -> Result<Option<UplinkInfo>> {
         return Ok(None);
     };
     let is_bridge = kind_of(&l) == Some(&InfoKind::Bridge);
+    let has_master = l
+        .attributes
+        .iter()
+        .any(|a| matches!(a, LinkAttribute::Controller(_)));
     let ipv4 = ipv4_of(h, l.header.index).await?;
-    Ok(Some(UplinkInfo { is_bridge, ipv4 }))
+    Ok(Some(UplinkInfo {
+        is_bridge,
+        has_master,
+        ipv4,
+    }))
 }
 
 async fn ipv4_of(h: &Handle, index: u32) -> Result<Vec<Ipv4Addr>> {
@@ -125,6 +135,20 @@ async fn ipv4_of(h: &Handle, index: u32) -> Result<Vec<Ipv4Addr>> {
         for attr in a.attributes {
             if let AddressAttribute::Address(IpAddr::V4(v4)) = attr {
                 out.push(v4);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Every IPv4 address of the host.
+pub async fn host_addresses(h: &Handle) -> Result<Vec<Ipv4Addr>> {
+    let mut out = Vec::new();
+    let mut addrs = h.address().get().execute();
+    while let Some(a) = addrs.try_next().await.map_err(|e| err("addresses", e))? {
+        for attr in &a.attributes {
+            if let AddressAttribute::Address(IpAddr::V4(v4)) = attr {
+                out.push(*v4);
             }
         }
     }
@@ -180,6 +204,18 @@ fn bridge_mac(id: u32) -> Vec<u8> {
     vec![0x02, 0xfe, 0x00, b[1], b[2], b[3]]
 }
 
+/// The MAC address of link `index`.
+async fn mac_of(h: &Handle, index: u32) -> Result<Option<Vec<u8>>> {
+    let mut links = h.link().get().match_index(index).execute();
+    let l = links.try_next().await.map_err(|e| err("uplink", e))?;
+    Ok(l.and_then(|l| {
+        l.attributes.into_iter().find_map(|a| match a {
+            LinkAttribute::Address(m) => Some(m),
+            _ => None,
+        })
+    }))
+}
+
 /// Makes sure the network's host side exists: its bridge (with the host address
 /// for host-only and nat), its VLAN link, the uplink in the bridge (bridged),
 /// forwarding (nat, routed), and the shaper when it has a bandwidth. Idempotent.
@@ -213,16 +249,18 @@ pub async fn net_up(h: &Handle, net: &NetConfig) -> Result<()> {
     }
     // With the operator's own bridge as uplink, the VEs join it: nothing to make.
     if let Some(br) = net.bridge(uplink_is_bridge).filter(|_| !uplink_is_bridge) {
+        // A bridge on the LAN shows its uplink's MAC there (as bridges usually
+        // do); a host-only or nat one gets a fixed MAC of its own.
+        let mac = match upstream {
+            Some(up) if net.mode == Mode::Bridged => mac_of(h, up).await?,
+            _ => None,
+        }
+        .unwrap_or_else(|| bridge_mac(net.id));
         let idx = match find_link(h, &br).await? {
             Some(l) => l.header.index,
             None => {
                 h.link()
-                    .add(
-                        LinkBridge::new(&br)
-                            .address(bridge_mac(net.id))
-                            .up()
-                            .build(),
-                    )
+                    .add(LinkBridge::new(&br).address(mac).up().build())
                     .execute()
                     .await
                     .map_err(|e| err(&br, e))?;
@@ -323,7 +361,7 @@ pub fn attach(ve_ns: BorrowedFd<'_>, nics: &[Attach]) -> Result<()> {
 async fn attach_host(h: &Handle, ve_ns: BorrowedFd<'_>, n: &Attach) -> Result<()> {
     let peer = LinkMessageBuilder::<LinkUnspec>::new()
         .name(n.ifname.clone())
-        .address(n.mac.to_vec())
+        .address(n.mac.0.to_vec())
         .setns_by_fd(ve_ns.as_raw_fd())
         .build();
     let mut msg = LinkVeth::new(&n.port, &n.ifname).build();

@@ -433,20 +433,52 @@ pub fn class_minor(subnet: Subnet, ip: Ipv4Addr) -> Option<u16> {
     u16::try_from(m).ok().filter(|m| (2..=0xfffe).contains(m))
 }
 
-/// The MAC address of a VE's NIC: locally administered, from the VE id and the
-/// NIC's index, so it is stable across restarts and unique on the host.
-pub fn mac_for(ve_id: u32, nic: u8) -> [u8; 6] {
-    let b = ve_id.to_be_bytes();
-    [0x02, nic, b[0], b[1], b[2], b[3]]
+/// A MAC address, written `02:ab:cd:ef:01:23`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Mac(pub [u8; 6]);
+
+impl Mac {
+    /// A random locally administered unicast address (what a VE's NIC gets at
+    /// create, kept in its config so it is the same at every start).
+    pub fn random() -> std::io::Result<Mac> {
+        use std::io::Read;
+        let mut b = [0u8; 6];
+        std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+        b[0] = (b[0] & 0xfc) | 0x02;
+        Ok(Mac(b))
+    }
 }
 
-/// A MAC as text.
-pub fn mac_string(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
 }
+
+impl FromStr for Mac {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("invalid MAC address {s:?}");
+        let parts: Vec<&str> = s.split(':').collect();
+        if parts.len() != 6 {
+            return Err(bad());
+        }
+        let mut b = [0u8; 6];
+        for (i, p) in parts.iter().enumerate() {
+            if p.len() != 2 {
+                return Err(bad());
+            }
+            b[i] = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+        }
+        Ok(Mac(b))
+    }
+}
+serde_via_str!(Mac);
 
 /// Checks an interface name (the kernel's rules: 1..15 bytes, no '/', ':' or
 /// white space).
@@ -547,6 +579,9 @@ mod tests {
         );
         assert_eq!(class_minor(net.subnet, Ipv4Addr::new(10, 0, 3, 2)), Some(3));
         assert_eq!(port_name(999, 999_999_999).len(), 15);
-        assert_eq!(mac_string(mac_for(101, 0)), "02:00:00:00:00:65");
+        let m = Mac::random().unwrap();
+        assert_eq!(m.0[0] & 0x03, 0x02, "locally administered unicast");
+        assert_eq!(m.to_string().parse::<Mac>().unwrap(), m);
+        assert!("02:00:00:00:00".parse::<Mac>().is_err());
     }
 }

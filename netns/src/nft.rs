@@ -11,7 +11,7 @@ use std::io::Write as _;
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
-use crate::model::{Mode, NetConfig, Proto, Publish, bridge_name, mac_string, port_glob};
+use crate::model::{Mac, Mode, NetConfig, Proto, Publish, bridge_name, port_glob};
 use crate::{Error, Result};
 
 /// One VE NIC as the firewall needs it.
@@ -20,7 +20,7 @@ pub struct FwNic {
     /// The host side of its veth pair.
     pub port: String,
     pub ip: Ipv4Addr,
-    pub mac: [u8; 6],
+    pub mac: Mac,
 }
 
 /// A published port, forwarded to `ip`.
@@ -53,10 +53,7 @@ impl VeRules {
                 let _ = writeln!(
                     s,
                     "{verb} element bridge vectl ve_ips {{ \"{}\" . {} }}\n{verb} element bridge vectl ve_macs {{ \"{}\" . {} }}",
-                    n.port,
-                    n.ip,
-                    n.port,
-                    mac_string(n.mac)
+                    n.port, n.ip, n.port, n.mac
                 );
             }
         }
@@ -135,7 +132,7 @@ impl Firewall {
         let macs: Vec<String> = self
             .nics
             .iter()
-            .map(|n| format!("\"{}\" . {}", n.port, mac_string(n.mac)))
+            .map(|n| format!("\"{}\" . {}", n.port, n.mac))
             .collect();
         let map = |proto: Proto| -> Vec<String> {
             self.published
@@ -180,6 +177,18 @@ impl Firewall {
                     s,
                     "  chain {chain} {{\n    type nat hook {hook} priority {prio}; policy accept;"
                 );
+                // VEs of host-only, routed and bridged networks reach the host's
+                // addresses, not through them to published VEs.
+                if hook == "prerouting" {
+                    for n in self.nets.iter().filter(|n| n.mode != Mode::Nat) {
+                        let from = if n.mode == Mode::Routed {
+                            port_glob(n.id)
+                        } else {
+                            bridge_name(n.id)
+                        };
+                        let _ = writeln!(s, "    iifname \"{from}\" return");
+                    }
+                }
                 for proto in [Proto::Tcp, Proto::Udp] {
                     let _ = writeln!(
                         s,
@@ -333,7 +342,7 @@ mod tests {
             nics: vec![FwNic {
                 port: "vn1p101".into(),
                 ip: Ipv4Addr::new(10, 0, 1, 2),
-                mac: [2, 0, 0, 0, 0, 101],
+                mac: Mac([2, 0, 0, 0, 0, 101]),
             }],
             published: vec![FwPublish {
                 publish: "8080:80".parse().unwrap(),

@@ -39,6 +39,8 @@ pub struct Nic {
     pub net: String,
     /// Its address (the prefix is the network's).
     pub ip: Ipv4Addr,
+    /// Its MAC, chosen at random at create (unique on the host).
+    pub mac: model::Mac,
 }
 
 /// A NIC asked for at create: a network and an address (`None` or `auto` = the
@@ -124,13 +126,22 @@ fn validate_net_name(name: &str) -> Result<()> {
 /// The name servers of the host's /etc/resolv.conf that a VE can reach (not the
 /// host's loopback stub resolvers).
 fn host_name_servers() -> Vec<Ipv4Addr> {
-    fs::read_to_string("/etc/resolv.conf")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("nameserver"))
-        .filter_map(|a| a.trim().parse::<Ipv4Addr>().ok())
-        .filter(|a| !a.is_loopback() && !a.is_unspecified())
-        .collect()
+    let read = |path: &str| -> Vec<Ipv4Addr> {
+        fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("nameserver"))
+            .filter_map(|a| a.trim().parse::<Ipv4Addr>().ok())
+            .filter(|a| !a.is_loopback() && !a.is_unspecified())
+            .collect()
+    };
+    let servers = read("/etc/resolv.conf");
+    if servers.is_empty() {
+        // systemd-resolved: the host asks its stub at 127.0.0.53, which a VE
+        // cannot reach; the servers behind it are listed here.
+        return read("/run/systemd/resolve/resolv.conf");
+    }
+    servers
 }
 
 /// Subnets tried for a nat or host-only network without `--subnet`.
@@ -233,6 +244,12 @@ impl Host {
             );
         }
         if let Some(v) = o.vlan {
+            if o.mode != Mode::Bridged {
+                return bad(format!(
+                    "--vlan is for bridged networks, not {} (tag the uplink yourself and give the VLAN interface as --uplink)",
+                    o.mode
+                ));
+            }
             if !(1..=4094).contains(&v) {
                 return bad(format!("--vlan {v}: VLAN ids run from 1 to 4094"));
             }
@@ -270,6 +287,22 @@ impl Host {
             let Some(info) = &uplink else {
                 return bad(format!("--uplink {u}: no such interface on this host"));
             };
+            if o.mode == Mode::Bridged
+                && let Some(other) = nets.iter().find(|n| {
+                    n.mode == Mode::Bridged && n.uplink.as_ref() == Some(u) && n.vlan == o.vlan
+                })
+            {
+                return bad(format!(
+                    "--uplink {u}{} is network {}'s already",
+                    o.vlan.map_or(String::new(), |v| format!(" (VLAN {v})")),
+                    other.name
+                ));
+            }
+            if o.mode == Mode::Bridged && !info.is_bridge && o.vlan.is_none() && info.has_master {
+                return bad(format!(
+                    "--uplink {u} is a port of another bridge: give that bridge as --uplink"
+                ));
+            }
             if o.mode == Mode::Bridged
                 && !info.is_bridge
                 && o.vlan.is_none()
@@ -381,18 +414,37 @@ impl Host {
         let Some(cfg) = VeConfig::load(&self.config_path(ve))? else {
             return Ok(());
         };
+        if cfg.nics.is_empty() {
+            return Ok(());
+        }
         let boot = state::boot_id();
-        let is_up = |n: &str| fs::read_to_string(self.net_marker(n)).is_ok_and(|b| b == boot);
-        if cfg.nics.iter().all(|n| is_up(&n.net)) {
+        let marked = |n: &str| fs::read_to_string(self.net_marker(n)).is_ok_and(|b| b == boot);
+        let nets = self.nets_of(&cfg)?;
+        // Made in this boot, and their bridges still there (one netlink query each).
+        let bridges: Vec<String> = nets
+            .iter()
+            .filter(|n| n.mode != Mode::Bridged || n.vlan.is_some())
+            .filter_map(|n| n.bridge(false))
+            .collect();
+        let present = netns::link::on_host(|h| async move {
+            let mut all = true;
+            for b in &bridges {
+                all &= netns::link::find_link(&h, b).await?.is_some();
+            }
+            Ok(all)
+        })
+        .map_err(|source| Error::Network {
+            ve: ve.to_string(),
+            source,
+        })?;
+        if present && nets.iter().all(|n| marked(&n.name)) {
             return Ok(());
         }
         let _host = self.lock_host()?;
-        for nic in &cfg.nics {
-            if !is_up(&nic.net) {
-                self.bring_up(&self.net(&nic.net)?)?;
-            }
+        for net in &nets {
+            self.bring_up(net)?;
         }
-        self.apply_firewall(None)
+        self.apply_firewall(None).map_err(|e| for_ve(ve, e))
     }
 
     /// Removes a network; refused while a VE has a NIC on it.
@@ -430,7 +482,7 @@ impl Host {
         let mut used = BTreeSet::new();
         let mut guaranteed = 0;
         for v in &ves {
-            for (i, nic) in v.nics.iter().enumerate().filter(|(_, n)| n.net == name) {
+            for nic in v.nics.iter().filter(|n| n.net == name) {
                 used.insert(nic.ip);
                 let running = v.status == crate::ve::Status::Running;
                 if running {
@@ -443,7 +495,7 @@ impl Host {
                 members.push(NetMember {
                     ve: v.name.clone(),
                     ip: nic.ip,
-                    mac: model::mac_string(model::mac_for(v.id, i as u8)),
+                    mac: nic.mac.to_string(),
                     port: model::port_name(net.id, v.id),
                     running,
                 });
@@ -501,7 +553,9 @@ impl Host {
         let done = if add { rules.add() } else { rules.delete() };
         match done {
             Ok(()) => Ok(()),
-            Err(_) => self.apply_firewall(add.then_some(cfg)),
+            Err(_) => self
+                .apply_firewall(add.then_some(cfg))
+                .map_err(|e| for_ve(&cfg.name, e)),
         }
     }
 
@@ -528,6 +582,8 @@ impl Host {
     /// addresses checked or allocated without duplicates.
     pub(crate) fn allocate_nics(&self, ve: &str, reqs: &[NicRequest]) -> Result<Vec<Nic>> {
         let mut out: Vec<Nic> = Vec::new();
+        // On a LAN (bridged, routed) the host's own addresses are not free.
+        let mut host_addrs: Option<BTreeSet<Ipv4Addr>> = None;
         for r in reqs {
             let net = self.net(&r.net).map_err(|e| match e {
                 Error::NoSuchNet(n) => Error::BadLimit {
@@ -542,7 +598,21 @@ impl Host {
                     reason: format!("--net {}: given twice (one NIC per network)", net.name),
                 });
             }
-            let used = self.used_addresses(&net.name, ve)?;
+            let mut used = self.used_addresses(&net.name, ve)?;
+            if matches!(net.mode, Mode::Bridged | Mode::Routed) {
+                if host_addrs.is_none() {
+                    let addrs =
+                        netns::link::on_host(
+                            |h| async move { netns::link::host_addresses(&h).await },
+                        )
+                        .map_err(|source| Error::Network {
+                            ve: ve.to_string(),
+                            source,
+                        })?;
+                    host_addrs = Some(addrs.into_iter().collect());
+                }
+                used.extend(host_addrs.iter().flatten().copied());
+            }
             let ip = match r.ip.as_deref() {
                 None | Some("auto") => net.allocate(&used).ok_or_else(|| {
                     net_err(&net.name, format!("no free address left in {}", net.subnet))
@@ -560,7 +630,24 @@ impl Host {
                     ip
                 }
             };
-            out.push(Nic { net: net.name, ip });
+            let taken: BTreeSet<model::Mac> = self
+                .configs()?
+                .iter()
+                .filter(|c| c.name != ve)
+                .flat_map(|c| c.nics.iter().map(|n| n.mac))
+                .chain(out.iter().map(|n| n.mac))
+                .collect();
+            let mac = loop {
+                let m = model::Mac::random().map_err(io_err(Path::new("/dev/urandom")))?;
+                if !taken.contains(&m) {
+                    break m;
+                }
+            };
+            out.push(Nic {
+                net: net.name,
+                ip,
+                mac,
+            });
         }
         Ok(out)
     }
@@ -588,7 +675,7 @@ impl Host {
                 net: net.clone(),
                 port: model::port_name(net.id, cfg.id),
                 ifname: format!("eth{i}"),
-                mac: model::mac_for(cfg.id, i as u8),
+                mac: nic.mac,
                 ip: nic.ip,
                 shape: shape_for(&cfg.limits, net, nic.ip),
             })
@@ -688,6 +775,17 @@ impl Host {
             return Err(bad("--net-limit: the VE has no network interface".into()));
         }
         if !cfg.publish.is_empty() {
+            for (i, p) in cfg.publish.iter().enumerate() {
+                if let Some(q) = cfg.publish[..i]
+                    .iter()
+                    .find(|q| q.host_port == p.host_port && q.proto == p.proto)
+                {
+                    return Err(bad(format!(
+                        "--publish {p}: host port {}/{} is given twice ({q} too)",
+                        p.host_port, p.proto
+                    )));
+                }
+            }
             if !nets.iter().any(|n| n.mode == Mode::Nat) {
                 return Err(bad(
                     "--publish: the VE has no NIC on a nat network (ports are published from NAT networks)".into(),
@@ -767,7 +865,7 @@ impl Host {
                         Some(n) => format!("{}/{}", nic.ip, n.ve_prefix()),
                         None => nic.ip.to_string(),
                     },
-                    mac: model::mac_string(model::mac_for(cfg.id, i as u8)),
+                    mac: nic.mac.to_string(),
                     port: net
                         .as_ref()
                         .map_or_else(String::new, |n| model::port_name(n.id, cfg.id)),
@@ -792,11 +890,22 @@ impl Host {
     }
 }
 
+/// A host-level error (the firewall's) as one about VE `ve`.
+pub(crate) fn for_ve(ve: &str, e: Error) -> Error {
+    match e {
+        Error::Host(reason) => Error::BadLimit {
+            ve: ve.to_string(),
+            reason,
+        },
+        e => e,
+    }
+}
+
 /// A VE's own elements of the firewall.
 fn ve_rules(nets: &[NetConfig], id: u32, nics: &[Nic], publish: &[model::Publish]) -> VeRules {
     let mut r = VeRules::default();
     let net_of = |name: &str| nets.iter().find(|n| n.name == name);
-    for (i, nic) in nics.iter().enumerate() {
+    for nic in nics {
         let Some(net) = net_of(&nic.net) else {
             continue;
         };
@@ -804,7 +913,7 @@ fn ve_rules(nets: &[NetConfig], id: u32, nics: &[Nic], publish: &[model::Publish
             FwNic {
                 port: model::port_name(net.id, id),
                 ip: nic.ip,
-                mac: model::mac_for(id, i as u8),
+                mac: nic.mac,
             },
             net.mode.bridged(),
         ));
@@ -893,9 +1002,42 @@ fn store_net(path: &Path, cfg: &NetConfig) -> Result<()> {
     write_atomic(path, text.as_bytes(), true)
 }
 
+/// What a path in a VE's layer is, without following a symlink.
+enum Entry {
+    Missing,
+    File(String),
+    /// A symlink, a whiteout, a directory...: nothing vectl reads through.
+    Other,
+}
+
+/// Reads a regular file without following symlinks (a VE's root may point its
+/// files anywhere on the host).
+fn entry(path: &Path) -> Entry {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    match path.symlink_metadata() {
+        Err(_) => Entry::Missing,
+        Ok(m) if m.file_type().is_file() => {
+            let mut text = String::new();
+            match fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+                .and_then(|mut f| f.read_to_string(&mut text))
+            {
+                Ok(_) => Entry::File(text),
+                Err(_) => Entry::Other,
+            }
+        }
+        Ok(_) => Entry::Other,
+    }
+}
+
 /// Writes the VE's /etc/hosts entry and (when its first network has name
-/// servers) /etc/resolv.conf into its private layer, before its root is mounted.
-/// Lines vectl owns in /etc/hosts end in `# vectl`; the rest is the VE's own.
+/// servers) /etc/resolv.conf into its private layer, before its root is mounted
+/// (no process of the VE runs). Lines vectl owns in /etc/hosts end in `# vectl`;
+/// the rest is the VE's own. Nothing is followed through a symlink: a VE whose
+/// /etc is not a plain directory is left alone, and a symlinked file is replaced.
 pub(crate) fn write_net_files(
     upper: &Path,
     lower: &Path,
@@ -903,28 +1045,52 @@ pub(crate) fn write_net_files(
     nics: &[Nic],
     nets: &[NetConfig],
 ) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let Some(first) = nics.first() else {
         return Ok(());
     };
     let etc = upper.join("etc");
-    let current = |name: &str| {
-        fs::read_to_string(etc.join(name))
-            .or_else(|_| fs::read_to_string(lower.join("etc").join(name)))
-            .unwrap_or_default()
+    match etc.symlink_metadata() {
+        Ok(m) if m.file_type().is_dir() => {}
+        Ok(_) => return Ok(()),
+        Err(_) => {
+            if !matches!(lower.join("etc").symlink_metadata(), Ok(m) if m.file_type().is_dir()) {
+                return Ok(());
+            }
+            fs::create_dir(&etc).map_err(io_err(&etc))?;
+        }
+    }
+    // The file as the VE sees it: its own layer's, else the template's.
+    let current = |name: &str| match entry(&etc.join(name)) {
+        Entry::File(t) => t,
+        Entry::Other => String::new(),
+        Entry::Missing => match entry(&lower.join("etc").join(name)) {
+            Entry::File(t) => t,
+            _ => String::new(),
+        },
     };
-    let write = |name: &str, text: &str, old: &str| -> Result<()> {
-        if text == old && etc.join(name).is_file() {
-            return Ok(());
-        }
-        fs::create_dir_all(&etc).map_err(io_err(&etc))?;
+    let write = |name: &str, text: &str| -> Result<()> {
         let p = etc.join(name);
-        // A symlink (to a resolver stub, say) is replaced by a file.
-        if p.symlink_metadata()
-            .is_ok_and(|m| m.file_type().is_symlink())
-        {
-            remove_file(&p)?;
+        match entry(&p) {
+            Entry::File(old) if old == text => return Ok(()),
+            Entry::File(_) | Entry::Missing => {}
+            Entry::Other => {
+                if p.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+                    return Ok(());
+                }
+                remove_file(&p)?;
+            }
         }
-        fs::write(&p, text).map_err(io_err(&p))
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&p)
+            .map_err(io_err(&p))?;
+        f.write_all(text.as_bytes()).map_err(io_err(&p))
     };
     let old = current("hosts");
     let mut hosts: String = old
@@ -944,7 +1110,7 @@ pub(crate) fn write_net_files(
     } else {
         hosts.push_str(&format!("{}\t{hostname} {short} # vectl\n", first.ip));
     }
-    write("hosts", &hosts, &old)?;
+    write("hosts", &hosts)?;
     if let Some(net) = nets.first()
         && !net.dns.is_empty()
     {
@@ -952,8 +1118,82 @@ pub(crate) fn write_net_files(
         for d in &net.dns {
             text.push_str(&format!("nameserver {d}\n"));
         }
-        let old = fs::read_to_string(etc.join("resolv.conf")).unwrap_or_default();
-        write("resolv.conf", &text, &old)?;
+        write("resolv.conf", &text)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net() -> NetConfig {
+        NetConfig {
+            name: "n".into(),
+            id: 1,
+            mode: Mode::Nat,
+            subnet: "10.0.3.0/24".parse().unwrap(),
+            gateway: Some(Ipv4Addr::new(10, 0, 3, 1)),
+            uplink: None,
+            vlan: None,
+            dns: vec![Ipv4Addr::new(192, 0, 2, 53)],
+            bandwidth: None,
+            created: String::new(),
+        }
+    }
+
+    fn nic() -> Nic {
+        Nic {
+            net: "n".into(),
+            ip: Ipv4Addr::new(10, 0, 3, 2),
+            mac: model::Mac([2, 0, 0, 0, 0, 1]),
+        }
+    }
+
+    #[test]
+    fn net_files_keep_the_ves_lines_and_follow_no_symlink() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (upper, lower, outside) = (
+            tmp.path().join("upper"),
+            tmp.path().join("lower"),
+            tmp.path().join("outside"),
+        );
+        for d in [&upper, &lower.join("etc"), &outside] {
+            fs::create_dir_all(d).unwrap();
+        }
+        fs::write(
+            lower.join("etc/hosts"),
+            "127.0.0.1 localhost\n10.9.9.9 db\n",
+        )
+        .unwrap();
+        write_net_files(&upper, &lower, "web.example.com", &[nic()], &[net()]).unwrap();
+        assert_eq!(
+            fs::read_to_string(upper.join("etc/hosts")).unwrap(),
+            "127.0.0.1 localhost\n10.9.9.9 db\n10.0.3.2\tweb.example.com web # vectl\n"
+        );
+        assert!(
+            fs::read_to_string(upper.join("etc/resolv.conf"))
+                .unwrap()
+                .contains("nameserver 192.0.2.53")
+        );
+        // A symlinked file is neither read nor written through: it is replaced.
+        fs::write(outside.join("secret"), "secret\n").unwrap();
+        fs::remove_file(upper.join("etc/hosts")).unwrap();
+        std::os::unix::fs::symlink(outside.join("secret"), upper.join("etc/hosts")).unwrap();
+        write_net_files(&upper, &lower, "web", &[nic()], &[net()]).unwrap();
+        assert_eq!(
+            fs::read_to_string(outside.join("secret")).unwrap(),
+            "secret\n"
+        );
+        let hosts = fs::read_to_string(upper.join("etc/hosts")).unwrap();
+        assert!(
+            !hosts.contains("secret") && hosts.contains("10.0.3.2\tweb # vectl"),
+            "{hosts}"
+        );
+        // An /etc that is a symlink is left alone.
+        fs::remove_dir_all(upper.join("etc")).unwrap();
+        std::os::unix::fs::symlink(&outside, upper.join("etc")).unwrap();
+        write_net_files(&upper, &lower, "web", &[nic()], &[net()]).unwrap();
+        assert!(!outside.join("hosts").exists() && !outside.join("resolv.conf").exists());
+    }
 }

@@ -150,7 +150,7 @@ impl Host {
             if self.config_path(&name).exists() {
                 continue;
             }
-            let repaired = repair && self.finish_destroy(&name).is_ok();
+            let repaired = repair && self.finish_interrupted(&name).is_ok();
             out.push(PoolProblem {
                 kind: "orphan-volume",
                 subject: name.clone(),

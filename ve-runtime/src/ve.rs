@@ -344,7 +344,7 @@ impl Host {
             });
         }
         if self.tombstone_path(name).exists() {
-            self.finish_destroy(name)?;
+            self.finish_interrupted(name)?;
         }
         let id = match opts.id {
             Some(id) => {
@@ -660,7 +660,7 @@ impl Host {
                 || self.pool().ve_volume(&ve).dir.exists()
                 || self.mount_dir(&ve).exists();
             if leftovers {
-                return self.finish_destroy(&ve);
+                return self.finish_interrupted(&ve);
             }
             return Err(Error::NoSuchVe(ve));
         };
@@ -681,6 +681,17 @@ impl Host {
         crate::failpoint::hit("destroy-after-tombstone");
         self.finish_destroy(&ve)?;
         self.firewall_ve(&cfg, false)
+    }
+
+    /// [`Host::finish_destroy`] for a destroy or create that was killed: which
+    /// firewall entries it left is not known, so the ruleset is made again from
+    /// the configs. The caller holds the host lock.
+    pub(crate) fn finish_interrupted(&self, ve: &str) -> Result<()> {
+        self.finish_destroy(ve)?;
+        if !self.nets()?.is_empty() {
+            self.apply_firewall(None)?;
+        }
+        Ok(())
     }
 
     /// Removes everything of a VE whose config is gone or tombstoned. Idempotent.
@@ -780,12 +791,14 @@ impl Host {
 
     /// Publishes ports of a VE on the host's addresses (`add`) and withdraws
     /// others (`remove`, matched by host port and protocol). Takes effect at once,
-    /// running or not; returns the VE's published ports.
+    /// running or not; returns the VE's published ports. `check_only` checks the
+    /// change without making it.
     pub fn publish(
         &self,
         name_or_id: &str,
         add: &[netns::model::Publish],
         remove: &[netns::model::Publish],
+        check_only: bool,
     ) -> Result<Vec<netns::model::Publish>> {
         let ve = self.resolve_existing(name_or_id)?;
         let _host = self.lock_host()?;
@@ -825,7 +838,11 @@ impl Host {
         cfg.publish.sort();
         cfg.publish.dedup();
         self.check_net_settings(&cfg)?;
-        self.apply_firewall(Some(&cfg))?;
+        if check_only {
+            return Ok(cfg.publish);
+        }
+        self.apply_firewall(Some(&cfg))
+            .map_err(|e| crate::net::for_ve(&ve, e))?;
         if let Err(e) = cfg.store(&self.config_path(&ve)) {
             let _ = self.apply_firewall(None);
             return Err(e);
