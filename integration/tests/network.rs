@@ -600,6 +600,19 @@ fn links_rules_and_routes_go_with_stop_destroy_and_net_rm() {
     wait_gone(&port);
     h.ok(&["start", "c"]);
     assert_eq!(links(&port), vec![port.clone()], "a restart wires it again");
+    // A start right after a stop does not wait for the old port to go: it takes
+    // the other name while the kernel removes the first.
+    h.ok(&["stop", "--fast", "c"]);
+    h.ok(&["start", "c"]);
+    let now = h.json(&["show", "c"])["interfaces"][0]["port"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(links(&now).contains(&now), "{now} not in {:?}", links("vn2"));
+    h.ok(&["set", "c", "--net-limit", "5mbit"]);
+    let filters = sh(&["tc", "filter", "show", "dev", &now, "ingress"]).unwrap();
+    assert!(filters.contains("vn2u"), "the live limit went to {now}: {filters}");
+    assert_eq!(wait_http("10.74.0.2"), "hello from c\n");
     h.ok(&["destroy", "--force", "c"]);
     wait_gone(&port);
     assert!(!ruleset().contains(&port), "{}", ruleset());

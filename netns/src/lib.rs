@@ -89,17 +89,7 @@ where
         .name("vectl-netns".into())
         .spawn(move || -> Result<()> {
             setns(netns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(Error::Setns)?;
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_io()
-                .build()
-                .map_err(|e| Error::Thread(e.to_string()))?;
-            rt.block_on(async move {
-                let (conn, handle, _) = rtnetlink::new_connection().map_err(Error::Connect)?;
-                let conn = tokio::spawn(conn);
-                let result = work(handle).await;
-                conn.abort();
-                result
-            })
+            link::on_host(work)
         })
         .map_err(|e| Error::Thread(e.to_string()))?;
     worker

@@ -35,8 +35,9 @@ pub struct Shape {
 #[derive(Debug, Clone)]
 pub struct Attach {
     pub net: NetConfig,
-    /// Host side of the veth pair.
-    pub port: String,
+    /// The two names the host side of the veth pair may take
+    /// ([`crate::model::port_names`]).
+    pub ports: [String; 2],
     /// Name inside the VE (`eth0`).
     pub ifname: String,
     pub mac: crate::model::Mac,
@@ -330,15 +331,17 @@ pub async fn delete_link(h: &Handle, name: &str) -> Result<()> {
 /// VE's namespace `ve_ns` with its name and MAC; the host end joins the bridge (or,
 /// routed, gets the next-hop address, a /32 route to the VE and a proxy-ARP entry
 /// on the uplink); then, inside the VE, the address, link and routes.
-pub fn attach(ve_ns: BorrowedFd<'_>, nics: &[Attach]) -> Result<()> {
+/// Returns the name each port got.
+pub fn attach(ve_ns: BorrowedFd<'_>, nics: &[Attach]) -> Result<Vec<String>> {
     if nics.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
-    on_host(|h| async move {
+    let ports = on_host(|h| async move {
+        let mut ports = Vec::new();
         for n in nics {
-            attach_host(&h, ve_ns, n).await?;
+            ports.push(attach_host(&h, ve_ns, n).await?);
         }
-        Ok(())
+        Ok(ports)
     })?;
     let owned: OwnedFd = ve_ns
         .try_clone_to_owned()
@@ -355,16 +358,23 @@ pub fn attach(ve_ns: BorrowedFd<'_>, nics: &[Attach]) -> Result<()> {
             attach_ve(&h, n).await?;
         }
         Ok(())
-    })
+    })?;
+    Ok(ports)
 }
 
-async fn attach_host(h: &Handle, ve_ns: BorrowedFd<'_>, n: &Attach) -> Result<()> {
+/// Makes the veth pair `name` (host) / `n.ifname` (in the VE's namespace).
+async fn add_veth(
+    h: &Handle,
+    ve_ns: BorrowedFd<'_>,
+    n: &Attach,
+    name: &str,
+) -> std::result::Result<(), rtnetlink::Error> {
     let peer = LinkMessageBuilder::<LinkUnspec>::new()
         .name(n.ifname.clone())
         .address(n.mac.0.to_vec())
         .setns_by_fd(ve_ns.as_raw_fd())
         .build();
-    let mut msg = LinkVeth::new(&n.port, &n.ifname).build();
+    let mut msg = LinkVeth::new(name, &n.ifname).build();
     for attr in &mut msg.attributes {
         if let LinkAttribute::LinkInfo(infos) = attr {
             for i in infos.iter_mut() {
@@ -374,33 +384,48 @@ async fn attach_host(h: &Handle, ve_ns: BorrowedFd<'_>, n: &Attach) -> Result<()
             }
         }
     }
-    let add = h.link().add(msg.clone()).execute().await;
-    match add {
-        Ok(()) => {}
-        // A port left by a VE whose namespace the kernel is still tearing down.
-        Err(e) if is_errno(&e, libc::EEXIST) => {
-            delete_link(h, &n.port).await?;
-            h.link()
-                .add(msg)
-                .execute()
-                .await
-                .map_err(|e| err(&n.port, e))?;
+    h.link().add(msg).execute().await
+}
+
+async fn attach_host(h: &Handle, ve_ns: BorrowedFd<'_>, n: &Attach) -> Result<String> {
+    // A name may still be held by the port of the VE's previous run, which the
+    // kernel removes with that run's namespace: the other slot is free then.
+    let mut chosen = None;
+    for name in &n.ports {
+        match add_veth(h, ve_ns, n, name).await {
+            Ok(()) => {
+                chosen = Some(name.clone());
+                break;
+            }
+            Err(e) if is_errno(&e, libc::EEXIST) => continue,
+            Err(e) => return Err(err(name, e)),
         }
-        Err(e) => return Err(err(&n.port, e)),
     }
-    let port = index_of(h, &n.port).await?;
+    let name = match chosen {
+        Some(c) => c,
+        None => {
+            // Both held (two restarts in a row): wait the first one out.
+            let first = n.ports[0].clone();
+            delete_link(h, &first).await?;
+            add_veth(h, ve_ns, n, &first)
+                .await
+                .map_err(|e| err(&first, e))?;
+            first
+        }
+    };
+    let port = index_of(h, &name).await?;
     match n.net.mode {
         Mode::Routed => {
             h.link()
                 .set(LinkUnspec::new_with_index(port).up().build())
                 .execute()
                 .await
-                .map_err(|e| err(&n.port, e))?;
+                .map_err(|e| err(&name, e))?;
             h.address()
                 .add(port, IpAddr::V4(ROUTED_GATEWAY), 32)
                 .execute()
                 .await
-                .map_err(|e| err(&n.port, e))?;
+                .map_err(|e| err(&name, e))?;
             h.route()
                 .add(
                     RouteMessageBuilder::<Ipv4Addr>::new()
@@ -412,7 +437,7 @@ async fn attach_host(h: &Handle, ve_ns: BorrowedFd<'_>, n: &Attach) -> Result<()
                 .replace()
                 .execute()
                 .await
-                .map_err(|e| err(&n.port, format!("route to {}: {e}", n.ip)))?;
+                .map_err(|e| err(&name, format!("route to {}: {e}", n.ip)))?;
             if let Some(up) = n.net.effective_uplink() {
                 let upi = index_of(h, &up).await?;
                 h.neighbours()
@@ -441,14 +466,14 @@ async fn attach_host(h: &Handle, ve_ns: BorrowedFd<'_>, n: &Attach) -> Result<()
                 )
                 .execute()
                 .await
-                .map_err(|e| err(&n.port, e))?;
+                .map_err(|e| err(&name, e))?;
         }
     }
     if let Some(s) = &n.shape {
         let (up, down) = ifb_names(n.net.id);
-        tc::shape_port(h, &n.port, n.ip, &up, &down, s.minor, s.rate).await?;
+        tc::shape_port(h, &name, n.ip, &up, &down, s.minor, s.rate).await?;
     }
-    Ok(())
+    Ok(name)
 }
 
 /// Whether a bridged network uses the operator's bridge as is.

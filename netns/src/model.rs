@@ -306,13 +306,20 @@ pub struct NetConfig {
 pub fn bridge_name(id: u32) -> String {
     format!("vn{id}b")
 }
-/// Name of the host side of VE `ve_id`'s port on network `net_id`.
+/// Name of the host side of VE `ve_id`'s port on network `net_id` (its first
+/// slot; see [`port_names`]).
 pub fn port_name(net_id: u32, ve_id: u32) -> String {
     format!("vn{net_id}p{ve_id}")
 }
-/// Wildcard (nft) for all ports of network `id`.
-pub fn port_glob(id: u32) -> String {
-    format!("vn{id}p*")
+/// Both names a VE's port on a network may have: a start takes the second when
+/// the first is still there, being removed by the kernel with the namespace of
+/// the VE's previous run (deleting it would wait out an RCU grace period).
+pub fn port_names(net_id: u32, ve_id: u32) -> [String; 2] {
+    [format!("vn{net_id}p{ve_id}"), format!("vn{net_id}q{ve_id}")]
+}
+/// Wildcards (nft) for all ports of network `id`, one per slot.
+pub fn port_globs(id: u32) -> [String; 2] {
+    [format!("vn{id}p*"), format!("vn{id}q*")]
 }
 /// Names of the network's IFB devices (traffic from the VEs, traffic to them).
 pub fn ifb_names(id: u32) -> (String, String) {

@@ -11,7 +11,7 @@ use std::io::Write as _;
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
-use crate::model::{Mac, Mode, NetConfig, Proto, Publish, bridge_name, port_glob};
+use crate::model::{Mac, Mode, NetConfig, Proto, Publish, bridge_name, port_globs};
 use crate::{Error, Result};
 
 /// One VE NIC as the firewall needs it.
@@ -160,11 +160,9 @@ impl Firewall {
             "  chain antispoof {\n    type filter hook prerouting priority raw; policy accept;\n",
         );
         for n in self.nets.iter().filter(|n| n.mode == Mode::Routed) {
-            let _ = writeln!(
-                s,
-                "    iifname \"{}\" iifname . ip saddr != @ve_ips drop",
-                port_glob(n.id)
-            );
+            for g in port_globs(n.id) {
+                let _ = writeln!(s, "    iifname \"{g}\" iifname . ip saddr != @ve_ips drop");
+            }
         }
         s.push_str("  }\n");
         let nat_nets: Vec<&NetConfig> = self.nets.iter().filter(|n| n.mode == Mode::Nat).collect();
@@ -181,12 +179,14 @@ impl Firewall {
                 // addresses, not through them to published VEs.
                 if hook == "prerouting" {
                     for n in self.nets.iter().filter(|n| n.mode != Mode::Nat) {
-                        let from = if n.mode == Mode::Routed {
-                            port_glob(n.id)
+                        let from: Vec<String> = if n.mode == Mode::Routed {
+                            port_globs(n.id).to_vec()
                         } else {
-                            bridge_name(n.id)
+                            vec![bridge_name(n.id)]
                         };
-                        let _ = writeln!(s, "    iifname \"{from}\" return");
+                        for f in from {
+                            let _ = writeln!(s, "    iifname \"{f}\" return");
+                        }
                     }
                 }
                 for proto in [Proto::Tcp, Proto::Udp] {
@@ -215,7 +215,6 @@ impl Firewall {
         );
         for n in &self.nets {
             let br = bridge_name(n.id);
-            let ports = port_glob(n.id);
             if matches!(n.mode, Mode::Nat | Mode::HostOnly) {
                 // Traffic within the bridge, where br_netfilter shows it here.
                 let _ = writeln!(s, "    iifname \"{br}\" oifname \"{br}\" accept");
@@ -231,10 +230,18 @@ impl Firewall {
                     let _ = writeln!(s, "    iifname \"{br}\" drop\n    oifname \"{br}\" drop");
                 }
                 Mode::Routed => {
-                    let _ = writeln!(
-                        s,
-                        "    iifname \"{ports}\" oifname \"{ports}\" accept\n    iifname \"{ports}\" oifname \"vn*\" drop\n    oifname \"{ports}\" iifname \"vn*\" drop"
-                    );
+                    let globs = port_globs(n.id);
+                    for a in &globs {
+                        for b in &globs {
+                            let _ = writeln!(s, "    iifname \"{a}\" oifname \"{b}\" accept");
+                        }
+                    }
+                    for p in &globs {
+                        let _ = writeln!(
+                            s,
+                            "    iifname \"{p}\" oifname \"vn*\" drop\n    oifname \"{p}\" iifname \"vn*\" drop"
+                        );
+                    }
                 }
                 Mode::Bridged => {}
             }
@@ -256,8 +263,7 @@ impl Firewall {
                 elements(&macs)
             );
             s.push_str("  chain antispoof {\n    type filter hook prerouting priority -300; policy accept;\n");
-            for n in bridged {
-                let p = port_glob(n.id);
+            for p in bridged.iter().flat_map(|n| port_globs(n.id)) {
                 let _ = writeln!(
                     s,
                     "    iifname \"{p}\" iifname . ether saddr != @ve_macs drop\n    iifname \"{p}\" ether type != {{ ip, arp }} drop\n    iifname \"{p}\" ether type ip iifname . ip saddr != @ve_ips drop\n    iifname \"{p}\" ether type arp iifname . arp saddr ip != @ve_ips drop\n    iifname \"{p}\" ether type arp iifname . arp saddr ether != @ve_macs drop"
@@ -356,6 +362,7 @@ mod tests {
             "8080 : 10.0.1.2 . 80",
             "ip saddr 10.0.1.0/24 oifname != \"vn1b\" masquerade",
             "iifname \"vn2p*\" iifname . ip saddr != @ve_ips drop",
+            "iifname \"vn2q*\" iifname . ip saddr != @ve_ips drop",
             "iifname \"vn3b\" drop",
             "iifname \"vn1p*\" iifname . ether saddr != @ve_macs drop",
         ] {

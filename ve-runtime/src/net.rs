@@ -482,7 +482,13 @@ impl Host {
         let mut used = BTreeSet::new();
         let mut guaranteed = 0;
         for v in &ves {
-            for nic in v.nics.iter().filter(|n| n.net == name) {
+            let recorded = crate::state::RunState::load(&self.run_path(&v.name))
+                .ok()
+                .flatten()
+                .filter(|rs| rs.is_alive())
+                .map(|rs| rs.ports)
+                .unwrap_or_default();
+            for (i, nic) in v.nics.iter().enumerate().filter(|(_, n)| n.net == name) {
                 used.insert(nic.ip);
                 let running = v.status == crate::ve::Status::Running;
                 if running {
@@ -496,7 +502,10 @@ impl Host {
                     ve: v.name.clone(),
                     ip: nic.ip,
                     mac: nic.mac.to_string(),
-                    port: model::port_name(net.id, v.id),
+                    port: recorded
+                        .get(i)
+                        .cloned()
+                        .unwrap_or_else(|| model::port_name(net.id, v.id)),
                     running,
                 });
             }
@@ -673,7 +682,7 @@ impl Host {
             .enumerate()
             .map(|(i, (nic, net))| Attach {
                 net: net.clone(),
-                port: model::port_name(net.id, cfg.id),
+                ports: model::port_names(net.id, cfg.id),
                 ifname: format!("eth{i}"),
                 mac: nic.mac,
                 ip: nic.ip,
@@ -705,21 +714,33 @@ impl Host {
         })
     }
 
+    /// The host-side names of a VE's ports: as its running instance recorded
+    /// them, else the first slot's.
+    fn ports_of(&self, cfg: &VeConfig, nets: &[NetConfig]) -> Vec<String> {
+        let recorded = crate::state::RunState::load(&self.run_path(&cfg.name))
+            .ok()
+            .flatten()
+            .filter(|rs| rs.is_alive() && rs.ports.len() == cfg.nics.len())
+            .map(|rs| rs.ports);
+        recorded.unwrap_or_else(|| {
+            nets.iter()
+                .map(|n| model::port_name(n.id, cfg.id))
+                .collect()
+        })
+    }
+
     /// Applies changed bandwidth settings to a running VE's NICs.
     pub(crate) fn reshape_nics(&self, cfg: &VeConfig, limits: &Limits) -> Result<()> {
-        for (nic, net) in cfg.nics.iter().zip(self.nets_of(cfg)?) {
-            let shape = shape_for(limits, &net, nic.ip);
-            let old = shape_for(&cfg.limits, &net, nic.ip).map(|s| s.minor);
-            netns::link::reshape(
-                &net,
-                &model::port_name(net.id, cfg.id),
-                nic.ip,
-                shape.as_ref(),
-                old,
-            )
-            .map_err(|source| Error::Network {
-                ve: cfg.name.clone(),
-                source,
+        let nets = self.nets_of(cfg)?;
+        let ports = self.ports_of(cfg, &nets);
+        for ((nic, net), port) in cfg.nics.iter().zip(&nets).zip(&ports) {
+            let shape = shape_for(limits, net, nic.ip);
+            let old = shape_for(&cfg.limits, net, nic.ip).map(|s| s.minor);
+            netns::link::reshape(net, port, nic.ip, shape.as_ref(), old).map_err(|source| {
+                Error::Network {
+                    ve: cfg.name.clone(),
+                    source,
+                }
             })?;
         }
         Ok(())
@@ -852,6 +873,10 @@ impl Host {
 
     /// Details of a VE's NICs for `show`.
     pub(crate) fn nic_infos(&self, cfg: &VeConfig) -> Vec<NicInfo> {
+        let ports = self
+            .nets_of(cfg)
+            .map(|nets| self.ports_of(cfg, &nets))
+            .unwrap_or_default();
         cfg.nics
             .iter()
             .enumerate()
@@ -866,9 +891,7 @@ impl Host {
                         None => nic.ip.to_string(),
                     },
                     mac: nic.mac.to_string(),
-                    port: net
-                        .as_ref()
-                        .map_or_else(String::new, |n| model::port_name(n.id, cfg.id)),
+                    port: ports.get(i).cloned().unwrap_or_default(),
                     gateway: net.as_ref().and_then(NetConfig::ve_gateway),
                 }
             })
@@ -909,14 +932,16 @@ fn ve_rules(nets: &[NetConfig], id: u32, nics: &[Nic], publish: &[model::Publish
         let Some(net) = net_of(&nic.net) else {
             continue;
         };
-        r.nics.push((
-            FwNic {
-                port: model::port_name(net.id, id),
-                ip: nic.ip,
-                mac: nic.mac,
-            },
-            net.mode.bridged(),
-        ));
+        for port in model::port_names(net.id, id) {
+            r.nics.push((
+                FwNic {
+                    port,
+                    ip: nic.ip,
+                    mac: nic.mac,
+                },
+                net.mode.bridged(),
+            ));
+        }
     }
     if let Some(nat) = nics
         .iter()

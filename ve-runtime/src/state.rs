@@ -22,6 +22,9 @@ pub struct RunState {
     pub boot_id: String,
     /// Wall-clock start, seconds since the epoch.
     pub started_at: u64,
+    /// The host-side names its NICs' ports got, in NIC order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
 }
 
 impl RunState {
@@ -105,6 +108,7 @@ pub fn recover(pid: i32) -> Option<RunState> {
         start_ticks: stat.start_ticks,
         boot_id: boot_id(),
         started_at: boot_time() + stat.start_ticks / clock_ticks(),
+        ports: Vec::new(),
     })
 }
 
@@ -189,6 +193,7 @@ mod tests {
             start_ticks: s.start_ticks,
             boot_id: boot_id(),
             started_at: 0,
+            ports: vec!["vn1p100".into()],
         };
         assert!(rs.is_alive());
         let other = RunState {

@@ -548,11 +548,11 @@ impl Host {
                 &PathBuf::from(format!("/proc/{}/ns/net", child.pid)),
             ))?;
             let wired = if attachments.is_empty() {
-                netns::bring_up_loopback(ns.as_fd())
+                netns::bring_up_loopback(ns.as_fd()).map(|()| Vec::new())
             } else {
                 netns::link::attach(ns.as_fd(), &attachments)
             };
-            wired.map_err(|source| Error::Network {
+            let ports = wired.map_err(|source| Error::Network {
                 ve: ve.clone(),
                 source,
             })?;
@@ -565,6 +565,7 @@ impl Host {
                 start_ticks: stat.start_ticks,
                 boot_id: state::boot_id(),
                 started_at: now_secs(),
+                ports,
             };
             rs.store(&run_path)?;
             recorded = Some(rs);
