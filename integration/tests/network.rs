@@ -608,10 +608,17 @@ fn links_rules_and_routes_go_with_stop_destroy_and_net_rm() {
         .as_str()
         .unwrap()
         .to_string();
-    assert!(links(&now).contains(&now), "{now} not in {:?}", links("vn2"));
+    assert!(
+        links(&now).contains(&now),
+        "{now} not in {:?}",
+        links("vn2")
+    );
     h.ok(&["set", "c", "--net-limit", "5mbit"]);
     let filters = sh(&["tc", "filter", "show", "dev", &now, "ingress"]).unwrap();
-    assert!(filters.contains("vn2u"), "the live limit went to {now}: {filters}");
+    assert!(
+        filters.contains("vn2u"),
+        "the live limit went to {now}: {filters}"
+    );
     assert_eq!(wait_http("10.74.0.2"), "hello from c\n");
     h.ok(&["destroy", "--force", "c"]);
     wait_gone(&port);
