@@ -245,8 +245,33 @@ enum HostCommand {
 enum TemplateCommand {
     /// Import a root file system as the next version of a template.
     Import(ImportArgs),
+    /// Publish a new tree as the next version of an existing template (VEs stay
+    /// pinned to their versions).
+    Update(ImportArgs),
     /// List template versions.
     List,
+    /// One version (the latest without @VERSION) and the VEs on it.
+    Show {
+        #[arg(value_name = "NAME[@VERSION]")]
+        template: String,
+    },
+    /// A template's versions, oldest first: date, source, size, message, VEs.
+    Log {
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+    /// The VEs on each version (of NAME, or of every template).
+    Usage {
+        #[arg(value_name = "NAME")]
+        name: Option<String>,
+    },
+    /// Remove a version (or all versions of NAME); refused while a VE uses it.
+    Rm {
+        #[arg(value_name = "NAME[@VERSION]")]
+        template: String,
+    },
+    /// Remove every version that is neither a template's latest nor used.
+    Gc,
 }
 
 #[derive(Debug, Args)]
@@ -652,7 +677,8 @@ fn run(cli: Cli, at: &ArgPositions, out: &Out) -> Result<ExitCode> {
                 }
             }
         }
-        Command::Template(TemplateCommand::Import(a)) => {
+        Command::Template(TemplateCommand::Import(a) | TemplateCommand::Update(a)) => {
+            let update = matches!(&cli.command, Command::Template(TemplateCommand::Update(_)));
             let source = match (&a.from_dir, &a.from_tar) {
                 (Some(d), _) => Source::Dir(d.clone()),
                 (None, Some(t)) => Source::Tar(t.clone()),
@@ -660,8 +686,11 @@ fn run(cli: Cli, at: &ArgPositions, out: &Out) -> Result<ExitCode> {
             };
             let host = open(&cli)?;
             let mut progress = out.progress(&format!("importing {}", a.name));
-            let (tv, warnings) =
-                host.import_template(&a.name, &source, &a.message, &mut progress)?;
+            let (tv, warnings) = if update {
+                host.update_template(&a.name, &source, &a.message, &mut progress)?
+            } else {
+                host.import_template(&a.name, &source, &a.message, &mut progress)?
+            };
             drop(progress);
             for w in warnings {
                 out.warn(&format!("template {}: {w}", tv.reference()));
@@ -669,6 +698,38 @@ fn run(cli: Cli, at: &ArgPositions, out: &Out) -> Result<ExitCode> {
             out.template_imported(&tv);
         }
         Command::Template(TemplateCommand::List) => out.templates(&open(&cli)?.list_templates()?),
+        Command::Template(TemplateCommand::Show { template }) => {
+            let r: ve_runtime::TemplateRef = template
+                .parse()
+                .map_err(|e: ve_runtime::TemplateError| anyhow::anyhow!("{e}"))?;
+            let host = open(&cli)?;
+            let all = host.template_usage(Some(&r.name))?;
+            let one = match r.version {
+                Some(v) => all.iter().find(|u| u.version.version == v),
+                None => all.last(),
+            }
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "template {template}: no such version (see `vectl template log {}`)",
+                    r.name
+                )
+            })?;
+            out.template_show(one, &host.template_dir(&one.version));
+        }
+        Command::Template(TemplateCommand::Log { name }) => {
+            out.template_log(&open(&cli)?.template_usage(Some(name))?);
+        }
+        Command::Template(TemplateCommand::Usage { name }) => {
+            out.template_log(&open(&cli)?.template_usage(name.as_deref())?);
+        }
+        Command::Template(TemplateCommand::Rm { template }) => {
+            let removed = open(&cli)?.remove_template(template)?;
+            out.templates_removed(&removed);
+        }
+        Command::Template(TemplateCommand::Gc) => {
+            let removed = open(&cli)?.gc_templates()?;
+            out.templates_removed(&removed);
+        }
         Command::Create(a) => {
             let host = open(&cli)?;
             let cfg = host.create(&CreateOptions {

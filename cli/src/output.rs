@@ -266,6 +266,80 @@ impl Out {
         }
     }
 
+    pub fn template_show(&self, u: &ve_runtime::TemplateUsage, dir: &std::path::Path) {
+        if self.json {
+            let mut v = serde_json::to_value(u).unwrap_or_default();
+            v["path"] = json!(dir);
+            self.print_json(&v);
+            return;
+        }
+        let t = &u.version;
+        print_pairs(&[
+            ("template", t.reference()),
+            ("latest", if u.latest { "yes" } else { "no" }.into()),
+            ("created", t.created.clone()),
+            ("source", t.source.clone()),
+            ("size", human_bytes(t.size_bytes)),
+            ("files", t.files.to_string()),
+            ("message", t.message.clone()),
+            ("path", dir.display().to_string()),
+            (
+                "ves",
+                if u.ves.is_empty() {
+                    "none".into()
+                } else {
+                    u.ves.join(", ")
+                },
+            ),
+        ]);
+    }
+
+    pub fn template_log(&self, list: &[ve_runtime::TemplateUsage]) {
+        if self.json {
+            self.print_json(&list);
+            return;
+        }
+        let mut rows = vec![vec![
+            "TEMPLATE".to_string(),
+            "CREATED".into(),
+            "SIZE".into(),
+            "SOURCE".into(),
+            "VES".into(),
+            "MESSAGE".into(),
+        ]];
+        for u in list {
+            let t = &u.version;
+            rows.push(vec![
+                if u.latest {
+                    format!("{} (latest)", t.reference())
+                } else {
+                    t.reference()
+                },
+                t.created.clone(),
+                human_bytes(t.size_bytes),
+                t.source.clone(),
+                if u.ves.is_empty() {
+                    "-".into()
+                } else {
+                    u.ves.join(",")
+                },
+                t.message.clone(),
+            ]);
+        }
+        print_table(&rows);
+    }
+
+    pub fn templates_removed(&self, list: &[TemplateVersion]) {
+        if self.json {
+            self.print_json(&list);
+        } else if list.is_empty() {
+            println!("no template version removed");
+        } else {
+            let names: Vec<String> = list.iter().map(TemplateVersion::reference).collect();
+            println!("removed {}", names.join(", "));
+        }
+    }
+
     pub fn templates(&self, list: &[TemplateVersion]) {
         if self.json {
             self.print_json(&list);

@@ -178,3 +178,120 @@ fn a_second_import_is_the_next_version_and_ves_stay_pinned() {
         "{show}"
     );
 }
+
+#[test]
+fn update_usage_log_rm_and_gc_keep_the_versions_ves_use() {
+    let Some(h) = TestHost::new("template_update_rm_gc") else {
+        return;
+    };
+    // bb@2 by `template update`: one file more.
+    let work = tempfile::tempdir().unwrap();
+    let v2 = work.path().join("rootfs");
+    sh(&format!("cp -a {} {}", rootfs().display(), v2.display()));
+    fs::write(v2.join("etc/release"), "two\n").unwrap();
+    h.start_ve("old", &[]);
+    let out = h.ok(&[
+        "template",
+        "update",
+        "bb",
+        "--from-dir",
+        v2.to_str().unwrap(),
+        "-m",
+        "adds /etc/release",
+    ]);
+    assert!(out.contains("bb@2"), "{out}");
+    h.start_ve("new", &[]);
+    // The running VE did not move; a restart does not move it either.
+    h.ok(&["stop", "--fast", "old"]);
+    h.ok(&["start", "old"]);
+    assert_ne!(h.exec("old", &["test", "-e", "/etc/release"]).code, 0);
+    assert_eq!(h.exec("new", &["cat", "/etc/release"]).stdout, "two\n");
+
+    let log = h.json(&["template", "log", "bb"]);
+    assert_eq!(log[0]["version"], 1);
+    assert_eq!(log[0]["ves"], serde_json::json!(["old"]));
+    assert_eq!(log[0]["latest"], false);
+    assert_eq!(log[1]["version"], 2);
+    assert_eq!(log[1]["ves"], serde_json::json!(["new"]));
+    assert_eq!(log[1]["latest"], true);
+    assert_eq!(log[1]["message"], "adds /etc/release");
+    assert_eq!(h.json(&["template", "usage"]).as_array().unwrap().len(), 2);
+    let show = h.json(&["template", "show", "bb"]);
+    assert_eq!(
+        (show["version"].clone(), show["latest"].clone()),
+        (2.into(), true.into())
+    );
+    assert!(show["path"].as_str().unwrap().ends_with("templates/bb/2"));
+    assert_eq!(h.json(&["template", "show", "bb@1"])["ves"][0], "old");
+
+    // Versions in use stay.
+    let e = h.fails(&["template", "rm", "bb@1"]);
+    assert!(e.contains("template bb@1: in use by VE old"), "{e}");
+    let e = h.fails(&["template", "rm", "bb"]);
+    assert!(e.contains("in use by VE"), "{e}");
+    assert!(
+        h.ok(&["template", "gc"])
+            .contains("no template version removed")
+    );
+    assert_eq!(versions(&h), ["bb@1", "bb@2"]);
+    // Unused and not the latest: gc takes it.
+    h.ok(&["destroy", "--force", "old"]);
+    assert!(h.ok(&["template", "gc"]).contains("removed bb@1"));
+    assert_eq!(versions(&h), ["bb@2"]);
+    assert!(!h.root().join("pool/templates/bb/1").exists());
+    assert!(!h.root().join("pool/templates/bb/1.toml").exists());
+    // The latest stays through gc; `rm` takes it once no VE uses it.
+    assert!(
+        h.ok(&["template", "gc"])
+            .contains("no template version removed")
+    );
+    h.ok(&["destroy", "--force", "new"]);
+    h.ok(&["template", "rm", "bb@2"]);
+    assert!(versions(&h).is_empty());
+    assert!(!h.root().join("pool/templates/bb").exists());
+
+    // Bad input: one line each, nothing changed.
+    for (args, want) in [
+        (
+            vec![
+                "template",
+                "update",
+                "nosuch",
+                "--from-dir",
+                v2.to_str().unwrap(),
+            ],
+            "no such template",
+        ),
+        (vec!["template", "rm", "bb@9"], "no such template"),
+        (
+            vec!["template", "show", "bb@x"],
+            "invalid template reference",
+        ),
+        (vec!["template", "log", "nosuch"], "no such template"),
+    ] {
+        let e = h.fails(&args);
+        assert!(e.contains(want), "{args:?}: {e}");
+    }
+    assert!(!h.root().join("pool/templates/nosuch").exists());
+}
+
+#[test]
+fn template_versions_on_the_btrfs_pool_are_removed_with_their_subvolumes() {
+    let Some(h) = TestHost::with_btrfs("template_rm_btrfs", "1G") else {
+        return;
+    };
+    h.ok(&[
+        "template",
+        "update",
+        "bb",
+        "--from-dir",
+        rootfs().to_str().unwrap(),
+    ]);
+    h.ok(&["create", "v", "--template", "bb@2"]);
+    // bb@1: a read-only subvolume nobody uses.
+    assert!(h.ok(&["template", "gc"]).contains("removed bb@1"));
+    assert_eq!(versions(&h), ["bb@2"]);
+    assert!(!h.root().join("pool/templates/bb/1").exists());
+    h.ok(&["start", "v"]);
+    assert_eq!(h.exec("v", &["test", "-x", "/bin/busybox"]).code, 0);
+}

@@ -42,8 +42,9 @@ pub use quota;
 pub use security::DROPPED_CAPS;
 pub use state::RunState;
 pub use stats::VeStats;
+pub use template::TemplateUsage;
 pub use ve::{
     CreateOptions, SetOutcome, Status, StopOptions, StopOutcome, VeDetails, VeInfo, parse_signal,
     signal_name,
 };
-pub use ve_templates::{Progress, Source, TemplateVersion};
+pub use ve_templates::{Error as TemplateError, Progress, Source, TemplateRef, TemplateVersion};

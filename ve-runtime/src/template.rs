@@ -47,8 +47,129 @@ impl Host {
             .import(name, source, message, &PoolVolumes(self.pool()), progress)?)
     }
 
+    /// A version's tree (the overlay lower layer of its VEs).
+    pub fn template_dir(&self, v: &TemplateVersion) -> std::path::PathBuf {
+        self.templates().path(v)
+    }
+
     /// Every template version.
     pub fn list_templates(&self) -> Result<Vec<TemplateVersion>> {
         Ok(self.templates().list()?)
+    }
+}
+
+/// One template version with the VEs pinned to it (`template usage`, `show`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TemplateUsage {
+    #[serde(flatten)]
+    pub version: TemplateVersion,
+    /// Whether it is the template's latest version (what new VEs get).
+    pub latest: bool,
+    pub ves: Vec<String>,
+}
+
+impl Host {
+    /// The versions of template `name` (all templates if `None`), oldest first,
+    /// each with the VEs pinned to it.
+    pub fn template_usage(&self, name: Option<&str>) -> Result<Vec<TemplateUsage>> {
+        let versions = match name {
+            Some(n) => {
+                let v = self.templates().versions(n)?;
+                if v.is_empty() {
+                    return Err(ve_templates::Error::UnknownTemplate(n.to_string()).into());
+                }
+                v
+            }
+            None => self.templates().list()?,
+        };
+        let (ves, _) = self.list()?;
+        Ok(versions
+            .iter()
+            .map(|v| TemplateUsage {
+                latest: !versions
+                    .iter()
+                    .any(|o| o.name == v.name && o.version > v.version),
+                ves: ves
+                    .iter()
+                    .filter(|ve| ve.template == v.reference())
+                    .map(|ve| ve.name.clone())
+                    .collect(),
+                version: v.clone(),
+            })
+            .collect())
+    }
+
+    /// Publishes a tree as the next version of an existing template (its VEs
+    /// stay on the versions they are pinned to).
+    pub fn update_template(
+        &self,
+        name: &str,
+        source: &Source,
+        message: &str,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(TemplateVersion, Vec<String>)> {
+        ve_templates::validate_name(name)?;
+        if self.templates().versions(name)?.is_empty() {
+            return Err(ve_templates::Error::UnknownTemplate(name.to_string()).into());
+        }
+        self.import_template(name, source, message, progress)
+    }
+
+    /// Removes `NAME@VERSION`, or every version of `NAME`; refused while a VE
+    /// is pinned to one of them. Returns what was removed.
+    pub fn remove_template(&self, reference: &str) -> Result<Vec<TemplateVersion>> {
+        let r: ve_templates::TemplateRef = reference.parse()?;
+        // VEs pick versions under the host lock (create): none can start using
+        // one while it is checked and removed.
+        let _host = self.lock_host()?;
+        let usage = self.template_usage(Some(&r.name))?;
+        let doomed: Vec<&TemplateUsage> = match r.version {
+            Some(v) => {
+                let one: Vec<&TemplateUsage> =
+                    usage.iter().filter(|u| u.version.version == v).collect();
+                if one.is_empty() {
+                    return Err(ve_templates::Error::UnknownVersion {
+                        name: r.name.clone(),
+                        version: v,
+                    }
+                    .into());
+                }
+                one
+            }
+            None => usage.iter().collect(),
+        };
+        for u in &doomed {
+            if !u.ves.is_empty() {
+                return Err(ve_templates::Error::InUse {
+                    reference: u.version.reference(),
+                    ves: u.ves.join(", "),
+                }
+                .into());
+            }
+        }
+        for u in &doomed {
+            self.templates()
+                .remove(&r.name, u.version.version, &PoolVolumes(self.pool()))?;
+        }
+        Ok(doomed.into_iter().map(|u| u.version.clone()).collect())
+    }
+
+    /// Removes every version that is neither the latest of its template nor
+    /// used by a VE. Returns what was removed.
+    pub fn gc_templates(&self) -> Result<Vec<TemplateVersion>> {
+        let _host = self.lock_host()?;
+        let mut removed = Vec::new();
+        for u in self.template_usage(None)? {
+            if u.latest || !u.ves.is_empty() {
+                continue;
+            }
+            self.templates().remove(
+                &u.version.name,
+                u.version.version,
+                &PoolVolumes(self.pool()),
+            )?;
+            removed.push(u.version);
+        }
+        Ok(removed)
     }
 }

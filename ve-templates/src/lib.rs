@@ -56,6 +56,9 @@ pub enum Error {
     /// A version's metadata file that cannot be parsed.
     #[error("{path}: corrupt template metadata: {reason}")]
     BadMetadata { path: PathBuf, reason: String },
+    /// A version that VEs use cannot be removed.
+    #[error("template {reference}: in use by VE {ves} (upgrade or destroy them first)")]
+    InUse { reference: String, ves: String },
     /// The pool refused to create, seal or delete a version's volume.
     #[error("template {name}: storage: {source}")]
     Volume {

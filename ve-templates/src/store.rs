@@ -310,8 +310,45 @@ impl TemplateStore {
         Ok(meta)
     }
 
-    /// Removes what a killed import left: staging volumes and metadata files whose
-    /// version tree was never published. Called with the template's lock held.
+    /// Removes a published version. The caller has made sure no VE uses it (and
+    /// holds what keeps new VEs from picking it meanwhile). The version first
+    /// becomes a hidden `.removing-V`, so a killed removal leaves no half version:
+    /// the next import or removal of the template finishes it. The template's
+    /// directory goes with its last version.
+    pub fn remove(&self, name: &str, version: u32, volumes: &dyn VolumeOps) -> Result<()> {
+        validate_name(name)?;
+        let _lock = self.lock(name)?;
+        let tdir = self.dir.join(name);
+        let path = self.path_of(name, version);
+        if !path.is_dir() {
+            return Err(if self.versions(name)?.is_empty() {
+                Error::UnknownTemplate(name.to_string())
+            } else {
+                Error::UnknownVersion {
+                    name: name.to_string(),
+                    version,
+                }
+            });
+        }
+        let doomed = tdir.join(format!(".removing-{version}"));
+        fs::rename(&path, &doomed).map_err(io_err(&path))?;
+        fs::File::open(&tdir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&tdir))?;
+        self.remove_leftovers(&tdir, volumes)?;
+        if self.versions(name)?.is_empty() {
+            match fs::remove_dir(&tdir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&tdir)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes what a killed import or removal left: staging and removing
+    /// volumes, and metadata files whose version tree is not published. Called
+    /// with the template's lock held.
     fn remove_leftovers(&self, tdir: &Path, volumes: &dyn VolumeOps) -> Result<()> {
         let rd = fs::read_dir(tdir).map_err(io_err(tdir))?;
         for entry in rd {
@@ -323,7 +360,7 @@ impl TemplateStore {
             let path = entry.path();
             if fname.starts_with('.') && fname.ends_with(".tmp") {
                 fs::remove_file(&path).map_err(io_err(&path))?;
-            } else if fname.starts_with(".staging-") {
+            } else if fname.starts_with(".staging-") || fname.starts_with(".removing-") {
                 volumes.delete(&path).map_err(|source| Error::Volume {
                     name: fname.to_string(),
                     source,
