@@ -74,6 +74,21 @@ enum Command {
     },
     /// Change a VE's limits (live if it runs).
     Set(SetArgs),
+    /// Copy a VE (its own files, limits and networks) as a new, stopped VE, on
+    /// its template version or another one, with a new name, id, MACs and
+    /// addresses. A running source is frozen for the moment of the copy.
+    Clone {
+        #[arg(value_name = "SRC")]
+        src: String,
+        #[arg(value_name = "DST")]
+        dst: String,
+        /// Template version of the copy (default: the source's).
+        #[arg(long, short = 'T', value_name = "NAME@VERSION")]
+        template: Option<String>,
+        /// Hostname of the copy (default: its name).
+        #[arg(long)]
+        hostname: Option<String>,
+    },
     /// Resource use per VE: CPU, RAM, swap, processes, disk I/O, OOM kills.
     Stats {
         /// VEs (default: all).
@@ -791,6 +806,15 @@ fn run(cli: Cli, at: &ArgPositions, out: &Out) -> Result<ExitCode> {
             out.list(&ves);
         }
         Command::Show { ve } => out.show(&open(&cli)?.show(ve)?),
+        Command::Clone {
+            src,
+            dst,
+            template,
+            hostname,
+        } => {
+            let c = open(&cli)?.clone_ve(src, dst, template.as_deref(), hostname.as_deref())?;
+            out.cloned(src, &c);
+        }
         Command::Set(a) => {
             let update = a.limits.update(&a.ve)?;
             let add = parse_publish(&a.ve, "publish", &a.publish)?;

@@ -428,6 +428,34 @@ impl Out {
         }
     }
 
+    pub fn cloned(&self, src: &str, c: &ve_runtime::Cloned) {
+        if self.json {
+            self.print_json(c);
+            return;
+        }
+        let cfg = &c.config;
+        let addrs: Vec<String> = cfg
+            .nics
+            .iter()
+            .map(|n| format!("{} on {}", n.ip, n.net))
+            .collect();
+        let how = match c.consistency {
+            ve_runtime::Consistency::Frozen => format!(", source frozen {:.1} ms", c.frozen_ms),
+            ve_runtime::Consistency::Stopped => String::new(),
+        };
+        println!(
+            "cloned VE {src} as {} (id {}) on {}{}{how}",
+            cfg.name,
+            cfg.id,
+            cfg.template,
+            if addrs.is_empty() {
+                String::new()
+            } else {
+                format!(", address {}", addrs.join(", "))
+            }
+        );
+    }
+
     pub fn published(&self, ve: &str, list: &[ve_runtime::Publish]) {
         if self.json {
             self.print_json(&json!({"ve": ve, "publish": list}));

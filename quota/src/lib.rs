@@ -369,6 +369,36 @@ impl Pool {
         Ok(vol)
     }
 
+    /// Makes VE `dst`'s private volume a copy of VE `src`'s; the caller keeps
+    /// `src` still (stopped or frozen). On btrfs with full quota groups it is a
+    /// writable snapshot (no data copied, shared extents); with simple quotas,
+    /// which charge data to the subvolume that wrote it, and on the dir backend,
+    /// the files are copied, so they count against `dst`'s own limit. No limit is
+    /// set on the new volume.
+    pub fn clone_ve_volume(&self, src: &str, dst: &str) -> Result<Volume> {
+        let from = self.ve_volume(src);
+        let to = self.ve_volume(dst);
+        if !from.upper().is_dir() {
+            return Err(Error::Setup {
+                path: from.dir.clone(),
+                why: format!("VE {src}: its private layer is missing"),
+            });
+        }
+        if to.dir.symlink_metadata().is_ok() {
+            return Err(Error::VolumeExists(to.dir));
+        }
+        if self.backend == Backend::Btrfs && self.quota_mode() != Some(btrfs::QuotaMode::Simple) {
+            btrfs::snapshot(&from.dir, &to.dir, false).map_err(io_err(&to.dir))?;
+            return Ok(to);
+        }
+        self.create_ve_volume(dst)?;
+        if let Err(e) = copy_tree(&from.upper(), &to.upper()) {
+            let _ = self.delete_volume(&to.dir);
+            return Err(e);
+        }
+        Ok(to)
+    }
+
     /// Removes a VE's private volume and everything in it (on btrfs: the
     /// subvolume and its qgroup), its snapshots, and leftovers of a restore that
     /// was killed. Missing is fine.

@@ -37,7 +37,7 @@ pub use limits::{
 pub use net::{DEFAULT_NET, NetCreate, NetDetails, NetMember, Nic, NicInfo, NicRequest};
 pub use netns;
 pub use netns::model::{Mode, NetConfig, Proto, Publish, Rate, Subnet};
-pub use pool::{Consistency, PoolInfo, PoolProblem, SnapshotMade, VolumeUse};
+pub use pool::{Cloned, Consistency, PoolInfo, PoolProblem, SnapshotMade, VolumeUse};
 pub use quota;
 pub use security::DROPPED_CAPS;
 pub use state::RunState;

@@ -249,25 +249,36 @@ impl Host {
         let ve = self.resolve_existing(name_or_id)?;
         let _lock = self.lock_ve(&ve)?;
         self.load_config(&ve)?;
-        let running = self.alive_state(&ve)?.is_some();
-        if !running {
+        let ((), consistency, frozen_ms) = self.with_layer_still(&ve, || {
             self.pool()
                 .create_snapshot(&ve, name)
-                .map_err(|e| ve_storage(&ve, e))?;
-            return Ok(SnapshotMade {
-                ve,
-                name: name.to_string(),
-                consistency: Consistency::Stopped,
-                frozen_ms: 0.0,
-            });
+                .map_err(|e| ve_storage(&ve, e))
+        })?;
+        Ok(SnapshotMade {
+            ve,
+            name: name.to_string(),
+            consistency,
+            frozen_ms,
+        })
+    }
+
+    /// Runs `f` while VE `ve`'s private layer keeps still: as it is when the VE
+    /// is stopped, with its processes frozen while it runs (a marker lets the
+    /// next command thaw it if vectl dies meanwhile). The caller holds the VE's
+    /// lock. Returns what `f` made, how, and for how long the VE was frozen (ms).
+    pub(crate) fn with_layer_still<T>(
+        &self,
+        ve: &str,
+        f: impl FnOnce() -> Result<T>,
+    ) -> Result<(T, Consistency, f64)> {
+        if self.alive_state(ve)?.is_none() {
+            return Ok((f()?, Consistency::Stopped, 0.0));
         }
         let cg = self.cgroups()?;
-        // A marker first: if vectl dies while the VE is frozen, the next command
-        // on the VE thaws it.
-        let marker = self.frozen_marker(&ve);
+        let marker = self.frozen_marker(ve);
         fs::write(&marker, b"").map_err(io_err(&marker))?;
         let t0 = Instant::now();
-        let frozen = match cg.freeze(&ve) {
+        let frozen = match cg.freeze(ve) {
             Ok(f) => f,
             Err(e) => {
                 let _ = fs::remove_file(&marker);
@@ -277,26 +288,18 @@ impl Host {
         if !frozen {
             let _ = fs::remove_file(&marker);
             return Err(Error::Host(format!(
-                "VE {ve}: this host has no freezer for VE cgroups: stop the VE for a consistent snapshot"
+                "VE {ve}: this host has no freezer for VE cgroups: stop the VE for a consistent copy of its files"
             )));
         }
-        let made = self
-            .pool()
-            .create_snapshot(&ve, name)
-            .map_err(|e| ve_storage(&ve, e));
-        let thawed = cg.thaw(&ve);
+        let made = f();
+        let thawed = cg.thaw(ve);
         let frozen_ms = t0.elapsed().as_secs_f64() * 1000.0;
         if thawed.is_ok() {
             let _ = fs::remove_file(&marker);
         }
-        made?;
+        let made = made?;
         thawed?;
-        Ok(SnapshotMade {
-            ve,
-            name: name.to_string(),
-            consistency: Consistency::Frozen,
-            frozen_ms,
-        })
+        Ok((made, Consistency::Frozen, frozen_ms))
     }
 
     /// A VE's snapshots.
@@ -340,6 +343,105 @@ impl Host {
             let _ = self.pool().set_disk_limit(&ve, Some(d));
         }
         Ok(ve)
+    }
+}
+
+/// What `clone` made.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Cloned {
+    pub config: VeConfig,
+    /// How the source's files were kept still for the copy.
+    pub consistency: Consistency,
+    pub frozen_ms: f64,
+}
+
+impl Host {
+    /// Clones VE `src` as a new, stopped VE `dst`: a copy of its private layer
+    /// (a snapshot where the pool can), on `template` (a version of any
+    /// template; default the source's), with a new identity: name, id, hostname
+    /// (`hostname` or `dst`), MACs and addresses on the same networks. Published
+    /// ports are not copied (a host port belongs to one VE). A running source is
+    /// frozen for the moment of the copy.
+    pub fn clone_ve(
+        &self,
+        src: &str,
+        dst: &str,
+        template: Option<&str>,
+        hostname: Option<&str>,
+    ) -> Result<Cloned> {
+        let src = self.resolve_existing(src)?;
+        crate::config::validate_name(dst)?;
+        let hostname = hostname.unwrap_or(dst).to_string();
+        crate::config::validate_hostname(&hostname)?;
+        let _host = self.lock_host()?;
+        let _src_lock = self.lock_ve(&src)?;
+        let _dst_lock = self.lock_ve(dst)?;
+        let from = self.load_config(&src)?;
+        if let Some(existing) = VeConfig::load(&self.config_path(dst))? {
+            return Err(Error::VeExists {
+                ve: dst.to_string(),
+                id: existing.id,
+            });
+        }
+        if self.tombstone_path(dst).exists() {
+            self.finish_interrupted(dst)?;
+        }
+        let tref: ve_templates::TemplateRef = template.unwrap_or(&from.template).parse()?;
+        let tv = self.templates().resolve(&tref)?;
+        let nics = self.allocate_nics(
+            dst,
+            &from
+                .nics
+                .iter()
+                .map(|n| crate::net::NicRequest {
+                    net: n.net.clone(),
+                    ip: None,
+                })
+                .collect::<Vec<_>>(),
+        )?;
+        let id = self.free_id()?;
+        let cfg = VeConfig {
+            id,
+            name: dst.to_string(),
+            template: tv.reference(),
+            hostname,
+            init: from.init.clone(),
+            stop_signal: from.stop_signal.clone(),
+            created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            limits: from.limits.clone(),
+            nics,
+            publish: Vec::new(),
+        };
+        // Leftovers of a create or clone that was killed before it wrote a config.
+        self.pool().remove_ve_volume(dst)?;
+        let (_, consistency, frozen_ms) = self.with_layer_still(&src, || {
+            self.pool()
+                .clone_ve_volume(&src, dst)
+                .map_err(|e| ve_storage(dst, e))
+        })?;
+        let made = (|| -> Result<()> {
+            if let Some(Size(d)) = cfg.limits.disk {
+                self.pool()
+                    .set_disk_limit(dst, Some(d))
+                    .map_err(|e| ve_storage(dst, e))?;
+            }
+            let mnt = self.mount_dir(dst);
+            fs::create_dir_all(&mnt).map_err(io_err(&mnt))?;
+            let link = self.id_link(id);
+            crate::fsutil::remove_file(&link)?;
+            std::os::unix::fs::symlink(dst, &link).map_err(io_err(&link))?;
+            self.firewall_ve(&cfg, true)?;
+            cfg.store(&self.config_path(dst))
+        })();
+        if let Err(e) = made {
+            let _ = self.finish_interrupted(dst);
+            return Err(e);
+        }
+        Ok(Cloned {
+            config: cfg,
+            consistency,
+            frozen_ms,
+        })
     }
 }
 

@@ -428,7 +428,7 @@ impl Host {
     }
 
     /// The lowest id not held by a VE.
-    fn free_id(&self) -> Result<u32> {
+    pub(crate) fn free_id(&self) -> Result<u32> {
         let dir = self.root().join("ids");
         let mut used = std::collections::BTreeSet::new();
         for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
