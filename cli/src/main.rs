@@ -74,6 +74,37 @@ enum Command {
     },
     /// Change a VE's limits (live if it runs).
     Set(SetArgs),
+    /// Move a VE to another template version: its own files are snapshotted
+    /// first, a running VE is restarted. With --check: only the conflict report
+    /// (exit status 3 when there are conflicts).
+    Upgrade {
+        #[arg(value_name = "VE")]
+        ve: String,
+        /// The version to move to.
+        #[arg(long, short = 'T', value_name = "NAME@VERSION")]
+        template: String,
+        /// Only report the files the VE changed that the new version changes too.
+        #[arg(long)]
+        check: bool,
+        /// Move it even with conflicts (the VE's copies stay).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        stop: StopFlags,
+    },
+    /// Undo a VE's latest upgrade: its own files exactly as before it, and the
+    /// version it came from.
+    Rollback {
+        #[arg(value_name = "VE")]
+        ve: String,
+        #[command(flatten)]
+        stop: StopFlags,
+    },
+    /// A VE's moves between template versions.
+    History {
+        #[arg(value_name = "VE")]
+        ve: String,
+    },
     /// Copy a VE (its own files, limits and networks) as a new, stopped VE, on
     /// its template version or another one, with a new name, id, MACs and
     /// addresses. A running source is frozen for the moment of the copy.
@@ -527,6 +558,26 @@ fn parse_unpublish(ve: &str, list: &[String]) -> Result<Vec<Publish>> {
         .collect()
 }
 
+/// How a running VE is stopped for an upgrade or rollback.
+#[derive(Debug, Args)]
+struct StopFlags {
+    /// Seconds init gets to halt before everything is killed.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    timeout: u64,
+    /// Kill at once, without asking init to halt.
+    #[arg(long)]
+    fast: bool,
+}
+
+impl StopFlags {
+    fn options(&self) -> StopOptions {
+        StopOptions {
+            timeout: Duration::from_secs(self.timeout),
+            fast: self.fast,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 struct StopArgs {
     #[arg(required = true, value_name = "VE")]
@@ -806,6 +857,33 @@ fn run(cli: Cli, at: &ArgPositions, out: &Out) -> Result<ExitCode> {
             out.list(&ves);
         }
         Command::Show { ve } => out.show(&open(&cli)?.show(ve)?),
+        Command::Upgrade {
+            ve,
+            template,
+            check,
+            force,
+            stop,
+        } => {
+            let host = open(&cli)?;
+            if *check {
+                let c = host.upgrade_check(ve, template)?;
+                out.upgrade_check(&c);
+                if !c.conflicts.is_empty() {
+                    return Ok(ExitCode::from(3));
+                }
+            } else {
+                let m = host.upgrade(ve, template, *force, stop.options())?;
+                out.moved("upgraded", &m);
+            }
+        }
+        Command::Rollback { ve, stop } => {
+            let m = open(&cli)?.rollback(ve, stop.options())?;
+            out.moved("rolled back", &m);
+        }
+        Command::History { ve } => {
+            let (ve, h) = open(&cli)?.history(ve)?;
+            out.history(&ve, &h);
+        }
         Command::Clone {
             src,
             dst,

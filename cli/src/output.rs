@@ -428,6 +428,83 @@ impl Out {
         }
     }
 
+    pub fn upgrade_check(&self, c: &ve_runtime::UpgradeCheck) {
+        if self.json {
+            self.print_json(c);
+            return;
+        }
+        if c.conflicts.is_empty() {
+            println!(
+                "VE {}: no conflicts moving from {} to {}",
+                c.ve, c.from, c.to
+            );
+            return;
+        }
+        println!(
+            "VE {}: {} conflicts moving from {} to {} (the VE's copy would hide the new version's):",
+            c.ve,
+            c.conflicts.len(),
+            c.from,
+            c.to
+        );
+        let mut rows = vec![vec!["PATH".to_string(), "VE".into(), "NEW VERSION".into()]];
+        for k in &c.conflicts {
+            rows.push(vec![k.path.clone(), k.ve.into(), k.patch.into()]);
+        }
+        print_table(&rows);
+    }
+
+    pub fn moved(&self, what: &str, m: &ve_runtime::Moved) {
+        if self.json {
+            self.print_json(m);
+            return;
+        }
+        println!(
+            "VE {}: {what} from {} to {} (snapshot {}{})",
+            m.ve,
+            m.from,
+            m.to,
+            m.snapshot,
+            if m.restarted { ", restarted" } else { "" }
+        );
+        if !m.conflicts.is_empty() {
+            let paths: Vec<&str> = m.conflicts.iter().map(|c| c.path.as_str()).collect();
+            self.warn(&format!(
+                "VE {}: its own copies of {} hide the new version's",
+                m.ve,
+                paths.join(", ")
+            ));
+        }
+    }
+
+    pub fn history(&self, ve: &str, h: &[ve_runtime::TemplateMove]) {
+        if self.json {
+            self.print_json(&json!({"ve": ve, "history": h}));
+            return;
+        }
+        if h.is_empty() {
+            println!("VE {ve}: no template moves");
+            return;
+        }
+        let mut rows = vec![vec![
+            "WHEN".to_string(),
+            "ACTION".into(),
+            "FROM".into(),
+            "TO".into(),
+            "SNAPSHOT".into(),
+        ]];
+        for m in h {
+            rows.push(vec![
+                m.at.clone(),
+                m.action.clone(),
+                m.from.clone(),
+                m.to.clone(),
+                m.snapshot.clone().unwrap_or_else(|| "-".into()),
+            ]);
+        }
+        print_table(&rows);
+    }
+
     pub fn cloned(&self, src: &str, c: &ve_runtime::Cloned) {
         if self.json {
             self.print_json(c);

@@ -45,6 +45,9 @@ pub struct VeConfig {
     /// Ports published on the host's addresses (to the first NAT NIC).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub publish: Vec<netns::model::Publish>,
+    /// Its moves between template versions, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<crate::upgrade::TemplateMove>,
 }
 
 impl VeConfig {
@@ -178,6 +181,7 @@ mod tests {
             },
             nics: vec![],
             publish: vec![],
+            history: vec![],
         };
         cfg.store(&p).unwrap();
         let text = fs::read_to_string(&p).unwrap();

@@ -22,6 +22,7 @@ mod state;
 mod stats;
 mod sys;
 mod template;
+mod upgrade;
 mod ve;
 
 pub use admission::{Commitment, Commitments};
@@ -43,8 +44,10 @@ pub use security::DROPPED_CAPS;
 pub use state::RunState;
 pub use stats::VeStats;
 pub use template::TemplateUsage;
+pub use upgrade::{Moved, TemplateMove, UpgradeCheck};
 pub use ve::{
     CreateOptions, SetOutcome, Status, StopOptions, StopOutcome, VeDetails, VeInfo, parse_signal,
     signal_name,
 };
+pub use ve_templates::Conflict;
 pub use ve_templates::{Error as TemplateError, Progress, Source, TemplateRef, TemplateVersion};

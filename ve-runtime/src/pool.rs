@@ -411,6 +411,7 @@ impl Host {
             limits: from.limits.clone(),
             nics,
             publish: Vec::new(),
+            history: Vec::new(),
         };
         // Leftovers of a create or clone that was killed before it wrote a config.
         self.pool().remove_ve_volume(dst)?;

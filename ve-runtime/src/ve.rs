@@ -378,6 +378,7 @@ impl Host {
             limits,
             nics,
             publish: opts.publish.clone(),
+            history: Vec::new(),
         };
         cfg.publish.sort();
         cfg.publish.dedup();
@@ -597,7 +598,7 @@ impl Host {
         self.stop_locked(&cfg, opts)
     }
 
-    fn stop_locked(&self, cfg: &VeConfig, opts: StopOptions) -> Result<StopOutcome> {
+    pub(crate) fn stop_locked(&self, cfg: &VeConfig, opts: StopOptions) -> Result<StopOutcome> {
         let ve = cfg.name.as_str();
         let Some(rs) = self.alive_state(ve)? else {
             self.clean_up_stopped(ve)?;

@@ -14,12 +14,14 @@
 //! <name>/.staging-<version>  a version being built; removed if the build fails
 //! ```
 
+mod diff;
 mod import;
 mod store;
 
 use std::io;
 use std::path::PathBuf;
 
+pub use diff::{Conflict, conflicts};
 pub use import::{Progress, Source};
 pub use store::{TemplateRef, TemplateStore, TemplateVersion, validate_name};
 

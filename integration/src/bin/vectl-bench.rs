@@ -18,6 +18,7 @@
 //! - N VEs one after another: create + start of N VEs in sequence
 //! - storage (btrfs pool): create of a VE on a 200 MB template, `set --disk` on a
 //!   running VE, disk used by a fresh VE
+//! - clone: `vectl clone` of a stopped VE with 10 MB of its own files
 //! - network: `vectl start` of a VE on the default nat network against one with
 //!   no network (`--net none`), alternating; TCP throughput VE -> host and host ->
 //!   VE against a bare veth pair between two namespaces, in the same run (busybox
@@ -121,6 +122,7 @@ fn main() {
         Vec::new()
     };
     storage.extend(network_figures(h, runs));
+    storage.extend(clone_figures(h, runs));
     let limits = ["--ram", "64M", "--cpu-limit", "50%", "--pids", "200"];
     // Warm up caches (binary, template pages).
     h.start_ve("warm", &limits);
@@ -490,4 +492,31 @@ fn network_figures(h: &TestHost, runs: usize) -> Vec<(String, f64)> {
         ("VE -> host / bare veth (%)".into(), vu / bu * 100.0),
         ("host -> VE / bare veth (%)".into(), vd / bd * 100.0),
     ]
+}
+
+/// `vectl clone` of a stopped VE with 10 MB of its own files.
+fn clone_figures(h: &TestHost, runs: usize) -> Vec<(String, f64)> {
+    h.start_ve("orig", &[]);
+    h.ok(&[
+        "exec",
+        "orig",
+        "--",
+        "sh",
+        "-c",
+        "head -c 10485760 /dev/urandom > /root/data",
+    ]);
+    h.ok(&["stop", "--fast", "orig"]);
+    let mut t = Vec::new();
+    for i in 0..runs {
+        let name = format!("copy{i}");
+        t.push(timed(|| {
+            h.ok(&["clone", "orig", &name]);
+        }));
+        h.ok(&["destroy", &name]);
+    }
+    h.ok(&["destroy", "orig"]);
+    vec![(
+        "clone of a VE with 10 MB of its own files (ms)".into(),
+        median(&mut t),
+    )]
 }

@@ -1,0 +1,137 @@
+//! Change control: the conflict report, upgrade (snapshot first, restart),
+//! rollback to the exact files and version before, and the history.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::fs;
+use std::process::Command;
+
+use integration::TestHost;
+
+/// Publishes the busybox tree plus /etc/app.conf = `app` as the next bb version.
+fn publish(h: &TestHost, app: &str) {
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("rootfs");
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(integration::busybox_rootfs().unwrap())
+        .arg(&tree)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    fs::write(tree.join("etc/app.conf"), app).unwrap();
+    h.ok(&[
+        "template",
+        "update",
+        "bb",
+        "--from-dir",
+        tree.to_str().unwrap(),
+    ]);
+}
+
+fn cat(h: &TestHost, ve: &str, path: &str) -> String {
+    h.exec(ve, &["cat", path]).stdout
+}
+
+#[test]
+fn upgrade_reports_conflicts_snapshots_and_rolls_back_exactly() {
+    let Some(h) = TestHost::with_btrfs("upgrade_rollback", "1G") else {
+        return;
+    };
+    publish(&h, "v2\n"); // bb@2
+    publish(&h, "v3\n"); // bb@3
+    h.ok(&["create", "u", "--template", "bb@2", "--disk", "64M"]);
+    h.ok(&["start", "u"]);
+    let r = h.exec(
+        "u",
+        &[
+            "sh",
+            "-c",
+            "echo mine > /etc/app.conf && echo data > /root/data",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+
+    // The report: the VE's /etc/app.conf against a patch that changes it too.
+    let r = h.run(&["upgrade", "u", "--template", "bb@3", "--check"]);
+    assert_eq!(r.code, 3, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("/etc/app.conf"), "{}", r.stdout);
+    let r = h.run(&["--json", "upgrade", "u", "--template", "bb@3", "--check"]);
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(report["conflicts"][0]["path"], "/etc/app.conf");
+    assert_eq!(report["conflicts"][0]["patch"], "changed");
+    // Refused on conflicts; nothing moved.
+    let e = h.fails(&["upgrade", "u", "--template", "bb@3", "--fast"]);
+    assert!(e.contains("conflict with bb@3 (/etc/app.conf)"), "{e}");
+    assert_eq!(h.json(&["show", "u"])["template"], "bb@2");
+
+    // Forced: moved and restarted; the VE's own copy stays.
+    let out = h.ok(&["upgrade", "u", "--template", "bb@3", "--force", "--fast"]);
+    assert!(out.contains("upgraded from bb@2 to bb@3"), "{out}");
+    let s = h.json(&["show", "u"]);
+    assert_eq!(
+        (s["template"].clone(), s["status"].clone()),
+        ("bb@3".into(), "running".into())
+    );
+    assert_eq!(cat(&h, "u", "/etc/app.conf"), "mine\n");
+    assert_eq!(cat(&h, "u", "/root/data"), "data\n");
+    let e = h.fails(&["template", "rm", "bb@3"]);
+    assert!(e.contains("in use by VE u"), "{e}");
+
+    // What it does after the upgrade goes with the rollback.
+    h.exec(
+        "u",
+        &["sh", "-c", "echo later > /root/after && rm /root/data"],
+    );
+    let out = h.ok(&["rollback", "u", "--fast"]);
+    assert!(out.contains("rolled back from bb@3 to bb@2"), "{out}");
+    let s = h.json(&["show", "u"]);
+    assert_eq!(
+        (s["template"].clone(), s["status"].clone()),
+        ("bb@2".into(), "running".into())
+    );
+    assert_eq!(cat(&h, "u", "/root/data"), "data\n");
+    assert_ne!(h.exec("u", &["test", "-e", "/root/after"]).code, 0);
+    assert_eq!(h.json(&["show", "u"])["disk_limit_bytes"], 64 << 20);
+
+    let hist = h.json(&["history", "u"]);
+    let moves = hist["history"].as_array().unwrap();
+    assert_eq!(moves.len(), 2);
+    assert_eq!(
+        (moves[0]["action"].clone(), moves[0]["to"].clone()),
+        ("upgrade".into(), "bb@3".into())
+    );
+    assert_eq!(
+        (moves[1]["action"].clone(), moves[1]["to"].clone()),
+        ("rollback".into(), "bb@2".into())
+    );
+    let e = h.fails(&["rollback", "u"]);
+    assert!(e.contains("no upgrade to roll back"), "{e}");
+
+    // A VE without changes: no conflicts, and a stopped one stays stopped.
+    h.ok(&["create", "plain", "--template", "bb@1"]);
+    let r = h.run(&["upgrade", "plain", "--template", "bb@3", "--check"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("no conflicts"), "{}", r.stdout);
+    let out = h.ok(&["upgrade", "plain", "--template", "bb@3"]);
+    assert!(!out.contains("restarted"), "{out}");
+    assert_eq!(h.json(&["show", "plain"])["status"], "stopped");
+
+    for (args, want) in [
+        (
+            vec!["upgrade", "nosuch", "--template", "bb@3"],
+            "no such VE",
+        ),
+        (vec!["upgrade", "u", "--template", "bb@9"], "no version 9"),
+        (
+            vec!["upgrade", "u", "--template", "bb@2"],
+            "already on bb@2",
+        ),
+        (vec!["rollback", "nosuch"], "no such VE"),
+    ] {
+        let e = h.fails(&args);
+        assert!(e.contains(want), "{args:?}: {e}");
+    }
+}
