@@ -76,13 +76,40 @@ enum Command {
     Set(SetArgs),
     /// Move a VE to another template version: its own files are snapshotted
     /// first, a running VE is restarted. With --check: only the conflict report
-    /// (exit status 3 when there are conflicts).
+    /// (exit status 3 when there are conflicts). With --all --from --to: every VE
+    /// on a version, in batches, with a health check (exit status 1 if the
+    /// rollout was halted).
     Upgrade {
-        #[arg(value_name = "VE")]
-        ve: String,
+        #[arg(
+            value_name = "VE",
+            required_unless_present = "all",
+            conflicts_with = "all"
+        )]
+        ve: Option<String>,
         /// The version to move to.
-        #[arg(long, short = 'T', value_name = "NAME@VERSION")]
-        template: String,
+        #[arg(
+            long,
+            short = 'T',
+            value_name = "NAME@VERSION",
+            required_unless_present = "all"
+        )]
+        template: Option<String>,
+        /// Every VE on --from, to --to.
+        #[arg(long, requires_all = ["from", "to"], conflicts_with = "check")]
+        all: bool,
+        /// The version the fleet is on.
+        #[arg(long, value_name = "NAME@VERSION", requires = "all")]
+        from: Option<String>,
+        /// The version the fleet moves to.
+        #[arg(long, value_name = "NAME@VERSION", requires = "all")]
+        to: Option<String>,
+        /// VEs per batch.
+        #[arg(long, default_value_t = 1, value_name = "N", requires = "all")]
+        batch: usize,
+        /// Shell command run inside each upgraded VE of a batch; a failure rolls
+        /// that VE back and halts the rollout.
+        #[arg(long, value_name = "CMD", requires = "all")]
+        health: Option<String>,
         /// Only report the files the VE changed that the new version changes too.
         #[arg(long)]
         check: bool,
@@ -860,11 +887,40 @@ fn run(cli: Cli, at: &ArgPositions, out: &Out) -> Result<ExitCode> {
         Command::Upgrade {
             ve,
             template,
+            all,
+            from,
+            to,
+            batch,
+            health,
             check,
             force,
             stop,
         } => {
             let host = open(&cli)?;
+            if *all {
+                let (Some(from), Some(to)) = (from, to) else {
+                    bail!("--all needs --from and --to");
+                };
+                let rows = host.upgrade_fleet(
+                    from,
+                    to,
+                    *batch,
+                    health.as_deref(),
+                    *force,
+                    stop.options(),
+                )?;
+                out.fleet(&rows);
+                if rows
+                    .iter()
+                    .any(|r| r.outcome == "rolled back" || r.outcome == "failed")
+                {
+                    return Ok(ExitCode::from(1));
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let (Some(ve), Some(template)) = (ve, template) else {
+                bail!("give a VE and --template (or --all --from --to)");
+            };
             if *check {
                 let c = host.upgrade_check(ve, template)?;
                 out.upgrade_check(&c);

@@ -477,6 +477,22 @@ impl Out {
         }
     }
 
+    pub fn fleet(&self, rows: &[ve_runtime::FleetRow]) {
+        if self.json {
+            self.print_json(&rows);
+            return;
+        }
+        if rows.is_empty() {
+            println!("no VE on that version");
+            return;
+        }
+        let mut t = vec![vec!["VE".to_string(), "OUTCOME".into(), "DETAIL".into()]];
+        for r in rows {
+            t.push(vec![r.ve.clone(), r.outcome.clone(), r.detail.clone()]);
+        }
+        print_table(&t);
+    }
+
     pub fn history(&self, ve: &str, h: &[ve_runtime::TemplateMove]) {
         if self.json {
             self.print_json(&json!({"ve": ve, "history": h}));

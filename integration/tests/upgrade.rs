@@ -135,3 +135,65 @@ fn upgrade_reports_conflicts_snapshots_and_rolls_back_exactly() {
         assert!(e.contains(want), "{args:?}: {e}");
     }
 }
+
+#[test]
+fn a_fleet_rollout_halts_and_rolls_back_at_a_failed_health_check() {
+    let Some(h) = TestHost::with_btrfs("upgrade_fleet", "1G") else {
+        return;
+    };
+    publish(&h, "v2\n"); // bb@2
+    publish(&h, "v3\n"); // bb@3
+    for i in 1..=5 {
+        let ve = format!("f{i}");
+        h.ok(&["create", &ve, "--template", "bb@2"]);
+        h.ok(&["start", &ve]);
+    }
+    h.ok(&["create", "elsewhere", "--template", "bb@1"]);
+    // f3 will fail its health check.
+    h.exec("f3", &["touch", "/root/bad"]);
+    let r = h.run(&[
+        "--json",
+        "upgrade",
+        "--all",
+        "--from",
+        "bb@2",
+        "--to",
+        "bb@3",
+        "--batch",
+        "2",
+        "--health",
+        "test ! -e /root/bad && test \"$(cat /etc/app.conf)\" = v3",
+        "--fast",
+    ]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let rows: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let outcome = |i: usize| rows[i]["outcome"].as_str().unwrap().to_string();
+    let got: Vec<(String, String)> = (0..5)
+        .map(|i| (rows[i]["ve"].as_str().unwrap().to_string(), outcome(i)))
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("f1", "upgraded"),
+        ("f2", "upgraded"),
+        ("f3", "rolled back"),
+        ("f4", "upgraded"),
+        ("f5", "not reached"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(got, want, "{rows}");
+    let on = |ve: &str| {
+        h.json(&["show", ve])["template"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        ["f1", "f2", "f3", "f4", "f5", "elsewhere"].map(on),
+        ["bb@3", "bb@3", "bb@2", "bb@3", "bb@2", "bb@1"]
+    );
+    assert_eq!(h.json(&["show", "f3"])["status"], "running");
+    assert_eq!(cat(&h, "f1", "/etc/app.conf"), "v3\n");
+    let e = h.fails(&["upgrade", "--all", "--from", "bb@9", "--to", "bb@3"]);
+    assert!(e.contains("no version 9"), "{e}");
+}

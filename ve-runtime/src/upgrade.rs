@@ -48,6 +48,15 @@ pub struct Moved {
     pub conflicts: Vec<ve_templates::Conflict>,
 }
 
+/// One VE of a fleet rollout.
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetRow {
+    pub ve: String,
+    /// `upgraded`, `rolled back`, `skipped`, `failed` or `not reached`.
+    pub outcome: String,
+    pub detail: String,
+}
+
 /// The upgrades not rolled back yet, oldest first: rollbacks undo the latest.
 fn open_upgrades(history: &[TemplateMove]) -> Vec<&TemplateMove> {
     let mut stack = Vec::new();
@@ -218,6 +227,95 @@ impl Host {
             self.start(&ve, false)?;
         }
         Ok(moved)
+    }
+
+    /// Moves every VE on template version `from` to `to`, `batch` at a time (by
+    /// id). After each batch, `health` runs (`sh -c`, output discarded) in each
+    /// VE of it that runs; a VE whose check fails is rolled back and the rollout
+    /// stops there. VEs with conflicts are skipped unless `force`. Returns a row
+    /// per VE, in order, including those never reached.
+    pub fn upgrade_fleet(
+        &self,
+        from: &str,
+        to: &str,
+        batch: usize,
+        health: Option<&str>,
+        force: bool,
+        stop: StopOptions,
+    ) -> Result<Vec<FleetRow>> {
+        let from_v = self.templates().resolve(&from.parse()?)?;
+        let to_v = self.templates().resolve(&to.parse()?)?;
+        let (ves, _) = self.list()?;
+        let on: Vec<String> = ves
+            .into_iter()
+            .filter(|v| v.template == from_v.reference())
+            .map(|v| v.name)
+            .collect();
+        let mut rows: Vec<FleetRow> = on
+            .iter()
+            .map(|ve| FleetRow {
+                ve: ve.clone(),
+                outcome: "not reached".into(),
+                detail: String::new(),
+            })
+            .collect();
+        let mut halted = false;
+        for (b, names) in on.chunks(batch.max(1)).enumerate() {
+            let mut upgraded = Vec::new();
+            for ve in names {
+                let i = rows.iter().position(|r| &r.ve == ve).unwrap_or(0);
+                match self.upgrade(ve, &to_v.reference(), force, stop) {
+                    Ok(m) => {
+                        rows[i].outcome = "upgraded".into();
+                        rows[i].detail = format!("batch {}, snapshot {}", b + 1, m.snapshot);
+                        upgraded.push((i, m.restarted));
+                    }
+                    Err(e) => {
+                        rows[i].outcome = "skipped".into();
+                        rows[i].detail = e.to_string();
+                    }
+                }
+            }
+            let Some(cmd) = health else { continue };
+            for (i, running) in upgraded {
+                if !running {
+                    continue;
+                }
+                let ve = rows[i].ve.clone();
+                let wrapped = format!("{{ {cmd}\n}} </dev/null >/dev/null 2>&1");
+                let code = self.exec(
+                    &ve,
+                    &crate::exec::ExecOptions {
+                        argv: vec!["/bin/sh".into(), "-c".into(), wrapped],
+                        ..Default::default()
+                    },
+                );
+                let ok = matches!(code, Ok(0));
+                if ok {
+                    rows[i].detail.push_str(", healthy");
+                    continue;
+                }
+                let why = match code {
+                    Ok(c) => format!("health check exited {c}"),
+                    Err(e) => format!("health check: {e}"),
+                };
+                match self.rollback(&ve, stop) {
+                    Ok(_) => {
+                        rows[i].outcome = "rolled back".into();
+                        rows[i].detail = format!("{why}; rollout halted");
+                    }
+                    Err(e) => {
+                        rows[i].outcome = "failed".into();
+                        rows[i].detail = format!("{why}; rollback failed: {e}");
+                    }
+                }
+                halted = true;
+            }
+            if halted {
+                break;
+            }
+        }
+        Ok(rows)
     }
 
     /// A VE's template moves, oldest first.
