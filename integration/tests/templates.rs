@@ -295,3 +295,114 @@ fn template_versions_on_the_btrfs_pool_are_removed_with_their_subvolumes() {
     h.ok(&["start", "v"]);
     assert_eq!(h.exec("v", &["test", "-x", "/bin/busybox"]).code, 0);
 }
+
+#[test]
+fn hostile_tar_members_never_land_outside_the_template() {
+    let Some(h) = TestHost::new("template_hostile_tar") else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let outside = work.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    let tar = work.path().join("evil.tar");
+    let tag = integration::unique("evil");
+    // ../ paths, an absolute path, a symlink to a directory outside followed by a
+    // file through it, device nodes; plus one ordinary file. Names are written
+    // into the headers raw: the tar crate's own path setters refuse such names.
+    let mut b = tar::Builder::new(fs::File::create(&tar).unwrap());
+    let mut add = |name: &str, kind: tar::EntryType, data: &[u8], link: Option<&Path>| {
+        let mut hd = tar::Header::new_ustar();
+        let raw = &mut hd.as_old_mut().name;
+        raw[..name.len()].copy_from_slice(name.as_bytes());
+        hd.set_entry_type(kind);
+        hd.set_mode(0o644);
+        hd.set_size(data.len() as u64);
+        if let Some(l) = link {
+            hd.set_link_name(l).unwrap();
+        }
+        if kind.is_block_special() || kind.is_character_special() {
+            hd.set_device_major(8).unwrap();
+            hd.set_device_minor(0).unwrap();
+        }
+        hd.set_cksum();
+        b.append(&hd, data).unwrap();
+    };
+    add("bin/ok", tar::EntryType::Regular, b"fine\n", None);
+    add(
+        &format!("../../{tag}-up"),
+        tar::EntryType::Regular,
+        b"x",
+        None,
+    );
+    add(&format!("/{tag}-abs"), tar::EntryType::Regular, b"x", None);
+    add("link", tar::EntryType::Symlink, b"", Some(&outside));
+    add(
+        &format!("link/{tag}-through"),
+        tar::EntryType::Regular,
+        b"x",
+        None,
+    );
+    add("dev/sda", tar::EntryType::Block, b"", None);
+    add("dev/mem", tar::EntryType::Char, b"", None);
+    b.finish().unwrap();
+    drop(b);
+    let r = h.run(&[
+        "template",
+        "import",
+        "evil",
+        "--from-tar",
+        tar.to_str().unwrap(),
+    ]);
+    // Imported or refused: either way nothing outside the template changed.
+    let leaked: Vec<String> = [
+        h.root().join(format!("pool/templates/{tag}-up")),
+        h.root().join(format!("pool/{tag}-up")),
+        PathBuf::from(format!("/{tag}-abs")),
+        outside.join(format!("{tag}-through")),
+    ]
+    .iter()
+    .filter(|p| p.symlink_metadata().is_ok())
+    .map(|p| p.display().to_string())
+    .collect();
+    assert!(
+        leaked.is_empty(),
+        "written outside the template: {leaked:?}"
+    );
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+    if r.code == 0 {
+        let t = h.root().join("pool/templates/evil/1");
+        assert_eq!(fs::read_to_string(t.join("bin/ok")).unwrap(), "fine\n");
+        assert!(!t.join("dev/sda").exists() && !t.join("dev/mem").exists());
+        assert!(r.stderr.contains("device node"), "{}", r.stderr);
+    } else {
+        assert!(r.stderr.lines().count() == 1, "{}", r.stderr);
+    }
+}
+
+#[test]
+fn neither_a_ve_nor_the_host_alters_a_published_version() {
+    let Some(h) = TestHost::with_btrfs("template_immutable", "1G") else {
+        return;
+    };
+    let tdir = h.root().join("pool/templates/bb/1");
+    let before = fs::read(tdir.join("etc/inittab")).unwrap();
+    h.start_ve("w", &[]);
+    let r = h.exec(
+        "w",
+        &[
+            "sh",
+            "-c",
+            "echo '# mine' >> /etc/inittab && rm /bin/true && touch /bin/new",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(fs::read(tdir.join("etc/inittab")).unwrap(), before);
+    assert!(tdir.join("bin/true").symlink_metadata().is_ok());
+    assert!(!tdir.join("bin/new").exists());
+    // The version is a read-only subvolume: not even the host's root writes it.
+    let e = fs::write(tdir.join("etc/x"), "x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    // Another VE on it sees the template as published.
+    h.start_ve("v", &[]);
+    assert_eq!(h.exec("v", &["test", "-e", "/bin/true"]).code, 0);
+}

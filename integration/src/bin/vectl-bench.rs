@@ -19,6 +19,8 @@
 //! - storage (btrfs pool): create of a VE on a 200 MB template, `set --disk` on a
 //!   running VE, disk used by a fresh VE
 //! - clone: `vectl clone` of a stopped VE with 10 MB of its own files
+//! - upgrade / rollback of a running VE to another template version (restart
+//!   included, `--fast` stop: busybox init's own halt takes 3 s)
 //! - network: `vectl start` of a VE on the default nat network against one with
 //!   no network (`--net none`), alternating; TCP throughput VE -> host and host ->
 //!   VE against a bare veth pair between two namespaces, in the same run (busybox
@@ -123,6 +125,9 @@ fn main() {
     };
     storage.extend(network_figures(h, runs));
     storage.extend(clone_figures(h, runs));
+    if btrfs {
+        storage.extend(upgrade_figures(h, runs));
+    }
     let limits = ["--ram", "64M", "--cpu-limit", "50%", "--pids", "200"];
     // Warm up caches (binary, template pages).
     h.start_ve("warm", &limits);
@@ -519,4 +524,43 @@ fn clone_figures(h: &TestHost, runs: usize) -> Vec<(String, f64)> {
         "clone of a VE with 10 MB of its own files (ms)".into(),
         median(&mut t),
     )]
+}
+
+/// `vectl upgrade` and `rollback` of a running VE between two versions.
+fn upgrade_figures(h: &TestHost, runs: usize) -> Vec<(String, f64)> {
+    let tree = integration::busybox_rootfs().unwrap();
+    h.ok(&[
+        "template",
+        "update",
+        "bb",
+        "--from-dir",
+        tree.to_str().unwrap(),
+    ]);
+    let latest = h.json(&["template", "show", "bb"])["version"]
+        .as_u64()
+        .unwrap();
+    let (to, back) = (format!("bb@{latest}"), format!("bb@{}", latest - 1));
+    h.ok(&["create", "up", "--template", &back]);
+    h.ok(&["start", "up"]);
+    let mut up = Vec::new();
+    let mut down = Vec::new();
+    for _ in 0..runs {
+        up.push(timed(|| {
+            h.ok(&["upgrade", "up", "--template", &to, "--fast"]);
+        }));
+        down.push(timed(|| {
+            h.ok(&["rollback", "up", "--fast"]);
+        }));
+    }
+    h.ok(&["destroy", "--force", "up"]);
+    vec![
+        (
+            "upgrade of a running VE, restart included (ms)".into(),
+            median(&mut up),
+        ),
+        (
+            "rollback of a running VE, restart included (ms)".into(),
+            median(&mut down),
+        ),
+    ]
 }
