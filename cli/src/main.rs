@@ -810,7 +810,7 @@ fn run(cli: Cli, at: &ArgPositions, out: &Out) -> Result<ExitCode> {
             out.template_show(one, &host.template_dir(&one.version));
         }
         Command::Template(TemplateCommand::Log { name }) => {
-            out.template_log(&open(&cli)?.template_usage(Some(name))?);
+            out.template_log(&open(&cli)?.template_log(name)?);
         }
         Command::Template(TemplateCommand::Usage { name }) => {
             out.template_log(&open(&cli)?.template_usage(name.as_deref())?);

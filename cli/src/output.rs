@@ -327,6 +327,21 @@ impl Out {
             ]);
         }
         print_table(&rows);
+        for u in list {
+            let Some(changes) = u.packages.as_ref().filter(|c| !c.is_empty()) else {
+                continue;
+            };
+            println!();
+            println!(
+                "{}: {} package change(s) since the version before",
+                u.version.reference(),
+                changes.len()
+            );
+            for c in changes {
+                let v = |x: &Option<String>| x.clone().unwrap_or_else(|| "-".into());
+                println!("  {} {} -> {}", c.package, v(&c.from), v(&c.to));
+            }
+        }
     }
 
     pub fn templates_removed(&self, list: &[TemplateVersion]) {

@@ -406,3 +406,56 @@ fn neither_a_ve_nor_the_host_alters_a_published_version() {
     h.start_ve("v", &[]);
     assert_eq!(h.exec("v", &["test", "-e", "/bin/true"]).code, 0);
 }
+
+#[test]
+fn template_log_lists_package_changes_of_debian_based_versions() {
+    let Some(h) = TestHost::new("template_log_packages") else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("rootfs");
+    sh(&format!("cp -a {} {}", rootfs().display(), tree.display()));
+    let status = |pkgs: &[(&str, &str)]| {
+        fs::create_dir_all(tree.join("var/lib/dpkg")).unwrap();
+        let text: Vec<String> = pkgs
+            .iter()
+            .map(|(p, v)| format!("Package: {p}\nStatus: install ok installed\nVersion: {v}\n"))
+            .collect();
+        fs::write(tree.join("var/lib/dpkg/status"), text.join("\n")).unwrap();
+    };
+    status(&[("openssl", "3.0.11-1"), ("curl", "7.88")]);
+    h.ok(&[
+        "template",
+        "import",
+        "deb",
+        "--from-dir",
+        tree.to_str().unwrap(),
+    ]);
+    status(&[("openssl", "3.0.13-1"), ("curl", "7.88"), ("jq", "1.6")]);
+    h.ok(&[
+        "template",
+        "update",
+        "deb",
+        "--from-dir",
+        tree.to_str().unwrap(),
+        "-m",
+        "patch",
+    ]);
+    let log = h.json(&["template", "log", "deb"]);
+    assert!(log[0].get("packages").is_none(), "{log}");
+    assert_eq!(
+        log[1]["packages"],
+        serde_json::json!([
+            {"package": "jq", "from": null, "to": "1.6"},
+            {"package": "openssl", "from": "3.0.11-1", "to": "3.0.13-1"}
+        ])
+    );
+    let text = h.ok(&["template", "log", "deb"]);
+    assert!(text.contains("openssl 3.0.11-1 -> 3.0.13-1"), "{text}");
+    // A tree without a dpkg database has no package list (bb).
+    assert!(
+        h.json(&["template", "log", "bb"])[0]
+            .get("packages")
+            .is_none()
+    );
+}

@@ -66,12 +66,26 @@ pub struct TemplateUsage {
     /// Whether it is the template's latest version (what new VEs get).
     pub latest: bool,
     pub ves: Vec<String>,
+    /// Package changes since the previous version (`template log`, Debian-based
+    /// versions only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub packages: Option<Vec<ve_templates::PackageChange>>,
 }
 
 impl Host {
     /// The versions of template `name` (all templates if `None`), oldest first,
     /// each with the VEs pinned to it.
     pub fn template_usage(&self, name: Option<&str>) -> Result<Vec<TemplateUsage>> {
+        self.template_versions(name, false)
+    }
+
+    /// [`Host::template_usage`] with, for Debian-based versions, the package
+    /// changes from each version's predecessor (from their dpkg databases).
+    pub fn template_log(&self, name: &str) -> Result<Vec<TemplateUsage>> {
+        self.template_versions(Some(name), true)
+    }
+
+    fn template_versions(&self, name: Option<&str>, packages: bool) -> Result<Vec<TemplateUsage>> {
         let versions = match name {
             Some(n) => {
                 let v = self.templates().versions(n)?;
@@ -85,7 +99,16 @@ impl Host {
         let (ves, _) = self.list()?;
         Ok(versions
             .iter()
-            .map(|v| TemplateUsage {
+            .enumerate()
+            .map(|(i, v)| TemplateUsage {
+                packages: (packages && i > 0 && versions[i - 1].name == v.name)
+                    .then(|| {
+                        ve_templates::package_changes(
+                            &self.templates().path(&versions[i - 1]),
+                            &self.templates().path(v),
+                        )
+                    })
+                    .flatten(),
                 latest: !versions
                     .iter()
                     .any(|o| o.name == v.name && o.version > v.version),

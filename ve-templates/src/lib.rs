@@ -15,6 +15,7 @@
 //! ```
 
 mod diff;
+mod dpkg;
 mod import;
 mod store;
 
@@ -22,6 +23,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub use diff::{Conflict, conflicts};
+pub use dpkg::{PackageChange, changes as package_changes, installed as installed_packages};
 pub use import::{Progress, Source};
 pub use store::{TemplateRef, TemplateStore, TemplateVersion, validate_name};
 

@@ -1,0 +1,121 @@
+//! Package changes between two Debian-based template versions, from their dpkg
+//! databases (`var/lib/dpkg/status`).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+
+/// One package that differs between two versions.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PackageChange {
+    pub package: String,
+    /// Its version before (`None`: added).
+    pub from: Option<String>,
+    /// Its version after (`None`: removed).
+    pub to: Option<String>,
+}
+
+/// The installed packages of a tree and their versions; `None` when the tree
+/// has no dpkg database (not Debian-based).
+pub fn installed(tree: &Path) -> Option<BTreeMap<String, String>> {
+    let text = fs::read_to_string(tree.join("var/lib/dpkg/status")).ok()?;
+    let mut out = BTreeMap::new();
+    for stanza in text.split("\n\n") {
+        let field = |name: &str| {
+            stanza
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+        };
+        let installed = field("Status:").is_some_and(|s| s.ends_with(" installed"));
+        if let (true, Some(p), Some(v)) = (installed, field("Package:"), field("Version:")) {
+            // Multi-arch packages appear once per architecture.
+            let key = match field("Architecture:") {
+                Some(a) if out.contains_key(&p) => format!("{p}:{a}"),
+                _ => p,
+            };
+            out.insert(key, v);
+        }
+    }
+    Some(out)
+}
+
+/// What changed between the package sets of two trees; `None` unless both
+/// have a dpkg database.
+pub fn changes(old: &Path, new: &Path) -> Option<Vec<PackageChange>> {
+    let (a, b) = (installed(old)?, installed(new)?);
+    let mut out = Vec::new();
+    for (p, v) in &a {
+        match b.get(p) {
+            Some(w) if w == v => {}
+            to => out.push(PackageChange {
+                package: p.clone(),
+                from: Some(v.clone()),
+                to: to.cloned(),
+            }),
+        }
+    }
+    for (p, w) in &b {
+        if !a.contains_key(p) {
+            out.push(PackageChange {
+                package: p.clone(),
+                from: None,
+                to: Some(w.clone()),
+            });
+        }
+    }
+    out.sort_by(|x, y| x.package.cmp(&y.package));
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(dir: &Path, pkgs: &[(&str, &str, &str)]) {
+        fs::create_dir_all(dir.join("var/lib/dpkg")).unwrap();
+        let text: Vec<String> = pkgs
+            .iter()
+            .map(|(p, v, s)| format!("Package: {p}\nStatus: {s}\nArchitecture: amd64\nVersion: {v}\nDescription: x\n long text\n"))
+            .collect();
+        fs::write(dir.join("var/lib/dpkg/status"), text.join("\n")).unwrap();
+    }
+
+    #[test]
+    fn changes_are_added_removed_and_upgraded_packages() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        let ok = "install ok installed";
+        status(
+            &a,
+            &[
+                ("openssl", "3.0.11-1", ok),
+                ("vim", "9.0", ok),
+                ("old", "1", ok),
+                ("gone", "1", "deinstall ok config-files"),
+            ],
+        );
+        status(
+            &b,
+            &[
+                ("openssl", "3.0.13-1", ok),
+                ("vim", "9.0", ok),
+                ("new", "2", ok),
+            ],
+        );
+        let c = changes(&a, &b).unwrap();
+        let got: Vec<(&str, Option<&str>, Option<&str>)> = c
+            .iter()
+            .map(|c| (c.package.as_str(), c.from.as_deref(), c.to.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("new", None, Some("2")),
+                ("old", Some("1"), None),
+                ("openssl", Some("3.0.11-1"), Some("3.0.13-1")),
+            ]
+        );
+        assert!(changes(&a, t.path()).is_none(), "no dpkg database, no list");
+    }
+}
