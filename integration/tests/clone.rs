@@ -54,7 +54,8 @@ fn clone_keeps_files_and_takes_a_new_identity(h: &TestHost) {
     let sum = |ve: &str| h.exec(ve, &["md5sum", "/root/data"]).stdout;
     assert_eq!(sum("src"), sum("dst"));
     // They are separate from now on.
-    h.exec("dst", &["sh", "-c", "echo theirs > /root/note"]);
+    let r = h.exec("dst", &["sh", "-c", "echo theirs > /root/note"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(h.exec("src", &["cat", "/root/note"]).stdout, "mine\n");
     assert_eq!(h.exec("src", &["hostname"]).stdout, "src\n");
 
@@ -89,6 +90,7 @@ fn clone_keeps_files_and_takes_a_new_identity(h: &TestHost) {
     for (args, want) in [
         (vec!["clone", "nosuch", "x"], "no such VE"),
         (vec!["clone", "src", "dst"], "already exists"),
+        (vec!["clone", "src", "src"], "already exists"),
         (
             vec!["clone", "src", "x", "--template", "bb@9"],
             "no version 9",

@@ -245,6 +245,24 @@ fn update_usage_log_rm_and_gc_keep_the_versions_ves_use() {
         h.ok(&["template", "gc"])
             .contains("no template version removed")
     );
+    // Numbers are not reused: with bb@3 gone, the next version is bb@4.
+    h.ok(&[
+        "template",
+        "update",
+        "bb",
+        "--from-dir",
+        v2.to_str().unwrap(),
+    ]);
+    h.ok(&["template", "rm", "bb@3"]);
+    let out = h.ok(&[
+        "template",
+        "update",
+        "bb",
+        "--from-dir",
+        v2.to_str().unwrap(),
+    ]);
+    assert!(out.contains("bb@4"), "{out}");
+    h.ok(&["template", "rm", "bb@4"]);
     h.ok(&["destroy", "--force", "new"]);
     h.ok(&["template", "rm", "bb@2"]);
     assert!(versions(&h).is_empty());

@@ -81,10 +81,23 @@ fn upgrade_reports_conflicts_snapshots_and_rolls_back_exactly() {
     assert!(e.contains("in use by VE u"), "{e}");
 
     // What it does after the upgrade goes with the rollback.
-    h.exec(
+    let r = h.exec(
         "u",
         &["sh", "-c", "echo later > /root/after && rm /root/data"],
     );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // bb@2 is what a rollback goes back to: kept by gc and rm meanwhile; the
+    // snapshot that holds the way back cannot be removed either.
+    h.ok(&["template", "gc"]);
+    assert!(h.root().join("pool/templates/bb/2").is_dir());
+    let e = h.fails(&["template", "rm", "bb@2"]);
+    assert!(e.contains("u (rollback)"), "{e}");
+    let snap = h.json(&["history", "u"])["history"][0]["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let e = h.fails(&["snapshot", "rm", "u", &snap]);
+    assert!(e.contains("is the way back"), "{e}");
     let out = h.ok(&["rollback", "u", "--fast"]);
     assert!(out.contains("rolled back from bb@3 to bb@2"), "{out}");
     let s = h.json(&["show", "u"]);
@@ -111,7 +124,7 @@ fn upgrade_reports_conflicts_snapshots_and_rolls_back_exactly() {
     assert!(e.contains("no upgrade to roll back"), "{e}");
 
     // A VE without changes: no conflicts, and a stopped one stays stopped.
-    h.ok(&["create", "plain", "--template", "bb@1"]);
+    h.ok(&["create", "plain", "--template", "bb@2"]);
     let r = h.run(&["upgrade", "plain", "--template", "bb@3", "--check"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("no conflicts"), "{}", r.stdout);

@@ -369,30 +369,57 @@ impl Pool {
         Ok(vol)
     }
 
-    /// Makes VE `dst`'s private volume a copy of VE `src`'s; the caller keeps
-    /// `src` still (stopped or frozen). On btrfs with full quota groups it is a
-    /// writable snapshot (no data copied, shared extents); with simple quotas,
-    /// which charge data to the subvolume that wrote it, and on the dir backend,
-    /// the files are copied, so they count against `dst`'s own limit. No limit is
-    /// set on the new volume.
-    pub fn clone_ve_volume(&self, src: &str, dst: &str) -> Result<Volume> {
+    /// Where a clone of VE `src` is copied from. On btrfs: a read-only snapshot
+    /// `ves/.SRC.clone`, taken in a moment (the caller keeps `src` still for
+    /// it, frozen or stopped), so the copy itself needs no freezing; remove it
+    /// with [`Pool::drop_clone_source`]. On the dir backend: the VE's own volume
+    /// (the caller keeps `src` still for the whole copy).
+    pub fn clone_source(&self, src: &str) -> Result<PathBuf> {
         let from = self.ve_volume(src);
-        let to = self.ve_volume(dst);
         if !from.upper().is_dir() {
             return Err(Error::Setup {
                 path: from.dir.clone(),
                 why: format!("VE {src}: its private layer is missing"),
             });
         }
+        if self.backend == Backend::Dir {
+            return Ok(from.dir);
+        }
+        let snap = self.clone_source_path(src);
+        self.delete_volume(&snap)?;
+        btrfs::snapshot(&from.dir, &snap, true).map_err(io_err(&snap))?;
+        Ok(snap)
+    }
+
+    fn clone_source_path(&self, src: &str) -> PathBuf {
+        self.dir.join("ves").join(format!(".{src}.clone"))
+    }
+
+    /// Removes what [`Pool::clone_source`] made (nothing on the dir backend).
+    pub fn drop_clone_source(&self, src: &str) -> Result<()> {
+        if self.backend == Backend::Dir {
+            return Ok(());
+        }
+        self.delete_volume(&self.clone_source_path(src))
+    }
+
+    /// Makes VE `dst`'s private volume a copy of `source` (from
+    /// [`Pool::clone_source`]). On btrfs with full quota groups a writable
+    /// snapshot (no data copied, shared extents); with simple quotas, which
+    /// charge data to the subvolume that wrote it, and on the dir backend, the
+    /// files are copied, so they count against `dst`'s own limit. No limit is set
+    /// on the new volume.
+    pub fn clone_ve_volume(&self, source: &Path, dst: &str) -> Result<Volume> {
+        let to = self.ve_volume(dst);
         if to.dir.symlink_metadata().is_ok() {
             return Err(Error::VolumeExists(to.dir));
         }
         if self.backend == Backend::Btrfs && self.quota_mode() != Some(btrfs::QuotaMode::Simple) {
-            btrfs::snapshot(&from.dir, &to.dir, false).map_err(io_err(&to.dir))?;
+            btrfs::snapshot(source, &to.dir, false).map_err(io_err(&to.dir))?;
             return Ok(to);
         }
         self.create_ve_volume(dst)?;
-        if let Err(e) = copy_tree(&from.upper(), &to.upper()) {
+        if let Err(e) = copy_tree(&source.join("upper"), &to.upper()) {
             let _ = self.delete_volume(&to.dir);
             return Err(e);
         }
@@ -412,6 +439,7 @@ impl Pool {
             _ => {}
         }
         let ves = self.dir.join("ves");
+        self.delete_volume(&ves.join(format!(".{ve}.clone")))?;
         self.delete_volume(&ves.join(format!(".{ve}.restore")))?;
         self.delete_volume(&ves.join(format!(".{ve}.old")))?;
         self.delete_volume(&self.ve_volume(ve).dir)?;

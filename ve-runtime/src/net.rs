@@ -165,7 +165,7 @@ impl Host {
 
     /// Every VE's config (no runtime state: cheaper than `list`). Unreadable
     /// ones are skipped; `list` reports them.
-    fn configs(&self) -> Result<Vec<VeConfig>> {
+    pub(crate) fn configs(&self) -> Result<Vec<VeConfig>> {
         let dir = self.root().join("ves");
         let mut out = Vec::new();
         for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {

@@ -316,6 +316,16 @@ impl Host {
     pub fn snapshot_remove(&self, name_or_id: &str, name: &str) -> Result<String> {
         let ve = self.resolve_existing(name_or_id)?;
         let _lock = self.lock_ve(&ve)?;
+        let cfg = self.load_config(&ve)?;
+        if let Some(m) = crate::upgrade::open_upgrades(&cfg.history)
+            .into_iter()
+            .find(|m| m.snapshot.as_deref() == Some(name))
+        {
+            return Err(Error::Host(format!(
+                "VE {ve}: snapshot {name} is the way back from its upgrade from {} to {} (`vectl rollback {ve}` restores it)",
+                m.from, m.to
+            )));
+        }
         self.pool()
             .remove_snapshot(&ve, name)
             .map_err(|e| ve_storage(&ve, e))?;
@@ -371,6 +381,12 @@ impl Host {
     ) -> Result<Cloned> {
         let src = self.resolve_existing(src)?;
         crate::config::validate_name(dst)?;
+        if src == dst {
+            return Err(Error::VeExists {
+                ve: dst.to_string(),
+                id: self.load_config(&src)?.id,
+            });
+        }
         let hostname = hostname.unwrap_or(dst).to_string();
         crate::config::validate_hostname(&hostname)?;
         let _host = self.lock_host()?;
@@ -415,11 +431,34 @@ impl Host {
         };
         // Leftovers of a create or clone that was killed before it wrote a config.
         self.pool().remove_ve_volume(dst)?;
-        let (_, consistency, frozen_ms) = self.with_layer_still(&src, || {
+        let copy = |from: &std::path::Path| {
             self.pool()
-                .clone_ve_volume(&src, dst)
+                .clone_ve_volume(from, dst)
                 .map_err(|e| ve_storage(dst, e))
-        })?;
+        };
+        let (consistency, frozen_ms) = if self.pool().backend() == quota::Backend::Dir {
+            // No snapshots: the source keeps still for the whole copy.
+            let (_, c, ms) = self.with_layer_still(&src, || {
+                let from = self
+                    .pool()
+                    .clone_source(&src)
+                    .map_err(|e| ve_storage(&src, e))?;
+                copy(&from)
+            })?;
+            (c, ms)
+        } else {
+            // A read-only snapshot in a moment, copied from afterwards.
+            let (from, c, ms) = self.with_layer_still(&src, || {
+                self.pool()
+                    .clone_source(&src)
+                    .map_err(|e| ve_storage(&src, e))
+            })?;
+            let copied = copy(&from);
+            let dropped = self.pool().drop_clone_source(&src);
+            copied?;
+            dropped.map_err(|e| ve_storage(&src, e))?;
+            (c, ms)
+        };
         let made = (|| -> Result<()> {
             if let Some(Size(d)) = cfg.limits.disk {
                 self.pool()

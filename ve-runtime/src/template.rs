@@ -97,6 +97,17 @@ impl Host {
             None => self.templates().list()?,
         };
         let (ves, _) = self.list()?;
+        // A version an upgrade came from stays while it can be rolled back to.
+        let rollback_to: Vec<(String, String)> = self
+            .configs()?
+            .iter()
+            .flat_map(|c| {
+                crate::upgrade::open_upgrades(&c.history)
+                    .into_iter()
+                    .map(|m| (c.name.clone(), m.from.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         Ok(versions
             .iter()
             .enumerate()
@@ -116,6 +127,12 @@ impl Host {
                     .iter()
                     .filter(|ve| ve.template == v.reference())
                     .map(|ve| ve.name.clone())
+                    .chain(
+                        rollback_to
+                            .iter()
+                            .filter(|(_, from)| *from == v.reference())
+                            .map(|(ve, _)| format!("{ve} (rollback)")),
+                    )
                     .collect(),
                 version: v.clone(),
             })
@@ -145,6 +162,7 @@ impl Host {
         // VEs pick versions under the host lock (create): none can start using
         // one while it is checked and removed.
         let _host = self.lock_host()?;
+        self.all_configs_readable("template rm")?;
         let usage = self.template_usage(Some(&r.name))?;
         let doomed: Vec<&TemplateUsage> = match r.version {
             Some(v) => {
@@ -177,10 +195,23 @@ impl Host {
         Ok(doomed.into_iter().map(|u| u.version.clone()).collect())
     }
 
+    /// Refuses `what` while a VE config cannot be read: the versions it pins
+    /// are not known.
+    fn all_configs_readable(&self, what: &str) -> Result<()> {
+        let (_, errors) = self.list()?;
+        match errors.first() {
+            None => Ok(()),
+            Some(e) => Err(crate::error::Error::Host(format!(
+                "{what}: refused while a VE config cannot be read ({e})"
+            ))),
+        }
+    }
+
     /// Removes every version that is neither the latest of its template nor
     /// used by a VE. Returns what was removed.
     pub fn gc_templates(&self) -> Result<Vec<TemplateVersion>> {
         let _host = self.lock_host()?;
+        self.all_configs_readable("template gc")?;
         let mut removed = Vec::new();
         for u in self.template_usage(None)? {
             if u.latest || !u.ves.is_empty() {

@@ -58,7 +58,7 @@ pub struct FleetRow {
 }
 
 /// The upgrades not rolled back yet, oldest first: rollbacks undo the latest.
-fn open_upgrades(history: &[TemplateMove]) -> Vec<&TemplateMove> {
+pub(crate) fn open_upgrades(history: &[TemplateMove]) -> Vec<&TemplateMove> {
     let mut stack = Vec::new();
     for m in history {
         match m.action.as_str() {
@@ -171,8 +171,13 @@ impl Host {
                 conflicts: check.conflicts,
             }
         };
-        if moved.restarted {
-            self.start(&ve, false)?;
+        if moved.restarted
+            && let Err(e) = self.start(&ve, false)
+        {
+            return Err(Error::Host(format!(
+                "VE {ve}: upgraded to {} (snapshot {}) but it did not start again: {e}; `vectl rollback {ve}` takes it back",
+                moved.to, moved.snapshot
+            )));
         }
         Ok(moved)
     }
@@ -223,8 +228,13 @@ impl Host {
                 conflicts: Vec::new(),
             }
         };
-        if moved.restarted {
-            self.start(&ve, false)?;
+        if moved.restarted
+            && let Err(e) = self.start(&ve, false)
+        {
+            return Err(Error::Host(format!(
+                "VE {ve}: rolled back to {} but it did not start again: {e}",
+                moved.to
+            )));
         }
         Ok(moved)
     }
@@ -271,10 +281,30 @@ impl Host {
                         upgraded.push((i, m.restarted));
                     }
                     Err(e) => {
-                        rows[i].outcome = "skipped".into();
-                        rows[i].detail = e.to_string();
+                        // Moved but not running again: as bad as a failed check.
+                        let moved = self
+                            .load_config(ve)
+                            .is_ok_and(|c| c.template == to_v.reference());
+                        if moved {
+                            rows[i].outcome = match self.rollback(ve, stop) {
+                                Ok(_) => {
+                                    // It ran before the rollout: run it again.
+                                    let _ = self.start(ve, false);
+                                    "rolled back".into()
+                                }
+                                Err(_) => "failed".into(),
+                            };
+                            rows[i].detail = format!("{e}; rollout halted");
+                            halted = true;
+                        } else {
+                            rows[i].outcome = "skipped".into();
+                            rows[i].detail = e.to_string();
+                        }
                     }
                 }
+            }
+            if halted {
+                break;
             }
             let Some(cmd) = health else { continue };
             for (i, running) in upgraded {
@@ -324,7 +354,9 @@ impl Host {
         Ok((ve.clone(), self.load_config(&ve)?.history))
     }
 
-    /// `PREFIX-N` for the lowest N no snapshot of the VE has.
+    /// `PREFIX-TIME` (`upgrade-20261126-144501`), with `-N` added if the VE
+    /// has a snapshot of that name: never the name of an earlier one, so a
+    /// rollback cannot take a newer snapshot for an older one.
     fn free_snapshot_name(&self, ve: &str, prefix: &str) -> Result<String> {
         let taken: Vec<String> = self
             .pool()
@@ -333,10 +365,17 @@ impl Host {
             .into_iter()
             .map(|s| s.name)
             .collect();
-        Ok((1..)
-            .map(|n| format!("{prefix}-{n}"))
+        let stamp: String = now()
+            .chars()
+            .filter(char::is_ascii_digit)
+            .enumerate()
+            .flat_map(|(i, c)| (i == 8).then_some('-').into_iter().chain(Some(c)))
+            .collect();
+        let base = format!("{prefix}-{stamp}");
+        Ok(std::iter::once(base.clone())
+            .chain((2..).map(|n| format!("{base}-{n}")))
             .find(|n| !taken.contains(n))
-            .unwrap_or_else(|| prefix.to_string()))
+            .unwrap_or(base))
     }
 }
 

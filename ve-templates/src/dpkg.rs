@@ -18,7 +18,12 @@ pub struct PackageChange {
 /// The installed packages of a tree and their versions; `None` when the tree
 /// has no dpkg database (not Debian-based).
 pub fn installed(tree: &Path) -> Option<BTreeMap<String, String>> {
-    let text = fs::read_to_string(tree.join("var/lib/dpkg/status")).ok()?;
+    // Not through a symlink out of the tree (an absolute `var -> /var`).
+    let path = crate::diff::inside(tree, Path::new("var/lib/dpkg/status"))?;
+    if !path.symlink_metadata().ok()?.file_type().is_file() {
+        return None;
+    }
+    let text = fs::read_to_string(path).ok()?;
     let mut out = BTreeMap::new();
     for stanza in text.split("\n\n") {
         let field = |name: &str| {

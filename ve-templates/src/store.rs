@@ -247,7 +247,18 @@ impl TemplateStore {
             source,
         };
         self.remove_leftovers(tdir, volumes)?;
-        let version = self.versions(name)?.last().map_or(1, |v| v.version + 1);
+        // Numbers are never reused, even after the latest version was removed:
+        // `NAME@V` always means the same tree.
+        let highest = fs::read_to_string(tdir.join(HIGHEST))
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+            .unwrap_or(0);
+        let version = self
+            .versions(name)?
+            .last()
+            .map_or(0, |v| v.version)
+            .max(highest)
+            + 1;
         let staging = tdir.join(format!(".staging-{version}"));
         volumes.create(&staging).map_err(vol_err)?;
         let filled = import::fill(source, &staging, progress);
@@ -304,6 +315,7 @@ impl TemplateStore {
         })?;
         let dest = self.path_of(name, version);
         fs::rename(staging, &dest).map_err(io_err(&dest))?;
+        write_atomic(&tdir.join(HIGHEST), version.to_string().as_bytes())?;
         fs::File::open(tdir)
             .and_then(|d| d.sync_all())
             .map_err(io_err(tdir))?;
@@ -337,6 +349,12 @@ impl TemplateStore {
             .map_err(io_err(&tdir))?;
         self.remove_leftovers(&tdir, volumes)?;
         if self.versions(name)?.is_empty() {
+            // The whole template is gone: a new import of the name starts at 1.
+            match fs::remove_file(tdir.join(HIGHEST)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&tdir)(e)),
+            }
             match fs::remove_dir(&tdir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -388,6 +406,9 @@ impl TemplateStore {
         Ok(f)
     }
 }
+
+/// The highest version number a template has had (`NAME/.highest`).
+const HIGHEST: &str = ".highest";
 
 /// Writes a file atomically: `.NAME.tmp` beside it (under the template's lock, so a
 /// fixed name is safe and a killed writer's leftover is overwritten), fsync, rename.
