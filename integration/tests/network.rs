@@ -48,6 +48,18 @@ fn wait_http(addr: &str) -> String {
     }
 }
 
+/// HTTP GET from the LAN, retried until the VE's init has its httpd up.
+fn lan_http(net: &Lan, url: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match net.ok(&["curl", "-sS", "-m", "3", url]) {
+            Ok(body) => return body,
+            Err(e) if Instant::now() > deadline => panic!("{url} never answered from the LAN: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
 /// The links of the test's namespace whose names start with `prefix`.
 fn links(prefix: &str) -> Vec<String> {
     sh(&["ip", "-o", "link", "show"])
@@ -208,6 +220,7 @@ fn host_only_and_separate_networks_are_isolated() {
     assert_eq!(wait_http(&h1), "hello from h1\n", "host -> host-only VE");
     wait_http(&n1);
     wait_http(&o1);
+    wait_http(&h2);
     assert_eq!(http_from(&h, "h1", &h2).unwrap(), "hello from h2\n");
     // host-only: no way beyond the host, no default route.
     assert!(
@@ -380,11 +393,7 @@ fn bridged_ves_are_on_the_lan_with_their_own_macs() {
     h.start_ve("b1", &["--net", "lan", "--ip", "192.0.2.10/24"]);
     net.ok(&["busybox", "ping", "-c", "1", "-W", "5", "192.0.2.10"])
         .unwrap();
-    assert_eq!(
-        net.ok(&["curl", "-sS", "-m", "3", "http://192.0.2.10/"])
-            .unwrap(),
-        "hello from b1\n"
-    );
+    assert_eq!(lan_http(&net, "http://192.0.2.10/"), "hello from b1\n");
     let mac = h.json(&["show", "b1"])["interfaces"][0]["mac"]
         .as_str()
         .unwrap()
@@ -469,11 +478,7 @@ fn vlan_uplinks_tag_the_lan_traffic() {
         "42",
     ]);
     h.start_ve("v1", &["--net", "v42", "--ip", "192.0.2.20"]);
-    assert_eq!(
-        net.ok(&["curl", "-sS", "-m", "5", "http://192.0.2.20/"])
-            .unwrap(),
-        "hello from v1\n"
-    );
+    assert_eq!(lan_http(&net, "http://192.0.2.20/"), "hello from v1\n");
     assert!(
         links("vn").iter().any(|l| l.ends_with('v')),
         "{:?}",
