@@ -318,6 +318,7 @@ fn routed_ves_are_reachable_from_the_lan_through_proxy_arp() {
         "hello from r1\n",
         "host -> routed VE"
     );
+    wait_http("192.0.2.65");
     assert_eq!(
         net.ok(&["curl", "-sS", "-m", "3", "http://192.0.2.70/"])
             .unwrap(),
