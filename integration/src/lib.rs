@@ -117,6 +117,22 @@ pub fn busybox_rootfs() -> Result<&'static Path, String> {
     }
 }
 
+/// A copy of the busybox root file system at `dest` (which must not exist), to
+/// change and import as another template version.
+pub fn copy_busybox_rootfs(dest: &Path) -> Result<(), String> {
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(busybox_rootfs()?)
+        .arg(dest)
+        .status()
+        .map_err(|e| format!("cp: {e}"))?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(format!("cp -a to {} failed", dest.display()))
+    }
+}
+
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// A unique name for a test resource: `<prefix>-<pid>-<n>`.

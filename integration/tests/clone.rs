@@ -6,26 +6,12 @@
 mod common;
 
 use std::fs;
-use std::process::Command;
-use std::time::{Duration, Instant};
 
 use integration::TestHost;
 
-fn wait_http_in(h: &TestHost, ve: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = h.exec(ve, &["wget", "-qO-", "http://127.0.0.1/"]);
-        if r.code == 0 {
-            return r.stdout;
-        }
-        assert!(Instant::now() < deadline, "VE {ve} never served HTTP");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn clone_keeps_files_and_takes_a_new_identity(h: &TestHost) {
     h.start_ve("src", &["--ram", "64M"]);
-    wait_http_in(h, "src");
+    common::wait_http(h, "src");
     let r = h.exec(
         "src",
         &[
@@ -49,7 +35,7 @@ fn clone_keeps_files_and_takes_a_new_identity(h: &TestHost) {
     assert_ne!(d["nics"][0]["mac"], s["nics"][0]["mac"]);
     assert!(d.get("publish").is_none(), "{d}");
     h.ok(&["start", "dst"]);
-    assert_eq!(wait_http_in(h, "dst"), "hello from dst\n");
+    assert_eq!(common::wait_http(h, "dst"), "hello from dst");
     assert_eq!(h.exec("dst", &["cat", "/root/note"]).stdout, "mine\n");
     let sum = |ve: &str| h.exec(ve, &["md5sum", "/root/data"]).stdout;
     assert_eq!(sum("src"), sum("dst"));
@@ -62,14 +48,7 @@ fn clone_keeps_files_and_takes_a_new_identity(h: &TestHost) {
     // Onto another version: the template's files change, the VE's stay.
     let work = tempfile::tempdir().unwrap();
     let v2 = work.path().join("rootfs");
-    let rootfs = integration::busybox_rootfs().unwrap();
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(rootfs)
-        .arg(&v2)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    integration::copy_busybox_rootfs(&v2).unwrap();
     fs::write(v2.join("etc/release"), "two\n").unwrap();
     h.ok(&[
         "template",

@@ -6,7 +6,6 @@
 mod common;
 
 use std::fs;
-use std::process::Command;
 
 use integration::TestHost;
 
@@ -14,13 +13,7 @@ use integration::TestHost;
 fn publish(h: &TestHost, app: &str) {
     let work = tempfile::tempdir().unwrap();
     let tree = work.path().join("rootfs");
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(integration::busybox_rootfs().unwrap())
-        .arg(&tree)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    integration::copy_busybox_rootfs(&tree).unwrap();
     fs::write(tree.join("etc/app.conf"), app).unwrap();
     h.ok(&[
         "template",

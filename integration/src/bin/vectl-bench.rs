@@ -344,16 +344,9 @@ fn main() {
 /// `set --disk` live (growing, and shrinking above use, which commits first),
 /// disk used by a fresh VE.
 fn storage_figures(h: &TestHost, runs: usize) -> Vec<(String, f64)> {
-    let src = integration::busybox_rootfs().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let big = dir.path().join("rootfs");
-    let ok = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(src)
-        .arg(&big)
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    integration::copy_busybox_rootfs(&big).unwrap();
     let data = big.join("srv/data");
     fs::create_dir_all(&data).unwrap();
     // 200 files of 1 MiB that do not compress or deduplicate.
@@ -575,13 +568,7 @@ fn sharing_figures(h: &TestHost) -> Vec<(String, f64)> {
     use std::os::fd::AsRawFd;
     let work = tempfile::tempdir().unwrap();
     let tree = work.path().join("rootfs");
-    let st = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(integration::busybox_rootfs().unwrap())
-        .arg(&tree)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    integration::copy_busybox_rootfs(&tree).unwrap();
     let mib = 64usize;
     let mut blob = fs::File::create(tree.join("srv-blob")).unwrap();
     let chunk: Vec<u8> = (0..1 << 20)
