@@ -318,9 +318,10 @@ enum HostCommand {
 enum TemplateCommand {
     /// Import a root file system as the next version of a template.
     Import(ImportArgs),
-    /// Publish a new tree as the next version of an existing template (VEs stay
-    /// pinned to their versions).
-    Update(ImportArgs),
+    /// Publish the next version of an existing template: a command run in a
+    /// throwaway build VE on the latest version (--run), or a given tree. VEs stay
+    /// pinned to their versions.
+    Update(UpdateArgs),
     /// List template versions.
     List,
     /// One version (the latest without @VERSION) and the VEs on it.
@@ -350,6 +351,25 @@ enum TemplateCommand {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("source").required(true)))]
 struct ImportArgs {
+    #[command(flatten)]
+    src: SourceArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true)))]
+struct UpdateArgs {
+    /// Run this command (with /bin/sh -c, no input) in a throwaway build VE on the
+    /// latest version and publish what it changed, e.g.
+    /// 'apt-get update && apt-get -y upgrade'.
+    #[arg(long, group = "source", value_name = "CMD")]
+    run: Option<String>,
+    #[command(flatten)]
+    src: SourceArgs,
+}
+
+/// Where a template version comes from.
+#[derive(Debug, Args)]
+struct SourceArgs {
     /// Template name.
     name: String,
     /// A directory holding the root file system.
@@ -358,9 +378,54 @@ struct ImportArgs {
     /// A tar archive of it (plain, .gz or .zst).
     #[arg(long, group = "source", value_name = "FILE")]
     from_tar: Option<PathBuf>,
+    /// Build a Debian/Ubuntu tree of this suite (bookworm, noble...) with debootstrap.
+    #[arg(long, group = "source", value_name = "SUITE")]
+    debootstrap: Option<String>,
+    /// The archive debootstrap installs from (http://, https:// or file:///).
+    /// [default: http://deb.debian.org/debian]
+    #[arg(long, requires = "debootstrap", value_name = "URL")]
+    mirror: Option<String>,
+    /// Extra packages for debootstrap, comma-separated.
+    #[arg(
+        long,
+        requires = "debootstrap",
+        value_name = "PKG,...",
+        value_delimiter = ','
+    )]
+    include: Vec<String>,
+    /// debootstrap's variant: minbase (the smallest tree), buildd, ...
+    #[arg(long, requires = "debootstrap", value_name = "VARIANT")]
+    variant: Option<String>,
+    /// OpenPGP keyring the mirror's Release file is checked against (default: the
+    /// Debian archive keyring).
+    #[arg(long, requires = "debootstrap", value_name = "FILE")]
+    keyring: Option<PathBuf>,
     /// A note recorded with the version.
     #[arg(long, short, default_value = "")]
     message: String,
+}
+
+impl SourceArgs {
+    fn source(&self) -> anyhow::Result<Source> {
+        Ok(if let Some(d) = &self.from_dir {
+            Source::Dir(d.clone())
+        } else if let Some(t) = &self.from_tar {
+            Source::Tar(t.clone())
+        } else if let Some(suite) = &self.debootstrap {
+            Source::Debootstrap(ve_runtime::Debootstrap {
+                suite: suite.clone(),
+                mirror: self
+                    .mirror
+                    .clone()
+                    .unwrap_or_else(|| ve_runtime::DEBIAN_MIRROR.into()),
+                include: self.include.clone(),
+                variant: self.variant.clone(),
+                keyring: self.keyring.clone(),
+            })
+        } else {
+            bail!("give --from-dir, --from-tar or --debootstrap")
+        })
+    }
 }
 
 /// Limits common to `create` and `set`. `unlimited` removes a limit. The values are
@@ -770,19 +835,28 @@ fn run(cli: Cli, at: &ArgPositions, out: &Out) -> Result<ExitCode> {
                 }
             }
         }
-        Command::Template(TemplateCommand::Import(a) | TemplateCommand::Update(a)) => {
-            let update = matches!(&cli.command, Command::Template(TemplateCommand::Update(_)));
-            let source = match (&a.from_dir, &a.from_tar) {
-                (Some(d), _) => Source::Dir(d.clone()),
-                (None, Some(t)) => Source::Tar(t.clone()),
-                (None, None) => bail!("give --from-dir or --from-tar"),
-            };
+        Command::Template(TemplateCommand::Import(ImportArgs { src: a })) => {
             let host = open(&cli)?;
             let mut progress = out.progress(&format!("importing {}", a.name));
-            let (tv, warnings) = if update {
-                host.update_template(&a.name, &source, &a.message, &mut progress)?
-            } else {
-                host.import_template(&a.name, &source, &a.message, &mut progress)?
+            let (tv, warnings) =
+                host.import_template(&a.name, &a.source()?, &a.message, &mut progress)?;
+            drop(progress);
+            for w in warnings {
+                out.warn(&format!("template {}: {w}", tv.reference()));
+            }
+            out.template_imported(&tv);
+        }
+        Command::Template(TemplateCommand::Update(UpdateArgs { run, src: a })) => {
+            let host = open(&cli)?;
+            let mut progress = out.progress(&format!("updating {}", a.name));
+            let (tv, warnings) = match run {
+                Some(cmd) => {
+                    // The command's output is the operator's to see, on stderr
+                    // when stdout carries JSON.
+                    let _stdout = cli.json.then(output::StdoutToStderr::new).transpose()?;
+                    host.build_template(&a.name, cmd, &a.message, &mut progress)?
+                }
+                None => host.update_template(&a.name, &a.source()?, &a.message, &mut progress)?,
             };
             drop(progress);
             for w in warnings {

@@ -46,11 +46,30 @@ impl Out {
     }
 
     /// A progress reporter for long work; prints to stderr only on a terminal.
+    ///
+    /// Stages of a multi-stage source (debootstrap's `retrieving`, `configuring`)
+    /// are also printed once each when stderr is not a terminal, for logs.
     pub fn progress(&self, what: &str) -> impl FnMut(Progress) + use<> {
-        let show = std::io::stderr().is_terminal() && !self.json;
+        let terminal = std::io::stderr().is_terminal();
+        let show = terminal && !self.json;
+        let log = !terminal && !self.json;
         let what = what.to_string();
         let mut last = Instant::now() - Duration::from_secs(1);
+        let mut stage = None;
         move |p: Progress| {
+            if let Some(s) = p.stage {
+                if log && stage != Some(s) {
+                    eprintln!("{what}: {s}");
+                }
+                stage = Some(s);
+                if show && last.elapsed() >= Duration::from_millis(100) {
+                    last = Instant::now();
+                    let mut err = std::io::stderr().lock();
+                    let _ = write!(err, "\r{what}: {s} ({})            ", p.files);
+                    let _ = err.flush();
+                }
+                return;
+            }
             if show && last.elapsed() >= Duration::from_millis(100) {
                 last = Instant::now();
                 let mut err = std::io::stderr().lock();
@@ -1014,5 +1033,26 @@ mod tests {
         assert_eq!(duration(65), "1m5s");
         assert_eq!(duration(3700), "1h1m");
         assert_eq!(duration(90000), "1d1h");
+    }
+}
+
+/// Sends what goes to stdout to stderr until dropped (a command's output while
+/// stdout is kept for JSON).
+pub struct StdoutToStderr(std::os::fd::OwnedFd);
+
+impl StdoutToStderr {
+    pub fn new() -> anyhow::Result<StdoutToStderr> {
+        use std::os::fd::AsFd;
+        std::io::stdout().flush()?;
+        let saved = std::io::stdout().as_fd().try_clone_to_owned()?;
+        nix::unistd::dup2_stdout(std::io::stderr().as_fd())?;
+        Ok(StdoutToStderr(saved))
+    }
+}
+
+impl Drop for StdoutToStderr {
+    fn drop(&mut self) {
+        let _ = std::io::stdout().flush();
+        let _ = nix::unistd::dup2_stdout(&self.0);
     }
 }

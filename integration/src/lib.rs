@@ -707,3 +707,120 @@ pub fn nc_send(ip: &str, port: u16, mib: u32) -> String {
         mib * 16
     )
 }
+
+/// A static file server over HTTP on 127.0.0.1 of the calling thread's network
+/// namespace (a test's own), for tests that fetch from a "remote" archive without
+/// leaving the machine. Stops when dropped.
+pub struct FileServer {
+    pub port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FileServer {
+    /// Serves the files below `dir` (GET and HEAD; 404 for anything else).
+    pub fn new(dir: &Path) -> Result<FileServer, String> {
+        sh(&["ip", "link", "set", "lo", "up"])?;
+        let listener =
+            std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (dir, flag) = (dir.to_path_buf(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if flag.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(conn) = conn {
+                    let dir = dir.clone();
+                    std::thread::spawn(move || serve_one(&dir, conn));
+                }
+            }
+        });
+        Ok(FileServer {
+            port,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// `http://127.0.0.1:PORT/path`.
+    pub fn url(&self, path: &str) -> String {
+        format!(
+            "http://127.0.0.1:{}/{}",
+            self.port,
+            path.trim_start_matches('/')
+        )
+    }
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Answers the requests of one connection (keep-alive, as wget uses it).
+fn serve_one(dir: &Path, conn: std::net::TcpStream) {
+    use std::io::{BufRead, BufReader};
+    let Ok(mut out) = conn.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(conn);
+    loop {
+        let mut request = String::new();
+        if reader.read_line(&mut request).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut header = String::new();
+        while reader.read_line(&mut header).unwrap_or(0) > 2 {
+            header.clear();
+        }
+        let mut parts = request.split_whitespace();
+        let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let path = percent_decode(target.split('?').next().unwrap_or(""));
+        let file = (!path.split('/').any(|c| c == ".."))
+            .then(|| dir.join(path.trim_start_matches('/')))
+            .filter(|p| p.is_file())
+            .and_then(|p| fs::read(p).ok());
+        let ok = match (&file, method) {
+            (Some(body), "GET" | "HEAD") => {
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n\r\n",
+                    body.len()
+                );
+                out.write_all(head.as_bytes()).is_ok()
+                    && (method == "HEAD" || out.write_all(body).is_ok())
+            }
+            _ => out
+                .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+                .is_ok(),
+        };
+        if !ok {
+            return;
+        }
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

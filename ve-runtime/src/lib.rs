@@ -50,4 +50,7 @@ pub use ve::{
     signal_name,
 };
 pub use ve_templates::Conflict;
-pub use ve_templates::{Error as TemplateError, Progress, Source, TemplateRef, TemplateVersion};
+pub use ve_templates::{
+    DEBIAN_MIRROR, Debootstrap, Error as TemplateError, Progress, Source, TemplateRef,
+    TemplateVersion,
+};

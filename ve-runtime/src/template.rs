@@ -1,12 +1,17 @@
 //! Templates as the host sees them: the template store backed by the pool.
 
+use std::fs;
 use std::io;
 use std::path::Path;
 
 use ve_templates::{Progress, Source, TemplateVersion, VolumeOps};
 
-use crate::error::Result;
+use crate::config::VeConfig;
+use crate::error::{Error, Result, io_err};
+use crate::exec::ExecOptions;
+use crate::fsutil::{Lock, remove_file};
 use crate::host::Host;
+use crate::ve::{CreateOptions, StopOptions};
 
 /// The pool's volumes, as the template store needs them.
 struct PoolVolumes<'a>(&'a quota::Pool);
@@ -24,6 +29,13 @@ impl VolumeOps for PoolVolumes<'_> {
     }
     fn delete(&self, path: &Path) -> io::Result<()> {
         self.0.delete_volume(path).map_err(to_io)
+    }
+    fn snapshot(&self, base: &Path, path: &Path) -> io::Result<bool> {
+        if self.0.backend() != quota::Backend::Btrfs || !quota::btrfs::is_subvolume(base) {
+            return Ok(false);
+        }
+        quota::btrfs::snapshot(base, path, false)?;
+        Ok(true)
     }
     fn usage(&self, path: &Path) -> io::Result<(u64, u64)> {
         quota::usage(path)
@@ -226,4 +238,196 @@ impl Host {
         }
         Ok(removed)
     }
+}
+
+/// The init of a build VE: it only has to keep the VE alive while the build
+/// command runs (the VE is killed afterwards).
+const BUILD_INIT: &str = "/bin/sh -c 'while :; do sleep 3600; done'";
+
+/// The build VE of template `name`: `build-NAME` (VE names have no '.' or '_').
+pub fn build_ve_name(name: &str) -> String {
+    let mut ve: String = format!("build-{name}")
+        .chars()
+        .map(|c| if c == '.' || c == '_' { '-' } else { c })
+        .collect();
+    ve.truncate(63);
+    ve
+}
+
+impl Host {
+    /// `template update NAME --run CMD`: runs `CMD` (with `/bin/sh -c`, its
+    /// output passed through) in a throwaway build VE on the latest version of
+    /// `name`, then publishes that version with the build's changes as the next
+    /// one. The published version itself is never written: the build VE sees it
+    /// as its overlay lower layer, and the new version starts as a copy of it (a
+    /// snapshot on btrfs) with the VE's private layer applied, deletions included.
+    ///
+    /// A failed command publishes nothing. The build VE is destroyed either way;
+    /// one left by a killed vectl (it is recorded under `builds/`) is destroyed by
+    /// the next build of the template.
+    pub fn build_template(
+        &self,
+        name: &str,
+        command: &str,
+        message: &str,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(TemplateVersion, Vec<String>)> {
+        ve_templates::validate_name(name)?;
+        let latest = self.templates().resolve(&ve_templates::TemplateRef {
+            name: name.to_string(),
+            version: None,
+        })?;
+        if command.trim().is_empty() {
+            return Err(Error::Host(format!(
+                "template {name}: --run needs a command"
+            )));
+        }
+        let _build = Lock::acquire(
+            &self
+                .root()
+                .join("locks")
+                .join(format!("template-build-{name}.lock")),
+        )?;
+        let ve = build_ve_name(name);
+        let builds = self.root().join("builds");
+        let marker = builds.join(&ve);
+        if VeConfig::load(&self.config_path(&ve))?.is_some() {
+            if !marker.exists() {
+                return Err(Error::Host(format!(
+                    "template {name}: its build VE would be {ve}, but a VE of that name exists that is not a build VE (rename or destroy it)"
+                )));
+            }
+            self.discard_build(&ve)?;
+        }
+        fs::create_dir_all(&builds).map_err(io_err(&builds))?;
+        fs::write(&marker, name).map_err(io_err(&marker))?;
+        let built = self.run_build(name, &ve, &latest, command, message, progress);
+        let discarded = self.discard_build(&ve);
+        let built = built?;
+        discarded?;
+        remove_file(&marker)?;
+        Ok(built)
+    }
+
+    fn run_build(
+        &self,
+        name: &str,
+        ve: &str,
+        base: &TemplateVersion,
+        command: &str,
+        message: &str,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(TemplateVersion, Vec<String>)> {
+        let in_build = |e: Error| Error::Host(format!("template {name}: build VE {ve}: {e}"));
+        let cfg = self
+            .create(&CreateOptions {
+                name: ve.to_string(),
+                template: base.reference(),
+                init: Some(BUILD_INIT.into()),
+                force: true,
+                ..CreateOptions::default()
+            })
+            .map_err(in_build)?;
+        self.start(ve, true).map_err(in_build)?;
+        crate::failpoint::hit("build-after-start");
+        let status = self
+            .exec(
+                ve,
+                &ExecOptions {
+                    // Builds never wait for input: apt, debconf and friends get none.
+                    argv: vec![
+                        "/bin/sh".into(),
+                        "-c".into(),
+                        format!("exec </dev/null\n{command}"),
+                    ],
+                    env: vec!["DEBIAN_FRONTEND=noninteractive".into()],
+                    workdir: Some("/".into()),
+                    ..ExecOptions::default()
+                },
+            )
+            .map_err(in_build)?;
+        if status != 0 {
+            return Err(Error::Host(format!(
+                "template {name}: the build command failed with exit status {status}; nothing was published"
+            )));
+        }
+        self.stop(
+            ve,
+            StopOptions {
+                fast: true,
+                ..StopOptions::default()
+            },
+        )
+        .map_err(in_build)?;
+        let layer = self.pool().ve_volume(ve).upper();
+        let lower = self.templates().path(base);
+        forget_vectl_files(&layer, &lower, !cfg.nics.is_empty())?;
+        let now = self.templates().resolve(&ve_templates::TemplateRef {
+            name: name.to_string(),
+            version: None,
+        })?;
+        if now.version != base.version {
+            return Err(Error::Host(format!(
+                "template {name}: {} was published while the build ran on {}; run the build again",
+                now.reference(),
+                base.reference()
+            )));
+        }
+        let source = Source::Build {
+            base: lower,
+            layer,
+            what: format!("run:{command} (on {})", base.reference()),
+        };
+        self.import_template(name, &source, message, progress)
+    }
+
+    /// Kills and destroys a build VE (missing is fine).
+    fn discard_build(&self, ve: &str) -> Result<()> {
+        if VeConfig::load(&self.config_path(ve))?.is_none() {
+            return Ok(());
+        }
+        let fast = StopOptions {
+            fast: true,
+            ..StopOptions::default()
+        };
+        match self.stop(ve, fast) {
+            Ok(_) | Err(Error::NotRunning(_)) => {}
+            Err(e) => return Err(e),
+        }
+        self.destroy(ve, true)
+    }
+}
+
+/// Takes out of a build VE's private layer what vectl itself wrote there at
+/// start, so it does not become part of the template: its lines in /etc/hosts
+/// (the file goes if nothing else changed) and /etc/resolv.conf, which vectl
+/// writes at every start of a VE on a network with name servers.
+fn forget_vectl_files(layer: &Path, lower: &Path, networked: bool) -> Result<()> {
+    if !networked {
+        return Ok(());
+    }
+    let etc = layer.join("etc");
+    if !fs::symlink_metadata(&etc).is_ok_and(|m| m.is_dir()) {
+        return Ok(());
+    }
+    let hosts = etc.join("hosts");
+    if fs::symlink_metadata(&hosts).is_ok_and(|m| m.is_file()) {
+        let text = fs::read_to_string(&hosts).map_err(io_err(&hosts))?;
+        let own: String = text
+            .lines()
+            .filter(|l| !l.ends_with("# vectl"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let base = fs::read_to_string(lower.join("etc/hosts")).unwrap_or_default();
+        if own == base {
+            remove_file(&hosts)?;
+        } else if own != text {
+            fs::write(&hosts, own).map_err(io_err(&hosts))?;
+        }
+    }
+    let resolv = etc.join("resolv.conf");
+    if fs::symlink_metadata(&resolv).is_ok_and(|m| m.is_file()) {
+        remove_file(&resolv)?;
+    }
+    Ok(())
 }

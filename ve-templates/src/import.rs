@@ -14,6 +14,7 @@ use nix::sys::stat::{Mode, SFlag, UtimensatFlags, mknod, utimensat};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, fchownat};
 
+use crate::debootstrap::Debootstrap;
 use crate::{Error, Result, io_err};
 
 /// Where a template version's tree comes from.
@@ -24,6 +25,16 @@ pub enum Source {
     /// A tar archive of a root file system: plain, `.gz` or `.zst` (detected from
     /// its first bytes, not its name).
     Tar(PathBuf),
+    /// A Debian or Ubuntu tree made by debootstrap from a mirror.
+    Debootstrap(Debootstrap),
+    /// A version's tree (`base`) with an overlayfs upper layer applied: what a
+    /// build VE on that version changed. `what` is recorded as the source
+    /// (`run:CMD on NAME@V`).
+    Build {
+        base: PathBuf,
+        layer: PathBuf,
+        what: String,
+    },
 }
 
 /// How far an import has got, for progress displays.
@@ -31,6 +42,9 @@ pub enum Source {
 pub struct Progress {
     pub files: u64,
     pub bytes: u64,
+    /// What a multi-stage source is doing (`retrieving`, `configuring`); `files`
+    /// then counts the stage's steps.
+    pub stage: Option<&'static str>,
 }
 
 impl Source {
@@ -55,6 +69,14 @@ impl Source {
                 }
                 fs::File::open(p).map_err(|e| bad(p, io_reason(&e)))?;
             }
+            Source::Debootstrap(d) => d.check()?,
+            Source::Build { base, layer, .. } => {
+                for p in [base, layer] {
+                    if !fs::metadata(p).map_err(|e| bad(p, io_reason(&e)))?.is_dir() {
+                        return Err(bad(p, "not a directory".into()));
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -64,11 +86,13 @@ impl Source {
         match self {
             Source::Dir(p) => format!("dir:{}", p.display()),
             Source::Tar(p) => format!("tar:{}", p.display()),
+            Source::Debootstrap(d) => d.describe(),
+            Source::Build { what, .. } => what.clone(),
         }
     }
 }
 
-fn io_reason(e: &io::Error) -> String {
+pub(crate) fn io_reason(e: &io::Error) -> String {
     match e.kind() {
         io::ErrorKind::NotFound => "no such file or directory".into(),
         io::ErrorKind::PermissionDenied => "permission denied".into(),
@@ -87,19 +111,28 @@ pub(crate) fn fill(
     let mut skipped = Skipped::default();
     match source {
         Source::Dir(src) => {
-            let mut copier = Copier {
-                links: HashMap::new(),
-                root_dev: fs::metadata(src).map_err(io_err(src))?.dev(),
-                progress: Progress::default(),
-                report: progress,
-                skipped: &mut skipped,
-            };
+            refuse_nesting(src, dest)?;
+            let mut copier = Copier::new(fs::metadata(src).map_err(io_err(src))?.dev(), progress);
             copier.copy_dir_contents(src, dest)?;
             let md = fs::symlink_metadata(src).map_err(io_err(src))?;
             apply_metadata(src, dest, &md)?;
             (copier.report)(copier.progress);
+            skipped = copier.skipped;
+        }
+        Source::Build { base, layer, .. } => {
+            // A pool that snapshots gave `dest` the base already.
+            let empty = fs::read_dir(dest).map_err(io_err(dest))?.next().is_none();
+            if empty {
+                let mut copier =
+                    Copier::new(fs::metadata(base).map_err(io_err(base))?.dev(), progress);
+                copier.copy_dir_contents(base, dest)?;
+                let md = fs::symlink_metadata(base).map_err(io_err(base))?;
+                apply_metadata(base, dest, &md)?;
+            }
+            crate::layer::apply(layer, dest, progress)?;
         }
         Source::Tar(archive) => unpack_tar(archive, dest, progress, &mut skipped)?,
+        Source::Debootstrap(d) => warnings.extend(d.fill(dest, progress)?),
     }
     if skipped.devices > 0 {
         warnings.push(format!(
@@ -129,6 +162,23 @@ pub(crate) fn fill(
     Ok(warnings)
 }
 
+/// Refuses a source directory that holds the new version itself (`/`, or any
+/// directory above the pool): the copy would never end.
+fn refuse_nesting(src: &Path, dest: &Path) -> Result<()> {
+    let src_abs = fs::canonicalize(src).map_err(io_err(src))?;
+    let dest_abs = fs::canonicalize(dest).map_err(io_err(dest))?;
+    if dest_abs.starts_with(&src_abs) {
+        return Err(Error::BadSource {
+            path: src.to_path_buf(),
+            reason: format!(
+                "holds the template store ({}): give a directory outside it",
+                dest_abs.parent().unwrap_or(&dest_abs).display()
+            ),
+        });
+    }
+    Ok(())
+}
+
 #[derive(Debug, Default)]
 struct Skipped {
     devices: u64,
@@ -137,16 +187,28 @@ struct Skipped {
     mounts: u64,
 }
 
-struct Copier<'a> {
+/// Copies trees with their metadata, hard links kept.
+pub(crate) struct Copier<'a> {
     /// Hard links seen: (dev, inode) of the source → first destination path.
     links: HashMap<(u64, u64), PathBuf>,
+    /// Directories on other devices (mounts) are not descended into.
     root_dev: u64,
-    progress: Progress,
-    report: &'a mut dyn FnMut(Progress),
-    skipped: &'a mut Skipped,
+    pub(crate) progress: Progress,
+    pub(crate) report: &'a mut dyn FnMut(Progress),
+    skipped: Skipped,
 }
 
-impl Copier<'_> {
+impl<'a> Copier<'a> {
+    pub(crate) fn new(root_dev: u64, report: &'a mut dyn FnMut(Progress)) -> Copier<'a> {
+        Copier {
+            links: HashMap::new(),
+            root_dev,
+            progress: Progress::default(),
+            report,
+            skipped: Skipped::default(),
+        }
+    }
+
     fn copy_dir_contents(&mut self, src: &Path, dst: &Path) -> Result<()> {
         let mut entries = fs::read_dir(src)
             .map_err(io_err(src))?
@@ -162,7 +224,7 @@ impl Copier<'_> {
         Ok(())
     }
 
-    fn copy_entry(&mut self, src: &Path, dst: &Path) -> Result<()> {
+    pub(crate) fn copy_entry(&mut self, src: &Path, dst: &Path) -> Result<()> {
         let md = fs::symlink_metadata(src).map_err(io_err(src))?;
         let ft = md.file_type();
         if !ft.is_dir() && md.nlink() > 1 {
@@ -214,7 +276,7 @@ impl Copier<'_> {
 
 /// Gives `dst` the owner, mode, extended attributes and times of `src`, in the order
 /// that keeps them: chown clears set-id bits and file capabilities, so it goes first.
-fn apply_metadata(src: &Path, dst: &Path, md: &fs::Metadata) -> Result<()> {
+pub(crate) fn apply_metadata(src: &Path, dst: &Path, md: &fs::Metadata) -> Result<()> {
     let is_link = md.file_type().is_symlink();
     fchownat(
         AT_FDCWD,

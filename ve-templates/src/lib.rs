@@ -14,14 +14,17 @@
 //! <name>/.staging-<version>  a version being built; removed if the build fails
 //! ```
 
+mod debootstrap;
 mod diff;
 mod dpkg;
 mod import;
+mod layer;
 mod store;
 
 use std::io;
 use std::path::PathBuf;
 
+pub use debootstrap::{DEFAULT_MIRROR as DEBIAN_MIRROR, Debootstrap};
 pub use diff::{Conflict, conflicts};
 pub use dpkg::{PackageChange, changes as package_changes, installed as installed_packages};
 pub use import::{Progress, Source};
@@ -92,4 +95,11 @@ pub trait VolumeOps {
     fn delete(&self, path: &std::path::Path) -> io::Result<()>;
     /// Space a volume takes: (allocated bytes, files).
     fn usage(&self, path: &std::path::Path) -> io::Result<(u64, u64)>;
+    /// Creates `path` as a writable copy of the volume `base` where the backend
+    /// can do that cheaply (a btrfs snapshot); returns false, creating nothing,
+    /// where it cannot.
+    fn snapshot(&self, base: &std::path::Path, path: &std::path::Path) -> io::Result<bool> {
+        let _ = (base, path);
+        Ok(false)
+    }
 }

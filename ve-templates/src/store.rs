@@ -260,7 +260,13 @@ impl TemplateStore {
             .max(highest)
             + 1;
         let staging = tdir.join(format!(".staging-{version}"));
-        volumes.create(&staging).map_err(vol_err)?;
+        let based = match source {
+            Source::Build { base, .. } => volumes.snapshot(base, &staging).map_err(vol_err)?,
+            _ => false,
+        };
+        if !based {
+            volumes.create(&staging).map_err(vol_err)?;
+        }
         let filled = import::fill(source, &staging, progress);
         let warnings = match filled {
             Ok(w) => w,

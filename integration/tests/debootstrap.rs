@@ -1,0 +1,227 @@
+//! `template import --debootstrap`: a real Debian tree from a mirror. The mirror
+//! is the small signed one scripts/debian-mirror.sh builds (test.sh runs it),
+//! served over HTTP on loopback inside the test's own network namespace.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::fs;
+use std::path::PathBuf;
+
+use integration::{FileServer, TestHost, skip};
+
+/// The local mirror, or `None` after a SKIP line saying how to make it.
+fn mirror(test: &str) -> Option<PathBuf> {
+    let dir = integration::repo_dir().join("target/debian-mirror");
+    if !dir.join("keyring.gpg").is_file() {
+        skip(
+            test,
+            "no local Debian mirror (scripts/debian-mirror.sh builds it; test.sh runs it)",
+        );
+        return None;
+    }
+    if integration::sh(&["sh", "-c", "command -v debootstrap"]).is_err() {
+        skip(test, "debootstrap is not installed");
+        return None;
+    }
+    Some(dir)
+}
+
+#[test]
+fn debootstrap_imports_a_debian_tree_with_packages() {
+    let test = "debootstrap_imports_a_debian_tree_with_packages";
+    let Some(dir) = mirror(test) else {
+        return;
+    };
+    let Some(h) = TestHost::bare(test) else {
+        return;
+    };
+    let server = FileServer::new(&dir).unwrap();
+    let suite = fs::read_to_string(dir.join("suite")).unwrap();
+    let include = fs::read_to_string(dir.join("include")).unwrap();
+    let keyring = dir.join("keyring.gpg");
+    let url = server.url("debian");
+    let r = h.run(&[
+        "template",
+        "import",
+        "deb",
+        "--debootstrap",
+        suite.trim(),
+        "--mirror",
+        &url,
+        "--variant",
+        "minbase",
+        "--include",
+        include.trim(),
+        "--keyring",
+        keyring.to_str().unwrap(),
+        "-m",
+        "base system",
+    ]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    // Progress, stage by stage, in a log (stderr is not a terminal here).
+    for stage in ["retrieving", "unpacking", "configuring"] {
+        assert!(
+            r.stderr.contains(&format!("importing deb: {stage}")),
+            "{}",
+            r.stderr
+        );
+    }
+    // minbase has no init: the operator is told.
+    assert!(r.stderr.contains("no /sbin/init"), "{}", r.stderr);
+
+    let show = h.json(&["template", "show", "deb@1"]);
+    assert_eq!(show["message"], "base system");
+    let source = show["source"].as_str().unwrap();
+    assert!(source.starts_with("debootstrap:bookworm "), "{source}");
+    assert!(
+        source.contains(&format!("include={}", include.trim())),
+        "{source}"
+    );
+    let tree = h.root().join("pool/templates/deb/1");
+    assert!(
+        fs::read_to_string(tree.join("etc/debian_version"))
+            .unwrap()
+            .starts_with("12"),
+    );
+    // Host-neutral: no downloaded packages, no host name, no host resolver.
+    let debs = fs::read_dir(tree.join("var/cache/apt/archives"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "deb")
+        })
+        .count();
+    assert_eq!(debs, 0);
+    assert_eq!(
+        fs::read_to_string(tree.join("etc/hostname")).unwrap(),
+        "localhost\n"
+    );
+    // The mirror is what the tree's apt uses.
+    let sources = fs::read_to_string(tree.join("etc/apt/sources.list")).unwrap();
+    assert!(sources.contains(&url), "{sources}");
+    // Nothing debootstrap mounted stayed behind.
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(h.root().to_str().unwrap()), "{mounts}");
+
+    // The package list is the dpkg database's: template show/log read it.
+    let log = h.json(&["template", "log", "deb"]);
+    assert!(log.as_array().unwrap().len() == 1, "{log}");
+
+    // A VE on it runs Debian's own programs.
+    h.ok(&[
+        "create",
+        "d",
+        "--template",
+        "deb",
+        "--net",
+        "none",
+        "--init",
+        "/bin/sleep infinity",
+    ]);
+    h.ok(&["start", "d"]);
+    let r = h.exec(
+        "d",
+        &["dpkg-query", "-W", "-f", "${Status}", include.trim()],
+    );
+    assert_eq!(r.stdout, "install ok installed", "{}", r.stderr);
+    let r = h.exec("d", &["cat", "/etc/os-release"]);
+    assert!(r.stdout.contains("Debian GNU/Linux 12"), "{}", r.stdout);
+    h.ok(&["stop", "d", "--fast"]);
+}
+
+#[test]
+fn a_failed_debootstrap_leaves_nothing() {
+    let test = "a_failed_debootstrap_leaves_nothing";
+    let Some(dir) = mirror(test) else {
+        return;
+    };
+    let Some(h) = TestHost::bare(test) else {
+        return;
+    };
+    let server = FileServer::new(&dir).unwrap();
+    let keyring = dir.join("keyring.gpg");
+    let url = server.url("debian");
+    // A suite the mirror does not have.
+    let e = h.fails(&[
+        "template",
+        "import",
+        "deb",
+        "--debootstrap",
+        "nosuchsuite",
+        "--mirror",
+        &url,
+        "--keyring",
+        keyring.to_str().unwrap(),
+    ]);
+    assert!(e.contains("debootstrap nosuchsuite"), "{e}");
+    assert!(e.contains("debootstrap failed"), "{e}");
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    // A package the mirror does not have: the progress lines of the log, then
+    // the error, one line.
+    let r = h.run(&[
+        "template",
+        "import",
+        "deb",
+        "--debootstrap",
+        "bookworm",
+        "--variant",
+        "minbase",
+        "--include",
+        "no-such-package",
+        "--mirror",
+        &url,
+        "--keyring",
+        keyring.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let lines: Vec<&str> = r.stderr.trim().lines().collect();
+    let e = lines.last().unwrap();
+    assert!(e.starts_with("vectl: debootstrap bookworm"), "{e}");
+    assert!(e.contains("no-such-package"), "{e}");
+    assert!(
+        lines[..lines.len() - 1]
+            .iter()
+            .all(|l| l.starts_with("importing deb: ")),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        h.json(&["template", "list"]).as_array().unwrap().is_empty(),
+        "a failed import published a version"
+    );
+    assert!(!h.root().join("pool/templates/deb").exists());
+    // Bad requests never start debootstrap.
+    for (args, want) in [
+        (vec!["--debootstrap", "../etc"], "invalid suite"),
+        (
+            vec!["--debootstrap", "bookworm", "--mirror", "ftp://x/"],
+            "--mirror",
+        ),
+        (
+            vec!["--debootstrap", "bookworm", "--keyring", "/nonexistent.gpg"],
+            "/nonexistent.gpg",
+        ),
+    ] {
+        let mut all = vec!["template", "import", "deb"];
+        all.extend(args);
+        let e = h.fails(&all);
+        assert!(e.contains(want), "{e}");
+    }
+    // --mirror without --debootstrap is a usage error.
+    let empty = tempfile::tempdir().unwrap();
+    let r = h.run(&[
+        "template",
+        "import",
+        "x",
+        "--from-dir",
+        empty.path().to_str().unwrap(),
+        "--mirror",
+        &url,
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+}
