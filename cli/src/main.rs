@@ -358,6 +358,12 @@ struct ImportArgs {
     /// A tar archive of it (plain, .gz or .zst).
     #[arg(long, group = "source", value_name = "FILE")]
     from_tar: Option<PathBuf>,
+    /// A local OCI image layout directory (`skopeo copy IMAGE oci:DIR`, or an
+    /// unpacked `docker save`): its image's layers applied in order, digests checked.
+    /// DIR:REF picks the image of that ref name; else the only image or the one for
+    /// this host's platform.
+    #[arg(long, group = "source", value_name = "DIR[:REF]")]
+    oci_layout: Option<PathBuf>,
     /// A note recorded with the version.
     #[arg(long, short, default_value = "")]
     message: String,
@@ -772,10 +778,11 @@ fn run(cli: Cli, at: &ArgPositions, out: &Out) -> Result<ExitCode> {
         }
         Command::Template(TemplateCommand::Import(a) | TemplateCommand::Update(a)) => {
             let update = matches!(&cli.command, Command::Template(TemplateCommand::Update(_)));
-            let source = match (&a.from_dir, &a.from_tar) {
-                (Some(d), _) => Source::Dir(d.clone()),
-                (None, Some(t)) => Source::Tar(t.clone()),
-                (None, None) => bail!("give --from-dir or --from-tar"),
+            let source = match (&a.from_dir, &a.from_tar, &a.oci_layout) {
+                (Some(d), _, _) => Source::Dir(d.clone()),
+                (None, Some(t), _) => Source::Tar(t.clone()),
+                (None, None, Some(o)) => Source::OciLayout(o.clone()),
+                (None, None, None) => bail!("give --from-dir, --from-tar or --oci-layout"),
             };
             let host = open(&cli)?;
             let mut progress = out.progress(&format!("importing {}", a.name));

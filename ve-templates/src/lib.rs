@@ -17,6 +17,7 @@
 mod diff;
 mod dpkg;
 mod import;
+mod oci;
 mod store;
 
 use std::io;
