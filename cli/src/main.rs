@@ -383,23 +383,33 @@ struct SourceArgs {
     debootstrap: Option<String>,
     /// The archive debootstrap installs from (http://, https:// or file:///).
     /// [default: http://deb.debian.org/debian]
-    #[arg(long, requires = "debootstrap", value_name = "URL")]
+    #[arg(long, requires = "debootstrap",
+        conflicts_with_all = ["from_dir", "from_tar", "oci_layout"], value_name = "URL")]
     mirror: Option<String>,
     /// Extra packages for debootstrap, comma-separated.
     #[arg(
         long,
         requires = "debootstrap",
+        conflicts_with_all = ["from_dir", "from_tar", "oci_layout"],
         value_name = "PKG,...",
         value_delimiter = ','
     )]
     include: Vec<String>,
     /// debootstrap's variant: minbase (the smallest tree), buildd, ...
-    #[arg(long, requires = "debootstrap", value_name = "VARIANT")]
+    #[arg(long, requires = "debootstrap",
+        conflicts_with_all = ["from_dir", "from_tar", "oci_layout"], value_name = "VARIANT")]
     variant: Option<String>,
     /// OpenPGP keyring the mirror's Release file is checked against (default: the
     /// Debian archive keyring).
-    #[arg(long, requires = "debootstrap", value_name = "FILE")]
+    #[arg(long, requires = "debootstrap",
+        conflicts_with_all = ["from_dir", "from_tar", "oci_layout"], value_name = "FILE")]
     keyring: Option<PathBuf>,
+    /// A local OCI image layout directory (`skopeo copy IMAGE oci:DIR`, or an
+    /// unpacked `docker save`): its image's layers applied in order, digests checked.
+    /// DIR:REF picks the image of that ref name; else the only image or the one for
+    /// this host's platform.
+    #[arg(long, group = "source", value_name = "DIR[:REF]")]
+    oci_layout: Option<PathBuf>,
     /// A note recorded with the version.
     #[arg(long, short, default_value = "")]
     message: String,
@@ -411,6 +421,8 @@ impl SourceArgs {
             Source::Dir(d.clone())
         } else if let Some(t) = &self.from_tar {
             Source::Tar(t.clone())
+        } else if let Some(o) = &self.oci_layout {
+            Source::OciLayout(o.clone())
         } else if let Some(suite) = &self.debootstrap {
             Source::Debootstrap(ve_runtime::Debootstrap {
                 suite: suite.clone(),
@@ -423,7 +435,7 @@ impl SourceArgs {
                 keyring: self.keyring.clone(),
             })
         } else {
-            bail!("give --from-dir, --from-tar or --debootstrap")
+            bail!("give --from-dir, --from-tar, --oci-layout or --debootstrap")
         })
     }
 }

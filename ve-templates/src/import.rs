@@ -1,13 +1,14 @@
-//! Filling a new template version from a source: a directory tree or a tar archive
-//! (plain, gzip or zstd). Ownership, modes, timestamps, hard links, symlinks and
-//! extended attributes (file capabilities among them) are kept. Device nodes are
-//! never imported: a VE's /dev is made by vectl at start.
+//! Filling a new template version from a source: a directory tree, a tar archive
+//! (plain, gzip or zstd) or an OCI image layout (oci.rs, which shares the tar
+//! extraction here). Ownership, modes, timestamps, hard links, symlinks and extended
+//! attributes (file capabilities among them) are kept. Device nodes are never
+//! imported: a VE's /dev is made by vectl at start.
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use nix::fcntl::{AT_FDCWD, AtFlags};
 use nix::sys::stat::{Mode, SFlag, UtimensatFlags, mknod, utimensat};
@@ -15,7 +16,7 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, fchownat};
 
 use crate::debootstrap::Debootstrap;
-use crate::{Error, Result, io_err};
+use crate::{Error, Result, io_err, oci};
 
 /// Where a template version's tree comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +36,11 @@ pub enum Source {
         layer: PathBuf,
         what: String,
     },
+    /// A local OCI image layout (`oci-layout`, `index.json`, `blobs/`): its image's
+    /// layers are applied in order with their whiteouts. `DIR:REF` picks the image
+    /// whose `org.opencontainers.image.ref.name` is REF when `DIR:REF` itself does
+    /// not exist.
+    OciLayout(PathBuf),
 }
 
 /// How far an import has got, for progress displays.
@@ -77,6 +83,9 @@ impl Source {
                     }
                 }
             }
+            Source::OciLayout(p) => {
+                oci::Image::open(p)?;
+            }
         }
         Ok(())
     }
@@ -88,6 +97,12 @@ impl Source {
             Source::Tar(p) => format!("tar:{}", p.display()),
             Source::Debootstrap(d) => d.describe(),
             Source::Build { what, .. } => what.clone(),
+            Source::OciLayout(p) => format!(
+                "oci:{}",
+                std::path::absolute(p)
+                    .unwrap_or_else(|_| p.clone())
+                    .display()
+            ),
         }
     }
 }
@@ -100,15 +115,26 @@ pub(crate) fn io_reason(e: &io::Error) -> String {
     }
 }
 
-/// Fills `dest` (an empty directory) from `source`. Returns warnings worth showing
-/// the operator (skipped device nodes, a tree without an init...).
+/// A filled tree: what to record and what to tell.
+#[derive(Debug)]
+pub(crate) struct Filled {
+    /// The source as the version's metadata records it (`oci:` ones name the
+    /// manifest's digest).
+    pub(crate) source: String,
+    /// Warnings worth showing the operator (skipped device nodes, a tree without an
+    /// init...).
+    pub(crate) warnings: Vec<String>,
+}
+
+/// Fills `dest` (an empty directory) from `source`.
 pub(crate) fn fill(
     source: &Source,
     dest: &Path,
     progress: &mut dyn FnMut(Progress),
-) -> Result<Vec<String>> {
+) -> Result<Filled> {
     let mut warnings = Vec::new();
     let mut skipped = Skipped::default();
+    let mut described = source.describe();
     match source {
         Source::Dir(src) => {
             refuse_nesting(src, dest)?;
@@ -131,8 +157,22 @@ pub(crate) fn fill(
             }
             crate::layer::apply(layer, dest, progress)?;
         }
-        Source::Tar(archive) => unpack_tar(archive, dest, progress, &mut skipped)?,
         Source::Debootstrap(d) => warnings.extend(d.fill(dest, progress)?),
+        Source::Tar(archive) => {
+            let mut unpacker = Unpacker::new(dest, progress, &mut skipped);
+            if unpacker.unpack(open_archive(archive)?, archive, None)? == 0 {
+                return Err(Error::BadArchive {
+                    path: archive.clone(),
+                    reason: "the archive is empty".into(),
+                });
+            }
+        }
+        Source::OciLayout(layout) => {
+            let image = oci::Image::open(layout)?;
+            warnings.extend(image.warnings.iter().cloned());
+            image.apply(&mut Unpacker::new(dest, progress, &mut skipped))?;
+            described = image.describe();
+        }
     }
     if skipped.devices > 0 {
         warnings.push(format!(
@@ -159,7 +199,10 @@ pub(crate) fn fill(
     if fs::symlink_metadata(&init).is_err() {
         warnings.push("the tree has no /sbin/init: VEs need `--init CMD`".into());
     }
-    Ok(warnings)
+    Ok(Filled {
+        source: described,
+        warnings,
+    })
 }
 
 /// Refuses a source directory that holds the new version itself (`/`, or any
@@ -179,8 +222,9 @@ fn refuse_nesting(src: &Path, dest: &Path) -> Result<()> {
     Ok(())
 }
 
+/// What an import left out, for the operator's warnings.
 #[derive(Debug, Default)]
-struct Skipped {
+pub(crate) struct Skipped {
     devices: u64,
     sockets: u64,
     unsafe_paths: u64,
@@ -334,21 +378,23 @@ fn is_unsupported(e: &io::Error) -> bool {
 }
 
 fn open_archive(path: &Path) -> Result<Box<dyn Read>> {
+    let file = BufReader::new(fs::File::open(path).map_err(io_err(path))?);
+    decompress(file, path)
+}
+
+/// The tar stream in `r`: plain, gzip or zstd, told by its first bytes. `path`
+/// names the archive in errors.
+pub(crate) fn decompress<'a>(mut r: impl BufRead + 'a, path: &Path) -> Result<Box<dyn Read + 'a>> {
     let bad = |reason: String| Error::BadArchive {
         path: path.to_path_buf(),
         reason,
     };
-    let mut file = BufReader::new(fs::File::open(path).map_err(io_err(path))?);
-    let mut magic = [0u8; 6];
-    let n = read_up_to(&mut file, &mut magic).map_err(io_err(path))?;
-    let magic = &magic[..n];
-    use std::io::Seek;
-    file.seek(io::SeekFrom::Start(0)).map_err(io_err(path))?;
+    let magic = r.fill_buf().map_err(io_err(path))?;
     if magic.starts_with(&[0x1f, 0x8b]) {
-        Ok(Box::new(flate2::read::MultiGzDecoder::new(file)))
+        Ok(Box::new(flate2::read::MultiGzDecoder::new(r)))
     } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        let dec = zstd::stream::read::Decoder::with_buffer(file)
-            .map_err(|e| bad(format!("zstd: {e}")))?;
+        let dec =
+            zstd::stream::read::Decoder::with_buffer(r).map_err(|e| bad(format!("zstd: {e}")))?;
         Ok(Box::new(dec))
     } else if magic.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
         Err(bad(
@@ -359,19 +405,8 @@ fn open_archive(path: &Path) -> Result<Box<dyn Read>> {
             "bzip2 compression is not supported; use gzip or zstd".into()
         ))
     } else {
-        Ok(Box::new(file))
+        Ok(Box::new(r))
     }
-}
-
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
 
 /// A tar error for people: no archive bytes quoted (the tar crate quotes the
@@ -396,53 +431,119 @@ fn tar_reason(e: &io::Error, members: u64) -> String {
     format!("member {}: {clean}", members + 1)
 }
 
-fn unpack_tar(
-    path: &Path,
-    dest: &Path,
-    progress: &mut dyn FnMut(Progress),
-    skipped: &mut Skipped,
-) -> Result<()> {
-    let bad = |reason: String| Error::BadArchive {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let mut archive = tar::Archive::new(open_archive(path)?);
-    archive.set_preserve_permissions(true);
-    archive.set_preserve_ownerships(true);
-    archive.set_preserve_mtime(true);
-    archive.set_unpack_xattrs(true);
-    archive.set_overwrite(true);
-    let mut done = Progress::default();
-    let mut members = 0u64;
-    for entry in archive.entries().map_err(|e| bad(tar_reason(&e, 0)))? {
-        let mut entry = entry.map_err(|e| bad(tar_reason(&e, members)))?;
-        members += 1;
-        let kind = entry.header().entry_type();
-        if kind.is_character_special() || kind.is_block_special() {
-            skipped.devices += 1;
-            continue;
-        }
-        let size = entry.header().size().unwrap_or(0);
-        let name = entry
-            .path()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
-        let unpacked = entry
-            .unpack_in(dest)
-            .map_err(|e| bad(format!("{name}: {e}")))?;
-        if !unpacked {
-            skipped.unsafe_paths += 1;
-            continue;
-        }
-        done.files += 1;
-        done.bytes += size;
-        if done.files.is_multiple_of(512) {
-            progress(done);
+/// What an OCI layer's rules make of a tar member.
+pub(crate) enum Member {
+    /// Extract it.
+    Extract,
+    /// The rules dealt with it (a whiteout): nothing is extracted.
+    Done,
+}
+
+/// Rules that see each member of a tar stream before it is extracted: an OCI
+/// layer's whiteouts.
+pub(crate) trait MemberRules {
+    /// `path` is the member's path inside the tree: relative, without `.` or `..`
+    /// components, empty for the root itself.
+    fn member(&mut self, dest: &Path, path: &Path, kind: tar::EntryType) -> Result<Member>;
+}
+
+/// Extracts tar streams into a tree, counting what it extracts and skips.
+pub(crate) struct Unpacker<'a> {
+    dest: &'a Path,
+    done: Progress,
+    report: &'a mut dyn FnMut(Progress),
+    skipped: &'a mut Skipped,
+}
+
+impl<'a> Unpacker<'a> {
+    pub(crate) fn new(
+        dest: &'a Path,
+        report: &'a mut dyn FnMut(Progress),
+        skipped: &'a mut Skipped,
+    ) -> Unpacker<'a> {
+        Unpacker {
+            dest,
+            done: Progress::default(),
+            report,
+            skipped,
         }
     }
-    if members == 0 {
-        return Err(bad("the archive is empty".into()));
+
+    /// Extracts every member of `reader`, the tar stream of `archive` (named in
+    /// errors), letting `rules` see each one first. Members are never written
+    /// outside the tree: `..` paths are skipped, absolute ones land inside it, and
+    /// nothing is written through a symlink that leads out. Device nodes are
+    /// skipped. Returns the number of members.
+    pub(crate) fn unpack(
+        &mut self,
+        reader: impl Read,
+        archive: &Path,
+        mut rules: Option<&mut dyn MemberRules>,
+    ) -> Result<u64> {
+        let bad = |reason: String| Error::BadArchive {
+            path: archive.to_path_buf(),
+            reason,
+        };
+        let mut tar = tar::Archive::new(reader);
+        tar.set_preserve_permissions(true);
+        tar.set_preserve_ownerships(true);
+        tar.set_preserve_mtime(true);
+        tar.set_unpack_xattrs(true);
+        tar.set_overwrite(true);
+        let mut members = 0u64;
+        for entry in tar.entries().map_err(|e| bad(tar_reason(&e, 0)))? {
+            let mut entry = entry.map_err(|e| bad(tar_reason(&e, members)))?;
+            members += 1;
+            let kind = entry.header().entry_type();
+            if kind.is_pax_global_extensions() {
+                continue;
+            }
+            let name = entry
+                .path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            let Some(path) = entry.path().ok().and_then(|p| inside(&p)) else {
+                self.skipped.unsafe_paths += 1;
+                continue;
+            };
+            if let Some(rules) = rules.as_deref_mut()
+                && let Member::Done = rules.member(self.dest, &path, kind)?
+            {
+                continue;
+            }
+            if kind.is_character_special() || kind.is_block_special() {
+                self.skipped.devices += 1;
+                continue;
+            }
+            let size = entry.header().size().unwrap_or(0);
+            let unpacked = entry
+                .unpack_in(self.dest)
+                .map_err(|e| bad(format!("{name}: {e}")))?;
+            if !unpacked {
+                self.skipped.unsafe_paths += 1;
+                continue;
+            }
+            self.done.files += 1;
+            self.done.bytes += size;
+            if self.done.files.is_multiple_of(512) {
+                (self.report)(self.done);
+            }
+        }
+        (self.report)(self.done);
+        Ok(members)
     }
-    progress(done);
-    Ok(())
+}
+
+/// A member's path made relative to the tree (leading `/` and `.` dropped); `None`
+/// if it has a `..` component.
+fn inside(path: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(part) => out.push(part),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+            Component::ParentDir => return None,
+        }
+    }
+    Some(out)
 }

@@ -19,6 +19,7 @@ mod diff;
 mod dpkg;
 mod import;
 mod layer;
+mod oci;
 mod store;
 
 use std::io;

@@ -73,7 +73,8 @@ pub struct TemplateVersion {
     pub version: u32,
     /// RFC 3339 UTC time of publishing.
     pub created: String,
-    /// Where it came from (`dir:/path`, `tar:/path/rootfs.tar.zst`).
+    /// Where it came from (`dir:/path`, `tar:/path/rootfs.tar.zst`,
+    /// `oci:/path@sha256:...`).
     pub source: String,
     /// Space the tree takes (allocated blocks, hard links once).
     pub size_bytes: u64,
@@ -267,17 +268,24 @@ impl TemplateStore {
         if !based {
             volumes.create(&staging).map_err(vol_err)?;
         }
-        let filled = import::fill(source, &staging, progress);
-        let warnings = match filled {
-            Ok(w) => w,
+        let filled = match import::fill(source, &staging, progress) {
+            Ok(f) => f,
             Err(e) => {
                 let _ = volumes.delete(&staging);
                 return Err(e);
             }
         };
-        let published = self.publish(name, version, tdir, &staging, source, message, volumes);
+        let published = self.publish(
+            name,
+            version,
+            tdir,
+            &staging,
+            &filled.source,
+            message,
+            volumes,
+        );
         match published {
-            Ok(meta) => Ok((meta, warnings)),
+            Ok(meta) => Ok((meta, filled.warnings)),
             Err(e) => {
                 let _ = volumes.delete(&staging);
                 let _ = fs::remove_file(self.meta_path(name, version));
@@ -293,7 +301,7 @@ impl TemplateStore {
         version: u32,
         tdir: &Path,
         staging: &Path,
-        source: &Source,
+        source: &str,
         message: &str,
         volumes: &dyn VolumeOps,
     ) -> Result<TemplateVersion> {
@@ -305,7 +313,7 @@ impl TemplateStore {
             name: name.to_string(),
             version,
             created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-            source: source.describe(),
+            source: source.to_string(),
             size_bytes: usage.0,
             files: usage.1,
             message: message.to_string(),
