@@ -16,6 +16,7 @@
 
 mod diff;
 mod dpkg;
+mod failpoint;
 mod import;
 mod store;
 
