@@ -546,7 +546,12 @@ impl Out {
         for m in h {
             rows.push(vec![
                 m.at.clone(),
-                m.action.clone(),
+                if m.pending {
+                    // Finished by the next command on the VE.
+                    format!("{} (interrupted)", m.action)
+                } else {
+                    m.action.clone()
+                },
                 m.from.clone(),
                 m.to.clone(),
                 m.snapshot.clone().unwrap_or_else(|| "-".into()),

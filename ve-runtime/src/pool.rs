@@ -39,8 +39,8 @@ pub struct VolumeUse {
 /// A problem `pool check` found, and whether `--repair` fixed it.
 #[derive(Debug, Clone, Serialize)]
 pub struct PoolProblem {
-    /// `orphan-volume`, `missing-volume`, `stale-qgroup`; and for information
-    /// only, `foreign-qgroup` and `held-qgroup`.
+    /// `orphan-volume`, `interrupted-move`, `missing-volume`, `stale-qgroup`;
+    /// and for information only, `foreign-qgroup` and `held-qgroup`.
     pub kind: &'static str,
     /// The VE, or the qgroup (`0/ID`).
     pub subject: String,
@@ -135,9 +135,10 @@ impl Host {
     }
 
     /// Finds (and with `repair`, fixes) what a crash can leave in the pool: a VE
-    /// volume without a config (a killed create or destroy: removed), a config
-    /// without a volume (an empty private layer is made, so the VE starts from
-    /// its template again), qgroups of deleted subvolumes (removed).
+    /// volume without a config (a killed create or destroy: removed), an
+    /// upgrade or rollback left pending (finished, see [`crate::upgrade`]), a
+    /// config without a volume (an empty private layer is made, so the VE
+    /// starts from its template again), qgroups of deleted subvolumes (removed).
     pub fn pool_check(&self, repair: bool) -> Result<Vec<PoolProblem>> {
         let _host = self.lock_host()?;
         let pool = self.pool();
@@ -159,6 +160,36 @@ impl Host {
                     pool.ve_volume(&name).dir.display()
                 ),
                 repaired,
+            });
+        }
+        for c in self.configs()? {
+            let Some(m) = c.history.last().filter(|m| m.pending) else {
+                continue;
+            };
+            let res = if repair {
+                self.finish_move_of(&c.name).map(|_| ())
+            } else {
+                Ok(())
+            };
+            let what = if m.action == "upgrade" {
+                "undone"
+            } else {
+                "completed"
+            };
+            out.push(PoolProblem {
+                kind: "interrupted-move",
+                subject: c.name.clone(),
+                detail: match &res {
+                    Err(e) => format!(
+                        "VE {}: its {} from {} to {} was killed; finishing it: {e}",
+                        c.name, m.action, m.from, m.to
+                    ),
+                    Ok(()) => format!(
+                        "VE {}: its {} from {} to {} was killed (the next command on it: {what})",
+                        c.name, m.action, m.from, m.to
+                    ),
+                },
+                repaired: repair && res.is_ok(),
             });
         }
         let (list, _) = self.list()?;
@@ -248,7 +279,7 @@ impl Host {
     pub fn snapshot_create(&self, name_or_id: &str, name: &str) -> Result<SnapshotMade> {
         let ve = self.resolve_existing(name_or_id)?;
         let _lock = self.lock_ve(&ve)?;
-        self.load_config(&ve)?;
+        self.finish_move(&mut self.load_config(&ve)?)?;
         let ((), consistency, frozen_ms) = self.with_layer_still(&ve, || {
             self.pool()
                 .create_snapshot(&ve, name)
@@ -316,7 +347,8 @@ impl Host {
     pub fn snapshot_remove(&self, name_or_id: &str, name: &str) -> Result<String> {
         let ve = self.resolve_existing(name_or_id)?;
         let _lock = self.lock_ve(&ve)?;
-        let cfg = self.load_config(&ve)?;
+        let mut cfg = self.load_config(&ve)?;
+        self.finish_move(&mut cfg)?;
         if let Some(m) = crate::upgrade::open_upgrades(&cfg.history)
             .into_iter()
             .find(|m| m.snapshot.as_deref() == Some(name))
@@ -337,13 +369,14 @@ impl Host {
     pub fn snapshot_restore(&self, name_or_id: &str, name: &str) -> Result<String> {
         let ve = self.resolve_existing(name_or_id)?;
         let _lock = self.lock_ve(&ve)?;
-        let cfg: VeConfig = self.load_config(&ve)?;
+        let mut cfg: VeConfig = self.load_config(&ve)?;
         if let Some(rs) = self.alive_state(&ve)? {
             return Err(Error::Host(format!(
                 "VE {ve}: running (init pid {}); stop it before restoring a snapshot",
                 rs.pid
             )));
         }
+        self.finish_move(&mut cfg)?;
         self.pool()
             .restore_snapshot(&ve, name)
             .map_err(|e| ve_storage(&ve, e))?;
@@ -372,6 +405,14 @@ impl Host {
     /// (`hostname` or `dst`), MACs and addresses on the same networks. Published
     /// ports are not copied (a host port belongs to one VE). A running source is
     /// frozen for the moment of the copy.
+    ///
+    /// Crash safety: `dst` exists once its config is written, last; a killed
+    /// clone leaves only leftovers under `dst`'s name (volume, mount directory,
+    /// id link, firewall entries), which the next clone, create or destroy of
+    /// `dst` removes (`pool check --repair` too). A source left frozen is thawed
+    /// by the next command on it (the frozen marker, see
+    /// [`Host::with_layer_still`]); its `.SRC.clone` snapshot (btrfs) is
+    /// replaced by the next clone from it and goes with its destroy.
     pub fn clone_ve(
         &self,
         src: &str,
@@ -392,14 +433,21 @@ impl Host {
         let _host = self.lock_host()?;
         let _src_lock = self.lock_ve(&src)?;
         let _dst_lock = self.lock_ve(dst)?;
-        let from = self.load_config(&src)?;
+        let mut from = self.load_config(&src)?;
+        // A killed upgrade or rollback of the source: its files and version
+        // agree before they are copied.
+        self.finish_move(&mut from)?;
         if let Some(existing) = VeConfig::load(&self.config_path(dst))? {
             return Err(Error::VeExists {
                 ve: dst.to_string(),
                 id: existing.id,
             });
         }
-        if self.tombstone_path(dst).exists() {
+        // What a killed clone, create or destroy of that name left.
+        let leftovers = self.tombstone_path(dst).exists()
+            || self.pool().ve_volume(dst).dir.symlink_metadata().is_ok()
+            || self.mount_dir(dst).symlink_metadata().is_ok();
+        if leftovers {
             self.finish_interrupted(dst)?;
         }
         let tref: ve_templates::TemplateRef = template.unwrap_or(&from.template).parse()?;
@@ -443,17 +491,24 @@ impl Host {
                     .pool()
                     .clone_source(&src)
                     .map_err(|e| ve_storage(&src, e))?;
-                copy(&from)
+                let copied = copy(&from);
+                crate::failpoint::hit("clone-while-frozen");
+                copied
             })?;
+            crate::failpoint::hit("clone-after-copy");
             (c, ms)
         } else {
             // A read-only snapshot in a moment, copied from afterwards.
             let (from, c, ms) = self.with_layer_still(&src, || {
-                self.pool()
+                let made = self
+                    .pool()
                     .clone_source(&src)
-                    .map_err(|e| ve_storage(&src, e))
+                    .map_err(|e| ve_storage(&src, e));
+                crate::failpoint::hit("clone-while-frozen");
+                made
             })?;
             let copied = copy(&from);
+            crate::failpoint::hit("clone-after-copy");
             let dropped = self.pool().drop_clone_source(&src);
             copied?;
             dropped.map_err(|e| ve_storage(&src, e))?;
@@ -471,6 +526,7 @@ impl Host {
             crate::fsutil::remove_file(&link)?;
             std::os::unix::fs::symlink(dst, &link).map_err(io_err(&link))?;
             self.firewall_ve(&cfg, true)?;
+            crate::failpoint::hit("clone-before-config");
             cfg.store(&self.config_path(dst))
         })();
         if let Err(e) = made {

@@ -168,12 +168,16 @@ impl Host {
     }
 
     /// Removes `NAME@VERSION`, or every version of `NAME`; refused while a VE
-    /// is pinned to one of them. Returns what was removed.
+    /// is pinned to one of them. Returns what was removed. What killed
+    /// removals left is deleted first (a version being removed is no longer
+    /// listed: removing it again finds no such version).
     pub fn remove_template(&self, reference: &str) -> Result<Vec<TemplateVersion>> {
         let r: ve_templates::TemplateRef = reference.parse()?;
         // VEs pick versions under the host lock (create): none can start using
         // one while it is checked and removed.
         let _host = self.lock_host()?;
+        self.templates()
+            .finish_removals(&PoolVolumes(self.pool()))?;
         self.all_configs_readable("template rm")?;
         let usage = self.template_usage(Some(&r.name))?;
         let doomed: Vec<&TemplateUsage> = match r.version {
@@ -220,9 +224,11 @@ impl Host {
     }
 
     /// Removes every version that is neither the latest of its template nor
-    /// used by a VE. Returns what was removed.
+    /// used by a VE, and what killed removals left. Returns what was removed.
     pub fn gc_templates(&self) -> Result<Vec<TemplateVersion>> {
         let _host = self.lock_host()?;
+        self.templates()
+            .finish_removals(&PoolVolumes(self.pool()))?;
         self.all_configs_readable("template gc")?;
         let mut removed = Vec::new();
         for u in self.template_usage(None)? {

@@ -1,6 +1,28 @@
 //! Change control for a VE's template version: the conflict report, upgrade
 //! (a snapshot of the VE's own files first), rollback (that snapshot back, and
 //! the previous version), and the history of these moves in the VE's config.
+//!
+//! # A killed move
+//!
+//! An upgrade or rollback changes two things that cannot change together: the
+//! VE's files (a snapshot taken, or restored) and its config (the version it is
+//! pinned to). So each move first stops the VE, then appends itself to the VE's
+//! history marked `pending` (an intent, written durably), then touches the
+//! files, and last writes the config again with the new version and the mark
+//! cleared. A vectl killed in between leaves a stopped VE whose history ends in
+//! a pending move, and the next command that changes the VE (start, upgrade,
+//! rollback, snapshot create/rm/restore, clone from it, a fleet rollout, `pool
+//! check --repair`) finishes it first ([`Host::finish_move`]):
+//!
+//! - a pending upgrade is undone: the config never left the old version and
+//!   the VE's files were not touched, so the snapshot (if it was taken) is
+//!   deleted and the record dropped, as if the upgrade had not begun;
+//! - a pending rollback is completed: the restore may have replaced the VE's
+//!   files already, so the snapshot is restored (again: it is read-only, the
+//!   result is the same) and the config moved back.
+//!
+//! A VE is thus never started, cloned or snapshotted with files that do not
+//! belong to the version it is pinned to. `vectl history` shows a pending move.
 
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +45,10 @@ pub struct TemplateMove {
     /// rollback restores.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
+    /// Begun and not finished: a vectl was killed during this move (only ever
+    /// the last entry; the next command finishes it, see the module docs).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
 }
 
 /// What `upgrade --check` finds.
@@ -58,9 +84,11 @@ pub struct FleetRow {
 }
 
 /// The upgrades not rolled back yet, oldest first: rollbacks undo the latest.
+/// A pending move does not count: a pending upgrade is undone by the next
+/// command, a pending rollback completed.
 pub(crate) fn open_upgrades(history: &[TemplateMove]) -> Vec<&TemplateMove> {
     let mut stack = Vec::new();
-    for m in history {
+    for m in history.iter().filter(|m| !m.pending) {
         match m.action.as_str() {
             "upgrade" => stack.push(m),
             "rollback" => {
@@ -112,7 +140,8 @@ impl Host {
 
     /// Moves VE `name` to template version `target`: refused on conflicts
     /// unless `force`; its own files are snapshotted first (what `rollback`
-    /// restores); a running VE is stopped (`stop`) and started again.
+    /// restores); a running VE is stopped (`stop`) and started again. Crash
+    /// safe through a pending history entry (see the module docs).
     pub fn upgrade(
         &self,
         name: &str,
@@ -131,6 +160,7 @@ impl Host {
             let _host = self.lock_host()?;
             let _lock = self.lock_ve(&ve)?;
             let mut cfg = self.load_config(&ve)?;
+            self.finish_move(&mut cfg)?;
             let check = self.check_locked(&cfg, target)?;
             if !check.conflicts.is_empty() && !force {
                 let paths: Vec<&str> = check.conflicts.iter().map(|c| c.path.as_str()).collect();
@@ -146,22 +176,39 @@ impl Host {
             if running {
                 self.stop_locked(&cfg, stop)?;
             }
+            crate::failpoint::hit("upgrade-after-stop");
             let snapshot = self.free_snapshot_name(&ve, "upgrade")?;
-            self.pool()
-                .create_snapshot(&ve, &snapshot)
-                .map_err(quota_err(&ve))?;
-            cfg.template = check.to.clone();
+            // The intent: until it is cleared, the next command undoes this.
             cfg.history.push(TemplateMove {
                 at: now(),
                 action: "upgrade".into(),
                 from: check.from.clone(),
                 to: check.to.clone(),
                 snapshot: Some(snapshot.clone()),
+                pending: true,
             });
-            if let Err(e) = cfg.store(&self.config_path(&ve)) {
-                let _ = self.pool().remove_snapshot(&ve, &snapshot);
+            cfg.store(&self.config_path(&ve))?;
+            crate::failpoint::hit("upgrade-after-intent");
+            let done = self
+                .pool()
+                .create_snapshot(&ve, &snapshot)
+                .map_err(quota_err(&ve))
+                .and_then(|()| {
+                    crate::failpoint::hit("upgrade-after-snapshot");
+                    cfg.template = check.to.clone();
+                    if let Some(m) = cfg.history.last_mut() {
+                        m.pending = false;
+                    }
+                    cfg.store(&self.config_path(&ve))
+                });
+            if let Err(e) = done {
+                // Undone now if it can be; else by the next command.
+                let _ = self
+                    .load_config(&ve)
+                    .and_then(|mut c| self.finish_move(&mut c));
                 return Err(e);
             }
+            crate::failpoint::hit("upgrade-before-restart");
             Moved {
                 ve: ve.clone(),
                 from: check.from,
@@ -184,13 +231,30 @@ impl Host {
 
     /// Undoes VE `name`'s latest upgrade that is not rolled back yet: its own
     /// files exactly as they were before it (the snapshot) and the version it
-    /// came from. A running VE is stopped and started again.
+    /// came from. A running VE is stopped and started again. If a move of the
+    /// VE was killed, finishing it is the whole rollback: a killed upgrade is
+    /// undone, a killed rollback completed (the VE stays stopped).
     pub fn rollback(&self, name: &str, stop: StopOptions) -> Result<Moved> {
         let ve = self.resolve_existing(name)?;
         let moved = {
             let _host = self.lock_host()?;
             let _lock = self.lock_ve(&ve)?;
             let mut cfg = self.load_config(&ve)?;
+            if let Some(m) = self.finish_move(&mut cfg)? {
+                let (from, to) = if m.action == "upgrade" {
+                    (m.to, m.from)
+                } else {
+                    (m.from, m.to)
+                };
+                return Ok(Moved {
+                    ve,
+                    from,
+                    to,
+                    snapshot: m.snapshot.unwrap_or_default(),
+                    restarted: false,
+                    conflicts: Vec::new(),
+                });
+            }
             let Some(last) = open_upgrades(&cfg.history).last().map(|m| (*m).clone()) else {
                 return Err(Error::Host(format!(
                     "VE {ve}: no upgrade to roll back (see `vectl history {ve}`)"
@@ -203,22 +267,27 @@ impl Host {
             if running {
                 self.stop_locked(&cfg, stop)?;
             }
-            self.pool()
-                .restore_snapshot(&ve, &snapshot)
-                .map_err(quota_err(&ve))?;
-            if let Some(crate::limits::Size(d)) = cfg.limits.disk {
-                let _ = self.pool().set_disk_limit(&ve, Some(d));
-            }
+            crate::failpoint::hit("rollback-after-stop");
             let from = cfg.template.clone();
-            cfg.template = last.from.clone();
+            // The intent: until it is cleared, the next command completes this.
             cfg.history.push(TemplateMove {
                 at: now(),
                 action: "rollback".into(),
                 from: from.clone(),
                 to: last.from.clone(),
                 snapshot: Some(snapshot.clone()),
+                pending: true,
             });
             cfg.store(&self.config_path(&ve))?;
+            crate::failpoint::hit("rollback-after-intent");
+            self.restore_for_rollback(&cfg, &snapshot)?;
+            crate::failpoint::hit("rollback-after-restore");
+            cfg.template = last.from.clone();
+            if let Some(m) = cfg.history.last_mut() {
+                m.pending = false;
+            }
+            cfg.store(&self.config_path(&ve))?;
+            crate::failpoint::hit("rollback-before-restart");
             Moved {
                 ve: ve.clone(),
                 from,
@@ -239,6 +308,75 @@ impl Host {
         Ok(moved)
     }
 
+    /// Puts VE `cfg`'s files back to an upgrade's snapshot, keeping its disk
+    /// limit. A failure leaves the pending rollback for the next command.
+    fn restore_for_rollback(&self, cfg: &VeConfig, snapshot: &str) -> Result<()> {
+        let ve = &cfg.name;
+        self.pool()
+            .restore_snapshot(ve, snapshot)
+            .map_err(quota_err(ve))
+            .map_err(|e| {
+                Error::Host(format!(
+                    "{e} (its rollback is not finished: the next command on VE {ve} tries again)"
+                ))
+            })?;
+        if let Some(crate::limits::Size(d)) = cfg.limits.disk {
+            let _ = self.pool().set_disk_limit(ve, Some(d));
+        }
+        Ok(())
+    }
+
+    /// Finishes the move a killed vectl left pending at the end of VE `cfg`'s
+    /// history (see the module docs): an upgrade is undone (its snapshot
+    /// deleted, the record dropped: the VE never left the old version), a
+    /// rollback completed (the snapshot restored, the config moved back).
+    /// `cfg` is updated and stored. Returns the move, `None` if none was
+    /// pending. The caller holds the VE's lock; the VE is stopped (a move
+    /// stops it before it writes its intent, and start finishes the move
+    /// first). Each step can be repeated, so a kill here is finished by the
+    /// next command too.
+    pub(crate) fn finish_move(&self, cfg: &mut VeConfig) -> Result<Option<TemplateMove>> {
+        let Some(m) = cfg.history.last().filter(|m| m.pending).cloned() else {
+            return Ok(None);
+        };
+        let ve = cfg.name.clone();
+        match m.action.as_str() {
+            "upgrade" => {
+                if let Some(snap) = &m.snapshot {
+                    match self.pool().remove_snapshot(&ve, snap) {
+                        Ok(()) | Err(quota::Error::NoSnapshot { .. }) => {}
+                        Err(e) => return Err(quota_err(&ve)(e)),
+                    }
+                }
+                cfg.history.pop();
+                cfg.template = m.from.clone();
+            }
+            "rollback" => {
+                let snap = m.snapshot.clone().unwrap_or_default();
+                self.restore_for_rollback(cfg, &snap)?;
+                cfg.template = m.to.clone();
+                if let Some(last) = cfg.history.last_mut() {
+                    last.pending = false;
+                }
+            }
+            other => {
+                return Err(Error::Host(format!(
+                    "VE {ve}: its history ends in an unknown pending move {other:?}"
+                )));
+            }
+        }
+        cfg.store(&self.config_path(&ve))?;
+        Ok(Some(m))
+    }
+
+    /// [`Host::finish_move`] of VE `ve` under its lock (for commands that do
+    /// not otherwise change it: a fleet rollout, `pool check --repair`).
+    pub(crate) fn finish_move_of(&self, ve: &str) -> Result<Option<TemplateMove>> {
+        let _lock = self.lock_ve(ve)?;
+        let mut cfg = self.load_config(ve)?;
+        self.finish_move(&mut cfg)
+    }
+
     /// Moves every VE on template version `from` to `to`, `batch` at a time (by
     /// id). After each batch, `health` runs (`sh -c`, output discarded) in each
     /// VE of it that runs; a VE whose check fails is rolled back and the rollout
@@ -255,6 +393,14 @@ impl Host {
     ) -> Result<Vec<FleetRow>> {
         let from_v = self.templates().resolve(&from.parse()?)?;
         let to_v = self.templates().resolve(&to.parse()?)?;
+        // Moves a killed vectl left pending (a killed rollout's) are finished
+        // first: every VE is then on the version its files belong to. One that
+        // cannot be finished is not on `from` (a rollback) or fails below.
+        for c in self.configs()? {
+            if c.history.last().is_some_and(|m| m.pending) {
+                let _ = self.finish_move_of(&c.name);
+            }
+        }
         let (ves, _) = self.list()?;
         let on: Vec<String> = ves
             .into_iter()
@@ -401,6 +547,7 @@ mod tests {
             from: from.into(),
             to: to.into(),
             snapshot: Some(format!("{action}-{to}")),
+            pending: false,
         }
     }
 
@@ -415,5 +562,29 @@ mod tests {
         assert_eq!(open.len(), 1);
         assert_eq!(open[0].to, "bb@2");
         assert!(open_upgrades(&h[..0]).is_empty());
+    }
+
+    #[test]
+    fn pending_moves_are_not_open_and_read_back() {
+        let mut h = vec![m("upgrade", "bb@1", "bb@2")];
+        h.push(TemplateMove {
+            pending: true,
+            ..m("rollback", "bb@2", "bb@1")
+        });
+        // A pending rollback has not undone the upgrade yet.
+        assert_eq!(open_upgrades(&h).len(), 1);
+        h[1] = TemplateMove {
+            pending: true,
+            ..m("upgrade", "bb@2", "bb@3")
+        };
+        // A pending upgrade is not one to roll back.
+        assert_eq!(open_upgrades(&h)[0].to, "bb@2");
+        let text = toml::to_string(&h[1]).unwrap();
+        assert!(text.contains("pending = true"), "{text}");
+        assert_eq!(toml::from_str::<TemplateMove>(&text).unwrap(), h[1]);
+        // Finished moves say nothing of it (configs read as before).
+        let text = toml::to_string(&h[0]).unwrap();
+        assert!(!text.contains("pending"), "{text}");
+        assert_eq!(toml::from_str::<TemplateMove>(&text).unwrap(), h[0]);
     }
 }

@@ -479,10 +479,12 @@ impl Host {
     pub fn start(&self, name_or_id: &str, force: bool) -> Result<RunState> {
         let ve = self.resolve_existing(name_or_id)?;
         self.ensure_nets_up(&ve)?;
-        let (_host, _lock, cfg) = self.lock_for_guarantees(&ve, None)?;
+        let (_host, _lock, mut cfg) = self.lock_for_guarantees(&ve, None)?;
         if let Some(rs) = self.alive_state(&ve)? {
             return Err(Error::AlreadyRunning { ve, pid: rs.pid });
         }
+        // A killed upgrade or rollback: its files and version agree first.
+        self.finish_move(&mut cfg)?;
         self.clean_up_stopped(&ve)?;
         let tref: ve_templates::TemplateRef = cfg.template.parse()?;
         let tv = self.templates().resolve(&tref).map_err(|e| Error::Start {

@@ -17,6 +17,7 @@
 mod debootstrap;
 mod diff;
 mod dpkg;
+mod failpoint;
 mod import;
 mod layer;
 mod oci;

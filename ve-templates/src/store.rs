@@ -337,10 +337,18 @@ impl TemplateStore {
     }
 
     /// Removes a published version. The caller has made sure no VE uses it (and
-    /// holds what keeps new VEs from picking it meanwhile). The version first
-    /// becomes a hidden `.removing-V`, so a killed removal leaves no half version:
-    /// the next import or removal of the template finishes it. The template's
-    /// directory goes with its last version.
+    /// holds what keeps new VEs from picking it meanwhile).
+    ///
+    /// One rename takes the version out of the listing before anything is
+    /// deleted, so a killed removal leaves the version either listed and intact
+    /// or gone, with hidden leftovers that the next removal, `template gc`
+    /// ([`TemplateStore::finish_removals`]) or import of the template deletes:
+    ///
+    /// - a version that is not the template's last becomes `NAME/.removing-V`;
+    /// - the last version takes the template's directory with it: `NAME/`
+    ///   becomes `.removing-NAME` (never a template name), so the whole
+    ///   template is gone in one step and a new import of the name starts at
+    ///   version 1, whether the removal was killed or not.
     pub fn remove(&self, name: &str, version: u32, volumes: &dyn VolumeOps) -> Result<()> {
         validate_name(name)?;
         let _lock = self.lock(name)?;
@@ -356,26 +364,104 @@ impl TemplateStore {
                 }
             });
         }
+        if self.versions(name)?.iter().all(|v| v.version == version) {
+            let doomed = self.dir.join(format!(".removing-{name}"));
+            // What a killed removal of an earlier template of that name left.
+            self.delete_removed_template(&doomed, volumes)?;
+            fs::rename(&tdir, &doomed).map_err(io_err(&tdir))?;
+            fs::File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(&self.dir))?;
+            crate::failpoint::hit("template-rm-after-rename");
+            return self.delete_removed_template(&doomed, volumes);
+        }
         let doomed = tdir.join(format!(".removing-{version}"));
         fs::rename(&path, &doomed).map_err(io_err(&path))?;
         fs::File::open(&tdir)
             .and_then(|d| d.sync_all())
             .map_err(io_err(&tdir))?;
-        self.remove_leftovers(&tdir, volumes)?;
-        if self.versions(name)?.is_empty() {
-            // The whole template is gone: a new import of the name starts at 1.
-            match fs::remove_file(tdir.join(HIGHEST)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err(&tdir)(e)),
-            }
-            match fs::remove_dir(&tdir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err(&tdir)(e)),
+        crate::failpoint::hit("template-rm-after-rename");
+        // The metadata first: what is left of a killed removal is named so.
+        let meta = self.meta_path(name, version);
+        match fs::remove_file(&meta) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&meta)(e)),
+        }
+        crate::failpoint::hit("template-rm-after-metadata");
+        // The tree, and what killed imports or removals left.
+        self.remove_leftovers(&tdir, volumes)
+    }
+
+    /// Deletes what killed removals left (see [`TemplateStore::remove`]):
+    /// `NAME/.removing-V` versions and `.removing-NAME` templates, each under
+    /// its template's lock.
+    pub fn finish_removals(&self, volumes: &dyn VolumeOps) -> Result<()> {
+        let rd = match fs::read_dir(&self.dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(&self.dir)(e)),
+        };
+        for entry in rd {
+            let entry = entry.map_err(io_err(&self.dir))?;
+            let fname = entry.file_name();
+            let Some(fname) = fname.to_str() else {
+                continue;
+            };
+            if let Some(name) = fname.strip_prefix(".removing-")
+                && validate_name(name).is_ok()
+            {
+                let _lock = self.lock(name)?;
+                self.delete_removed_template(&entry.path(), volumes)?;
+            } else if validate_name(fname).is_ok() {
+                let tdir = entry.path();
+                let killed = |d: &Path| {
+                    fs::read_dir(d).is_ok_and(|rd| {
+                        rd.flatten().any(|e| {
+                            e.file_name()
+                                .to_str()
+                                .is_some_and(|n| n.starts_with(".removing-"))
+                        })
+                    })
+                };
+                if killed(&tdir) {
+                    let _lock = self.lock(fname)?;
+                    if killed(&tdir) {
+                        self.remove_leftovers(&tdir, volumes)?;
+                    }
+                }
             }
         }
         Ok(())
+    }
+
+    /// Deletes a template directory renamed to `.removing-NAME`: its files
+    /// (metadata), then its version volumes (and staging leftovers), then
+    /// itself. Missing is fine. Called with the template's lock held.
+    fn delete_removed_template(&self, doomed: &Path, volumes: &dyn VolumeOps) -> Result<()> {
+        let rd = match fs::read_dir(doomed) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(doomed)(e)),
+        };
+        let mut trees = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(io_err(doomed))?;
+            let path = entry.path();
+            if entry.file_type().map_err(io_err(&path))?.is_dir() {
+                trees.push(path);
+            } else {
+                fs::remove_file(&path).map_err(io_err(&path))?;
+            }
+        }
+        crate::failpoint::hit("template-rm-after-metadata");
+        for t in trees {
+            volumes.delete(&t).map_err(|source| Error::Volume {
+                name: t.display().to_string(),
+                source,
+            })?;
+        }
+        fs::remove_dir(doomed).map_err(io_err(doomed))
     }
 
     /// Removes what a killed import or removal left: staging and removing

@@ -831,3 +831,75 @@ pub fn timed_dd(h: &TestHost, ve: &str, args: &[&str]) -> f64 {
     );
     secs
 }
+
+// ---- Leftovers of killed commands (crash tests) ----
+
+/// Whether the VE's cgroup is frozen (v1 freezer.state, v2 cgroup.freeze).
+pub fn frozen(h: &TestHost, ve: &str) -> bool {
+    let d = h.cgroup_dir("freezer", ve);
+    if let Ok(s) = fs::read_to_string(d.join("freezer.state")) {
+        return s.trim() != "THAWED";
+    }
+    fs::read_to_string(d.join("cgroup.freeze")).is_ok_and(|s| s.trim() == "1")
+}
+
+/// Asserts that the state directory holds nothing a killed command left: the
+/// pool's `ves/` and `snapshots/`, `mnt/` and `ids/` hold only listed VEs (no
+/// hidden `.VE.clone`/`.restore`/`.old` volumes), `run/` no `.frozen` marker, and
+/// the template store only published versions (no `.removing-*`, `.staging-*`,
+/// metadata without a tree).
+#[track_caller]
+pub fn assert_no_leftovers(h: &TestHost) {
+    let ves: Vec<(String, u64)> = h
+        .json(&["list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["name"].as_str().unwrap().to_string(),
+                v["id"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let known = |n: &str| ves.iter().any(|(v, _)| v == n);
+    let names = |d: &Path| -> Vec<String> {
+        fs::read_dir(d)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let root = h.root();
+    for sub in ["pool/ves", "pool/snapshots", "mnt"] {
+        for n in names(&root.join(sub)) {
+            assert!(known(&n), "{sub}/{n} left (listed VEs: {ves:?})");
+        }
+    }
+    for n in names(&root.join("ids")) {
+        let target = fs::read_link(root.join("ids").join(&n)).unwrap();
+        let target = target.to_string_lossy();
+        assert!(
+            ves.iter()
+                .any(|(v, id)| *v == target && id.to_string() == n),
+            "ids/{n} -> {target} left (listed VEs: {ves:?})"
+        );
+    }
+    for n in names(&root.join("run")) {
+        assert!(!n.ends_with(".frozen"), "run/{n} left");
+    }
+    let store = root.join("pool/templates");
+    for t in names(&store) {
+        assert!(!t.starts_with('.'), "pool/templates/{t} left");
+        let tdir = store.join(&t);
+        for n in names(&tdir) {
+            let ok = n == ".highest"
+                || n.parse::<u32>().is_ok()
+                || n.strip_suffix(".toml")
+                    .is_some_and(|v| v.parse::<u32>().is_ok() && tdir.join(v).is_dir());
+            assert!(ok, "pool/templates/{t}/{n} left");
+        }
+    }
+}
