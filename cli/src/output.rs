@@ -1028,19 +1028,6 @@ fn print_table(rows: &[Vec<String>]) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_read_like_uptime() {
-        assert_eq!(duration(5), "5s");
-        assert_eq!(duration(65), "1m5s");
-        assert_eq!(duration(3700), "1h1m");
-        assert_eq!(duration(90000), "1d1h");
-    }
-}
-
 /// Sends what goes to stdout to stderr until dropped (a command's output while
 /// stdout is kept for JSON).
 pub struct StdoutToStderr(std::os::fd::OwnedFd);
@@ -1059,5 +1046,18 @@ impl Drop for StdoutToStderr {
     fn drop(&mut self) {
         let _ = std::io::stdout().flush();
         let _ = nix::unistd::dup2_stdout(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_uptime() {
+        assert_eq!(duration(5), "5s");
+        assert_eq!(duration(65), "1m5s");
+        assert_eq!(duration(3700), "1h1m");
+        assert_eq!(duration(90000), "1d1h");
     }
 }
