@@ -34,6 +34,11 @@ fi
 step "build"
 cargo build --workspace --bins
 
+step "the debootstrap test's local Debian mirror (downloaded once)"
+if ! scripts/debian-mirror.sh; then
+    echo "test.sh: no local Debian mirror: the debootstrap tests will SKIP"
+fi
+
 step "unit and integration tests (real kernel, $(uname -r))"
 cargo test --workspace --no-fail-fast
 

@@ -18,6 +18,9 @@ packages=(
     util-linux        # unshare, script
     iproute2          # ip, for tests that build a LAN in a network namespace
     nftables          # nft: NAT, published ports, isolation and anti-spoofing rules
+    debootstrap       # template import --debootstrap
+    apt-utils         # apt-ftparchive: the local Debian mirror of the debootstrap test
+    gnupg             # gpg: signs that mirror with a throwaway key
     procps
 )
 

@@ -21,6 +21,9 @@
 //! - clone: `vectl clone` of a stopped VE with 10 MB of its own files
 //! - upgrade / rollback of a running VE to another template version (restart
 //!   included, `--fast` stop: busybox init's own halt takes 3 s)
+//! - template build: `template update bb --run true`, all of it overhead (build
+//!   VE create, start, exec, kill, destroy; snapshot of the version, layer
+//!   applied, new version published)
 //! - sharing: page cache growth when 20 VEs on one template version read the same
 //!   64 MiB template file (evicted first), against one copy of it
 //! - network: `vectl start` of a VE on the default nat network against one with
@@ -130,6 +133,7 @@ fn main() {
     if btrfs {
         storage.extend(upgrade_figures(h, runs));
     }
+    storage.extend(build_figures(h, runs));
     storage.extend(sharing_figures(h));
     let limits = ["--ram", "64M", "--cpu-limit", "50%", "--pids", "200"];
     // Warm up caches (binary, template pages).
@@ -559,6 +563,21 @@ fn upgrade_figures(h: &TestHost, runs: usize) -> Vec<(String, f64)> {
             median(&mut down),
         ),
     ]
+}
+
+/// `template update --run true`: what a build costs beyond its command.
+fn build_figures(h: &TestHost, runs: usize) -> Vec<(String, f64)> {
+    let mut t = Vec::new();
+    for _ in 0..runs.min(10) {
+        t.push(timed(|| {
+            h.ok(&["template", "update", "bb", "--run", "true"]);
+        }));
+    }
+    h.ok(&["template", "gc"]);
+    vec![(
+        "template update --run true, all overhead (ms)".into(),
+        median(&mut t),
+    )]
 }
 
 /// Template files are shared in the page cache: 20 VEs read one 64 MiB file of
