@@ -14,23 +14,11 @@ use std::fs;
 
 use common::*;
 
-/// Publishes the busybox tree plus /etc/app.conf = `app` as the next version of
-/// template `name`.
+/// A btrfs host with bb@1 (busybox) and bb@2 (with /etc/app.conf `v2`).
 fn publish(h: &TestHost, name: &str, app: &str) {
-    let work = tempfile::tempdir().unwrap();
-    let tree = work.path().join("rootfs");
-    integration::copy_busybox_rootfs(&tree).unwrap();
-    fs::write(tree.join("etc/app.conf"), app).unwrap();
-    h.ok(&[
-        "template",
-        "import",
-        name,
-        "--from-dir",
-        tree.to_str().unwrap(),
-    ]);
+    publish_busybox(h, name, |t| fs::write(t.join("etc/app.conf"), app).unwrap());
 }
 
-/// A btrfs host with bb@1 (busybox) and bb@2 (with /etc/app.conf `v2`).
 fn host(test: &str) -> Option<TestHost> {
     let h = TestHost::with_btrfs(test, "1G")?;
     publish(&h, "bb", "v2\n");

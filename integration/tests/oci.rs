@@ -72,16 +72,6 @@ fn layer(entries: &[(&str, u32, Option<&str>)]) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
-/// The versions `template list --json` shows, as `name@version`.
-fn versions(h: &TestHost) -> Vec<String> {
-    h.json(&["template", "list"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| format!("{}@{}", t["name"].as_str().unwrap(), t["version"]))
-        .collect()
-}
-
 /// What a template's directory holds, hidden entries included.
 fn entries(dir: &Path) -> Vec<String> {
     let mut out: Vec<String> = fs::read_dir(dir)
@@ -215,7 +205,7 @@ fn import_an_oci_layout_with_whiteouts_and_run_a_ve_on_it() {
     let named = format!("{dir}:bb-oci");
     let out = h.ok(&["template", "update", "oci", "--oci-layout", &named]);
     assert!(out.contains("oci@2"), "{out}");
-    assert_eq!(versions(&h), ["bb@1", "oci@1", "oci@2"]);
+    assert_eq!(template_versions(&h), ["bb@1", "oci@1", "oci@2"]);
 
     // Corrupt layouts: one line naming the file, no new version, no leftovers.
     let bad = w.join("bad");
@@ -252,7 +242,7 @@ fn import_an_oci_layout_with_whiteouts_and_run_a_ve_on_it() {
             "missing blob sha256:",
         ),
     ];
-    let before = versions(&h);
+    let before = template_versions(&h);
     for (what, corrupt, file, reason) in &cases {
         reset();
         corrupt();
@@ -267,7 +257,7 @@ fn import_an_oci_layout_with_whiteouts_and_run_a_ve_on_it() {
                 "{what}: {args:?}: {e}"
             );
         }
-        assert_eq!(versions(&h), before, "{what}");
+        assert_eq!(template_versions(&h), before, "{what}");
         assert_eq!(
             entries(&h.root().join("pool/templates/oci")),
             [".highest", "1", "1.toml", "2", "2.toml"],

@@ -26,19 +26,11 @@ fn host(test: &str, btrfs: bool) -> Option<TestHost> {
     } else {
         TestHost::new(test)?
     };
-    let work = tempfile::tempdir().unwrap();
-    let tree = work.path().join("rootfs");
-    integration::copy_busybox_rootfs(&tree).unwrap();
-    fs::write(tree.join("etc/app.conf"), "v1\n").unwrap();
-    fs::create_dir(tree.join("etc/olddir")).unwrap();
-    fs::write(tree.join("etc/olddir/x"), "x\n").unwrap();
-    h.ok(&[
-        "template",
-        "update",
-        "bb",
-        "--from-dir",
-        tree.to_str().unwrap(),
-    ]);
+    publish_busybox(&h, "bb", |tree| {
+        fs::write(tree.join("etc/app.conf"), "v1\n").unwrap();
+        fs::create_dir(tree.join("etc/olddir")).unwrap();
+        fs::write(tree.join("etc/olddir/x"), "x\n").unwrap();
+    });
     h.ok(&["template", "rm", "bb@1"]);
     Some(h)
 }

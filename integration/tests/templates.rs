@@ -34,23 +34,13 @@ fn have(prog: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// The versions `template list --json` shows, as `name@version`.
-fn versions(h: &TestHost) -> Vec<String> {
-    h.json(&["template", "list"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| format!("{}@{}", t["name"].as_str().unwrap(), t["version"]))
-        .collect()
-}
-
 #[test]
 fn the_fixture_import_from_a_directory_is_bb_1() {
     let Some(h) = TestHost::new("the_fixture_import_from_a_directory_is_bb_1") else {
         return;
     };
     let list = h.json(&["template", "list"]);
-    assert_eq!(versions(&h), ["bb@1"]);
+    assert_eq!(template_versions(&h), ["bb@1"]);
     let t = &list[0];
     assert!(t["files"].as_u64().unwrap() > 100, "{t}");
     assert!(t["size_bytes"].as_u64().unwrap() > 500_000, "{t}");
@@ -121,7 +111,7 @@ fn import_from_tar_gz_and_zst_archives() {
     let mut want: Vec<String> = archives.iter().map(|(n, _)| format!("{n}@1")).collect();
     want.push("bb@1".into());
     want.sort();
-    let mut got = versions(&h);
+    let mut got = template_versions(&h);
     got.sort();
     assert_eq!(got, want);
 }
@@ -144,7 +134,7 @@ fn a_second_import_is_the_next_version_and_ves_stay_pinned() {
         v2.to_str().unwrap(),
     ]);
     assert!(out.contains("bb@2"), "{out}");
-    assert_eq!(versions(&h), ["bb@1", "bb@2"]);
+    assert_eq!(template_versions(&h), ["bb@1", "bb@2"]);
 
     h.ok(&["create", "pinned", "--template", "bb@1"]);
     h.ok(&["create", "latest", "--template", "bb"]);
@@ -233,11 +223,11 @@ fn update_usage_log_rm_and_gc_keep_the_versions_ves_use() {
         h.ok(&["template", "gc"])
             .contains("no template version removed")
     );
-    assert_eq!(versions(&h), ["bb@1", "bb@2"]);
+    assert_eq!(template_versions(&h), ["bb@1", "bb@2"]);
     // Unused and not the latest: gc takes it.
     h.ok(&["destroy", "--force", "old"]);
     assert!(h.ok(&["template", "gc"]).contains("removed bb@1"));
-    assert_eq!(versions(&h), ["bb@2"]);
+    assert_eq!(template_versions(&h), ["bb@2"]);
     assert!(!h.root().join("pool/templates/bb/1").exists());
     assert!(!h.root().join("pool/templates/bb/1.toml").exists());
     // The latest stays through gc; `rm` takes it once no VE uses it.
@@ -265,7 +255,7 @@ fn update_usage_log_rm_and_gc_keep_the_versions_ves_use() {
     h.ok(&["template", "rm", "bb@4"]);
     h.ok(&["destroy", "--force", "new"]);
     h.ok(&["template", "rm", "bb@2"]);
-    assert!(versions(&h).is_empty());
+    assert!(template_versions(&h).is_empty());
     assert!(!h.root().join("pool/templates/bb").exists());
 
     // Bad input: one line each, nothing changed.
@@ -308,7 +298,7 @@ fn template_versions_on_the_btrfs_pool_are_removed_with_their_subvolumes() {
     h.ok(&["create", "v", "--template", "bb@2"]);
     // bb@1: a read-only subvolume nobody uses.
     assert!(h.ok(&["template", "gc"]).contains("removed bb@1"));
-    assert_eq!(versions(&h), ["bb@2"]);
+    assert_eq!(template_versions(&h), ["bb@2"]);
     assert!(!h.root().join("pool/templates/bb/1").exists());
     h.ok(&["start", "v"]);
     assert_eq!(h.exec("v", &["test", "-x", "/bin/busybox"]).code, 0);

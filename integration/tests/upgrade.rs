@@ -7,22 +7,8 @@ mod common;
 
 use std::fs;
 
+use common::publish_busybox;
 use integration::TestHost;
-
-/// Publishes the busybox tree plus /etc/app.conf = `app` as the next bb version.
-fn publish(h: &TestHost, app: &str) {
-    let work = tempfile::tempdir().unwrap();
-    let tree = work.path().join("rootfs");
-    integration::copy_busybox_rootfs(&tree).unwrap();
-    fs::write(tree.join("etc/app.conf"), app).unwrap();
-    h.ok(&[
-        "template",
-        "update",
-        "bb",
-        "--from-dir",
-        tree.to_str().unwrap(),
-    ]);
-}
 
 fn cat(h: &TestHost, ve: &str, path: &str) -> String {
     h.exec(ve, &["cat", path]).stdout
@@ -33,8 +19,12 @@ fn upgrade_reports_conflicts_snapshots_and_rolls_back_exactly() {
     let Some(h) = TestHost::with_btrfs("upgrade_rollback", "1G") else {
         return;
     };
-    publish(&h, "v2\n"); // bb@2
-    publish(&h, "v3\n"); // bb@3
+    publish_busybox(&h, "bb", |t| {
+        fs::write(t.join("etc/app.conf"), "v2\n").unwrap()
+    }); // bb@2
+    publish_busybox(&h, "bb", |t| {
+        fs::write(t.join("etc/app.conf"), "v3\n").unwrap()
+    }); // bb@3
     h.ok(&["create", "u", "--template", "bb@2", "--disk", "64M"]);
     h.ok(&["start", "u"]);
     let r = h.exec(
@@ -147,8 +137,12 @@ fn a_fleet_rollout_halts_and_rolls_back_at_a_failed_health_check() {
     let Some(h) = TestHost::with_btrfs("upgrade_fleet", "1G") else {
         return;
     };
-    publish(&h, "v2\n"); // bb@2
-    publish(&h, "v3\n"); // bb@3
+    publish_busybox(&h, "bb", |t| {
+        fs::write(t.join("etc/app.conf"), "v2\n").unwrap()
+    }); // bb@2
+    publish_busybox(&h, "bb", |t| {
+        fs::write(t.join("etc/app.conf"), "v3\n").unwrap()
+    }); // bb@3
     for i in 1..=5 {
         let ve = format!("f{i}");
         h.ok(&["create", &ve, "--template", "bb@2"]);

@@ -903,3 +903,29 @@ pub fn assert_no_leftovers(h: &TestHost) {
         }
     }
 }
+
+/// Publishes the busybox tree, changed by `edit`, as the next version of
+/// template `name` (`template import`, which also adds versions).
+pub fn publish_busybox(h: &TestHost, name: &str, edit: impl FnOnce(&Path)) {
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("rootfs");
+    integration::copy_busybox_rootfs(&tree).unwrap();
+    edit(&tree);
+    h.ok(&[
+        "template",
+        "import",
+        name,
+        "--from-dir",
+        tree.to_str().unwrap(),
+    ]);
+}
+
+/// The versions `template list --json` shows, as `name@version`.
+pub fn template_versions(h: &TestHost) -> Vec<String> {
+    h.json(&["template", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| format!("{}@{}", t["name"].as_str().unwrap(), t["version"]))
+        .collect()
+}
