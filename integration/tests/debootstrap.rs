@@ -108,16 +108,34 @@ fn debootstrap_imports_a_debian_tree_with_packages() {
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(h.root().to_str().unwrap()), "{mounts}");
 
-    // The package list is the dpkg database's: template show/log read it.
+    // A build on the real tree: dpkg runs in the build VE, and the log shows
+    // the package change between the versions (from their dpkg databases).
+    let r = h.run(&[
+        "template",
+        "update",
+        "deb",
+        "--run",
+        &format!("dpkg --purge {}", include.trim()),
+    ]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     let log = h.json(&["template", "log", "deb"]);
-    assert!(log.as_array().unwrap().len() == 1, "{log}");
+    assert_eq!(log.as_array().unwrap().len(), 2, "{log}");
+    assert_eq!(log[1]["packages"][0]["package"], include.trim(), "{log}");
+    assert_eq!(
+        log[1]["packages"][0]["to"],
+        serde_json::Value::Null,
+        "{log}"
+    );
+    assert_eq!(log[1]["packages"].as_array().unwrap().len(), 1, "{log}");
+    assert!(tree.join("etc/protocols").exists(), "deb@1 changed");
+    assert!(!h.root().join("pool/templates/deb/2/etc/protocols").exists());
 
     // A VE on it runs Debian's own programs.
     h.ok(&[
         "create",
         "d",
         "--template",
-        "deb",
+        "deb@1",
         "--net",
         "none",
         "--init",
