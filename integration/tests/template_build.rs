@@ -150,6 +150,7 @@ fn a_failed_build_publishes_nothing() {
     assert_eq!(e.trim().lines().count(), 1, "{e}");
     assert_eq!(listing(&tdir), before);
     assert!(ve_names(&h).is_empty());
+    assert_eq!(fs::read_dir(h.root().join("builds")).unwrap().count(), 0);
 
     // Bad input: unknown template, empty command.
     let e = h.fails(&["template", "update", "nosuch", "--run", "true"]);

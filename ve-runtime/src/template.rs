@@ -309,9 +309,11 @@ impl Host {
         fs::write(&marker, name).map_err(io_err(&marker))?;
         let built = self.run_build(name, &ve, &latest, command, message, progress);
         let discarded = self.discard_build(&ve);
+        if discarded.is_ok() {
+            remove_file(&marker)?;
+        }
         let built = built?;
         discarded?;
-        remove_file(&marker)?;
         Ok(built)
     }
 
