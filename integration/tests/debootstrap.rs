@@ -147,6 +147,7 @@ fn debootstrap_imports_a_debian_tree_with_packages() {
         &["dpkg-query", "-W", "-f", "${Status}", include.trim()],
     );
     assert_eq!(r.stdout, "install ok installed", "{}", r.stderr);
+    assert_eq!(h.exec("d", &["cat", "/etc/hostname"]).stdout, "d\n");
     let r = h.exec("d", &["cat", "/etc/os-release"]);
     assert!(r.stdout.contains("Debian GNU/Linux 12"), "{}", r.stdout);
     h.ok(&["stop", "d", "--fast"]);

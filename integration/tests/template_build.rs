@@ -28,6 +28,7 @@ fn host(test: &str, btrfs: bool) -> Option<TestHost> {
     };
     publish_busybox(&h, "bb", |tree| {
         fs::write(tree.join("etc/app.conf"), "v1\n").unwrap();
+        fs::write(tree.join("etc/hostname"), "localhost\n").unwrap();
         fs::create_dir(tree.join("etc/olddir")).unwrap();
         fs::write(tree.join("etc/olddir/x"), "x\n").unwrap();
     });
@@ -75,7 +76,12 @@ fn build_publishes_the_changes(test: &str, btrfs: bool) {
     assert!(!v3.join("etc/app.conf").exists());
     assert!(!v3.join("etc/olddir").exists());
     assert!(v3.join("bin/busybox").is_file());
-    // Nothing of the build VE's own (vectl's /etc/hosts lines, resolv.conf).
+    // Nothing of the build VE's own (its name in /etc/hostname, vectl's
+    // /etc/hosts lines, resolv.conf).
+    assert_eq!(
+        fs::read_to_string(v3.join("etc/hostname")).unwrap(),
+        "localhost\n"
+    );
     let hosts = fs::read_to_string(v3.join("etc/hosts")).unwrap_or_default();
     assert!(!hosts.contains("# vectl"), "{hosts}");
     assert_eq!(
@@ -110,6 +116,9 @@ fn build_publishes_the_changes(test: &str, btrfs: bool) {
     h.ok(&["start", "new"]);
     assert_eq!(h.json(&["show", "new"])["template"], "bb@3");
     assert_eq!(h.exec("new", &["hello"]).stdout, "from the build\n");
+    // Each VE's /etc/hostname has its own name.
+    assert_eq!(h.exec("new", &["cat", "/etc/hostname"]).stdout, "new\n");
+    assert_eq!(h.exec("old", &["cat", "/etc/hostname"]).stdout, "old\n");
     assert_ne!(h.exec("new", &["cat", "/etc/app.conf"]).code, 0);
 }
 

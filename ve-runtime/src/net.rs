@@ -1058,11 +1058,13 @@ fn entry(path: &Path) -> Entry {
     }
 }
 
-/// Writes the VE's /etc/hosts entry and (when its first network has name
-/// servers) /etc/resolv.conf into its private layer, before its root is mounted
-/// (no process of the VE runs). Lines vectl owns in /etc/hosts end in `# vectl`;
-/// the rest is the VE's own. Nothing is followed through a symlink: a VE whose
-/// /etc is not a plain directory is left alone, and a symlinked file is replaced.
+/// Writes the VE's identity into its private layer, before its root is mounted
+/// (no process of the VE runs): /etc/hostname (where the tree has one: a
+/// system's init sets the host name from it), its /etc/hosts entry and, when its
+/// first network has name servers, /etc/resolv.conf. Lines vectl owns in
+/// /etc/hosts end in `# vectl`; the rest is the VE's own. Nothing is followed
+/// through a symlink: a VE whose /etc is not a plain directory is left alone, and
+/// a symlinked file is replaced.
 pub(crate) fn write_net_files(
     upper: &Path,
     lower: &Path,
@@ -1072,9 +1074,20 @@ pub(crate) fn write_net_files(
 ) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let Some(first) = nics.first() else {
+    let real_dir = |p: &Path| p.symlink_metadata().is_ok_and(|m| m.is_dir());
+    let upper_etc_ok = real_dir(&upper.join("etc")) || !upper.join("etc").exists();
+    let has_hostname = upper_etc_ok
+        && match entry(&upper.join("etc/hostname")) {
+            Entry::File(_) => true,
+            Entry::Other => false,
+            Entry::Missing => {
+                real_dir(&lower.join("etc"))
+                    && matches!(entry(&lower.join("etc/hostname")), Entry::File(_))
+            }
+        };
+    if nics.is_empty() && !has_hostname {
         return Ok(());
-    };
+    }
     let etc = upper.join("etc");
     match etc.symlink_metadata() {
         Ok(m) if m.file_type().is_dir() => {}
@@ -1116,6 +1129,12 @@ pub(crate) fn write_net_files(
             .open(&p)
             .map_err(io_err(&p))?;
         f.write_all(text.as_bytes()).map_err(io_err(&p))
+    };
+    if has_hostname {
+        write("hostname", &format!("{hostname}\n"))?;
+    }
+    let Some(first) = nics.first() else {
+        return Ok(());
     };
     let old = current("hosts");
     let mut hosts: String = old
@@ -1215,10 +1234,34 @@ mod tests {
             !hosts.contains("secret") && hosts.contains("10.0.3.2\tweb # vectl"),
             "{hosts}"
         );
+        // No /etc/hostname in the tree: none is made.
+        assert!(!upper.join("etc/hostname").exists());
         // An /etc that is a symlink is left alone.
         fs::remove_dir_all(upper.join("etc")).unwrap();
         std::os::unix::fs::symlink(&outside, upper.join("etc")).unwrap();
         write_net_files(&upper, &lower, "web", &[nic()], &[net()]).unwrap();
         assert!(!outside.join("hosts").exists() && !outside.join("resolv.conf").exists());
+    }
+
+    #[test]
+    fn the_hostname_file_gets_the_ves_name_with_or_without_nics() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (upper, lower) = (tmp.path().join("upper"), tmp.path().join("lower"));
+        for d in [&upper, &lower.join("etc")] {
+            fs::create_dir_all(d).unwrap();
+        }
+        fs::write(lower.join("etc/hostname"), "localhost\n").unwrap();
+        write_net_files(&upper, &lower, "web1", &[], &[]).unwrap();
+        assert_eq!(
+            fs::read_to_string(upper.join("etc/hostname")).unwrap(),
+            "web1\n"
+        );
+        assert!(!upper.join("etc/hosts").exists());
+        // A clone's new name replaces the old one.
+        write_net_files(&upper, &lower, "web2", &[nic()], &[net()]).unwrap();
+        assert_eq!(
+            fs::read_to_string(upper.join("etc/hostname")).unwrap(),
+            "web2\n"
+        );
     }
 }

@@ -369,7 +369,7 @@ impl Host {
         .map_err(in_build)?;
         let layer = self.pool().ve_volume(ve).upper();
         let lower = self.templates().path(base);
-        forget_vectl_files(&layer, &lower, !cfg.nics.is_empty())?;
+        forget_vectl_files(&layer, &lower, &cfg.hostname, !cfg.nics.is_empty())?;
         let now = self.templates().resolve(&ve_templates::TemplateRef {
             name: name.to_string(),
             version: None,
@@ -407,15 +407,22 @@ impl Host {
 }
 
 /// Takes out of a build VE's private layer what vectl itself wrote there at
-/// start, so it does not become part of the template: its lines in /etc/hosts
-/// (the file goes if nothing else changed) and /etc/resolv.conf, which vectl
-/// writes at every start of a VE on a network with name servers.
-fn forget_vectl_files(layer: &Path, lower: &Path, networked: bool) -> Result<()> {
-    if !networked {
-        return Ok(());
-    }
+/// start, so it does not become part of the template: /etc/hostname when it
+/// still holds the build VE's name, its lines in /etc/hosts (the file goes if
+/// nothing else changed) and /etc/resolv.conf, which vectl writes at every
+/// start of a VE on a network with name servers.
+fn forget_vectl_files(layer: &Path, lower: &Path, hostname: &str, networked: bool) -> Result<()> {
     let etc = layer.join("etc");
     if !fs::symlink_metadata(&etc).is_ok_and(|m| m.is_dir()) {
+        return Ok(());
+    }
+    let name = etc.join("hostname");
+    if fs::symlink_metadata(&name).is_ok_and(|m| m.is_file())
+        && fs::read_to_string(&name).is_ok_and(|t| t == format!("{hostname}\n"))
+    {
+        remove_file(&name)?;
+    }
+    if !networked {
         return Ok(());
     }
     let hosts = etc.join("hosts");
