@@ -856,7 +856,7 @@ fn run(cli: Cli, at: &ArgPositions, out: &Out) -> Result<ExitCode> {
             for w in warnings {
                 out.warn(&format!("template {}: {w}", tv.reference()));
             }
-            out.template_imported(&tv);
+            out.template_imported(&tv, "imported");
         }
         Command::Template(TemplateCommand::Update(UpdateArgs { run, src: a })) => {
             let host = open(&cli)?;
@@ -874,7 +874,7 @@ fn run(cli: Cli, at: &ArgPositions, out: &Out) -> Result<ExitCode> {
             for w in warnings {
                 out.warn(&format!("template {}: {w}", tv.reference()));
             }
-            out.template_imported(&tv);
+            out.template_imported(&tv, "published");
         }
         Command::Template(TemplateCommand::List) => out.templates(&open(&cli)?.list_templates()?),
         Command::Template(TemplateCommand::Show { template }) => {
@@ -899,7 +899,7 @@ fn run(cli: Cli, at: &ArgPositions, out: &Out) -> Result<ExitCode> {
             out.template_log(&open(&cli)?.template_log(name)?);
         }
         Command::Template(TemplateCommand::Usage { name }) => {
-            out.template_log(&open(&cli)?.template_usage(name.as_deref())?);
+            out.template_usage(&open(&cli)?.template_usage(name.as_deref())?);
         }
         Command::Template(TemplateCommand::Rm { template }) => {
             let removed = open(&cli)?.remove_template(template)?;

@@ -264,7 +264,8 @@ impl Out {
         }
     }
 
-    pub fn template_imported(&self, tv: &TemplateVersion) {
+    /// An import or update: `verb` is "imported" or "published".
+    pub fn template_imported(&self, tv: &TemplateVersion, verb: &str) {
         if self.json {
             self.print_json(tv);
         } else {
@@ -277,7 +278,7 @@ impl Out {
                 }
             );
             println!(
-                "imported template {} ({} files, {})",
+                "{verb} template {} ({} files, {})",
                 tv.reference(),
                 tv.files,
                 human_bytes(tv.size_bytes)
@@ -361,6 +362,38 @@ impl Out {
                 println!("  {} {} -> {}", c.package, v(&c.from), v(&c.to));
             }
         }
+    }
+
+    /// `template usage`: the VEs on each version, and what `template gc` would do.
+    pub fn template_usage(&self, list: &[ve_runtime::TemplateUsage]) {
+        if self.json {
+            self.print_json(&list);
+            return;
+        }
+        let mut rows = vec![vec![
+            "TEMPLATE".to_string(),
+            "STATE".into(),
+            "COUNT".into(),
+            "VES".into(),
+        ]];
+        for u in list {
+            let state = match (u.latest, u.ves.is_empty()) {
+                (true, _) => "latest",
+                (false, false) => "in use",
+                (false, true) => "unused (gc removes it)",
+            };
+            rows.push(vec![
+                u.version.reference(),
+                state.into(),
+                u.ves.len().to_string(),
+                if u.ves.is_empty() {
+                    "-".into()
+                } else {
+                    u.ves.join(",")
+                },
+            ]);
+        }
+        print_table(&rows);
     }
 
     pub fn templates_removed(&self, list: &[TemplateVersion]) {

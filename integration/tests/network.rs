@@ -910,6 +910,27 @@ fn a_net_guarantee_holds_under_contention_and_is_admission_controlled() {
         bulk <= 22.0,
         "the network's 20mbit: bulk got {bulk:.2} Mbit/s"
     );
+    // Each VE's traffic classes go with its stop (and come back with its start),
+    // on both of the network's IFB devices: only the root classes stay.
+    let id = h.json(&["net", "show", "shared"])["id"].as_u64().unwrap();
+    let classes = |dev: &str| {
+        let out = sh(&["tc", "class", "show", "dev", dev]).unwrap();
+        out.lines().filter(|l| l.contains("class htb")).count()
+    };
+    let (up, down) = (format!("vn{id}u"), format!("vn{id}d"));
+    let with_two = (classes(&up), classes(&down));
+    h.ok(&["stop", "--fast", "gold", "bulk"]);
+    let with_none = (classes(&up), classes(&down));
+    assert_eq!(
+        (with_two.0 - with_none.0, with_two.1 - with_none.1),
+        (2, 2),
+        "HTB classes on {up}/{down}: {with_two:?} with two VEs running, {with_none:?} after their stop"
+    );
+    h.ok(&["start", "gold"]);
+    assert_eq!(
+        (classes(&up), classes(&down)),
+        (with_none.0 + 1, with_none.1 + 1)
+    );
 }
 
 #[test]

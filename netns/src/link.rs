@@ -550,7 +550,10 @@ pub struct Detach {
 /// the VE's last process: deleting it here would cost a stop one RCU grace
 /// period (~15 ms) per NIC, and a start that finds it still there deletes it.
 pub fn detach(nics: &[Detach]) -> Result<()> {
-    if nics.is_empty() {
+    if nics
+        .iter()
+        .all(|n| n.net.mode != Mode::Routed && n.minor.is_none())
+    {
         return Ok(());
     }
     on_host(|h| async move {

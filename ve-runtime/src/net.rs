@@ -692,8 +692,11 @@ impl Host {
     }
 
     /// What to take down after a VE stopped (networks that are gone are skipped:
-    /// their ports went with them).
-    pub(crate) fn detach_nics(&self, cfg: &VeConfig) -> Result<()> {
+    /// their ports went with them). Traffic classes are deleted where the VE's
+    /// limits give one (`set` keeps them in step on a running VE), or all of
+    /// them with `all_classes` (destroy: the address may go to another VE), so a
+    /// stop or start of an unshaped VE on a nat network talks no netlink here.
+    pub(crate) fn detach_nics(&self, cfg: &VeConfig, all_classes: bool) -> Result<()> {
         let nets = self.nets()?;
         let d: Vec<Detach> = cfg
             .nics
@@ -704,7 +707,11 @@ impl Host {
                     net: net.clone(),
                     port: model::port_name(net.id, cfg.id),
                     ip: nic.ip,
-                    minor: model::class_minor(net.subnet, nic.ip),
+                    minor: if all_classes {
+                        model::class_minor(net.subnet, nic.ip)
+                    } else {
+                        shape_for(&cfg.limits, net, nic.ip).map(|s| s.minor)
+                    },
                 })
             })
             .collect();

@@ -287,12 +287,12 @@ impl Host {
             cg.remove(ve)?;
         }
         // The ports, proxy-ARP entries and traffic classes of its NICs.
-        let cfg = match VeConfig::load(&self.config_path(ve))? {
-            Some(c) => Some(c),
-            None => VeConfig::load_from(&self.tombstone_path(ve), ve)?,
+        let (cfg, destroyed) = match VeConfig::load(&self.config_path(ve))? {
+            Some(c) => (Some(c), false),
+            None => (VeConfig::load_from(&self.tombstone_path(ve), ve)?, true),
         };
         if let Some(cfg) = cfg.filter(|c| !c.nics.is_empty()) {
-            self.detach_nics(&cfg)?;
+            self.detach_nics(&cfg, destroyed)?;
         }
         remove_file(&self.run_path(ve))
     }
