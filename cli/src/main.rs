@@ -106,10 +106,19 @@ enum Command {
         /// VEs per batch.
         #[arg(long, default_value_t = 1, value_name = "N", requires = "all")]
         batch: usize,
-        /// Shell command run inside each upgraded VE of a batch; a failure rolls
-        /// that VE back and halts the rollout.
+        /// Shell command run inside each upgraded VE of a batch, again until it
+        /// succeeds or --health-timeout passes; a failure rolls that VE back and
+        /// halts the rollout.
         #[arg(long, value_name = "CMD", requires = "all")]
         health: Option<String>,
+        /// How long the health command is retried in a VE just started.
+        #[arg(
+            long,
+            value_name = "SECONDS",
+            default_value_t = 30.0,
+            requires = "health"
+        )]
+        health_timeout: f64,
         /// Only report the files the VE changed that the new version changes too.
         #[arg(long)]
         check: bool,
@@ -978,6 +987,7 @@ fn run(cli: Cli, at: &ArgPositions, out: &Out) -> Result<ExitCode> {
             to,
             batch,
             health,
+            health_timeout,
             check,
             force,
             stop,
@@ -987,13 +997,22 @@ fn run(cli: Cli, at: &ArgPositions, out: &Out) -> Result<ExitCode> {
                 let (Some(from), Some(to)) = (from, to) else {
                     bail!("--all needs --from and --to");
                 };
+                let health_timeout =
+                    Duration::try_from_secs_f64(*health_timeout).map_err(|_| {
+                        anyhow::anyhow!(
+                            "--health-timeout {health_timeout}: give a number of seconds"
+                        )
+                    })?;
                 let rows = host.upgrade_fleet(
                     from,
                     to,
-                    *batch,
-                    health.as_deref(),
-                    *force,
-                    stop.options(),
+                    &ve_runtime::Rollout {
+                        batch: *batch,
+                        health: health.clone(),
+                        health_timeout,
+                        force: *force,
+                        stop: stop.options(),
+                    },
                 )?;
                 out.fleet(&rows);
                 if rows

@@ -536,6 +536,16 @@ impl Pool {
     /// is renamed aside before the new one takes its place, and a killed restore is
     /// rolled back by the next one (or finished by `finish_restore`).
     pub fn restore_snapshot(&self, ve: &str, name: &str) -> Result<()> {
+        self.stage_restore(ve, name)?;
+        self.commit_restore(ve)
+    }
+
+    /// The first half of [`Pool::restore_snapshot`]: snapshot `name`'s files as
+    /// a new volume beside the VE's own layer, which is not touched (the VE may
+    /// run meanwhile). Fails, leaving nothing, when they do not fit the VE's
+    /// disk limit. A staged volume left unused is removed by the next restore,
+    /// `finish_restore` or the VE's removal.
+    pub fn stage_restore(&self, ve: &str, name: &str) -> Result<()> {
         self.need_btrfs("has no snapshots (use the btrfs pool)")?;
         check_snapshot_name(name)?;
         let snap = self.snapshots_dir(ve).join(name);
@@ -546,15 +556,19 @@ impl Pool {
             });
         }
         self.finish_restore(ve)?;
-        let ves = self.dir.join("ves");
-        let fresh = ves.join(format!(".{ve}.restore"));
-        let old = ves.join(format!(".{ve}.old"));
-        let live = self.ve_volume(ve).dir;
+        let fresh = self.dir.join("ves").join(format!(".{ve}.restore"));
+        let limit = self.disk(ve)?.limit;
+        let does_not_fit = |l: u64| Error::Setup {
+            path: snap.clone(),
+            why: format!(
+                "VE {ve}: the snapshot does not fit the VE's disk limit {}",
+                human(l)
+            ),
+        };
         if self.quota_mode() == Some(btrfs::QuotaMode::Simple) {
             // Simple quotas charge data to the subvolume that wrote it: a
             // snapshot-made volume would hold the VE's files free of its limit.
             // Copy them into a new volume under the limit instead.
-            let limit = self.disk(ve)?.limit;
             btrfs::create_subvolume(&fresh).map_err(io_err(&fresh))?;
             if let Err(e) = btrfs::set_limit(&fresh, limit)
                 .map_err(io_err(&fresh))
@@ -562,18 +576,48 @@ impl Pool {
             {
                 let _ = self.delete_volume(&fresh);
                 return Err(match (e, limit) {
-                    (Error::Setup { why, .. }, Some(l)) if why.contains("quota") => Error::Setup {
-                        path: snap.clone(),
-                        why: format!(
-                            "VE {ve}: the snapshot does not fit the VE's disk limit {}",
-                            human(l)
-                        ),
-                    },
+                    (Error::Setup { why, .. }, Some(l)) if why.contains("quota") => does_not_fit(l),
                     (e, _) => e,
                 });
             }
         } else {
+            // A snapshot carries the limit of its day: the VE's current one
+            // goes on it, if its files fit (usage is counted at commit).
             btrfs::snapshot(&snap, &fresh, false).map_err(io_err(&fresh))?;
+            let fits = || -> Result<bool> {
+                let Some(l) = limit else { return Ok(true) };
+                btrfs::sync(&fresh).map_err(io_err(&fresh))?;
+                let id = btrfs::subvolume_id(&fresh).map_err(io_err(&fresh))?;
+                let used = self
+                    .fsid()
+                    .and_then(|f| btrfs::qgroup_usage(f, id))
+                    .map_or(0, |q| q.referenced);
+                Ok(used <= l)
+            };
+            let limited = fits().and_then(|ok| match limit {
+                Some(l) if !ok => Err(does_not_fit(l)),
+                _ => btrfs::set_limit(&fresh, limit).map_err(io_err(&fresh)),
+            });
+            if let Err(e) = limited {
+                let _ = self.delete_volume(&fresh);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// The second half of [`Pool::restore_snapshot`]: the staged volume takes
+    /// the place of the VE's own layer (stopped VE).
+    pub fn commit_restore(&self, ve: &str) -> Result<()> {
+        let ves = self.dir.join("ves");
+        let fresh = ves.join(format!(".{ve}.restore"));
+        let old = ves.join(format!(".{ve}.old"));
+        let live = self.ve_volume(ve).dir;
+        if !btrfs::is_subvolume(&fresh) {
+            return Err(Error::Setup {
+                path: fresh,
+                why: format!("VE {ve}: no restore was staged"),
+            });
         }
         fs::rename(&live, &old).map_err(io_err(&live))?;
         if let Err(e) = fs::rename(&fresh, &live) {

@@ -81,6 +81,17 @@ pub enum Error {
     /// The host settings ask for something this host cannot do.
     #[error("{0}")]
     Host(String),
+    /// An upgrade refused because the VE's own files conflict with the target.
+    #[error(
+        "VE {ve}: {} of its files conflict with {to} ({}); see `vectl upgrade {ve} --template {to} --check`, or --force",
+        paths.len(),
+        paths.join(", ")
+    )]
+    Conflicts {
+        ve: String,
+        to: String,
+        paths: Vec<String>,
+    },
     /// Template store errors.
     #[error(transparent)]
     Template(#[from] ve_templates::Error),

@@ -1100,10 +1100,22 @@ pub(crate) fn write_net_files(
         Ok(m) if m.file_type().is_dir() => {}
         Ok(_) => return Ok(()),
         Err(_) => {
-            if !matches!(lower.join("etc").symlink_metadata(), Ok(m) if m.file_type().is_dir()) {
+            let Some(base) = lower
+                .join("etc")
+                .symlink_metadata()
+                .ok()
+                .filter(|m| m.file_type().is_dir())
+            else {
                 return Ok(());
-            }
+            };
+            // As overlayfs would copy it up: the template's owner and mode (a
+            // build publishes this directory's metadata).
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
             fs::create_dir(&etc).map_err(io_err(&etc))?;
+            std::os::unix::fs::lchown(&etc, Some(base.uid()), Some(base.gid()))
+                .map_err(io_err(&etc))?;
+            fs::set_permissions(&etc, fs::Permissions::from_mode(base.mode() & 0o7777))
+                .map_err(io_err(&etc))?;
         }
     }
     // The file as the VE sees it: its own layer's, else the template's.
@@ -1172,6 +1184,68 @@ pub(crate) fn write_net_files(
         write("resolv.conf", &text)?;
     }
     Ok(())
+}
+
+/// What vectl itself wrote into a VE's private layer `layer` (over the
+/// template tree `lower`) at its starts, and nothing else changed: /etc/hostname
+/// holding the VE's host name, /etc/hosts whose lines but vectl's (`# vectl`)
+/// are the template's, /etc/resolv.conf as vectl writes it. Unless `dry_run`,
+/// they are taken out of the layer (and vectl's lines out of an /etc/hosts the
+/// VE changed too), so the template's files show through again: for a build,
+/// whose layer becomes a template version, and for an upgrade, after which the
+/// next start writes them anew over the new version's. Returns their paths
+/// (`/etc/hosts`). Nothing is followed through a symlink.
+pub(crate) fn forget_vectl_files(
+    layer: &Path,
+    lower: &Path,
+    hostname: &str,
+    dry_run: bool,
+) -> Result<Vec<&'static str>> {
+    let mut out = Vec::new();
+    let etc = layer.join("etc");
+    if !etc.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+        return Ok(out);
+    }
+    let lower_etc = lower.join("etc");
+    let lower_file = |name: &str| {
+        if lower_etc.symlink_metadata().is_ok_and(|m| m.is_dir())
+            && let Entry::File(t) = entry(&lower_etc.join(name))
+        {
+            return t;
+        }
+        String::new()
+    };
+    let name = etc.join("hostname");
+    if matches!(entry(&name), Entry::File(t) if t == format!("{hostname}\n")) {
+        out.push("/etc/hostname");
+        if !dry_run {
+            remove_file(&name)?;
+        }
+    }
+    let hosts = etc.join("hosts");
+    if let Entry::File(text) = entry(&hosts) {
+        let own: String = text
+            .lines()
+            .filter(|l| !l.ends_with("# vectl"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        if own == lower_file("hosts") {
+            out.push("/etc/hosts");
+            if !dry_run {
+                remove_file(&hosts)?;
+            }
+        } else if own != text && !dry_run {
+            fs::write(&hosts, own).map_err(io_err(&hosts))?;
+        }
+    }
+    let resolv = etc.join("resolv.conf");
+    if matches!(entry(&resolv), Entry::File(t) if t.starts_with("# written by vectl")) {
+        out.push("/etc/resolv.conf");
+        if !dry_run {
+            remove_file(&resolv)?;
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

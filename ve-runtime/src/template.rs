@@ -288,13 +288,11 @@ impl Host {
                 "template {name}: --run needs a command"
             )));
         }
-        let _build = Lock::acquire(
-            &self
-                .root()
-                .join("locks")
-                .join(format!("template-build-{name}.lock")),
-        )?;
         let ve = build_ve_name(name);
+        // Keyed on the build VE, which templates whose names differ only in
+        // '.', '_' and '-' share: their builds take turns. (Not `template-*`:
+        // those are the store's locks of templates.)
+        let _build = Lock::acquire(&self.root().join("locks").join(format!("build-{ve}.lock")))?;
         let builds = self.root().join("builds");
         let marker = builds.join(&ve);
         if VeConfig::load(&self.config_path(&ve))?.is_some() {
@@ -369,7 +367,7 @@ impl Host {
         .map_err(in_build)?;
         let layer = self.pool().ve_volume(ve).upper();
         let lower = self.templates().path(base);
-        forget_vectl_files(&layer, &lower, &cfg.hostname, !cfg.nics.is_empty())?;
+        crate::net::forget_vectl_files(&layer, &lower, &cfg.hostname, false)?;
         let now = self.templates().resolve(&ve_templates::TemplateRef {
             name: name.to_string(),
             version: None,
@@ -404,45 +402,4 @@ impl Host {
         }
         self.destroy(ve, true)
     }
-}
-
-/// Takes out of a build VE's private layer what vectl itself wrote there at
-/// start, so it does not become part of the template: /etc/hostname when it
-/// still holds the build VE's name, its lines in /etc/hosts (the file goes if
-/// nothing else changed) and /etc/resolv.conf, which vectl writes at every
-/// start of a VE on a network with name servers.
-fn forget_vectl_files(layer: &Path, lower: &Path, hostname: &str, networked: bool) -> Result<()> {
-    let etc = layer.join("etc");
-    if !fs::symlink_metadata(&etc).is_ok_and(|m| m.is_dir()) {
-        return Ok(());
-    }
-    let name = etc.join("hostname");
-    if fs::symlink_metadata(&name).is_ok_and(|m| m.is_file())
-        && fs::read_to_string(&name).is_ok_and(|t| t == format!("{hostname}\n"))
-    {
-        remove_file(&name)?;
-    }
-    if !networked {
-        return Ok(());
-    }
-    let hosts = etc.join("hosts");
-    if fs::symlink_metadata(&hosts).is_ok_and(|m| m.is_file()) {
-        let text = fs::read_to_string(&hosts).map_err(io_err(&hosts))?;
-        let own: String = text
-            .lines()
-            .filter(|l| !l.ends_with("# vectl"))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        let base = fs::read_to_string(lower.join("etc/hosts")).unwrap_or_default();
-        if own == base {
-            remove_file(&hosts)?;
-        } else if own != text {
-            fs::write(&hosts, own).map_err(io_err(&hosts))?;
-        }
-    }
-    let resolv = etc.join("resolv.conf");
-    if fs::symlink_metadata(&resolv).is_ok_and(|m| m.is_file()) {
-        remove_file(&resolv)?;
-    }
-    Ok(())
 }

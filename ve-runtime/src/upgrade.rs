@@ -74,6 +74,20 @@ pub struct Moved {
     pub conflicts: Vec<ve_templates::Conflict>,
 }
 
+/// How a fleet rollout goes (`upgrade --all`).
+#[derive(Debug, Clone)]
+pub struct Rollout {
+    /// VEs per batch.
+    pub batch: usize,
+    /// Run in each upgraded VE that runs (`sh -c`).
+    pub health: Option<String>,
+    /// How long the health command is retried before the VE counts as failed.
+    pub health_timeout: std::time::Duration,
+    /// Upgrade VEs with conflicts too.
+    pub force: bool,
+    pub stop: StopOptions,
+}
+
 /// One VE of a fleet rollout.
 #[derive(Debug, Clone, Serialize)]
 pub struct FleetRow {
@@ -124,12 +138,13 @@ impl Host {
             )));
         }
         let upper = self.pool().ve_volume(&ve).upper();
-        let conflicts = ve_templates::conflicts(
-            &upper,
-            &self.templates().path(&from),
-            &self.templates().path(&to),
-        )
-        .map_err(|e| Error::Host(format!("VE {ve}: comparing its files: {e}")))?;
+        let old = self.templates().path(&from);
+        let mut conflicts = ve_templates::conflicts(&upper, &old, &self.templates().path(&to))
+            .map_err(|e| Error::Host(format!("VE {ve}: comparing its files: {e}")))?;
+        // What vectl writes at every start is no conflict: the upgrade takes
+        // it out, and the next start writes it over the new version's files.
+        let vectl_files = crate::net::forget_vectl_files(&upper, &old, &cfg.hostname, true)?;
+        conflicts.retain(|c| !vectl_files.contains(&c.path.as_str()));
         Ok(UpgradeCheck {
             ve,
             from: from.reference(),
@@ -155,78 +170,114 @@ impl Host {
                 "VE {ve}: upgrade keeps a snapshot of the VE's files for rollback, which needs the btrfs pool"
             )));
         }
-        let moved = {
-            // The host lock keeps `template rm` off the target meanwhile.
-            let _host = self.lock_host()?;
-            let _lock = self.lock_ve(&ve)?;
-            let mut cfg = self.load_config(&ve)?;
-            self.finish_move(&mut cfg)?;
-            let check = self.check_locked(&cfg, target)?;
-            if !check.conflicts.is_empty() && !force {
-                let paths: Vec<&str> = check.conflicts.iter().map(|c| c.path.as_str()).collect();
-                return Err(Error::Host(format!(
-                    "VE {ve}: {} of its files conflict with {} ({}); see `vectl upgrade {ve} --template {} --check`, or --force",
-                    check.conflicts.len(),
-                    check.to,
-                    paths.join(", "),
-                    check.to
-                )));
-            }
-            let running = self.alive_state(&ve)?.is_some();
-            if running {
-                self.stop_locked(&cfg, stop)?;
-            }
-            crate::failpoint::hit("upgrade-after-stop");
-            let snapshot = self.free_snapshot_name(&ve, "upgrade")?;
-            // The intent: until it is cleared, the next command undoes this.
-            cfg.history.push(TemplateMove {
-                at: now(),
-                action: "upgrade".into(),
-                from: check.from.clone(),
-                to: check.to.clone(),
-                snapshot: Some(snapshot.clone()),
-                pending: true,
+        // What ran before the upgrade runs again, also when the upgrade failed
+        // after the stop (then on the version it was on).
+        let mut was_running = false;
+        let moved = self.upgrade_locked(&ve, target, force, stop, &mut was_running);
+        let restart = match &moved {
+            Ok(m) => m.restarted,
+            Err(_) => was_running,
+        };
+        if restart && let Err(e) = self.start(&ve, false) {
+            return Err(match moved {
+                Ok(m) => Error::Host(format!(
+                    "VE {ve}: upgraded to {} (snapshot {}) but it did not start again: {e}; `vectl rollback {ve}` takes it back",
+                    m.to, m.snapshot
+                )),
+                Err(first) => Error::Host(format!(
+                    "{first}; and it did not start again on its version: {e}"
+                )),
             });
-            cfg.store(&self.config_path(&ve))?;
-            crate::failpoint::hit("upgrade-after-intent");
-            let done = self
-                .pool()
-                .create_snapshot(&ve, &snapshot)
-                .map_err(quota_err(&ve))
-                .and_then(|()| {
-                    crate::failpoint::hit("upgrade-after-snapshot");
-                    cfg.template = check.to.clone();
-                    if let Some(m) = cfg.history.last_mut() {
-                        m.pending = false;
-                    }
-                    cfg.store(&self.config_path(&ve))
-                });
-            if let Err(e) = done {
-                // Undone now if it can be; else by the next command.
-                let _ = self
-                    .load_config(&ve)
-                    .and_then(|mut c| self.finish_move(&mut c));
+        }
+        moved
+    }
+
+    /// [`Host::upgrade`] under the host and VE locks, up to the restart;
+    /// `was_running` says whether it stopped the VE.
+    fn upgrade_locked(
+        &self,
+        ve: &str,
+        target: &str,
+        force: bool,
+        stop: StopOptions,
+        was_running: &mut bool,
+    ) -> Result<Moved> {
+        // The host lock keeps `template rm` off the target meanwhile.
+        let _host = self.lock_host()?;
+        let _lock = self.lock_ve(ve)?;
+        let mut cfg = self.load_config(ve)?;
+        self.finish_move(&mut cfg)?;
+        let refuse = |check: &UpgradeCheck| {
+            (!check.conflicts.is_empty() && !force).then(|| Error::Conflicts {
+                ve: ve.to_string(),
+                to: check.to.clone(),
+                paths: check.conflicts.iter().map(|c| c.path.clone()).collect(),
+            })
+        };
+        let mut check = self.check_locked(&cfg, target)?;
+        if let Some(e) = refuse(&check) {
+            return Err(e);
+        }
+        if self.alive_state(ve)?.is_some() {
+            self.stop_locked(&cfg, stop)?;
+            *was_running = true;
+            // What it wrote while it shut down counts too.
+            check = self.check_locked(&cfg, target)?;
+            if let Some(e) = refuse(&check) {
                 return Err(e);
             }
-            crate::failpoint::hit("upgrade-before-restart");
-            Moved {
-                ve: ve.clone(),
-                from: check.from,
-                to: check.to,
-                snapshot,
-                restarted: running,
-                conflicts: check.conflicts,
-            }
-        };
-        if moved.restarted
-            && let Err(e) = self.start(&ve, false)
-        {
-            return Err(Error::Host(format!(
-                "VE {ve}: upgraded to {} (snapshot {}) but it did not start again: {e}; `vectl rollback {ve}` takes it back",
-                moved.to, moved.snapshot
-            )));
         }
-        Ok(moved)
+        crate::failpoint::hit("upgrade-after-stop");
+        let snapshot = self.free_snapshot_name(ve, "upgrade")?;
+        // The intent: until it is cleared, the next command undoes this.
+        cfg.history.push(TemplateMove {
+            at: now(),
+            action: "upgrade".into(),
+            from: check.from.clone(),
+            to: check.to.clone(),
+            snapshot: Some(snapshot.clone()),
+            pending: true,
+        });
+        cfg.store(&self.config_path(ve))?;
+        crate::failpoint::hit("upgrade-after-intent");
+        let done = self
+            .pool()
+            .create_snapshot(ve, &snapshot)
+            .map_err(quota_err(ve))
+            .and_then(|()| {
+                crate::failpoint::hit("upgrade-after-snapshot");
+                // (Killed here, the next command puts the VE back on its
+                // version, where its next start writes these files again.)
+                let old = self.templates().resolve(&check.from.parse()?)?;
+                crate::net::forget_vectl_files(
+                    &self.pool().ve_volume(ve).upper(),
+                    &self.templates().path(&old),
+                    &cfg.hostname,
+                    false,
+                )?;
+                cfg.template = check.to.clone();
+                if let Some(m) = cfg.history.last_mut() {
+                    m.pending = false;
+                }
+                cfg.store(&self.config_path(ve))
+            });
+        if let Err(e) = done {
+            // Undone now if it can be; else by the next command (the restart
+            // finishes it first).
+            let _ = self
+                .load_config(ve)
+                .and_then(|mut c| self.finish_move(&mut c));
+            return Err(e);
+        }
+        crate::failpoint::hit("upgrade-before-restart");
+        Ok(Moved {
+            ve: ve.to_string(),
+            from: check.from,
+            to: check.to,
+            snapshot,
+            restarted: *was_running,
+            conflicts: check.conflicts,
+        })
     }
 
     /// Undoes VE `name`'s latest upgrade that is not rolled back yet: its own
@@ -263,6 +314,12 @@ impl Host {
             let snapshot = last.snapshot.clone().unwrap_or_default();
             // The version it goes back to must still be there.
             self.templates().resolve(&last.from.parse()?)?;
+            // The snapshot's files are made ready beside the VE's while it runs
+            // on: if they do not fit (its disk limit was lowered since), nothing
+            // has changed and it keeps running.
+            self.pool()
+                .stage_restore(&ve, &snapshot)
+                .map_err(quota_err(&ve))?;
             let running = self.alive_state(&ve)?.is_some();
             if running {
                 self.stop_locked(&cfg, stop)?;
@@ -280,7 +337,7 @@ impl Host {
             });
             cfg.store(&self.config_path(&ve))?;
             crate::failpoint::hit("rollback-after-intent");
-            self.restore_for_rollback(&cfg, &snapshot)?;
+            self.restore_for_rollback(&cfg, &snapshot, true)?;
             crate::failpoint::hit("rollback-after-restore");
             cfg.template = last.from.clone();
             if let Some(m) = cfg.history.last_mut() {
@@ -308,21 +365,23 @@ impl Host {
         Ok(moved)
     }
 
-    /// Puts VE `cfg`'s files back to an upgrade's snapshot, keeping its disk
-    /// limit. A failure leaves the pending rollback for the next command.
-    fn restore_for_rollback(&self, cfg: &VeConfig, snapshot: &str) -> Result<()> {
+    /// Puts VE `cfg`'s files back to an upgrade's snapshot (`staged`: already
+    /// made ready by `stage_restore`), under its disk limit of now. A failure
+    /// leaves the pending rollback for the next command.
+    fn restore_for_rollback(&self, cfg: &VeConfig, snapshot: &str, staged: bool) -> Result<()> {
         let ve = &cfg.name;
-        self.pool()
-            .restore_snapshot(ve, snapshot)
-            .map_err(quota_err(ve))
-            .map_err(|e| {
-                Error::Host(format!(
-                    "{e} (its rollback is not finished: the next command on VE {ve} tries again)"
-                ))
-            })?;
-        if let Some(crate::limits::Size(d)) = cfg.limits.disk {
-            let _ = self.pool().set_disk_limit(ve, Some(d));
+        let pool = self.pool();
+        if staged {
+            pool.commit_restore(ve)
+        } else {
+            pool.restore_snapshot(ve, snapshot)
         }
+        .map_err(quota_err(ve))
+        .map_err(|e| {
+            Error::Host(format!(
+                "{e} (its rollback is not finished: the next command on VE {ve} tries again)"
+            ))
+        })?;
         Ok(())
     }
 
@@ -353,7 +412,7 @@ impl Host {
             }
             "rollback" => {
                 let snap = m.snapshot.clone().unwrap_or_default();
-                self.restore_for_rollback(cfg, &snap)?;
+                self.restore_for_rollback(cfg, &snap, false)?;
                 cfg.template = m.to.clone();
                 if let Some(last) = cfg.history.last_mut() {
                     last.pending = false;
@@ -377,20 +436,41 @@ impl Host {
         self.finish_move(&mut cfg)
     }
 
+    /// Runs a rollout's health command in VE `ve` until it succeeds or
+    /// `timeout` has passed (a VE just started may still be bringing its
+    /// services up): the last exit status.
+    fn health_check(&self, ve: &str, cmd: &str, timeout: std::time::Duration) -> Result<i32> {
+        let wrapped = format!("{{ {cmd}\n}} </dev/null >/dev/null 2>&1");
+        let opts = crate::exec::ExecOptions {
+            argv: vec!["/bin/sh".into(), "-c".into(), wrapped],
+            ..Default::default()
+        };
+        let until = std::time::Instant::now() + timeout;
+        loop {
+            let code = self.exec(ve, &opts)?;
+            if code == 0 || std::time::Instant::now() >= until {
+                return Ok(code);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
     /// Moves every VE on template version `from` to `to`, `batch` at a time (by
     /// id). After each batch, `health` runs (`sh -c`, output discarded) in each
-    /// VE of it that runs; a VE whose check fails is rolled back and the rollout
-    /// stops there. VEs with conflicts are skipped unless `force`. Returns a row
-    /// per VE, in order, including those never reached.
-    pub fn upgrade_fleet(
-        &self,
-        from: &str,
-        to: &str,
-        batch: usize,
-        health: Option<&str>,
-        force: bool,
-        stop: StopOptions,
-    ) -> Result<Vec<FleetRow>> {
+    /// VE of it that runs, again until it succeeds or `health_timeout` has
+    /// passed; a VE whose check fails is rolled back and the rollout stops
+    /// there, as it does on any other failure. VEs with conflicts are skipped
+    /// unless `force`. Returns a row per VE, in order, including those never
+    /// reached.
+    pub fn upgrade_fleet(&self, from: &str, to: &str, opts: &Rollout) -> Result<Vec<FleetRow>> {
+        let Rollout {
+            batch,
+            health,
+            health_timeout,
+            force,
+            stop,
+        } = opts.clone();
+        let health = health.as_deref();
         let from_v = self.templates().resolve(&from.parse()?)?;
         let to_v = self.templates().resolve(&to.parse()?)?;
         // Moves a killed vectl left pending (a killed rollout's) are finished
@@ -426,26 +506,30 @@ impl Host {
                         rows[i].detail = format!("batch {}, snapshot {}", b + 1, m.snapshot);
                         upgraded.push((i, m.restarted));
                     }
+                    Err(e @ Error::Conflicts { .. }) => {
+                        rows[i].outcome = "skipped".into();
+                        rows[i].detail = e.to_string();
+                    }
                     Err(e) => {
-                        // Moved but not running again: as bad as a failed check.
+                        // Any other failure halts the rollout. Moved but not
+                        // running again is as bad as a failed check: rolled back.
                         let moved = self
                             .load_config(ve)
                             .is_ok_and(|c| c.template == to_v.reference());
-                        if moved {
-                            rows[i].outcome = match self.rollback(ve, stop) {
+                        rows[i].outcome = if moved {
+                            match self.rollback(ve, stop) {
                                 Ok(_) => {
                                     // It ran before the rollout: run it again.
                                     let _ = self.start(ve, false);
                                     "rolled back".into()
                                 }
                                 Err(_) => "failed".into(),
-                            };
-                            rows[i].detail = format!("{e}; rollout halted");
-                            halted = true;
+                            }
                         } else {
-                            rows[i].outcome = "skipped".into();
-                            rows[i].detail = e.to_string();
-                        }
+                            "failed".into()
+                        };
+                        rows[i].detail = format!("{e}; rollout halted");
+                        halted = true;
                     }
                 }
             }
@@ -458,21 +542,16 @@ impl Host {
                     continue;
                 }
                 let ve = rows[i].ve.clone();
-                let wrapped = format!("{{ {cmd}\n}} </dev/null >/dev/null 2>&1");
-                let code = self.exec(
-                    &ve,
-                    &crate::exec::ExecOptions {
-                        argv: vec!["/bin/sh".into(), "-c".into(), wrapped],
-                        ..Default::default()
-                    },
-                );
-                let ok = matches!(code, Ok(0));
-                if ok {
+                let code = self.health_check(&ve, cmd, health_timeout);
+                if matches!(code, Ok(0)) {
                     rows[i].detail.push_str(", healthy");
                     continue;
                 }
                 let why = match code {
-                    Ok(c) => format!("health check exited {c}"),
+                    Ok(c) => format!(
+                        "health check exited {c} (for {} s)",
+                        health_timeout.as_secs_f64()
+                    ),
                     Err(e) => format!("health check: {e}"),
                 };
                 match self.rollback(&ve, stop) {

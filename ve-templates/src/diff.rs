@@ -63,23 +63,33 @@ fn kind(p: Option<&Path>) -> Option<fs::FileType> {
         .map(|m| m.file_type())
 }
 
+/// An I/O error with the path it concerns (a file of a running VE may vanish
+/// while it is compared).
+fn at(p: &Path) -> impl FnOnce(io::Error) -> io::Error + '_ {
+    move |e| io::Error::new(e.kind(), format!("{}: {e}", p.display()))
+}
+
 fn walk(dir: &Path, rel: &Path, old: &Path, new: &Path, out: &mut Vec<Conflict>) -> io::Result<()> {
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
+    for entry in fs::read_dir(dir).map_err(at(dir))? {
+        let entry = entry.map_err(at(dir))?;
         let rel = rel.join(entry.file_name());
-        let md = entry.path().symlink_metadata()?;
+        let path = entry.path();
+        let md = path.symlink_metadata().map_err(at(&path))?;
         let ft = md.file_type();
         let (o, n) = (inside(old, &rel), inside(new, &rel));
         let template_dir = [kind(o.as_deref()), kind(n.as_deref())]
             .iter()
             .any(|k| k.is_some_and(|k| k.is_dir()));
         if ft.is_dir() {
-            // The VE's directory over a template file, or an opaque one over a
-            // template directory: the patch's files there are hidden.
-            if !template_dir || is_opaque(&entry.path()) {
+            // The VE's directory merges with the new version's only where that
+            // is a directory too. Over a file or symlink there (the old
+            // version's /bin made a link to usr/bin), or when the VE's is
+            // opaque, it hides whatever the patch put there.
+            let merges = kind(n.as_deref()).is_some_and(|k| k.is_dir());
+            if !merges || is_opaque(&path) {
                 subtree(old, new, &rel, "replaced", out)?;
             }
-            walk(&entry.path(), &rel, old, new, out)?;
+            walk(&path, &rel, old, new, out)?;
             continue;
         }
         // A whiteout (a 0/0 character device) marks a path the VE deleted.
@@ -123,8 +133,8 @@ fn subtree(
         if let Some(p) = side
             && kind(Some(p)).is_some_and(|k| k.is_dir())
         {
-            for e in fs::read_dir(p)? {
-                names.insert(e?.file_name());
+            for e in fs::read_dir(p).map_err(at(p))? {
+                names.insert(e.map_err(at(p))?.file_name());
             }
         }
     }
@@ -265,6 +275,33 @@ mod tests {
                 ("/etc/motd", "deleted", "changed"),
                 ("/etc/ssh/sshd_config", "changed", "changed"),
                 ("/lib/x", "replaced", "changed"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_ve_directory_where_the_patch_made_a_symlink_conflicts() {
+        // usrmerge: old has a real /bin, new has /bin -> usr/bin. The VE added
+        // /bin/mytool, so its layer has a directory bin/ that would hide the
+        // link (and with it every binary) after the move.
+        let t = tempfile::tempdir().unwrap();
+        let (up, old, new) = (
+            t.path().join("up"),
+            t.path().join("old"),
+            t.path().join("new"),
+        );
+        w(&old.join("bin/sh"), "sh\n");
+        w(&new.join("usr/bin/sh"), "sh\n");
+        std::os::unix::fs::symlink("usr/bin", new.join("bin")).unwrap();
+        w(&up.join("bin/mytool"), "mine\n");
+        let c = conflicts(&up, &old, &new).unwrap();
+        let got: Vec<(&str, &str, &str)> =
+            c.iter().map(|c| (c.path.as_str(), c.ve, c.patch)).collect();
+        assert_eq!(
+            got,
+            [
+                ("/bin", "replaced", "changed"),
+                ("/bin/sh", "replaced", "removed")
             ]
         );
     }

@@ -15,9 +15,9 @@ pub struct PackageChange {
     pub to: Option<String>,
 }
 
-/// The installed packages of a tree and their versions; `None` when the tree
-/// has no dpkg database (not Debian-based).
-pub fn installed(tree: &Path) -> Option<BTreeMap<String, String>> {
+/// The installed packages of a tree and their versions, by (package,
+/// architecture); `None` when the tree has no dpkg database (not Debian-based).
+fn installed(tree: &Path) -> Option<BTreeMap<(String, String), String>> {
     // Not through a symlink out of the tree (an absolute `var -> /var`).
     let path = crate::diff::inside(tree, Path::new("var/lib/dpkg/status"))?;
     if !path.symlink_metadata().ok()?.file_type().is_file() {
@@ -34,36 +34,43 @@ pub fn installed(tree: &Path) -> Option<BTreeMap<String, String>> {
         };
         let installed = field("Status:").is_some_and(|s| s.ends_with(" installed"));
         if let (true, Some(p), Some(v)) = (installed, field("Package:"), field("Version:")) {
-            // Multi-arch packages appear once per architecture.
-            let key = match field("Architecture:") {
-                Some(a) if out.contains_key(&p) => format!("{p}:{a}"),
-                _ => p,
-            };
-            out.insert(key, v);
+            out.insert((p, field("Architecture:").unwrap_or_default()), v);
         }
     }
     Some(out)
 }
 
 /// What changed between the package sets of two trees; `None` unless both
-/// have a dpkg database.
+/// have a dpkg database. A package is named `name:arch` only when it is
+/// installed for more than one architecture (multi-arch), in either tree.
 pub fn changes(old: &Path, new: &Path) -> Option<Vec<PackageChange>> {
     let (a, b) = (installed(old)?, installed(new)?);
+    let mut archs: BTreeMap<&str, std::collections::BTreeSet<&str>> = BTreeMap::new();
+    for (p, arch) in a.keys().chain(b.keys()) {
+        archs.entry(p).or_default().insert(arch);
+    }
+    let name = |(p, arch): &(String, String)| {
+        if archs.get(p.as_str()).is_some_and(|s| s.len() > 1) {
+            format!("{p}:{arch}")
+        } else {
+            p.clone()
+        }
+    };
     let mut out = Vec::new();
-    for (p, v) in &a {
-        match b.get(p) {
+    for (k, v) in &a {
+        match b.get(k) {
             Some(w) if w == v => {}
             to => out.push(PackageChange {
-                package: p.clone(),
+                package: name(k),
                 from: Some(v.clone()),
                 to: to.cloned(),
             }),
         }
     }
-    for (p, w) in &b {
-        if !a.contains_key(p) {
+    for (k, w) in &b {
+        if !a.contains_key(k) {
             out.push(PackageChange {
-                package: p.clone(),
+                package: name(k),
                 from: None,
                 to: Some(w.clone()),
             });
@@ -81,7 +88,10 @@ mod tests {
         fs::create_dir_all(dir.join("var/lib/dpkg")).unwrap();
         let text: Vec<String> = pkgs
             .iter()
-            .map(|(p, v, s)| format!("Package: {p}\nStatus: {s}\nArchitecture: amd64\nVersion: {v}\nDescription: x\n long text\n"))
+            .map(|(p, v, s)| {
+                let (p, arch) = p.split_once(':').unwrap_or((p, "amd64"));
+                format!("Package: {p}\nStatus: {s}\nArchitecture: {arch}\nVersion: {v}\nDescription: x\n long text\n")
+            })
             .collect();
         fs::write(dir.join("var/lib/dpkg/status"), text.join("\n")).unwrap();
     }
@@ -122,5 +132,43 @@ mod tests {
             ]
         );
         assert!(changes(&a, t.path()).is_none(), "no dpkg database, no list");
+    }
+
+    #[test]
+    fn multi_arch_packages_are_named_by_architecture_whatever_the_order() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        let ok = "install ok installed";
+        // libc6 for two architectures, listed in either order; zlib for one
+        // in a, two in b.
+        status(
+            &a,
+            &[
+                ("libc6:i386", "2.36-9", ok),
+                ("libc6:amd64", "2.36-9", ok),
+                ("zlib1g", "1", ok),
+            ],
+        );
+        status(
+            &b,
+            &[
+                ("libc6:amd64", "2.36-10", ok),
+                ("libc6:i386", "2.36-9", ok),
+                ("zlib1g:i386", "1", ok),
+                ("zlib1g", "1", ok),
+            ],
+        );
+        let c = changes(&a, &b).unwrap();
+        let got: Vec<(&str, Option<&str>, Option<&str>)> = c
+            .iter()
+            .map(|c| (c.package.as_str(), c.from.as_deref(), c.to.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("libc6:amd64", Some("2.36-9"), Some("2.36-10")),
+                ("zlib1g:i386", None, Some("1")),
+            ]
+        );
     }
 }

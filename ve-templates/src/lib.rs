@@ -28,7 +28,7 @@ use std::path::PathBuf;
 
 pub use debootstrap::{DEFAULT_MIRROR as DEBIAN_MIRROR, Debootstrap};
 pub use diff::{Conflict, conflicts};
-pub use dpkg::{PackageChange, changes as package_changes, installed as installed_packages};
+pub use dpkg::{PackageChange, changes as package_changes};
 pub use import::{Progress, Source};
 pub use store::{TemplateRef, TemplateStore, TemplateVersion, validate_name};
 
