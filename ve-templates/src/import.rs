@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use nix::fcntl::{AT_FDCWD, AtFlags};
@@ -286,7 +286,7 @@ impl<'a> Copier<'a> {
                 self.skipped.mounts += 1;
             }
         } else if ft.is_file() {
-            let mut from = fs::File::open(src).map_err(io_err(src))?;
+            let mut from = open_unchanged(src, &md)?;
             let mut to = fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -316,6 +316,33 @@ impl<'a> Copier<'a> {
         }
         Ok(())
     }
+}
+
+/// Opens the regular file `src` for reading, refusing anything but the file `md`
+/// (its `lstat`) describes: a symlink swapped in since is never followed (it
+/// could lead to /etc/shadow), and another file or a FIFO there is refused.
+fn open_unchanged(src: &Path, md: &fs::Metadata) -> Result<fs::File> {
+    let changed = |what: &str| Error::BadSource {
+        path: src.to_path_buf(),
+        reason: format!("changed while being copied ({what})"),
+    };
+    let file = fs::OpenOptions::new()
+        .read(true)
+        // O_NONBLOCK: opening a FIFO put there does not wait for a writer.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(src)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                changed("now a symlink")
+            } else {
+                io_err(src)(e)
+            }
+        })?;
+    let now = file.metadata().map_err(io_err(src))?;
+    if !now.is_file() || now.dev() != md.dev() || now.ino() != md.ino() {
+        return Err(changed("now another file"));
+    }
+    Ok(file)
 }
 
 /// Gives `dst` the owner, mode, extended attributes and times of `src`, in the order
@@ -546,4 +573,41 @@ fn inside(path: &Path) -> Option<PathBuf> {
         }
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_file_swapped_for_a_symlink_is_not_followed() {
+        let t = tempfile::tempdir().unwrap();
+        let secret = t.path().join("secret");
+        fs::write(&secret, "s").unwrap();
+        let src = t.path().join("src");
+        fs::create_dir(&src).unwrap();
+        let f = src.join("f");
+        fs::write(&f, "f").unwrap();
+        // What the copy saw, then the swap.
+        let seen = fs::symlink_metadata(&f).unwrap();
+        fs::remove_file(&f).unwrap();
+        std::os::unix::fs::symlink(&secret, &f).unwrap();
+        let e = open_unchanged(&f, &seen).unwrap_err().to_string();
+        assert!(
+            e.contains("changed while being copied (now a symlink)"),
+            "{e}"
+        );
+        // Another file in its place.
+        fs::remove_file(&f).unwrap();
+        fs::hard_link(&secret, &f).unwrap();
+        let e = open_unchanged(&f, &seen).unwrap_err().to_string();
+        assert!(e.contains("now another file"), "{e}");
+        // A symlink in the source is copied as a symlink, its target untouched.
+        fs::remove_file(&f).unwrap();
+        std::os::unix::fs::symlink(&secret, &f).unwrap();
+        let dest = t.path().join("dest");
+        fs::create_dir(&dest).unwrap();
+        fill(&Source::Dir(src), &dest, &mut |_| {}).unwrap();
+        assert_eq!(fs::read_link(dest.join("f")).unwrap(), secret);
+    }
 }
