@@ -436,6 +436,25 @@ pub(crate) fn decompress<'a>(mut r: impl BufRead + 'a, path: &Path) -> Result<Bo
     }
 }
 
+/// An unpack error with its causes, on one line: the tar crate's own message
+/// ("failed to unpack `x`") says nothing of why; its source does ("File exists
+/// (os error 17) when hard linking ...").
+fn with_causes(e: &io::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = std::error::Error::source(e);
+    while let Some(cause) = next {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+        next = cause.source();
+    }
+    text.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 /// A tar error for people: no archive bytes quoted (the tar crate quotes the
 /// header it could not parse, which for a wrong file is its content).
 fn tar_reason(e: &io::Error, members: u64) -> String {
@@ -545,7 +564,7 @@ impl<'a> Unpacker<'a> {
             let size = entry.header().size().unwrap_or(0);
             let unpacked = entry
                 .unpack_in(self.dest)
-                .map_err(|e| bad(format!("{name}: {e}")))?;
+                .map_err(|e| bad(format!("{name}: {}", with_causes(&e))))?;
             if !unpacked {
                 self.skipped.unsafe_paths += 1;
                 continue;
@@ -578,6 +597,97 @@ fn inside(path: &Path) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tar member: path, type, content or link target, mode, mtime, PAX
+    /// extended attributes.
+    struct M<'a> {
+        path: &'a str,
+        kind: tar::EntryType,
+        data: &'a str,
+        mode: u32,
+        mtime: u64,
+        xattrs: &'a [(&'a str, &'a str)],
+    }
+
+    fn m<'a>(path: &'a str, kind: tar::EntryType, data: &'a str) -> M<'a> {
+        M {
+            path,
+            kind,
+            data,
+            mode: if kind.is_dir() { 0o755 } else { 0o644 },
+            mtime: 1_700_000_000,
+            xattrs: &[],
+        }
+    }
+
+    fn tar_of(members: &[M<'_>]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for mb in members {
+            if !mb.xattrs.is_empty() {
+                let mut records = Vec::new();
+                for (k, v) in mb.xattrs {
+                    let body = format!(" SCHILY.xattr.{k}={v}\n");
+                    // A record's length counts its own digits.
+                    let len = (1..)
+                        .map(|digits| body.len() + digits)
+                        .find(|n| n.to_string().len() + body.len() == *n)
+                        .unwrap();
+                    records.extend(format!("{len}{body}").into_bytes());
+                }
+                let mut h = tar::Header::new_ustar();
+                h.set_path("PaxHeader").unwrap();
+                h.set_entry_type(tar::EntryType::XHeader);
+                h.set_size(records.len() as u64);
+                h.set_cksum();
+                b.append(&h, &records[..]).unwrap();
+            }
+            let mut h = tar::Header::new_ustar();
+            h.set_path(mb.path).unwrap();
+            h.set_entry_type(mb.kind);
+            h.set_mode(mb.mode);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(mb.mtime);
+            let data = if mb.kind.is_hard_link() || mb.kind.is_symlink() {
+                h.set_link_name(mb.data).unwrap();
+                ""
+            } else {
+                mb.data
+            };
+            h.set_size(data.len() as u64);
+            h.set_cksum();
+            b.append(&h, data.as_bytes()).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    /// Imports a tar archive of `members` into a fresh tree.
+    fn import(members: &[M<'_>]) -> (tempfile::TempDir, Result<Filled>) {
+        let t = tempfile::tempdir().unwrap();
+        let archive = t.path().join("a.tar");
+        fs::write(&archive, tar_of(members)).unwrap();
+        let dest = t.path().join("tree");
+        fs::create_dir(&dest).unwrap();
+        let r = fill(&Source::Tar(archive), &dest, &mut |_| {});
+        (t, r)
+    }
+
+    #[test]
+    fn unpack_errors_say_why() {
+        use tar::EntryType as T;
+        let (_t, r) = import(&[
+            m("a", T::Regular, "a"),
+            m("b", T::Regular, "b"),
+            m("b", T::Link, "a"),
+        ]);
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("a.tar: not a readable tar archive: b: "), "{e}");
+        assert!(
+            e.contains("File exists (os error 17) when hard linking"),
+            "{e}"
+        );
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
 
     #[test]
     fn a_source_file_swapped_for_a_symlink_is_not_followed() {
