@@ -10,7 +10,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{self, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use oci_spec::image::{
     ANNOTATION_REF_NAME, Arch, Descriptor, DigestAlgorithm, ImageIndex, ImageManifest, MediaType,
@@ -19,7 +19,7 @@ use oci_spec::image::{
 use serde::de::DeserializeOwned;
 use sha2::Digest as _;
 
-use crate::import::{Member, MemberRules, Unpacker, decompress, io_reason};
+use crate::import::{Member, MemberRules, Unpacker, decompress, io_reason, resolve_dir};
 use crate::{Error, Result, io_err};
 
 /// The largest `oci-layout`, index or manifest read: they are small JSON files.
@@ -591,25 +591,6 @@ fn remove(path: &Path, md: &fs::Metadata) -> Result<()> {
     }
 }
 
-/// `dest/rel` when every component of `rel` is a directory (not a symlink) in the
-/// tree; `None` when one is missing or something else.
-fn resolve_dir(dest: &Path, rel: &Path) -> Result<Option<PathBuf>> {
-    let mut dir = dest.to_path_buf();
-    for c in rel.components() {
-        let Component::Normal(part) = c else {
-            return Ok(None);
-        };
-        dir.push(part);
-        match fs::symlink_metadata(&dir) {
-            Ok(md) if md.is_dir() => {}
-            Ok(_) => return Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err(&dir)(e)),
-        }
-    }
-    Ok(Some(dir))
-}
-
 fn children(dir: &Path) -> Result<Vec<OsString>> {
     fs::read_dir(dir)
         .map_err(io_err(dir))?
@@ -922,6 +903,29 @@ mod tests {
             let e = r.unwrap_err().to_string();
             assert!(e.contains("a whiteout that names no entry"), "{name}: {e}");
         }
+    }
+
+    #[test]
+    fn directory_times_are_set_after_the_last_layer_never_through_a_symlink() {
+        let outside = tempfile::tempdir().unwrap();
+        let old = nix::sys::time::TimeSpec::new(1_000_000_000, 0);
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            outside.path(),
+            &old,
+            &old,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+        let out = outside.path().to_str().unwrap();
+        let l1 = tar_of(&[E::Dir("etc"), E::Dir("a"), E::File("sbin/init", "")]);
+        let l2 = tar_of(&[E::File("etc/new", "n"), E::Symlink("a", out)]);
+        let layout = Layout::image(&[(TAR, l1), (TAR, l2)]);
+        let (dest, r) = import(layout.path());
+        r.unwrap();
+        let mtime = |p: &Path| fs::symlink_metadata(p).unwrap().mtime();
+        assert_eq!(mtime(&dest.path().join("etc")), 1_700_000_000);
+        assert_eq!(mtime(outside.path()), 1_000_000_000);
     }
 
     #[test]
