@@ -1,13 +1,17 @@
 //! Filling a new template version from a source: a directory tree, a tar archive
 //! (plain, gzip or zstd) or an OCI image layout (oci.rs, which shares the tar
-//! extraction here). Ownership, modes, timestamps, hard links, symlinks and extended
-//! attributes (file capabilities among them) are kept. Device nodes are never
+//! extraction here). Ownership, modes, modification times (of directories too),
+//! hard links, symlinks, FIFOs and extended attributes (file capabilities among
+//! them) are kept; overlayfs' own `trusted.overlay.*` attributes are not, as they
+//! would steer the overlay a VE mounts on the version. Device nodes are never
 //! imported: a VE's /dev is made by vectl at start.
 
 use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use nix::fcntl::{AT_FDCWD, AtFlags};
@@ -166,11 +170,14 @@ pub(crate) fn fill(
                     reason: "the archive is empty".into(),
                 });
             }
+            unpacker.finish()?;
         }
         Source::OciLayout(layout) => {
             let image = oci::Image::open(layout)?;
             warnings.extend(image.warnings.iter().cloned());
-            image.apply(&mut Unpacker::new(dest, progress, &mut skipped))?;
+            let mut unpacker = Unpacker::new(dest, progress, &mut skipped);
+            image.apply(&mut unpacker)?;
+            unpacker.finish()?;
             described = image.describe();
         }
     }
@@ -286,7 +293,7 @@ impl<'a> Copier<'a> {
                 self.skipped.mounts += 1;
             }
         } else if ft.is_file() {
-            let mut from = fs::File::open(src).map_err(io_err(src))?;
+            let mut from = open_unchanged(src, &md)?;
             let mut to = fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -318,6 +325,33 @@ impl<'a> Copier<'a> {
     }
 }
 
+/// Opens the regular file `src` for reading, refusing anything but the file `md`
+/// (its `lstat`) describes: a symlink swapped in since is never followed (it
+/// could lead to /etc/shadow), and another file or a FIFO there is refused.
+fn open_unchanged(src: &Path, md: &fs::Metadata) -> Result<fs::File> {
+    let changed = |what: &str| Error::BadSource {
+        path: src.to_path_buf(),
+        reason: format!("changed while being copied ({what})"),
+    };
+    let file = fs::OpenOptions::new()
+        .read(true)
+        // O_NONBLOCK: opening a FIFO put there does not wait for a writer.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(src)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                changed("now a symlink")
+            } else {
+                io_err(src)(e)
+            }
+        })?;
+    let now = file.metadata().map_err(io_err(src))?;
+    if !now.is_file() || now.dev() != md.dev() || now.ino() != md.ino() {
+        return Err(changed("now another file"));
+    }
+    Ok(file)
+}
+
 /// Gives `dst` the owner, mode, extended attributes and times of `src`, in the order
 /// that keeps them: chown clears set-id bits and file capabilities, so it goes first.
 pub(crate) fn apply_metadata(src: &Path, dst: &Path, md: &fs::Metadata) -> Result<()> {
@@ -331,7 +365,6 @@ pub(crate) fn apply_metadata(src: &Path, dst: &Path, md: &fs::Metadata) -> Resul
     )
     .map_err(|e| io_err(dst)(e.into()))?;
     if !is_link {
-        use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(dst, fs::Permissions::from_mode(md.mode() & 0o7777))
             .map_err(io_err(dst))?;
     }
@@ -358,7 +391,7 @@ fn copy_xattrs(src: &Path, dst: &Path) -> Result<()> {
         Err(e) => return Err(io_err(src)(e)),
     };
     for name in names {
-        if name.to_string_lossy().starts_with("trusted.overlay.") {
+        if is_overlay_xattr(&name) {
             continue;
         }
         let Some(value) = xattr::get(src, &name).map_err(io_err(src))? else {
@@ -371,6 +404,13 @@ fn copy_xattrs(src: &Path, dst: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Overlayfs' own attributes (`trusted.overlay.opaque`, `.redirect`,
+/// `.metacopy`...): in a version, the lower layer of VEs' overlays, they would
+/// change what those overlays show.
+fn is_overlay_xattr(name: &OsStr) -> bool {
+    name.as_bytes().starts_with(b"trusted.overlay.")
 }
 
 fn is_unsupported(e: &io::Error) -> bool {
@@ -407,6 +447,25 @@ pub(crate) fn decompress<'a>(mut r: impl BufRead + 'a, path: &Path) -> Result<Bo
     } else {
         Ok(Box::new(r))
     }
+}
+
+/// An unpack error with its causes, on one line: the tar crate's own message
+/// ("failed to unpack `x`") says nothing of why; its source does ("File exists
+/// (os error 17) when hard linking ...").
+fn with_causes(e: &io::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = std::error::Error::source(e);
+    while let Some(cause) = next {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+        next = cause.source();
+    }
+    text.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 /// A tar error for people: no archive bytes quoted (the tar crate quotes the
@@ -448,11 +507,15 @@ pub(crate) trait MemberRules {
 }
 
 /// Extracts tar streams into a tree, counting what it extracts and skips.
+/// [`Unpacker::finish`] after the last stream gives directories their times.
 pub(crate) struct Unpacker<'a> {
     dest: &'a Path,
     done: Progress,
     report: &'a mut dyn FnMut(Progress),
     skipped: &'a mut Skipped,
+    /// Directories' modification times from their (last) headers, by path in
+    /// the tree: set at the end, as extracting into a directory changes it.
+    dir_times: HashMap<PathBuf, u64>,
 }
 
 impl<'a> Unpacker<'a> {
@@ -466,7 +529,26 @@ impl<'a> Unpacker<'a> {
             done: Progress::default(),
             report,
             skipped,
+            dir_times: HashMap::new(),
         }
+    }
+
+    /// Gives the directories the streams held their modification times from
+    /// the headers, deepest first. A path that is no longer a directory (a
+    /// later layer replaced it), or that leads through a symlink, is left
+    /// alone: nothing outside the tree is touched.
+    pub(crate) fn finish(&mut self) -> Result<()> {
+        let mut dirs: Vec<(PathBuf, u64)> = self.dir_times.drain().collect();
+        dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
+        for (rel, mtime) in dirs {
+            let Some(dir) = resolve_dir(self.dest, &rel)? else {
+                continue;
+            };
+            let t = TimeSpec::new(i64::try_from(mtime).unwrap_or(i64::MAX), 0);
+            utimensat(AT_FDCWD, &dir, &t, &t, UtimensatFlags::NoFollowSymlink)
+                .map_err(|e| io_err(&dir)(e.into()))?;
+        }
+        Ok(())
     }
 
     /// Extracts every member of `reader`, the tar stream of `archive` (named in
@@ -488,7 +570,9 @@ impl<'a> Unpacker<'a> {
         tar.set_preserve_permissions(true);
         tar.set_preserve_ownerships(true);
         tar.set_preserve_mtime(true);
-        tar.set_unpack_xattrs(true);
+        // Extended attributes are set below (the tar crate sets them on regular
+        // files only, and all of them).
+        tar.set_unpack_xattrs(false);
         tar.set_overwrite(true);
         let mut members = 0u64;
         for entry in tar.entries().map_err(|e| bad(tar_reason(&e, 0)))? {
@@ -516,12 +600,42 @@ impl<'a> Unpacker<'a> {
                 continue;
             }
             let size = entry.header().size().unwrap_or(0);
+            let xattrs = member_xattrs(&mut entry);
             let unpacked = entry
                 .unpack_in(self.dest)
-                .map_err(|e| bad(format!("{name}: {e}")))?;
+                .map_err(|e| bad(format!("{name}: {}", with_causes(&e))))?;
             if !unpacked {
                 self.skipped.unsafe_paths += 1;
                 continue;
+            }
+            if path.as_os_str().is_empty() {
+                // The tree's root: the tar crate leaves it as it is.
+                continue;
+            }
+            // Where unpack_in put it (it checked that this is inside the tree).
+            let target = self.dest.join(&path);
+            if kind.is_fifo() {
+                // The tar crate makes FIFOs regular files.
+                make_fifo(&target, entry.header()).map_err(|e| bad(format!("{name}: {e}")))?;
+            }
+            if !kind.is_symlink() && !kind.is_hard_link() {
+                for (key, value) in &xattrs {
+                    match xattr::set(&target, key, value) {
+                        Ok(()) => {}
+                        Err(e) if is_unsupported(&e) => {}
+                        Err(e) => {
+                            return Err(bad(format!(
+                                "{name}: extended attribute {}: {e}",
+                                key.to_string_lossy()
+                            )));
+                        }
+                    }
+                }
+            }
+            if kind.is_dir()
+                && let Ok(mtime) = entry.header().mtime()
+            {
+                self.dir_times.insert(path.clone(), mtime);
             }
             self.done.files += 1;
             self.done.bytes += size;
@@ -532,6 +646,66 @@ impl<'a> Unpacker<'a> {
         (self.report)(self.done);
         Ok(members)
     }
+}
+
+/// A member's extended attributes (its PAX `SCHILY.xattr.*` records), without
+/// overlayfs' own.
+fn member_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Vec<(OsString, Vec<u8>)> {
+    let Ok(Some(exts)) = entry.pax_extensions() else {
+        return Vec::new();
+    };
+    exts.filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let key = e.key_bytes().strip_prefix(b"SCHILY.xattr.")?;
+            let key = OsStr::from_bytes(key);
+            (!key.is_empty() && !is_overlay_xattr(key))
+                .then(|| (key.to_os_string(), e.value_bytes().to_vec()))
+        })
+        .collect()
+}
+
+/// Replaces the empty regular file the tar crate made of a FIFO member with a
+/// FIFO of the member's owner, mode and time.
+fn make_fifo(target: &Path, header: &tar::Header) -> io::Result<()> {
+    let mode = header.mode()? & 0o7777;
+    let (uid, gid) = (header.uid()?, header.gid()?);
+    let bad_id = |_| io::Error::new(io::ErrorKind::InvalidData, "owner out of range");
+    let uid = Uid::from_raw(u32::try_from(uid).map_err(bad_id)?);
+    let gid = Gid::from_raw(u32::try_from(gid).map_err(bad_id)?);
+    let mtime = i64::try_from(header.mtime()?).unwrap_or(i64::MAX);
+    fs::remove_file(target)?;
+    mknod(target, SFlag::S_IFIFO, Mode::from_bits_truncate(0o600), 0)?;
+    // chown before chmod: chown clears set-id bits.
+    fchownat(
+        AT_FDCWD,
+        target,
+        Some(uid),
+        Some(gid),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )?;
+    fs::set_permissions(target, fs::Permissions::from_mode(mode))?;
+    let t = TimeSpec::new(mtime, 0);
+    utimensat(AT_FDCWD, target, &t, &t, UtimensatFlags::NoFollowSymlink)?;
+    Ok(())
+}
+
+/// `dest/rel` when every component of `rel` is a directory (not a symlink) in the
+/// tree; `None` when one is missing or something else.
+pub(crate) fn resolve_dir(dest: &Path, rel: &Path) -> Result<Option<PathBuf>> {
+    let mut dir = dest.to_path_buf();
+    for c in rel.components() {
+        let Component::Normal(part) = c else {
+            return Ok(None);
+        };
+        dir.push(part);
+        match fs::symlink_metadata(&dir) {
+            Ok(md) if md.is_dir() => {}
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&dir)(e)),
+        }
+    }
+    Ok(Some(dir))
 }
 
 /// A member's path made relative to the tree (leading `/` and `.` dropped); `None`
@@ -546,4 +720,205 @@ fn inside(path: &Path) -> Option<PathBuf> {
         }
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tar member: path, type, content or link target, mode, mtime, PAX
+    /// extended attributes.
+    struct M<'a> {
+        path: &'a str,
+        kind: tar::EntryType,
+        data: &'a str,
+        mode: u32,
+        mtime: u64,
+        xattrs: &'a [(&'a str, &'a str)],
+    }
+
+    fn m<'a>(path: &'a str, kind: tar::EntryType, data: &'a str) -> M<'a> {
+        M {
+            path,
+            kind,
+            data,
+            mode: if kind.is_dir() { 0o755 } else { 0o644 },
+            mtime: 1_700_000_000,
+            xattrs: &[],
+        }
+    }
+
+    fn tar_of(members: &[M<'_>]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for mb in members {
+            if !mb.xattrs.is_empty() {
+                let mut records = Vec::new();
+                for (k, v) in mb.xattrs {
+                    let body = format!(" SCHILY.xattr.{k}={v}\n");
+                    // A record's length counts its own digits.
+                    let len = (1..)
+                        .map(|digits| body.len() + digits)
+                        .find(|n| n.to_string().len() + body.len() == *n)
+                        .unwrap();
+                    records.extend(format!("{len}{body}").into_bytes());
+                }
+                let mut h = tar::Header::new_ustar();
+                h.set_path("PaxHeader").unwrap();
+                h.set_entry_type(tar::EntryType::XHeader);
+                h.set_size(records.len() as u64);
+                h.set_cksum();
+                b.append(&h, &records[..]).unwrap();
+            }
+            let mut h = tar::Header::new_ustar();
+            h.set_path(mb.path).unwrap();
+            h.set_entry_type(mb.kind);
+            h.set_mode(mb.mode);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(mb.mtime);
+            let data = if mb.kind.is_hard_link() || mb.kind.is_symlink() {
+                h.set_link_name(mb.data).unwrap();
+                ""
+            } else {
+                mb.data
+            };
+            h.set_size(data.len() as u64);
+            h.set_cksum();
+            b.append(&h, data.as_bytes()).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    /// Imports a tar archive of `members` into a fresh tree.
+    fn import(members: &[M<'_>]) -> (tempfile::TempDir, Result<Filled>) {
+        let t = tempfile::tempdir().unwrap();
+        let archive = t.path().join("a.tar");
+        fs::write(&archive, tar_of(members)).unwrap();
+        let dest = t.path().join("tree");
+        fs::create_dir(&dest).unwrap();
+        let r = fill(&Source::Tar(archive), &dest, &mut |_| {});
+        (t, r)
+    }
+
+    #[test]
+    fn unpack_errors_say_why() {
+        use tar::EntryType as T;
+        let (_t, r) = import(&[
+            m("a", T::Regular, "a"),
+            m("b", T::Regular, "b"),
+            m("b", T::Link, "a"),
+        ]);
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("a.tar: not a readable tar archive: b: "), "{e}");
+        assert!(
+            e.contains("File exists (os error 17) when hard linking"),
+            "{e}"
+        );
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
+
+    #[test]
+    fn overlay_xattrs_are_dropped_and_others_kept() {
+        use tar::EntryType as T;
+        let xattrs = &[("trusted.overlay.opaque", "y"), ("user.keep", "1")];
+        let (t, r) = import(&[
+            M {
+                xattrs,
+                ..m("opq", T::Directory, "")
+            },
+            M {
+                xattrs,
+                ..m("opq/f", T::Regular, "f")
+            },
+            M {
+                xattrs: &[("trusted.overlay.metacopy", "")],
+                ..m("meta", T::Regular, "m")
+            },
+        ]);
+        r.unwrap();
+        let tree = t.path().join("tree");
+        for p in ["opq", "opq/f", "meta"] {
+            assert_eq!(
+                xattr::get(tree.join(p), "trusted.overlay.opaque").unwrap(),
+                None,
+                "{p}"
+            );
+            assert_eq!(
+                xattr::get(tree.join(p), "trusted.overlay.metacopy").unwrap(),
+                None,
+                "{p}"
+            );
+        }
+        for p in ["opq", "opq/f"] {
+            assert_eq!(
+                xattr::get(tree.join(p), "user.keep").unwrap().as_deref(),
+                Some(&b"1"[..]),
+                "{p}"
+            );
+        }
+    }
+
+    #[test]
+    fn directory_times_and_fifos_are_kept() {
+        use tar::EntryType as T;
+        let (t, r) = import(&[
+            M {
+                mtime: 1_500_000_000,
+                ..m("d", T::Directory, "")
+            },
+            M {
+                mtime: 1_600_000_000,
+                ..m("d/sub", T::Directory, "")
+            },
+            m("d/sub/f", T::Regular, "f"),
+            m("d/g", T::Regular, "g"),
+            M {
+                mode: 0o640,
+                mtime: 1_400_000_000,
+                ..m("d/pipe", T::Fifo, "")
+            },
+        ]);
+        r.unwrap();
+        let tree = t.path().join("tree");
+        let md = |p: &str| fs::symlink_metadata(tree.join(p)).unwrap();
+        assert_eq!(md("d").mtime(), 1_500_000_000);
+        assert_eq!(md("d/sub").mtime(), 1_600_000_000);
+        assert_eq!(md("d/sub/f").mtime(), 1_700_000_000);
+        let pipe = md("d/pipe");
+        assert!(pipe.file_type().is_fifo(), "{pipe:?}");
+        assert_eq!(pipe.mode() & 0o7777, 0o640);
+        assert_eq!(pipe.mtime(), 1_400_000_000);
+    }
+
+    #[test]
+    fn a_source_file_swapped_for_a_symlink_is_not_followed() {
+        let t = tempfile::tempdir().unwrap();
+        let secret = t.path().join("secret");
+        fs::write(&secret, "s").unwrap();
+        let src = t.path().join("src");
+        fs::create_dir(&src).unwrap();
+        let f = src.join("f");
+        fs::write(&f, "f").unwrap();
+        // What the copy saw, then the swap.
+        let seen = fs::symlink_metadata(&f).unwrap();
+        fs::remove_file(&f).unwrap();
+        std::os::unix::fs::symlink(&secret, &f).unwrap();
+        let e = open_unchanged(&f, &seen).unwrap_err().to_string();
+        assert!(
+            e.contains("changed while being copied (now a symlink)"),
+            "{e}"
+        );
+        // Another file in its place.
+        fs::remove_file(&f).unwrap();
+        fs::hard_link(&secret, &f).unwrap();
+        let e = open_unchanged(&f, &seen).unwrap_err().to_string();
+        assert!(e.contains("now another file"), "{e}");
+        // A symlink in the source is copied as a symlink, its target untouched.
+        fs::remove_file(&f).unwrap();
+        std::os::unix::fs::symlink(&secret, &f).unwrap();
+        let dest = t.path().join("dest");
+        fs::create_dir(&dest).unwrap();
+        fill(&Source::Dir(src), &dest, &mut |_| {}).unwrap();
+        assert_eq!(fs::read_link(dest.join("f")).unwrap(), secret);
+    }
 }

@@ -10,7 +10,8 @@ use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{self, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Component, Path, PathBuf};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 
 use oci_spec::image::{
     ANNOTATION_REF_NAME, Arch, Descriptor, DigestAlgorithm, ImageIndex, ImageManifest, MediaType,
@@ -19,7 +20,7 @@ use oci_spec::image::{
 use serde::de::DeserializeOwned;
 use sha2::Digest as _;
 
-use crate::import::{Member, MemberRules, Unpacker, decompress, io_reason};
+use crate::import::{Member, MemberRules, Unpacker, decompress, io_reason, resolve_dir};
 use crate::{Error, Result, io_err};
 
 /// The largest `oci-layout`, index or manifest read: they are small JSON files.
@@ -105,7 +106,7 @@ impl Image {
                 ));
             }
             let path = blob_path(&dir, layer, &manifest_path)?;
-            let md = fs::metadata(&path).map_err(|e| missing(&path, layer, &e))?;
+            let md = open_blob(&path, layer)?.metadata().map_err(io_err(&path))?;
             if md.len() != layer.size() {
                 return Err(size_mismatch(&path, layer, md.len()));
             }
@@ -142,12 +143,14 @@ impl Image {
     pub(crate) fn apply(&self, unpacker: &mut Unpacker<'_>) -> Result<()> {
         for layer in &self.layers {
             let path = blob_path(&self.dir, layer, &self.manifest_path)?;
-            let file = fs::File::open(&path).map_err(|e| missing(&path, layer, &e))?;
+            let file = open_blob(&path, layer)?;
             let Some(hasher) = Hasher::new(layer.digest().algorithm()) else {
                 return Err(unsupported_digest(&self.manifest_path, layer));
             };
+            // Never more than one byte past the descriptor's size: a blob that
+            // grew since it was checked fails here, it is not read to its end.
             let mut blob = Blob {
-                file,
+                file: file.take(layer.size().saturating_add(1)),
                 hasher,
                 read: 0,
             };
@@ -376,7 +379,7 @@ fn read_blob(dir: &Path, desc: &Descriptor, from: &Path, what: &str) -> Result<(
     let Some(mut hasher) = Hasher::new(desc.digest().algorithm()) else {
         return Err(unsupported_digest(from, desc));
     };
-    let file = fs::File::open(&path).map_err(|e| missing(&path, desc, &e))?;
+    let file = open_blob(&path, desc)?;
     let mut data = Vec::new();
     file.take(desc.size() + 1)
         .read_to_end(&mut data)
@@ -419,6 +422,37 @@ fn unsupported_digest(from: &Path, desc: &Descriptor) -> Error {
     )
 }
 
+/// Opens a blob, which must be a regular file: not a symlink (not followed,
+/// so one to /dev/zero cannot make an import read forever), not a FIFO (opened
+/// without waiting for a writer, then refused), not a device.
+fn open_blob(path: &Path, desc: &Descriptor) -> Result<fs::File> {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                bad(
+                    path,
+                    format!(
+                        "blob {} is a symlink: blobs must be regular files",
+                        desc.digest()
+                    ),
+                )
+            } else {
+                missing(path, desc, &e)
+            }
+        })?;
+    let md = file.metadata().map_err(io_err(path))?;
+    if !md.is_file() {
+        return Err(bad(
+            path,
+            format!("blob {} is not a regular file", desc.digest()),
+        ));
+    }
+    Ok(file)
+}
+
 fn missing(path: &Path, desc: &Descriptor, e: &io::Error) -> Error {
     if e.kind() == io::ErrorKind::NotFound {
         bad(path, format!("missing blob {}", desc.digest()))
@@ -427,11 +461,17 @@ fn missing(path: &Path, desc: &Descriptor, e: &io::Error) -> Error {
     }
 }
 
+/// `size` is what was read; reads stop one byte past the descriptor's size.
 fn size_mismatch(path: &Path, desc: &Descriptor, size: u64) -> Error {
+    let got = if size > desc.size() {
+        format!("more than {} bytes", desc.size())
+    } else {
+        format!("{size} bytes")
+    };
     bad(
         path,
         format!(
-            "size mismatch: {size} bytes, the descriptor of {} says {}",
+            "size mismatch: {got}, the descriptor of {} says {}",
             desc.digest(),
             desc.size()
         ),
@@ -484,7 +524,7 @@ impl Hasher {
 
 /// A layer blob read through its digest.
 struct Blob {
-    file: fs::File,
+    file: io::Take<fs::File>,
     hasher: Hasher,
     read: u64,
 }
@@ -589,25 +629,6 @@ fn remove(path: &Path, md: &fs::Metadata) -> Result<()> {
     } else {
         fs::remove_file(path).map_err(io_err(path))
     }
-}
-
-/// `dest/rel` when every component of `rel` is a directory (not a symlink) in the
-/// tree; `None` when one is missing or something else.
-fn resolve_dir(dest: &Path, rel: &Path) -> Result<Option<PathBuf>> {
-    let mut dir = dest.to_path_buf();
-    for c in rel.components() {
-        let Component::Normal(part) = c else {
-            return Ok(None);
-        };
-        dir.push(part);
-        match fs::symlink_metadata(&dir) {
-            Ok(md) if md.is_dir() => {}
-            Ok(_) => return Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err(&dir)(e)),
-        }
-    }
-    Ok(Some(dir))
 }
 
 fn children(dir: &Path) -> Result<Vec<OsString>> {
@@ -922,6 +943,93 @@ mod tests {
             let e = r.unwrap_err().to_string();
             assert!(e.contains("a whiteout that names no entry"), "{name}: {e}");
         }
+    }
+
+    #[test]
+    fn directory_times_are_set_after_the_last_layer_never_through_a_symlink() {
+        let outside = tempfile::tempdir().unwrap();
+        let old = nix::sys::time::TimeSpec::new(1_000_000_000, 0);
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            outside.path(),
+            &old,
+            &old,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+        let out = outside.path().to_str().unwrap();
+        let l1 = tar_of(&[E::Dir("etc"), E::Dir("a"), E::File("sbin/init", "")]);
+        let l2 = tar_of(&[E::File("etc/new", "n"), E::Symlink("a", out)]);
+        let layout = Layout::image(&[(TAR, l1), (TAR, l2)]);
+        let (dest, r) = import(layout.path());
+        r.unwrap();
+        let mtime = |p: &Path| fs::symlink_metadata(p).unwrap().mtime();
+        assert_eq!(mtime(&dest.path().join("etc")), 1_700_000_000);
+        assert_eq!(mtime(outside.path()), 1_000_000_000);
+    }
+
+    /// Imports `arg` in a thread: `None` if it has not finished in 20 s.
+    fn import_within(arg: &Path) -> Option<String> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let arg = arg.to_path_buf();
+        std::thread::spawn(move || {
+            let (_dest, r) = import(&arg);
+            let _ = tx.send(r.map(|_| String::new()).unwrap_or_else(|e| e.to_string()));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(20)).ok()
+    }
+
+    #[test]
+    fn blobs_that_are_not_regular_files_are_refused_at_once() {
+        // An empty layer (the descriptor says 0 bytes, as /dev/zero's size is).
+        let empty = sha256(b"");
+        let desc = json!({"mediaType": TAR, "digest": format!("sha256:{empty}"), "size": 0});
+        let make = |plant: &dyn Fn(&Path)| {
+            let l = Layout::new();
+            plant(&l.path().join("blobs/sha256").join(&empty));
+            let m = l.manifest_of(vec![desc.clone()]);
+            l.index(&[m]);
+            l
+        };
+        let zero = make(&|p| std::os::unix::fs::symlink("/dev/zero", p).unwrap());
+        let e = import_within(zero.path()).expect("the import of a /dev/zero blob hangs");
+        assert!(
+            e.contains(&format!(
+                "blobs/sha256/{empty}: blob sha256:{empty} is a symlink: blobs must be regular files"
+            )),
+            "{e}"
+        );
+        let fifo = make(&|p| {
+            nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap()
+        });
+        let e = import_within(fifo.path()).expect("the import of a FIFO blob hangs");
+        assert!(e.contains("is not a regular file"), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
+
+    #[test]
+    fn a_blob_that_grew_after_the_check_is_not_read_to_its_end() {
+        let layer = tar_of(&[E::File("sbin/init", "init")]);
+        let l = Layout::image(&[(TAR, layer.clone())]);
+        let image = Image::open(l.path()).unwrap();
+        let blob = l.path().join("blobs/sha256").join(sha256(&layer));
+        let mut grown = layer.clone();
+        grown.extend(std::iter::repeat_n(0u8, 1 << 20));
+        fs::write(&blob, grown).unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        let mut skipped = crate::import::Skipped::default();
+        let mut report = |_| {};
+        let e = image
+            .apply(&mut Unpacker::new(dest.path(), &mut report, &mut skipped))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!(
+                "size mismatch: more than {} bytes, the descriptor of sha256:",
+                layer.len()
+            )),
+            "{e}"
+        );
     }
 
     #[test]

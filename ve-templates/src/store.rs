@@ -275,6 +275,7 @@ impl TemplateStore {
                 return Err(e);
             }
         };
+        let mut warnings = filled.warnings;
         let published = self.publish(
             name,
             version,
@@ -283,17 +284,29 @@ impl TemplateStore {
             &filled.source,
             message,
             volumes,
+            &mut warnings,
         );
         match published {
-            Ok(meta) => Ok((meta, filled.warnings)),
+            Ok(meta) => Ok((meta, warnings)),
             Err(e) => {
                 let _ = volumes.delete(&staging);
-                let _ = fs::remove_file(self.meta_path(name, version));
+                // publish fails only while the version is unpublished; should the
+                // tree be there all the same, its metadata stays with it.
+                if !self.path_of(name, version).is_dir() {
+                    let _ = fs::remove_file(self.meta_path(name, version));
+                }
                 Err(e)
             }
         }
     }
 
+    /// Writes the version's metadata, seals its tree and publishes it with one
+    /// rename. Everything that can fail comes before the rename (`.highest`
+    /// too: a number skipped because the rename then failed is harmless), so
+    /// an error means the version is not published and the caller may delete
+    /// its metadata; after the rename nothing is an error, or that cleanup
+    /// would leave a published tree without metadata, which every later
+    /// command on the template would trip over.
     #[allow(clippy::too_many_arguments)]
     fn publish(
         &self,
@@ -304,6 +317,7 @@ impl TemplateStore {
         source: &str,
         message: &str,
         volumes: &dyn VolumeOps,
+        warnings: &mut Vec<String>,
     ) -> Result<TemplateVersion> {
         let usage = volumes.usage(staging).map_err(|source| Error::Volume {
             name: name.to_string(),
@@ -323,16 +337,29 @@ impl TemplateStore {
             reason: e.to_string(),
         })?;
         write_atomic(&self.meta_path(name, version), text.as_bytes())?;
+        write_atomic(&tdir.join(HIGHEST), version.to_string().as_bytes())?;
         volumes.seal(staging).map_err(|source| Error::Volume {
             name: name.to_string(),
             source,
         })?;
         let dest = self.path_of(name, version);
-        fs::rename(staging, &dest).map_err(io_err(&dest))?;
-        write_atomic(&tdir.join(HIGHEST), version.to_string().as_bytes())?;
-        fs::File::open(tdir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(tdir))?;
+        if let Err(e) = fs::rename(staging, &dest) {
+            // A rename that reports an error but happened all the same (a
+            // network file system retrying it) published the version.
+            if !(dest.is_dir() && fs::symlink_metadata(staging).is_err()) {
+                return Err(io_err(&dest)(e));
+            }
+        }
+        // The version is published. A failed fsync only means a crash soon
+        // could undo the rename (the metadata without its tree is then removed
+        // by the next command, and the staging tree with it): the store stays
+        // consistent either way, so it is a warning.
+        if let Err(e) = fs::File::open(tdir).and_then(|d| d.sync_all()) {
+            warnings.push(format!(
+                "{}: could not sync the template directory ({e}): a crash soon may undo the import",
+                tdir.display()
+            ));
+        }
         Ok(meta)
     }
 
@@ -528,6 +555,61 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Volumes that are plain directories.
+    struct Dirs;
+
+    impl VolumeOps for Dirs {
+        fn create(&self, path: &Path) -> io::Result<()> {
+            fs::create_dir(path)
+        }
+        fn seal(&self, _: &Path) -> io::Result<()> {
+            Ok(())
+        }
+        fn delete(&self, path: &Path) -> io::Result<()> {
+            match fs::remove_dir_all(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        }
+        fn usage(&self, _: &Path) -> io::Result<(u64, u64)> {
+            Ok((0, 0))
+        }
+    }
+
+    #[test]
+    fn a_failed_publish_leaves_no_version_without_metadata() {
+        let t = tempfile::tempdir().unwrap();
+        let store = TemplateStore::new(&t.path().join("templates"), &t.path().join("locks"));
+        let src = t.path().join("src");
+        fs::create_dir_all(src.join("etc")).unwrap();
+        fs::write(src.join("etc/f"), "f").unwrap();
+        let source = Source::Dir(src);
+        store.import("t", &source, "", &Dirs, &mut |_| {}).unwrap();
+        // `.highest` cannot be replaced: the second import fails...
+        let highest = t.path().join("templates/t/.highest");
+        fs::remove_file(&highest).unwrap();
+        fs::create_dir_all(highest.join("x")).unwrap();
+        let e = store
+            .import("t", &source, "", &Dirs, &mut |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(".highest"), "{e}");
+        // ...and publishes nothing: the store reads as before.
+        let versions: Vec<u32> = store
+            .versions("t")
+            .unwrap()
+            .iter()
+            .map(|v| v.version)
+            .collect();
+        assert_eq!(versions, [1]);
+        assert!(!t.path().join("templates/t/2").exists());
+        // Once it can be written, the next import goes on.
+        fs::remove_dir_all(&highest).unwrap();
+        let (v, _) = store.import("t", &source, "", &Dirs, &mut |_| {}).unwrap();
+        assert_eq!(v.version, 2);
+        assert_eq!(store.versions("t").unwrap().len(), 2);
+    }
 
     #[test]
     fn template_refs_parse() {
