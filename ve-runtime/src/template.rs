@@ -368,19 +368,9 @@ impl Host {
         let layer = self.pool().ve_volume(ve).upper();
         let lower = self.templates().path(base);
         crate::net::forget_vectl_files(&layer, &lower, &cfg.hostname, false)?;
-        let now = self.templates().resolve(&ve_templates::TemplateRef {
-            name: name.to_string(),
-            version: None,
-        })?;
-        if now.version != base.version {
-            return Err(Error::Host(format!(
-                "template {name}: {} was published while the build ran on {}; run the build again",
-                now.reference(),
-                base.reference()
-            )));
-        }
         let source = Source::Build {
             base: lower,
+            on: base.version,
             layer,
             what: format!("run:{command} (on {})", base.reference()),
         };

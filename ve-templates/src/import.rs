@@ -32,11 +32,13 @@ pub enum Source {
     Tar(PathBuf),
     /// A Debian or Ubuntu tree made by debootstrap from a mirror.
     Debootstrap(Debootstrap),
-    /// A version's tree (`base`) with an overlayfs upper layer applied: what a
-    /// build VE on that version changed. `what` is recorded as the source
-    /// (`run:CMD on NAME@V`).
+    /// A version's tree (`base`, version `on` of the template) with an
+    /// overlayfs upper layer applied: what a build VE on that version changed.
+    /// Published only if `on` is still the latest version. `what` is recorded
+    /// as the source (`run:CMD on NAME@V`).
     Build {
         base: PathBuf,
+        on: u32,
         layer: PathBuf,
         what: String,
     },

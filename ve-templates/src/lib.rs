@@ -65,6 +65,15 @@ pub enum Error {
     /// A version's metadata file that cannot be parsed.
     #[error("{path}: corrupt template metadata: {reason}")]
     BadMetadata { path: PathBuf, reason: String },
+    /// A build's result is published only onto the version it ran on.
+    #[error(
+        "template {name}: {name}@{latest} was published while the build ran on {name}@{base}; run the build again"
+    )]
+    Superseded {
+        name: String,
+        base: u32,
+        latest: u32,
+    },
     /// A version that VEs use cannot be removed.
     #[error("template {reference}: in use by VE {ves} (upgrade or destroy them first)")]
     InUse { reference: String, ves: String },

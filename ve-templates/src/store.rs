@@ -254,12 +254,18 @@ impl TemplateStore {
             .ok()
             .and_then(|t| t.trim().parse::<u32>().ok())
             .unwrap_or(0);
-        let version = self
-            .versions(name)?
-            .last()
-            .map_or(0, |v| v.version)
-            .max(highest)
-            + 1;
+        let latest = self.versions(name)?.last().map_or(0, |v| v.version);
+        // Checked under the template's lock, where versions are published.
+        if let Source::Build { on, .. } = source
+            && *on != latest
+        {
+            return Err(Error::Superseded {
+                name: name.to_string(),
+                base: *on,
+                latest,
+            });
+        }
+        let version = latest.max(highest) + 1;
         let staging = tdir.join(format!(".staging-{version}"));
         let based = match source {
             Source::Build { base, .. } => volumes.snapshot(base, &staging).map_err(vol_err)?,
@@ -608,6 +614,36 @@ mod tests {
         fs::remove_dir_all(&highest).unwrap();
         let (v, _) = store.import("t", &source, "", &Dirs, &mut |_| {}).unwrap();
         assert_eq!(v.version, 2);
+        assert_eq!(store.versions("t").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_build_publishes_only_onto_the_version_it_ran_on() {
+        let t = tempfile::tempdir().unwrap();
+        let store = TemplateStore::new(&t.path().join("templates"), &t.path().join("locks"));
+        let src = t.path().join("src");
+        fs::create_dir_all(src.join("etc")).unwrap();
+        let dir = Source::Dir(src.clone());
+        store.import("t", &dir, "", &Dirs, &mut |_| {}).unwrap(); // t@1
+        let layer = t.path().join("layer");
+        fs::create_dir_all(layer.join("etc")).unwrap();
+        fs::write(layer.join("etc/built"), "b").unwrap();
+        let build = |on: u32| Source::Build {
+            base: t.path().join("templates/t/1"),
+            on,
+            layer: layer.clone(),
+            what: "run:x (on t@1)".into(),
+        };
+        // Another version published meanwhile (t@2): the build on t@1 is refused.
+        store.import("t", &dir, "", &Dirs, &mut |_| {}).unwrap();
+        let e = store
+            .import("t", &build(1), "", &Dirs, &mut |_| {})
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "template t: t@2 was published while the build ran on t@1; run the build again"
+        );
         assert_eq!(store.versions("t").unwrap().len(), 2);
     }
 
