@@ -103,9 +103,15 @@ enum Command {
         /// The version the fleet moves to.
         #[arg(long, value_name = "NAME@VERSION", requires = "all")]
         to: Option<String>,
-        /// VEs per batch.
-        #[arg(long, default_value_t = 1, value_name = "N", requires = "all")]
-        batch: usize,
+        /// VEs upgraded per batch (VEs skipped for conflicts do not count).
+        #[arg(
+            long,
+            default_value_t = 1,
+            value_name = "N",
+            requires = "all",
+            value_parser = clap::value_parser!(u32).range(1..)
+        )]
+        batch: u32,
         /// Shell command run inside each upgraded VE of a batch, again until it
         /// succeeds or --health-timeout passes; a failure rolls that VE back and
         /// halts the rollout.
@@ -135,6 +141,23 @@ enum Command {
         ve: String,
         #[command(flatten)]
         stop: StopFlags,
+    },
+    /// Keep VEs' upgrades for good: delete their rollback snapshots and let
+    /// go of the versions they came from (`template gc` may then remove them);
+    /// `rollback` has nothing to undo afterwards.
+    Commit {
+        #[arg(
+            value_name = "VE",
+            required_unless_present = "all",
+            conflicts_with = "all"
+        )]
+        ves: Vec<String>,
+        /// Every VE with upgrades to keep.
+        #[arg(long)]
+        all: bool,
+        /// With --all: only the VEs on this version.
+        #[arg(long, short = 'T', value_name = "NAME@VERSION", requires = "all")]
+        template: Option<String>,
     },
     /// A VE's moves between template versions.
     History {
@@ -1007,12 +1030,13 @@ fn run(cli: Cli, at: &ArgPositions, out: &Out) -> Result<ExitCode> {
                     from,
                     to,
                     &ve_runtime::Rollout {
-                        batch: *batch,
+                        batch: *batch as usize,
                         health: health.clone(),
                         health_timeout,
                         force: *force,
                         stop: stop.options(),
                     },
+                    &mut |row| out.fleet_progress(row),
                 )?;
                 out.fleet(&rows);
                 if rows
@@ -1040,6 +1064,17 @@ fn run(cli: Cli, at: &ArgPositions, out: &Out) -> Result<ExitCode> {
         Command::Rollback { ve, stop } => {
             let m = open(&cli)?.rollback(ve, stop.options())?;
             out.moved("rolled back", &m);
+        }
+        Command::Commit { ves, all, template } => {
+            let host = open(&cli)?;
+            let done = if *all {
+                host.commit_all(template.as_deref())?
+            } else {
+                ves.iter()
+                    .map(|ve| host.commit(ve))
+                    .collect::<ve_runtime::Result<Vec<_>>>()?
+            };
+            out.committed(&done);
         }
         Command::History { ve } => {
             let (ve, h) = open(&cli)?.history(ve)?;

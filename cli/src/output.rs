@@ -508,9 +508,10 @@ impl Out {
             return;
         }
         println!(
-            "VE {}: {} conflicts moving from {} to {} (the VE's copy would hide the new version's):",
+            "VE {}: {} conflict{} moving from {} to {} (the VE's copy would hide the new version's):",
             c.ve,
             c.conflicts.len(),
+            if c.conflicts.len() == 1 { "" } else { "s" },
             c.from,
             c.to
         );
@@ -544,6 +545,12 @@ impl Out {
         }
     }
 
+    /// A fleet rollout's VE as soon as its outcome is known (stderr, so the
+    /// table on stdout stays the result).
+    pub fn fleet_progress(&self, r: &ve_runtime::FleetRow) {
+        self.note(&format!("VE {}: {} ({})", r.ve, r.outcome, r.detail));
+    }
+
     pub fn fleet(&self, rows: &[ve_runtime::FleetRow]) {
         if self.json {
             self.print_json(&rows);
@@ -558,6 +565,38 @@ impl Out {
             t.push(vec![r.ve.clone(), r.outcome.clone(), r.detail.clone()]);
         }
         print_table(&t);
+    }
+
+    pub fn committed(&self, done: &[ve_runtime::Committed]) {
+        if self.json {
+            self.print_json(&done);
+            return;
+        }
+        if done.is_empty() {
+            println!("nothing to commit");
+        }
+        for c in done {
+            let mut what = Vec::new();
+            if !c.released.is_empty() {
+                what.push(format!(
+                    "{} no longer kept for rollback",
+                    c.released.join(", ")
+                ));
+            }
+            if !c.snapshots.is_empty() {
+                what.push(format!("removed snapshot {}", c.snapshots.join(", ")));
+            }
+            if what.is_empty() {
+                println!("VE {}: nothing to commit (on {})", c.ve, c.template);
+            } else {
+                println!(
+                    "VE {}: committed {} ({})",
+                    c.ve,
+                    c.template,
+                    what.join("; ")
+                );
+            }
+        }
     }
 
     pub fn history(&self, ve: &str, h: &[ve_runtime::TemplateMove]) {

@@ -181,11 +181,13 @@ fn a_fleet_rollout_halts_and_rolls_back_at_a_failed_health_check() {
     let got: Vec<(String, String)> = (0..5)
         .map(|i| (rows[i]["ve"].as_str().unwrap().to_string(), outcome(i)))
         .collect();
+    // Batches of 2 upgraded VEs: f2's skip takes no place, so f1 and f3 are
+    // the first batch, and f3's failed check halts the rollout before f4.
     let want: Vec<(String, String)> = [
         ("f1", "upgraded"),
         ("f2", "skipped"),
         ("f3", "rolled back"),
-        ("f4", "upgraded"),
+        ("f4", "not reached"),
         ("f5", "not reached"),
     ]
     .iter()
@@ -193,8 +195,10 @@ fn a_fleet_rollout_halts_and_rolls_back_at_a_failed_health_check() {
     .collect();
     assert_eq!(got, want, "{rows}");
     let detail = |i: usize| rows[i]["detail"].as_str().unwrap().to_string();
+    assert!(detail(0).starts_with("batch 1,"), "{rows}");
     assert!(detail(0).ends_with("healthy"), "{rows}");
     assert!(detail(1).contains("conflict with bb@3"), "{rows}");
+    assert!(detail(2).starts_with("batch 1: "), "{rows}");
     assert!(detail(2).contains("health check exited 1"), "{rows}");
     let on = |ve: &str| {
         h.json(&["show", ve])["template"]
@@ -204,12 +208,162 @@ fn a_fleet_rollout_halts_and_rolls_back_at_a_failed_health_check() {
     };
     assert_eq!(
         ["f1", "f2", "f3", "f4", "f5", "elsewhere"].map(on),
-        ["bb@3", "bb@2", "bb@2", "bb@3", "bb@2", "bb@1"]
+        ["bb@3", "bb@2", "bb@2", "bb@2", "bb@2", "bb@1"]
     );
     assert_eq!(h.json(&["show", "f3"])["status"], "running");
     assert_eq!(cat(&h, "f1", "/etc/app.conf"), "v3\n");
+
+    // Once f3 is mended the rollout goes on; without --json each VE's outcome
+    // is on stderr as it happens, the table on stdout at the end.
+    assert_eq!(h.exec("f3", &["rm", "/root/bad"]).code, 0);
+    let r = h.run(&[
+        "upgrade", "--all", "--from", "bb@2", "--to", "bb@3", "--batch", "2", "--health", "true",
+        "--fast",
+    ]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    for (ve, outcome) in [
+        ("f2", "skipped"),
+        ("f3", "upgraded"),
+        ("f4", "upgraded"),
+        ("f5", "upgraded"),
+    ] {
+        assert!(
+            r.stderr.contains(&format!("VE {ve}: {outcome} (")),
+            "{ve}: {}",
+            r.stderr
+        );
+        assert!(
+            r.stdout
+                .lines()
+                .any(|l| l.starts_with(ve) && l.contains(outcome)),
+            "{ve}: {}",
+            r.stdout
+        );
+    }
+    assert!(
+        r.stderr.contains("VE f5: upgraded (batch 2,"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        ["f1", "f2", "f3", "f4", "f5"].map(on),
+        ["bb@3", "bb@2", "bb@3", "bb@3", "bb@3"]
+    );
+
     let e = h.fails(&["upgrade", "--all", "--from", "bb@9", "--to", "bb@3"]);
     assert!(e.contains("no version 9"), "{e}");
+    let e = h.fails(&["upgrade", "--all", "--from", "bb@3", "--to", "bb@3"]);
+    assert!(e.contains("both bb@3"), "{e}");
+    let r = h.run(&[
+        "upgrade", "--all", "--from", "bb@2", "--to", "bb@3", "--batch", "0",
+    ]);
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+}
+
+#[test]
+fn commit_keeps_upgrades_and_lets_the_old_version_go() {
+    let Some(h) = TestHost::with_btrfs("upgrade_commit", "1G") else {
+        return;
+    };
+    publish_busybox(&h, "bb", |t| {
+        fs::write(t.join("etc/app.conf"), "v2\n").unwrap()
+    }); // bb@2
+    let snapshots = |ve: &str| -> Vec<String> {
+        h.json(&["snapshot", "list", ve])["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    for ve in ["a", "b", "c"] {
+        h.ok(&["create", ve, "--template", "bb@1"]);
+    }
+    h.ok(&["start", "a"]);
+    assert_eq!(h.exec("a", &["sh", "-c", "echo mine > /root/data"]).code, 0);
+    for ve in ["a", "b", "c"] {
+        h.ok(&["upgrade", ve, "--template", "bb@2", "--fast"]);
+    }
+    // b went back and forth: two snapshots, one of them for an upgrade rolled back.
+    h.ok(&["rollback", "b"]);
+    h.ok(&["upgrade", "b", "--template", "bb@2"]);
+    assert_eq!(snapshots("b").len(), 2);
+
+    // bb@1 is kept while any VE can roll back to it, and the refusal says how
+    // to let it go.
+    let e = h.fails(&["template", "rm", "bb@1"]);
+    assert!(
+        e.contains("a (rollback)") && e.contains("vectl commit a b c"),
+        "{e}"
+    );
+
+    let out = h.ok(&["commit", "a"]);
+    assert!(
+        out.contains(
+            "VE a: committed bb@2 (bb@1 no longer kept for rollback; removed snapshot upgrade-"
+        ),
+        "{out}"
+    );
+    assert!(snapshots("a").is_empty());
+    let e = h.fails(&["rollback", "a"]);
+    assert!(e.contains("VE a: no upgrade to roll back"), "{e}");
+    let hist = h.json(&["history", "a"]);
+    let last = hist["history"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (
+            last["action"].as_str(),
+            last["from"].as_str(),
+            last["to"].as_str()
+        ),
+        (Some("commit"), Some("bb@1"), Some("bb@2"))
+    );
+    // The VE runs on, its own files untouched.
+    assert_eq!(h.json(&["show", "a"])["status"], "running");
+    assert_eq!(cat(&h, "a", "/root/data"), "mine\n");
+    assert_eq!(cat(&h, "a", "/etc/app.conf"), "v2\n");
+
+    // A commit killed after it recorded itself: the snapshot is no way back
+    // any more, and the next commit deletes it.
+    common::crash_at(&h, "commit-after-record", &["commit", "c"]);
+    assert_eq!(snapshots("c").len(), 1);
+    let e = h.fails(&["rollback", "c"]);
+    assert!(e.contains("no upgrade to roll back"), "{e}");
+    let out = h.ok(&["commit", "c"]);
+    assert!(
+        out.contains("VE c: committed bb@2 (removed snapshot upgrade-"),
+        "{out}"
+    );
+    assert!(snapshots("c").is_empty());
+
+    // Still kept for b; the fleet form commits it (both its snapshots go).
+    assert!(
+        h.ok(&["template", "gc"])
+            .contains("no template version removed")
+    );
+    let done = h.json(&["commit", "--all", "--template", "bb@2"]);
+    let done = done.as_array().unwrap();
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(done[0]["ve"], "b");
+    assert_eq!(done[0]["released"], serde_json::json!(["bb@1"]));
+    assert_eq!(done[0]["snapshots"].as_array().unwrap().len(), 2);
+    assert!(snapshots("b").is_empty());
+    assert_eq!(h.ok(&["commit", "--all"]).trim(), "nothing to commit");
+    assert!(
+        h.ok(&["commit", "a"])
+            .contains("VE a: nothing to commit (on bb@2)")
+    );
+
+    assert!(h.ok(&["template", "gc"]).contains("removed bb@1"));
+    assert_eq!(common::template_versions(&h), ["bb@2"]);
+    h.ok(&["restart", "a", "--fast"]);
+    assert_eq!(cat(&h, "a", "/root/data"), "mine\n");
+
+    // Bad input: one line naming what is wrong.
+    let e = h.fails(&["commit", "nope"]);
+    assert!(e.contains("nope"), "{e}");
+    let e = h.fails(&["commit", "--all", "--template", "bb@9"]);
+    assert!(e.contains("no version 9"), "{e}");
+    assert_eq!(h.run(&["commit"]).code, 2);
 }
 
 #[test]

@@ -44,7 +44,7 @@ pub use security::DROPPED_CAPS;
 pub use state::RunState;
 pub use stats::VeStats;
 pub use template::TemplateUsage;
-pub use upgrade::{FleetRow, Moved, Rollout, TemplateMove, UpgradeCheck};
+pub use upgrade::{Committed, FleetRow, Moved, Rollout, TemplateMove, UpgradeCheck};
 pub use ve::{
     CreateOptions, SetOutcome, Status, StopOptions, StopOutcome, VeDetails, VeInfo, parse_signal,
     signal_name,

@@ -110,7 +110,7 @@ impl Host {
         };
         let (ves, _) = self.list()?;
         // A version an upgrade came from stays while it can be rolled back to.
-        let rollback_to: Vec<(String, String)> = self
+        let mut rollback_to: Vec<(String, String)> = self
             .configs()?
             .iter()
             .flat_map(|c| {
@@ -120,6 +120,7 @@ impl Host {
                     .collect::<Vec<_>>()
             })
             .collect();
+        rollback_to.sort();
         Ok(versions
             .iter()
             .enumerate()
@@ -197,9 +198,22 @@ impl Host {
         };
         for u in &doomed {
             if !u.ves.is_empty() {
+                let held: Vec<&str> = u
+                    .ves
+                    .iter()
+                    .filter_map(|v| v.strip_suffix(" (rollback)"))
+                    .collect();
+                let mut advice = String::from("upgrade or destroy them first");
+                if !held.is_empty() {
+                    advice = format!(
+                        "{advice}; `vectl commit {}` keeps an upgrade for good and lets go of the version kept for its rollback",
+                        held.join(" ")
+                    );
+                }
                 return Err(ve_templates::Error::InUse {
                     reference: u.version.reference(),
                     ves: u.ves.join(", "),
+                    advice,
                 }
                 .into());
             }

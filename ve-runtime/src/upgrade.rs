@@ -23,6 +23,15 @@
 //!
 //! A VE is thus never started, cloned or snapshotted with files that do not
 //! belong to the version it is pinned to. `vectl history` shows a pending move.
+//!
+//! # Committing
+//!
+//! Every upgrade keeps its way back: the snapshot, and the version it came from
+//! (which `template rm`/`gc` then keep). `commit` ends that once the operator
+//! is satisfied: it records a `commit` move, after which no earlier upgrade is
+//! open, and then deletes the upgrades' snapshots. Killed in between, the
+//! snapshots are left unreferenced; `commit` again (or `snapshot rm`) deletes
+//! them.
 
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +58,18 @@ pub struct TemplateMove {
     /// the last entry; the next command finishes it, see the module docs).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pending: bool,
+}
+
+/// What `commit` did to one VE.
+#[derive(Debug, Clone, Serialize)]
+pub struct Committed {
+    pub ve: String,
+    /// The version the VE stays on.
+    pub template: String,
+    /// The versions it could have been rolled back to, no longer kept for it.
+    pub released: Vec<String>,
+    /// The upgrade snapshots deleted.
+    pub snapshots: Vec<String>,
 }
 
 /// What `upgrade --check` finds.
@@ -97,7 +118,8 @@ pub struct FleetRow {
     pub detail: String,
 }
 
-/// The upgrades not rolled back yet, oldest first: rollbacks undo the latest.
+/// The upgrades not rolled back or committed yet, oldest first: rollbacks undo
+/// the latest.
 /// A pending move does not count: a pending upgrade is undone by the next
 /// command, a pending rollback completed.
 pub(crate) fn open_upgrades(history: &[TemplateMove]) -> Vec<&TemplateMove> {
@@ -108,6 +130,7 @@ pub(crate) fn open_upgrades(history: &[TemplateMove]) -> Vec<&TemplateMove> {
             "rollback" => {
                 stack.pop();
             }
+            "commit" => stack.clear(),
             _ => {}
         }
     }
@@ -456,13 +479,20 @@ impl Host {
     }
 
     /// Moves every VE on template version `from` to `to`, `batch` at a time (by
-    /// id). After each batch, `health` runs (`sh -c`, output discarded) in each
-    /// VE of it that runs, again until it succeeds or `health_timeout` has
-    /// passed; a VE whose check fails is rolled back and the rollout stops
-    /// there, as it does on any other failure. VEs with conflicts are skipped
-    /// unless `force`. Returns a row per VE, in order, including those never
-    /// reached.
-    pub fn upgrade_fleet(&self, from: &str, to: &str, opts: &Rollout) -> Result<Vec<FleetRow>> {
+    /// id; VEs skipped for conflicts take no place in a batch). After each
+    /// batch, `health` runs (`sh -c`, output discarded) in each VE of it that
+    /// runs, again until it succeeds or `health_timeout` has passed; a VE whose
+    /// check fails is rolled back and the rollout stops there, as it does on
+    /// any other failure. VEs with conflicts are skipped unless `force`.
+    /// `progress` sees each VE's row once its outcome is known. Returns a row
+    /// per VE, in order, including those never reached.
+    pub fn upgrade_fleet(
+        &self,
+        from: &str,
+        to: &str,
+        opts: &Rollout,
+        progress: &mut dyn FnMut(&FleetRow),
+    ) -> Result<Vec<FleetRow>> {
         let Rollout {
             batch,
             health,
@@ -473,6 +503,12 @@ impl Host {
         let health = health.as_deref();
         let from_v = self.templates().resolve(&from.parse()?)?;
         let to_v = self.templates().resolve(&to.parse()?)?;
+        if from_v.reference() == to_v.reference() {
+            return Err(Error::Host(format!(
+                "--from and --to are both {}",
+                to_v.reference()
+            )));
+        }
         // Moves a killed vectl left pending (a killed rollout's) are finished
         // first: every VE is then on the version its files belong to. One that
         // cannot be finished is not on `from` (a rollback) or fails below.
@@ -482,45 +518,47 @@ impl Host {
             }
         }
         let (ves, _) = self.list()?;
-        let on: Vec<String> = ves
+        let mut rows: Vec<FleetRow> = ves
             .into_iter()
             .filter(|v| v.template == from_v.reference())
-            .map(|v| v.name)
-            .collect();
-        let mut rows: Vec<FleetRow> = on
-            .iter()
-            .map(|ve| FleetRow {
-                ve: ve.clone(),
+            .map(|v| FleetRow {
+                ve: v.name,
                 outcome: "not reached".into(),
                 detail: String::new(),
             })
             .collect();
-        let mut halted = false;
-        for (b, names) in on.chunks(batch.max(1)).enumerate() {
-            let mut upgraded = Vec::new();
-            for ve in names {
-                let i = rows.iter().position(|r| &r.ve == ve).unwrap_or(0);
-                match self.upgrade(ve, &to_v.reference(), force, stop) {
+        let mut next = 0;
+        let mut b = 0;
+        while next < rows.len() {
+            b += 1;
+            // (row, whether it runs) of each VE upgraded in this batch.
+            let mut upgraded: Vec<(usize, bool)> = Vec::new();
+            while upgraded.len() < batch.max(1) && next < rows.len() {
+                let i = next;
+                next += 1;
+                let ve = rows[i].ve.clone();
+                match self.upgrade(&ve, &to_v.reference(), force, stop) {
                     Ok(m) => {
                         rows[i].outcome = "upgraded".into();
-                        rows[i].detail = format!("batch {}, snapshot {}", b + 1, m.snapshot);
+                        rows[i].detail = format!("batch {b}, snapshot {}", m.snapshot);
                         upgraded.push((i, m.restarted));
                     }
                     Err(e @ Error::Conflicts { .. }) => {
                         rows[i].outcome = "skipped".into();
                         rows[i].detail = e.to_string();
+                        progress(&rows[i]);
                     }
                     Err(e) => {
                         // Any other failure halts the rollout. Moved but not
                         // running again is as bad as a failed check: rolled back.
                         let moved = self
-                            .load_config(ve)
+                            .load_config(&ve)
                             .is_ok_and(|c| c.template == to_v.reference());
                         rows[i].outcome = if moved {
-                            match self.rollback(ve, stop) {
+                            match self.rollback(&ve, stop) {
                                 Ok(_) => {
                                     // It ran before the rollout: run it again.
-                                    let _ = self.start(ve, false);
+                                    let _ = self.start(&ve, false);
                                     "rolled back".into()
                                 }
                                 Err(_) => "failed".into(),
@@ -528,31 +566,39 @@ impl Host {
                         } else {
                             "failed".into()
                         };
-                        rows[i].detail = format!("{e}; rollout halted");
-                        halted = true;
+                        rows[i].detail = format!("batch {b}: {e}; rollout halted");
+                        for &(u, _) in &upgraded {
+                            progress(&rows[u]);
+                        }
+                        progress(&rows[i]);
+                        return Ok(rows);
                     }
                 }
             }
-            if halted {
-                break;
-            }
-            let Some(cmd) = health else { continue };
+            let mut halted = false;
             for (i, running) in upgraded {
+                let Some(cmd) = health else {
+                    progress(&rows[i]);
+                    continue;
+                };
                 if !running {
+                    rows[i].detail.push_str(", stopped (no health check)");
+                    progress(&rows[i]);
                     continue;
                 }
                 let ve = rows[i].ve.clone();
                 let code = self.health_check(&ve, cmd, health_timeout);
                 if matches!(code, Ok(0)) {
                     rows[i].detail.push_str(", healthy");
+                    progress(&rows[i]);
                     continue;
                 }
                 let why = match code {
                     Ok(c) => format!(
-                        "health check exited {c} (for {} s)",
+                        "batch {b}: health check exited {c} (for {} s)",
                         health_timeout.as_secs_f64()
                     ),
-                    Err(e) => format!("health check: {e}"),
+                    Err(e) => format!("batch {b}: health check: {e}"),
                 };
                 match self.rollback(&ve, stop) {
                     Ok(_) => {
@@ -564,6 +610,7 @@ impl Host {
                         rows[i].detail = format!("{why}; rollback failed: {e}");
                     }
                 }
+                progress(&rows[i]);
                 halted = true;
             }
             if halted {
@@ -571,6 +618,85 @@ impl Host {
             }
         }
         Ok(rows)
+    }
+
+    /// Keeps VE `name`'s upgrades for good: after it `rollback` has nothing
+    /// to undo, the versions they came from are no longer kept for the VE
+    /// (`template gc` may remove them) and their snapshots are deleted (also
+    /// those of upgrades rolled back earlier). Doing it again is harmless; it
+    /// deletes what a killed commit left.
+    pub fn commit(&self, name: &str) -> Result<Committed> {
+        let ve = self.resolve_existing(name)?;
+        let _lock = self.lock_ve(&ve)?;
+        let mut cfg = self.load_config(&ve)?;
+        self.finish_move(&mut cfg)?;
+        let open = open_upgrades(&cfg.history);
+        let mut released: Vec<String> = Vec::new();
+        for m in &open {
+            if m.from != cfg.template && !released.contains(&m.from) {
+                released.push(m.from.clone());
+            }
+        }
+        if let Some(first) = open.first() {
+            let from = first.from.clone();
+            cfg.history.push(TemplateMove {
+                at: now(),
+                action: "commit".into(),
+                from,
+                to: cfg.template.clone(),
+                snapshot: None,
+                pending: false,
+            });
+            cfg.store(&self.config_path(&ve))?;
+        }
+        crate::failpoint::hit("commit-after-record");
+        let existing: Vec<String> = self
+            .pool()
+            .list_snapshots(&ve)
+            .map_err(quota_err(&ve))?
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        let mut snapshots = Vec::new();
+        for m in cfg.history.iter().filter(|m| m.action == "upgrade") {
+            let Some(snap) = &m.snapshot else { continue };
+            if existing.contains(snap) && !snapshots.contains(snap) {
+                match self.pool().remove_snapshot(&ve, snap) {
+                    Ok(()) | Err(quota::Error::NoSnapshot { .. }) => {}
+                    Err(e) => return Err(quota_err(&ve)(e)),
+                }
+                snapshots.push(snap.clone());
+            }
+        }
+        Ok(Committed {
+            ve,
+            template: cfg.template,
+            released,
+            snapshots,
+        })
+    }
+
+    /// [`Host::commit`] of every VE with upgrades to keep or their snapshots
+    /// to delete, or only of those on template version `on`. VEs with
+    /// nothing to commit are left out.
+    pub fn commit_all(&self, on: Option<&str>) -> Result<Vec<Committed>> {
+        let on = match on {
+            Some(t) => Some(self.templates().resolve(&t.parse()?)?.reference()),
+            None => None,
+        };
+        let mut done = Vec::new();
+        for cfg in self.configs()? {
+            if on.as_ref().is_some_and(|t| *t != cfg.template)
+                || !cfg.history.iter().any(|m| m.action == "upgrade")
+            {
+                continue;
+            }
+            let c = self.commit(&cfg.name)?;
+            if !c.released.is_empty() || !c.snapshots.is_empty() {
+                done.push(c);
+            }
+        }
+        Ok(done)
     }
 
     /// A VE's template moves, oldest first.
@@ -641,6 +767,24 @@ mod tests {
         assert_eq!(open.len(), 1);
         assert_eq!(open[0].to, "bb@2");
         assert!(open_upgrades(&h[..0]).is_empty());
+    }
+
+    #[test]
+    fn a_commit_closes_every_upgrade_before_it() {
+        let mut h = vec![
+            m("upgrade", "bb@1", "bb@2"),
+            m("upgrade", "bb@2", "bb@3"),
+            m("commit", "bb@1", "bb@3"),
+        ];
+        assert!(open_upgrades(&h).is_empty());
+        h.push(m("upgrade", "bb@3", "bb@4"));
+        let open = open_upgrades(&h);
+        assert_eq!(open.len(), 1);
+        assert_eq!(open[0].from, "bb@3");
+        // A rollback after it cannot reach behind the commit.
+        h.push(m("rollback", "bb@4", "bb@3"));
+        h.push(m("rollback", "bb@3", "bb@2"));
+        assert!(open_upgrades(&h).is_empty());
     }
 
     #[test]

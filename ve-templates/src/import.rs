@@ -603,9 +603,19 @@ impl<'a> Unpacker<'a> {
             }
             let size = entry.header().size().unwrap_or(0);
             let xattrs = member_xattrs(&mut entry);
-            let unpacked = entry
-                .unpack_in(self.dest)
-                .map_err(|e| bad(format!("{name}: {}", with_causes(&e))))?;
+            let unpacked = entry.unpack_in(self.dest).map_err(|e| {
+                let mut reason = with_causes(&e);
+                if reason.contains("outside of destination") {
+                    // The tar crate's check: the member's parent, or a hard
+                    // link's target, resolves to a place outside the tree.
+                    reason = "refused: it would be written outside the template (through a symlink, or as a hard link to a path outside)".into();
+                }
+                Error::BadMember {
+                    path: archive.to_path_buf(),
+                    member: name.clone(),
+                    reason,
+                }
+            })?;
             if !unpacked {
                 self.skipped.unsafe_paths += 1;
                 continue;
@@ -811,7 +821,7 @@ mod tests {
             m("b", T::Link, "a"),
         ]);
         let e = r.unwrap_err().to_string();
-        assert!(e.contains("a.tar: not a readable tar archive: b: "), "{e}");
+        assert!(e.contains("a.tar: cannot unpack b: "), "{e}");
         assert!(
             e.contains("File exists (os error 17) when hard linking"),
             "{e}"

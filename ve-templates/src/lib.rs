@@ -62,6 +62,13 @@ pub enum Error {
     /// A tar archive that cannot be read.
     #[error("{path}: not a readable tar archive: {reason}")]
     BadArchive { path: PathBuf, reason: String },
+    /// A member of a tar archive that cannot be unpacked (nothing is imported).
+    #[error("{path}: cannot unpack {member}: {reason}")]
+    BadMember {
+        path: PathBuf,
+        member: String,
+        reason: String,
+    },
     /// A version's metadata file that cannot be parsed.
     #[error("{path}: corrupt template metadata: {reason}")]
     BadMetadata { path: PathBuf, reason: String },
@@ -75,8 +82,13 @@ pub enum Error {
         latest: u32,
     },
     /// A version that VEs use cannot be removed.
-    #[error("template {reference}: in use by VE {ves} (upgrade or destroy them first)")]
-    InUse { reference: String, ves: String },
+    #[error("template {reference}: in use by VE {ves} ({advice})")]
+    InUse {
+        reference: String,
+        ves: String,
+        /// What the operator can do about it.
+        advice: String,
+    },
     /// The pool refused to create, seal or delete a version's volume.
     #[error("template {name}: storage: {source}")]
     Volume {
