@@ -1067,14 +1067,26 @@ fn run(cli: Cli, at: &ArgPositions, out: &Out) -> Result<ExitCode> {
         }
         Command::Commit { ves, all, template } => {
             let host = open(&cli)?;
-            let done = if *all {
+            let (done, errors) = if *all {
                 host.commit_all(template.as_deref())?
             } else {
-                ves.iter()
-                    .map(|ve| host.commit(ve))
-                    .collect::<ve_runtime::Result<Vec<_>>>()?
+                let mut done = Vec::new();
+                let mut errors = Vec::new();
+                for ve in ves {
+                    match host.commit(ve) {
+                        Ok(c) => done.push(c),
+                        Err(e) => errors.push(e),
+                    }
+                }
+                (done, errors)
             };
-            out.committed(&done);
+            out.committed(&done, errors.is_empty());
+            for e in &errors {
+                out.error(&anyhow::anyhow!("{e}"));
+            }
+            if !errors.is_empty() {
+                return Ok(ExitCode::from(1));
+            }
         }
         Command::History { ve } => {
             let (ve, h) = open(&cli)?.history(ve)?;

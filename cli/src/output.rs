@@ -567,12 +567,14 @@ impl Out {
         print_table(&t);
     }
 
-    pub fn committed(&self, done: &[ve_runtime::Committed]) {
+    /// What `commit` did; `complete`: no VE failed (else "nothing to
+    /// commit" would not be the whole truth).
+    pub fn committed(&self, done: &[ve_runtime::Committed], complete: bool) {
         if self.json {
             self.print_json(&done);
             return;
         }
-        if done.is_empty() {
+        if done.is_empty() && complete {
             println!("nothing to commit");
         }
         for c in done {

@@ -141,14 +141,16 @@ fn cpu_guarantees_split_a_contended_host_in_their_ratio() {
     let ratio = g / s;
     assert!(
         (2.4..=3.6).contains(&ratio),
-        "guarantees 75% and 25% split the CPU, in three windows, {}, not 3 : 1 ± 20%",
+        "guarantees 75% and 25% split the CPU, in {} window(s), {}, not 3 : 1 ± 20%",
+        windows.len(),
         windows.join(", ")
     );
     // The guaranteed VEs are not held back by the best-effort one.
     assert!(
         b < 0.05 * (g + s + b),
-        "a VE without a guarantee took {b:.2} s of {:.2} s of CPU from guaranteed ones, in three windows, {}",
+        "a VE without a guarantee took {b:.2} s of {:.2} s of CPU from guaranteed ones, in {} window(s), {}",
         g + s + b,
+        windows.len(),
         windows.join(", ")
     );
 }

@@ -355,8 +355,66 @@ fn commit_keeps_upgrades_and_lets_the_old_version_go() {
 
     assert!(h.ok(&["template", "gc"]).contains("removed bb@1"));
     assert_eq!(common::template_versions(&h), ["bb@2"]);
+    assert!(!h.ok(&["template", "usage"]).contains("rollback"));
     h.ok(&["restart", "a", "--fast"]);
     assert_eq!(cat(&h, "a", "/root/data"), "mine\n");
+
+    // A VE whose rollback from bb@3 was killed is on bb@2 once the rollback is
+    // finished: `commit --all --template bb@3` must not take its way back.
+    publish_busybox(&h, "bb", |t| {
+        fs::write(t.join("etc/app.conf"), "v3\n").unwrap()
+    }); // bb@3
+    h.ok(&["create", "x", "--template", "bb@2"]);
+    h.ok(&["upgrade", "x", "--template", "bb@3"]);
+    h.ok(&["create", "y", "--template", "bb@2"]);
+    h.ok(&["upgrade", "y", "--template", "bb@3"]);
+    common::crash_at(&h, "rollback-after-intent", &["rollback", "x"]);
+    let done = h.json(&["commit", "--all", "--template", "bb@3"]);
+    let names: Vec<&str> = done
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["ve"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["y"], "{done}");
+    assert_eq!(h.json(&["show", "x"])["template"], "bb@2");
+    assert!(
+        h.ok(&["history", "x"])
+            .lines()
+            .last()
+            .unwrap()
+            .contains("rollback")
+    );
+
+    // A rollback killed after it staged its copy of the snapshot: the commit
+    // deletes the copy with the snapshot.
+    h.ok(&["create", "z", "--template", "bb@2"]);
+    h.ok(&["upgrade", "z", "--template", "bb@3"]);
+    common::crash_at(&h, "rollback-after-stop", &["rollback", "z"]);
+    let staged = h.root().join("pool/ves/.z.restore");
+    assert!(staged.exists());
+    // `pool check` finds such a copy too, and --repair removes it.
+    let r = h.run(&["pool", "check"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("restore-leftover"), "{}", r.stdout);
+    h.ok(&["pool", "check", "--repair"]);
+    assert!(!staged.exists());
+    h.ok(&["pool", "check"]);
+    common::crash_at(&h, "rollback-after-stop", &["rollback", "z"]);
+    assert!(staged.exists());
+    assert!(h.ok(&["commit", "z"]).contains("VE z: committed bb@3"));
+    assert!(!staged.exists());
+    assert!(snapshots("z").is_empty());
+
+    // Several VEs: each is committed on its own; one that fails does not stop
+    // the others, is named on stderr, and makes the exit status 1.
+    h.ok(&["upgrade", "x", "--template", "bb@3"]);
+    let r = h.run(&["commit", "x", "nope", "a"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("VE x: committed bb@3"), "{}", r.stdout);
+    assert!(r.stdout.contains("VE a: nothing to commit"), "{}", r.stdout);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(r.stderr.contains("nope"), "{}", r.stderr);
 
     // Bad input: one line naming what is wrong.
     let e = h.fails(&["commit", "nope"]);

@@ -901,6 +901,27 @@ impl Pool {
         Ok(out)
     }
 
+    /// VEs with a restore's leftovers under `ves/` (`.NAME.restore`, a staged
+    /// copy of a snapshot; `.NAME.old`, the layer it replaced): what a killed
+    /// restore or rollback left, removed by [`Pool::finish_restore`].
+    pub fn restore_leftovers(&self) -> Result<Vec<String>> {
+        let dir = self.dir.join("ves");
+        let mut out: Vec<String> = fs::read_dir(&dir)
+            .map_err(io_err(&dir))?
+            .flatten()
+            .filter_map(|e| {
+                let n = e.file_name().to_str()?.to_string();
+                let ve = n.strip_prefix('.')?;
+                ve.strip_suffix(".restore")
+                    .or_else(|| ve.strip_suffix(".old"))
+                    .map(String::from)
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
     /// Grows the pool online. An image pool's file is enlarged to `size` (and
     /// its loop device told); a device pool takes what its device has now.
     /// btrfs then grows into it. Shrinking is refused.

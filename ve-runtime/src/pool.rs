@@ -39,7 +39,8 @@ pub struct VolumeUse {
 /// A problem `pool check` found, and whether `--repair` fixed it.
 #[derive(Debug, Clone, Serialize)]
 pub struct PoolProblem {
-    /// `orphan-volume`, `interrupted-move`, `missing-volume`, `stale-qgroup`;
+    /// `orphan-volume`, `interrupted-move`, `missing-volume`,
+    /// `restore-leftover`, `stale-qgroup`;
     /// and for information only, `foreign-qgroup` and `held-qgroup`.
     pub kind: &'static str,
     /// The VE, or the qgroup (`0/ID`).
@@ -224,6 +225,31 @@ impl Host {
                     }
                 ),
                 repaired,
+            });
+        }
+        for ve in pool.restore_leftovers()? {
+            if !self.config_path(&ve).exists() || !pool.ve_volume(&ve).dir.exists() {
+                // (A missing volume is repaired above, with the restore.)
+                continue;
+            }
+            let _ve = self.lock_ve(&ve)?;
+            let res = if repair {
+                pool.finish_restore(&ve).map_err(|e| ve_storage(&ve, e))
+            } else {
+                Ok(())
+            };
+            out.push(PoolProblem {
+                kind: "restore-leftover",
+                subject: ve.clone(),
+                detail: match &res {
+                    Err(e) => format!(
+                        "VE {ve}: a copy left by a killed rollback or snapshot restore; cannot remove it: {e}"
+                    ),
+                    Ok(()) => format!(
+                        "VE {ve}: a copy left by a killed rollback or snapshot restore (its own layer is untouched)"
+                    ),
+                },
+                repaired: repair && res.is_ok(),
             });
         }
         let (stale, foreign) = pool.stale_qgroups()?;

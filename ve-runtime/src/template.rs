@@ -198,11 +198,12 @@ impl Host {
         };
         for u in &doomed {
             if !u.ves.is_empty() {
-                let held: Vec<&str> = u
+                let mut held: Vec<&str> = u
                     .ves
                     .iter()
                     .filter_map(|v| v.strip_suffix(" (rollback)"))
                     .collect();
+                held.dedup();
                 let mut advice = String::from("upgrade or destroy them first");
                 if !held.is_empty() {
                     advice = format!(

@@ -46,7 +46,9 @@ use crate::ve::StopOptions;
 pub struct TemplateMove {
     /// When (RFC 3339 UTC).
     pub at: String,
-    /// `upgrade` or `rollback`.
+    /// `upgrade`, `rollback`, or `commit` (the upgrades before it kept for
+    /// good: `from` is the version the first of them came from, `to` the
+    /// VE's).
     pub action: String,
     pub from: String,
     pub to: String,
@@ -568,6 +570,11 @@ impl Host {
                         };
                         rows[i].detail = format!("batch {b}: {e}; rollout halted");
                         for &(u, _) in &upgraded {
+                            if health.is_some() {
+                                rows[u]
+                                    .detail
+                                    .push_str(", not health-checked (rollout halted)");
+                            }
                             progress(&rows[u]);
                         }
                         progress(&rows[i]);
@@ -623,13 +630,24 @@ impl Host {
     /// Keeps VE `name`'s upgrades for good: after it `rollback` has nothing
     /// to undo, the versions they came from are no longer kept for the VE
     /// (`template gc` may remove them) and their snapshots are deleted (also
-    /// those of upgrades rolled back earlier). Doing it again is harmless; it
-    /// deletes what a killed commit left.
+    /// those of upgrades rolled back since the last commit). Doing it again is
+    /// harmless; it deletes what a killed commit left.
     pub fn commit(&self, name: &str) -> Result<Committed> {
         let ve = self.resolve_existing(name)?;
-        let _lock = self.lock_ve(&ve)?;
-        let mut cfg = self.load_config(&ve)?;
+        self.commit_on(&ve, None)?
+            .ok_or_else(|| Error::Host(format!("VE {ve}: changed while it was being committed")))
+    }
+
+    /// [`Host::commit`] of VE `ve` if, under its lock and with any killed
+    /// move finished, it is on template version `on` (any, if `None`);
+    /// `None` if it is not.
+    fn commit_on(&self, ve: &str, on: Option<&str>) -> Result<Option<Committed>> {
+        let _lock = self.lock_ve(ve)?;
+        let mut cfg = self.load_config(ve)?;
         self.finish_move(&mut cfg)?;
+        if on.is_some_and(|t| t != cfg.template) {
+            return Ok(None);
+        }
         let open = open_upgrades(&cfg.history);
         let mut released: Vec<String> = Vec::new();
         for m in &open {
@@ -647,56 +665,80 @@ impl Host {
                 snapshot: None,
                 pending: false,
             });
-            cfg.store(&self.config_path(&ve))?;
+            cfg.store(&self.config_path(ve))?;
         }
         crate::failpoint::hit("commit-after-record");
+        if self.pool().backend() != quota::Backend::Btrfs {
+            return Ok(Some(Committed {
+                ve: ve.to_string(),
+                template: cfg.template,
+                released,
+                snapshots: Vec::new(),
+            }));
+        }
+        // A rollback killed after it staged its copy of a snapshot: no way
+        // back needs that copy any more.
+        self.pool().finish_restore(ve).map_err(quota_err(ve))?;
         let existing: Vec<String> = self
             .pool()
-            .list_snapshots(&ve)
-            .map_err(quota_err(&ve))?
+            .list_snapshots(ve)
+            .map_err(quota_err(ve))?
             .into_iter()
             .map(|s| s.name)
             .collect();
+        // Every upgrade after the commit before the latest one is closed now
+        // (committed, or rolled back): their snapshots go. Older ones went with
+        // that earlier commit.
+        let since = cfg
+            .history
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.action == "commit")
+            .map(|(i, _)| i)
+            .rev()
+            .nth(1)
+            .map_or(0, |i| i + 1);
         let mut snapshots = Vec::new();
-        for m in cfg.history.iter().filter(|m| m.action == "upgrade") {
+        for m in cfg.history[since..]
+            .iter()
+            .filter(|m| m.action == "upgrade")
+        {
             let Some(snap) = &m.snapshot else { continue };
             if existing.contains(snap) && !snapshots.contains(snap) {
-                match self.pool().remove_snapshot(&ve, snap) {
+                match self.pool().remove_snapshot(ve, snap) {
                     Ok(()) | Err(quota::Error::NoSnapshot { .. }) => {}
-                    Err(e) => return Err(quota_err(&ve)(e)),
+                    Err(e) => return Err(quota_err(ve)(e)),
                 }
                 snapshots.push(snap.clone());
             }
         }
-        Ok(Committed {
-            ve,
+        Ok(Some(Committed {
+            ve: ve.to_string(),
             template: cfg.template,
             released,
             snapshots,
-        })
+        }))
     }
 
-    /// [`Host::commit`] of every VE with upgrades to keep or their snapshots
-    /// to delete, or only of those on template version `on`. VEs with
-    /// nothing to commit are left out.
-    pub fn commit_all(&self, on: Option<&str>) -> Result<Vec<Committed>> {
+    /// [`Host::commit`] of every VE, or of those on template version `on`,
+    /// that has upgrades to keep or their snapshots to delete (VEs with
+    /// nothing to commit are left out); a VE that fails, or whose config
+    /// cannot be read, is an error of its own and the others go on.
+    pub fn commit_all(&self, on: Option<&str>) -> Result<(Vec<Committed>, Vec<Error>)> {
         let on = match on {
             Some(t) => Some(self.templates().resolve(&t.parse()?)?.reference()),
             None => None,
         };
+        let (ves, mut errors) = self.list()?;
         let mut done = Vec::new();
-        for cfg in self.configs()? {
-            if on.as_ref().is_some_and(|t| *t != cfg.template)
-                || !cfg.history.iter().any(|m| m.action == "upgrade")
-            {
-                continue;
-            }
-            let c = self.commit(&cfg.name)?;
-            if !c.released.is_empty() || !c.snapshots.is_empty() {
-                done.push(c);
+        for v in ves {
+            match self.commit_on(&v.name, on.as_deref()) {
+                Ok(Some(c)) if !c.released.is_empty() || !c.snapshots.is_empty() => done.push(c),
+                Ok(_) => {}
+                Err(e) => errors.push(e),
             }
         }
-        Ok(done)
+        Ok((done, errors))
     }
 
     /// A VE's template moves, oldest first.

@@ -612,7 +612,7 @@ impl<'a> Unpacker<'a> {
                 }
                 Error::BadMember {
                     path: archive.to_path_buf(),
-                    member: name.clone(),
+                    member: name.chars().map(|c| if c.is_control() { '?' } else { c }).collect(),
                     reason,
                 }
             })?;
