@@ -304,6 +304,21 @@ fn template_versions_on_the_btrfs_pool_are_removed_with_their_subvolumes() {
     assert_eq!(h.exec("v", &["test", "-x", "/bin/busybox"]).code, 0);
 }
 
+/// A tar header for a member of `data` named `name` as it is, byte for byte
+/// (the tar crate's own path setters refuse `..` and absolute names).
+fn raw_header(name: &str, kind: tar::EntryType, data: &[u8]) -> tar::Header {
+    let mut hd = tar::Header::new_ustar();
+    let raw = &mut hd.as_old_mut().name;
+    raw[..name.len()].copy_from_slice(name.as_bytes());
+    hd.set_entry_type(kind);
+    hd.set_mode(0o644);
+    hd.set_uid(0);
+    hd.set_gid(0);
+    hd.set_mtime(0);
+    hd.set_size(data.len() as u64);
+    hd
+}
+
 #[test]
 fn hostile_tar_members_never_land_outside_the_template() {
     let Some(h) = TestHost::new("template_hostile_tar") else {
@@ -319,15 +334,7 @@ fn hostile_tar_members_never_land_outside_the_template() {
     // into the headers raw: the tar crate's own path setters refuse such names.
     let mut b = tar::Builder::new(fs::File::create(&tar).unwrap());
     let mut add = |name: &str, kind: tar::EntryType, data: &[u8], link: Option<&Path>| {
-        let mut hd = tar::Header::new_ustar();
-        let raw = &mut hd.as_old_mut().name;
-        raw[..name.len()].copy_from_slice(name.as_bytes());
-        hd.set_entry_type(kind);
-        hd.set_mode(0o644);
-        hd.set_uid(0);
-        hd.set_gid(0);
-        hd.set_mtime(0);
-        hd.set_size(data.len() as u64);
+        let mut hd = raw_header(name, kind, data);
         if let Some(l) = link {
             hd.set_link_name(l).unwrap();
         }
@@ -398,15 +405,7 @@ fn hostile_tar_members_never_land_outside_the_template() {
     let tar2 = work.path().join("evil2.tar");
     let mut b = tar::Builder::new(fs::File::create(&tar2).unwrap());
     let mut add2 = |name: &str, kind: tar::EntryType, data: &[u8]| {
-        let mut hd = tar::Header::new_ustar();
-        let raw = &mut hd.as_old_mut().name;
-        raw[..name.len()].copy_from_slice(name.as_bytes());
-        hd.set_entry_type(kind);
-        hd.set_mode(0o644);
-        hd.set_uid(0);
-        hd.set_gid(0);
-        hd.set_mtime(0);
-        hd.set_size(data.len() as u64);
+        let mut hd = raw_header(name, kind, data);
         hd.set_cksum();
         b.append(&hd, data).unwrap();
     };

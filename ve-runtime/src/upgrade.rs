@@ -679,13 +679,7 @@ impl Host {
         // A rollback killed after it staged its copy of a snapshot: no way
         // back needs that copy any more.
         self.pool().finish_restore(ve).map_err(quota_err(ve))?;
-        let existing: Vec<String> = self
-            .pool()
-            .list_snapshots(ve)
-            .map_err(quota_err(ve))?
-            .into_iter()
-            .map(|s| s.name)
-            .collect();
+        let existing = self.snapshot_names(ve)?;
         // Every upgrade after the commit before the latest one is closed now
         // (committed, or rolled back): their snapshots go. Older ones went with
         // that earlier commit.
@@ -747,17 +741,22 @@ impl Host {
         Ok((ve.clone(), self.load_config(&ve)?.history))
     }
 
-    /// `PREFIX-TIME` (`upgrade-20261126-144501`), with `-N` added if the VE
-    /// has a snapshot of that name: never the name of an earlier one, so a
-    /// rollback cannot take a newer snapshot for an older one.
-    fn free_snapshot_name(&self, ve: &str, prefix: &str) -> Result<String> {
-        let taken: Vec<String> = self
+    /// The names of VE `ve`'s snapshots.
+    fn snapshot_names(&self, ve: &str) -> Result<Vec<String>> {
+        Ok(self
             .pool()
             .list_snapshots(ve)
             .map_err(quota_err(ve))?
             .into_iter()
             .map(|s| s.name)
-            .collect();
+            .collect())
+    }
+
+    /// `PREFIX-TIME` (`upgrade-20261126-144501`), with `-N` added if the VE
+    /// has a snapshot of that name: never the name of an earlier one, so a
+    /// rollback cannot take a newer snapshot for an older one.
+    fn free_snapshot_name(&self, ve: &str, prefix: &str) -> Result<String> {
+        let taken = self.snapshot_names(ve)?;
         let stamp: String = now()
             .chars()
             .filter(char::is_ascii_digit)
