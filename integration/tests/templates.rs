@@ -371,7 +371,7 @@ fn hostile_tar_members_never_land_outside_the_template() {
         "--from-tar",
         tar.to_str().unwrap(),
     ]);
-    // Imported or refused: either way nothing outside the template changed.
+    // Nothing outside the template changed.
     let leaked: Vec<String> = [
         h.root().join(format!("pool/templates/{tag}-up")),
         h.root().join(format!("pool/{tag}-up")),
