@@ -319,6 +319,27 @@ fn raw_header(name: &str, kind: tar::EntryType, data: &[u8]) -> tar::Header {
     hd
 }
 
+/// A member of a test archive: name (raw), kind, content, link target.
+type RawMember<'a> = (&'a str, tar::EntryType, &'a [u8], Option<&'a Path>);
+
+/// Writes a tar archive of raw members (device nodes get major 8, minor 0).
+fn write_raw_tar(path: &Path, members: &[RawMember<'_>]) {
+    let mut b = tar::Builder::new(fs::File::create(path).unwrap());
+    for &(name, kind, data, link) in members {
+        let mut hd = raw_header(name, kind, data);
+        if let Some(l) = link {
+            hd.set_link_name(l).unwrap();
+        }
+        if kind.is_block_special() || kind.is_character_special() {
+            hd.set_device_major(8).unwrap();
+            hd.set_device_minor(0).unwrap();
+        }
+        hd.set_cksum();
+        b.append(&hd, data).unwrap();
+    }
+    b.finish().unwrap();
+}
+
 #[test]
 fn hostile_tar_members_never_land_outside_the_template() {
     let Some(h) = TestHost::new("template_hostile_tar") else {
@@ -332,45 +353,31 @@ fn hostile_tar_members_never_land_outside_the_template() {
     // ../ paths, an absolute path, a symlink to a directory outside followed by a
     // file through it, device nodes; plus one ordinary file. Names are written
     // into the headers raw: the tar crate's own path setters refuse such names.
-    let mut b = tar::Builder::new(fs::File::create(&tar).unwrap());
-    let mut add = |name: &str, kind: tar::EntryType, data: &[u8], link: Option<&Path>| {
-        let mut hd = raw_header(name, kind, data);
-        if let Some(l) = link {
-            hd.set_link_name(l).unwrap();
-        }
-        if kind.is_block_special() || kind.is_character_special() {
-            hd.set_device_major(8).unwrap();
-            hd.set_device_minor(0).unwrap();
-        }
-        hd.set_cksum();
-        b.append(&hd, data).unwrap();
+    let up = format!("../../{tag}-up");
+    let abs = format!("/{tag}-abs");
+    let through = format!("link/{tag}-through");
+    write_raw_tar(
+        &tar,
+        &[
+            ("bin/ok", tar::EntryType::Regular, b"fine\n", None),
+            (&up, tar::EntryType::Regular, b"x", None),
+            (&abs, tar::EntryType::Regular, b"x", None),
+            ("link", tar::EntryType::Symlink, b"", Some(&outside)),
+            (&through, tar::EntryType::Regular, b"x", None),
+            ("dev/sda", tar::EntryType::Block, b"", None),
+            ("dev/mem", tar::EntryType::Char, b"", None),
+        ],
+    );
+    let import = |tar: &Path| {
+        h.run(&[
+            "template",
+            "import",
+            "evil",
+            "--from-tar",
+            tar.to_str().unwrap(),
+        ])
     };
-    add("bin/ok", tar::EntryType::Regular, b"fine\n", None);
-    add(
-        &format!("../../{tag}-up"),
-        tar::EntryType::Regular,
-        b"x",
-        None,
-    );
-    add(&format!("/{tag}-abs"), tar::EntryType::Regular, b"x", None);
-    add("link", tar::EntryType::Symlink, b"", Some(&outside));
-    add(
-        &format!("link/{tag}-through"),
-        tar::EntryType::Regular,
-        b"x",
-        None,
-    );
-    add("dev/sda", tar::EntryType::Block, b"", None);
-    add("dev/mem", tar::EntryType::Char, b"", None);
-    b.finish().unwrap();
-    drop(b);
-    let r = h.run(&[
-        "template",
-        "import",
-        "evil",
-        "--from-tar",
-        tar.to_str().unwrap(),
-    ]);
+    let r = import(&tar);
     // Nothing outside the template changed.
     let leaked: Vec<String> = [
         h.root().join(format!("pool/templates/{tag}-up")),
@@ -403,25 +410,16 @@ fn hostile_tar_members_never_land_outside_the_template() {
     // Without it the archive imports: the ../ member is skipped, the absolute
     // one lands inside, device nodes are skipped, all said in a warning.
     let tar2 = work.path().join("evil2.tar");
-    let mut b = tar::Builder::new(fs::File::create(&tar2).unwrap());
-    let mut add2 = |name: &str, kind: tar::EntryType, data: &[u8]| {
-        let mut hd = raw_header(name, kind, data);
-        hd.set_cksum();
-        b.append(&hd, data).unwrap();
-    };
-    add2("bin/ok", tar::EntryType::Regular, b"fine\n");
-    add2(&format!("../../{tag}-up"), tar::EntryType::Regular, b"x");
-    add2(&format!("/{tag}-abs"), tar::EntryType::Regular, b"x");
-    add2("dev/sda", tar::EntryType::Block, b"");
-    b.finish().unwrap();
-    drop(b);
-    let r = h.run(&[
-        "template",
-        "import",
-        "evil",
-        "--from-tar",
-        tar2.to_str().unwrap(),
-    ]);
+    write_raw_tar(
+        &tar2,
+        &[
+            ("bin/ok", tar::EntryType::Regular, b"fine\n", None),
+            (&up, tar::EntryType::Regular, b"x", None),
+            (&abs, tar::EntryType::Regular, b"x", None),
+            ("dev/sda", tar::EntryType::Block, b"", None),
+        ],
+    );
+    let r = import(&tar2);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     let t = h.root().join("pool/templates/evil/1");
     assert_eq!(fs::read_to_string(t.join("bin/ok")).unwrap(), "fine\n");

@@ -465,6 +465,11 @@ fn with_causes(e: &io::Error) -> String {
         }
         next = cause.source();
     }
+    printable(&text)
+}
+
+/// `text` fit for a one-line message: control characters become `?`.
+fn printable(text: &str) -> String {
     text.chars()
         .map(|c| if c.is_control() { '?' } else { c })
         .collect()
@@ -612,7 +617,7 @@ impl<'a> Unpacker<'a> {
                 }
                 Error::BadMember {
                     path: archive.to_path_buf(),
-                    member: name.chars().map(|c| if c.is_control() { '?' } else { c }).collect(),
+                    member: printable(&name),
                     reason,
                 }
             })?;
