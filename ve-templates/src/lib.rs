@@ -22,6 +22,7 @@ mod import;
 mod layer;
 mod oci;
 mod store;
+mod tree;
 
 use std::io;
 use std::path::PathBuf;
@@ -31,6 +32,7 @@ pub use diff::{Conflict, conflicts};
 pub use dpkg::{PackageChange, changes as package_changes};
 pub use import::{Progress, Source};
 pub use store::{TemplateRef, TemplateStore, TemplateVersion, validate_name};
+pub use tree::{Tree, read_capped};
 
 /// Errors from the template store. Each names the template, version or path.
 #[derive(Debug, thiserror::Error)]
