@@ -380,6 +380,9 @@ impl Host {
             },
         )
         .map_err(in_build)?;
+        // Stopped: the layer keeps still while it is applied. What the build
+        // left in it (symlinks to the host's files, FIFOs, huge sparse files)
+        // is published as it is, never followed or read whole.
         let layer = self.pool().ve_volume(ve).upper();
         let lower = self.templates().path(base);
         crate::net::forget_vectl_files(&layer, &lower, &cfg.hostname, false)?;

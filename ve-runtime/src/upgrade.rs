@@ -162,6 +162,10 @@ impl Host {
                 to.reference()
             )));
         }
+        // The VE may run: its layer changes while it is compared, and its
+        // files and the versions (a build VE wrote them) may be symlinks to the
+        // host's files, FIFOs or huge. `conflicts` reads them by handles,
+        // follows no symlink and never reads a file whole.
         let upper = self.pool().ve_volume(&ve).upper();
         let old = self.templates().path(&from);
         let mut conflicts = ve_templates::conflicts(&upper, &old, &self.templates().path(&to))

@@ -8,13 +8,26 @@
 //! Nothing is followed through a symlink: a path of a tree whose parent is a
 //! symlink (`/var/run -> /run`) is not looked at through it, so a VE's layer or
 //! a template cannot point the comparison at the host's files.
+//!
+//! The VE's layer may change while it is read (`upgrade --check` of a running
+//! VE): it is walked by directory handles, each entry looked up in the
+//! directory handle of its parent and held by a handle of its own, so a
+//! directory swapped for a symlink between two steps is still read as the
+//! directory it was, never as what the symlink points at. Template versions do
+//! not change once published but a build VE wrote them: they are read through
+//! [`Tree::lstat`] (no symlink followed, not even inside the tree), only
+//! regular files are opened (non-blocking), and two files are compared piece
+//! by piece, holes both have skipped, never read whole.
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fs;
-use std::io::{self, Read};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
+
+use crate::tree::{Entry, Tree, dir_names, same_content};
 
 /// One conflicting path, relative to the VE's root (`/etc/ssh/sshd_config`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -30,37 +43,55 @@ pub struct Conflict {
 /// The conflicts of the VE whose private layer is `upper` when it moves from
 /// the tree `old` to the tree `new`, sorted by path.
 pub fn conflicts(upper: &Path, old: &Path, new: &Path) -> io::Result<Vec<Conflict>> {
+    let trees = Trees {
+        old: Tree::open(old).map_err(at(old))?,
+        new: Tree::open(new).map_err(at(new))?,
+        old_path: old,
+        new_path: new,
+    };
+    let top = rustix::fs::open(
+        upper,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| at(upper)(e.into()))?;
     let mut out = Vec::new();
-    walk(upper, Path::new(""), old, new, &mut out)?;
+    walk(&top, upper, Path::new(""), &trees, &mut out)?;
     out.sort_by(|a, b| a.path.cmp(&b.path));
     out.dedup_by(|a, b| a.path == b.path);
     Ok(out)
 }
 
-/// `root/rel` if no component of it below `root` is a symlink (the last one
-/// may be); `None` otherwise.
-pub(crate) fn inside(root: &Path, rel: &Path) -> Option<PathBuf> {
-    let mut p = root.to_path_buf();
-    let parts: Vec<Component<'_>> = rel.components().collect();
-    for (i, c) in parts.iter().enumerate() {
-        match c {
-            Component::Normal(n) => p.push(n),
-            _ => return None,
-        }
-        if i + 1 < parts.len() && p.symlink_metadata().ok()?.file_type().is_symlink() {
-            return None;
-        }
+/// The two versions compared, and their paths for messages.
+struct Trees<'a> {
+    old: Tree,
+    new: Tree,
+    old_path: &'a Path,
+    new_path: &'a Path,
+}
+
+impl Trees<'_> {
+    /// `rel` in the old and in the new version (absent below a symlink).
+    fn lstat(&self, rel: &Path) -> io::Result<(Option<Entry>, Option<Entry>)> {
+        Ok((
+            self.old.lstat(rel).map_err(at(&self.old_path.join(rel)))?,
+            self.new.lstat(rel).map_err(at(&self.new_path.join(rel)))?,
+        ))
     }
-    Some(p)
 }
 
-fn is_opaque(dir: &Path) -> bool {
-    xattr::get(dir, "trusted.overlay.opaque").is_ok_and(|v| v.as_deref() == Some(b"y".as_slice()))
+/// Whether the directory (an open handle) is opaque: overlayfs shows nothing
+/// of the lower layers below it.
+fn is_opaque(dir: &OwnedFd) -> bool {
+    let mut buf = [0u8; 8];
+    matches!(
+        rustix::fs::fgetxattr(dir, "trusted.overlay.opaque", &mut buf),
+        Ok(1) if buf[0] == b'y'
+    )
 }
 
-fn kind(p: Option<&Path>) -> Option<fs::FileType> {
-    p.and_then(|p| p.symlink_metadata().ok())
-        .map(|m| m.file_type())
+fn is_dir(e: &Option<Entry>) -> bool {
+    e.as_ref().is_some_and(|e| e.metadata().is_dir())
 }
 
 /// An I/O error with the path it concerns (a file of a running VE may vanish
@@ -69,27 +100,41 @@ fn at(p: &Path) -> impl FnOnce(io::Error) -> io::Error + '_ {
     move |e| io::Error::new(e.kind(), format!("{}: {e}", p.display()))
 }
 
-fn walk(dir: &Path, rel: &Path, old: &Path, new: &Path, out: &mut Vec<Conflict>) -> io::Result<()> {
-    for entry in fs::read_dir(dir).map_err(at(dir))? {
-        let entry = entry.map_err(at(dir))?;
-        let rel = rel.join(entry.file_name());
-        let path = entry.path();
-        let md = path.symlink_metadata().map_err(at(&path))?;
+/// Walks the VE's layer directory `dir` (an open handle of `shown`, at
+/// `rel` in the VE).
+fn walk(
+    dir: &OwnedFd,
+    shown: &Path,
+    rel: &Path,
+    t: &Trees<'_>,
+    out: &mut Vec<Conflict>,
+) -> io::Result<()> {
+    for name in dir_names(dir).map_err(at(shown))? {
+        let rel = rel.join(&name);
+        let path = shown.join(&name);
+        // Gone since it was listed (a running VE): nothing to compare.
+        let Some(entry) = Entry::at(dir.as_fd(), &name).map_err(at(&path))? else {
+            continue;
+        };
+        let md = entry.metadata();
         let ft = md.file_type();
-        let (o, n) = (inside(old, &rel), inside(new, &rel));
-        let template_dir = [kind(o.as_deref()), kind(n.as_deref())]
-            .iter()
-            .any(|k| k.is_some_and(|k| k.is_dir()));
+        let (o, n) = t.lstat(&rel)?;
+        let template_dir = is_dir(&o) || is_dir(&n);
         if ft.is_dir() {
+            // The very directory that was looked up, whatever is at its path
+            // by now.
+            let sub = entry.open_dir().map_err(at(&path))?;
+            let merges = is_dir(&n);
+            // One handle per level of the walk, no more.
+            drop((entry, o, n));
             // The VE's directory merges with the new version's only where that
             // is a directory too. Over a file or symlink there (the old
             // version's /bin made a link to usr/bin), or when the VE's is
             // opaque, it hides whatever the patch put there.
-            let merges = kind(n.as_deref()).is_some_and(|k| k.is_dir());
-            if !merges || is_opaque(&path) {
-                subtree(old, new, &rel, "replaced", out)?;
+            if !merges || is_opaque(&sub) {
+                subtree(t, &rel, "replaced", out)?;
             }
-            walk(&path, &rel, old, new, out)?;
+            walk(&sub, &path, &rel, t, out)?;
             continue;
         }
         // A whiteout (a 0/0 character device) marks a path the VE deleted.
@@ -100,8 +145,8 @@ fn walk(dir: &Path, rel: &Path, old: &Path, new: &Path, out: &mut Vec<Conflict>)
         };
         if template_dir {
             // A file or whiteout over a template directory hides all of it.
-            subtree(old, new, &rel, label, out)?;
-        } else if let Some(patch) = patch_change(o.as_deref(), n.as_deref())? {
+            subtree(t, &rel, label, out)?;
+        } else if let Some(patch) = patch_change(t, &rel, o.as_ref(), n.as_ref())? {
             out.push(conflict(&rel, label, patch));
         }
     }
@@ -117,49 +162,58 @@ fn conflict(rel: &Path, ve: &'static str, patch: &'static str) -> Conflict {
 }
 
 /// Every path at or below `rel` that differs between the trees.
-fn subtree(
-    old: &Path,
-    new: &Path,
-    rel: &Path,
-    ve: &'static str,
-    out: &mut Vec<Conflict>,
-) -> io::Result<()> {
-    let (o, n) = (inside(old, rel), inside(new, rel));
-    if let Some(patch) = patch_change(o.as_deref(), n.as_deref())? {
+fn subtree(t: &Trees<'_>, rel: &Path, ve: &'static str, out: &mut Vec<Conflict>) -> io::Result<()> {
+    let (o, n) = t.lstat(rel)?;
+    if let Some(patch) = patch_change(t, rel, o.as_ref(), n.as_ref())? {
         out.push(conflict(rel, ve, patch));
     }
     let mut names = BTreeSet::<OsString>::new();
-    for side in [&o, &n] {
-        if let Some(p) = side
-            && kind(Some(p)).is_some_and(|k| k.is_dir())
+    for (side, root) in [(&o, t.old_path), (&n, t.new_path)] {
+        if let Some(e) = side
+            && e.metadata().is_dir()
         {
-            for e in fs::read_dir(p).map_err(at(p))? {
-                names.insert(e.map_err(at(p))?.file_name());
-            }
+            let p = root.join(rel);
+            let dir = e.open_dir().map_err(at(&p))?;
+            names.extend(dir_names(&dir).map_err(at(&p))?);
         }
     }
+    drop((o, n));
     for name in names {
-        subtree(old, new, &rel.join(name), ve, out)?;
+        subtree(t, &rel.join(name), ve, out)?;
     }
     Ok(())
 }
 
 /// How the patch changed one path between the trees, if it did (a path under
 /// a symlink counts as absent).
-fn meta(p: Option<&Path>) -> Option<(&Path, fs::Metadata)> {
-    p.and_then(|p| p.symlink_metadata().ok().map(|m| (p, m)))
-}
-
-fn patch_change(a: Option<&Path>, b: Option<&Path>) -> io::Result<Option<&'static str>> {
-    Ok(match (meta(a), meta(b)) {
+fn patch_change(
+    t: &Trees<'_>,
+    rel: &Path,
+    a: Option<&Entry>,
+    b: Option<&Entry>,
+) -> io::Result<Option<&'static str>> {
+    Ok(match (a, b) {
         (None, None) => None,
         (None, Some(_)) => Some("added"),
         (Some(_), None) => Some("removed"),
-        (Some((a, ma)), Some((b, mb))) => (!same(a, &ma, b, &mb)?).then_some("changed"),
+        (Some(a), Some(b)) => {
+            let same = same(a, b).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{} against {}: {e}",
+                        t.old_path.join(rel).display(),
+                        t.new_path.join(rel).display()
+                    ),
+                )
+            })?;
+            (!same).then_some("changed")
+        }
     })
 }
 
-fn same(a: &Path, ma: &fs::Metadata, b: &Path, mb: &fs::Metadata) -> io::Result<bool> {
+fn same(a: &Entry, b: &Entry) -> io::Result<bool> {
+    let (ma, mb) = (a.metadata(), b.metadata());
     if ma.file_type() != mb.file_type()
         || ma.mode() != mb.mode()
         || ma.uid() != mb.uid()
@@ -169,7 +223,7 @@ fn same(a: &Path, ma: &fs::Metadata, b: &Path, mb: &fs::Metadata) -> io::Result<
     }
     let ft = ma.file_type();
     if ft.is_symlink() {
-        return Ok(fs::read_link(a)? == fs::read_link(b)?);
+        return Ok(a.read_link()? == b.read_link()?);
     }
     if ft.is_dir() {
         return Ok(true);
@@ -180,29 +234,8 @@ fn same(a: &Path, ma: &fs::Metadata, b: &Path, mb: &fs::Metadata) -> io::Result<
     if ma.len() != mb.len() {
         return Ok(false);
     }
-    let (mut fa, mut fb) = (fs::File::open(a)?, fs::File::open(b)?);
-    let (mut ba, mut bb) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
-    loop {
-        let n = read_full(&mut fa, &mut ba)?;
-        let m = read_full(&mut fb, &mut bb)?;
-        if n != m || ba[..n] != bb[..m] {
-            return Ok(false);
-        }
-        if n == 0 {
-            return Ok(true);
-        }
-    }
-}
-
-fn read_full(f: &mut fs::File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
+    let (fa, fb): (fs::File, fs::File) = (a.open_file()?, b.open_file()?);
+    same_content(&fa, &fb, ma.len())
 }
 
 #[cfg(test)]
@@ -324,7 +357,13 @@ mod tests {
         std::os::unix::fs::symlink(&host, old.join("var/run")).unwrap();
         fs::create_dir_all(new.join("var/run")).unwrap();
         w(&up.join("var/run/secret"), "mine\n");
-        assert!(inside(&old, Path::new("var/run/secret")).is_none());
+        let old_tree = Tree::open(&old).unwrap();
+        assert!(
+            old_tree
+                .lstat(Path::new("var/run/secret"))
+                .unwrap()
+                .is_none()
+        );
         let c = conflicts(&up, &old, &new).unwrap();
         // Seen as absent in old (not the host's file), absent in new: no change.
         assert!(

@@ -1,9 +1,18 @@
 //! Package changes between two Debian-based template versions, from their dpkg
 //! databases (`var/lib/dpkg/status`).
+//!
+//! A build VE (`template update --run`) wrote the version: its status file may
+//! be a symlink, a FIFO or huge. It is read through [`Tree`] (symlinks resolve
+//! inside the version, never on the host), only as a regular file, and only up
+//! to [`MAX_STATUS`] bytes; anything else means no package list.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::Path;
+
+use crate::tree::Tree;
+
+/// The largest dpkg status file read (a full Debian desktop's is ~10 MiB).
+pub const MAX_STATUS: u64 = 64 << 20;
 
 /// One package that differs between two versions.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -18,12 +27,11 @@ pub struct PackageChange {
 /// The installed packages of a tree and their versions, by (package,
 /// architecture); `None` when the tree has no dpkg database (not Debian-based).
 fn installed(tree: &Path) -> Option<BTreeMap<(String, String), String>> {
-    // Not through a symlink out of the tree (an absolute `var -> /var`).
-    let path = crate::diff::inside(tree, Path::new("var/lib/dpkg/status"))?;
-    if !path.symlink_metadata().ok()?.file_type().is_file() {
-        return None;
-    }
-    let text = fs::read_to_string(path).ok()?;
+    // An absolute `var -> /var` is the tree's own /var, not the host's.
+    let text = Tree::open(tree)
+        .ok()?
+        .read_to_string(Path::new("var/lib/dpkg/status"), MAX_STATUS)
+        .ok()?;
     let mut out = BTreeMap::new();
     for stanza in text.split("\n\n") {
         let field = |name: &str| {
@@ -83,6 +91,7 @@ pub fn changes(old: &Path, new: &Path) -> Option<Vec<PackageChange>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn status(dir: &Path, pkgs: &[(&str, &str, &str)]) {
         fs::create_dir_all(dir.join("var/lib/dpkg")).unwrap();
@@ -170,5 +179,46 @@ mod tests {
                 ("zlib1g:i386", None, Some("1")),
             ]
         );
+    }
+
+    #[test]
+    fn a_hostile_status_file_gives_no_list_and_nothing_of_the_host() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b, host) = (
+            t.path().join("a"),
+            t.path().join("b"),
+            t.path().join("host"),
+        );
+        let ok = "install ok installed";
+        status(&a, &[("openssl", "1", ok)]);
+        status(&host, &[("leaked", "6.6.6", ok)]);
+        let host_status = host.join("var/lib/dpkg/status");
+        let db = b.join("var/lib/dpkg");
+        fs::create_dir_all(&db).unwrap();
+        // A symlink to the host's file: looked up inside the tree, where there
+        // is none.
+        std::os::unix::fs::symlink(&host_status, db.join("status")).unwrap();
+        assert!(changes(&a, &b).is_none());
+        // The same through `..`.
+        fs::remove_file(db.join("status")).unwrap();
+        let dots = format!("../../../../../../../..{}", host_status.display());
+        std::os::unix::fs::symlink(&dots, db.join("status")).unwrap();
+        assert!(changes(&a, &b).is_none());
+        // A FIFO neither hangs nor is read.
+        fs::remove_file(db.join("status")).unwrap();
+        nix::unistd::mkfifo(&db.join("status"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(changes(&a, &b).is_none());
+        // A huge (sparse) one is not read into memory.
+        fs::remove_file(db.join("status")).unwrap();
+        let f = fs::File::create(db.join("status")).unwrap();
+        f.set_len(MAX_STATUS + 1).unwrap();
+        assert!(changes(&a, &b).is_none());
+        // A symlink that stays in the tree is followed there.
+        fs::remove_file(db.join("status")).unwrap();
+        status(&b.join("real"), &[("openssl", "2", ok)]);
+        std::os::unix::fs::symlink("/real/var/lib/dpkg/status", db.join("status")).unwrap();
+        let c = changes(&a, &b).unwrap();
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].to.as_deref(), Some("2"));
     }
 }

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -144,10 +145,10 @@ pub(crate) fn fill(
     match source {
         Source::Dir(src) => {
             refuse_nesting(src, dest)?;
-            let mut copier = Copier::new(fs::metadata(src).map_err(io_err(src))?.dev(), progress);
-            copier.copy_dir_contents(src, dest)?;
-            let md = fs::symlink_metadata(src).map_err(io_err(src))?;
-            apply_metadata(src, dest, &md)?;
+            let top = SrcDir::open(src)?;
+            let mut copier = Copier::new(top.md.dev(), progress);
+            copier.copy_dir_contents(&top, dest)?;
+            apply_metadata(&top.path(), src, dest, &top.md)?;
             (copier.report)(copier.progress);
             skipped = copier.skipped;
         }
@@ -155,11 +156,10 @@ pub(crate) fn fill(
             // A pool that snapshots gave `dest` the base already.
             let empty = fs::read_dir(dest).map_err(io_err(dest))?.next().is_none();
             if empty {
-                let mut copier =
-                    Copier::new(fs::metadata(base).map_err(io_err(base))?.dev(), progress);
-                copier.copy_dir_contents(base, dest)?;
-                let md = fs::symlink_metadata(base).map_err(io_err(base))?;
-                apply_metadata(base, dest, &md)?;
+                let top = SrcDir::open(base)?;
+                let mut copier = Copier::new(top.md.dev(), progress);
+                copier.copy_dir_contents(&top, dest)?;
+                apply_metadata(&top.path(), base, dest, &top.md)?;
             }
             crate::layer::apply(layer, dest, progress)?;
         }
@@ -262,23 +262,18 @@ impl<'a> Copier<'a> {
         }
     }
 
-    fn copy_dir_contents(&mut self, src: &Path, dst: &Path) -> Result<()> {
-        let mut entries = fs::read_dir(src)
-            .map_err(io_err(src))?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<io::Result<Vec<_>>>()
-            .map_err(io_err(src))?;
-        entries.sort();
-        for name in entries {
-            let s = src.join(&name);
-            let d = dst.join(&name);
-            self.copy_entry(&s, &d)?;
+    pub(crate) fn copy_dir_contents(&mut self, src: &SrcDir, dst: &Path) -> Result<()> {
+        for name in src.names()? {
+            let (s, shown) = src.entry(&name);
+            self.copy_entry(&s, &shown, &dst.join(&name))?;
         }
         Ok(())
     }
 
-    pub(crate) fn copy_entry(&mut self, src: &Path, dst: &Path) -> Result<()> {
-        let md = fs::symlink_metadata(src).map_err(io_err(src))?;
+    /// Copies the entry `src` (a path from [`SrcDir::entry`], named `shown`
+    /// in messages) to `dst`.
+    pub(crate) fn copy_entry(&mut self, src: &Path, shown: &Path, dst: &Path) -> Result<()> {
+        let md = fs::symlink_metadata(src).map_err(io_err(shown))?;
         let ft = md.file_type();
         if !ft.is_dir() && md.nlink() > 1 {
             if let Some(first) = self.links.get(&(md.dev(), md.ino())) {
@@ -290,22 +285,26 @@ impl<'a> Copier<'a> {
         if ft.is_dir() {
             fs::create_dir(dst).map_err(io_err(dst))?;
             if md.dev() == self.root_dev {
-                self.copy_dir_contents(src, dst)?;
-            } else {
-                self.skipped.mounts += 1;
+                let sub = SrcDir::open_unchanged(src, shown, &md)?;
+                self.copy_dir_contents(&sub, dst)?;
+                // Its attributes from the directory copied, whatever is at
+                // its path by now.
+                apply_metadata(&sub.path(), shown, dst, &md)?;
+                self.counted();
+                return Ok(());
             }
+            self.skipped.mounts += 1;
         } else if ft.is_file() {
-            let mut from = open_unchanged(src, &md)?;
+            let mut from = open_unchanged(src, shown, &md)?;
             let mut to = fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .open(dst)
                 .map_err(io_err(dst))?;
-            // std's copy uses copy_file_range: a reflink on btrfs, in-kernel elsewhere.
-            io::copy(&mut from, &mut to).map_err(io_err(dst))?;
+            copy_sparse(&mut from, &mut to, md.len()).map_err(io_err(dst))?;
             self.progress.bytes += md.len();
         } else if ft.is_symlink() {
-            let target = fs::read_link(src).map_err(io_err(src))?;
+            let target = fs::read_link(src).map_err(io_err(shown))?;
             std::os::unix::fs::symlink(&target, dst).map_err(io_err(dst))?;
         } else if ft.is_fifo() {
             mknod(dst, SFlag::S_IFIFO, Mode::from_bits_truncate(0o600), 0)
@@ -318,45 +317,176 @@ impl<'a> Copier<'a> {
             self.skipped.devices += 1;
             return Ok(());
         }
-        apply_metadata(src, dst, &md)?;
+        apply_metadata(src, shown, dst, &md)?;
+        self.counted();
+        Ok(())
+    }
+
+    fn counted(&mut self) {
         self.progress.files += 1;
         if self.progress.files.is_multiple_of(512) {
             (self.report)(self.progress);
         }
-        Ok(())
     }
+}
+
+/// A directory of a tree being copied, held open. Its entries are looked up
+/// below this very directory (`/proc/self/fd/N/NAME`, whose last component is
+/// never followed), never again through its path: a tree that changes while
+/// it is copied (a running VE's root given to `--from-dir`) cannot turn one of
+/// its directories into a symlink to the host's files between the look and
+/// the copy.
+pub(crate) struct SrcDir {
+    fd: OwnedFd,
+    /// Its path, for messages.
+    pub(crate) shown: PathBuf,
+    /// What it is (`fstat` of the handle).
+    pub(crate) md: fs::Metadata,
+}
+
+impl SrcDir {
+    /// Opens the directory `path`, a path the host trusts (symlinks in it are
+    /// followed).
+    pub(crate) fn open(path: &Path) -> Result<SrcDir> {
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(io_err(path))?;
+        let md = f.metadata().map_err(io_err(path))?;
+        Ok(SrcDir {
+            fd: f.into(),
+            shown: path.to_path_buf(),
+            md,
+        })
+    }
+
+    /// Opens the directory `src` (an entry of a [`SrcDir`]) that `md` (its
+    /// `lstat`) describes, refusing anything else that is there now (a
+    /// symlink swapped in since is never followed).
+    pub(crate) fn open_unchanged(src: &Path, shown: &Path, md: &fs::Metadata) -> Result<SrcDir> {
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(src)
+            .map_err(|e| match e.raw_os_error() {
+                // (O_DIRECTORY makes a symlink ENOTDIR rather than ELOOP.)
+                Some(libc::ELOOP | libc::ENOTDIR) => {
+                    if fs::symlink_metadata(src).is_ok_and(|m| m.file_type().is_symlink()) {
+                        changed(shown, "now a symlink")
+                    } else {
+                        changed(shown, "no longer a directory")
+                    }
+                }
+                _ => io_err(shown)(e),
+            })?;
+        let now = f.metadata().map_err(io_err(shown))?;
+        if !now.is_dir() || now.dev() != md.dev() || now.ino() != md.ino() {
+            return Err(changed(shown, "now another directory"));
+        }
+        Ok(SrcDir {
+            fd: f.into(),
+            shown: shown.to_path_buf(),
+            md: now,
+        })
+    }
+
+    /// The directory itself as a path whose last component (`.`) is no
+    /// symlink, for calls that take paths (`lgetxattr`).
+    pub(crate) fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}/.", self.fd.as_raw_fd()))
+    }
+
+    /// The entry `name`: the path to look it up by (below this directory's
+    /// handle; its last component is not followed by the `l*` calls and
+    /// `O_NOFOLLOW` opens used on it), and its path for messages.
+    pub(crate) fn entry(&self, name: &OsStr) -> (PathBuf, PathBuf) {
+        (
+            PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd())).join(name),
+            self.shown.join(name),
+        )
+    }
+
+    /// Its entries' names, sorted.
+    pub(crate) fn names(&self) -> Result<Vec<OsString>> {
+        crate::tree::dir_names(&self.fd).map_err(io_err(&self.shown))
+    }
+}
+
+fn changed(shown: &Path, what: &str) -> Error {
+    Error::BadSource {
+        path: shown.to_path_buf(),
+        reason: format!("changed while being copied ({what})"),
+    }
+}
+
+/// Copies the regular file `from` (`len` bytes when it was looked at) into
+/// the new, empty file `to`, hole for hole: a huge sparse file stays sparse
+/// and takes no time, where copying it whole would write out every zero.
+/// Where the file system cannot tell holes, all of it is copied.
+fn copy_sparse(from: &mut fs::File, to: &mut fs::File, len: u64) -> io::Result<()> {
+    use rustix::fs::{SeekFrom as At, seek};
+    use std::io::{Seek, SeekFrom};
+    let mut pos = 0;
+    while pos < len {
+        let data = match seek(&*from, At::Data(pos)) {
+            Ok(d) => d.min(len),
+            // Only a hole follows.
+            Err(e) if e == rustix::io::Errno::NXIO => break,
+            Err(_) => pos,
+        };
+        let end = match seek(&*from, At::Hole(data)) {
+            Ok(h) => h.min(len),
+            Err(_) => len,
+        };
+        if end <= data {
+            break;
+        }
+        from.seek(SeekFrom::Start(data))?;
+        to.seek(SeekFrom::Start(data))?;
+        // std's copy uses copy_file_range: a reflink on btrfs, in-kernel elsewhere.
+        let n = io::copy(&mut Read::take(&*from, end - data), to)?;
+        if n < end - data {
+            // The file shrank meanwhile (a tree that changes).
+            break;
+        }
+        pos = end;
+    }
+    to.set_len(len)
 }
 
 /// Opens the regular file `src` for reading, refusing anything but the file `md`
 /// (its `lstat`) describes: a symlink swapped in since is never followed (it
 /// could lead to /etc/shadow), and another file or a FIFO there is refused.
-fn open_unchanged(src: &Path, md: &fs::Metadata) -> Result<fs::File> {
-    let changed = |what: &str| Error::BadSource {
-        path: src.to_path_buf(),
-        reason: format!("changed while being copied ({what})"),
-    };
+fn open_unchanged(src: &Path, shown: &Path, md: &fs::Metadata) -> Result<fs::File> {
     let file = fs::OpenOptions::new()
         .read(true)
         // O_NONBLOCK: opening a FIFO put there does not wait for a writer.
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(src)
         .map_err(|e| {
             if e.raw_os_error() == Some(libc::ELOOP) {
-                changed("now a symlink")
+                changed(shown, "now a symlink")
             } else {
-                io_err(src)(e)
+                io_err(shown)(e)
             }
         })?;
-    let now = file.metadata().map_err(io_err(src))?;
+    let now = file.metadata().map_err(io_err(shown))?;
     if !now.is_file() || now.dev() != md.dev() || now.ino() != md.ino() {
-        return Err(changed("now another file"));
+        return Err(changed(shown, "now another file"));
     }
     Ok(file)
 }
 
-/// Gives `dst` the owner, mode, extended attributes and times of `src`, in the order
-/// that keeps them: chown clears set-id bits and file capabilities, so it goes first.
-pub(crate) fn apply_metadata(src: &Path, dst: &Path, md: &fs::Metadata) -> Result<()> {
+/// Gives `dst` the owner, mode, extended attributes and times of `src` (named
+/// `shown` in messages; `md` is its `lstat`), in the order that keeps them:
+/// chown clears set-id bits and file capabilities, so it goes first.
+pub(crate) fn apply_metadata(
+    src: &Path,
+    shown: &Path,
+    dst: &Path,
+    md: &fs::Metadata,
+) -> Result<()> {
     let is_link = md.file_type().is_symlink();
     fchownat(
         AT_FDCWD,
@@ -370,7 +500,7 @@ pub(crate) fn apply_metadata(src: &Path, dst: &Path, md: &fs::Metadata) -> Resul
         fs::set_permissions(dst, fs::Permissions::from_mode(md.mode() & 0o7777))
             .map_err(io_err(dst))?;
     }
-    copy_xattrs(src, dst)?;
+    copy_xattrs(src, shown, dst)?;
     let atime = TimeSpec::new(md.atime(), md.atime_nsec());
     let mtime = TimeSpec::new(md.mtime(), md.mtime_nsec());
     utimensat(
@@ -386,17 +516,17 @@ pub(crate) fn apply_metadata(src: &Path, dst: &Path, md: &fs::Metadata) -> Resul
 
 /// Copies extended attributes (without following symlinks). Overlayfs' own
 /// `trusted.overlay.*` attributes are not carried over: they describe another mount.
-fn copy_xattrs(src: &Path, dst: &Path) -> Result<()> {
+fn copy_xattrs(src: &Path, shown: &Path, dst: &Path) -> Result<()> {
     let names = match xattr::list(src) {
         Ok(n) => n,
         Err(e) if is_unsupported(&e) => return Ok(()),
-        Err(e) => return Err(io_err(src)(e)),
+        Err(e) => return Err(io_err(shown)(e)),
     };
     for name in names {
         if is_overlay_xattr(&name) {
             continue;
         }
-        let Some(value) = xattr::get(src, &name).map_err(io_err(src))? else {
+        let Some(value) = xattr::get(src, &name).map_err(io_err(shown))? else {
             continue;
         };
         match xattr::set(dst, &name, &value) {
@@ -920,7 +1050,7 @@ mod tests {
         let seen = fs::symlink_metadata(&f).unwrap();
         fs::remove_file(&f).unwrap();
         std::os::unix::fs::symlink(&secret, &f).unwrap();
-        let e = open_unchanged(&f, &seen).unwrap_err().to_string();
+        let e = open_unchanged(&f, &f, &seen).unwrap_err().to_string();
         assert!(
             e.contains("changed while being copied (now a symlink)"),
             "{e}"
@@ -928,7 +1058,7 @@ mod tests {
         // Another file in its place.
         fs::remove_file(&f).unwrap();
         fs::hard_link(&secret, &f).unwrap();
-        let e = open_unchanged(&f, &seen).unwrap_err().to_string();
+        let e = open_unchanged(&f, &f, &seen).unwrap_err().to_string();
         assert!(e.contains("now another file"), "{e}");
         // A symlink in the source is copied as a symlink, its target untouched.
         fs::remove_file(&f).unwrap();
@@ -937,5 +1067,75 @@ mod tests {
         fs::create_dir(&dest).unwrap();
         fill(&Source::Dir(src), &dest, &mut |_| {}).unwrap();
         assert_eq!(fs::read_link(dest.join("f")).unwrap(), secret);
+    }
+
+    #[test]
+    fn a_source_directory_swapped_for_a_symlink_is_not_followed() {
+        let t = tempfile::tempdir().unwrap();
+        let host = t.path().join("host");
+        fs::create_dir(&host).unwrap();
+        fs::write(host.join("shadow"), "secret").unwrap();
+        let src = t.path().join("src");
+        fs::create_dir_all(src.join("etc")).unwrap();
+        fs::write(src.join("etc/f"), "f").unwrap();
+        let top = SrcDir::open(&src).unwrap();
+        let (etc, shown) = top.entry(OsStr::new("etc"));
+        let seen = fs::symlink_metadata(&etc).unwrap();
+        // Held open before the swap: still the directory it was.
+        let held = SrcDir::open_unchanged(&etc, &shown, &seen).unwrap();
+        fs::rename(src.join("etc"), src.join("etc.old")).unwrap();
+        std::os::unix::fs::symlink(&host, src.join("etc")).unwrap();
+        assert_eq!(held.names().unwrap(), [OsStr::new("f")]);
+        let (f, _) = held.entry(OsStr::new("f"));
+        assert_eq!(fs::read_to_string(f).unwrap(), "f");
+        // Looked at before the swap, opened after: refused.
+        let e = SrcDir::open_unchanged(&etc, &shown, &seen)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("changed while being copied (now a symlink)"),
+            "{e}"
+        );
+        assert!(e.starts_with(&format!("{}:", shown.display())), "{e}");
+        // Copied now, the symlink is a symlink, the host's file stays out.
+        let dest = t.path().join("dest");
+        fs::create_dir(&dest).unwrap();
+        fill(&Source::Dir(src), &dest, &mut |_| {}).unwrap();
+        assert_eq!(fs::read_link(dest.join("etc")).unwrap(), host);
+        assert_eq!(fs::read_to_string(dest.join("etc.old/f")).unwrap(), "f");
+    }
+
+    #[test]
+    fn sparse_files_are_copied_hole_for_hole() {
+        use std::os::unix::fs::FileExt;
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        fs::create_dir(&src).unwrap();
+        let huge = 20u64 << 30;
+        let f = fs::File::create(src.join("huge")).unwrap();
+        f.set_len(huge).unwrap();
+        f.write_all_at(b"middle", 7 << 30).unwrap();
+        f.write_all_at(b"end", huge - 3).unwrap();
+        fs::File::create(src.join("empty")).unwrap();
+        fs::write(src.join("small"), "small").unwrap();
+        let dest = t.path().join("dest");
+        fs::create_dir(&dest).unwrap();
+        let started = std::time::Instant::now();
+        fill(&Source::Dir(src), &dest, &mut |_| {}).unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+        let md = fs::metadata(dest.join("huge")).unwrap();
+        assert_eq!(md.len(), huge);
+        assert!(md.blocks() * 512 < 64 << 20, "{} blocks", md.blocks());
+        let g = fs::File::open(dest.join("huge")).unwrap();
+        let mut buf = [0u8; 6];
+        g.read_exact_at(&mut buf, 7 << 30).unwrap();
+        assert_eq!(&buf, b"middle");
+        g.read_exact_at(&mut buf[..3], huge - 3).unwrap();
+        assert_eq!(&buf[..3], b"end");
+        g.read_exact_at(&mut buf, 1 << 30).unwrap();
+        assert_eq!(buf, [0; 6]);
+        assert_eq!(fs::read(dest.join("empty")).unwrap(), b"");
+        assert_eq!(fs::read(dest.join("small")).unwrap(), b"small");
     }
 }

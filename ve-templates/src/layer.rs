@@ -6,13 +6,18 @@
 //! = `y`): its lower contents are gone. vectl mounts VEs with `redirect_dir=off`
 //! and `metacopy=off`, so every other entry in the layer is whole: a file, link or
 //! new directory replaces what the base had at its path.
+//!
+//! The build VE is stopped while its layer is applied, so the layer does not
+//! change; it is read all the same as a tree that could (see
+//! [`crate::import::SrcDir`]): by directory handles, nothing followed through a
+//! symlink, regular files opened non-blocking and checked to be the file that
+//! was looked at, huge sparse files copied hole for hole.
 
 use std::fs;
-use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use crate::import::{Copier, Progress, apply_metadata};
+use crate::import::{Copier, Progress, SrcDir, apply_metadata};
 use crate::{Error, Result, io_err};
 
 const OPAQUE: &str = "trusted.overlay.opaque";
@@ -26,45 +31,43 @@ pub(crate) fn apply(layer: &Path, dest: &Path, progress: &mut dyn FnMut(Progress
             reason: "not a directory".into(),
         });
     }
-    let mut copier = Copier::new(md.dev(), progress);
-    apply_dir(&mut copier, layer, dest)?;
+    let top = SrcDir::open(layer)?;
+    let mut copier = Copier::new(top.md.dev(), progress);
+    apply_dir(&mut copier, &top, dest)?;
     (copier.report)(copier.progress);
     Ok(())
 }
 
-fn apply_dir(copier: &mut Copier<'_>, layer: &Path, dest: &Path) -> Result<()> {
-    let mut names = fs::read_dir(layer)
-        .map_err(io_err(layer))?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<io::Result<Vec<_>>>()
-        .map_err(io_err(layer))?;
-    names.sort();
-    for name in names {
-        let l = layer.join(&name);
+fn apply_dir(copier: &mut Copier<'_>, layer: &SrcDir, dest: &Path) -> Result<()> {
+    for name in layer.names()? {
+        let (l, shown) = layer.entry(&name);
         let d = dest.join(&name);
-        let md = fs::symlink_metadata(&l).map_err(io_err(&l))?;
+        let md = fs::symlink_metadata(&l).map_err(io_err(&shown))?;
         let ft = md.file_type();
         if ft.is_char_device() && md.rdev() == 0 {
             remove_any(&d)?;
             continue;
         }
         let dest_is_dir = fs::symlink_metadata(&d).is_ok_and(|m| m.is_dir());
-        if ft.is_dir() && dest_is_dir && !is_opaque(&l)? {
-            apply_dir(copier, &l, &d)?;
-            apply_metadata(&l, &d, &md)?;
-        } else {
-            remove_any(&d)?;
-            copier.copy_entry(&l, &d)?;
+        if ft.is_dir() && dest_is_dir {
+            let sub = SrcDir::open_unchanged(&l, &shown, &md)?;
+            if !is_opaque(&sub.path(), &shown)? {
+                apply_dir(copier, &sub, &d)?;
+                apply_metadata(&sub.path(), &shown, &d, &md)?;
+                continue;
+            }
         }
+        remove_any(&d)?;
+        copier.copy_entry(&l, &shown, &d)?;
     }
     Ok(())
 }
 
-fn is_opaque(dir: &Path) -> Result<bool> {
+fn is_opaque(dir: &Path, shown: &Path) -> Result<bool> {
     match xattr::get(dir, OPAQUE) {
         Ok(v) => Ok(v.as_deref() == Some(b"y")),
         Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(false),
-        Err(e) => Err(io_err(dir)(e)),
+        Err(e) => Err(io_err(shown)(e)),
     }
 }
 
@@ -186,5 +189,41 @@ mod tests {
         apply(&layer, &base, &mut |_| {}).unwrap();
         assert_eq!(fs::read_to_string(outside.join("secret")).unwrap(), "s");
         assert_eq!(tree(&base), ["etc/", "etc/secret: overwritten?"]);
+    }
+
+    #[test]
+    fn hostile_entries_of_a_layer_are_copied_as_they_are() {
+        use std::os::unix::fs::FileTypeExt;
+        let t = tempfile::tempdir().unwrap();
+        let (base, layer, outside) = (
+            t.path().join("base"),
+            t.path().join("layer"),
+            t.path().join("outside"),
+        );
+        fs::create_dir_all(base.join("etc")).unwrap();
+        fs::create_dir_all(layer.join("etc")).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("secret"), "s").unwrap();
+        symlink(outside.join("secret"), layer.join("etc/leak")).unwrap();
+        symlink(&outside, layer.join("etc/dir")).unwrap();
+        mknod(&layer.join("etc/fifo"), SFlag::S_IFIFO, Mode::S_IRWXU, 0).unwrap();
+        let f = fs::File::create(layer.join("etc/huge")).unwrap();
+        f.set_len(20 << 30).unwrap();
+        apply(&layer, &base, &mut |_| {}).unwrap();
+        assert_eq!(
+            fs::read_link(base.join("etc/leak")).unwrap(),
+            outside.join("secret")
+        );
+        assert_eq!(fs::read_link(base.join("etc/dir")).unwrap(), outside);
+        assert!(
+            fs::symlink_metadata(base.join("etc/fifo"))
+                .unwrap()
+                .file_type()
+                .is_fifo()
+        );
+        let md = fs::symlink_metadata(base.join("etc/huge")).unwrap();
+        assert_eq!(md.len(), 20 << 30);
+        assert!(md.blocks() < 1024, "{} blocks", md.blocks());
+        assert_eq!(fs::read_to_string(outside.join("secret")).unwrap(), "s");
     }
 }
