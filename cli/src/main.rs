@@ -343,6 +343,12 @@ enum HostCommand {
         /// RAM kept out of VE guarantees: a size or a percentage.
         #[arg(long, value_name = "SIZE|P%")]
         reserve_ram: Option<String>,
+        /// RAM limit of VEs created without --ram (`unlimited`: none).
+        #[arg(long, value_name = "SIZE|P%|unlimited")]
+        default_ram: Option<String>,
+        /// Process limit of VEs created without --pids (`unlimited`: none).
+        #[arg(long, value_name = "N|unlimited")]
+        default_pids: Option<String>,
     },
 }
 
@@ -767,6 +773,10 @@ struct ExecArgs {
     /// Working directory inside the VE.
     #[arg(long, short, value_name = "DIR")]
     workdir: Option<String>,
+    /// Pass N file descriptors after stdio (3 .. 3+N-1) that this command was
+    /// given on to CMD; every other descriptor is closed in the VE.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    preserve_fds: u32,
     /// The command and its arguments.
     #[arg(required = true, last = true, value_name = "CMD")]
     command: Vec<String>,
@@ -830,6 +840,8 @@ fn run(cli: Cli, at: &ArgPositions, out: &Out) -> Result<ExitCode> {
         Command::Host(HostCommand::Set {
             reserve_cpu,
             reserve_ram,
+            default_ram,
+            default_pids,
         }) => {
             let cpu = reserve_cpu
                 .as_deref()
@@ -845,11 +857,34 @@ fn run(cli: Cli, at: &ArgPositions, out: &Out) -> Result<ExitCode> {
                         .map_err(|e| anyhow::anyhow!("--reserve-ram: {e}"))
                 })
                 .transpose()?;
-            if cpu.is_none() && ram.is_none() {
-                bail!("nothing to set (give --reserve-cpu or --reserve-ram)");
+            let default_ram = default_ram
+                .as_deref()
+                .map(|s| {
+                    s.parse::<Setting<Amount>>()
+                        .map(Setting::into_option)
+                        .map_err(|e| anyhow::anyhow!("--default-ram: {e}"))
+                })
+                .transpose()?;
+            let default_pids = default_pids
+                .as_deref()
+                .map(|s| {
+                    ve_runtime::parse_count(s)
+                        .map(Setting::into_option)
+                        .map_err(|e| anyhow::anyhow!("--default-pids: {e}"))
+                })
+                .transpose()?;
+            if cpu.is_none() && ram.is_none() && default_ram.is_none() && default_pids.is_none() {
+                bail!(
+                    "nothing to set (give --reserve-cpu, --reserve-ram, --default-ram or --default-pids)"
+                );
             }
             let mut host = open(&cli)?;
-            host.set_reserve(cpu, ram)?;
+            if cpu.is_some() || ram.is_some() {
+                host.set_reserve(cpu, ram)?;
+            }
+            if default_ram.is_some() || default_pids.is_some() {
+                host.set_defaults(default_ram, default_pids)?;
+            }
             out.host_info(&host)?;
         }
         Command::Stats { ves, watch } => {
@@ -1185,6 +1220,7 @@ fn run(cli: Cli, at: &ArgPositions, out: &Out) -> Result<ExitCode> {
                     env: a.env.clone(),
                     workdir: a.workdir.clone(),
                     arg0: None,
+                    preserve_fds: a.preserve_fds,
                 },
             )?;
             return Ok(ExitCode::from(code.clamp(0, 255) as u8));

@@ -123,6 +123,10 @@ impl Out {
             "cpus": cap.cpus,
             "ram_bytes": cap.ram_bytes,
             "reserve": {"cpu_percent": reserve_cpu * 100.0, "ram_bytes": reserve_ram},
+            "defaults": {
+                "ram": host.settings().defaults.ram.map(|a| a.to_string()),
+                "pids": host.settings().defaults.pids,
+            },
             "committed": {
                 "cpu_guarantee_percent": committed.cpu * 100.0,
                 "ram_guarantee_bytes": committed.ram_bytes,
@@ -169,6 +173,20 @@ impl Out {
             (
                 "reserve",
                 format!("cpu {}, ram {}", pct(reserve_cpu), human_bytes(reserve_ram)),
+            ),
+            (
+                "new VE defaults",
+                format!(
+                    "ram {}, pids {}",
+                    host.settings()
+                        .defaults
+                        .ram
+                        .map_or("unlimited".into(), |a| a.to_string()),
+                    host.settings()
+                        .defaults
+                        .pids
+                        .map_or("unlimited".into(), |p| p.to_string())
+                ),
             ),
             (
                 "guaranteed",

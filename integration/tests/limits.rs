@@ -57,9 +57,54 @@ fn create_limits_land_in_the_cgroup_files() {
         got.abs_diff(want) <= 4096,
         "1% of {ram_host} is {want}, kernel has {got}"
     );
-    // No limits given: none in the kernel.
-    h.start_ve("free", &[]);
+    // No limits given: the root's defaults (1G of RAM, 2048 processes, no CPU
+    // cap); unlimited only when asked for.
+    h.start_ve("dflt", &[]);
+    assert_eq!(
+        kernel(&h, "dflt"),
+        ((1u64 << 30).to_string(), "max".into(), "2048".into())
+    );
+    h.start_ve("free", &["--ram", "unlimited", "--pids", "unlimited"]);
     assert_eq!(kernel(&h, "free"), unlimited());
+    // The defaults are the root's to change; a guarantee beyond the default RAM
+    // limit raises that limit to the guarantee.
+    h.ok(&[
+        "host",
+        "set",
+        "--default-ram",
+        "300M",
+        "--default-pids",
+        "99",
+    ]);
+    let info = h.json(&["host", "info"]);
+    assert_eq!(info["defaults"]["ram"], "300M", "{info}");
+    assert_eq!(info["defaults"]["pids"], 99, "{info}");
+    h.start_ve("dflt2", &[]);
+    assert_eq!(kernel(&h, "dflt2").0, (300u64 << 20).to_string());
+    assert_eq!(kernel(&h, "dflt2").2, "99");
+    h.ok(&[
+        "create",
+        "promised",
+        "--template",
+        "bb",
+        "--ram-guarantee",
+        "400M",
+    ]);
+    assert_eq!(h.json(&["show", "promised"])["limits"]["ram"], "400M");
+    h.ok(&[
+        "host",
+        "set",
+        "--default-ram",
+        "unlimited",
+        "--default-pids",
+        "unlimited",
+    ]);
+    h.start_ve("free2", &[]);
+    assert_eq!(kernel(&h, "free2"), unlimited());
+    let line = h.fails(&["host", "set", "--default-pids", "0"]);
+    assert!(line.contains("--default-pids"), "{line}");
+    let line = h.fails(&["host", "set", "--default-ram", "1K"]);
+    assert!(line.contains("--default-ram"), "{line}");
     // And the limits really hold: pids.max stops a fork bomb at the limit.
     h.start_ve("few", &["--pids", "5"]);
     let r = h.exec(

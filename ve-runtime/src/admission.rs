@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::host::Host;
-use crate::limits::{Amount, Limits, Percent, Size, human_bytes};
+use crate::limits::{Amount, Limits, Percent, human_bytes};
 
 /// The guarantees one VE holds.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -41,10 +41,7 @@ impl Host {
     /// The guarantees a VE with `limits` would hold on this host.
     pub(crate) fn commitment(&self, ve: &str, limits: &Limits) -> Commitment {
         let cap = self.capacity();
-        let bytes = |a: Amount| match a {
-            Amount::Bytes(Size(b)) => b,
-            Amount::Percent(Percent(p)) => (cap.ram_bytes as f64 * p / 100.0) as u64,
-        };
+        let bytes = |a: Amount| a.bytes_of(cap.ram_bytes);
         Commitment {
             ve: ve.to_string(),
             cpu: limits.cpu_guarantee_fraction(),

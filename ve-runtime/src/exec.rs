@@ -1,11 +1,18 @@
 //! Running a command inside a running VE (`vectl exec`, `vectl enter`).
 //!
 //! Three processes are involved. vectl clones a helper into the VE's cgroup; the
-//! helper drops the capabilities a VE may not have, joins all of the init's
-//! namespaces through its pidfd, and clones the command process with CLONE_PARENT,
-//! so the command is born inside the VE's PID namespace as vectl's own child. The
-//! helper never appears in the VE (it stays in the host's PID namespace), and the
-//! command has the VE's restrictions before anything in the VE can see it.
+//! helper makes itself non-dumpable, joins all of the init's namespaces through
+//! its pidfd, confines itself exactly like the VE's init (bounding, effective and
+//! permitted capabilities reduced to the VE's, the VE's seccomp filters), and
+//! only then forks the command process with CLONE_PARENT, so the command is born
+//! inside the VE's PID namespace as vectl's own child. The helper never appears
+//! in the VE (it stays in the host's PID namespace), and the command has the VE's
+//! restrictions before anything in the VE can see it: while it still runs
+//! vectl's code (until its execve), VE root, which has no CAP_SYS_PTRACE and no
+//! capability the command lacks, can neither attach to it nor open its /proc
+//! files (`exe`, `mem`, `fd`). It execs the VE's program directly (nothing of the
+//! host's file system) with every descriptor past stdio closed, except the
+//! `--preserve-fds` ones the caller passed on.
 //!
 //! With a terminal (`-t`, `enter`) the pty is allocated inside the VE's own devpts
 //! (`/dev/pts/N` in the VE), vectl relays bytes between it and the user's terminal
@@ -15,6 +22,7 @@ use std::ffi::CString;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sched::{CloneFlags, setns};
@@ -43,6 +51,9 @@ pub struct ExecOptions {
     pub workdir: Option<String>,
     /// argv[0] to pass instead of the command path (`-sh` for a login shell).
     pub arg0: Option<String>,
+    /// How many descriptors after stdio (3, 4, ...) the command inherits from
+    /// vectl's caller; all others are closed at exec.
+    pub preserve_fds: u32,
 }
 
 /// How often the end of input is passed on (^D) before vectl leaves the terminal
@@ -99,7 +110,7 @@ pub(crate) fn run(
         argv[0] = cstring(a0)?;
     }
     let workdir = opts.workdir.as_deref().map(cstring).transpose()?;
-    let prog = security::seccomp_program().map_err(&fail)?;
+    let filters = security::seccomp_filters().map_err(&fail)?;
 
     let pty = if opts.tty {
         Some(open_pty(init_pid).map_err(|e| fail(format!("allocate a terminal in the VE: {e}")))?)
@@ -145,7 +156,8 @@ pub(crate) fn run(
                 argv: &argv,
                 env: &env,
                 workdir: workdir.as_deref(),
-                prog: &prog,
+                filters: &filters,
+                keep_fds: opts.preserve_fds,
             };
             h.run(sync_w)
         }
@@ -199,24 +211,35 @@ pub(crate) fn run(
     status.map_err(fail)
 }
 
-/// Opens a new pty in the VE's devpts (through the init's root) and its peer.
+/// Opens a new pty in the VE's devpts and its peer. The VE's /dev is looked up
+/// inside its root (a VE can point /dev/pts anywhere), and what is opened must be
+/// a pty multiplexer (TIOCGPTPEER refuses anything else).
 fn open_pty(init_pid: i32) -> std::result::Result<(OwnedFd, OwnedFd), String> {
-    let ptmx = format!("/proc/{init_pid}/root/dev/pts/ptmx");
-    let master: OwnedFd = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
-        .open(&ptmx)
-        .map_err(|e| format!("{ptmx}: {e}"))?
-        .into();
+    let root = format!("/proc/{init_pid}/root");
+    let master = ve_templates::Tree::open(Path::new(&root))
+        .and_then(|t| {
+            t.open_at(
+                Path::new("dev/pts/ptmx"),
+                rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NONBLOCK,
+            )
+        })
+        .map_err(|e| format!("/dev/pts/ptmx: {e}"))?;
+    let st = rustix::fs::fstat(&master).map_err(|e| format!("/dev/pts/ptmx: {e}"))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFCHR {
+        return Err("/dev/pts/ptmx is not a device".into());
+    }
+    // Blocking again: the relay polls before it reads.
+    nix::fcntl::fcntl(
+        &master,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_RDWR),
+    )
+    .map_err(|e| format!("/dev/pts/ptmx: {e}"))?;
     let slave = sys::pty_peer(master.as_fd()).map_err(|e| format!("open the pty's peer: {e}"))?;
     if let Some(ws) = sys::get_winsize(std::io::stdin().as_fd()) {
         sys::set_winsize(master.as_fd(), &ws);
     }
     Ok((master, slave))
 }
-
-use std::os::unix::fs::OpenOptionsExt;
 
 struct Helper<'a> {
     join: &'a [std::path::PathBuf],
@@ -226,7 +249,8 @@ struct Helper<'a> {
     argv: &'a [CString],
     env: &'a [CString],
     workdir: Option<&'a std::ffi::CStr>,
-    prog: &'a seccompiler::BpfProgram,
+    filters: &'a [seccompiler::BpfProgram],
+    keep_fds: u32,
 }
 
 impl Helper<'_> {
@@ -240,33 +264,35 @@ impl Helper<'_> {
             report(format!("err {e}\n"));
             sys::exit_now(1);
         }
-        match sys::clone3(libc::CLONE_PARENT as u64, None) {
-            Ok(Forked::Child) => {
+        match sys::fork_parent() {
+            Ok(None) => {
                 let e = self.exec();
                 report(format!("err {e}\n"));
                 sys::exit_now(127);
             }
-            Ok(Forked::Parent { pid, .. }) => {
+            Ok(Some(pid)) => {
                 report(format!("pid {pid}\n"));
                 sys::exit_now(0);
             }
             Err(e) => {
-                report(format!("err clone3: {e}\n"));
+                report(format!("err clone: {e}\n"));
                 sys::exit_now(1);
             }
         }
     }
 
+    /// Joins the VE and confines the helper; its fork inherits both.
     fn enter(&self) -> std::result::Result<(), String> {
+        security::set_non_dumpable()?;
         move_self(self.join).map_err(|e| format!("join the VE's cgroup: {e}"))?;
-        security::drop_capabilities()?;
         let all = CloneFlags::CLONE_NEWCGROUP
             | CloneFlags::CLONE_NEWIPC
             | CloneFlags::CLONE_NEWUTS
             | CloneFlags::CLONE_NEWNET
             | CloneFlags::CLONE_NEWPID
             | CloneFlags::CLONE_NEWNS;
-        setns(self.init_pidfd, all).map_err(|e| format!("join the VE's namespaces: {e}"))
+        setns(self.init_pidfd, all).map_err(|e| format!("join the VE's namespaces: {e}"))?;
+        security::confine(self.filters)
     }
 
     /// The command process, inside the VE: terminal, directory, restrictions, exec.
@@ -298,9 +324,12 @@ impl Helper<'_> {
         }
         sys::reset_signals();
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
-        if let Err(e) = security::install_seccomp(self.prog) {
-            return e;
+        // Descriptors vectl's caller left open (a directory of the host's file
+        // system, say) must not reach the VE.
+        if let Err(e) = sys::cloexec_from(self.keep_fds.saturating_add(3)) {
+            return format!("close inherited descriptors: {e}");
         }
+        crate::failpoint::stop("exec-before-execve");
         exec_path(self.command, self.argv, self.env)
     }
 }

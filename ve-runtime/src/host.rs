@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::cgroup::{self, CgroupBackend, CgroupSettings};
 use crate::error::{Error, Result, io_err};
 use crate::fsutil::{Lock, write_atomic};
-use crate::limits::{Amount, Capacity, HostFacts, IoDevice, Percent, Size};
+use crate::limits::{Amount, Capacity, HostFacts, IoDevice, Limits, Percent, Size};
 
 /// The default state directory.
 pub const DEFAULT_ROOT: &str = "/var/lib/vectl";
@@ -48,6 +48,33 @@ pub struct HostSettings {
     /// What guarantees may not promise away: kept for the host itself.
     #[serde(default)]
     pub reserve: Reserve,
+    /// Limits a VE created without them gets.
+    #[serde(default)]
+    pub defaults: VeDefaults,
+}
+
+/// The limits `create` gives a VE that names none of its own, so that no VE is
+/// unbounded by accident: one runaway VE must not take the host's memory or
+/// process table. `--ram unlimited` / `--pids unlimited` opt out per VE; `vectl
+/// host set --default-ram/--default-pids` changes them per root.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VeDefaults {
+    /// RAM limit (absent = none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ram: Option<Amount>,
+    /// Process and thread limit (absent = none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+}
+
+impl Default for VeDefaults {
+    fn default() -> Self {
+        VeDefaults {
+            ram: Some(Amount::Bytes(Size(1 << 30))),
+            pids: Some(2048),
+        }
+    }
 }
 
 /// The host's own share, kept out of VE guarantees by admission control.
@@ -78,6 +105,7 @@ impl Default for HostSettings {
             pool_source: None,
             cgroup: CgroupSettings::default(),
             reserve: Reserve::default(),
+            defaults: VeDefaults::default(),
         }
     }
 }
@@ -332,7 +360,7 @@ impl Host {
     /// What resolving `limits` needs to know about the host: the disk to
     /// throttle is looked up only when they have disk I/O settings (it costs a
     /// walk through sysfs, on every `set`).
-    pub fn facts_for(&self, limits: &crate::limits::Limits) -> HostFacts {
+    pub fn facts_for(&self, limits: &Limits) -> HostFacts {
         let needs_disk = limits.io_limit.is_some()
             || limits.iops_limit.is_some()
             || limits.io_weight.is_some()
@@ -371,12 +399,7 @@ impl Host {
             settings.reserve.cpu = c;
         }
         if let Some(r) = ram {
-            let bytes = match r {
-                Amount::Bytes(Size(b)) => b,
-                Amount::Percent(Percent(p)) => {
-                    (self.capacity().ram_bytes as f64 * p / 100.0) as u64
-                }
-            };
+            let bytes = r.bytes_of(self.capacity().ram_bytes);
             if bytes >= self.capacity().ram_bytes {
                 return Err(Error::Host(format!(
                     "--reserve-ram {r} is all of the host's RAM or more"
@@ -390,13 +413,70 @@ impl Host {
         Ok(())
     }
 
+    /// Changes the limits new VEs get when they name none (`None` = keep;
+    /// `Some(None)` = no limit) and saves them.
+    pub fn set_defaults(
+        &mut self,
+        ram: Option<Option<Amount>>,
+        pids: Option<Option<u64>>,
+    ) -> Result<()> {
+        let _lock = self.lock_host()?;
+        let mut settings =
+            load_settings(&self.root.join("vectl.toml"))?.unwrap_or_else(|| self.settings.clone());
+        if let Some(ram) = ram {
+            let probe = Limits {
+                ram,
+                ..Limits::default()
+            };
+            if let Err(e) =
+                probe.resolve("default", crate::config::FIRST_ID, &self.facts_for(&probe))
+            {
+                let reason = match e {
+                    Error::BadLimit { reason, .. } => reason,
+                    e => e.to_string(),
+                };
+                return Err(Error::Host(format!("--default-ram: {reason}")));
+            }
+            settings.defaults.ram = ram;
+        }
+        if let Some(pids) = pids {
+            if pids == Some(0) {
+                return Err(Error::Host(
+                    "--default-pids 0: a VE needs at least one process".into(),
+                ));
+            }
+            settings.defaults.pids = pids;
+        }
+        let text = toml::to_string(&settings).map_err(|e| Error::Host(e.to_string()))?;
+        write_atomic(&self.root.join("vectl.toml"), text.as_bytes(), true)?;
+        self.settings = settings;
+        Ok(())
+    }
+
+    /// The limits of a new VE: `update` on top of the root's defaults. A RAM
+    /// guarantee beyond the default RAM limit raises that limit to it (a VE
+    /// promised 2G is not capped at a 1G it never asked for).
+    pub(crate) fn new_ve_limits(&self, update: &crate::limits::LimitsUpdate) -> Limits {
+        let defaults = Limits {
+            ram: self.settings.defaults.ram,
+            pids: self.settings.defaults.pids,
+            ..Limits::default()
+        };
+        let mut limits = update.applied_to(&defaults);
+        let total = self.capacity().ram_bytes;
+        if update.ram.is_none()
+            && let (Some(ram), Some(g)) = (limits.ram, limits.ram_guarantee)
+            && g.bytes_of(total) > ram.bytes_of(total)
+        {
+            limits.ram = Some(g);
+        }
+        limits
+    }
+
     /// The host reserve in bytes of RAM and a fraction of CPU time.
     pub fn reserve(&self) -> (f64, u64) {
         let cap = self.capacity();
-        let ram = match self.settings.reserve.ram {
-            Amount::Bytes(Size(b)) => b,
-            Amount::Percent(Percent(p)) => (cap.ram_bytes as f64 * p / 100.0) as u64,
-        };
+        let ram = self.settings.reserve.ram.bytes_of(cap.ram_bytes);
         (self.settings.reserve.cpu.0 / 100.0, ram)
     }
 

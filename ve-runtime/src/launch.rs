@@ -77,7 +77,7 @@ pub(crate) fn start(
         ve: spec.ve.clone(),
         reason,
     };
-    let prog = security::seccomp_program().map_err(fail)?;
+    let filters = security::seccomp_filters().map_err(fail)?;
     let overlay_opts = cstr(format!(
         "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off",
         spec.lower.display(),
@@ -123,7 +123,7 @@ pub(crate) fn start(
                 overlay_opts: &overlay_opts,
                 argv: &argv,
                 env: &env,
-                prog: &prog,
+                filters: &filters,
             };
             let msg = match child.run(go_r) {
                 Ok(never) => match never {},
@@ -191,7 +191,7 @@ struct ChildSetup<'a> {
     overlay_opts: &'a CString,
     argv: &'a [CString],
     env: &'a [CString],
-    prog: &'a seccompiler::BpfProgram,
+    filters: &'a [seccompiler::BpfProgram],
 }
 
 type Step<T = ()> = std::result::Result<T, String>;
@@ -264,10 +264,9 @@ impl ChildSetup<'_> {
         }
         drop(go);
 
-        security::drop_capabilities()?;
         sys::reset_signals();
         umask(Mode::from_bits_truncate(0o022));
-        security::install_seccomp(self.prog)?;
+        security::confine(self.filters)?;
         let e = match execve(&self.argv[0], self.argv, self.env) {
             Ok(never) => match never {},
             Err(e) => e,
@@ -394,6 +393,7 @@ const READ_ONLY_PROC: &[&str] = &["sysrq-trigger", "bus", "fs", "irq"];
 const HIDDEN_PROC: &[&str] = &[
     "kcore",
     "keys",
+    "slabinfo",
     "timer_list",
     "sched_debug",
     "latency_stats",

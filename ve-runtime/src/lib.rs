@@ -30,7 +30,7 @@ pub use cgroup::{CgroupBackend, CgroupSettings, CgroupVersion, Usage};
 pub use config::{VeConfig, validate_name};
 pub use error::{Error, Result};
 pub use exec::ExecOptions;
-pub use host::{DEFAULT_ROOT, Host, HostSettings, InitOptions, Reserve};
+pub use host::{DEFAULT_ROOT, Host, HostSettings, InitOptions, Reserve, VeDefaults};
 pub use limits::{
     Amount, Capacity, Cpus, HostFacts, IoDevice, IoLimits, KernelLimits, Limits, LimitsUpdate,
     NetShare, Percent, Setting, Size, human_bytes, parse_count,
@@ -40,7 +40,7 @@ pub use netns;
 pub use netns::model::{Mode, NetConfig, Proto, Publish, Rate, Subnet};
 pub use pool::{Cloned, Consistency, PoolInfo, PoolProblem, SnapshotMade, VolumeUse};
 pub use quota;
-pub use security::DROPPED_CAPS;
+pub use security::VE_CAPS;
 pub use state::RunState;
 pub use stats::VeStats;
 pub use template::TemplateUsage;

@@ -151,6 +151,16 @@ impl FromStr for Amount {
     }
 }
 
+impl Amount {
+    /// The amount in bytes, percentages being of `total`.
+    pub fn bytes_of(self, total: u64) -> u64 {
+        match self {
+            Amount::Bytes(Size(b)) => b,
+            Amount::Percent(Percent(p)) => (total as f64 * p / 100.0) as u64,
+        }
+    }
+}
+
 impl fmt::Display for Amount {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -246,7 +256,8 @@ pub fn parse_count(s: &str) -> std::result::Result<Setting<u64>, String> {
 }
 
 impl<T> Setting<T> {
-    fn into_option(self) -> Option<T> {
+    /// The value, or `None` for unlimited.
+    pub fn into_option(self) -> Option<T> {
         match self {
             Setting::Value(v) => Some(v),
             Setting::Unlimited => None,

@@ -1,44 +1,76 @@
-//! What a VE's processes may not do: the capabilities taken out of their bounding
-//! set and the system calls refused by a seccomp filter. The same restrictions apply
-//! to a VE's init and to everything `vectl exec` runs in it.
+//! What a VE's processes may do: the capabilities they keep, the system calls a
+//! seccomp filter refuses them, and how a process is confined before anything in
+//! a VE can see it. The same restrictions apply to a VE's init and to everything
+//! `vectl exec`, `enter`, a build VE and a rollout's health check run in it.
 //!
-//! Root in a VE is the host's root with a reduced bounding set (there is no user
-//! namespace yet): it keeps what a system needs inside its own namespaces
-//! (networking, chown, setuid programs, ptrace of its own processes) and loses what
-//! reaches beyond the VE: kernel modules, raw I/O, the clock, reboot and kexec,
-//! audit and MAC policy, BPF and perf, resource overrides (which would bypass disk
-//! quotas), device nodes other than the few a VE's /dev holds, and CAP_SYS_ADMIN.
-//! Without a user namespace CAP_SYS_ADMIN would let VE root remount /sys or
-//! /proc/sys writable (or mount a fresh proc) and set host-wide knobs such as
-//! kernel.core_pattern, which runs a program as host root: so a VE cannot mount.
-//! vectl prepares every mount a VE needs before its init starts.
+//! Root in a VE is the host's root with a reduced capability set (there is no
+//! user namespace yet): it keeps an allow-list of what a system needs inside its
+//! own namespaces and loses everything else, including capabilities a newer
+//! kernel adds. Without a user namespace CAP_SYS_ADMIN would let VE root remount
+//! /sys or /proc/sys writable (or mount a fresh proc) and set host-wide knobs such
+//! as kernel.core_pattern, which runs a program as host root: so a VE cannot
+//! mount. vectl prepares every mount a VE needs before its init starts.
+//!
+//! Kept, and why ([`VE_CAPS`]); Docker's default set plus what a full system
+//! (init, sshd, cron, a firewall, a database) needs inside its own namespaces:
+//! - CHOWN, DAC_OVERRIDE, FOWNER, FSETID, SETUID, SETGID, SETPCAP, SETFCAP: root
+//!   owning and managing the VE's files and users (package managers, useradd).
+//! - KILL, SYS_CHROOT, AUDIT_WRITE, NET_BIND_SERVICE, NET_RAW, MKNOD: init and
+//!   daemons (sshd's privilege separation chroots and writes audit records; ping;
+//!   port 80; mknod is held to FIFOs and the VE's own /dev nodes by seccomp).
+//! - NET_ADMIN: a system configures its own network (addresses, routes, its own
+//!   firewall) — all in the VE's network namespace; the host's anti-spoofing
+//!   rules sit on the host end of its veth, out of reach.
+//! - IPC_OWNER: System V IPC objects of the VE's own IPC namespace.
+//! - IPC_LOCK: databases lock memory; what a VE locks is charged to its memory
+//!   cgroup and bounded by `--ram`.
+//! - LEASE, SYS_TTY_CONFIG: file leases (Samba) and vhangup (login, getty) on the
+//!   VE's own files and terminals.
+//!
+//! Dropped beyond the obvious host-wide powers (modules, raw I/O, the clock,
+//! reboot, audit control, MAC, BPF, perf, syslog, resource overrides that would
+//! bypass disk quotas, CAP_SYS_ADMIN):
+//! - SYS_PTRACE: with it VE root could attach to a process that `vectl exec`
+//!   places in the VE while it is still the host's vectl (even a non-dumpable
+//!   one); without it VE root still traces its own processes (same uid, same or
+//!   fewer capabilities, as strace and gdb need).
+//! - DAC_READ_SEARCH: open_by_handle_at reaches files outside the VE's root.
+//! - SYS_NICE: real-time scheduling and I/O classes escape the VE's CPU and disk
+//!   shares (and the real-time I/O class is also refused by seccomp).
+//! - LINUX_IMMUTABLE: an immutable file in the VE's layer would block its
+//!   destroy, upgrade and rollback on the host.
+//! - NET_BROADCAST, CHECKPOINT_RESTORE, BLOCK_SUSPEND, WAKE_ALARM: nothing a VE
+//!   runs needs them.
 
 use std::collections::BTreeMap;
 
-use caps::{CapSet, Capability};
+use caps::{CapSet, Capability, CapsHashSet};
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
     SeccompRule, TargetArch,
 };
 
-/// Capabilities no VE process ever has.
-pub const DROPPED_CAPS: &[Capability] = &[
-    Capability::CAP_SYS_ADMIN,
-    Capability::CAP_SYS_MODULE,
-    Capability::CAP_SYS_RAWIO,
-    Capability::CAP_SYS_TIME,
-    Capability::CAP_SYS_BOOT,
-    Capability::CAP_SYS_RESOURCE,
-    Capability::CAP_SYS_PACCT,
-    Capability::CAP_MAC_ADMIN,
-    Capability::CAP_MAC_OVERRIDE,
-    Capability::CAP_SYSLOG,
-    Capability::CAP_WAKE_ALARM,
-    Capability::CAP_BLOCK_SUSPEND,
-    Capability::CAP_AUDIT_CONTROL,
-    Capability::CAP_AUDIT_READ,
-    Capability::CAP_BPF,
-    Capability::CAP_PERFMON,
+/// The capabilities a VE's root keeps; every other one is dropped.
+pub const VE_CAPS: &[Capability] = &[
+    Capability::CAP_CHOWN,
+    Capability::CAP_DAC_OVERRIDE,
+    Capability::CAP_FOWNER,
+    Capability::CAP_FSETID,
+    Capability::CAP_SETUID,
+    Capability::CAP_SETGID,
+    Capability::CAP_SETPCAP,
+    Capability::CAP_SETFCAP,
+    Capability::CAP_KILL,
+    Capability::CAP_SYS_CHROOT,
+    Capability::CAP_AUDIT_WRITE,
+    Capability::CAP_NET_BIND_SERVICE,
+    Capability::CAP_NET_RAW,
+    Capability::CAP_MKNOD,
+    Capability::CAP_NET_ADMIN,
+    Capability::CAP_IPC_OWNER,
+    Capability::CAP_IPC_LOCK,
+    Capability::CAP_LEASE,
+    Capability::CAP_SYS_TTY_CONFIG,
 ];
 
 /// Character devices a VE may create with mknod (major, minor): its /dev nodes,
@@ -56,19 +88,69 @@ const MKNOD_CHAR_ALLOWED: &[(u32, u32)] = &[
     (10, 229),
 ];
 
-/// Removes [`DROPPED_CAPS`] from the calling thread's bounding set and clears its
-/// ambient and inheritable sets. Called in the child before exec.
-pub(crate) fn drop_capabilities() -> Result<(), String> {
-    for cap in DROPPED_CAPS {
-        // A capability this kernel does not know is already absent.
-        if caps::has_cap(None, CapSet::Bounding, *cap).unwrap_or(false) {
-            caps::drop(None, CapSet::Bounding, *cap)
-                .map_err(|e| format!("drop {cap} from the bounding set: {e}"))?;
+/// The VE's capabilities as a set.
+fn ve_caps() -> CapsHashSet {
+    VE_CAPS.iter().copied().collect()
+}
+
+/// The highest capability number this kernel knows.
+fn last_cap() -> u8 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(63)
+}
+
+/// Confines the calling thread to what a VE's processes may do, in the order
+/// that needs the fewest privileges at each step: every capability off
+/// [`VE_CAPS`] leaves the bounding set (so no later exec brings it back), the
+/// inheritable and ambient sets are cleared, the VE's seccomp filter is
+/// installed (without no_new_privs, which needs CAP_SYS_ADMIN, still held), and
+/// last the effective and permitted sets shrink to the VE's. After this the
+/// thread has no power a process of the VE lacks: a process in the VE can
+/// neither outrank it nor (being without CAP_SYS_PTRACE) attach to it while it
+/// is also non-dumpable.
+pub(crate) fn confine(filters: &[BpfProgram]) -> Result<(), String> {
+    let keep = ve_caps();
+    for n in 0..=last_cap() {
+        if keep.iter().any(|c| c.index() == n) {
+            continue;
+        }
+        // SAFETY: PR_CAPBSET_DROP takes a capability number; EINVAL (a number
+        // this kernel does not know) means it is already absent.
+        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(n), 0, 0, 0) };
+        if rc != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
+            return Err(format!(
+                "drop capability {n} from the bounding set: {}",
+                std::io::Error::last_os_error()
+            ));
         }
     }
     caps::clear(None, CapSet::Ambient).map_err(|e| format!("clear ambient capabilities: {e}"))?;
     caps::clear(None, CapSet::Inheritable)
         .map_err(|e| format!("clear inheritable capabilities: {e}"))?;
+    for prog in filters {
+        install_seccomp(prog)?;
+    }
+    // Effective first: it must stay within the permitted set at every step.
+    for set in [CapSet::Effective, CapSet::Permitted] {
+        caps::set(None, set, &keep).map_err(|e| format!("reduce the {set:?} capabilities: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Marks the calling process non-dumpable: no process without CAP_SYS_PTRACE
+/// may attach to it or open its /proc files (mem, exe, fd, environ). The next
+/// execve of a VE program resets it.
+pub(crate) fn set_non_dumpable() -> Result<(), String> {
+    // SAFETY: PR_SET_DUMPABLE takes a plain integer.
+    let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    if rc != 0 {
+        return Err(format!(
+            "make the process non-dumpable: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
     Ok(())
 }
 
@@ -102,9 +184,39 @@ fn mknod_rules(mode_arg: u8, dev_arg: u8) -> Result<Vec<SeccompRule>, String> {
     Ok(vec![block, chr])
 }
 
-/// Builds the VE's seccomp program: everything is allowed except the calls below,
-/// which fail with EPERM.
-pub(crate) fn seccomp_program() -> Result<BpfProgram, String> {
+fn rule(conds: Vec<SeccompCondition>) -> Result<SeccompRule, String> {
+    SeccompRule::new(conds).map_err(|e| e.to_string())
+}
+
+fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>, errno: i32) -> Result<BpfProgram, String> {
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(errno as u32),
+        TargetArch::x86_64,
+    )
+    .map_err(|e| e.to_string())?;
+    filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| e.to_string())
+}
+
+/// IOPRIO_CLASS_RT in an ioprio value (class in bits 13..15).
+const IOPRIO_CLASS_RT: u64 = 1 << 13;
+const IOPRIO_CLASS_MASK: u64 = 7 << 13;
+
+/// Builds the VE's seccomp filters: everything is allowed except the calls
+/// below. The first filter fails them with EPERM; the second fails clone3 with
+/// ENOSYS, whose flags live in memory a filter cannot read: C libraries then
+/// fall back to clone, whose flags the first filter checks (as Docker does).
+///
+/// Refused: module loading, kexec, raw port I/O, BPF, perf, the kernel keyring,
+/// userfaultfd, swap and accounting switches, open_by_handle_at, io_uring (a
+/// second system call interface that seccomp does not see into), new user
+/// namespaces (until VEs run in their own, root in a fresh user namespace gets
+/// every capability there and a large kernel surface with it), the real-time
+/// I/O class, device nodes other than the VE's own, and typing into terminals.
+pub(crate) fn seccomp_filters() -> Result<Vec<BpfProgram>, String> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for nr in [
         libc::SYS_kexec_load,
@@ -126,6 +238,9 @@ pub(crate) fn seccomp_program() -> Result<BpfProgram, String> {
         libc::SYS_syslog,
         libc::SYS_userfaultfd,
         libc::SYS_lookup_dcookie,
+        libc::SYS_io_uring_setup,
+        libc::SYS_io_uring_enter,
+        libc::SYS_io_uring_register,
     ] {
         rules.insert(nr, vec![]);
     }
@@ -135,22 +250,33 @@ pub(crate) fn seccomp_program() -> Result<BpfProgram, String> {
     rules.insert(
         libc::SYS_ioctl,
         vec![
-            SeccompRule::new(vec![cond(1, SeccompCmpOp::Eq, libc::TIOCSTI)?])
-                .map_err(|e| e.to_string())?,
-            SeccompRule::new(vec![cond(1, SeccompCmpOp::Eq, libc::TIOCLINUX)?])
-                .map_err(|e| e.to_string())?,
+            rule(vec![cond(1, SeccompCmpOp::Eq, libc::TIOCSTI)?])?,
+            rule(vec![cond(1, SeccompCmpOp::Eq, libc::TIOCLINUX)?])?,
         ],
     );
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EPERM as u32),
-        TargetArch::x86_64,
-    )
-    .map_err(|e| e.to_string())?;
-    filter
-        .try_into()
-        .map_err(|e: seccompiler::BackendError| e.to_string())
+    let newuser = libc::CLONE_NEWUSER as u64;
+    for nr in [libc::SYS_unshare, libc::SYS_clone] {
+        rules.insert(
+            nr,
+            vec![rule(vec![cond(
+                0,
+                SeccompCmpOp::MaskedEq(newuser),
+                newuser,
+            )?])?],
+        );
+    }
+    // ioprio_set(which, who, ioprio) with the real-time class.
+    rules.insert(
+        libc::SYS_ioprio_set,
+        vec![rule(vec![cond(
+            2,
+            SeccompCmpOp::MaskedEq(IOPRIO_CLASS_MASK),
+            IOPRIO_CLASS_RT,
+        )?])?],
+    );
+    let eperm = compile(rules, libc::EPERM)?;
+    let enosys = compile(BTreeMap::from([(libc::SYS_clone3, vec![])]), libc::ENOSYS)?;
+    Ok(vec![eperm, enosys])
 }
 
 /// Installs a seccomp program on the calling thread. Unlike seccompiler's own
@@ -194,8 +320,26 @@ mod tests {
     }
 
     #[test]
-    fn the_filter_compiles() {
-        let prog = seccomp_program().unwrap();
-        assert!(prog.len() > 20);
+    fn the_filters_compile() {
+        let progs = seccomp_filters().unwrap();
+        assert_eq!(progs.len(), 2);
+        assert!(progs[0].len() > 20);
+    }
+
+    #[test]
+    fn the_kept_capabilities_exclude_every_escape_hatch() {
+        for c in [
+            Capability::CAP_SYS_ADMIN,
+            Capability::CAP_SYS_PTRACE,
+            Capability::CAP_DAC_READ_SEARCH,
+            Capability::CAP_SYS_MODULE,
+            Capability::CAP_SYS_RAWIO,
+            Capability::CAP_SYS_NICE,
+            Capability::CAP_SYS_RESOURCE,
+            Capability::CAP_LINUX_IMMUTABLE,
+            Capability::CAP_BPF,
+        ] {
+            assert!(!VE_CAPS.contains(&c), "{c}");
+        }
     }
 }

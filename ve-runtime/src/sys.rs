@@ -76,6 +76,32 @@ pub(crate) fn clone3(flags: u64, cgroup: Option<BorrowedFd<'_>>) -> nix::Result<
     }
 }
 
+/// Forks the calling process with CLONE_PARENT (the child is our parent's child,
+/// and is born in the PID namespace our children go to) through the legacy
+/// clone system call: a VE's seccomp filter fails clone3 with ENOSYS. Returns
+/// `None` in the child and the child's pid in the parent. Same rules as
+/// [`clone3`]: the caller must be single-threaded.
+pub(crate) fn fork_parent() -> nix::Result<Option<i32>> {
+    // SAFETY: clone with a null stack runs the child on a copy of our stack like
+    // fork(); no tid pointers or TLS are passed. With CLONE_PARENT the child's exit
+    // signal is our parent's choice, so the low byte of the flags is 0.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::CLONE_PARENT as u64,
+            0u64,
+            0u64,
+            0u64,
+            0u64,
+        )
+    };
+    match ret {
+        -1 => Err(Errno::last()),
+        0 => Ok(None),
+        pid => Ok(Some(pid as i32)),
+    }
+}
+
 /// CLONE_INTO_CGROUP (linux/sched.h; not in every libc yet).
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 

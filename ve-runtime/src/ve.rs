@@ -10,7 +10,7 @@
 use std::fs;
 use std::io;
 use std::os::fd::AsFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -314,7 +314,7 @@ impl Host {
                 reason: format!("--stop-signal: {reason}"),
             })?;
         }
-        let limits = opts.limits.applied_to(&Limits::default());
+        let limits = self.new_ve_limits(&opts.limits);
         limits.resolve(name, opts.id.unwrap_or(FIRST_ID), &self.facts_for(&limits))?;
         self.check_disk_limit(name, &limits)?;
         if let Some(id) = opts.id
@@ -996,22 +996,17 @@ impl Host {
     }
 
     /// Opens an interactive login shell in a running VE (root's shell from its
-    /// /etc/passwd, else /bin/sh).
+    /// /etc/passwd, else /bin/sh). The VE's files are read inside its root: a
+    /// VE's /etc/passwd may be a symlink, a FIFO or a huge file.
     pub fn enter(&self, name_or_id: &str) -> Result<i32> {
         let ve = self.resolve_existing(name_or_id)?;
         let pid = self
             .alive_state(&ve)?
             .ok_or_else(|| Error::NotRunning(ve.clone()))?
             .pid;
-        let root = PathBuf::from(format!("/proc/{pid}/root"));
-        let shell = fs::read_to_string(root.join("etc/passwd"))
+        let shell = ve_templates::Tree::open(Path::new(&format!("/proc/{pid}/root")))
             .ok()
-            .and_then(|p| {
-                p.lines()
-                    .find(|l| l.starts_with("root:"))
-                    .and_then(|l| l.rsplit(':').next().map(str::to_string))
-            })
-            .filter(|s| s.starts_with('/') && root.join(s.trim_start_matches('/')).exists())
+            .and_then(|root| root_shell(&root))
             .unwrap_or_else(|| "/bin/sh".to_string());
         let base = shell.rsplit('/').next().unwrap_or("sh").to_string();
         self.exec(
@@ -1024,6 +1019,27 @@ impl Host {
             },
         )
     }
+}
+
+/// The largest /etc/passwd vectl reads to find root's shell.
+const PASSWD_MAX: u64 = 4 << 20;
+
+/// Root's login shell in a VE's tree, if its /etc/passwd names one that exists
+/// there as a regular file.
+fn root_shell(root: &ve_templates::Tree) -> Option<String> {
+    let passwd = root
+        .read_to_string(Path::new("etc/passwd"), PASSWD_MAX)
+        .ok()?;
+    let shell = passwd
+        .lines()
+        .find(|l| l.starts_with("root:"))
+        .and_then(|l| l.rsplit(':').next())?;
+    let is_file = root
+        .metadata(Path::new(shell))
+        .ok()
+        .flatten()
+        .is_some_and(|m| m.is_file());
+    (shell.starts_with('/') && is_file).then(|| shell.to_string())
 }
 
 /// Splits an init command line like a shell would (quotes, escapes).

@@ -1,0 +1,452 @@
+//! Ways out of a VE that a hostile root inside it tries, each reproduced as an
+//! attack from inside a real VE, with a positive control that proves the attempt
+//! was real:
+//! - attaching (ptrace) to the process `vectl exec` puts in the VE before it has
+//!   exec'd the VE's program, or opening its /proc files (`exe`, `mem`, `fd`);
+//! - descriptors of vectl's caller reaching the VE;
+//! - `vectl enter` reading the VE's /etc/passwd as a symlink to a host file, a
+//!   FIFO, /dev/zero or a huge file;
+//! - system calls the seccomp filter refuses (new user namespaces, io_uring, the
+//!   real-time I/O class) and capabilities a VE does not keep.
+//!
+//! The attacker is `integration/probes/ve_probe.c`, built static with `cc` and
+//! copied into the VE.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::*;
+
+/// The probe, built once per test run.
+fn probe() -> &'static Path {
+    static PROBE: OnceLock<PathBuf> = OnceLock::new();
+    PROBE.get_or_init(|| {
+        let src = integration::repo_dir().join("integration/probes/ve_probe.c");
+        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ve_probe");
+        let st = std::process::Command::new("cc")
+            .args(["-static", "-O2", "-Wall", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .status()
+            .unwrap_or_else(|e| panic!("cc: {e} (scripts/deps.sh installs build-essential)"));
+        assert!(st.success(), "cc -static {} failed", src.display());
+        out
+    })
+}
+
+/// Copies the probe into VE `ve` as /ve_probe.
+fn plant_probe(h: &TestHost, ve: &str) {
+    let r = h
+        .command()
+        .args([
+            "exec",
+            ve,
+            "--",
+            "sh",
+            "-c",
+            "cat > /ve_probe && chmod 755 /ve_probe",
+        ])
+        .stdin(fs::File::open(probe()).unwrap())
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{r:?}");
+}
+
+/// `key=value` lines of a probe's output.
+fn fields(out: &str) -> BTreeMap<String, String> {
+    out.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
+fn probe_in(h: &TestHost, ve: &str, args: &[&str]) -> BTreeMap<String, String> {
+    let mut cmd = vec!["/ve_probe"];
+    cmd.extend_from_slice(args);
+    let r = h.exec(ve, &cmd);
+    assert_eq!(r.code, 0, "ve_probe {args:?}: {r:?}");
+    fields(&r.stdout)
+}
+
+fn status_field(pid: i32, field: &str) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_string()))
+}
+
+/// The child of `parent` that is stopped (state T), if any.
+fn stopped_child_of(parent: u32) -> Option<i32> {
+    fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let ppid = status_field(pid, "PPid:")?;
+        let state = status_field(pid, "State:")?;
+        (ppid == parent.to_string() && state.starts_with('T')).then_some(pid)
+    })
+}
+
+const CAP_DAC_READ_SEARCH: u32 = 2;
+const CAP_LINUX_IMMUTABLE: u32 = 9;
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_PTRACE: u32 = 19;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_SYS_NICE: u32 = 23;
+
+#[test]
+fn the_process_vectl_exec_puts_in_a_ve_cannot_be_attached_to_before_it_execs() {
+    let Some(h) =
+        TestHost::new("the_process_vectl_exec_puts_in_a_ve_cannot_be_attached_to_before_it_execs")
+    else {
+        return;
+    };
+    h.start_ve("px", &[]);
+    plant_probe(&h, "px");
+
+    // Positive control: the probe attaches to, and opens the /proc files of, an
+    // ordinary process of the VE.
+    let sleeper = h.exec("px", &["sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!"]);
+    let sleeper = sleeper.stdout.trim().to_string();
+    let seen = probe_in(&h, "px", &["inspect", &sleeper]);
+    assert_eq!(seen["seize"], "ok", "{seen:?}");
+    assert_eq!(seen["exe"], "ok", "{seen:?}");
+    assert_eq!(seen["mem"], "ok", "{seen:?}");
+    h.exec("px", &["kill", &sleeper]);
+
+    // The command process, stopped just before its execve: in the VE's PID
+    // namespace, still running vectl's code.
+    let mut exec = h.command();
+    exec.args(["exec", "px", "--", "/bin/true"])
+        .env("VECTL_FAILPOINT", "exec-before-execve")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut exec = exec.spawn().unwrap();
+    let mut child = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            child = stopped_child_of(exec.id());
+            child.is_some()
+        }),
+        "the command never reached its execve"
+    );
+    let child = child.unwrap();
+    let ns_pid = status_field(child, "NSpid:").unwrap();
+    let in_ve = ns_pid.split_whitespace().last().unwrap().to_string();
+    assert_ne!(in_ve, child.to_string(), "not in the VE's PID namespace");
+    let seen = probe_in(&h, "px", &["inspect", &in_ve]);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child),
+        nix::sys::signal::Signal::SIGCONT,
+    );
+    let st = exec.wait().unwrap();
+    assert!(st.success(), "vectl exec after SIGCONT: {st:?}");
+
+    assert_eq!(seen["Name"], "vectl", "probed the wrong process: {seen:?}");
+    for what in ["seize", "exe", "mem", "fd", "environ"] {
+        assert!(
+            seen[what] == "EPERM" || seen[what] == "EACCES",
+            "VE root got {what} of vectl's process: {seen:?}"
+        );
+    }
+    // It already has the VE's capabilities and seccomp filter, not the host's.
+    let eff = u64::from_str_radix(&seen["CapEff"], 16).unwrap();
+    let prm = u64::from_str_radix(&seen["CapPrm"], 16).unwrap();
+    let init_eff =
+        u64::from_str_radix(&status_field(h.init_pid("px"), "CapEff:").unwrap(), 16).unwrap();
+    assert_eq!(eff, init_eff, "{seen:?}");
+    assert_eq!(prm, init_eff, "{seen:?}");
+    assert_eq!(eff & (1 << CAP_SYS_ADMIN), 0, "{seen:?}");
+    assert_eq!(seen["Seccomp"], "2", "{seen:?}");
+}
+
+#[test]
+fn a_ve_process_racing_for_the_next_pid_never_attaches_to_vectl() {
+    let Some(h) = TestHost::new("a_ve_process_racing_for_the_next_pid_never_attaches_to_vectl")
+    else {
+        return;
+    };
+    h.start_ve("race", &[]);
+    plant_probe(&h, "race");
+    // The attacker spins on the next PIDs of the VE while execs come in.
+    let racer = spawn(&h, &["exec", "race", "--", "/ve_probe", "race", "6"]);
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..40 {
+        let r = h.exec("race", &["/bin/true"]);
+        assert_eq!(r.code, 0, "{r:?}");
+    }
+    let out = finish(racer);
+    assert_eq!(out.code, 0, "{out:?}");
+    let f = fields(&out.stdout);
+    assert!(f["tries"].parse::<u64>().unwrap() > 0, "{out:?}");
+    // Whatever it attached to was already the VE's own program.
+    for line in out.stdout.lines().filter(|l| l.starts_with("attached=")) {
+        let exe = line.split_whitespace().nth(1).unwrap_or_default();
+        assert_eq!(
+            exe, "/bin/busybox",
+            "attached to vectl before its exec: {line}"
+        );
+    }
+}
+
+/// In a forked child: makes `raw` its fd 5 (without close-on-exec).
+fn dup_to_5(raw: i32) -> std::io::Result<()> {
+    // SAFETY: dup2 on a descriptor number; it touches no memory.
+    if unsafe { libc::dup2(raw, 5) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Runs `vectl ARGS` with a directory of the host open as fd 5 (not
+/// close-on-exec, as a shell passes it on).
+fn run_with_dir_fd(h: &TestHost, dir: &Path, args: &[&str]) -> Run {
+    let fd: OwnedFd = nix::fcntl::open(
+        dir,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .unwrap();
+    let raw = fd.as_raw_fd();
+    let mut cmd = h.command();
+    cmd.args(args).stdin(Stdio::null());
+    // SAFETY: the closure only calls dup2, which is async-signal-safe, in the
+    // forked child before exec.
+    unsafe {
+        cmd.pre_exec(move || dup_to_5(raw));
+    }
+    let r = run_limited(cmd, Duration::from_secs(20));
+    drop(fd);
+    r
+}
+
+#[test]
+fn descriptors_of_the_caller_do_not_reach_the_ve() {
+    let Some(h) = TestHost::new("descriptors_of_the_caller_do_not_reach_the_ve") else {
+        return;
+    };
+    h.start_ve("fds", &[]);
+    let host_dir = tempfile::tempdir().unwrap();
+    let secret = integration::unique("host-secret");
+    fs::write(host_dir.path().join("secret"), &secret).unwrap();
+    let script =
+        "if [ -e /proc/$$/fd/5 ]; then cat /proc/$$/fd/5/secret; echo LEAKED; fi; ls /proc/$$/fd";
+    for tty in [false, true] {
+        let mut args = vec!["exec"];
+        if tty {
+            args.push("-t");
+        }
+        args.extend(["fds", "--", "sh", "-c", script]);
+        let r = run_with_dir_fd(&h, host_dir.path(), &args);
+        assert_eq!(r.code, 0, "{r:?}");
+        assert!(!r.stdout.contains(&secret), "tty {tty}: {r:?}");
+        assert!(!r.stdout.contains("LEAKED"), "tty {tty}: {r:?}");
+        // Nothing but stdio (and ls's own directory).
+        let fds: Vec<&str> = r.stdout.split_whitespace().collect();
+        assert!(
+            fds.iter().all(|f| ["0", "1", "2", "3"].contains(f)),
+            "tty {tty}: {r:?}"
+        );
+    }
+    // Positive control: passed on on purpose, the same descriptor is a way onto
+    // the host's file system.
+    let r = run_with_dir_fd(
+        &h,
+        host_dir.path(),
+        &[
+            "exec",
+            "--preserve-fds",
+            "3",
+            "fds",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains(&secret), "{r:?}");
+}
+
+/// Starts `vectl enter VE` (its input left open) and returns the login shell it
+/// started in the VE: the command line of the first process in the VE's cgroup
+/// that is a login shell (`-sh`) or the marked shell; `None` if none came within
+/// 30 s (vectl hung). The shell and vectl are killed again.
+fn login_shell(h: &TestHost, ve: &str, before: &[i32]) -> Option<String> {
+    let mut enter = h
+        .command()
+        .args(["enter", ve])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut found = None;
+    wait_until(Duration::from_secs(30), || {
+        found = leftover_procs(h, ve)
+            .into_iter()
+            .filter(|p| !before.contains(p))
+            .find_map(|p| {
+                let cmd = fs::read(format!("/proc/{p}/cmdline")).ok()?;
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                (cmd.starts_with("-sh") || cmd.contains("vt-shell")).then_some((p, cmd))
+            });
+        found.is_some()
+    });
+    let _ = enter.kill();
+    let _ = enter.wait();
+    found.map(|(pid, cmd)| {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        cmd.trim().to_string()
+    })
+}
+
+#[test]
+fn enter_reads_the_ves_passwd_inside_the_ve_only_and_only_a_small_regular_file() {
+    let Some(h) = TestHost::new(
+        "enter_reads_the_ves_passwd_inside_the_ve_only_and_only_a_small_regular_file",
+    ) else {
+        return;
+    };
+    h.start_ve("pw", &[]);
+    let before = leftover_procs(&h, "pw");
+    let root_line = "root:x:0:0:root:/root:/bin/vt-shell";
+    let r = h.exec(
+        "pw",
+        &[
+            "sh",
+            "-c",
+            "printf '#!/bin/sh\\nread x\\n' > /bin/vt-shell && chmod 755 /bin/vt-shell",
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    // Positive control: the VE's own passwd names root's shell, and enter runs it.
+    h.exec(
+        "pw",
+        &["sh", "-c", &format!("echo '{root_line}' > /etc/passwd")],
+    );
+    let shell = login_shell(&h, "pw", &before);
+    assert!(
+        shell.as_deref().is_some_and(|c| c.contains("vt-shell")),
+        "{shell:?}"
+    );
+
+    // A host file naming the same shell, and the VE's passwd a link to it; a
+    // FIFO; /dev/zero; a huge file that starts with the same line.
+    let host = tempfile::tempdir().unwrap();
+    let host_passwd = host.path().join("passwd");
+    fs::write(&host_passwd, format!("{root_line}\n")).unwrap();
+    let plant = [
+        format!(
+            "rm -f /etc/passwd && ln -s {} /etc/passwd",
+            host_passwd.display()
+        ),
+        "rm -f /etc/passwd && mkfifo /etc/passwd".to_string(),
+        "rm -f /etc/passwd && ln -s /dev/zero /etc/passwd".to_string(),
+        format!(
+            "rm -f /etc/passwd && echo '{root_line}' > /etc/passwd && dd if=/dev/zero of=/etc/passwd bs=1 count=0 seek=3G 2>/dev/null"
+        ),
+    ];
+    for how in &plant {
+        let r = h.exec("pw", &["sh", "-c", how]);
+        assert_eq!(r.code, 0, "{how}: {r:?}");
+        let shell = login_shell(&h, "pw", &before);
+        assert_eq!(shell.as_deref(), Some("-sh"), "{how}");
+    }
+    // The host's file is untouched.
+    assert_eq!(
+        fs::read_to_string(&host_passwd).unwrap(),
+        format!("{root_line}\n")
+    );
+    h.exec("pw", &["rm", "-f", "/etc/passwd"]);
+}
+
+#[test]
+fn the_seccomp_filter_refuses_new_user_namespaces_io_uring_and_realtime_io() {
+    let Some(h) =
+        TestHost::new("the_seccomp_filter_refuses_new_user_namespaces_io_uring_and_realtime_io")
+    else {
+        return;
+    };
+    // Positive control: on the host, every call works.
+    let host = std::process::Command::new(probe())
+        .arg("syscalls")
+        .output()
+        .unwrap();
+    let host = fields(&String::from_utf8_lossy(&host.stdout));
+    for call in [
+        "unshare_user",
+        "clone3",
+        "clone_newuser",
+        "io_uring_setup",
+        "ioprio_rt",
+        "ioprio_be",
+    ] {
+        assert_eq!(host[call], "ok", "{call} on the host: {host:?}");
+    }
+    h.start_ve("sc", &[]);
+    plant_probe(&h, "sc");
+    let ve = probe_in(&h, "sc", &["syscalls"]);
+    assert_eq!(ve["unshare_user"], "EPERM", "{ve:?}");
+    assert_eq!(ve["clone_newuser"], "EPERM", "{ve:?}");
+    assert_eq!(ve["clone3"], "ENOSYS", "{ve:?}");
+    assert_eq!(ve["io_uring_setup"], "EPERM", "{ve:?}");
+    assert_eq!(ve["ioprio_rt"], "EPERM", "{ve:?}");
+    // What a VE may do still works.
+    assert_eq!(ve["clone_plain"], "ok", "{ve:?}");
+    assert_eq!(ve["ioprio_be"], "ok", "{ve:?}");
+    // And busybox's own forks (through clone3's fallback) are fine.
+    assert_eq!(
+        h.exec("sc", &["sh", "-c", "(true) && echo ok"])
+            .stdout
+            .trim(),
+        "ok"
+    );
+}
+
+#[test]
+fn a_ve_keeps_only_the_capabilities_a_system_container_needs() {
+    let Some(h) = TestHost::new("a_ve_keeps_only_the_capabilities_a_system_container_needs") else {
+        return;
+    };
+    h.start_ve("caps", &[]);
+    let views = [
+        fs::read_to_string(format!("/proc/{}/status", h.init_pid("caps"))).unwrap(),
+        h.exec("caps", &["cat", "/proc/self/status"]).stdout,
+    ];
+    for status in &views {
+        for field in ["CapBnd:", "CapEff:", "CapPrm:"] {
+            let set = status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+                .unwrap();
+            for (name, bit) in [
+                ("SYS_PTRACE", CAP_SYS_PTRACE),
+                ("DAC_READ_SEARCH", CAP_DAC_READ_SEARCH),
+                ("SYS_NICE", CAP_SYS_NICE),
+                ("LINUX_IMMUTABLE", CAP_LINUX_IMMUTABLE),
+                ("SYS_ADMIN", CAP_SYS_ADMIN),
+            ] {
+                assert_eq!(set & (1 << bit), 0, "{field} {set:x} has {name}");
+            }
+            assert_ne!(set & (1 << CAP_NET_ADMIN), 0, "{field} {set:x}");
+        }
+    }
+    // The kernel's slab statistics are hidden (the host's are not empty).
+    assert!(!fs::read_to_string("/proc/slabinfo").unwrap().is_empty());
+    let r = h.exec("caps", &["cat", "/proc/slabinfo"]);
+    assert_eq!(r.stdout, "", "{r:?}");
+}
