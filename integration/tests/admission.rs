@@ -270,7 +270,19 @@ fn a_set_raising_a_guarantee_past_the_host_is_refused_and_changes_nothing() {
         "gold",
         &["--cpu-guarantee", "60%", "--ram-guarantee", "40%"],
     );
-    h.start_ve("silver", &["--cpu-guarantee", "30%", "--pids", "100"]);
+    // No RAM limit, so that a RAM guarantee meets admission control, not the
+    // limit a VE gets by default.
+    h.start_ve(
+        "silver",
+        &[
+            "--cpu-guarantee",
+            "30%",
+            "--pids",
+            "100",
+            "--ram",
+            "unlimited",
+        ],
+    );
     let init = h.init_pid("silver");
     let knobs = qos_knobs(&h, "silver");
     assert_eq!(knobs.cpu_weight, 3000);

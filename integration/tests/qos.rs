@@ -557,7 +557,10 @@ fn every_knob_changes_live_without_restart_and_lands_in_the_kernel() {
         return;
     };
     let dev = io_device(&h);
-    h.start_ve("knobs", &["--ram", "256M", "--cpu-limit", "50%"]);
+    h.start_ve(
+        "knobs",
+        &["--ram", "256M", "--cpu-limit", "50%", "--pids", "unlimited"],
+    );
     let init = h.init_pid("knobs");
     let start = qos_knobs(&h, "knobs");
     assert_eq!(
@@ -1155,7 +1158,16 @@ fn bad_qos_input_is_refused_with_one_line_and_changes_nothing() {
     // Swap needs a RAM limit, and a RAM guarantee may not exceed it.
     for (args, names) in [
         (
-            vec!["create", "bad", "--template", "bb", "--swap", "64M"],
+            vec![
+                "create",
+                "bad",
+                "--template",
+                "bb",
+                "--ram",
+                "unlimited",
+                "--swap",
+                "64M",
+            ],
             vec!["VE bad: ", "--swap", "--ram"],
         ),
         (
