@@ -125,32 +125,51 @@ fn the_process_vectl_exec_puts_in_a_ve_cannot_be_attached_to_before_it_execs() {
     // The command process, stopped just before its execve: in the VE's PID
     // namespace, still running vectl's code.
     let mut exec = h.command();
-    exec.args(["exec", "px", "--", "/bin/true"])
-        .env("VECTL_FAILPOINT", "exec-before-execve")
+    exec.args(["exec", "px", "--", "/bin/true"]);
+    let seen = inspect_before_execve(&h, "px", exec);
+    assert_confined(&h, "px", &seen);
+}
+
+/// Runs `cmd` (a vectl command that enters VE `ve`) stopped at its command's
+/// execve, looks at that process with the probe from inside the VE, lets it go
+/// on, and returns what the probe saw. The vectl command must succeed.
+fn inspect_before_execve(
+    h: &TestHost,
+    ve: &str,
+    mut cmd: std::process::Command,
+) -> BTreeMap<String, String> {
+    cmd.env("VECTL_FAILPOINT", "exec-before-execve")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let mut exec = exec.spawn().unwrap();
+    let mut running = cmd.spawn().unwrap();
     let mut child = None;
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            child = stopped_child_of(exec.id());
-            child.is_some()
-        }),
-        "the command never reached its execve"
-    );
+    let reached = wait_until(Duration::from_secs(60), || {
+        child = stopped_child_of(running.id());
+        child.is_some()
+    });
+    if !reached {
+        let _ = running.kill();
+        let _ = running.wait();
+        panic!("the command never reached its execve");
+    }
     let child = child.unwrap();
     let ns_pid = status_field(child, "NSpid:").unwrap();
     let in_ve = ns_pid.split_whitespace().last().unwrap().to_string();
     assert_ne!(in_ve, child.to_string(), "not in the VE's PID namespace");
-    let seen = probe_in(&h, "px", &["inspect", &in_ve]);
+    let seen = probe_in(h, ve, &["inspect", &in_ve]);
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child),
         nix::sys::signal::Signal::SIGCONT,
     );
-    let st = exec.wait().unwrap();
-    assert!(st.success(), "vectl exec after SIGCONT: {st:?}");
+    let st = running.wait().unwrap();
+    assert!(st.success(), "vectl after SIGCONT: {st:?}");
+    seen
+}
 
+/// What the probe saw of vectl's process before its execve: nothing it may
+/// attach to or open, and already the VE's capabilities and seccomp filter.
+fn assert_confined(h: &TestHost, ve: &str, seen: &BTreeMap<String, String>) {
     assert_eq!(seen["Name"], "vectl", "probed the wrong process: {seen:?}");
     for what in ["seize", "exe", "mem", "fd", "environ"] {
         assert!(
@@ -158,15 +177,40 @@ fn the_process_vectl_exec_puts_in_a_ve_cannot_be_attached_to_before_it_execs() {
             "VE root got {what} of vectl's process: {seen:?}"
         );
     }
-    // It already has the VE's capabilities and seccomp filter, not the host's.
     let eff = u64::from_str_radix(&seen["CapEff"], 16).unwrap();
     let prm = u64::from_str_radix(&seen["CapPrm"], 16).unwrap();
     let init_eff =
-        u64::from_str_radix(&status_field(h.init_pid("px"), "CapEff:").unwrap(), 16).unwrap();
+        u64::from_str_radix(&status_field(h.init_pid(ve), "CapEff:").unwrap(), 16).unwrap();
     assert_eq!(eff, init_eff, "{seen:?}");
     assert_eq!(prm, init_eff, "{seen:?}");
     assert_eq!(eff & (1 << CAP_SYS_ADMIN), 0, "{seen:?}");
     assert_eq!(seen["Seccomp"], "2", "{seen:?}");
+}
+
+#[test]
+fn a_build_ves_command_is_as_confined_as_an_exec() {
+    let Some(h) = TestHost::new("a_build_ves_command_is_as_confined_as_an_exec") else {
+        return;
+    };
+    // A template whose tree holds the attacker: the build of its next version
+    // runs in a VE of it.
+    publish_busybox(&h, "bb", |tree| {
+        fs::copy(probe(), tree.join("ve_probe")).unwrap();
+    });
+    let mut build = h.command();
+    build.args(["template", "update", "bb", "--run", "true"]);
+    let seen = inspect_before_execve(&h, "build-bb", build);
+    assert_eq!(seen["Name"], "vectl", "probed the wrong process: {seen:?}");
+    for what in ["seize", "exe", "mem", "fd", "environ"] {
+        assert!(
+            seen[what] == "EPERM" || seen[what] == "EACCES",
+            "the build VE's root got {what} of vectl's process: {seen:?}"
+        );
+    }
+    assert_eq!(seen["Seccomp"], "2", "{seen:?}");
+    let eff = u64::from_str_radix(&seen["CapEff"], 16).unwrap();
+    assert_eq!(eff & (1 << CAP_SYS_ADMIN), 0, "{seen:?}");
+    assert_eq!(eff & (1 << CAP_SYS_PTRACE), 0, "{seen:?}");
 }
 
 #[test]
