@@ -10,6 +10,7 @@
 //!   (`exec -- wget` inside the VE)
 //! - start: `vectl start` of an existing, stopped VE (returns once init runs)
 //! - stop --fast + destroy
+//! - exec: `vectl exec VE -- true` in a running VE
 //! - set: a live change of each knob on a running VE (--ram, and every other)
 //! - list, stats --json: with the N VEs of the memory run running
 //! - memory: host memory per running idle VE = growth of memory in use (not
@@ -198,6 +199,13 @@ fn main() {
             h.ok(&["--version"]);
         }));
     }
+    // Entering a running VE: `vectl exec s -- true` as a whole.
+    let mut exec = Vec::new();
+    for _ in 0..runs.max(50) {
+        exec.push(timed(|| {
+            h.ok(&["exec", "s", "--", "true"]);
+        }));
+    }
     let mut set = Vec::new();
     for i in 0..runs.max(50) {
         let size = if i % 2 == 0 { "96M" } else { "128M" };
@@ -300,6 +308,7 @@ fn main() {
             "vectl --version, process start alone (ms)",
             median(&mut version),
         ),
+        ("exec true in a running VE (ms)", median(&mut exec)),
         ("set --ram on a running VE (ms)", median(&mut set)),
         ("list with N VEs (ms)", median(&mut list)),
         ("stats --json with N VEs running (ms)", median(&mut stats)),
