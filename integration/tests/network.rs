@@ -816,6 +816,23 @@ fn bad_network_input_is_refused_with_one_clear_line() {
     assert!(h.json(&["list"]).as_array().unwrap().is_empty());
 }
 
+/// Opens TCP services of the host to the VEs of network `net` (a VE reaches none
+/// by default): the shaping tests time uploads to a receiver on the gateway.
+fn allow_uploads_to_the_host(h: &TestHost, net: &str) {
+    let r = h.run(&["net", "set", net, "--allow-host", "tcp:1024-65535"]);
+    if r.code == 0 {
+        return;
+    }
+    // A vectl without `net set` yet: the rule it would add, by hand.
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let id = h.json(&["net", "show", net])["id"].as_u64().unwrap();
+    sh(&[
+        "nft",
+        &format!("insert rule ip vectl to_host_{id} tcp dport 1024-65535 accept"),
+    ])
+    .unwrap();
+}
+
 /// Mbit/s of `mib` MiB sent from the VE to the host (`host_ip`).
 fn upload_rate(h: &TestHost, ve: &str, host_ip: &str, mib: u32) -> f64 {
     integration::receive_rate(host_ip, |port| {
@@ -836,6 +853,7 @@ fn a_net_limit_caps_each_direction_and_changes_live() {
     let Some(h) = TestHost::new("net_limit") else {
         return;
     };
+    allow_uploads_to_the_host(&h, "default");
     h.start_ve("lim", &["--net-limit", "10mbit"]);
     let ip = ip_of(&h, "lim");
     wait_http(&ip);
@@ -886,6 +904,7 @@ fn a_net_guarantee_holds_under_contention_and_is_admission_controlled() {
         "--bandwidth",
         "20mbit",
     ]);
+    allow_uploads_to_the_host(&h, "shared");
     h.start_ve("gold", &["--net", "shared", "--net-guarantee", "15mbit"]);
     h.start_ve("bulk", &["--net", "shared"]);
     wait_http(&ip_of(&h, "gold"));

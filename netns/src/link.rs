@@ -287,7 +287,9 @@ pub async fn net_up(h: &Handle, net: &NetConfig) -> Result<()> {
                 .map_err(|e| err(&br, format!("cannot add the uplink: {e}")))?;
         }
         if net.mode == Mode::Nat {
-            // Published ports answer on 127.0.0.1 too.
+            // Published ports answer on 127.0.0.1 too. This would also deliver
+            // what a VE sends to 127.0.0.0/8 through its gateway to the host's
+            // loopback: the firewall drops that before routing (nft.rs).
             sysctl(&format!("ipv4/conf/{br}/route_localnet"), "1")?;
         }
     }

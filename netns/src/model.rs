@@ -122,6 +122,22 @@ impl Subnet {
     pub fn offset(self, ip: Ipv4Addr) -> u32 {
         u32::from(ip) - u32::from(self.network())
     }
+    /// Why the subnet cannot be a network's: it overlaps loopback (127.0.0.0/8),
+    /// "this network" (0.0.0.0/8) or multicast and reserved (224.0.0.0/3).
+    pub fn special_use(self) -> Option<&'static str> {
+        let net = |a: u8, prefix: u8| Subnet {
+            addr: Ipv4Addr::new(a, 0, 0, 0),
+            prefix,
+        };
+        [
+            (net(0, 8), "\"this network\" (0.0.0.0/8)"),
+            (net(127, 8), "loopback (127.0.0.0/8)"),
+            (net(224, 3), "multicast and reserved (224.0.0.0/3)"),
+        ]
+        .into_iter()
+        .find(|(n, _)| self.overlaps(*n))
+        .map(|(_, what)| what)
+    }
     /// Whether `ip` is a usable host address of the subnet (not the network or
     /// broadcast address).
     pub fn is_host(self, ip: Ipv4Addr) -> bool {
@@ -269,6 +285,89 @@ serde_via_str!(Publish);
 
 serde_via_str!(Subnet);
 
+/// A service on the host's own addresses that a network's VEs may reach
+/// (`--allow-host`): `tcp:22`, `udp:53`, a port range `tcp:8000-8100`, or `all`.
+/// Without any, a VE reaches no service of the host (see the firewall, `nft`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum HostAccess {
+    /// Ports `first..=last` of a protocol.
+    Ports { proto: Proto, first: u16, last: u16 },
+    /// Every service of the host (the behaviour before vectl limited it).
+    All,
+}
+
+/// At most this many `--allow-host` entries per network.
+pub const MAX_HOST_ACCESS: usize = 64;
+
+impl HostAccess {
+    /// Parses a comma-separated list (`tcp:22,udp:53`); `none` or nothing is
+    /// the empty list. Sorted, without duplicates.
+    pub fn parse_list(s: &str) -> Result<Vec<HostAccess>, String> {
+        let s = s.trim();
+        if s.is_empty() || s == "none" {
+            return Ok(Vec::new());
+        }
+        let mut out: Vec<HostAccess> = s
+            .split(',')
+            .map(|p| p.trim().parse())
+            .collect::<Result<_, _>>()?;
+        out.sort();
+        out.dedup();
+        if out.len() > MAX_HOST_ACCESS {
+            return Err(format!(
+                "--allow-host: {} entries, at most {MAX_HOST_ACCESS}",
+                out.len()
+            ));
+        }
+        Ok(out)
+    }
+}
+
+impl FromStr for HostAccess {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "invalid host service {s:?}: expected PROTO:PORT or PROTO:FIRST-LAST (tcp:22, udp:53, tcp:8000-8100), all or none"
+            )
+        };
+        if s == "all" {
+            return Ok(HostAccess::All);
+        }
+        let (proto, ports) = s.split_once(':').ok_or_else(bad)?;
+        let proto = match proto {
+            "tcp" => Proto::Tcp,
+            "udp" => Proto::Udp,
+            _ => return Err(bad()),
+        };
+        let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad);
+        let (first, last) = match ports.split_once('-') {
+            Some((a, b)) => (port(a)?, port(b)?),
+            None => (port(ports)?, port(ports)?),
+        };
+        if first > last {
+            return Err(format!(
+                "invalid host service {s:?}: the range runs backwards"
+            ));
+        }
+        Ok(HostAccess::Ports { proto, first, last })
+    }
+}
+
+impl fmt::Display for HostAccess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostAccess::All => f.write_str("all"),
+            HostAccess::Ports { proto, first, last } if first == last => {
+                write!(f, "{proto}:{first}")
+            }
+            HostAccess::Ports { proto, first, last } => write!(f, "{proto}:{first}-{last}"),
+        }
+    }
+}
+
+serde_via_str!(HostAccess);
+
 /// The largest network id: interface names (`vn999p999999999`) must fit in 15
 /// characters.
 pub const MAX_NET_ID: u32 = 999;
@@ -299,6 +398,11 @@ pub struct NetConfig {
     /// The network's total bandwidth, shared by guarantees.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandwidth: Option<Rate>,
+    /// Services on the host's own addresses its VEs may reach besides ping
+    /// (`--allow-host`); none by default. Always written, so `net show --json`
+    /// shows the empty list too.
+    #[serde(default)]
+    pub allow_host: Vec<HostAccess>,
     pub created: String,
 }
 
@@ -527,6 +631,51 @@ mod tests {
     }
 
     #[test]
+    fn host_access_lists_parse_sorted_and_round_trip() {
+        let l = HostAccess::parse_list("udp:53, tcp:8000-8100,tcp:22,tcp:22").unwrap();
+        assert_eq!(
+            l.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["tcp:22", "tcp:8000-8100", "udp:53"]
+        );
+        for t in ["tcp:22", "udp:1-65535", "all"] {
+            assert_eq!(t.parse::<HostAccess>().unwrap().to_string(), t);
+        }
+        assert_eq!(HostAccess::parse_list("none").unwrap(), vec![]);
+        assert_eq!(HostAccess::parse_list("").unwrap(), vec![]);
+        for bad in [
+            "22",
+            "tcp:0",
+            "tcp:70000",
+            "sctp:22",
+            "tcp:9-8",
+            "tcp:",
+            "tcp:a",
+            "none,tcp:1",
+        ] {
+            assert!(HostAccess::parse_list(bad).is_err(), "{bad}");
+        }
+        let many: Vec<String> = (1..=65).map(|p| format!("tcp:{p}")).collect();
+        assert!(HostAccess::parse_list(&many.join(",")).is_err());
+    }
+
+    #[test]
+    fn special_use_subnets_are_named() {
+        let sn = |s: &str| s.parse::<Subnet>().unwrap();
+        assert!(
+            sn("127.0.0.0/16")
+                .special_use()
+                .unwrap()
+                .contains("loopback")
+        );
+        assert!(sn("0.0.0.0/16").special_use().is_some());
+        assert!(sn("224.1.0.0/16").special_use().is_some());
+        assert!(sn("250.1.0.0/16").special_use().is_some());
+        assert_eq!(sn("10.0.3.0/24").special_use(), None);
+        assert_eq!(sn("126.255.0.0/16").special_use(), None);
+        assert_eq!(sn("192.0.2.0/24").special_use(), None);
+    }
+
+    #[test]
     fn rates_parse_in_decimal_units() {
         assert_eq!("10mbit".parse::<Rate>().unwrap(), Rate(10_000_000));
         assert_eq!("1gbit".parse::<Rate>().unwrap(), Rate(1_000_000_000));
@@ -562,6 +711,7 @@ mod tests {
             vlan: None,
             dns: vec![],
             bandwidth: None,
+            allow_host: vec![],
             created: String::new(),
         };
         let mut used = BTreeSet::new();

@@ -1,18 +1,32 @@
 //! The firewall of vectl's networks: masquerade, published ports, isolation between
-//! networks and anti-spoofing, as nftables tables of vectl's own (`ip vectl` and
-//! `bridge vectl`). The whole ruleset is generated from the configs and replaced
-//! in one atomic `nft -f` transaction whenever networks, VE addresses or published
-//! ports change: never on a VE's start or stop, which only create and delete
-//! links (the rules match interface names, so they hold for a port the moment it
-//! exists).
+//! networks, anti-spoofing and what of the host a VE reaches, as nftables tables of
+//! vectl's own (`ip vectl` and `bridge vectl`). The whole ruleset is generated from
+//! the configs and replaced in one atomic `nft -f` transaction whenever networks,
+//! VE addresses or published ports change: never on a VE's start or stop, which
+//! only create and delete links (the rules match interface names, so they hold for
+//! a port the moment it exists).
+//!
+//! The host is not a VE's to use: packets from VE ports and bridges to or from
+//! 127.0.0.0/8 are dropped before routing (nat bridges have `route_localnet` on
+//! so that published ports answer on the host's 127.0.0.1, which would otherwise
+//! let a VE that routes 127.0.0.1 through its gateway reach services bound to the
+//! host's loopback), and of the services on the host's own addresses a VE reaches
+//! only what its network allows (`allow_host`), besides ping and the replies of
+//! connections the host opened. vectl serves neither DNS nor DHCP on a gateway,
+//! so nothing else is open by default.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
-use crate::model::{Mac, Mode, NetConfig, Proto, Publish, bridge_name, port_globs};
+use crate::model::{HostAccess, Mac, Mode, NetConfig, Proto, Publish, bridge_name, port_globs};
 use crate::{Error, Result};
+
+/// Bumped whenever the ruleset's shape changes: a network made in an older
+/// generation gets the whole ruleset again at its next VE's start (see
+/// ve-runtime's network markers), so an upgrade of vectl takes effect.
+pub const GENERATION: u32 = 2;
 
 /// One VE NIC as the firewall needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +35,8 @@ pub struct FwNic {
     pub port: String,
     pub ip: Ipv4Addr,
     pub mac: Mac,
+    /// Its network's mode.
+    pub mode: Mode,
 }
 
 /// A published port, forwarded to `ip`.
@@ -30,32 +46,40 @@ pub struct FwPublish {
     pub ip: Ipv4Addr,
 }
 
-/// One VE's own elements of the ruleset: its NICs' addresses and MACs (`bridged`:
-/// also in the bridge table) and its published ports. Added and deleted on their
-/// own when the VE is created or destroyed (one small nft transaction instead of
-/// the whole ruleset).
+/// One VE's own elements of the ruleset: its NICs' addresses and MACs (bridges:
+/// also in the bridge table; `bridged` networks: its address among the LAN's VEs)
+/// and its published ports. Added and deleted on their own when the VE is created
+/// or destroyed (one small nft transaction instead of the whole ruleset).
 #[derive(Debug, Clone, Default)]
 pub struct VeRules {
-    pub nics: Vec<(FwNic, bool)>,
+    pub nics: Vec<FwNic>,
     pub published: Vec<FwPublish>,
 }
 
 impl VeRules {
     fn script(&self, verb: &str) -> String {
         let mut s = String::new();
-        for (n, bridged) in &self.nics {
+        let mut lan = std::collections::BTreeSet::new();
+        for n in &self.nics {
             let _ = writeln!(
                 s,
                 "{verb} element ip vectl ve_ips {{ \"{}\" . {} }}",
                 n.port, n.ip
             );
-            if *bridged {
+            if n.mode.bridged() {
                 let _ = writeln!(
                     s,
                     "{verb} element bridge vectl ve_ips {{ \"{}\" . {} }}\n{verb} element bridge vectl ve_macs {{ \"{}\" . {} }}",
                     n.port, n.ip, n.port, n.mac
                 );
             }
+            if n.mode == Mode::Bridged {
+                lan.insert(n.ip);
+            }
+        }
+        // Once per address (a NIC has two port names).
+        for ip in lan {
+            let _ = writeln!(s, "{verb} element ip vectl lan_ves {{ {ip} }}");
         }
         for p in &self.published {
             let proto = p.publish.proto;
@@ -134,6 +158,13 @@ impl Firewall {
             .iter()
             .map(|n| format!("\"{}\" . {}", n.port, n.mac))
             .collect();
+        let lan: std::collections::BTreeSet<String> = self
+            .nics
+            .iter()
+            .filter(|n| n.mode == Mode::Bridged)
+            .map(|n| n.ip.to_string())
+            .collect();
+        let lan: Vec<String> = lan.into_iter().collect();
         let map = |proto: Proto| -> Vec<String> {
             self.published
                 .iter()
@@ -149,6 +180,10 @@ impl Firewall {
             "  set ve_ips {{ type ifname . ipv4_addr;{} }}",
             elements(&ips)
         );
+        // The addresses of bridged networks' VEs: their packets reach the host
+        // through a bridge it shares with the LAN, so the address (which the
+        // bridge table holds to each port's own) tells them from the LAN's.
+        let _ = writeln!(s, "  set lan_ves {{ type ipv4_addr;{} }}", elements(&lan));
         for proto in [Proto::Tcp, Proto::Udp] {
             let _ = writeln!(
                 s,
@@ -156,6 +191,23 @@ impl Firewall {
                 elements(&map(proto))
             );
         }
+        // Nothing from a VE to or from the loopback range: before routing, where
+        // route_localnet (nat bridges) would deliver it to the host's 127.0.0.1.
+        // Replies to the host's own connections to published ports arrive with
+        // the gateway as destination and are only then un-NATed to 127.0.0.1.
+        // Bridges' ports get the same rule in the bridge table.
+        s.push_str(
+            "  chain loopback {\n    type filter hook prerouting priority raw; policy accept;\n",
+        );
+        for n in &self.nets {
+            for i in ve_ingress(n) {
+                let _ = writeln!(
+                    s,
+                    "    iifname \"{i}\" ip daddr 127.0.0.0/8 drop\n    iifname \"{i}\" ip saddr 127.0.0.0/8 drop"
+                );
+            }
+        }
+        s.push_str("  }\n");
         s.push_str(
             "  chain antispoof {\n    type filter hook prerouting priority raw; policy accept;\n",
         );
@@ -210,6 +262,43 @@ impl Firewall {
             }
             s.push_str("  }\n");
         }
+        // What of the host itself (its input) a VE reaches: replies, ping and
+        // what its network allows; the rest is refused. Published ports are
+        // DNATed before this and go to forward, not here.
+        for n in &self.nets {
+            let _ = writeln!(
+                s,
+                "  chain to_host_{} {{\n    ct state established,related accept\n    icmp type echo-request accept",
+                n.id
+            );
+            for a in &n.allow_host {
+                match a {
+                    HostAccess::All => s.push_str("    accept\n"),
+                    HostAccess::Ports { proto, first, last } if first == last => {
+                        let _ = writeln!(s, "    {proto} dport {first} accept");
+                    }
+                    HostAccess::Ports { proto, first, last } => {
+                        let _ = writeln!(s, "    {proto} dport {first}-{last} accept");
+                    }
+                }
+            }
+            s.push_str("    reject with icmp admin-prohibited\n  }\n");
+        }
+        s.push_str(
+            "  chain host_access {\n    type filter hook input priority filter; policy accept;\n",
+        );
+        for n in &self.nets {
+            let chain = format!("to_host_{}", n.id);
+            for i in ve_ingress(n) {
+                let _ = writeln!(s, "    iifname \"{i}\" jump {chain}");
+            }
+            if n.mode == Mode::Bridged {
+                for i in lan_ingress(n) {
+                    let _ = writeln!(s, "    iifname \"{i}\" ip saddr @lan_ves jump {chain}");
+                }
+            }
+        }
+        s.push_str("  }\n");
         s.push_str(
             "  chain isolate {\n    type filter hook forward priority filter; policy accept;\n    ct state established,related accept\n    ct status dnat accept\n",
         );
@@ -262,6 +351,14 @@ impl Firewall {
                 "  set ve_macs {{ type ifname . ether_addr;{} }}",
                 elements(&macs)
             );
+            s.push_str("  chain loopback {\n    type filter hook prerouting priority -300; policy accept;\n");
+            for p in bridged.iter().flat_map(|n| port_globs(n.id)) {
+                let _ = writeln!(
+                    s,
+                    "    iifname \"{p}\" ip daddr 127.0.0.0/8 drop\n    iifname \"{p}\" ip saddr 127.0.0.0/8 drop"
+                );
+            }
+            s.push_str("  }\n");
             s.push_str("  chain antispoof {\n    type filter hook prerouting priority -300; policy accept;\n");
             for p in bridged.iter().flat_map(|n| port_globs(n.id)) {
                 let _ = writeln!(
@@ -278,6 +375,29 @@ impl Firewall {
     pub fn apply(&self) -> Result<()> {
         run_nft(&self.script())
     }
+}
+
+/// The interfaces (nft patterns) on which packets of a network's VEs, and only
+/// theirs, reach the IP layer: a host-only or nat bridge, routed ports. A
+/// bridged network's bridge also carries the LAN's packets: see [`lan_ingress`].
+fn ve_ingress(n: &NetConfig) -> Vec<String> {
+    match n.mode {
+        Mode::Nat | Mode::HostOnly => vec![bridge_name(n.id)],
+        Mode::Routed => port_globs(n.id).to_vec(),
+        Mode::Bridged => Vec::new(),
+    }
+}
+
+/// Where a bridged network's packets reach the IP layer: vectl's bridge, or the
+/// operator's bridge given as uplink (without a VLAN).
+fn lan_ingress(n: &NetConfig) -> Vec<String> {
+    let mut out = vec![bridge_name(n.id)];
+    if n.vlan.is_none()
+        && let Some(u) = &n.uplink
+    {
+        out.push(u.clone());
+    }
+    out
 }
 
 /// Runs an nft script (`nft -f -`), as one transaction.
@@ -333,6 +453,7 @@ mod tests {
             vlan: None,
             dns: vec![],
             bandwidth: Some(Rate(1_000_000)),
+            allow_host: vec![],
             created: String::new(),
         }
     }
@@ -349,6 +470,7 @@ mod tests {
                 port: "vn1p101".into(),
                 ip: Ipv4Addr::new(10, 0, 1, 2),
                 mac: Mac([2, 0, 0, 0, 0, 101]),
+                mode: Mode::Nat,
             }],
             published: vec![FwPublish {
                 publish: "8080:80".parse().unwrap(),
@@ -369,7 +491,7 @@ mod tests {
             assert!(s.contains(want), "{want} missing from\n{s}");
         }
         let ve = VeRules {
-            nics: vec![(fw.nics[0].clone(), true)],
+            nics: vec![fw.nics[0].clone()],
             published: fw.published.clone(),
         };
         let add = ve.script("add");
@@ -387,5 +509,158 @@ mod tests {
         );
         let empty = Firewall::default().script();
         assert!(!empty.contains('{'), "{empty}");
+    }
+
+    /// The chain `name` of the script's table `table` (`ip vectl`), as text.
+    fn chain<'a>(s: &'a str, table: &str, name: &str) -> &'a str {
+        let t = &s[s.find(&format!("table {table} {{")).unwrap()..];
+        let c = &t[t.find(&format!("  chain {name} {{")).unwrap()..];
+        &c[..c.find("\n  }").unwrap()]
+    }
+
+    fn four_modes() -> Firewall {
+        let mut bridged = net("d", 4, Mode::Bridged, "192.0.2.0/24");
+        bridged.uplink = Some("br0".into());
+        let mut nat = net("a", 1, Mode::Nat, "10.0.1.0/24");
+        nat.allow_host = HostAccess::parse_list("tcp:22,udp:53,tcp:8000-8100").unwrap();
+        let nic = |port: &str, ip: [u8; 4], mode| FwNic {
+            port: port.into(),
+            ip: ip.into(),
+            mac: Mac([2, 0, 0, 0, 0, ip[3]]),
+            mode,
+        };
+        Firewall {
+            nets: vec![
+                nat,
+                net("b", 2, Mode::Routed, "198.51.100.0/24"),
+                net("c", 3, Mode::HostOnly, "10.0.3.0/24"),
+                bridged,
+            ],
+            nics: vec![
+                nic("vn1p101", [10, 0, 1, 2], Mode::Nat),
+                nic("vn4p102", [192, 0, 2, 10], Mode::Bridged),
+                nic("vn4q102", [192, 0, 2, 10], Mode::Bridged),
+            ],
+            published: vec![],
+        }
+    }
+
+    #[test]
+    fn nothing_from_a_ve_reaches_the_loopback_range_in_any_mode() {
+        let s = four_modes().script();
+        let ip = chain(&s, "ip vectl", "loopback");
+        assert!(
+            ip.contains("type filter hook prerouting priority raw;"),
+            "{ip}"
+        );
+        for i in ["vn1b", "vn2p*", "vn2q*", "vn3b"] {
+            for dir in ["daddr", "saddr"] {
+                let want = format!("iifname \"{i}\" ip {dir} 127.0.0.0/8 drop");
+                assert!(ip.contains(&want), "{want} missing from\n{ip}");
+            }
+        }
+        // A bridged network's bridge carries the LAN too: its VEs are caught by
+        // port, in the bridge table, before the frame reaches the IP layer.
+        assert!(!ip.contains("vn4b") && !ip.contains("br0"), "{ip}");
+        let br = chain(&s, "bridge vectl", "loopback");
+        assert!(br.contains("priority -300;"), "{br}");
+        for p in ["vn1p*", "vn1q*", "vn3p*", "vn4p*", "vn4q*"] {
+            let want = format!("iifname \"{p}\" ip daddr 127.0.0.0/8 drop");
+            assert!(br.contains(&want), "{want} missing from\n{br}");
+        }
+        // Replies to the host's own connections to published ports (127.0.0.1
+        // masqueraded to the gateway) are un-NATed after raw: no rule of the
+        // source NAT or the loopback chains undoes that.
+        assert!(s.contains("ip saddr 127.0.0.0/8 oifname \"vn1b\" ct status dnat masquerade"));
+    }
+
+    #[test]
+    fn ves_reach_only_what_their_network_allows_of_the_host() {
+        let s = four_modes().script();
+        let hook = chain(&s, "ip vectl", "host_access");
+        assert!(
+            hook.contains("type filter hook input priority filter;"),
+            "{hook}"
+        );
+        for want in [
+            "iifname \"vn1b\" jump to_host_1",
+            "iifname \"vn2p*\" jump to_host_2",
+            "iifname \"vn2q*\" jump to_host_2",
+            "iifname \"vn3b\" jump to_host_3",
+            // Bridged: only the VEs' addresses, not the LAN's, on either bridge.
+            "iifname \"vn4b\" ip saddr @lan_ves jump to_host_4",
+            "iifname \"br0\" ip saddr @lan_ves jump to_host_4",
+        ] {
+            assert!(hook.contains(want), "{want} missing from\n{hook}");
+        }
+        assert!(
+            s.contains("set lan_ves { type ipv4_addr; elements = { 192.0.2.10 }; }"),
+            "{s}"
+        );
+        let base = "ct state established,related accept\n    icmp type echo-request accept\n";
+        let c3 = chain(&s, "ip vectl", "to_host_3");
+        assert!(
+            c3.ends_with(&format!("{base}    reject with icmp admin-prohibited")),
+            "{c3}"
+        );
+        let c1 = chain(&s, "ip vectl", "to_host_1");
+        assert!(
+            c1.ends_with(&format!(
+                "{base}    tcp dport 22 accept\n    tcp dport 8000-8100 accept\n    udp dport 53 accept\n    reject with icmp admin-prohibited"
+            )),
+            "{c1}"
+        );
+        let mut all = four_modes();
+        all.nets[2].allow_host = vec![HostAccess::All];
+        let s = all.script();
+        assert!(
+            chain(&s, "ip vectl", "to_host_3")
+                .ends_with("    accept\n    reject with icmp admin-prohibited"),
+            "{s}"
+        );
+        // A VE's own elements: its address among the LAN's VEs, once.
+        let ve = VeRules {
+            nics: four_modes().nics[1..].to_vec(),
+            published: vec![],
+        };
+        for verb in ["add", "delete"] {
+            let text = ve.script(verb);
+            assert_eq!(
+                text.matches(&format!("{verb} element ip vectl lan_ves {{ 192.0.2.10 }}"))
+                    .count(),
+                1,
+                "{text}"
+            );
+        }
+    }
+
+    /// The ruleset goes into the kernel as generated (nft checks it without
+    /// applying: `nft -c`), when nft is installed.
+    #[test]
+    fn nft_takes_the_ruleset() {
+        let check = Command::new("nft").arg("--version").output();
+        if check.is_err() {
+            eprintln!("SKIP: nft_takes_the_ruleset: the nft program is not installed");
+            return;
+        }
+        let mut child = Command::new("nft")
+            .args(["-c", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(four_modes().script().as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() && err.contains("Operation not permitted") {
+            eprintln!("SKIP: nft_takes_the_ruleset: not allowed to talk to nftables");
+            return;
+        }
+        assert!(out.status.success(), "{err}");
     }
 }

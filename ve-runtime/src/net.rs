@@ -12,11 +12,17 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::io;
 use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, openat};
+use nix::sys::stat::fstatat;
+use nix::unistd::{UnlinkatFlags, unlinkat};
+
 use netns::link::{Attach, Detach, Shape};
-use netns::model::{self, Mode, NetConfig, Rate, Subnet};
+use netns::model::{self, HostAccess, Mode, NetConfig, Rate, Subnet};
 use netns::nft::{Firewall, FwNic, FwPublish, VeRules};
 use netns::tc::ClassRate;
 use serde::{Deserialize, Serialize};
@@ -63,6 +69,15 @@ pub struct NetCreate {
     /// `None` = the default (the host's name servers for nat).
     pub dns: Option<Vec<Ipv4Addr>>,
     pub bandwidth: Option<Rate>,
+}
+
+/// Settings of a network that can change after `net create` (`net set`); `None`
+/// leaves one as it is. At create, the ones given replace the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct NetUpdate {
+    /// Services on the host's own addresses the network's VEs may reach besides
+    /// ping (`--allow-host tcp:22,udp:53`; empty: none).
+    pub allow_host: Option<Vec<HostAccess>>,
 }
 
 /// One VE on a network, for `net show`.
@@ -112,6 +127,31 @@ fn net_err(net: &str, reason: impl Into<String>) -> Error {
 
 fn kernel_err(net: &str, e: netns::Error) -> Error {
     net_err(net, e.to_string())
+}
+
+/// What a network's marker holds: the boot its kernel side was made in, and the
+/// generation of the firewall made with it (a vectl with a newer firewall makes
+/// the ruleset again at the next start of a VE on the network).
+fn marker() -> String {
+    format!("{} firewall-{}", state::boot_id(), netns::nft::GENERATION)
+}
+
+/// An `--allow-host` list as a network keeps it: sorted, without duplicates.
+fn checked_host_access(net: &str, list: &[HostAccess]) -> Result<Vec<HostAccess>> {
+    let mut l = list.to_vec();
+    l.sort();
+    l.dedup();
+    if l.len() > model::MAX_HOST_ACCESS {
+        return Err(net_err(
+            net,
+            format!(
+                "--allow-host: {} entries, at most {}",
+                l.len(),
+                model::MAX_HOST_ACCESS
+            ),
+        ));
+    }
+    Ok(l)
 }
 
 /// Network names follow VE names' rules.
@@ -216,11 +256,38 @@ impl Host {
 
     /// Creates a network and its kernel side.
     pub fn net_create(&self, o: &NetCreate) -> Result<NetConfig> {
-        let _host = self.lock_host()?;
-        self.net_create_locked(o)
+        self.net_create_with(o, &NetUpdate::default())
     }
 
-    pub(crate) fn net_create_locked(&self, o: &NetCreate) -> Result<NetConfig> {
+    /// Creates a network with settings beyond [`NetCreate`]'s (`--allow-host`).
+    pub fn net_create_with(&self, o: &NetCreate, more: &NetUpdate) -> Result<NetConfig> {
+        let _host = self.lock_host()?;
+        self.net_create_locked(o, more)
+    }
+
+    /// Changes a network's settings; the firewall follows at once, for running
+    /// VEs too. Returns the new config.
+    pub fn net_update(&self, name: &str, u: &NetUpdate) -> Result<NetConfig> {
+        let _host = self.lock_host()?;
+        let old = self.net(name)?;
+        let mut cfg = old.clone();
+        if let Some(a) = &u.allow_host {
+            cfg.allow_host = checked_host_access(name, a)?;
+        }
+        if cfg == old {
+            return Ok(cfg);
+        }
+        let path = self.net_path(name);
+        store_net(&path, &cfg)?;
+        if let Err(e) = self.apply_firewall(None) {
+            store_net(&path, &old)?;
+            let _ = self.apply_firewall(None);
+            return Err(e);
+        }
+        Ok(cfg)
+    }
+
+    pub(crate) fn net_create_locked(&self, o: &NetCreate, more: &NetUpdate) -> Result<NetConfig> {
         let name = o.name.as_str();
         validate_net_name(name)?;
         if self.net_path(name).exists() {
@@ -264,6 +331,11 @@ impl Host {
             if u.starts_with("vn") {
                 return bad(format!(
                     "--uplink {u}: interfaces named vn* are vectl's own"
+                ));
+            }
+            if u.contains(['"', '\\', '*']) {
+                return bad(format!(
+                    "--uplink {u:?}: vectl's firewall cannot name an interface with '\"', '\\' or '*'"
                 ));
             }
         }
@@ -327,8 +399,12 @@ impl Host {
                 })
             })
         };
+        let allow_host = checked_host_access(name, more.allow_host.as_deref().unwrap_or(&[]))?;
         let subnet = match o.subnet {
             Some(sn) => {
+                if let Some(what) = sn.special_use() {
+                    return bad(format!("subnet {sn} overlaps {what}"));
+                }
                 if let Some(other) = ours(sn) {
                     return bad(format!(
                         "subnet {sn} overlaps network {}'s {}",
@@ -379,6 +455,7 @@ impl Host {
             vlan: o.vlan,
             dns,
             bandwidth: o.bandwidth,
+            allow_host,
             created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         };
         let dir = self.nets_dir();
@@ -400,11 +477,7 @@ impl Host {
         let n = net.clone();
         netns::link::on_host(|h| async move { netns::link::net_up(&h, &n).await })
             .map_err(|e| kernel_err(&net.name, e))?;
-        write_atomic(
-            &self.net_marker(&net.name),
-            state::boot_id().as_bytes(),
-            false,
-        )
+        write_atomic(&self.net_marker(&net.name), marker().as_bytes(), false)
     }
 
     /// Makes sure the kernel sides of a VE's networks exist in this boot: after a
@@ -417,8 +490,8 @@ impl Host {
         if cfg.nics.is_empty() {
             return Ok(());
         }
-        let boot = state::boot_id();
-        let marked = |n: &str| fs::read_to_string(self.net_marker(n)).is_ok_and(|b| b == boot);
+        let now = marker();
+        let marked = |n: &str| fs::read_to_string(self.net_marker(n)).is_ok_and(|b| b == now);
         let nets = self.nets_of(&cfg)?;
         // Made in this boot, and their bridges still there (one netlink query each).
         let bridges: Vec<String> = nets
@@ -543,7 +616,7 @@ impl Host {
         }
         for (id, nics, publish) in all {
             let rules = ve_rules(&nets, id, &nics, &publish);
-            fw.nics.extend(rules.nics.into_iter().map(|(n, _)| n));
+            fw.nics.extend(rules.nics);
             fw.published.extend(rules.published);
         }
         fw.nets = nets;
@@ -907,16 +980,19 @@ impl Host {
 
     /// Creates the default nat network of a new host.
     pub(crate) fn create_default_net(&self) -> Result<NetConfig> {
-        self.net_create_locked(&NetCreate {
-            name: DEFAULT_NET.into(),
-            mode: Mode::Nat,
-            subnet: None,
-            gateway: None,
-            uplink: None,
-            vlan: None,
-            dns: None,
-            bandwidth: None,
-        })
+        self.net_create_locked(
+            &NetCreate {
+                name: DEFAULT_NET.into(),
+                mode: Mode::Nat,
+                subnet: None,
+                gateway: None,
+                uplink: None,
+                vlan: None,
+                dns: None,
+                bandwidth: None,
+            },
+            &NetUpdate::default(),
+        )
     }
 }
 
@@ -940,14 +1016,12 @@ fn ve_rules(nets: &[NetConfig], id: u32, nics: &[Nic], publish: &[model::Publish
             continue;
         };
         for port in model::port_names(net.id, id) {
-            r.nics.push((
-                FwNic {
-                    port,
-                    ip: nic.ip,
-                    mac: nic.mac,
-                },
-                net.mode.bridged(),
-            ));
+            r.nics.push(FwNic {
+                port,
+                ip: nic.ip,
+                mac: nic.mac,
+                mode: net.mode,
+            });
         }
     }
     if let Some(nat) = nics
@@ -1034,34 +1108,141 @@ fn store_net(path: &Path, cfg: &NetConfig) -> Result<()> {
     write_atomic(path, text.as_bytes(), true)
 }
 
-/// What a path in a VE's layer is, without following a symlink.
+/// The most of a VE's /etc/hosts vectl reads (it rewrites the file at each
+/// start): a VE's root could otherwise make the host read gigabytes.
+pub(crate) const HOSTS_MAX: u64 = 8 << 20;
+
+/// What a name in a layer's /etc is, without following a symlink.
 enum Entry {
     Missing,
+    /// A regular file of UTF-8 text, read whole.
     File(String),
-    /// A symlink, a whiteout, a directory...: nothing vectl reads through.
+    /// A regular file longer than the cap it was read with.
+    TooLarge,
+    /// A symlink, a whiteout, a FIFO, a directory, a file that is not text...:
+    /// nothing vectl reads through.
     Other,
 }
 
-/// Reads a regular file without following symlinks (a VE's root may point its
-/// files anywhere on the host).
-fn entry(path: &Path) -> Entry {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    match path.symlink_metadata() {
-        Err(_) => Entry::Missing,
-        Ok(m) if m.file_type().is_file() => {
-            let mut text = String::new();
-            match fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(path)
-                .and_then(|mut f| f.read_to_string(&mut text))
-            {
-                Ok(_) => Entry::File(text),
-                Err(_) => Entry::Other,
+/// A layer's /etc (a VE's own layer, or the template tree under it) as a
+/// directory fd opened without following a symlink: every file in it is looked
+/// at, read, written and removed relative to that fd, never through a symlink,
+/// and opened non-blocking (a FIFO cannot hang vectl) only once it is known to
+/// be a regular file; reads are capped.
+struct Etc {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl Etc {
+    /// `layer/etc`, or `None` when it is missing or not a plain directory (a
+    /// symlink to anywhere, say).
+    fn open(layer: &Path) -> Result<Option<Etc>> {
+        let path = layer.join("etc");
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        match nix::fcntl::open(&path, flags, nix::sys::stat::Mode::empty()) {
+            Ok(fd) => Ok(Some(Etc { fd, path })),
+            Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => Ok(None),
+            Err(e) => Err(io_err(&path)(e.into())),
+        }
+    }
+
+    fn file_type(&self, name: &str) -> std::result::Result<libc::mode_t, Errno> {
+        let st = fstatat(&self.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+        Ok(st.st_mode & libc::S_IFMT)
+    }
+
+    /// What `name` is; a regular file is read if it holds at most `max` bytes.
+    fn entry(&self, name: &str, max: u64) -> Entry {
+        match self.file_type(name) {
+            Ok(libc::S_IFREG) => {}
+            Ok(_) => return Entry::Other,
+            Err(Errno::ENOENT) => return Entry::Missing,
+            Err(_) => return Entry::Other,
+        }
+        let flags = OFlag::O_RDONLY
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_NONBLOCK
+            | OFlag::O_NOCTTY
+            | OFlag::O_CLOEXEC;
+        let f = match openat(&self.fd, name, flags, nix::sys::stat::Mode::empty()) {
+            Ok(fd) => fs::File::from(fd),
+            Err(Errno::ENOENT) => return Entry::Missing,
+            Err(_) => return Entry::Other,
+        };
+        // What was opened, not what was looked at a moment before.
+        if !f.metadata().is_ok_and(|m| m.file_type().is_file()) {
+            return Entry::Other;
+        }
+        match ve_templates::read_capped(f, max) {
+            Ok(bytes) => String::from_utf8(bytes).map_or(Entry::Other, Entry::File),
+            Err(e) if e.kind() == io::ErrorKind::FileTooLarge => Entry::TooLarge,
+            Err(_) => Entry::Other,
+        }
+    }
+
+    /// Writes `text` to `name` unless it holds that already. Something other
+    /// than a regular file there (a symlink, a FIFO...) is replaced; a
+    /// directory is left alone.
+    fn write(&self, name: &str, text: &str) -> Result<()> {
+        match self.entry(name, text.len() as u64) {
+            Entry::File(old) if old == text => return Ok(()),
+            Entry::File(_) | Entry::Missing | Entry::TooLarge => {}
+            Entry::Other => {
+                if self.file_type(name) == Ok(libc::S_IFDIR) {
+                    return Ok(());
+                }
+                self.remove(name)?;
             }
         }
-        Ok(_) => Entry::Other,
+        self.put(name, text)
+    }
+
+    /// Writes `text` to the regular file `name` (made if missing, mode 0644),
+    /// never through a symlink.
+    fn put(&self, name: &str, text: &str) -> Result<()> {
+        use std::io::Write;
+        let path = self.path.join(name);
+        let flags = OFlag::O_WRONLY
+            | OFlag::O_CREAT
+            | OFlag::O_TRUNC
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_NONBLOCK
+            | OFlag::O_NOCTTY
+            | OFlag::O_CLOEXEC;
+        let mode = nix::sys::stat::Mode::from_bits_truncate(0o644);
+        let fd = openat(&self.fd, name, flags, mode).map_err(|e| io_err(&path)(e.into()))?;
+        let mut f = fs::File::from(fd);
+        if !f.metadata().map_err(io_err(&path))?.file_type().is_file() {
+            return Err(io_err(&path)(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            )));
+        }
+        f.write_all(text.as_bytes()).map_err(io_err(&path))
+    }
+
+    /// Removes `name` (not a directory); a missing one is fine.
+    fn remove(&self, name: &str) -> Result<()> {
+        match unlinkat(&self.fd, name, UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(io_err(&self.path.join(name))(e.into())),
+        }
+    }
+
+    /// [`Etc::entry`] of /etc/hosts, whose being too large to read is an error
+    /// (naming the file) rather than a reason to replace the VE's own lines.
+    fn hosts(&self) -> Result<Entry> {
+        match self.entry("hosts", HOSTS_MAX) {
+            Entry::TooLarge => Err(io_err(&self.path.join("hosts"))(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                format!(
+                    "larger than {} MiB, more than vectl reads of the file it rewrites at each start (make it smaller or remove it)",
+                    HOSTS_MAX >> 20
+                ),
+            ))),
+            e => Ok(e),
+        }
     }
 }
 
@@ -1070,8 +1251,11 @@ fn entry(path: &Path) -> Entry {
 /// system's init sets the host name from it), its /etc/hosts entry and, when its
 /// first network has name servers, /etc/resolv.conf. Lines vectl owns in
 /// /etc/hosts end in `# vectl`; the rest is the VE's own. Nothing is followed
-/// through a symlink: a VE whose /etc is not a plain directory is left alone, and
-/// a symlinked file is replaced.
+/// through a symlink and every file is reached through an fd of its /etc (see
+/// [`Etc`]): a VE whose /etc is not a plain directory is left alone, and a
+/// symlink, FIFO or other non-regular file in place of one of these files is
+/// replaced. An /etc/hosts (the VE's or its template's) larger than
+/// [`HOSTS_MAX`] is not read: the start fails, naming the file.
 pub(crate) fn write_net_files(
     upper: &Path,
     lower: &Path,
@@ -1079,27 +1263,29 @@ pub(crate) fn write_net_files(
     nics: &[Nic],
     nets: &[NetConfig],
 ) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let real_dir = |p: &Path| p.symlink_metadata().is_ok_and(|m| m.is_dir());
-    let upper_etc_ok = real_dir(&upper.join("etc")) || !upper.join("etc").exists();
-    let has_hostname = upper_etc_ok
-        && match entry(&upper.join("etc/hostname")) {
-            Entry::File(_) => true,
-            Entry::Other => false,
-            Entry::Missing => {
-                real_dir(&lower.join("etc"))
-                    && matches!(entry(&lower.join("etc/hostname")), Entry::File(_))
-            }
-        };
+    let upper_etc = Etc::open(upper)?;
+    let lower_etc = Etc::open(lower)?;
+    let upper_etc_missing = upper_etc.is_none() && upper.join("etc").symlink_metadata().is_err();
+    // Only whether it is a regular file counts here: read nothing of it.
+    let is_file = |etc: &Option<Etc>, name: &str| {
+        etc.as_ref().map(|e| e.file_type(name)).map(|t| match t {
+            Ok(libc::S_IFREG) => Some(true),
+            Err(Errno::ENOENT) => None,
+            _ => Some(false),
+        })
+    };
+    let has_hostname = match is_file(&upper_etc, "hostname") {
+        Some(Some(f)) => f,
+        Some(None) => is_file(&lower_etc, "hostname") == Some(Some(true)),
+        None => upper_etc_missing && is_file(&lower_etc, "hostname") == Some(Some(true)),
+    };
     if nics.is_empty() && !has_hostname {
         return Ok(());
     }
-    let etc = upper.join("etc");
-    match etc.symlink_metadata() {
-        Ok(m) if m.file_type().is_dir() => {}
-        Ok(_) => return Ok(()),
-        Err(_) => {
+    let etc = match upper_etc {
+        Some(e) => e,
+        None if !upper_etc_missing => return Ok(()),
+        None => {
             let Some(base) = lower
                 .join("etc")
                 .symlink_metadata()
@@ -1111,51 +1297,33 @@ pub(crate) fn write_net_files(
             // As overlayfs would copy it up: the template's owner and mode (a
             // build publishes this directory's metadata).
             use std::os::unix::fs::{MetadataExt, PermissionsExt};
-            fs::create_dir(&etc).map_err(io_err(&etc))?;
-            std::os::unix::fs::lchown(&etc, Some(base.uid()), Some(base.gid()))
-                .map_err(io_err(&etc))?;
-            fs::set_permissions(&etc, fs::Permissions::from_mode(base.mode() & 0o7777))
-                .map_err(io_err(&etc))?;
-        }
-    }
-    // The file as the VE sees it: its own layer's, else the template's.
-    let current = |name: &str| match entry(&etc.join(name)) {
-        Entry::File(t) => t,
-        Entry::Other => String::new(),
-        Entry::Missing => match entry(&lower.join("etc").join(name)) {
-            Entry::File(t) => t,
-            _ => String::new(),
-        },
-    };
-    let write = |name: &str, text: &str| -> Result<()> {
-        let p = etc.join(name);
-        match entry(&p) {
-            Entry::File(old) if old == text => return Ok(()),
-            Entry::File(_) | Entry::Missing => {}
-            Entry::Other => {
-                if p.symlink_metadata().is_ok_and(|m| m.is_dir()) {
-                    return Ok(());
-                }
-                remove_file(&p)?;
+            let dir = upper.join("etc");
+            fs::create_dir(&dir).map_err(io_err(&dir))?;
+            std::os::unix::fs::lchown(&dir, Some(base.uid()), Some(base.gid()))
+                .map_err(io_err(&dir))?;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(base.mode() & 0o7777))
+                .map_err(io_err(&dir))?;
+            match Etc::open(upper)? {
+                Some(e) => e,
+                None => return Ok(()),
             }
         }
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&p)
-            .map_err(io_err(&p))?;
-        f.write_all(text.as_bytes()).map_err(io_err(&p))
     };
     if has_hostname {
-        write("hostname", &format!("{hostname}\n"))?;
+        etc.write("hostname", &format!("{hostname}\n"))?;
     }
     let Some(first) = nics.first() else {
         return Ok(());
     };
-    let old = current("hosts");
+    // The file as the VE sees it: its own layer's, else the template's.
+    let old = match etc.hosts()? {
+        Entry::File(t) => t,
+        Entry::Missing => match lower_etc.as_ref().map(Etc::hosts).transpose()? {
+            Some(Entry::File(t)) => t,
+            _ => String::new(),
+        },
+        Entry::TooLarge | Entry::Other => String::new(),
+    };
     let mut hosts: String = old
         .lines()
         .filter(|l| !l.ends_with("# vectl"))
@@ -1173,7 +1341,7 @@ pub(crate) fn write_net_files(
     } else {
         hosts.push_str(&format!("{}\t{hostname} {short} # vectl\n", first.ip));
     }
-    write("hosts", &hosts)?;
+    etc.write("hosts", &hosts)?;
     if let Some(net) = nets.first()
         && !net.dns.is_empty()
     {
@@ -1181,7 +1349,7 @@ pub(crate) fn write_net_files(
         for d in &net.dns {
             text.push_str(&format!("nameserver {d}\n"));
         }
-        write("resolv.conf", &text)?;
+        etc.write("resolv.conf", &text)?;
     }
     Ok(())
 }
@@ -1194,7 +1362,8 @@ pub(crate) fn write_net_files(
 /// VE changed too), so the template's files show through again: for a build,
 /// whose layer becomes a template version, and for an upgrade, after which the
 /// next start writes them anew over the new version's. Returns their paths
-/// (`/etc/hosts`). Nothing is followed through a symlink.
+/// (`/etc/hosts`). Nothing is followed through a symlink, and a file too large
+/// to be vectl's is left alone.
 pub(crate) fn forget_vectl_files(
     layer: &Path,
     lower: &Path,
@@ -1202,28 +1371,22 @@ pub(crate) fn forget_vectl_files(
     dry_run: bool,
 ) -> Result<Vec<&'static str>> {
     let mut out = Vec::new();
-    let etc = layer.join("etc");
-    if !etc.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+    let Some(etc) = Etc::open(layer)? else {
         return Ok(out);
-    }
-    let lower_etc = lower.join("etc");
-    let lower_file = |name: &str| {
-        if lower_etc.symlink_metadata().is_ok_and(|m| m.is_dir())
-            && let Entry::File(t) = entry(&lower_etc.join(name))
-        {
-            return t;
-        }
-        String::new()
     };
-    let name = etc.join("hostname");
-    if matches!(entry(&name), Entry::File(t) if t == format!("{hostname}\n")) {
+    let lower_etc = Etc::open(lower)?;
+    let lower_file = |name: &str| match lower_etc.as_ref().map(|e| e.entry(name, HOSTS_MAX)) {
+        Some(Entry::File(t)) => t,
+        _ => String::new(),
+    };
+    let own_name = format!("{hostname}\n");
+    if matches!(etc.entry("hostname", own_name.len() as u64), Entry::File(t) if t == own_name) {
         out.push("/etc/hostname");
         if !dry_run {
-            remove_file(&name)?;
+            etc.remove("hostname")?;
         }
     }
-    let hosts = etc.join("hosts");
-    if let Entry::File(text) = entry(&hosts) {
+    if let Entry::File(text) = etc.entry("hosts", HOSTS_MAX) {
         let own: String = text
             .lines()
             .filter(|l| !l.ends_with("# vectl"))
@@ -1232,17 +1395,18 @@ pub(crate) fn forget_vectl_files(
         if own == lower_file("hosts") {
             out.push("/etc/hosts");
             if !dry_run {
-                remove_file(&hosts)?;
+                etc.remove("hosts")?;
             }
         } else if own != text && !dry_run {
-            fs::write(&hosts, own).map_err(io_err(&hosts))?;
+            etc.put("hosts", &own)?;
         }
     }
-    let resolv = etc.join("resolv.conf");
-    if matches!(entry(&resolv), Entry::File(t) if t.starts_with("# written by vectl")) {
+    // vectl's resolv.conf: a comment and a few name servers.
+    if matches!(etc.entry("resolv.conf", 64 << 10), Entry::File(t) if t.starts_with("# written by vectl"))
+    {
         out.push("/etc/resolv.conf");
         if !dry_run {
-            remove_file(&resolv)?;
+            etc.remove("resolv.conf")?;
         }
     }
     Ok(out)
@@ -1263,6 +1427,7 @@ mod tests {
             vlan: None,
             dns: vec![Ipv4Addr::new(192, 0, 2, 53)],
             bandwidth: None,
+            allow_host: vec![],
             created: String::new(),
         }
     }
@@ -1322,6 +1487,114 @@ mod tests {
         std::os::unix::fs::symlink(&outside, upper.join("etc")).unwrap();
         write_net_files(&upper, &lower, "web", &[nic()], &[net()]).unwrap();
         assert!(!outside.join("hosts").exists() && !outside.join("resolv.conf").exists());
+    }
+
+    #[test]
+    fn fifos_and_huge_files_in_a_layer_neither_hang_nor_get_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (upper, lower) = (tmp.path().join("upper"), tmp.path().join("lower"));
+        for d in [&upper.join("etc"), &lower.join("etc")] {
+            fs::create_dir_all(d).unwrap();
+        }
+        let fifo = |p: &Path| {
+            nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap()
+        };
+        // FIFOs where the files are, in the VE's layer and in the template: the
+        // template's is not read, the layer's are replaced by regular files.
+        fifo(&upper.join("etc/hosts"));
+        fifo(&upper.join("etc/hostname"));
+        fifo(&upper.join("etc/resolv.conf"));
+        fifo(&lower.join("etc/hosts"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (u, l) = (upper.clone(), lower.clone());
+        std::thread::spawn(move || {
+            let _ = tx.send(
+                write_net_files(&u, &l, "web", &[nic()], &[net()]).map_err(|e| e.to_string()),
+            );
+        });
+        let r = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("write_net_files hung on a FIFO");
+        r.unwrap();
+        for f in ["hosts", "resolv.conf"] {
+            assert!(
+                fs::symlink_metadata(upper.join("etc").join(f))
+                    .unwrap()
+                    .is_file(),
+                "{f}"
+            );
+        }
+        // /etc/hostname is written only where the tree has a regular one.
+        assert!(
+            !fs::symlink_metadata(upper.join("etc/hostname"))
+                .unwrap()
+                .is_file()
+        );
+        assert_eq!(
+            fs::read_to_string(upper.join("etc/hosts")).unwrap(),
+            "127.0.0.1\tlocalhost # vectl\n10.0.3.2\tweb # vectl\n"
+        );
+        // A huge sparse /etc/hosts is not read: one error naming the file, and
+        // the file as it was.
+        let huge = upper.join("etc/hosts");
+        fs::remove_file(&huge).unwrap();
+        let f = fs::File::create(&huge).unwrap();
+        f.set_len(64 << 30).unwrap();
+        let e = write_net_files(&upper, &lower, "web", &[nic()], &[net()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&huge.display().to_string()) && e.contains("larger than 8 MiB"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "{e}");
+        assert_eq!(fs::metadata(&huge).unwrap().len(), 64 << 30);
+        // Just under the cap: read, and the VE's lines kept.
+        let mut text = "10.9.9.9 db\n".to_string();
+        text.push_str(&"#\n".repeat(((HOSTS_MAX as usize) - text.len() - 40) / 2));
+        fs::write(&huge, &text).unwrap();
+        write_net_files(&upper, &lower, "web", &[nic()], &[net()]).unwrap();
+        let now = fs::read_to_string(&huge).unwrap();
+        assert!(now.starts_with("10.9.9.9 db\n") && now.ends_with("10.0.3.2\tweb # vectl\n"));
+        // A build or upgrade leaves a huge file alone, FIFOs too.
+        fs::File::create(&huge).unwrap().set_len(64 << 30).unwrap();
+        fs::remove_file(upper.join("etc/resolv.conf")).unwrap();
+        fifo(&upper.join("etc/resolv.conf"));
+        assert!(
+            forget_vectl_files(&upper, &lower, "web", false)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(fs::metadata(&huge).unwrap().len(), 64 << 30);
+    }
+
+    #[test]
+    fn host_access_is_kept_in_the_network_config() {
+        // A config written before `allow_host` existed still loads.
+        let old =
+            "name = \"n\"\nid = 1\nmode = \"nat\"\nsubnet = \"10.0.3.0/24\"\ncreated = \"\"\n";
+        let cfg: NetConfig = toml::from_str(old).unwrap();
+        assert!(cfg.allow_host.is_empty());
+        let mut cfg = net();
+        cfg.allow_host = HostAccess::parse_list("udp:53,tcp:22").unwrap();
+        let text = toml::to_string(&cfg).unwrap();
+        assert!(
+            text.contains("allow_host = [\"tcp:22\", \"udp:53\"]"),
+            "{text}"
+        );
+        assert_eq!(toml::from_str::<NetConfig>(&text).unwrap(), cfg);
+        let json = serde_json::to_value(&cfg).unwrap();
+        assert_eq!(json["allow_host"], serde_json::json!(["tcp:22", "udp:53"]));
+        assert_eq!(
+            serde_json::to_value(net()).unwrap()["allow_host"],
+            serde_json::json!([])
+        );
+        assert!(
+            checked_host_access("n", &[HostAccess::All; 2])
+                .unwrap()
+                .len()
+                == 1
+        );
     }
 
     #[test]
