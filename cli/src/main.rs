@@ -13,9 +13,11 @@ use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 use ve_runtime::{
     Amount, Cpus, CreateOptions, ExecOptions, Host, InitOptions, LimitsUpdate, Mode, NetCreate,
-    NetShare, NicRequest, Percent, Publish, Rate, Setting, Size, Source, StopOptions, StopOutcome,
-    Subnet,
+    NetShare, NetUpdate, NicRequest, Percent, Publish, Rate, Setting, Size, Source, StopOptions,
+    StopOutcome, Subnet,
 };
+
+use ve_runtime::netns::model::HostAccess;
 
 use crate::output::Out;
 
@@ -222,6 +224,19 @@ enum NetCommand {
         #[arg(value_name = "NET")]
         net: String,
     },
+    /// Change a network's settings (the firewall follows at once, running VEs
+    /// included).
+    Set(NetSetArgs),
+}
+
+#[derive(Debug, Args)]
+struct NetSetArgs {
+    #[arg(value_name = "NET")]
+    net: String,
+    /// The services on the host's own addresses the VEs may reach besides ping,
+    /// replacing the list: tcp:22,udp:53,tcp:8000-8100, all, or none.
+    #[arg(long, value_name = "PROTO:PORT,...")]
+    allow_host: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -254,6 +269,10 @@ struct NetCreateArgs {
     /// Total bandwidth, shared by the VEs' --net-guarantee (100mbit, 1gbit).
     #[arg(long, value_name = "RATE")]
     bandwidth: Option<String>,
+    /// Services on the host's own addresses the VEs may reach besides ping
+    /// (default none): tcp:22,udp:53,tcp:8000-8100, or all.
+    #[arg(long, value_name = "PROTO:PORT,...")]
+    allow_host: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -1185,17 +1204,38 @@ fn run(cli: Cli, at: &ArgPositions, out: &Out) -> Result<ExitCode> {
                 .as_deref()
                 .map(|b| b.parse::<Rate>().map_err(|e| bad("bandwidth", e)))
                 .transpose()?;
-            let net = open(&cli)?.net_create(&NetCreate {
-                name: a.name.clone(),
-                mode,
-                subnet,
-                gateway,
-                uplink: a.uplink.clone(),
-                vlan: a.vlan,
-                dns,
-                bandwidth,
-            })?;
+            let allow_host = a
+                .allow_host
+                .as_deref()
+                .map(|l| HostAccess::parse_list(l).map_err(|e| bad("allow-host", e)))
+                .transpose()?;
+            let net = open(&cli)?.net_create_with(
+                &NetCreate {
+                    name: a.name.clone(),
+                    mode,
+                    subnet,
+                    gateway,
+                    uplink: a.uplink.clone(),
+                    vlan: a.vlan,
+                    dns,
+                    bandwidth,
+                },
+                &NetUpdate { allow_host },
+            )?;
             out.net_created(&net);
+        }
+        Command::Net(NetCommand::Set(a)) => {
+            let bad = |flag: &str, e: String| anyhow::anyhow!("network {}: --{flag}: {e}", a.net);
+            let allow_host = a
+                .allow_host
+                .as_deref()
+                .map(|l| HostAccess::parse_list(l).map_err(|e| bad("allow-host", e)))
+                .transpose()?;
+            if allow_host.is_none() {
+                bail!("network {}: nothing to change (give --allow-host)", a.net);
+            }
+            let net = open(&cli)?.net_update(&a.net, &NetUpdate { allow_host })?;
+            out.net_updated(&net);
         }
         Command::Net(NetCommand::List) => {
             let host = open(&cli)?;

@@ -706,6 +706,18 @@ impl Out {
         }
     }
 
+    pub fn net_updated(&self, n: &ve_runtime::NetConfig) {
+        if self.json {
+            self.print_json(n);
+        } else {
+            println!(
+                "network {}: host services open to its VEs: {}",
+                n.name,
+                host_access(n)
+            );
+        }
+    }
+
     pub fn nets(&self, nets: &[ve_runtime::NetDetails]) {
         if self.json {
             self.print_json(&nets);
@@ -767,6 +779,7 @@ impl Out {
                 },
             ),
             ("bandwidth", dash(c.bandwidth.map(|b| b.to_string()))),
+            ("host services", host_access(c)),
             (
                 "guaranteed",
                 if n.guaranteed_bps == 0 {
@@ -1138,6 +1151,16 @@ impl Drop for StdoutToStderr {
     fn drop(&mut self) {
         let _ = std::io::stdout().flush();
         let _ = nix::unistd::dup2_stdout(&self.0);
+    }
+}
+
+/// The host services a network's VEs reach besides ping (`--allow-host`).
+fn host_access(n: &ve_runtime::NetConfig) -> String {
+    if n.allow_host.is_empty() {
+        "none (ping only)".into()
+    } else {
+        let l: Vec<String> = n.allow_host.iter().map(ToString::to_string).collect();
+        l.join(", ")
     }
 }
 

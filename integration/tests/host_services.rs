@@ -165,19 +165,6 @@ fn nft(script: &str) {
     sh(&["nft", script]).unwrap();
 }
 
-/// Whether this vectl has `--allow-host` (the CLI part of the change); SKIP if not.
-fn has_allow_host(h: &TestHost, test: &str) -> bool {
-    let r = h.run(&["net", "set", "--help"]);
-    if r.code == 0 && r.stdout.contains("--allow-host") {
-        return true;
-    }
-    integration::skip(
-        test,
-        "this vectl has no `net set --allow-host` yet (the CLI patch of the host-services change is not applied)",
-    );
-    false
-}
-
 #[test]
 fn a_ve_cannot_reach_services_bound_to_the_hosts_loopback() {
     let test = "host_loopback";
@@ -401,9 +388,6 @@ fn an_operator_opens_host_services_per_network() {
     let Some(h) = TestHost::new(test) else {
         return;
     };
-    if !has_allow_host(&h, test) {
-        return;
-    }
     sh(&["ip", "link", "set", "lo", "up"]).unwrap();
     let gw = "10.200.0.1";
     let open = Server::new(&format!("{gw}:0"), "opened\n");

@@ -819,18 +819,7 @@ fn bad_network_input_is_refused_with_one_clear_line() {
 /// Opens TCP services of the host to the VEs of network `net` (a VE reaches none
 /// by default): the shaping tests time uploads to a receiver on the gateway.
 fn allow_uploads_to_the_host(h: &TestHost, net: &str) {
-    let r = h.run(&["net", "set", net, "--allow-host", "tcp:1024-65535"]);
-    if r.code == 0 {
-        return;
-    }
-    // A vectl without `net set` yet: the rule it would add, by hand.
-    assert_eq!(r.code, 2, "{}", r.stderr);
-    let id = h.json(&["net", "show", net])["id"].as_u64().unwrap();
-    sh(&[
-        "nft",
-        &format!("insert rule ip vectl to_host_{id} tcp dport 1024-65535 accept"),
-    ])
-    .unwrap();
+    h.ok(&["net", "set", net, "--allow-host", "tcp:1024-65535"]);
 }
 
 /// Mbit/s of `mib` MiB sent from the VE to the host (`host_ip`).

@@ -442,6 +442,9 @@ fn network_figures(h: &TestHost, runs: usize) -> Vec<(String, f64)> {
     h.ok(&["destroy", "nnone"]);
 
     // Throughput: the VE on the nat network, and a bare veth pair to a namespace.
+    // The receiver listens on the gateway: a host service, closed to VEs unless
+    // opened.
+    h.ok(&["net", "set", "default", "--allow-host", "tcp:1024-65535"]);
     h.ok(&["start", "nnat"]);
     let ip = h.json(&["show", "nnat"])["nics"][0]["ip"]
         .as_str()
