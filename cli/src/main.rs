@@ -898,12 +898,12 @@ fn run(cli: Cli, at: &ArgPositions, out: &Out) -> Result<ExitCode> {
                 );
             }
             let mut host = open(&cli)?;
-            if cpu.is_some() || ram.is_some() {
-                host.set_reserve(cpu, ram)?;
-            }
-            if default_ram.is_some() || default_pids.is_some() {
-                host.set_defaults(default_ram, default_pids)?;
-            }
+            host.set_settings(&ve_runtime::SettingsChange {
+                reserve_cpu: cpu,
+                reserve_ram: ram,
+                default_ram,
+                default_pids,
+            })?;
             out.host_info(&host)?;
         }
         Command::Stats { ves, watch } => {

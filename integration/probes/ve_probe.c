@@ -189,7 +189,11 @@ static long do_io_uring(void) {
 static long do_ioprio_rt(void) { return syscall(SYS_ioprio_set, 1, 0, (1 << 13) | 4); }
 static long do_ioprio_be(void) { return syscall(SYS_ioprio_set, 1, 0, (2 << 13) | 4); }
 
+/* getpid through the x32 ABI (number | 0x40000000): ENOSYS where x32 is off. */
+static long do_x32_getpid(void) { return syscall(0x40000000 | SYS_getpid); }
+
 static int syscalls(void) {
+    in_child("x32_getpid", do_x32_getpid);
     in_child("unshare_user", do_unshare_user);
     in_child("unshare_uts", do_unshare_uts);
     in_child("clone3", do_clone3);

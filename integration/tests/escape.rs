@@ -214,6 +214,44 @@ fn a_build_ves_command_is_as_confined_as_an_exec() {
 }
 
 #[test]
+fn a_command_stopped_inside_the_ve_before_its_exec_does_not_hang_vectl() {
+    let Some(h) =
+        TestHost::new("a_command_stopped_inside_the_ve_before_its_exec_does_not_hang_vectl")
+    else {
+        return;
+    };
+    h.start_ve("halt", &[]);
+    // The command stops before its exec (as VE root can make it, with SIGSTOP);
+    // vectl, asked to end, ends, and takes the command with it.
+    let mut exec = h.command();
+    exec.args(["exec", "halt", "--", "/bin/true"])
+        .env("VECTL_FAILPOINT", "exec-before-execve")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let running = exec.spawn().unwrap();
+    let mut child = None;
+    assert!(wait_until(Duration::from_secs(60), || {
+        child = stopped_child_of(running.id());
+        child.is_some()
+    }));
+    let child = child.unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(running.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = finish(running);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("VE halt"), "{out:?}");
+    assert!(out.stderr.contains("SIGTERM"), "{out:?}");
+    assert!(
+        wait_until(Duration::from_secs(10), || !alive(child)),
+        "the stopped command was left behind"
+    );
+}
+
+#[test]
 fn a_ve_process_racing_for_the_next_pid_never_attaches_to_vectl() {
     let Some(h) = TestHost::new("a_ve_process_racing_for_the_next_pid_never_attaches_to_vectl")
     else {
@@ -319,6 +357,78 @@ fn descriptors_of_the_caller_do_not_reach_the_ve() {
     );
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.contains(&secret), "{r:?}");
+}
+
+#[test]
+fn ve_paths_through_proc_self_fd_never_reach_a_descriptor_of_the_host() {
+    let Some(h) =
+        TestHost::new("ve_paths_through_proc_self_fd_never_reach_a_descriptor_of_the_host")
+    else {
+        return;
+    };
+    h.start_ve("via", &[]);
+    let host_dir = tempfile::tempdir().unwrap();
+    let secret = integration::unique("host-secret");
+    fs::write(host_dir.path().join("secret"), &secret).unwrap();
+    let bin = host_dir.path().join("hostbin");
+    fs::write(&bin, "#!/bin/sh\necho HOST-BINARY-RAN\n").unwrap();
+    fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // VE root points root's home and a program at what the command process
+    // would hold open as fd 5 while it looks them up (before its exec).
+    let r = h.exec(
+        "via",
+        &[
+            "sh",
+            "-c",
+            "rm -rf /root && ln -s /proc/self/fd/5 /root && ln -s /proc/self/fd/5/hostbin /bin/vt",
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    // The default working directory (/root) is looked up before the exec.
+    let r = run_with_dir_fd(
+        &h,
+        host_dir.path(),
+        &["exec", "via", "--", "sh", "-c", "pwd; cat secret"],
+    );
+    assert!(!r.stdout.contains(&secret), "{r:?}");
+    assert_eq!(r.stdout.lines().next(), Some("/"), "{r:?}");
+    // So is the program.
+    let r = run_with_dir_fd(&h, host_dir.path(), &["exec", "via", "--", "/bin/vt"]);
+    assert!(!r.stdout.contains("HOST-BINARY-RAN"), "{r:?}");
+    assert_ne!(r.code, 0, "{r:?}");
+    // Positive control: passed on on purpose, the same descriptor leads there,
+    // and a working directory outside the VE is refused.
+    let r = run_with_dir_fd(
+        &h,
+        host_dir.path(),
+        &[
+            "exec",
+            "--preserve-fds",
+            "3",
+            "-w",
+            "/",
+            "via",
+            "--",
+            "/bin/vt",
+        ],
+    );
+    assert!(r.stdout.contains("HOST-BINARY-RAN"), "{r:?}");
+    let r = run_with_dir_fd(
+        &h,
+        host_dir.path(),
+        &[
+            "exec",
+            "--preserve-fds",
+            "3",
+            "via",
+            "--",
+            "sh",
+            "-c",
+            "cat secret",
+        ],
+    );
+    assert!(!r.stdout.contains(&secret), "{r:?}");
+    assert!(r.stderr.contains("outside the VE"), "{r:?}");
 }
 
 /// Starts `vectl enter VE` (its input left open) and returns the login shell it
@@ -448,6 +558,10 @@ fn the_seccomp_filter_refuses_new_user_namespaces_io_uring_and_realtime_io() {
     assert_eq!(ve["clone3"], "ENOSYS", "{ve:?}");
     assert_eq!(ve["io_uring_setup"], "EPERM", "{ve:?}");
     assert_eq!(ve["ioprio_rt"], "EPERM", "{ve:?}");
+    // The x32 ABI is closed whether the kernel has it on (the VM suite boots
+    // with syscall.x32=y, where the host's call is the positive control) or not.
+    assert_eq!(ve["x32_getpid"], "ENOSYS", "{ve:?}");
+    println!("x32 on this kernel: {}", host["x32_getpid"]);
     // What a VE may do still works.
     assert_eq!(ve["clone_plain"], "ok", "{ve:?}");
     assert_eq!(ve["ioprio_be"], "ok", "{ve:?}");

@@ -276,3 +276,40 @@ fn enter_from_a_pipe_runs_the_input_and_ends_at_its_end() {
     assert_ne!(r.code, -2, "vectl enter with no more input hangs");
     assert!(!r.stderr.contains("panicked"), "{r:?}");
 }
+
+#[test]
+fn exec_without_t_from_a_terminal_gives_the_ve_pipes_not_the_terminal() {
+    let Some(h) =
+        TestHost::new("exec_without_t_from_a_terminal_gives_the_ve_pipes_not_the_terminal")
+    else {
+        return;
+    };
+    h.start_ve("nott", &[]);
+    // vectl runs on a terminal; the command in the VE must not get a descriptor
+    // of it (it could read what is typed long after), only pipes that vectl
+    // relays: input, output and error all still pass.
+    let mut t = Term::spawn(
+        &h,
+        &[
+            "exec",
+            "nott",
+            "--",
+            "sh",
+            "-c",
+            "read line; echo got-$line; echo err-out >&2; ls -l /proc/$$/fd/",
+        ],
+    );
+    t.send("hello\n");
+    let (code, text) = t.finish();
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("got-hello"), "{text}");
+    assert!(text.contains("err-out"), "{text}");
+    for fd in ["0", "1", "2"] {
+        let line = text
+            .lines()
+            .find(|l| l.contains(&format!(" {fd} -> ")))
+            .unwrap_or_else(|| panic!("no fd {fd} in {text:?}"));
+        assert!(line.contains("pipe:"), "fd {fd}: {line}");
+    }
+    assert!(!text.contains("/dev/pts"), "{text}");
+}

@@ -20,8 +20,8 @@
 
 use std::ffi::CString;
 use std::fs;
-use std::io::{Read, Write};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -55,6 +55,9 @@ pub struct ExecOptions {
     /// vectl's caller; all others are closed at exec.
     pub preserve_fds: u32,
 }
+
+/// The most descriptors `--preserve-fds` passes on.
+const MAX_PRESERVED_FDS: u32 = 4096;
 
 /// How often the end of input is passed on (^D) before vectl leaves the terminal
 /// to the command: a shell ends on the first one it reads.
@@ -117,6 +120,11 @@ pub(crate) fn run(
     } else {
         None
     };
+    let (child_stdio, our_stdio) = if opts.tty {
+        Default::default()
+    } else {
+        stdio_pipes().map_err(&fail)?
+    };
     let (sync_r, sync_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| fail(format!("pipe: {e}")))?;
 
@@ -158,6 +166,7 @@ pub(crate) fn run(
                 workdir: workdir.as_deref(),
                 filters: &filters,
                 keep_fds: opts.preserve_fds,
+                stdio: [0, 1, 2].map(|i| child_stdio[i].as_ref().map(|f| f.as_fd())),
             };
             h.run(sync_w)
         }
@@ -169,10 +178,10 @@ pub(crate) fn run(
         None => (None, None),
     };
     drop(pty_slave);
+    drop(child_stdio);
 
     let helper_status = waitpid(Pid::from_raw(helper_pid), None);
-    let mut report = String::new();
-    let _ = fs::File::from(sync_r).read_to_string(&mut report);
+    let (report, stopped) = read_report(sync_r, &sfd);
     let mut command_pid = None;
     let mut error = None;
     for line in report.lines() {
@@ -185,6 +194,15 @@ pub(crate) fn run(
     let restore_mask = || {
         let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
     };
+    if let Some(why) = stopped {
+        // The command never reached its exec: it goes, and so do we.
+        if let Some(pid) = command_pid {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = waitpid(Pid::from_raw(pid), None);
+        }
+        restore_mask();
+        return Err(fail(why));
+    }
     if let Some(e) = error {
         if let Some(pid) = command_pid {
             let _ = waitpid(Pid::from_raw(pid), None);
@@ -206,9 +224,107 @@ pub(crate) fn run(
         command: pidfd,
         command_pid,
     };
-    let status = relay.run();
+    let [stdin_pipe, stdout_pipe, stderr_pipe] = our_stdio;
+    let outputs: Vec<(OwnedFd, i32)> = [(stdout_pipe, 1), (stderr_pipe, 2)]
+        .into_iter()
+        .filter_map(|(p, fd)| p.map(|p| (p, fd)))
+        .collect();
+    let status = if relay.master.is_none() && (stdin_pipe.is_some() || !outputs.is_empty()) {
+        relay.run_pipes(stdin_pipe, outputs)
+    } else {
+        relay.run()
+    };
     restore_mask();
     status.map_err(fail)
+}
+
+/// The longest a command may take from vectl's start of it to its exec.
+const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Reads the helper's report (`pid N`, `err ...`) until the pipe closes, which
+/// it does when the command execs. Returns early, with why, when a signal asks
+/// vectl to stop or START_TIMEOUT passes: VE root may stop the command before
+/// its exec, and vectl must not hang on it.
+fn read_report(sync: OwnedFd, sfd: &SignalFd) -> (String, Option<String>) {
+    let deadline = std::time::Instant::now() + START_TIMEOUT;
+    let mut report = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            let why = format!(
+                "the command did not start within {} s (stopped inside the VE?)",
+                START_TIMEOUT.as_secs()
+            );
+            return (String::from_utf8_lossy(&report).into_owned(), Some(why));
+        }
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [
+            PollFd::new(sync.as_fd(), PollFlags::POLLIN),
+            PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(_) => break,
+        }
+        let signalled = fds[1].revents().is_some_and(|r| !r.is_empty());
+        if signalled
+            && let Ok(Some(info)) = sfd.read_signal()
+            && info.ssi_signo as i32 != libc::SIGWINCH
+        {
+            let why = format!(
+                "interrupted by {} before the command started",
+                crate::ve::signal_name(info.ssi_signo as i32)
+            );
+            return (String::from_utf8_lossy(&report).into_owned(), Some(why));
+        }
+        if fds[0].revents().is_some_and(|r| !r.is_empty()) {
+            match nix::unistd::read(sync.as_fd(), &mut buf) {
+                Ok(0) => break,
+                Ok(n) => report.extend_from_slice(&buf[..n]),
+                Err(nix::Error::EINTR | nix::Error::EAGAIN) => {}
+                Err(_) => break,
+            }
+        }
+    }
+    (String::from_utf8_lossy(&report).into_owned(), None)
+}
+
+/// vectl's own stdio that is a terminal, replaced by pipes for a command run
+/// without `-t`: a process in the VE must not hold a descriptor of the
+/// operator's terminal (it could read what is typed later, long after the
+/// command, or change its settings). Returns the command's ends and ours
+/// (stdin: we write; stdout, stderr: we read). Stdio that is a directory is
+/// refused: the command would start with a way onto the host's file system.
+type Stdio3 = [Option<OwnedFd>; 3];
+
+fn stdio_pipes() -> std::result::Result<(Stdio3, Stdio3), String> {
+    let names = ["standard input", "standard output", "standard error"];
+    let (mut child, mut ours): (Stdio3, Stdio3) = Default::default();
+    for (i, name) in names.iter().enumerate() {
+        // SAFETY: stdio descriptors 0-2 stay open for the whole of vectl's run;
+        // the borrow ends with this iteration.
+        let fd = unsafe { BorrowedFd::borrow_raw(i as RawFd) };
+        if nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR) {
+            return Err(format!("{name} is a directory: not passed into a VE"));
+        }
+        if !nix::unistd::isatty(fd).unwrap_or(false) {
+            continue;
+        }
+        let (r, w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+        if i == 0 {
+            (child[i], ours[i]) = (Some(r), Some(w));
+        } else {
+            nix::fcntl::fcntl(
+                &r,
+                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+            )
+            .map_err(|e| format!("pipe: {e}"))?;
+            (child[i], ours[i]) = (Some(w), Some(r));
+        }
+    }
+    Ok((child, ours))
 }
 
 /// Opens a new pty in the VE's devpts and its peer. The VE's /dev is looked up
@@ -231,7 +347,7 @@ fn open_pty(init_pid: i32) -> std::result::Result<(OwnedFd, OwnedFd), String> {
     // Blocking again: the relay polls before it reads.
     nix::fcntl::fcntl(
         &master,
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_RDWR),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
     )
     .map_err(|e| format!("/dev/pts/ptmx: {e}"))?;
     let slave = sys::pty_peer(master.as_fd()).map_err(|e| format!("open the pty's peer: {e}"))?;
@@ -251,17 +367,41 @@ struct Helper<'a> {
     workdir: Option<&'a std::ffi::CStr>,
     filters: &'a [seccompiler::BpfProgram],
     keep_fds: u32,
+    /// Pipes that become the command's stdio in place of a terminal.
+    stdio: [Option<BorrowedFd<'a>>; 3],
 }
 
 impl Helper<'_> {
     /// The helper: joins the VE and clones the command. Never returns.
     fn run(&self, sync: OwnedFd) -> ! {
+        // What the helper and the command may hold from here on: stdio, the report
+        // pipe, the terminal, the init's pidfd (until the namespaces are joined)
+        // and the descriptors the caller passed on with --preserve-fds. Everything
+        // else is closed now, before any path in the VE is looked up: an open
+        // directory of the host would be a way out through /proc/self/fd/N/..
+        // (CVE-2024-21626). vectl opens all of its own close-on-exec, so a
+        // descriptor in the preserved range that is not is the caller's.
+        let mut keep: Vec<RawFd> = vec![sync.as_raw_fd()];
+        keep.extend(self.pty_slave.map(|s| s.as_raw_fd()));
+        keep.extend(self.stdio.iter().flatten().map(|f| f.as_raw_fd()));
+        let preserved = 3..3i32.saturating_add(self.keep_fds.min(MAX_PRESERVED_FDS) as i32);
+        keep.extend(preserved.filter(|&fd| sys::inherited(fd)));
         let mut sync = fs::File::from(sync);
         let mut report = |line: String| {
             let _ = sync.write_all(line.as_bytes());
         };
+        let mut with_pidfd = keep.clone();
+        with_pidfd.push(self.init_pidfd.as_raw_fd());
+        if let Err(e) = sys::close_fds_except(&with_pidfd) {
+            report(format!("err close inherited descriptors: {e}\n"));
+            sys::exit_now(1);
+        }
         if let Err(e) = self.enter() {
             report(format!("err {e}\n"));
+            sys::exit_now(1);
+        }
+        if let Err(e) = sys::close_fds_except(&keep) {
+            report(format!("err close the init's pidfd: {e}\n"));
             sys::exit_now(1);
         }
         match sys::fork_parent() {
@@ -314,6 +454,14 @@ impl Helper<'_> {
                 }
             }
         }
+        for (i, pipe) in self.stdio.iter().enumerate() {
+            if let Some(p) = pipe
+                // SAFETY: dup2 onto a stdio number of this process.
+                && unsafe { libc::dup2(p.as_raw_fd(), i as RawFd) } < 0
+            {
+                return format!("attach a pipe: {}", std::io::Error::last_os_error());
+            }
+        }
         let dir = match self.workdir {
             Some(d) => d.to_owned(),
             None if std::path::Path::new("/root").is_dir() => c"/root".to_owned(),
@@ -322,13 +470,14 @@ impl Helper<'_> {
         if let Err(e) = nix::unistd::chdir(dir.as_c_str()) {
             return format!("chdir {}: {e}", dir.to_string_lossy());
         }
+        // A working directory outside the VE's root (reached through a
+        // descriptor the caller passed on) is refused, as runc does.
+        match nix::unistd::getcwd() {
+            Ok(cwd) if cwd.is_absolute() => {}
+            _ => return format!("{}: outside the VE", dir.to_string_lossy()),
+        }
         sys::reset_signals();
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
-        // Descriptors vectl's caller left open (a directory of the host's file
-        // system, say) must not reach the VE.
-        if let Err(e) = sys::cloexec_from(self.keep_fds.saturating_add(3)) {
-            return format!("close inherited descriptors: {e}");
-        }
         crate::failpoint::stop("exec-before-execve");
         exec_path(self.command, self.argv, self.env)
     }
@@ -481,6 +630,69 @@ impl Relay {
         }
     }
 
+    /// Without a terminal, relays our terminal stdio through the pipes that
+    /// stand in for it (see [`stdio_pipes`]) until the command exits.
+    fn run_pipes(
+        &self,
+        mut input: Option<OwnedFd>,
+        mut outputs: Vec<(OwnedFd, i32)>,
+    ) -> std::result::Result<i32, String> {
+        let stdin = std::io::stdin();
+        let mut buf = vec![0u8; 16384];
+        loop {
+            let mut fds = vec![
+                PollFd::new(self.command.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.sfd.as_fd(), PollFlags::POLLIN),
+            ];
+            if input.is_some() {
+                fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
+            }
+            let first_out = fds.len();
+            for (r, _) in &outputs {
+                fds.push(PollFd::new(r.as_fd(), PollFlags::POLLIN));
+            }
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::Error::EINTR) => continue,
+                Err(e) => return Err(format!("poll: {e}")),
+            }
+            let ready: Vec<bool> = fds
+                .iter()
+                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                .collect();
+            drop(fds);
+            if ready[1] {
+                self.relay_signal();
+            }
+            if let Some(w) = &input
+                && ready[2]
+            {
+                let more = match nix::unistd::read(stdin.as_fd(), &mut buf) {
+                    Ok(n) if n > 0 => write_all_fd(w.as_fd(), &buf[..n]),
+                    Err(nix::Error::EINTR | nix::Error::EAGAIN) => true,
+                    _ => false,
+                };
+                if !more {
+                    // End of input: the command sees it as the pipe closes.
+                    input = None;
+                }
+            }
+            for i in (0..outputs.len()).rev() {
+                if ready[first_out + i] && copy_out(&outputs[i], &mut buf) == Some(false) {
+                    outputs.remove(i);
+                }
+            }
+            if ready[0] {
+                // What the command wrote before it ended (a process it left
+                // behind may keep a pipe open: no waiting for its end).
+                for o in &outputs {
+                    while copy_out(o, &mut buf) == Some(true) {}
+                }
+                return self.status();
+            }
+        }
+    }
+
     /// Passes the end of input on as the terminal's end-of-file character (^D), the
     /// way a user ends a session: once the command has read everything before it
     /// (a program that sets up its terminal may discard unread input), twice when
@@ -586,6 +798,25 @@ impl Relay {
                 Err(e) => return Err(format!("wait for the command: {e}")),
             }
         }
+    }
+}
+
+/// Copies what is in an output pipe to our stdout (1) or stderr (2): `Some(true)`
+/// copied, `Some(false)` at its end, `None` when nothing is there now.
+fn copy_out((pipe, target): &(OwnedFd, i32), buf: &mut [u8]) -> Option<bool> {
+    match nix::unistd::read(pipe.as_fd(), buf) {
+        Ok(0) => Some(false),
+        Ok(n) => {
+            if *target == 1 {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(&buf[..n]).and_then(|()| out.flush());
+            } else {
+                let _ = std::io::stderr().lock().write_all(&buf[..n]);
+            }
+            Some(true)
+        }
+        Err(nix::Error::EINTR | nix::Error::EAGAIN) => None,
+        Err(_) => Some(false),
     }
 }
 

@@ -26,6 +26,6 @@ pub(crate) fn hit(name: &str) {
 /// Stops here until SIGCONT if the environment names `name`.
 pub(crate) fn stop(name: &str) {
     if armed(name) {
-        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
+        let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGSTOP);
     }
 }

@@ -60,19 +60,62 @@ pub struct HostSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VeDefaults {
-    /// RAM limit (absent = none).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// RAM limit (`None`: none, written `unlimited`; a missing key: 1G).
+    #[serde(default = "default_ram", with = "limit_or_unlimited")]
     pub ram: Option<Amount>,
-    /// Process and thread limit (absent = none).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Process and thread limit (`None`: none; a missing key: 2048).
+    #[serde(default = "default_pids", with = "limit_or_unlimited")]
     pub pids: Option<u64>,
+}
+
+fn default_ram() -> Option<Amount> {
+    Some(Amount::Bytes(Size(1 << 30)))
+}
+
+fn default_pids() -> Option<u64> {
+    Some(2048)
+}
+
+/// An optional limit in vectl.toml, `unlimited` for none: a key left out keeps
+/// its built-in default instead of meaning no limit.
+mod limit_or_unlimited {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Repr<T> {
+        Value(T),
+        Word(String),
+    }
+
+    pub fn serialize<S: Serializer, T: Serialize>(
+        v: &Option<T>,
+        s: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        match v {
+            Some(t) => t.serialize(s),
+            None => s.serialize_str("unlimited"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        d: D,
+    ) -> std::result::Result<Option<T>, D::Error> {
+        match Repr::<T>::deserialize(d)? {
+            Repr::Value(t) => Ok(Some(t)),
+            Repr::Word(w) if w == "unlimited" => Ok(None),
+            Repr::Word(w) => Err(serde::de::Error::custom(format!(
+                "{w:?}: expected a limit or \"unlimited\""
+            ))),
+        }
+    }
 }
 
 impl Default for VeDefaults {
     fn default() -> Self {
         VeDefaults {
-            ram: Some(Amount::Bytes(Size(1 << 30))),
-            pids: Some(2048),
+            ram: default_ram(),
+            pids: default_pids(),
         }
     }
 }
@@ -108,6 +151,16 @@ impl Default for HostSettings {
             defaults: VeDefaults::default(),
         }
     }
+}
+
+/// A change of host settings (`vectl host set`); `None` = keep. For the VE
+/// defaults `Some(None)` means no limit.
+#[derive(Debug, Clone, Default)]
+pub struct SettingsChange {
+    pub reserve_cpu: Option<Percent>,
+    pub reserve_ram: Option<Amount>,
+    pub default_ram: Option<Option<Amount>>,
+    pub default_pids: Option<Option<u64>>,
 }
 
 /// Options of `vectl init`; `None` = default (or keep what is there).
@@ -385,12 +438,13 @@ impl Host {
         }
     }
 
-    /// Changes the host reserve (kept out of VE guarantees) and saves it.
-    pub fn set_reserve(&mut self, cpu: Option<Percent>, ram: Option<Amount>) -> Result<()> {
+    /// Changes host settings (`vectl host set`) and saves them in one write:
+    /// everything is checked first, so a refused value changes nothing.
+    pub fn set_settings(&mut self, change: &SettingsChange) -> Result<()> {
         let _lock = self.lock_host()?;
         let mut settings =
             load_settings(&self.root.join("vectl.toml"))?.unwrap_or_else(|| self.settings.clone());
-        if let Some(c) = cpu {
+        if let Some(c) = change.reserve_cpu {
             if !(0.0..100.0).contains(&c.0) {
                 return Err(Error::Host(format!(
                     "--reserve-cpu {c} is not between 0% and 100%"
@@ -398,7 +452,7 @@ impl Host {
             }
             settings.reserve.cpu = c;
         }
-        if let Some(r) = ram {
+        if let Some(r) = change.reserve_ram {
             let bytes = r.bytes_of(self.capacity().ram_bytes);
             if bytes >= self.capacity().ram_bytes {
                 return Err(Error::Host(format!(
@@ -407,23 +461,7 @@ impl Host {
             }
             settings.reserve.ram = r;
         }
-        let text = toml::to_string(&settings).map_err(|e| Error::Host(e.to_string()))?;
-        write_atomic(&self.root.join("vectl.toml"), text.as_bytes(), true)?;
-        self.settings = settings;
-        Ok(())
-    }
-
-    /// Changes the limits new VEs get when they name none (`None` = keep;
-    /// `Some(None)` = no limit) and saves them.
-    pub fn set_defaults(
-        &mut self,
-        ram: Option<Option<Amount>>,
-        pids: Option<Option<u64>>,
-    ) -> Result<()> {
-        let _lock = self.lock_host()?;
-        let mut settings =
-            load_settings(&self.root.join("vectl.toml"))?.unwrap_or_else(|| self.settings.clone());
-        if let Some(ram) = ram {
+        if let Some(ram) = change.default_ram {
             let probe = Limits {
                 ram,
                 ..Limits::default()
@@ -439,7 +477,7 @@ impl Host {
             }
             settings.defaults.ram = ram;
         }
-        if let Some(pids) = pids {
+        if let Some(pids) = change.default_pids {
             if pids == Some(0) {
                 return Err(Error::Host(
                     "--default-pids 0: a VE needs at least one process".into(),
@@ -748,4 +786,34 @@ fn io_device_of(dir: &Path) -> std::result::Result<IoDevice, String> {
         name,
         scheduler,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults_of(toml_text: &str) -> VeDefaults {
+        let s: HostSettings = toml::from_str(&format!("version = 1\n{toml_text}")).unwrap();
+        s.defaults
+    }
+
+    #[test]
+    fn ve_defaults_keep_each_built_in_value_a_file_leaves_out() {
+        let built_in = VeDefaults::default();
+        assert_eq!(defaults_of(""), built_in);
+        let d = defaults_of("[defaults]\npids = 4096\n");
+        assert_eq!(d.ram, built_in.ram);
+        assert_eq!(d.pids, Some(4096));
+        let d = defaults_of("[defaults]\nram = \"unlimited\"\n");
+        assert_eq!(d.ram, None);
+        assert_eq!(d.pids, built_in.pids);
+        assert!(
+            toml::from_str::<HostSettings>("version = 1\n[defaults]\nram = \"banana\"\n").is_err()
+        );
+        // What is written reads back the same, `unlimited` included.
+        let mut s = HostSettings::default();
+        s.defaults.pids = None;
+        let back: HostSettings = toml::from_str(&toml::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+    }
 }

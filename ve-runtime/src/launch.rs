@@ -13,7 +13,7 @@
 use std::ffi::{CString, OsStr};
 use std::fs;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -118,6 +118,14 @@ pub(crate) fn start(
         Forked::Child => {
             drop(go_w);
             drop(err_r);
+            drop(cgroup_fd);
+            // Before any path of the VE is looked up (its /proc/self/fd/N/.. would
+            // lead back to whatever host directory an open fd names).
+            if let Err(e) = sys::close_fds_except(&[go_r.as_raw_fd(), err_w.as_raw_fd()]) {
+                let mut w = fs::File::from(err_w);
+                let _ = w.write_all(format!("close inherited descriptors: {e}").as_bytes());
+                sys::exit_now(1);
+            }
             let child = ChildSetup {
                 spec,
                 overlay_opts: &overlay_opts,
@@ -252,7 +260,6 @@ impl ChildSetup<'_> {
         nix::unistd::dup2_stdout(&null).map_err(step(|| "redirect stdout".into()))?;
         nix::unistd::dup2_stderr(&null).map_err(step(|| "redirect stderr".into()))?;
         drop(null);
-        sys::cloexec_from(3).map_err(step(|| "close inherited descriptors".into()))?;
 
         // Wait for the parent: network wired, state recorded.
         let mut byte = [0u8; 1];

@@ -30,7 +30,9 @@ pub use cgroup::{CgroupBackend, CgroupSettings, CgroupVersion, Usage};
 pub use config::{VeConfig, validate_name};
 pub use error::{Error, Result};
 pub use exec::ExecOptions;
-pub use host::{DEFAULT_ROOT, Host, HostSettings, InitOptions, Reserve, VeDefaults};
+pub use host::{
+    DEFAULT_ROOT, Host, HostSettings, InitOptions, Reserve, SettingsChange, VeDefaults,
+};
 pub use limits::{
     Amount, Capacity, Cpus, HostFacts, IoDevice, IoLimits, KernelLimits, Limits, LimitsUpdate,
     NetShare, Percent, Setting, Size, human_bytes, parse_count,

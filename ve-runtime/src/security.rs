@@ -20,12 +20,17 @@
 //!   port 80; mknod is held to FIFOs and the VE's own /dev nodes by seccomp).
 //! - NET_ADMIN: a system configures its own network (addresses, routes, its own
 //!   firewall) — all in the VE's network namespace; the host's anti-spoofing
-//!   rules sit on the host end of its veth, out of reach.
+//!   rules sit on the host end of its veth, out of reach. The trade-off, until
+//!   VEs run in their own user namespace: it is held against the initial user
+//!   namespace, so the VE reaches the kernel's whole netfilter, tc and xfrm
+//!   configuration interface (for its own namespace) and may autoload the
+//!   network modules those name. Docker drops it; a hosting customer's VE runs
+//!   its own firewall, so vectl keeps it.
 //! - IPC_OWNER: System V IPC objects of the VE's own IPC namespace.
 //! - IPC_LOCK: databases lock memory; what a VE locks is charged to its memory
-//!   cgroup and bounded by `--ram`.
-//! - LEASE, SYS_TTY_CONFIG: file leases (Samba) and vhangup (login, getty) on the
-//!   VE's own files and terminals.
+//!   cgroup and bounded by `--ram` (huge pages from SHM_HUGETLB are not: a host
+//!   that reserves huge pages should cap them per VE in the hugetlb controller).
+//! - LEASE: file leases (Samba) on the VE's own files.
 //!
 //! Dropped beyond the obvious host-wide powers (modules, raw I/O, the clock,
 //! reboot, audit control, MAC, BPF, perf, syslog, resource overrides that would
@@ -39,6 +44,9 @@
 //!   shares (and the real-time I/O class is also refused by seccomp).
 //! - LINUX_IMMUTABLE: an immutable file in the VE's layer would block its
 //!   destroy, upgrade and rollback on the host.
+//! - SYS_TTY_CONFIG: it is checked against the initial user namespace, so on
+//!   a host terminal handed to a VE it would reprogram the host console's keys
+//!   (KDSKBSENT); login and getty run without vhangup.
 //! - NET_BROADCAST, CHECKPOINT_RESTORE, BLOCK_SUSPEND, WAKE_ALARM: nothing a VE
 //!   runs needs them.
 
@@ -70,7 +78,6 @@ pub const VE_CAPS: &[Capability] = &[
     Capability::CAP_IPC_OWNER,
     Capability::CAP_IPC_LOCK,
     Capability::CAP_LEASE,
-    Capability::CAP_SYS_TTY_CONFIG,
 ];
 
 /// Character devices a VE may create with mknod (major, minor): its /dev nodes,
@@ -93,14 +100,6 @@ fn ve_caps() -> CapsHashSet {
     VE_CAPS.iter().copied().collect()
 }
 
-/// The highest capability number this kernel knows.
-fn last_cap() -> u8 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(63)
-}
-
 /// Confines the calling thread to what a VE's processes may do, in the order
 /// that needs the fewest privileges at each step: every capability off
 /// [`VE_CAPS`] leaves the bounding set (so no later exec brings it back), the
@@ -112,7 +111,9 @@ fn last_cap() -> u8 {
 /// is also non-dumpable.
 pub(crate) fn confine(filters: &[BpfProgram]) -> Result<(), String> {
     let keep = ve_caps();
-    for n in 0..=last_cap() {
+    // Every number a capability can have: the kernel's own cap_last_cap would
+    // be read from the VE's /proc here. Numbers this kernel lacks give EINVAL.
+    for n in 0..64u8 {
         if keep.iter().any(|c| c.index() == n) {
             continue;
         }
@@ -133,6 +134,10 @@ pub(crate) fn confine(filters: &[BpfProgram]) -> Result<(), String> {
         install_seccomp(prog)?;
     }
     // Effective first: it must stay within the permitted set at every step.
+    // (vectl may itself lack one of the VE's, as without CAP_SYS_RESOURCE here.)
+    let held = caps::read(None, CapSet::Permitted)
+        .map_err(|e| format!("read the permitted capabilities: {e}"))?;
+    let keep: CapsHashSet = keep.intersection(&held).copied().collect();
     for set in [CapSet::Effective, CapSet::Permitted] {
         caps::set(None, set, &keep).map_err(|e| format!("reduce the {set:?} capabilities: {e}"))?;
     }
@@ -322,7 +327,12 @@ mod tests {
     #[test]
     fn the_filters_compile() {
         let progs = seccomp_filters().unwrap();
-        assert_eq!(progs.len(), 2);
+        assert_eq!(progs.len(), 3);
+        // The x32 filter: bit 30 of the number decides, after the arch check.
+        let x32 = &progs[2];
+        assert_eq!(x32.len(), 7);
+        assert_eq!(x32[4].k, 0x4000_0000);
+        assert_eq!(x32[5].k, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32);
         assert!(progs[0].len() > 20);
     }
 

@@ -43,12 +43,7 @@ pub(crate) fn clone3(flags: u64, cgroup: Option<BorrowedFd<'_>>) -> nix::Result<
     let mut args = CloneArgs {
         flags: flags | libc::CLONE_PIDFD as u64,
         pidfd: std::ptr::addr_of_mut!(pidfd) as u64,
-        // With CLONE_PARENT the child inherits our exit signal; the kernel wants 0.
-        exit_signal: if flags & libc::CLONE_PARENT as u64 != 0 {
-            0
-        } else {
-            libc::SIGCHLD as u64
-        },
+        exit_signal: libc::SIGCHLD as u64,
         ..CloneArgs::default()
     };
     if let Some(fd) = cgroup {
@@ -131,12 +126,40 @@ pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> nix::Result<
     if rc < 0 { Err(Errno::last()) } else { Ok(()) }
 }
 
-/// Marks every fd from `first` up close-on-exec.
-pub(crate) fn cloexec_from(first: u32) -> nix::Result<()> {
-    const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
-    // SAFETY: close_range only changes flags of our own fds.
-    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+fn close_range(first: u32, last: u32) -> nix::Result<()> {
+    // SAFETY: close_range only closes fds of our own; callers no longer use them.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
     if rc < 0 { Err(Errno::last()) } else { Ok(()) }
+}
+
+/// Closes every fd of the calling process but stdio and `keep`, at once (not at
+/// exec): a process about to resolve paths inside a VE must hold nothing of the
+/// host's file system that `/proc/self/fd/N/..` could lead it back to. Only for a
+/// forked child whose other fds nothing owns any more (it never returns).
+pub(crate) fn close_fds_except(keep: &[RawFd]) -> nix::Result<()> {
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter_map(|&fd| u32::try_from(fd).ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut next = 3u32;
+    for fd in keep {
+        if fd > next {
+            close_range(next, fd - 1)?;
+        }
+        next = fd + 1;
+    }
+    close_range(next, u32::MAX)
+}
+
+/// Whether `fd` is open without close-on-exec: passed to us by our caller
+/// (vectl opens all of its own close-on-exec).
+pub(crate) fn inherited(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only reads the flags of a descriptor number.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    flags >= 0 && flags & libc::FD_CLOEXEC == 0
 }
 
 /// Ends the calling process at once, without running destructors or atexit

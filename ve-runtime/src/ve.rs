@@ -1000,12 +1000,16 @@ impl Host {
     /// VE's /etc/passwd may be a symlink, a FIFO or a huge file.
     pub fn enter(&self, name_or_id: &str) -> Result<i32> {
         let ve = self.resolve_existing(name_or_id)?;
-        let pid = self
+        let rs = self
             .alive_state(&ve)?
-            .ok_or_else(|| Error::NotRunning(ve.clone()))?
-            .pid;
-        let shell = ve_templates::Tree::open(Path::new(&format!("/proc/{pid}/root")))
-            .ok()
+            .ok_or_else(|| Error::NotRunning(ve.clone()))?;
+        // Pinned, and checked again once its root is open: the pid is the init's.
+        let _pin = sys::pidfd_open(rs.pid).map_err(|_| Error::NotRunning(ve.clone()))?;
+        let root = ve_templates::Tree::open(Path::new(&format!("/proc/{}/root", rs.pid))).ok();
+        if !rs.is_alive() {
+            return Err(Error::NotRunning(ve));
+        }
+        let shell = root
             .and_then(|root| root_shell(&root))
             .unwrap_or_else(|| "/bin/sh".to_string());
         let base = shell.rsplit('/').next().unwrap_or("sh").to_string();
@@ -1033,13 +1037,14 @@ fn root_shell(root: &ve_templates::Tree) -> Option<String> {
     let shell = passwd
         .lines()
         .find(|l| l.starts_with("root:"))
-        .and_then(|l| l.rsplit(':').next())?;
+        .and_then(|l| l.rsplit(':').next())
+        .filter(|s| s.starts_with('/'))?;
     let is_file = root
         .metadata(Path::new(shell))
         .ok()
         .flatten()
         .is_some_and(|m| m.is_file());
-    (shell.starts_with('/') && is_file).then(|| shell.to_string())
+    is_file.then(|| shell.to_string())
 }
 
 /// Splits an init command line like a shell would (quotes, escapes).

@@ -70,15 +70,8 @@ impl Tree {
     /// Opens the regular file `rel` for reading; anything else (a FIFO, a
     /// device, a directory) is refused without being opened for I/O.
     pub fn open_file(&self, rel: &Path) -> io::Result<fs::File> {
-        let fd = self.open_at(rel, OFlags::RDONLY | OFlags::NONBLOCK)?;
-        let f = fs::File::from(fd);
-        if !f.metadata()?.file_type().is_file() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "not a regular file",
-            ));
-        }
-        Ok(f)
+        // A handle first (a device is never opened), then the file it names.
+        Entry::from_fd(self.open_at(rel, OFlags::PATH)?)?.open_file()
     }
 
     /// Reads the regular file `rel`, refusing one of more than `max` bytes
