@@ -78,6 +78,14 @@ fn probe_in(h: &TestHost, ve: &str, args: &[&str]) -> BTreeMap<String, String> {
     fields(&r.stdout)
 }
 
+/// Runs `script` with the VE's sh, as its root; it must succeed.
+#[track_caller]
+fn sh_in(h: &TestHost, ve: &str, script: &str) -> String {
+    let r = h.exec(ve, &["sh", "-c", script]);
+    assert_eq!(r.code, 0, "{script}: {r:?}");
+    r.stdout
+}
+
 fn status_field(pid: i32, field: &str) -> Option<String> {
     fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()?
@@ -114,8 +122,8 @@ fn the_process_vectl_exec_puts_in_a_ve_cannot_be_attached_to_before_it_execs() {
 
     // Positive control: the probe attaches to, and opens the /proc files of, an
     // ordinary process of the VE.
-    let sleeper = h.exec("px", &["sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!"]);
-    let sleeper = sleeper.stdout.trim().to_string();
+    let sleeper = sh_in(&h, "px", "sleep 60 >/dev/null 2>&1 & echo $!");
+    let sleeper = sleeper.trim().to_string();
     let seen = probe_in(&h, "px", &["inspect", &sleeper]);
     assert_eq!(seen["seize"], "ok", "{seen:?}");
     assert_eq!(seen["exe"], "ok", "{seen:?}");
@@ -375,15 +383,11 @@ fn ve_paths_through_proc_self_fd_never_reach_a_descriptor_of_the_host() {
     fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     // VE root points root's home and a program at what the command process
     // would hold open as fd 5 while it looks them up (before its exec).
-    let r = h.exec(
+    sh_in(
+        &h,
         "via",
-        &[
-            "sh",
-            "-c",
-            "rm -rf /root && ln -s /proc/self/fd/5 /root && ln -s /proc/self/fd/5/hostbin /bin/vt",
-        ],
+        "rm -rf /root && ln -s /proc/self/fd/5 /root && ln -s /proc/self/fd/5/hostbin /bin/vt",
     );
-    assert_eq!(r.code, 0, "{r:?}");
     // The default working directory (/root) is looked up before the exec.
     let r = run_with_dir_fd(
         &h,
@@ -477,20 +481,13 @@ fn enter_reads_the_ves_passwd_inside_the_ve_only_and_only_a_small_regular_file()
     h.start_ve("pw", &[]);
     let before = leftover_procs(&h, "pw");
     let root_line = "root:x:0:0:root:/root:/bin/vt-shell";
-    let r = h.exec(
+    sh_in(
+        &h,
         "pw",
-        &[
-            "sh",
-            "-c",
-            "printf '#!/bin/sh\\nread x\\n' > /bin/vt-shell && chmod 755 /bin/vt-shell",
-        ],
+        "printf '#!/bin/sh\\nread x\\n' > /bin/vt-shell && chmod 755 /bin/vt-shell",
     );
-    assert_eq!(r.code, 0, "{r:?}");
     // Positive control: the VE's own passwd names root's shell, and enter runs it.
-    h.exec(
-        "pw",
-        &["sh", "-c", &format!("echo '{root_line}' > /etc/passwd")],
-    );
+    sh_in(&h, "pw", &format!("echo '{root_line}' > /etc/passwd"));
     let shell = login_shell(&h, "pw", &before);
     assert!(
         shell.as_deref().is_some_and(|c| c.contains("vt-shell")),
@@ -514,8 +511,7 @@ fn enter_reads_the_ves_passwd_inside_the_ve_only_and_only_a_small_regular_file()
         ),
     ];
     for how in &plant {
-        let r = h.exec("pw", &["sh", "-c", how]);
-        assert_eq!(r.code, 0, "{how}: {r:?}");
+        sh_in(&h, "pw", how);
         let shell = login_shell(&h, "pw", &before);
         assert_eq!(shell.as_deref(), Some("-sh"), "{how}");
     }
