@@ -281,7 +281,38 @@ pub(crate) fn seccomp_filters() -> Result<Vec<BpfProgram>, String> {
     );
     let eperm = compile(rules, libc::EPERM)?;
     let enosys = compile(BTreeMap::from([(libc::SYS_clone3, vec![])]), libc::ENOSYS)?;
-    Ok(vec![eperm, enosys])
+    Ok(vec![eperm, enosys, no_x32()])
+}
+
+/// The x32 system call numbers (bit 30 set): x32 calls come with the x86-64
+/// architecture tag, so the other filters, which match x86-64 numbers, would let
+/// every one of them through. All fail with ENOSYS, as on a kernel without x32.
+fn no_x32() -> BpfProgram {
+    const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+    // AUDIT_ARCH_X86_64: EM_X86_64 | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE.
+    const AUDIT_ARCH_X86_64: u32 = 62 | 0x8000_0000 | 0x4000_0000;
+    let op = |code: u32, jt: u8, jf: u8, k: u32| seccompiler::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    let (ld, jeq, jge, ret) = (
+        libc::BPF_LD | libc::BPF_W | libc::BPF_ABS,
+        libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+        libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K,
+        libc::BPF_RET | libc::BPF_K,
+    );
+    vec![
+        // seccomp_data: nr at offset 0, arch at offset 4.
+        op(ld, 0, 0, 4),
+        op(jeq, 1, 0, AUDIT_ARCH_X86_64),
+        op(ret, 0, 0, libc::SECCOMP_RET_KILL_PROCESS),
+        op(ld, 0, 0, 0),
+        op(jge, 0, 1, X32_SYSCALL_BIT),
+        op(ret, 0, 0, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
+        op(ret, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ]
 }
 
 /// Installs a seccomp program on the calling thread. Unlike seccompiler's own
