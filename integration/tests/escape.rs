@@ -231,32 +231,50 @@ fn a_command_stopped_inside_the_ve_before_its_exec_does_not_hang_vectl() {
     h.start_ve("halt", &[]);
     // The command stops before its exec (as VE root can make it, with SIGSTOP);
     // vectl, asked to end, ends, and takes the command with it.
+    // stderr goes to a file, not a pipe: if vectl left the stopped command
+    // behind, the command would hold a pipe open and this test would hang
+    // instead of failing.
+    let err = tempfile::NamedTempFile::new().unwrap();
     let mut exec = h.command();
     exec.args(["exec", "halt", "--", "/bin/true"])
         .env("VECTL_FAILPOINT", "exec-before-execve")
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let running = exec.spawn().unwrap();
+        .stdout(Stdio::null())
+        .stderr(err.reopen().unwrap());
+    let mut running = exec.spawn().unwrap();
     let mut child = None;
-    assert!(wait_until(Duration::from_secs(60), || {
+    let found = wait_until(Duration::from_secs(60), || {
         child = stopped_child_of(running.id());
         child.is_some()
-    }));
-    let child = child.unwrap();
-    nix::sys::signal::kill(
+    });
+    let term = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(running.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let out = finish(running);
-    assert_eq!(out.code, 1, "{out:?}");
-    assert!(out.stderr.contains("VE halt"), "{out:?}");
-    assert!(out.stderr.contains("SIGTERM"), "{out:?}");
-    assert!(
-        wait_until(Duration::from_secs(10), || !alive(child)),
-        "the stopped command was left behind"
     );
+    let mut status = None;
+    wait_until(Duration::from_secs(30), || {
+        status = running.try_wait().unwrap();
+        status.is_some()
+    });
+    let left = child.filter(|&c| alive(c));
+    // Whatever happened, nothing of this test outlives it.
+    let _ = running.kill();
+    let _ = running.wait();
+    if let Some(c) = left {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(found, "the command never stopped at its failpoint");
+    term.unwrap();
+    let stderr = fs::read_to_string(err.path()).unwrap();
+    let status = status.expect("vectl did not end on SIGTERM");
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("VE halt"), "{stderr}");
+    assert!(stderr.contains("SIGTERM"), "{stderr}");
+    // vectl kills and reaps the command before it exits.
+    assert_eq!(left, None, "the stopped command was left behind");
 }
 
 #[test]

@@ -267,17 +267,6 @@ fn read_report(sync: OwnedFd, sfd: &SignalFd) -> (String, Option<String>) {
             Ok(_) | Err(nix::Error::EINTR) => {}
             Err(_) => break,
         }
-        let signalled = fds[1].revents().is_some_and(|r| !r.is_empty());
-        if signalled
-            && let Ok(Some(info)) = sfd.read_signal()
-            && info.ssi_signo as i32 != libc::SIGWINCH
-        {
-            let why = format!(
-                "interrupted by {} before the command started",
-                crate::ve::signal_name(info.ssi_signo as i32)
-            );
-            return (String::from_utf8_lossy(&report).into_owned(), Some(why));
-        }
         if fds[0].revents().is_some_and(|r| !r.is_empty()) {
             match nix::unistd::read(sync.as_fd(), &mut buf) {
                 Ok(0) => break,
@@ -286,8 +275,38 @@ fn read_report(sync: OwnedFd, sfd: &SignalFd) -> (String, Option<String>) {
                 Err(_) => break,
             }
         }
+        let signalled = fds[1].revents().is_some_and(|r| !r.is_empty());
+        if signalled
+            && let Ok(Some(info)) = sfd.read_signal()
+            && info.ssi_signo as i32 != libc::SIGWINCH
+        {
+            // The helper has exited (it was waited for), so all it wrote is in
+            // the pipe: take it, or the command's PID is lost with the command
+            // still stopped in the VE.
+            drain(&sync, &mut report);
+            let why = format!(
+                "interrupted by {} before the command started",
+                crate::ve::signal_name(info.ssi_signo as i32)
+            );
+            return (String::from_utf8_lossy(&report).into_owned(), Some(why));
+        }
     }
     (String::from_utf8_lossy(&report).into_owned(), None)
+}
+
+/// Reads what is already in a pipe, without waiting for more.
+fn drain(pipe: &OwnedFd, into: &mut Vec<u8>) {
+    let mut buf = [0u8; 512];
+    loop {
+        let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
+        if !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(1)) {
+            return;
+        }
+        match nix::unistd::read(pipe.as_fd(), &mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => into.extend_from_slice(&buf[..n]),
+        }
+    }
 }
 
 /// vectl's own stdio that is a terminal, replaced by pipes for a command run
