@@ -56,7 +56,7 @@ impl Host {
         let (ves, _) = self.list()?;
         let mut c = Commitments::default();
         for info in ves {
-            if info.status != crate::ve::Status::Running || Some(info.name.as_str()) == except {
+            if info.status != crate::state::Status::Running || Some(info.name.as_str()) == except {
                 continue;
             }
             let one = self.commitment(&info.name, &info.limits);

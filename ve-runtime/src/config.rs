@@ -47,7 +47,29 @@ pub struct VeConfig {
     pub publish: Vec<netns::model::Publish>,
     /// Its moves between template versions, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub history: Vec<crate::upgrade::TemplateMove>,
+    pub history: Vec<TemplateMove>,
+}
+
+/// One move of a VE between template versions (`vectl history`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateMove {
+    /// When (RFC 3339 UTC).
+    pub at: String,
+    /// `upgrade`, `rollback`, or `commit` (the upgrades before it kept for
+    /// good: `from` is the version the first of them came from, `to` the
+    /// VE's).
+    pub action: String,
+    pub from: String,
+    pub to: String,
+    /// The snapshot of the VE's own files taken before the upgrade: what a
+    /// rollback restores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// Begun and not finished: a vectl was killed during this move (only ever
+    /// the last entry; the next command finishes it, see the module docs).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
 }
 
 impl VeConfig {

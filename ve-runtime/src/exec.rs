@@ -35,26 +35,9 @@ use nix::unistd::Pid;
 use crate::cgroup::Placement;
 use crate::error::{Error, Result};
 use crate::launch::move_self;
+use crate::options::ExecOptions;
 use crate::security;
 use crate::sys::{self, Forked};
-
-/// What to run.
-#[derive(Debug, Clone, Default)]
-pub struct ExecOptions {
-    /// The command and its arguments; looked up in the VE's PATH.
-    pub argv: Vec<String>,
-    /// Allocate a pseudo-terminal.
-    pub tty: bool,
-    /// Extra `KEY=VALUE` environment variables.
-    pub env: Vec<String>,
-    /// Working directory inside the VE (default: /root if it exists, else /).
-    pub workdir: Option<String>,
-    /// argv[0] to pass instead of the command path (`-sh` for a login shell).
-    pub arg0: Option<String>,
-    /// How many descriptors after stdio (3, 4, ...) the command inherits from
-    /// vectl's caller; all others are closed at exec.
-    pub preserve_fds: u32,
-}
 
 /// The most descriptors `--preserve-fds` passes on.
 const MAX_PRESERVED_FDS: u32 = 4096;
@@ -286,7 +269,7 @@ fn read_report(sync: OwnedFd, sfd: &SignalFd) -> (String, Option<String>) {
             drain(&sync, &mut report);
             let why = format!(
                 "interrupted by {} before the command started",
-                crate::ve::signal_name(info.ssi_signo as i32)
+                crate::signal::signal_name(info.ssi_signo as i32)
             );
             return (String::from_utf8_lossy(&report).into_owned(), Some(why));
         }

@@ -16,8 +16,10 @@ mod host;
 mod launch;
 mod limits;
 mod net;
+mod options;
 mod pool;
 mod security;
+mod signal;
 mod state;
 mod stats;
 mod sys;
@@ -27,9 +29,8 @@ mod ve;
 
 pub use admission::{Commitment, Commitments};
 pub use cgroup::{CgroupBackend, CgroupSettings, CgroupVersion, Usage};
-pub use config::{VeConfig, validate_name};
+pub use config::{TemplateMove, VeConfig, validate_name};
 pub use error::{Error, Result};
-pub use exec::ExecOptions;
 pub use host::{
     DEFAULT_ROOT, Host, HostSettings, InitOptions, Reserve, SettingsChange, VeDefaults,
 };
@@ -40,17 +41,16 @@ pub use limits::{
 pub use net::{DEFAULT_NET, NetCreate, NetDetails, NetMember, NetUpdate, Nic, NicInfo, NicRequest};
 pub use netns;
 pub use netns::model::{Mode, NetConfig, Proto, Publish, Rate, Subnet};
+pub use options::{CreateOptions, ExecOptions, StopOptions};
 pub use pool::{Cloned, Consistency, PoolInfo, PoolProblem, SnapshotMade, VolumeUse};
 pub use quota;
 pub use security::VE_CAPS;
-pub use state::RunState;
+pub use signal::{BadSignal, parse_signal, signal_name};
+pub use state::{RunState, Status};
 pub use stats::VeStats;
 pub use template::TemplateUsage;
-pub use upgrade::{Committed, FleetRow, Moved, Rollout, TemplateMove, UpgradeCheck};
-pub use ve::{
-    CreateOptions, SetOutcome, Status, StopOptions, StopOutcome, VeDetails, VeInfo, parse_signal,
-    signal_name,
-};
+pub use upgrade::{Committed, FleetRow, Moved, Rollout, UpgradeCheck};
+pub use ve::{SetOutcome, StopOutcome, VeDetails, VeInfo};
 pub use ve_templates::Conflict;
 pub use ve_templates::{
     DEBIAN_MIRROR, Debootstrap, Error as TemplateError, Progress, Source, TemplateRef,

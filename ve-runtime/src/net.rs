@@ -563,7 +563,7 @@ impl Host {
                 .unwrap_or_default();
             for (i, nic) in v.nics.iter().enumerate().filter(|(_, n)| n.net == name) {
                 used.insert(nic.ip);
-                let running = v.status == crate::ve::Status::Running;
+                let running = v.status == crate::state::Status::Running;
                 if running {
                     guaranteed += v
                         .limits
@@ -924,7 +924,7 @@ impl Host {
             let mut others = 0;
             for v in ves.iter().filter(|v| {
                 v.name != cfg.name
-                    && v.status == crate::ve::Status::Running
+                    && v.status == crate::state::Status::Running
                     && v.nics.iter().any(|n| n.net == net.name)
             }) {
                 if let Some(b) = v.limits.net_guarantee.and_then(|g| g.bps(Some(bw.0))) {

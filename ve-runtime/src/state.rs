@@ -11,6 +11,23 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result, io_err};
 use crate::fsutil::write_atomic;
 
+/// Whether a VE runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Running,
+    Stopped,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Status::Running => "running",
+            Status::Stopped => "stopped",
+        })
+    }
+}
+
 /// What vectl records when it starts a VE.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunState {

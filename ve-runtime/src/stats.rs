@@ -6,7 +6,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::host::Host;
 use crate::limits::{Amount, Percent, Size};
-use crate::ve::Status;
+use crate::state::Status;
 
 /// One VE's use of the host.
 #[derive(Debug, Clone, PartialEq, Serialize)]

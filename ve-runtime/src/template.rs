@@ -8,10 +8,10 @@ use ve_templates::{Progress, Source, TemplateVersion, VolumeOps};
 
 use crate::config::VeConfig;
 use crate::error::{Error, Result, io_err};
-use crate::exec::ExecOptions;
 use crate::fsutil::{Lock, remove_file};
 use crate::host::Host;
-use crate::ve::{CreateOptions, StopOptions};
+use crate::options::ExecOptions;
+use crate::options::{CreateOptions, StopOptions};
 
 /// The pool's volumes, as the template store needs them.
 struct PoolVolumes<'a>(&'a quota::Pool);

@@ -33,34 +33,12 @@
 //! snapshots are left unreferenced; `commit` again (or `snapshot rm`) deletes
 //! them.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::config::VeConfig;
+use crate::config::{TemplateMove, VeConfig};
 use crate::error::{Error, Result};
 use crate::host::Host;
-use crate::ve::StopOptions;
-
-/// One move of a VE between template versions (`vectl history`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TemplateMove {
-    /// When (RFC 3339 UTC).
-    pub at: String,
-    /// `upgrade`, `rollback`, or `commit` (the upgrades before it kept for
-    /// good: `from` is the version the first of them came from, `to` the
-    /// VE's).
-    pub action: String,
-    pub from: String,
-    pub to: String,
-    /// The snapshot of the VE's own files taken before the upgrade: what a
-    /// rollback restores.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub snapshot: Option<String>,
-    /// Begun and not finished: a vectl was killed during this move (only ever
-    /// the last entry; the next command finishes it, see the module docs).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub pending: bool,
-}
+use crate::options::StopOptions;
 
 /// What `commit` did to one VE.
 #[derive(Debug, Clone, Serialize)]
@@ -470,7 +448,7 @@ impl Host {
     /// services up): the last exit status.
     fn health_check(&self, ve: &str, cmd: &str, timeout: std::time::Duration) -> Result<i32> {
         let wrapped = format!("{{ {cmd}\n}} </dev/null >/dev/null 2>&1");
-        let opts = crate::exec::ExecOptions {
+        let opts = crate::options::ExecOptions {
             argv: vec!["/bin/sh".into(), "-c".into(), wrapped],
             ..Default::default()
         };

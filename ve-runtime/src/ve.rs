@@ -11,7 +11,6 @@ use std::fs;
 use std::io;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -20,50 +19,14 @@ use serde::Serialize;
 use crate::cgroup::Usage;
 use crate::config::{FIRST_ID, MAX_ID, VeConfig, validate_hostname, validate_name};
 use crate::error::{Error, Result, io_err};
-use crate::exec::ExecOptions;
 use crate::fsutil::{Lock, remove_file, temp_path};
 use crate::host::Host;
 use crate::launch;
 use crate::limits::{KernelLimits, Limits, LimitsUpdate, Size};
-use crate::state::{self, RunState};
+use crate::options::{CreateOptions, ExecOptions, StopOptions};
+use crate::signal::{parse_signal, signal_name};
+use crate::state::{self, RunState, Status};
 use crate::sys;
-
-/// What `create` needs.
-#[derive(Debug, Clone, Default)]
-pub struct CreateOptions {
-    pub name: String,
-    /// `NAME` or `NAME@VERSION`.
-    pub template: String,
-    pub limits: LimitsUpdate,
-    pub hostname: Option<String>,
-    /// The init command line (split like a shell would).
-    pub init: Option<String>,
-    pub stop_signal: Option<String>,
-    pub id: Option<u32>,
-    /// Skip admission control.
-    pub force: bool,
-    /// NICs; `None` = one on the default network (if the host has one).
-    pub nics: Option<Vec<crate::net::NicRequest>>,
-    /// Ports to publish.
-    pub publish: Vec<netns::model::Publish>,
-}
-
-/// Whether a VE runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Running,
-    Stopped,
-}
-
-impl std::fmt::Display for Status {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Status::Running => "running",
-            Status::Stopped => "stopped",
-        })
-    }
-}
 
 /// One VE as `list` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -123,24 +86,6 @@ pub enum StopOutcome {
     Killed,
 }
 
-/// Options of `stop`.
-#[derive(Debug, Clone, Copy)]
-pub struct StopOptions {
-    /// How long init gets to halt before everything is killed.
-    pub timeout: Duration,
-    /// Kill at once without asking init.
-    pub fast: bool,
-}
-
-impl Default for StopOptions {
-    fn default() -> Self {
-        StopOptions {
-            timeout: Duration::from_secs(30),
-            fast: false,
-        }
-    }
-}
-
 /// What `set` did.
 #[derive(Debug, Clone, Serialize)]
 pub struct SetOutcome {
@@ -155,45 +100,6 @@ fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// Parses a signal: `SIGTERM`, `TERM`, `15`, `SIGRTMIN+4`.
-pub fn parse_signal(s: &str) -> std::result::Result<i32, String> {
-    let bad =
-        || format!("invalid signal {s:?}: expected a name like SIGTERM or SIGRTMIN+4, or a number");
-    let t = s.trim();
-    if let Ok(n) = t.parse::<i32>() {
-        return if (1..=libc::SIGRTMAX()).contains(&n) && n != libc::SIGKILL && n != libc::SIGSTOP {
-            Ok(n)
-        } else {
-            Err(bad())
-        };
-    }
-    let up = t.to_ascii_uppercase();
-    let name = up.strip_prefix("SIG").unwrap_or(&up);
-    if let Some(rest) = name.strip_prefix("RTMIN") {
-        let off: i32 = if rest.is_empty() {
-            0
-        } else {
-            rest.strip_prefix('+')
-                .and_then(|n| n.parse().ok())
-                .ok_or_else(bad)?
-        };
-        let n = libc::SIGRTMIN() + off;
-        return if n <= libc::SIGRTMAX() {
-            Ok(n)
-        } else {
-            Err(bad())
-        };
-    }
-    let sig = nix::sys::signal::Signal::from_str(&format!("SIG{name}")).map_err(|_| bad())?;
-    if matches!(
-        sig,
-        nix::sys::signal::Signal::SIGKILL | nix::sys::signal::Signal::SIGSTOP
-    ) {
-        return Err(bad());
-    }
-    Ok(sig as i32)
 }
 
 /// The signal that asks an init program to halt, from what it is: busybox init
@@ -609,9 +515,9 @@ impl Host {
         let mut outcome = StopOutcome::Killed;
         if !opts.fast && !opts.timeout.is_zero() {
             let sig = match &cfg.stop_signal {
-                Some(s) => parse_signal(s).map_err(|reason| Error::Stop {
+                Some(s) => parse_signal(s).map_err(|e| Error::Stop {
                     ve: ve.to_string(),
-                    reason,
+                    reason: e.to_string(),
                 })?,
                 None => {
                     let exe = fs::read_link(format!("/proc/{}/exe", rs.pid)).unwrap_or_default();
@@ -1068,15 +974,6 @@ fn parse_command(ve: &str, cmd: &str) -> Result<Vec<String>> {
     Ok(argv)
 }
 
-/// A signal's name for people: `SIGUSR1`, `SIGRTMIN+4`.
-pub fn signal_name(sig: i32) -> String {
-    if sig >= libc::SIGRTMIN() {
-        return format!("SIGRTMIN+{}", sig - libc::SIGRTMIN());
-    }
-    nix::sys::signal::Signal::try_from(sig)
-        .map_or_else(|_| sig.to_string(), |s| s.as_str().to_string())
-}
-
 /// Waits until the process behind `pidfd` exits, up to `timeout`.
 fn wait_exit(pidfd: &std::os::fd::OwnedFd, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
@@ -1111,19 +1008,6 @@ fn disk_error(ve: &str, e: quota::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn signals_parse_by_name_number_and_realtime_offset() {
-        assert_eq!(parse_signal("SIGUSR1").unwrap(), libc::SIGUSR1);
-        assert_eq!(parse_signal("term").unwrap(), libc::SIGTERM);
-        assert_eq!(parse_signal("15").unwrap(), 15);
-        assert_eq!(parse_signal("SIGRTMIN+4").unwrap(), libc::SIGRTMIN() + 4);
-        for bad in ["SIGKILL", "9", "0", "SIGNOPE", "RTMIN+99", ""] {
-            assert!(parse_signal(bad).is_err(), "{bad}");
-        }
-        assert_eq!(signal_name(libc::SIGRTMIN() + 4), "SIGRTMIN+4");
-        assert_eq!(signal_name(libc::SIGUSR1), "SIGUSR1");
-    }
 
     #[test]
     fn the_halt_signal_suits_the_init() {
