@@ -150,9 +150,11 @@ pub fn validate_hostname(h: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::Host(format!(
-            "invalid hostname {h:?}: use letters, digits, '-' and '.', at most 64 characters"
-        )))
+        Err(Error::Invalid {
+            what: "hostname",
+            value: h.to_string(),
+            rule: "use letters, digits, '-' and '.', at most 64 characters",
+        })
     }
 }
 

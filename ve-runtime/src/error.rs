@@ -79,8 +79,56 @@ pub enum Error {
         source: nix::Error,
     },
     /// The host settings ask for something this host cannot do.
+    /// (Being replaced by the typed variants below; see DEVELOPERS.md.)
     #[error("{0}")]
     Host(String),
+    /// A VE operation refused or failed for a reason no variant above covers.
+    #[error("VE {ve}: {reason}")]
+    Ve { ve: String, reason: String },
+    /// A template operation (build, remove) refused or failed.
+    #[error("template {name}: {reason}")]
+    TemplateOp { name: String, reason: String },
+    /// The state directory, the pool directory or the host settings file.
+    #[error("{}: {reason}", path.display())]
+    State { path: PathBuf, reason: String },
+    /// A command-line option out of range, or options that do not go together.
+    #[error("{option}: {reason}")]
+    Option {
+        /// The option as the user wrote it (`--reserve-cpu 150%`).
+        option: String,
+        reason: String,
+    },
+    /// A name or path that vectl does not accept.
+    #[error("invalid {what} {value:?}: {rule}")]
+    Invalid {
+        what: &'static str,
+        value: String,
+        rule: &'static str,
+    },
+    /// `init` could not make the default network (the host is left uninitialised).
+    #[error(
+        "{0} (the default network could not be made; `vectl init --no-net` makes a host without it)"
+    )]
+    DefaultNet(Box<Error>),
+    /// An error, and what failed after it (a restart, say).
+    #[error("{first}; {then}")]
+    Then { first: Box<Error>, then: String },
+    /// A rollback that failed part-way: the next command on the VE finishes it.
+    #[error("{source} (its rollback is not finished: the next command on VE {ve} tries again)")]
+    RollbackPending {
+        ve: String,
+        #[source]
+        source: Box<Error>,
+    },
+    /// An operation refused for a reason of the host's state.
+    #[error("{what}: {reason}")]
+    Refused { what: String, reason: String },
+    /// Every VE id is taken.
+    #[error("no free VE id left")]
+    NoFreeId,
+    /// A path or argument with a NUL byte, which no system call takes.
+    #[error("{0:?}: contains a NUL byte")]
+    Nul(String),
     /// An upgrade refused because the VE's own files conflict with the target.
     #[error(
         "VE {ve}: {} of its files conflict with {to} ({}); see `vectl upgrade {ve} --template {to} --check`, or --force",
@@ -128,4 +176,30 @@ pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(io::Error) -> Error 
 pub(crate) fn sys_err(what: impl Into<String>) -> impl FnOnce(nix::Error) -> Error {
     let what = what.into();
     move |source| Error::Sys { what, source }
+}
+
+impl Error {
+    /// [`Error::Ve`] for `ve`.
+    pub(crate) fn ve(ve: &str, reason: impl Into<String>) -> Error {
+        Error::Ve {
+            ve: ve.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// [`Error::TemplateOp`] for template `name`.
+    pub(crate) fn template(name: &str, reason: impl Into<String>) -> Error {
+        Error::TemplateOp {
+            name: name.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// [`Error::State`] for `path`.
+    pub(crate) fn state(path: &std::path::Path, reason: impl Into<String>) -> Error {
+        Error::State {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        }
+    }
 }

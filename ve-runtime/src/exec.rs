@@ -49,7 +49,7 @@ const EOF_TRIES: u32 = 10;
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 fn cstring(s: &str) -> Result<CString> {
-    CString::new(s).map_err(|_| Error::Host(format!("{s:?}: contains a NUL byte")))
+    CString::new(s).map_err(|_| Error::Nul(s.to_string()))
 }
 
 /// Runs `opts` in the VE whose init is `init_pidfd`; returns the command's exit

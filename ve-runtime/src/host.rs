@@ -252,18 +252,15 @@ impl Host {
                 if s.backend == quota::Backend::Dir
                     && (opts.pool_size.is_some() || opts.pool_dev.is_some())
                 {
-                    return Err(Error::Host(
-                        "--pool-size and --pool-dev are for the btrfs backend, not --backend dir"
-                            .into(),
-                    ));
+                    return Err(Error::Option {
+                        option: "--pool-size and --pool-dev".into(),
+                        reason: "for the btrfs backend, not --backend dir".into(),
+                    });
                 }
                 if let Some(p) = &opts.pool_dir {
                     check_root_path(p)?;
                     if p.symlink_metadata().is_ok() && !p.is_dir() {
-                        return Err(Error::Host(format!(
-                            "{}: the pool directory is not a directory",
-                            p.display()
-                        )));
+                        return Err(Error::state(p, "the pool directory is not a directory"));
                     }
                     s.pool_dir = Some(p.clone());
                 }
@@ -325,7 +322,8 @@ impl Host {
                 .map_err(Into::into),
         )?;
         if created {
-            let text = toml::to_string(&settings).map_err(|e| Error::Host(e.to_string()))?;
+            let text = toml::to_string(&settings)
+                .map_err(|e| Error::state(&settings_path, e.to_string()))?;
             made(write_atomic(&settings_path, text.as_bytes(), true))?;
         }
         let host = Host::load(root)?;
@@ -335,9 +333,7 @@ impl Host {
                 let _ = fs::remove_file(&settings_path);
                 undo_btrfs_pool(&pool_dir, settings.pool_source.as_ref());
                 undo_cgroups();
-                return Err(Error::Host(format!(
-                    "{e} (the default network could not be made; `vectl init --no-net` makes a host without it)"
-                )));
+                return Err(Error::DefaultNet(Box::new(e)));
             }
         }
         Ok((host, created))
@@ -346,12 +342,8 @@ impl Host {
     fn load(root: &Path) -> Result<Host> {
         check_root_path(root)?;
         let settings_path = root.join("vectl.toml");
-        let settings = load_settings(&settings_path)?.ok_or_else(|| {
-            Error::Host(format!(
-                "{}: missing (run `vectl init`)",
-                settings_path.display()
-            ))
-        })?;
+        let settings = load_settings(&settings_path)?
+            .ok_or_else(|| Error::state(&settings_path, "missing (run `vectl init`)"))?;
         let pool_dir = settings
             .pool_dir
             .clone()
@@ -446,18 +438,20 @@ impl Host {
             load_settings(&self.root.join("vectl.toml"))?.unwrap_or_else(|| self.settings.clone());
         if let Some(c) = change.reserve_cpu {
             if !(0.0..100.0).contains(&c.0) {
-                return Err(Error::Host(format!(
-                    "--reserve-cpu {c} is not between 0% and 100%"
-                )));
+                return Err(Error::Option {
+                    option: format!("--reserve-cpu {c}"),
+                    reason: "not between 0% and 100%".into(),
+                });
             }
             settings.reserve.cpu = c;
         }
         if let Some(r) = change.reserve_ram {
             let bytes = r.bytes_of(self.capacity().ram_bytes);
             if bytes >= self.capacity().ram_bytes {
-                return Err(Error::Host(format!(
-                    "--reserve-ram {r} is all of the host's RAM or more"
-                )));
+                return Err(Error::Option {
+                    option: format!("--reserve-ram {r}"),
+                    reason: "all of the host's RAM or more".into(),
+                });
             }
             settings.reserve.ram = r;
         }
@@ -473,20 +467,25 @@ impl Host {
                     Error::BadLimit { reason, .. } => reason,
                     e => e.to_string(),
                 };
-                return Err(Error::Host(format!("--default-ram: {reason}")));
+                return Err(Error::Option {
+                    option: "--default-ram".into(),
+                    reason,
+                });
             }
             settings.defaults.ram = ram;
         }
         if let Some(pids) = change.default_pids {
             if pids == Some(0) {
-                return Err(Error::Host(
-                    "--default-pids 0: a VE needs at least one process".into(),
-                ));
+                return Err(Error::Option {
+                    option: "--default-pids 0".into(),
+                    reason: "a VE needs at least one process".into(),
+                });
             }
             settings.defaults.pids = pids;
         }
-        let text = toml::to_string(&settings).map_err(|e| Error::Host(e.to_string()))?;
-        write_atomic(&self.root.join("vectl.toml"), text.as_bytes(), true)?;
+        let path = self.root.join("vectl.toml");
+        let text = toml::to_string(&settings).map_err(|e| Error::state(&path, e.to_string()))?;
+        write_atomic(&path, text.as_bytes(), true)?;
         self.settings = settings;
         Ok(())
     }
@@ -590,15 +589,17 @@ fn make_btrfs_pool(root: &Path, pool_dir: &Path, opts: &InitOptions) -> Result<q
             Some(s) => s,
             None => {
                 let st = nix::sys::statvfs::statvfs(root)
-                    .map_err(|e| Error::Host(format!("{}: {e}", root.display())))?;
+                    .map_err(|e| Error::state(root, e.to_string()))?;
                 let half = st.blocks_available() * st.fragment_size() / 2;
                 let size = (half.min(MAX_DEFAULT_POOL)) & !((1 << 20) - 1);
                 if size < quota::MIN_POOL_BYTES {
-                    return Err(Error::Host(format!(
-                        "{}: only {} free, too little for a pool (free some space, give --pool-dev, or use --backend dir)",
-                        root.display(),
-                        crate::limits::human_bytes(half * 2)
-                    )));
+                    return Err(Error::state(
+                        root,
+                        format!(
+                            "only {} free, too little for a pool (free some space, give --pool-dev, or use --backend dir)",
+                            crate::limits::human_bytes(half * 2)
+                        ),
+                    ));
                 }
                 size
             }
@@ -630,10 +631,12 @@ fn undo_btrfs_pool(pool_dir: &Path, source: Option<&quota::Source>) {
 
 fn check_init_matches(s: &HostSettings, opts: &InitOptions, path: &Path) -> Result<()> {
     let differs = |what: &str, have: String| {
-        Err(Error::Host(format!(
-            "{}: already initialised with {what} {have}; remove the state directory to change it",
-            path.display()
-        )))
+        Err(Error::state(
+            path,
+            format!(
+                "already initialised with {what} {have}; remove the state directory to change it"
+            ),
+        ))
     };
     if let Some(p) = &opts.cgroup_parent
         && *p != s.cgroup.parent
@@ -656,10 +659,10 @@ fn check_init_matches(s: &HostSettings, opts: &InitOptions, path: &Path) -> Resu
         return differs("pool source", format!("{:?}", s.pool_source));
     }
     if opts.pool_size.is_some() {
-        return Err(Error::Host(format!(
-            "{}: already initialised; `vectl pool grow --size SIZE` changes the pool's size",
-            path.display()
-        )));
+        return Err(Error::state(
+            path,
+            "already initialised; `vectl pool grow --size SIZE` changes the pool's size",
+        ));
     }
     Ok(())
 }
@@ -668,14 +671,16 @@ fn check_init_matches(s: &HostSettings, opts: &InitOptions, path: &Path) -> Resu
 fn check_root_path(p: &Path) -> Result<()> {
     let s = p.to_string_lossy();
     if !p.is_absolute() {
-        return Err(Error::Host(format!(
-            "{s}: the state directory must be an absolute path"
-        )));
+        return Err(Error::state(
+            p,
+            "the state directory must be an absolute path",
+        ));
     }
     if s.contains([',', ':', '\\']) || s.chars().any(char::is_whitespace) {
-        return Err(Error::Host(format!(
-            "{s}: the state directory may not contain ',', ':', '\\' or white space (overlayfs cannot take such paths)"
-        )));
+        return Err(Error::state(
+            p,
+            "the state directory may not contain ',', ':', '\\' or white space (overlayfs cannot take such paths)",
+        ));
     }
     Ok(())
 }

@@ -62,7 +62,7 @@ pub(crate) const INIT_ENV: &[&str] = &[
 
 fn cstr(s: impl AsRef<OsStr>) -> Result<CString> {
     CString::new(s.as_ref().as_bytes())
-        .map_err(|_| Error::Host("a path or argument contains a NUL byte".into()))
+        .map_err(|_| Error::Nul(s.as_ref().to_string_lossy().into_owned()))
 }
 
 /// Starts the VE's init. `wire` runs in the parent once the child exists and

@@ -232,9 +232,10 @@ impl Host {
         let (_, errors) = self.list()?;
         match errors.first() {
             None => Ok(()),
-            Some(e) => Err(crate::error::Error::Host(format!(
-                "{what}: refused while a VE config cannot be read ({e})"
-            ))),
+            Some(e) => Err(Error::Refused {
+                what: what.to_string(),
+                reason: format!("refused while a VE config cannot be read ({e})"),
+            }),
         }
     }
 
@@ -299,9 +300,7 @@ impl Host {
             version: None,
         })?;
         if command.trim().is_empty() {
-            return Err(Error::Host(format!(
-                "template {name}: --run needs a command"
-            )));
+            return Err(Error::template(name, "--run needs a command"));
         }
         let ve = build_ve_name(name);
         // Keyed on the build VE, which templates whose names differ only in
@@ -312,9 +311,12 @@ impl Host {
         let marker = builds.join(&ve);
         if VeConfig::load(&self.config_path(&ve))?.is_some() {
             if !marker.exists() {
-                return Err(Error::Host(format!(
-                    "template {name}: its build VE would be {ve}, but a VE of that name exists that is not a build VE (rename or destroy it)"
-                )));
+                return Err(Error::template(
+                    name,
+                    format!(
+                        "its build VE would be {ve}, but a VE of that name exists that is not a build VE (rename or destroy it)"
+                    ),
+                ));
             }
             self.discard_build(&ve)?;
         }
@@ -339,7 +341,7 @@ impl Host {
         message: &str,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<(TemplateVersion, Vec<String>)> {
-        let in_build = |e: Error| Error::Host(format!("template {name}: build VE {ve}: {e}"));
+        let in_build = |e: Error| Error::template(name, format!("build VE {ve}: {e}"));
         let cfg = self
             .create(&CreateOptions {
                 name: ve.to_string(),
@@ -368,9 +370,12 @@ impl Host {
             )
             .map_err(in_build)?;
         if status != 0 {
-            return Err(Error::Host(format!(
-                "template {name}: the build command failed with exit status {status}; nothing was published"
-            )));
+            return Err(Error::template(
+                name,
+                format!(
+                    "the build command failed with exit status {status}; nothing was published"
+                ),
+            ));
         }
         self.stop(
             ve,

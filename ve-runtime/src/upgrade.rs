@@ -135,10 +135,7 @@ impl Host {
         let to = self.templates().resolve(&tref)?;
         let from = self.templates().resolve(&cfg.template.parse()?)?;
         if from.reference() == to.reference() {
-            return Err(Error::Host(format!(
-                "VE {ve}: already on {}",
-                to.reference()
-            )));
+            return Err(Error::ve(&ve, format!("already on {}", to.reference())));
         }
         // The VE may run: its layer changes while it is compared, and its
         // files and the versions (a build VE wrote them) may be symlinks to the
@@ -147,7 +144,7 @@ impl Host {
         let upper = self.pool().ve_volume(&ve).upper();
         let old = self.templates().path(&from);
         let mut conflicts = ve_templates::conflicts(&upper, &old, &self.templates().path(&to))
-            .map_err(|e| Error::Host(format!("VE {ve}: comparing its files: {e}")))?;
+            .map_err(|e| Error::ve(&ve, format!("comparing its files: {e}")))?;
         // What vectl writes at every start is no conflict: the upgrade takes
         // it out, and the next start writes it over the new version's files.
         let vectl_files = crate::net::forget_vectl_files(&upper, &old, &cfg.hostname, true)?;
@@ -173,9 +170,10 @@ impl Host {
     ) -> Result<Moved> {
         let ve = self.resolve_existing(name)?;
         if self.pool().backend() != quota::Backend::Btrfs {
-            return Err(Error::Host(format!(
-                "VE {ve}: upgrade keeps a snapshot of the VE's files for rollback, which needs the btrfs pool"
-            )));
+            return Err(Error::ve(
+                &ve,
+                "upgrade keeps a snapshot of the VE's files for rollback, which needs the btrfs pool",
+            ));
         }
         // What ran before the upgrade runs again, also when the upgrade failed
         // after the stop (then on the version it was on).
@@ -187,13 +185,17 @@ impl Host {
         };
         if restart && let Err(e) = self.start(&ve, false) {
             return Err(match moved {
-                Ok(m) => Error::Host(format!(
-                    "VE {ve}: upgraded to {} (snapshot {}) but it did not start again: {e}; `vectl rollback {ve}` takes it back",
-                    m.to, m.snapshot
-                )),
-                Err(first) => Error::Host(format!(
-                    "{first}; and it did not start again on its version: {e}"
-                )),
+                Ok(m) => Error::ve(
+                    &ve,
+                    format!(
+                        "upgraded to {} (snapshot {}) but it did not start again: {e}; `vectl rollback {ve}` takes it back",
+                        m.to, m.snapshot
+                    ),
+                ),
+                Err(first) => Error::Then {
+                    first: Box::new(first),
+                    then: format!("and it did not start again on its version: {e}"),
+                },
             });
         }
         moved
@@ -314,9 +316,10 @@ impl Host {
                 });
             }
             let Some(last) = open_upgrades(&cfg.history).last().map(|m| (*m).clone()) else {
-                return Err(Error::Host(format!(
-                    "VE {ve}: no upgrade to roll back (see `vectl history {ve}`)"
-                )));
+                return Err(Error::ve(
+                    &ve,
+                    format!("no upgrade to roll back (see `vectl history {ve}`)"),
+                ));
             };
             let snapshot = last.snapshot.clone().unwrap_or_default();
             // The version it goes back to must still be there.
@@ -364,10 +367,13 @@ impl Host {
         if moved.restarted
             && let Err(e) = self.start(&ve, false)
         {
-            return Err(Error::Host(format!(
-                "VE {ve}: rolled back to {} but it did not start again: {e}",
-                moved.to
-            )));
+            return Err(Error::ve(
+                &ve,
+                format!(
+                    "rolled back to {} but it did not start again: {e}",
+                    moved.to
+                ),
+            ));
         }
         Ok(moved)
     }
@@ -384,10 +390,9 @@ impl Host {
             pool.restore_snapshot(ve, snapshot)
         }
         .map_err(quota_err(ve))
-        .map_err(|e| {
-            Error::Host(format!(
-                "{e} (its rollback is not finished: the next command on VE {ve} tries again)"
-            ))
+        .map_err(|e| Error::RollbackPending {
+            ve: ve.to_string(),
+            source: Box::new(e),
         })?;
         Ok(())
     }
@@ -426,9 +431,10 @@ impl Host {
                 }
             }
             other => {
-                return Err(Error::Host(format!(
-                    "VE {ve}: its history ends in an unknown pending move {other:?}"
-                )));
+                return Err(Error::ve(
+                    &ve,
+                    format!("its history ends in an unknown pending move {other:?}"),
+                ));
             }
         }
         cfg.store(&self.config_path(&ve))?;
@@ -488,10 +494,10 @@ impl Host {
         let from_v = self.templates().resolve(&from.parse()?)?;
         let to_v = self.templates().resolve(&to.parse()?)?;
         if from_v.reference() == to_v.reference() {
-            return Err(Error::Host(format!(
-                "--from and --to are both {}",
-                to_v.reference()
-            )));
+            return Err(Error::Option {
+                option: "--from and --to".into(),
+                reason: format!("both {}", to_v.reference()),
+            });
         }
         // Moves a killed vectl left pending (a killed rollout's) are finished
         // first: every VE is then on the version its files belong to. One that
@@ -617,7 +623,7 @@ impl Host {
     pub fn commit(&self, name: &str) -> Result<Committed> {
         let ve = self.resolve_existing(name)?;
         self.commit_on(&ve, None)?
-            .ok_or_else(|| Error::Host(format!("VE {ve}: changed while it was being committed")))
+            .ok_or_else(|| Error::ve(&ve, "changed while it was being committed"))
     }
 
     /// [`Host::commit`] of VE `ve` if, under its lock and with any killed
@@ -759,7 +765,7 @@ fn quota_err(ve: &str) -> impl Fn(quota::Error) -> Error + '_ {
         if msg.starts_with(&format!("VE {ve}: ")) {
             Error::Storage(e)
         } else {
-            Error::Host(format!("VE {ve}: {msg}"))
+            Error::ve(ve, msg)
         }
     }
 }

@@ -351,7 +351,7 @@ impl Host {
         }
         (FIRST_ID..=MAX_ID)
             .find(|id| !used.contains(id))
-            .ok_or_else(|| Error::Host("no free VE id left".into()))
+            .ok_or(Error::NoFreeId)
     }
 
     /// Takes the locks for a change to `ve` that may commit guarantees: the host

@@ -294,9 +294,11 @@ fn validate_parent(p: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::Host(format!(
-            "invalid cgroup parent {p:?}: expected a path like vectl, /machine/vectl or ./vectl"
-        )))
+        Err(Error::Invalid {
+            what: "cgroup parent",
+            value: p.to_string(),
+            rule: "expected a path like vectl, /machine/vectl or ./vectl",
+        })
     }
 }
 
