@@ -7,6 +7,7 @@
 
 mod admission;
 mod cgroup;
+mod clone;
 mod config;
 mod error;
 mod exec;
@@ -17,7 +18,9 @@ mod launch;
 mod limits;
 mod net;
 mod pool;
+mod pool_check;
 mod security;
+mod snapshot;
 mod state;
 mod stats;
 mod sys;
@@ -27,6 +30,7 @@ mod ve;
 
 pub use admission::{Commitment, Commitments};
 pub use cgroup::{CgroupBackend, CgroupSettings, CgroupVersion, Usage};
+pub use clone::Cloned;
 pub use config::{VeConfig, validate_name};
 pub use error::{Error, Result};
 pub use exec::ExecOptions;
@@ -40,9 +44,11 @@ pub use limits::{
 pub use net::{DEFAULT_NET, NetCreate, NetDetails, NetMember, NetUpdate, Nic, NicInfo, NicRequest};
 pub use netns;
 pub use netns::model::{Mode, NetConfig, Proto, Publish, Rate, Subnet};
-pub use pool::{Cloned, Consistency, PoolInfo, PoolProblem, SnapshotMade, VolumeUse};
+pub use pool::{PoolInfo, VolumeUse};
+pub use pool_check::PoolProblem;
 pub use quota;
 pub use security::VE_CAPS;
+pub use snapshot::{Consistency, SnapshotMade};
 pub use state::RunState;
 pub use stats::VeStats;
 pub use template::TemplateUsage;
