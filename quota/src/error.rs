@@ -59,3 +59,8 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
         source,
     }
 }
+
+/// An errno from a nix call (an ioctl, say) as an `io::Error`.
+pub(crate) fn errno(e: nix::Error) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
