@@ -7,6 +7,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use crate::error::errno;
+
 const BTRFS_PATH_NAME_MAX: usize = 4087;
 const BTRFS_SUBVOL_NAME_MAX: usize = 4039;
 /// `BTRFS_SUBVOL_RDONLY`.
@@ -141,10 +143,6 @@ nix::ioctl_write_ptr!(ioc_qgroup_create, 0x94, 42, QgroupCreate);
 // Declared _IOR by the kernel although it only reads from user space.
 nix::ioctl_read!(ioc_qgroup_limit, 0x94, 43, QgroupLimitArgs);
 nix::ioctl_write_ptr!(ioc_snap_destroy_v2, 0x94, 63, VolArgsV2);
-
-fn errno(e: nix::Error) -> io::Error {
-    io::Error::from_raw_os_error(e as i32)
-}
 
 fn open_dir(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;

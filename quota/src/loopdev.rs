@@ -8,6 +8,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use crate::error::errno;
+
 const LO_NAME_SIZE: usize = 64;
 const LO_KEY_SIZE: usize = 32;
 /// `LO_FLAGS_AUTOCLEAR`: detach when the last user (the mount) goes.
@@ -43,10 +45,6 @@ struct LoopConfig {
 nix::ioctl_none!(loop_ctl_get_free, 0x4C, 0x82);
 nix::ioctl_write_ptr_bad!(loop_configure, 0x4C0A, LoopConfig);
 nix::ioctl_none_bad!(loop_set_capacity, 0x4C07);
-
-fn errno(e: nix::Error) -> io::Error {
-    io::Error::from_raw_os_error(e as i32)
-}
 
 /// Attaches `image` to a free loop device with autoclear and returns the device
 /// and an open handle on it. Autoclear detaches the device at its last close when

@@ -7,6 +7,7 @@
 
 mod admission;
 mod cgroup;
+mod clone;
 mod config;
 mod error;
 mod exec;
@@ -18,8 +19,10 @@ mod limits;
 mod net;
 mod options;
 mod pool;
+mod pool_check;
 mod security;
 mod signal;
+mod snapshot;
 mod state;
 mod stats;
 mod sys;
@@ -29,6 +32,7 @@ mod ve;
 
 pub use admission::{Commitment, Commitments};
 pub use cgroup::{CgroupBackend, CgroupSettings, CgroupVersion, Usage};
+pub use clone::Cloned;
 pub use config::{TemplateMove, VeConfig, validate_name};
 pub use error::{Error, Result};
 pub use host::{
@@ -42,10 +46,12 @@ pub use net::{DEFAULT_NET, NetCreate, NetDetails, NetMember, NetUpdate, Nic, Nic
 pub use netns;
 pub use netns::model::{Mode, NetConfig, Proto, Publish, Rate, Subnet};
 pub use options::{CreateOptions, ExecOptions, StopOptions};
-pub use pool::{Cloned, Consistency, PoolInfo, PoolProblem, SnapshotMade, VolumeUse};
+pub use pool::{PoolInfo, VolumeUse};
+pub use pool_check::PoolProblem;
 pub use quota;
 pub use security::VE_CAPS;
 pub use signal::{BadSignal, parse_signal, signal_name};
+pub use snapshot::{Consistency, SnapshotMade};
 pub use state::{RunState, Status};
 pub use stats::VeStats;
 pub use template::TemplateUsage;

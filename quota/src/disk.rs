@@ -1,0 +1,272 @@
+//! Disk accounting and limits: a VE's use against its limit, setting and
+//! forcing limits (btrfs quota groups), the quota mode, and the qgroups that
+//! deleted subvolumes leave behind (pending ones swept, stale ones found for
+//! `pool check`).
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::btrfs;
+use crate::error::{Error, Result, io_err};
+use crate::pool::{Backend, Pool};
+use crate::volume::usage;
+
+/// A VE's disk use against its limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DiskUsage {
+    pub used: u64,
+    pub limit: Option<u64>,
+}
+
+/// `12.5M`-style sizes for messages.
+pub(crate) fn human(b: u64) -> String {
+    const UNITS: [&str; 5] = ["", "K", "M", "G", "T"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < UNITS.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b}")
+    } else if v.fract() == 0.0 {
+        format!("{v}{}", UNITS[i])
+    } else {
+        format!("{v:.1}{}", UNITS[i])
+    }
+}
+
+impl Pool {
+    /// Removes the qgroup a deleted subvolume leaves behind. The kernel may
+    /// refuse (EBUSY) until its cleaner thread has dropped the subvolume, which
+    /// takes up to its commit interval (30 s). Recent kernels then remove the
+    /// group themselves; for older ones the id goes on a list that the next
+    /// volume removal or creation sweeps ([`Pool::sweep_qgroups`]).
+    pub(crate) fn forget_qgroup(&self, id: u64) -> Result<()> {
+        match btrfs::destroy_qgroup(&self.dir, id) {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                let path = self.pending_qgroups_path();
+                let mut f = fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(io_err(&path))?;
+                io::Write::write_all(&mut f, format!("{id}\n").as_bytes()).map_err(io_err(&path))
+            }
+            Err(e) => Err(io_err(&self.dir)(e)),
+        }
+    }
+
+    /// The qgroups of deleted subvolumes still to remove, one id a line.
+    fn pending_qgroups_path(&self) -> PathBuf {
+        self.dir.join(".vectl-pending-qgroups")
+    }
+
+    /// Removes the pending qgroups (see `Pool::forget_qgroup`) whose
+    /// subvolumes the kernel has dropped by now. Best effort and cheap: nothing
+    /// to do is one failed open. Called with the host lock held.
+    pub fn sweep_qgroups(&self) {
+        let path = self.pending_qgroups_path();
+        let Ok(text) = fs::read_to_string(&path) else {
+            return;
+        };
+        let left: Vec<u64> = text
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .filter(|&id| {
+                let gone = btrfs::subvolume_exists(&self.dir, id).is_ok_and(|e| !e)
+                    && btrfs::destroy_qgroup(&self.dir, id).is_ok();
+                !gone
+            })
+            .collect();
+        if left.is_empty() {
+            let _ = fs::remove_file(&path);
+        } else {
+            let text: String = left.iter().map(|id| format!("{id}\n")).collect();
+            let tmp = path.with_extension("tmp");
+            if fs::write(&tmp, text).is_ok() {
+                let _ = fs::rename(&tmp, &path);
+            }
+        }
+    }
+
+    /// Sets (`None`: removes) a VE volume's disk limit. A limit below what the
+    /// volume uses is refused, naming the use; data is never touched.
+    pub fn set_disk_limit(&self, ve: &str, bytes: Option<u64>) -> Result<()> {
+        match self.backend {
+            Backend::Dir => Err(Error::Unsupported {
+                backend: self.backend,
+                what: "has no disk limits (use the btrfs pool)",
+            }),
+            Backend::Btrfs => {
+                let dir = self.ve_volume(ve).dir;
+                if let Some(limit) = bytes {
+                    let now = self.disk(ve)?;
+                    let shrinking = now.limit.is_none_or(|l| limit < l);
+                    if shrinking {
+                        // Usage is counted at commit: commit first for the truth.
+                        btrfs::sync(&dir).map_err(io_err(&dir))?;
+                        let used = self.disk(ve)?.used;
+                        if used > limit {
+                            return Err(Error::BelowUsage {
+                                ve: ve.to_string(),
+                                limit: human(limit),
+                                used: human(used),
+                            });
+                        }
+                    }
+                }
+                btrfs::set_limit(&dir, bytes).map_err(io_err(&dir))
+            }
+        }
+    }
+
+    /// Sets a VE volume's limit without looking at its use (btrfs takes a limit
+    /// below use; writes then fail until the volume shrinks). For putting a
+    /// limit back, not for operators' changes. A no-op on `dir`.
+    pub fn force_disk_limit(&self, ve: &str, bytes: Option<u64>) -> Result<()> {
+        if self.backend == Backend::Dir {
+            return Ok(());
+        }
+        let dir = self.ve_volume(ve).dir;
+        btrfs::set_limit(&dir, bytes).map_err(io_err(&dir))
+    }
+
+    /// A VE volume's disk use and limit.
+    pub fn disk(&self, ve: &str) -> Result<DiskUsage> {
+        let dir = self.ve_volume(ve).dir;
+        match self.backend {
+            Backend::Dir => Ok(DiskUsage {
+                used: usage(&dir)?.bytes,
+                limit: None,
+            }),
+            Backend::Btrfs => {
+                let id = btrfs::subvolume_id(&dir).map_err(io_err(&dir))?;
+                let q = self
+                    .fsid()
+                    .and_then(|f| btrfs::qgroup_usage(f, id))
+                    .ok_or_else(|| Error::Setup {
+                        path: self.dir.clone(),
+                        why: format!("no quota group for VE {ve} (are quotas enabled?)"),
+                    })?;
+                Ok(DiskUsage {
+                    used: q.referenced,
+                    limit: q.max_referenced,
+                })
+            }
+        }
+    }
+
+    /// Disk used by any volume of the pool (a template version, say): its
+    /// qgroup's referenced bytes on btrfs, a walk of its files on `dir`.
+    pub fn volume_bytes(&self, path: &Path) -> Result<u64> {
+        if self.backend == Backend::Btrfs && btrfs::is_subvolume(path) {
+            let id = btrfs::subvolume_id(path).map_err(io_err(path))?;
+            if let Some(q) = self.fsid().and_then(|f| btrfs::qgroup_usage(f, id)) {
+                return Ok(q.referenced);
+            }
+        }
+        Ok(usage(path)?.bytes)
+    }
+
+    /// How quotas are accounted (`None`: not btrfs, or quotas are off).
+    pub fn quota_mode(&self) -> Option<btrfs::QuotaMode> {
+        self.fsid().and_then(btrfs::quota_mode)
+    }
+
+    /// Commits the file system so qgroup numbers are current (btrfs counts at
+    /// commit). A no-op on `dir`.
+    pub fn commit(&self) -> Result<()> {
+        if self.backend == Backend::Btrfs {
+            btrfs::sync(&self.dir).map_err(io_err(&self.dir))?;
+        }
+        Ok(())
+    }
+
+    /// The qgroups whose subvolume is gone (`0/ID` with no tree), and those of
+    /// subvolumes that exist but are none of the pool's volumes (deleted ones the
+    /// kernel's cleaner has not dropped yet, which it then removes itself, or the
+    /// operator's own on a shared btrfs): (stale, other).
+    pub fn stale_qgroups(&self) -> Result<(Vec<u64>, Vec<u64>)> {
+        let Some(fsid) = self.fsid() else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let known = self.volume_ids();
+        let mut stale = Vec::new();
+        let mut other = Vec::new();
+        for id in btrfs::qgroup_ids(fsid) {
+            if id == 5 || known.contains(&id) {
+                continue;
+            }
+            if btrfs::subvolume_exists(&self.dir, id).map_err(io_err(&self.dir))? {
+                other.push(id);
+            } else {
+                stale.push(id);
+            }
+        }
+        Ok((stale, other))
+    }
+
+    /// The subvolume ids of the pool's volumes: templates/*/*, ves/*,
+    /// snapshots/*/*.
+    fn volume_ids(&self) -> std::collections::HashSet<u64> {
+        let mut out = std::collections::HashSet::new();
+        let mut visit = |dir: &Path, depth: u32| {
+            let mut stack = vec![(dir.to_path_buf(), 0)];
+            while let Some((d, level)) = stack.pop() {
+                for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+                    let p = e.path();
+                    if level + 1 == depth {
+                        if btrfs::is_subvolume(&p)
+                            && let Ok(id) = btrfs::subvolume_id(&p)
+                        {
+                            out.insert(id);
+                        }
+                    } else if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        stack.push((p, level + 1));
+                    }
+                }
+            }
+        };
+        visit(&self.dir.join("templates"), 2);
+        visit(&self.dir.join("ves"), 1);
+        visit(&self.dir.join("snapshots"), 2);
+        out
+    }
+
+    /// The bytes qgroup `0/id` is charged (`None`: no such group).
+    pub fn qgroup_bytes(&self, id: u64) -> Option<u64> {
+        btrfs::qgroup_usage(self.fsid()?, id).map(|q| q.referenced)
+    }
+
+    /// Removes a stale qgroup (see [`Pool::stale_qgroups`]).
+    pub fn remove_qgroup(&self, id: u64) -> Result<()> {
+        btrfs::destroy_qgroup(&self.dir, id).map_err(io_err(&self.dir))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dir_backend_refuses_disk_limits() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pool = Pool::init(tmp.path(), Backend::Dir).unwrap();
+        let err = pool.set_disk_limit("web1", Some(1 << 30)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the dir storage backend has no disk limits (use the btrfs pool)"
+        );
+    }
+
+    #[test]
+    fn sizes_for_messages() {
+        assert_eq!(human(50 << 20), "50M");
+        assert_eq!(human(1536), "1.5K");
+    }
+}
