@@ -43,7 +43,7 @@ pub struct CreateOptions {
     /// Skip admission control.
     pub force: bool,
     /// NICs; `None` = one on the default network (if the host has one).
-    pub nics: Option<Vec<crate::net::NicRequest>>,
+    pub nics: Option<Vec<netns::nic::NicRequest>>,
     /// Ports to publish.
     pub publish: Vec<netns::model::Publish>,
 }
@@ -80,7 +80,7 @@ pub struct VeInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uptime_secs: Option<u64>,
     pub limits: Limits,
-    pub nics: Vec<crate::net::Nic>,
+    pub nics: Vec<netns::nic::Nic>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub publish: Vec<netns::model::Publish>,
 }
@@ -108,7 +108,7 @@ pub struct VeDetails {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk_limit_bytes: Option<u64>,
     /// Network interfaces.
-    pub interfaces: Vec<crate::net::NicInfo>,
+    pub interfaces: Vec<netns::nic::NicInfo>,
 }
 
 /// How `stop` ended.
@@ -360,7 +360,7 @@ impl Host {
         };
         let nic_reqs = match &opts.nics {
             Some(r) => r.clone(),
-            None if self.net(crate::net::DEFAULT_NET).is_ok() => vec![crate::net::NicRequest {
+            None if self.net(crate::net::DEFAULT_NET).is_ok() => vec![netns::nic::NicRequest {
                 net: crate::net::DEFAULT_NET.into(),
                 ip: None,
             }],
