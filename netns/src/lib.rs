@@ -1,20 +1,39 @@
-//! Networking for vectl VEs. A VE has its own network namespace; this crate
-//! configures it over netlink (rtnetlink), never by running `ip`.
+//! All of vectl's networking: what a network is, what a VE's NICs are, and the
+//! kernel side of both. A VE has its own network namespace; this crate
+//! configures it over netlink (`netlink-packet-route` messages sent with
+//! rtnetlink), never by running `ip`.
 //!
-//! A network (`model`) is bridged, host-only, NAT or routed; `link` makes its host
-//! side and a VE's veth pairs, `nft` its firewall (NAT, published ports, isolation,
-//! anti-spoofing), `tc` its traffic shaping.
+//! - `model`: a network (bridged, host-only, NAT or routed), its subnet, rates,
+//!   published ports, interface and port names.
+//! - `nic`: a VE's NICs as data (configured, requested, shown).
+//! - `alloc`: network names, default subnets and name servers, a NIC's address
+//!   and MAC.
+//! - `rules`: a VE's elements of the firewall and its traffic class.
+//! - `etc`: the network files in a VE's private layer (hostname, hosts,
+//!   resolv.conf), reached only through handles that follow no symlink.
+//! - `link`: a network's host side and a VE's veth pairs; `nft` the firewall (NAT,
+//!   published ports, isolation, anti-spoofing); `tc` traffic shaping.
 //!
-//! A netlink socket belongs to the namespace it was opened in, so work inside a VE's
-//! namespace runs on a short-lived thread that first joins that namespace and then
-//! opens its own connection there; the calling thread's namespaces are untouched.
+//! What it does not own: vectl's state (network and VE configs, locks, markers),
+//! which ve-runtime keeps and passes in.
+//!
+//! Netlink work runs on one tokio current-thread runtime per process, built at
+//! first use. A netlink socket belongs to the namespace it was opened in, so work
+//! inside a VE's namespace runs on a short-lived thread that first joins that
+//! namespace and then opens its own connection there; the calling thread's
+//! namespaces are untouched.
 
+pub mod alloc;
+pub mod etc;
 pub mod link;
 pub mod model;
 pub mod nft;
+pub mod nic;
+pub mod rules;
 pub mod tc;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
 
 use futures::TryStreamExt;
 use nix::sched::{CloneFlags, setns};
@@ -41,6 +60,51 @@ pub enum Error {
     /// The worker thread could not be started or died.
     #[error("network setup thread: {0}")]
     Thread(String),
+    /// The netlink runtime could not be built.
+    #[error("netlink runtime: {0}")]
+    Runtime(std::io::Error),
+    /// An I/O error on a file (a VE's network files, /dev/urandom).
+    #[error("{path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A network name vectl does not accept.
+    #[error(
+        "invalid network name {0:?}: use lower-case letters, digits and '-', starting with a letter or digit, not all digits, at most 63 characters"
+    )]
+    InvalidNetName(String),
+    /// Network `net` refuses a request or setting.
+    #[error("network {net}: {reason}")]
+    Net { net: String, reason: Refusal },
+    /// An `--ip` that is not an address.
+    #[error("--ip {text:?}: expected an IPv4 address, CIDR or auto")]
+    IpSyntax { text: String },
+    /// An `--ip` whose prefix is not a number.
+    #[error("--ip {text:?}: bad prefix")]
+    IpPrefix { text: String },
+    /// An `--ip` whose prefix is not its network's.
+    #[error("--ip {text}: network {net} is {subnet} (prefix /{prefix})", prefix = subnet.prefix)]
+    IpWrongPrefix {
+        text: String,
+        net: String,
+        subnet: model::Subnet,
+    },
+    /// An `--ip` its network cannot give (taken, the gateway, outside it...).
+    #[error("--ip {text}: {reason}")]
+    IpRefused { text: String, reason: String },
+}
+
+/// Why a network refuses something (the network is named by [`Error::Net`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// More `--allow-host` entries than a network keeps.
+    #[error("--allow-host: {count} entries, at most {max}")]
+    TooManyHostAccess { count: usize, max: usize },
+    /// Every address of the subnet is taken.
+    #[error("no free address left in {0}")]
+    NoFreeAddress(model::Subnet),
 }
 
 /// Result alias for this crate.

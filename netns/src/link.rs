@@ -5,17 +5,18 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::OnceLock;
 
 use futures::TryStreamExt;
-use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{
+use netlink_packet_route::AddressFamily;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage,
 };
-use rtnetlink::packet_route::neighbour::{
+use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage,
 };
-use rtnetlink::packet_route::route::RouteScope;
+use netlink_packet_route::route::RouteScope;
 use rtnetlink::{
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVlan, RouteMessageBuilder,
 };
@@ -56,21 +57,42 @@ fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
     matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -errno)
 }
 
-/// Runs `work` with a netlink handle in the calling thread's network namespace.
+/// The process's netlink runtime: one current-thread tokio runtime, built at the
+/// first netlink call and kept. It starts no thread (vectl stays single-threaded
+/// for clone3); a thread that calls [`on_host`] drives it for the time of the call.
+static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+
+fn runtime() -> Result<&'static tokio::runtime::Runtime> {
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(Error::Runtime)?;
+    // Another thread may have set it meanwhile: then this one is dropped.
+    let _ = RUNTIME.set(rt);
+    RUNTIME
+        .get()
+        .ok_or_else(|| Error::Runtime(std::io::Error::other("not kept")))
+}
+
+/// Runs `work` with a netlink handle in the calling thread's network namespace,
+/// on the process's runtime. The connection is opened for the call (a socket
+/// belongs to the namespace of the thread that opens it) and closed before
+/// this returns.
 pub fn on_host<F, Fut, T>(work: F) -> Result<T>
 where
     F: FnOnce(Handle) -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
 {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .map_err(|e| Error::Thread(e.to_string()))?;
-    rt.block_on(async move {
+    runtime()?.block_on(async move {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(Error::Connect)?;
         let conn = tokio::spawn(conn);
         let result = work(handle).await;
         conn.abort();
+        // The task ends here, so its socket is closed now and not at the next call.
+        let _ = conn.await;
         result
     })
 }
@@ -177,8 +199,8 @@ pub async fn host_subnets(h: &Handle) -> Result<Vec<(Ipv4Addr, u8)>> {
             continue;
         }
         for attr in &r.attributes {
-            if let rtnetlink::packet_route::route::RouteAttribute::Destination(
-                rtnetlink::packet_route::route::RouteAddress::Inet(v4),
+            if let netlink_packet_route::route::RouteAttribute::Destination(
+                netlink_packet_route::route::RouteAddress::Inet(v4),
             ) = attr
             {
                 out.push((*v4, r.header.destination_prefix_length));

@@ -27,18 +27,18 @@
 use std::net::Ipv4Addr;
 
 use futures::{StreamExt, TryStreamExt};
-use nix::errno::Errno;
-use rtnetlink::packet_core::{
+use netlink_packet_core::{
     DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REPLACE,
     NLM_F_REQUEST, NetlinkMessage, NetlinkPayload, Nla, NlaBuffer, NlasIterator,
 };
-use rtnetlink::packet_route::RouteNetlinkMessage;
-use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
-use rtnetlink::packet_route::tc::{
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
+use netlink_packet_route::tc::{
     TcAction, TcActionAttribute, TcActionGeneric, TcActionMirror, TcActionMirrorOption,
     TcActionOption, TcActionType, TcAttribute, TcFilterU32Option, TcHandle, TcHeader, TcMessage,
     TcMirror, TcMirrorActionType, TcOption, TcU32Key, TcU32Selector, TcU32SelectorFlags,
 };
+use nix::errno::Errno;
 use rtnetlink::{Handle, LinkIfb, LinkUnspec};
 
 /// A class's rates in bits per second: `rate` guaranteed, `ceil` the cap (ceil >= rate > 0).
@@ -1009,7 +1009,7 @@ async fn put_redirect(
 
 #[cfg(test)]
 mod tests {
-    use rtnetlink::packet_core::Emitable;
+    use netlink_packet_core::Emitable;
 
     use super::*;
 

@@ -19,9 +19,9 @@ use std::sync::{Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
+use netlink_packet_route::tc::{TcAttribute, TcHandle};
 use netns::tc::{self, ClassRate};
 use nix::sched::{CloneFlags, setns, unshare};
-use rtnetlink::packet_route::tc::{TcAttribute, TcHandle};
 use rtnetlink::{Handle, LinkUnspec, LinkVeth};
 
 const IFB_UP: &str = "ifbup0";

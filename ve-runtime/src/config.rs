@@ -41,7 +41,7 @@ pub struct VeConfig {
     pub limits: Limits,
     /// Network interfaces, `eth0` first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub nics: Vec<crate::net::Nic>,
+    pub nics: Vec<netns::nic::Nic>,
     /// Ports published on the host's addresses (to the first NAT NIC).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub publish: Vec<netns::model::Publish>,

@@ -42,9 +42,10 @@ pub use limits::{
     Amount, Capacity, Cpus, HostFacts, IoDevice, IoLimits, KernelLimits, Limits, LimitsUpdate,
     NetShare, Percent, Setting, Size, human_bytes, parse_count,
 };
-pub use net::{DEFAULT_NET, NetCreate, NetDetails, NetMember, NetUpdate, Nic, NicInfo, NicRequest};
+pub use net::{DEFAULT_NET, NetCreate, NetDetails, NetMember, NetUpdate};
 pub use netns;
 pub use netns::model::{Mode, NetConfig, Proto, Publish, Rate, Subnet};
+pub use netns::nic::{Nic, NicInfo, NicRequest};
 pub use options::{CreateOptions, ExecOptions, StopOptions};
 pub use pool::{PoolInfo, VolumeUse};
 pub use pool_check::PoolProblem;

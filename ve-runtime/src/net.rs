@@ -7,25 +7,26 @@
 //! lease file to drift: an address returns when its VE is destroyed. The
 //! firewall is regenerated from all configs whenever networks, addresses or
 //! published ports change, never on start or stop.
+//!
+//! This is the orchestration only (state files, locks, which VEs are where): the
+//! networking itself (addresses, NICs, per-VE rules, the VE's network files)
+//! is `netns`'s.
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, openat};
-use nix::sys::stat::fstatat;
-use nix::unistd::{UnlinkatFlags, unlinkat};
-
-use netns::link::{Attach, Detach, Shape};
+use netns::alloc::{choose_address, default_subnets, fresh_mac, host_name_servers};
+use netns::link::{Attach, Detach};
 use netns::model::{self, HostAccess, Mode, NetConfig, Rate, Subnet};
-use netns::nft::{Firewall, FwNic, FwPublish, VeRules};
-use netns::tc::ClassRate;
-use serde::{Deserialize, Serialize};
+use netns::nft::Firewall;
+use netns::nic::ve_ifname;
+pub(crate) use netns::nic::{Nic, NicInfo, NicRequest};
+use netns::rules::{Bandwidth, shape_for, ve_rules};
+use serde::Serialize;
 
 use crate::config::VeConfig;
 use crate::error::{Error, Result, io_err};
@@ -36,26 +37,6 @@ use crate::state;
 
 /// The name of the network `vectl init` makes.
 pub const DEFAULT_NET: &str = "default";
-
-/// A VE's network interface as configured.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Nic {
-    /// The network.
-    pub net: String,
-    /// Its address (the prefix is the network's).
-    pub ip: Ipv4Addr,
-    /// Its MAC, chosen at random at create (unique on the host).
-    pub mac: model::Mac,
-}
-
-/// A NIC asked for at create: a network and an address (`None` or `auto` = the
-/// lowest free one; else `A.B.C.D` or `A.B.C.D/PREFIX`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NicRequest {
-    pub net: String,
-    pub ip: Option<String>,
-}
 
 /// What `net create` takes.
 #[derive(Debug, Clone)]
@@ -105,19 +86,6 @@ pub struct NetDetails {
     pub guaranteed_bps: u64,
 }
 
-/// A NIC's details in `show`.
-#[derive(Debug, Clone, Serialize)]
-pub struct NicInfo {
-    pub ifname: String,
-    pub net: String,
-    pub mode: Mode,
-    pub ip: String,
-    pub mac: String,
-    pub port: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub gateway: Option<Ipv4Addr>,
-}
-
 fn net_err(net: &str, reason: impl Into<String>) -> Error {
     Error::Net {
         net: net.to_string(),
@@ -129,6 +97,30 @@ fn kernel_err(net: &str, e: netns::Error) -> Error {
     net_err(net, e.to_string())
 }
 
+/// An error of netns's address, rule and file code as ve-runtime's: a file's
+/// names its path, a network's refusal names the network, the rest is the
+/// host's (VE-specific callers map those themselves).
+fn from_netns(e: netns::Error) -> Error {
+    match e {
+        netns::Error::File { path, source } => Error::Io { path, source },
+        netns::Error::Net { net, reason } => Error::Net {
+            net,
+            reason: reason.to_string(),
+        },
+        e => Error::Host(e.to_string()),
+    }
+}
+
+/// The limits of a VE as its NICs' traffic classes need them.
+impl Bandwidth for Limits {
+    fn limit_bps(&self) -> Option<u64> {
+        self.net_limit.map(|l| l.0)
+    }
+    fn guarantee_bps(&self, bandwidth: Option<u64>) -> Option<Option<u64>> {
+        self.net_guarantee.map(|g| g.bps(bandwidth))
+    }
+}
+
 /// What a network's marker holds: the boot its kernel side was made in, and the
 /// generation of the firewall made with it (a vectl with a newer firewall makes
 /// the ruleset again at the next start of a VE on the network).
@@ -136,60 +128,14 @@ fn marker() -> String {
     format!("{} firewall-{}", state::boot_id(), netns::nft::GENERATION)
 }
 
-/// An `--allow-host` list as a network keeps it: sorted, without duplicates.
-fn checked_host_access(net: &str, list: &[HostAccess]) -> Result<Vec<HostAccess>> {
-    let mut l = list.to_vec();
-    l.sort();
-    l.dedup();
-    if l.len() > model::MAX_HOST_ACCESS {
-        return Err(net_err(
-            net,
-            format!(
-                "--allow-host: {} entries, at most {}",
-                l.len(),
-                model::MAX_HOST_ACCESS
-            ),
-        ));
-    }
-    Ok(l)
-}
-
 /// Network names follow VE names' rules.
 fn validate_net_name(name: &str) -> Result<()> {
-    crate::config::validate_name(name).map_err(|_| {
-        Error::Host(format!(
-            "invalid network name {name:?}: use lower-case letters, digits and '-', starting with a letter or digit, not all digits, at most 63 characters"
-        ))
-    })
+    netns::alloc::validate_net_name(name).map_err(from_netns)
 }
 
-/// The name servers of the host's /etc/resolv.conf that a VE can reach (not the
-/// host's loopback stub resolvers).
-fn host_name_servers() -> Vec<Ipv4Addr> {
-    let read = |path: &str| -> Vec<Ipv4Addr> {
-        fs::read_to_string(path)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("nameserver"))
-            .filter_map(|a| a.trim().parse::<Ipv4Addr>().ok())
-            .filter(|a| !a.is_loopback() && !a.is_unspecified())
-            .collect()
-    };
-    let servers = read("/etc/resolv.conf");
-    if servers.is_empty() {
-        // systemd-resolved: the host asks its stub at 127.0.0.53, which a VE
-        // cannot reach; the servers behind it are listed here.
-        return read("/run/systemd/resolve/resolv.conf");
-    }
-    servers
-}
-
-/// Subnets tried for a nat or host-only network without `--subnet`.
-fn default_subnets() -> impl Iterator<Item = Subnet> {
-    (0..64u8).map(|i| Subnet {
-        addr: Ipv4Addr::new(10, 200 + i / 16, (i % 16) * 16, 0),
-        prefix: 20,
-    })
+/// An `--allow-host` list as a network keeps it: sorted, without duplicates.
+fn checked_host_access(net: &str, list: &[HostAccess]) -> Result<Vec<HostAccess>> {
+    netns::rules::checked_host_access(net, list).map_err(from_netns)
 }
 
 impl Host {
@@ -695,23 +641,13 @@ impl Host {
                 }
                 used.extend(host_addrs.iter().flatten().copied());
             }
-            let ip = match r.ip.as_deref() {
-                None | Some("auto") => net.allocate(&used).ok_or_else(|| {
-                    net_err(&net.name, format!("no free address left in {}", net.subnet))
-                })?,
-                Some(text) => {
-                    let ip = parse_ip_for(&net, text).map_err(|reason| Error::BadLimit {
-                        ve: ve.to_string(),
-                        reason,
-                    })?;
-                    net.check_address(ip, &used)
-                        .map_err(|reason| Error::BadLimit {
-                            ve: ve.to_string(),
-                            reason: format!("--ip {text}: {reason}"),
-                        })?;
-                    ip
-                }
-            };
+            let ip = choose_address(&net, r.ip.as_deref(), &used).map_err(|e| match e {
+                e @ (netns::Error::Net { .. } | netns::Error::File { .. }) => from_netns(e),
+                e => Error::BadLimit {
+                    ve: ve.to_string(),
+                    reason: e.to_string(),
+                },
+            })?;
             let taken: BTreeSet<model::Mac> = self
                 .configs()?
                 .iter()
@@ -719,12 +655,7 @@ impl Host {
                 .flat_map(|c| c.nics.iter().map(|n| n.mac))
                 .chain(out.iter().map(|n| n.mac))
                 .collect();
-            let mac = loop {
-                let m = model::Mac::random().map_err(io_err(Path::new("/dev/urandom")))?;
-                if !taken.contains(&m) {
-                    break m;
-                }
-            };
+            let mac = fresh_mac(&taken).map_err(from_netns)?;
             out.push(Nic {
                 net: net.name,
                 ip,
@@ -756,7 +687,7 @@ impl Host {
             .map(|(i, (nic, net))| Attach {
                 net: net.clone(),
                 ports: model::port_names(net.id, cfg.id),
-                ifname: format!("eth{i}"),
+                ifname: ve_ifname(i),
                 mac: nic.mac,
                 ip: nic.ip,
                 shape: shape_for(&cfg.limits, net, nic.ip),
@@ -963,7 +894,7 @@ impl Host {
             .map(|(i, nic)| {
                 let net = self.net(&nic.net).ok();
                 NicInfo {
-                    ifname: format!("eth{i}"),
+                    ifname: ve_ifname(i),
                     net: nic.net.clone(),
                     mode: net.as_ref().map_or(Mode::Nat, |n| n.mode),
                     ip: match &net {
@@ -1007,81 +938,6 @@ pub(crate) fn for_ve(ve: &str, e: Error) -> Error {
     }
 }
 
-/// A VE's own elements of the firewall.
-fn ve_rules(nets: &[NetConfig], id: u32, nics: &[Nic], publish: &[model::Publish]) -> VeRules {
-    let mut r = VeRules::default();
-    let net_of = |name: &str| nets.iter().find(|n| n.name == name);
-    for nic in nics {
-        let Some(net) = net_of(&nic.net) else {
-            continue;
-        };
-        for port in model::port_names(net.id, id) {
-            r.nics.push(FwNic {
-                port,
-                ip: nic.ip,
-                mac: nic.mac,
-                mode: net.mode,
-            });
-        }
-    }
-    if let Some(nat) = nics
-        .iter()
-        .find(|n| net_of(&n.net).is_some_and(|c| c.mode == Mode::Nat))
-    {
-        r.published.extend(publish.iter().map(|p| FwPublish {
-            publish: *p,
-            ip: nat.ip,
-        }));
-    }
-    r
-}
-
-/// A NIC's traffic class: when the VE has a limit or guarantee, or its network
-/// has a bandwidth to share.
-fn shape_for(limits: &Limits, net: &NetConfig, ip: Ipv4Addr) -> Option<Shape> {
-    if limits.net_limit.is_none() && limits.net_guarantee.is_none() && net.bandwidth.is_none() {
-        return None;
-    }
-    let minor = model::class_minor(net.subnet, ip)?;
-    let total = net.total_bps();
-    let ceil = limits.net_limit.map_or(total, |l| l.0.min(total));
-    // Best effort: a small rate, so guarantees come first when the network is full.
-    let best_effort = (total / 1000).clamp(10_000, 1_000_000).min(ceil);
-    let rate = limits
-        .net_guarantee
-        .and_then(|g| g.bps(net.bandwidth.map(|b| b.0)))
-        .unwrap_or(best_effort)
-        .clamp(1000, ceil);
-    Some(Shape {
-        minor,
-        rate: ClassRate { rate, ceil },
-    })
-}
-
-/// Parses `--ip` for a network: an address, or an address with the network's
-/// prefix.
-fn parse_ip_for(net: &NetConfig, text: &str) -> std::result::Result<Ipv4Addr, String> {
-    let (a, p) = match text.split_once('/') {
-        Some((a, p)) => (a, Some(p)),
-        None => (text, None),
-    };
-    let ip: Ipv4Addr = a
-        .parse()
-        .map_err(|_| format!("--ip {text:?}: expected an IPv4 address, CIDR or auto"))?;
-    if let Some(p) = p {
-        let p: u8 = p
-            .parse()
-            .map_err(|_| format!("--ip {text:?}: bad prefix"))?;
-        if p != net.subnet.prefix && !(net.mode == Mode::Routed && p == 32) {
-            return Err(format!(
-                "--ip {text}: network {} is {} (prefix /{})",
-                net.name, net.subnet, net.subnet.prefix
-            ));
-        }
-    }
-    Ok(ip)
-}
-
 fn load_net(path: &Path, name: &str) -> Result<NetConfig> {
     let text = fs::read_to_string(path).map_err(io_err(path))?;
     let cfg: NetConfig = toml::from_str(&text).map_err(|e| Error::Corrupt {
@@ -1108,154 +964,8 @@ fn store_net(path: &Path, cfg: &NetConfig) -> Result<()> {
     write_atomic(path, text.as_bytes(), true)
 }
 
-/// The most of a VE's /etc/hosts vectl reads (it rewrites the file at each
-/// start): a VE's root could otherwise make the host read gigabytes.
-pub(crate) const HOSTS_MAX: u64 = 8 << 20;
-
-/// What a name in a layer's /etc is, without following a symlink.
-enum Entry {
-    Missing,
-    /// A regular file of UTF-8 text, read whole.
-    File(String),
-    /// A regular file longer than the cap it was read with.
-    TooLarge,
-    /// A symlink, a whiteout, a FIFO, a directory, a file that is not text...:
-    /// nothing vectl reads through.
-    Other,
-}
-
-/// A layer's /etc (a VE's own layer, or the template tree under it) as a
-/// directory fd opened without following a symlink: every file in it is looked
-/// at, read, written and removed relative to that fd, never through a symlink,
-/// and opened non-blocking (a FIFO cannot hang vectl) only once it is known to
-/// be a regular file; reads are capped.
-struct Etc {
-    fd: OwnedFd,
-    path: PathBuf,
-}
-
-impl Etc {
-    /// `layer/etc`, or `None` when it is missing or not a plain directory (a
-    /// symlink to anywhere, say).
-    fn open(layer: &Path) -> Result<Option<Etc>> {
-        let path = layer.join("etc");
-        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        match nix::fcntl::open(&path, flags, nix::sys::stat::Mode::empty()) {
-            Ok(fd) => Ok(Some(Etc { fd, path })),
-            Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => Ok(None),
-            Err(e) => Err(io_err(&path)(e.into())),
-        }
-    }
-
-    fn file_type(&self, name: &str) -> std::result::Result<libc::mode_t, Errno> {
-        let st = fstatat(&self.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
-        Ok(st.st_mode & libc::S_IFMT)
-    }
-
-    /// What `name` is; a regular file is read if it holds at most `max` bytes.
-    fn entry(&self, name: &str, max: u64) -> Entry {
-        match self.file_type(name) {
-            Ok(libc::S_IFREG) => {}
-            Ok(_) => return Entry::Other,
-            Err(Errno::ENOENT) => return Entry::Missing,
-            Err(_) => return Entry::Other,
-        }
-        let flags = OFlag::O_RDONLY
-            | OFlag::O_NOFOLLOW
-            | OFlag::O_NONBLOCK
-            | OFlag::O_NOCTTY
-            | OFlag::O_CLOEXEC;
-        let f = match openat(&self.fd, name, flags, nix::sys::stat::Mode::empty()) {
-            Ok(fd) => fs::File::from(fd),
-            Err(Errno::ENOENT) => return Entry::Missing,
-            Err(_) => return Entry::Other,
-        };
-        // What was opened, not what was looked at a moment before.
-        if !f.metadata().is_ok_and(|m| m.file_type().is_file()) {
-            return Entry::Other;
-        }
-        match ve_templates::read_capped(f, max) {
-            Ok(bytes) => String::from_utf8(bytes).map_or(Entry::Other, Entry::File),
-            Err(e) if e.kind() == io::ErrorKind::FileTooLarge => Entry::TooLarge,
-            Err(_) => Entry::Other,
-        }
-    }
-
-    /// Writes `text` to `name` unless it holds that already. Something other
-    /// than a regular file there (a symlink, a FIFO...) is replaced; a
-    /// directory is left alone.
-    fn write(&self, name: &str, text: &str) -> Result<()> {
-        match self.entry(name, text.len() as u64) {
-            Entry::File(old) if old == text => return Ok(()),
-            Entry::File(_) | Entry::Missing | Entry::TooLarge => {}
-            Entry::Other => {
-                if self.file_type(name) == Ok(libc::S_IFDIR) {
-                    return Ok(());
-                }
-                self.remove(name)?;
-            }
-        }
-        self.put(name, text)
-    }
-
-    /// Writes `text` to the regular file `name` (made if missing, mode 0644),
-    /// never through a symlink.
-    fn put(&self, name: &str, text: &str) -> Result<()> {
-        use std::io::Write;
-        let path = self.path.join(name);
-        let flags = OFlag::O_WRONLY
-            | OFlag::O_CREAT
-            | OFlag::O_TRUNC
-            | OFlag::O_NOFOLLOW
-            | OFlag::O_NONBLOCK
-            | OFlag::O_NOCTTY
-            | OFlag::O_CLOEXEC;
-        let mode = nix::sys::stat::Mode::from_bits_truncate(0o644);
-        let fd = openat(&self.fd, name, flags, mode).map_err(|e| io_err(&path)(e.into()))?;
-        let mut f = fs::File::from(fd);
-        if !f.metadata().map_err(io_err(&path))?.file_type().is_file() {
-            return Err(io_err(&path)(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "not a regular file",
-            )));
-        }
-        f.write_all(text.as_bytes()).map_err(io_err(&path))
-    }
-
-    /// Removes `name` (not a directory); a missing one is fine.
-    fn remove(&self, name: &str) -> Result<()> {
-        match unlinkat(&self.fd, name, UnlinkatFlags::NoRemoveDir) {
-            Ok(()) | Err(Errno::ENOENT) => Ok(()),
-            Err(e) => Err(io_err(&self.path.join(name))(e.into())),
-        }
-    }
-
-    /// [`Etc::entry`] of /etc/hosts, whose being too large to read is an error
-    /// (naming the file) rather than a reason to replace the VE's own lines.
-    fn hosts(&self) -> Result<Entry> {
-        match self.entry("hosts", HOSTS_MAX) {
-            Entry::TooLarge => Err(io_err(&self.path.join("hosts"))(io::Error::new(
-                io::ErrorKind::FileTooLarge,
-                format!(
-                    "larger than {} MiB, more than vectl reads of the file it rewrites at each start (make it smaller or remove it)",
-                    HOSTS_MAX >> 20
-                ),
-            ))),
-            e => Ok(e),
-        }
-    }
-}
-
-/// Writes the VE's identity into its private layer, before its root is mounted
-/// (no process of the VE runs): /etc/hostname (where the tree has one: a
-/// system's init sets the host name from it), its /etc/hosts entry and, when its
-/// first network has name servers, /etc/resolv.conf. Lines vectl owns in
-/// /etc/hosts end in `# vectl`; the rest is the VE's own. Nothing is followed
-/// through a symlink and every file is reached through an fd of its /etc (see
-/// [`Etc`]): a VE whose /etc is not a plain directory is left alone, and a
-/// symlink, FIFO or other non-regular file in place of one of these files is
-/// replaced. An /etc/hosts (the VE's or its template's) larger than
-/// [`HOSTS_MAX`] is not read: the start fails, naming the file.
+/// Writes the VE's identity into its private layer before its root is mounted
+/// (see [`netns::etc::write_net_files`]).
 pub(crate) fn write_net_files(
     upper: &Path,
     lower: &Path,
@@ -1263,359 +973,39 @@ pub(crate) fn write_net_files(
     nics: &[Nic],
     nets: &[NetConfig],
 ) -> Result<()> {
-    let upper_etc = Etc::open(upper)?;
-    let lower_etc = Etc::open(lower)?;
-    let upper_etc_missing = upper_etc.is_none() && upper.join("etc").symlink_metadata().is_err();
-    // Only whether it is a regular file counts here: read nothing of it.
-    let is_file = |etc: &Option<Etc>, name: &str| {
-        etc.as_ref().map(|e| e.file_type(name)).map(|t| match t {
-            Ok(libc::S_IFREG) => Some(true),
-            Err(Errno::ENOENT) => None,
-            _ => Some(false),
-        })
-    };
-    let has_hostname = match is_file(&upper_etc, "hostname") {
-        Some(Some(f)) => f,
-        Some(None) => is_file(&lower_etc, "hostname") == Some(Some(true)),
-        None => upper_etc_missing && is_file(&lower_etc, "hostname") == Some(Some(true)),
-    };
-    if nics.is_empty() && !has_hostname {
-        return Ok(());
-    }
-    let etc = match upper_etc {
-        Some(e) => e,
-        None if !upper_etc_missing => return Ok(()),
-        None => {
-            let Some(base) = lower
-                .join("etc")
-                .symlink_metadata()
-                .ok()
-                .filter(|m| m.file_type().is_dir())
-            else {
-                return Ok(());
-            };
-            // As overlayfs would copy it up: the template's owner and mode (a
-            // build publishes this directory's metadata).
-            use std::os::unix::fs::{MetadataExt, PermissionsExt};
-            let dir = upper.join("etc");
-            fs::create_dir(&dir).map_err(io_err(&dir))?;
-            std::os::unix::fs::lchown(&dir, Some(base.uid()), Some(base.gid()))
-                .map_err(io_err(&dir))?;
-            fs::set_permissions(&dir, fs::Permissions::from_mode(base.mode() & 0o7777))
-                .map_err(io_err(&dir))?;
-            match Etc::open(upper)? {
-                Some(e) => e,
-                None => return Ok(()),
-            }
-        }
-    };
-    if has_hostname {
-        etc.write("hostname", &format!("{hostname}\n"))?;
-    }
-    let Some(first) = nics.first() else {
-        return Ok(());
-    };
-    // The file as the VE sees it: its own layer's, else the template's.
-    let old = match etc.hosts()? {
-        Entry::File(t) => t,
-        Entry::Missing => match lower_etc.as_ref().map(Etc::hosts).transpose()? {
-            Some(Entry::File(t)) => t,
-            _ => String::new(),
-        },
-        Entry::TooLarge | Entry::Other => String::new(),
-    };
-    let mut hosts: String = old
-        .lines()
-        .filter(|l| !l.ends_with("# vectl"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    if !hosts
-        .lines()
-        .any(|l| l.split_whitespace().skip(1).any(|n| n == "localhost"))
-    {
-        hosts.push_str("127.0.0.1\tlocalhost # vectl\n");
-    }
-    let short = hostname.split('.').next().unwrap_or(hostname);
-    if short == hostname {
-        hosts.push_str(&format!("{}\t{hostname} # vectl\n", first.ip));
-    } else {
-        hosts.push_str(&format!("{}\t{hostname} {short} # vectl\n", first.ip));
-    }
-    etc.write("hosts", &hosts)?;
-    if let Some(net) = nets.first()
-        && !net.dns.is_empty()
-    {
-        let mut text = format!("# written by vectl from network {}\n", net.name);
-        for d in &net.dns {
-            text.push_str(&format!("nameserver {d}\n"));
-        }
-        etc.write("resolv.conf", &text)?;
-    }
-    Ok(())
+    netns::etc::write_net_files(upper, lower, hostname, nics, nets).map_err(from_netns)
 }
 
-/// What vectl itself wrote into a VE's private layer `layer` (over the
-/// template tree `lower`) at its starts, and nothing else changed: /etc/hostname
-/// holding the VE's host name, /etc/hosts whose lines but vectl's (`# vectl`)
-/// are the template's, /etc/resolv.conf as vectl writes it. Unless `dry_run`,
-/// they are taken out of the layer (and vectl's lines out of an /etc/hosts the
-/// VE changed too), so the template's files show through again: for a build,
-/// whose layer becomes a template version, and for an upgrade, after which the
-/// next start writes them anew over the new version's. Returns their paths
-/// (`/etc/hosts`). Nothing is followed through a symlink, and a file too large
-/// to be vectl's is left alone.
+/// What vectl itself wrote into a VE's private layer, taken out unless
+/// `dry_run` (see [`netns::etc::forget_vectl_files`]).
 pub(crate) fn forget_vectl_files(
     layer: &Path,
     lower: &Path,
     hostname: &str,
     dry_run: bool,
 ) -> Result<Vec<&'static str>> {
-    let mut out = Vec::new();
-    let Some(etc) = Etc::open(layer)? else {
-        return Ok(out);
-    };
-    let lower_etc = Etc::open(lower)?;
-    let lower_file = |name: &str| match lower_etc.as_ref().map(|e| e.entry(name, HOSTS_MAX)) {
-        Some(Entry::File(t)) => t,
-        _ => String::new(),
-    };
-    let own_name = format!("{hostname}\n");
-    if matches!(etc.entry("hostname", own_name.len() as u64), Entry::File(t) if t == own_name) {
-        out.push("/etc/hostname");
-        if !dry_run {
-            etc.remove("hostname")?;
-        }
-    }
-    if let Entry::File(text) = etc.entry("hosts", HOSTS_MAX) {
-        let own: String = text
-            .lines()
-            .filter(|l| !l.ends_with("# vectl"))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        if own == lower_file("hosts") {
-            out.push("/etc/hosts");
-            if !dry_run {
-                etc.remove("hosts")?;
-            }
-        } else if own != text && !dry_run {
-            etc.put("hosts", &own)?;
-        }
-    }
-    // vectl's resolv.conf: a comment and a few name servers.
-    if matches!(etc.entry("resolv.conf", 64 << 10), Entry::File(t) if t.starts_with("# written by vectl"))
-    {
-        out.push("/etc/resolv.conf");
-        if !dry_run {
-            etc.remove("resolv.conf")?;
-        }
-    }
-    Ok(out)
+    netns::etc::forget_vectl_files(layer, lower, hostname, dry_run).map_err(from_netns)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn net() -> NetConfig {
-        NetConfig {
-            name: "n".into(),
-            id: 1,
-            mode: Mode::Nat,
-            subnet: "10.0.3.0/24".parse().unwrap(),
-            gateway: Some(Ipv4Addr::new(10, 0, 3, 1)),
-            uplink: None,
-            vlan: None,
-            dns: vec![Ipv4Addr::new(192, 0, 2, 53)],
-            bandwidth: None,
-            allow_host: vec![],
-            created: String::new(),
-        }
-    }
-
-    fn nic() -> Nic {
-        Nic {
-            net: "n".into(),
-            ip: Ipv4Addr::new(10, 0, 3, 2),
-            mac: model::Mac([2, 0, 0, 0, 0, 1]),
-        }
-    }
-
     #[test]
-    fn net_files_keep_the_ves_lines_and_follow_no_symlink() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (upper, lower, outside) = (
-            tmp.path().join("upper"),
-            tmp.path().join("lower"),
-            tmp.path().join("outside"),
-        );
-        for d in [&upper, &lower.join("etc"), &outside] {
-            fs::create_dir_all(d).unwrap();
-        }
-        fs::write(
-            lower.join("etc/hosts"),
-            "127.0.0.1 localhost\n10.9.9.9 db\n",
-        )
-        .unwrap();
-        write_net_files(&upper, &lower, "web.example.com", &[nic()], &[net()]).unwrap();
-        assert_eq!(
-            fs::read_to_string(upper.join("etc/hosts")).unwrap(),
-            "127.0.0.1 localhost\n10.9.9.9 db\n10.0.3.2\tweb.example.com web # vectl\n"
-        );
-        assert!(
-            fs::read_to_string(upper.join("etc/resolv.conf"))
-                .unwrap()
-                .contains("nameserver 192.0.2.53")
-        );
-        // A symlinked file is neither read nor written through: it is replaced.
-        fs::write(outside.join("secret"), "secret\n").unwrap();
-        fs::remove_file(upper.join("etc/hosts")).unwrap();
-        std::os::unix::fs::symlink(outside.join("secret"), upper.join("etc/hosts")).unwrap();
-        write_net_files(&upper, &lower, "web", &[nic()], &[net()]).unwrap();
-        assert_eq!(
-            fs::read_to_string(outside.join("secret")).unwrap(),
-            "secret\n"
-        );
-        let hosts = fs::read_to_string(upper.join("etc/hosts")).unwrap();
-        assert!(
-            !hosts.contains("secret") && hosts.contains("10.0.3.2\tweb # vectl"),
-            "{hosts}"
-        );
-        // No /etc/hostname in the tree: none is made.
-        assert!(!upper.join("etc/hostname").exists());
-        // An /etc that is a symlink is left alone.
-        fs::remove_dir_all(upper.join("etc")).unwrap();
-        std::os::unix::fs::symlink(&outside, upper.join("etc")).unwrap();
-        write_net_files(&upper, &lower, "web", &[nic()], &[net()]).unwrap();
-        assert!(!outside.join("hosts").exists() && !outside.join("resolv.conf").exists());
-    }
-
-    #[test]
-    fn fifos_and_huge_files_in_a_layer_neither_hang_nor_get_read() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (upper, lower) = (tmp.path().join("upper"), tmp.path().join("lower"));
-        for d in [&upper.join("etc"), &lower.join("etc")] {
-            fs::create_dir_all(d).unwrap();
-        }
-        let fifo = |p: &Path| {
-            nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap()
-        };
-        // FIFOs where the files are, in the VE's layer and in the template: the
-        // template's is not read, the layer's are replaced by regular files.
-        fifo(&upper.join("etc/hosts"));
-        fifo(&upper.join("etc/hostname"));
-        fifo(&upper.join("etc/resolv.conf"));
-        fifo(&lower.join("etc/hosts"));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (u, l) = (upper.clone(), lower.clone());
-        std::thread::spawn(move || {
-            let _ = tx.send(
-                write_net_files(&u, &l, "web", &[nic()], &[net()]).map_err(|e| e.to_string()),
-            );
+    fn netns_errors_keep_their_messages_and_kinds() {
+        let e = from_netns(netns::Error::File {
+            path: PathBuf::from("/x/etc/hosts"),
+            source: io::Error::new(io::ErrorKind::FileTooLarge, "larger than 8 MiB"),
         });
-        let r = rx
-            .recv_timeout(std::time::Duration::from_secs(10))
-            .expect("write_net_files hung on a FIFO");
-        r.unwrap();
-        for f in ["hosts", "resolv.conf"] {
-            assert!(
-                fs::symlink_metadata(upper.join("etc").join(f))
-                    .unwrap()
-                    .is_file(),
-                "{f}"
-            );
-        }
-        // /etc/hostname is written only where the tree has a regular one.
+        assert!(matches!(e, Error::Io { .. }));
+        assert_eq!(e.to_string(), "/x/etc/hosts: larger than 8 MiB");
+        let e = checked_host_access("n", &[HostAccess::All; 2]).map(|l| l.len());
+        assert_eq!(e.ok(), Some(1));
+        let e = validate_net_name("Bad").unwrap_err();
+        assert!(matches!(e, Error::Host(_)));
         assert!(
-            !fs::symlink_metadata(upper.join("etc/hostname"))
-                .unwrap()
-                .is_file()
-        );
-        assert_eq!(
-            fs::read_to_string(upper.join("etc/hosts")).unwrap(),
-            "127.0.0.1\tlocalhost # vectl\n10.0.3.2\tweb # vectl\n"
-        );
-        // A huge sparse /etc/hosts is not read: one error naming the file, and
-        // the file as it was.
-        let huge = upper.join("etc/hosts");
-        fs::remove_file(&huge).unwrap();
-        let f = fs::File::create(&huge).unwrap();
-        f.set_len(64 << 30).unwrap();
-        let e = write_net_files(&upper, &lower, "web", &[nic()], &[net()])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains(&huge.display().to_string()) && e.contains("larger than 8 MiB"),
-            "{e}"
-        );
-        assert!(!e.contains('\n'), "{e}");
-        assert_eq!(fs::metadata(&huge).unwrap().len(), 64 << 30);
-        // Just under the cap: read, and the VE's lines kept.
-        let mut text = "10.9.9.9 db\n".to_string();
-        text.push_str(&"#\n".repeat(((HOSTS_MAX as usize) - text.len() - 40) / 2));
-        fs::write(&huge, &text).unwrap();
-        write_net_files(&upper, &lower, "web", &[nic()], &[net()]).unwrap();
-        let now = fs::read_to_string(&huge).unwrap();
-        assert!(now.starts_with("10.9.9.9 db\n") && now.ends_with("10.0.3.2\tweb # vectl\n"));
-        // A build or upgrade leaves a huge file alone, FIFOs too.
-        fs::File::create(&huge).unwrap().set_len(64 << 30).unwrap();
-        fs::remove_file(upper.join("etc/resolv.conf")).unwrap();
-        fifo(&upper.join("etc/resolv.conf"));
-        assert!(
-            forget_vectl_files(&upper, &lower, "web", false)
-                .unwrap()
-                .is_empty()
-        );
-        assert_eq!(fs::metadata(&huge).unwrap().len(), 64 << 30);
-    }
-
-    #[test]
-    fn host_access_is_kept_in_the_network_config() {
-        // A config written before `allow_host` existed still loads.
-        let old =
-            "name = \"n\"\nid = 1\nmode = \"nat\"\nsubnet = \"10.0.3.0/24\"\ncreated = \"\"\n";
-        let cfg: NetConfig = toml::from_str(old).unwrap();
-        assert!(cfg.allow_host.is_empty());
-        let mut cfg = net();
-        cfg.allow_host = HostAccess::parse_list("udp:53,tcp:22").unwrap();
-        let text = toml::to_string(&cfg).unwrap();
-        assert!(
-            text.contains("allow_host = [\"tcp:22\", \"udp:53\"]"),
-            "{text}"
-        );
-        assert_eq!(toml::from_str::<NetConfig>(&text).unwrap(), cfg);
-        let json = serde_json::to_value(&cfg).unwrap();
-        assert_eq!(json["allow_host"], serde_json::json!(["tcp:22", "udp:53"]));
-        assert_eq!(
-            serde_json::to_value(net()).unwrap()["allow_host"],
-            serde_json::json!([])
-        );
-        assert!(
-            checked_host_access("n", &[HostAccess::All; 2])
-                .unwrap()
-                .len()
-                == 1
-        );
-    }
-
-    #[test]
-    fn the_hostname_file_gets_the_ves_name_with_or_without_nics() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (upper, lower) = (tmp.path().join("upper"), tmp.path().join("lower"));
-        for d in [&upper, &lower.join("etc")] {
-            fs::create_dir_all(d).unwrap();
-        }
-        fs::write(lower.join("etc/hostname"), "localhost\n").unwrap();
-        write_net_files(&upper, &lower, "web1", &[], &[]).unwrap();
-        assert_eq!(
-            fs::read_to_string(upper.join("etc/hostname")).unwrap(),
-            "web1\n"
-        );
-        assert!(!upper.join("etc/hosts").exists());
-        // A clone's new name replaces the old one.
-        write_net_files(&upper, &lower, "web2", &[nic()], &[net()]).unwrap();
-        assert_eq!(
-            fs::read_to_string(upper.join("etc/hostname")).unwrap(),
-            "web2\n"
+            e.to_string()
+                .starts_with("invalid network name \"Bad\": use lower-case")
         );
     }
 }

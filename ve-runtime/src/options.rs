@@ -20,7 +20,7 @@ pub struct CreateOptions {
     /// Skip admission control.
     pub force: bool,
     /// NICs; `None` = one on the default network (if the host has one).
-    pub nics: Option<Vec<crate::net::NicRequest>>,
+    pub nics: Option<Vec<netns::nic::NicRequest>>,
     /// Ports to publish.
     pub publish: Vec<netns::model::Publish>,
 }

@@ -43,7 +43,7 @@ pub struct VeInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uptime_secs: Option<u64>,
     pub limits: Limits,
-    pub nics: Vec<crate::net::Nic>,
+    pub nics: Vec<netns::nic::Nic>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub publish: Vec<netns::model::Publish>,
 }
@@ -71,7 +71,7 @@ pub struct VeDetails {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk_limit_bytes: Option<u64>,
     /// Network interfaces.
-    pub interfaces: Vec<crate::net::NicInfo>,
+    pub interfaces: Vec<netns::nic::NicInfo>,
 }
 
 /// How `stop` ended.
@@ -266,7 +266,7 @@ impl Host {
         };
         let nic_reqs = match &opts.nics {
             Some(r) => r.clone(),
-            None if self.net(crate::net::DEFAULT_NET).is_ok() => vec![crate::net::NicRequest {
+            None if self.net(crate::net::DEFAULT_NET).is_ok() => vec![netns::nic::NicRequest {
                 net: crate::net::DEFAULT_NET.into(),
                 ip: None,
             }],
