@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::json;
+
+use crate::view::{PoolSource, PoolSpaceView, SnapshotView};
 use ve_runtime::{
     Host, Progress, RunState, SetOutcome, Status, StopOutcome, TemplateVersion, VeConfig,
     VeDetails, VeInfo, VeStats, human_bytes,
@@ -828,11 +830,11 @@ impl Out {
             return;
         }
         let source = match &p.source {
-            Some(ve_runtime::quota::Source::Image { path }) => format!("image {}", path.display()),
-            Some(ve_runtime::quota::Source::Device { path }) => {
+            Some(PoolSource::Image { path }) => format!("image {}", path.display()),
+            Some(PoolSource::Device { path }) => {
                 format!("device {}", path.display())
             }
-            Some(ve_runtime::quota::Source::Mounted) => "the operator's btrfs mount".into(),
+            Some(PoolSource::Mounted) => "the operator's btrfs mount".into(),
             None => "a directory".into(),
         };
         let rows = [
@@ -871,7 +873,7 @@ impl Out {
         print_table(&table);
     }
 
-    pub fn pool_grown(&self, s: &ve_runtime::quota::PoolSpace) {
+    pub fn pool_grown(&self, s: &PoolSpaceView) {
         if self.json {
             self.print_json(s);
         } else {
@@ -925,7 +927,7 @@ impl Out {
         }
     }
 
-    pub fn snapshots(&self, ve: &str, list: &[ve_runtime::quota::SnapshotInfo]) {
+    pub fn snapshots(&self, ve: &str, list: &[SnapshotView]) {
         if self.json {
             self.print_json(&json!({"ve": ve, "snapshots": list}));
             return;
