@@ -8,6 +8,7 @@
 mod cmd;
 mod output;
 mod parse;
+mod table;
 mod view;
 
 use std::path::PathBuf;
