@@ -37,8 +37,8 @@ pub struct NetSetArgs {
     net: String,
     /// The services on the host's own addresses the VEs may reach besides ping,
     /// replacing the list: tcp:22,udp:53,tcp:8000-8100, all, or none.
-    #[arg(long, value_name = "PROTO:PORT,...")]
-    allow_host: Option<String>,
+    #[arg(long, value_name = "PROTO:PORT,...", value_parser = parse::with(HostAccess::parse_list))]
+    allow_host: Option<Checked<Vec<HostAccess>>>,
 }
 
 #[derive(Debug, Args)]
@@ -73,8 +73,8 @@ pub struct NetCreateArgs {
     bandwidth: Option<Checked<Rate>>,
     /// Services on the host's own addresses the VEs may reach besides ping
     /// (default none): tcp:22,udp:53,tcp:8000-8100, or all.
-    #[arg(long, value_name = "PROTO:PORT,...")]
-    allow_host: Option<String>,
+    #[arg(long, value_name = "PROTO:PORT,...", value_parser = parse::with(HostAccess::parse_list))]
+    allow_host: Option<Checked<Vec<HostAccess>>>,
 }
 
 /// `vectl net ...`.
@@ -98,11 +98,7 @@ pub fn run(ctx: &Ctx, cmd: NetCommand) -> Result<ExitCode> {
                 .map(|l| l.iter().map(|d| ip("dns", d)).collect::<Result<Vec<_>>>())
                 .transpose()?;
             let bandwidth = parse::opt(&a.bandwidth, &c, "bandwidth")?;
-            let allow_host = a
-                .allow_host
-                .as_deref()
-                .map(|l| HostAccess::parse_list(l).map_err(|e| bad("allow-host", e)))
-                .transpose()?;
+            let allow_host = parse::opt(&a.allow_host, &c, "allow-host")?;
             let net = ctx.open()?.net_create_with(
                 &NetCreate {
                     name: a.name.clone(),
@@ -119,14 +115,8 @@ pub fn run(ctx: &Ctx, cmd: NetCommand) -> Result<ExitCode> {
             out.net_created(&net);
         }
         NetCommand::Set(a) => {
-            let allow_host = a
-                .allow_host
-                .as_deref()
-                .map(|l| {
-                    HostAccess::parse_list(l)
-                        .map_err(|e| anyhow::anyhow!("network {}: --allow-host: {e}", a.net))
-                })
-                .transpose()?;
+            let allow_host =
+                parse::opt(&a.allow_host, &format!("network {}: ", a.net), "allow-host")?;
             if allow_host.is_none() {
                 bail!("network {}: nothing to change (give --allow-host)", a.net);
             }
