@@ -26,8 +26,9 @@ impl Table {
         }
     }
 
-    /// Right-aligns column `col` (its header too).
-    #[allow(dead_code)]
+    /// Right-aligns column `col` (its header too). No table of today's output
+    /// uses it: their text stays as it was.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn right(mut self, col: usize) -> Table {
         if let Some(r) = self.right.get_mut(col) {
             *r = true;
