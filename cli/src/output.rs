@@ -6,6 +6,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::json;
+
+use crate::table::{Table, print_pairs};
+use crate::view::{PoolSource, PoolSpaceView, SnapshotView};
 use ve_runtime::{
     Host, Progress, RunState, SetOutcome, Status, StopOutcome, TemplateVersion, VeConfig,
     VeDetails, VeInfo, VeStats, human_bytes,
@@ -232,27 +235,16 @@ impl Out {
             }
             return;
         }
-        let mut rows = vec![vec![
-            "ID".to_string(),
-            "NAME".into(),
-            "STATUS".into(),
-            "CPU%".into(),
-            "CPU TIME".into(),
-            "RAM".into(),
-            "SWAP".into(),
-            "PIDS".into(),
-            "IO READ".into(),
-            "IO WRITE".into(),
-            "OOM".into(),
-            "DISK".into(),
-            "UPTIME".into(),
-        ]];
+        let mut rows = Table::new(&[
+            "ID", "NAME", "STATUS", "CPU%", "CPU TIME", "RAM", "SWAP", "PIDS", "IO READ",
+            "IO WRITE", "OOM", "DISK", "UPTIME",
+        ]);
         let of = |used: String, limit: Option<String>| match limit {
             Some(l) => format!("{used}/{l}"),
             None => used,
         };
         for s in stats {
-            rows.push(vec![
+            rows.row(vec![
                 s.id.to_string(),
                 s.name.clone(),
                 s.status.to_string(),
@@ -276,7 +268,7 @@ impl Out {
         if watch.is_some() && std::io::stdout().is_terminal() {
             print!("\x1b[H\x1b[2J");
         }
-        print_table(&rows);
+        rows.print();
         if let Some(secs) = watch {
             println!("(every {secs}s, CPU% over the interval; Ctrl-C ends)");
         }
@@ -337,17 +329,10 @@ impl Out {
             self.print_json(&list);
             return;
         }
-        let mut rows = vec![vec![
-            "TEMPLATE".to_string(),
-            "CREATED".into(),
-            "SIZE".into(),
-            "SOURCE".into(),
-            "VES".into(),
-            "MESSAGE".into(),
-        ]];
+        let mut rows = Table::new(&["TEMPLATE", "CREATED", "SIZE", "SOURCE", "VES", "MESSAGE"]);
         for u in list {
             let t = &u.version;
-            rows.push(vec![
+            rows.row(vec![
                 if u.latest {
                     format!("{} (latest)", t.reference())
                 } else {
@@ -364,7 +349,7 @@ impl Out {
                 t.message.clone(),
             ]);
         }
-        print_table(&rows);
+        rows.print();
         for u in list {
             let Some(changes) = u.packages.as_ref().filter(|c| !c.is_empty()) else {
                 continue;
@@ -388,19 +373,14 @@ impl Out {
             self.print_json(&list);
             return;
         }
-        let mut rows = vec![vec![
-            "TEMPLATE".to_string(),
-            "STATE".into(),
-            "COUNT".into(),
-            "VES".into(),
-        ]];
+        let mut rows = Table::new(&["TEMPLATE", "STATE", "COUNT", "VES"]);
         for u in list {
             let state = match (u.latest, u.ves.is_empty()) {
                 (true, _) => "latest",
                 (false, false) => "in use",
                 (false, true) => "unused (gc removes it)",
             };
-            rows.push(vec![
+            rows.row(vec![
                 u.version.reference(),
                 state.into(),
                 u.ves.len().to_string(),
@@ -411,7 +391,7 @@ impl Out {
                 },
             ]);
         }
-        print_table(&rows);
+        rows.print();
     }
 
     pub fn templates_removed(&self, list: &[TemplateVersion]) {
@@ -430,15 +410,9 @@ impl Out {
             self.print_json(&list);
             return;
         }
-        let mut rows = vec![vec![
-            "TEMPLATE".to_string(),
-            "CREATED".into(),
-            "SIZE".into(),
-            "FILES".into(),
-            "SOURCE".into(),
-        ]];
+        let mut rows = Table::new(&["TEMPLATE", "CREATED", "SIZE", "FILES", "SOURCE"]);
         for t in list {
-            rows.push(vec![
+            rows.row(vec![
                 t.reference(),
                 t.created.clone(),
                 human_bytes(t.size_bytes),
@@ -446,7 +420,7 @@ impl Out {
                 t.source.clone(),
             ]);
         }
-        print_table(&rows);
+        rows.print();
     }
 
     pub fn created(&self, cfg: &VeConfig) {
@@ -533,11 +507,11 @@ impl Out {
             c.from,
             c.to
         );
-        let mut rows = vec![vec!["PATH".to_string(), "VE".into(), "NEW VERSION".into()]];
+        let mut rows = Table::new(&["PATH", "VE", "NEW VERSION"]);
         for k in &c.conflicts {
-            rows.push(vec![k.path.clone(), k.ve.into(), k.patch.into()]);
+            rows.row(vec![k.path.clone(), k.ve.into(), k.patch.into()]);
         }
-        print_table(&rows);
+        rows.print();
     }
 
     pub fn moved(&self, what: &str, m: &ve_runtime::Moved) {
@@ -578,11 +552,11 @@ impl Out {
             println!("no VE on that version");
             return;
         }
-        let mut t = vec![vec!["VE".to_string(), "OUTCOME".into(), "DETAIL".into()]];
+        let mut t = Table::new(&["VE", "OUTCOME", "DETAIL"]);
         for r in rows {
-            t.push(vec![r.ve.clone(), r.outcome.clone(), r.detail.clone()]);
+            t.row(vec![r.ve.clone(), r.outcome.clone(), r.detail.clone()]);
         }
-        print_table(&t);
+        t.print();
     }
 
     /// What `commit` did; `complete`: no VE failed (else "nothing to
@@ -628,15 +602,9 @@ impl Out {
             println!("VE {ve}: no template moves");
             return;
         }
-        let mut rows = vec![vec![
-            "WHEN".to_string(),
-            "ACTION".into(),
-            "FROM".into(),
-            "TO".into(),
-            "SNAPSHOT".into(),
-        ]];
+        let mut rows = Table::new(&["WHEN", "ACTION", "FROM", "TO", "SNAPSHOT"]);
         for m in h {
-            rows.push(vec![
+            rows.row(vec![
                 m.at.clone(),
                 if m.pending {
                     // Finished by the next command on the VE.
@@ -649,7 +617,7 @@ impl Out {
                 m.snapshot.clone().unwrap_or_else(|| "-".into()),
             ]);
         }
-        print_table(&rows);
+        rows.print();
     }
 
     pub fn cloned(&self, src: &str, c: &ve_runtime::Cloned) {
@@ -723,19 +691,19 @@ impl Out {
             self.print_json(&nets);
             return;
         }
-        let mut rows = vec![vec![
-            "NAME".to_string(),
-            "MODE".into(),
-            "SUBNET".into(),
-            "GATEWAY".into(),
-            "UPLINK".into(),
-            "BANDWIDTH".into(),
-            "VES".into(),
-            "FREE".into(),
-        ]];
+        let mut rows = Table::new(&[
+            "NAME",
+            "MODE",
+            "SUBNET",
+            "GATEWAY",
+            "UPLINK",
+            "BANDWIDTH",
+            "VES",
+            "FREE",
+        ]);
         for n in nets {
             let c = &n.config;
-            rows.push(vec![
+            rows.row(vec![
                 c.name.clone(),
                 c.mode.to_string(),
                 c.subnet.to_string(),
@@ -750,7 +718,7 @@ impl Out {
                 n.free_addresses.to_string(),
             ]);
         }
-        print_table(&rows);
+        rows.print();
     }
 
     pub fn net_show(&self, n: &ve_runtime::NetDetails) {
@@ -793,15 +761,9 @@ impl Out {
         ]);
         if !n.ves.is_empty() {
             println!();
-            let mut rows = vec![vec![
-                "VE".to_string(),
-                "ADDRESS".into(),
-                "MAC".into(),
-                "PORT".into(),
-                "STATUS".into(),
-            ]];
+            let mut rows = Table::new(&["VE", "ADDRESS", "MAC", "PORT", "STATUS"]);
             for m in &n.ves {
-                rows.push(vec![
+                rows.row(vec![
                     m.ve.clone(),
                     m.ip.to_string(),
                     m.mac.clone(),
@@ -809,7 +771,7 @@ impl Out {
                     if m.running { "running" } else { "stopped" }.into(),
                 ]);
             }
-            print_table(&rows);
+            rows.print();
         }
     }
 
@@ -828,11 +790,11 @@ impl Out {
             return;
         }
         let source = match &p.source {
-            Some(ve_runtime::quota::Source::Image { path }) => format!("image {}", path.display()),
-            Some(ve_runtime::quota::Source::Device { path }) => {
+            Some(PoolSource::Image { path }) => format!("image {}", path.display()),
+            Some(PoolSource::Device { path }) => {
                 format!("device {}", path.display())
             }
-            Some(ve_runtime::quota::Source::Mounted) => "the operator's btrfs mount".into(),
+            Some(PoolSource::Mounted) => "the operator's btrfs mount".into(),
             None => "a directory".into(),
         };
         let rows = [
@@ -848,18 +810,11 @@ impl Out {
             ("used", human_bytes(p.space.used_bytes)),
             ("free", human_bytes(p.space.free_bytes)),
         ];
-        for (k, v) in rows {
-            println!("{k:<12} {v}");
-        }
-        let mut table = vec![vec![
-            "KIND".to_string(),
-            "NAME".into(),
-            "USED".into(),
-            "LIMIT".into(),
-        ]];
+        print_pairs(&rows);
+        let mut table = Table::new(&["KIND", "NAME", "USED", "LIMIT"]);
         for (kind, list) in [("template", &p.templates), ("ve", &p.ves)] {
             for v in list.iter() {
-                table.push(vec![
+                table.row(vec![
                     kind.to_string(),
                     v.name.clone(),
                     human_bytes(v.used_bytes),
@@ -868,10 +823,10 @@ impl Out {
             }
         }
         println!();
-        print_table(&table);
+        table.print();
     }
 
-    pub fn pool_grown(&self, s: &ve_runtime::quota::PoolSpace) {
+    pub fn pool_grown(&self, s: &PoolSpaceView) {
         if self.json {
             self.print_json(s);
         } else {
@@ -925,21 +880,21 @@ impl Out {
         }
     }
 
-    pub fn snapshots(&self, ve: &str, list: &[ve_runtime::quota::SnapshotInfo]) {
+    pub fn snapshots(&self, ve: &str, list: &[SnapshotView]) {
         if self.json {
             self.print_json(&json!({"ve": ve, "snapshots": list}));
             return;
         }
-        let mut rows = vec![vec!["NAME".to_string(), "TAKEN".into(), "OWN DATA".into()]];
+        let mut rows = Table::new(&["NAME", "TAKEN", "OWN DATA"]);
         for s in list {
             let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(s.created_unix);
-            rows.push(vec![
+            rows.row(vec![
                 s.name.clone(),
                 humantime::format_rfc3339_seconds(t).to_string(),
                 human_bytes(s.exclusive_bytes),
             ]);
         }
-        print_table(&rows);
+        rows.print();
     }
 
     pub fn list(&self, ves: &[VeInfo]) {
@@ -947,19 +902,11 @@ impl Out {
             self.print_json(&ves);
             return;
         }
-        let mut rows = vec![vec![
-            "ID".to_string(),
-            "NAME".into(),
-            "STATUS".into(),
-            "TEMPLATE".into(),
-            "RAM".into(),
-            "CPU".into(),
-            "PIDS".into(),
-            "ADDRESS".into(),
-            "UPTIME".into(),
-        ]];
+        let mut rows = Table::new(&[
+            "ID", "NAME", "STATUS", "TEMPLATE", "RAM", "CPU", "PIDS", "ADDRESS", "UPTIME",
+        ]);
         for v in ves {
-            rows.push(vec![
+            rows.row(vec![
                 v.id.to_string(),
                 v.name.clone(),
                 v.status.to_string(),
@@ -971,7 +918,7 @@ impl Out {
                 v.uptime_secs.map_or("-".into(), duration),
             ]);
         }
-        print_table(&rows);
+        rows.print();
     }
 
     pub fn show(&self, d: &VeDetails) {
@@ -1100,36 +1047,6 @@ fn duration(secs: u64) -> String {
         format!("{m}m{s}s")
     } else {
         format!("{s}s")
-    }
-}
-
-fn print_pairs(rows: &[(&str, String)]) {
-    let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    let mut out = std::io::stdout().lock();
-    for (k, v) in rows {
-        let _ = writeln!(out, "{k:<w$}  {v}");
-    }
-}
-
-fn print_table(rows: &[Vec<String>]) {
-    let cols = rows.first().map_or(0, Vec::len);
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = std::io::stdout().lock();
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .enumerate()
-            .map(|(i, cell)| {
-                if i + 1 == cols {
-                    cell.clone()
-                } else {
-                    format!("{cell:<w$}", w = widths[i])
-                }
-            })
-            .collect();
-        let _ = writeln!(out, "{}", line.join("  "));
     }
 }
 

@@ -1,0 +1,111 @@
+//! `vectl init` and `vectl host info|set`: the state directory and host settings.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+use clap::{Args, Subcommand};
+use ve_runtime::{Amount, Host, InitOptions, Percent, Setting, Size};
+
+use super::Ctx;
+use crate::parse::{self, Checked};
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Parent of the VE cgroups: `vectl`, `/a/b`, or `./name` (below this
+    /// command's own cgroup, resolved now).
+    #[arg(long, value_name = "PATH")]
+    cgroup_parent: Option<String>,
+    /// Storage backend: `btrfs` (default; disk limits, no copies) or `dir` (any
+    /// file system, no disk limits).
+    #[arg(long, value_parser = ["btrfs", "dir"])]
+    backend: Option<String>,
+    /// Pool directory (default: ROOT/pool). With btrfs and no --pool-size or
+    /// --pool-dev: a directory on a btrfs the operator mounted.
+    #[arg(long, value_name = "DIR")]
+    pool_dir: Option<PathBuf>,
+    /// Size of the pool's sparse image file ROOT/pool.img (default: half the free
+    /// space, at most 1T).
+    #[arg(long, value_name = "SIZE", value_parser = parse::text::<Size>)]
+    pool_size: Option<Checked<Size>>,
+    /// A block device for the pool: used if it holds btrfs, formatted if blank.
+    #[arg(long, value_name = "DEV", conflicts_with = "pool_size")]
+    pool_dev: Option<PathBuf>,
+    /// Do not make the default nat network (VEs then get loopback only unless
+    /// created with --net).
+    #[arg(long)]
+    no_net: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostCommand {
+    /// Capacity, committed guarantees and limits, cgroup version, paths.
+    Info,
+    /// Change host settings.
+    Set(HostSetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HostSetArgs {
+    /// Share of the host's CPU time kept out of VE guarantees.
+    #[arg(long, value_name = "P%", value_parser = parse::text::<Percent>)]
+    reserve_cpu: Option<Checked<Percent>>,
+    /// RAM kept out of VE guarantees: a size or a percentage.
+    #[arg(long, value_name = "SIZE|P%", value_parser = parse::text::<Amount>)]
+    reserve_ram: Option<Checked<Amount>>,
+    /// RAM limit of VEs created without --ram (`unlimited`: none).
+    #[arg(long, value_name = "SIZE|P%|unlimited", value_parser = parse::text::<Setting<Amount>>)]
+    default_ram: Option<Checked<Setting<Amount>>>,
+    /// Process limit of VEs created without --pids (`unlimited`: none).
+    #[arg(long, value_name = "N|unlimited", value_parser = parse::with(ve_runtime::parse_count))]
+    default_pids: Option<Checked<Setting<u64>>>,
+}
+
+/// `vectl init`.
+pub fn init(ctx: &Ctx, a: InitArgs) -> Result<ExitCode> {
+    let opts = InitOptions {
+        cgroup_parent: a.cgroup_parent,
+        backend: a
+            .backend
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e: String| anyhow::anyhow!("--backend: {e}"))?,
+        pool_dir: a.pool_dir,
+        pool_size: parse::opt(&a.pool_size, "", "pool-size")?.map(|s| s.0),
+        pool_dev: a.pool_dev,
+        no_net: a.no_net,
+    };
+    let (host, created) = Host::init(&ctx.root, &opts)?;
+    ctx.out.init(&host, created);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `vectl host ...`.
+pub fn run(ctx: &Ctx, cmd: HostCommand) -> Result<ExitCode> {
+    match cmd {
+        HostCommand::Info => ctx.out.host_info(&ctx.open()?)?,
+        HostCommand::Set(a) => {
+            let cpu = parse::opt(&a.reserve_cpu, "", "reserve-cpu")?;
+            let ram = parse::opt(&a.reserve_ram, "", "reserve-ram")?;
+            let default_ram =
+                parse::opt(&a.default_ram, "", "default-ram")?.map(Setting::into_option);
+            let default_pids =
+                parse::opt(&a.default_pids, "", "default-pids")?.map(Setting::into_option);
+            if cpu.is_none() && ram.is_none() && default_ram.is_none() && default_pids.is_none() {
+                bail!(
+                    "nothing to set (give --reserve-cpu, --reserve-ram, --default-ram or --default-pids)"
+                );
+            }
+            let mut host = ctx.open()?;
+            host.set_settings(&ve_runtime::SettingsChange {
+                reserve_cpu: cpu,
+                reserve_ram: ram,
+                default_ram,
+                default_pids,
+            })?;
+            ctx.out.host_info(&host)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,486 @@
+//! The VE commands: create, start, stop, restart, destroy, list, show, set,
+//! clone, exec and enter.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use ve_runtime::{
+    Amount, Cpus, CreateOptions, ExecOptions, LimitsUpdate, NetShare, NicRequest, Percent, Publish,
+    Rate, Setting, Size, StopOptions, StopOutcome,
+};
+
+use super::{Ctx, each};
+use crate::parse::{self, Checked};
+
+/// Limits common to `create` and `set`. `unlimited` removes a limit. The values are
+/// read by clap but checked by vectl, so a bad one (`12Q`, `-5M`) is a failed
+/// operation naming the VE (exit 1), not a usage error.
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Memory limit: a size (256M, 1G) or a percentage of host RAM (10%).
+    #[arg(long, value_name = "SIZE|P%", allow_hyphen_values = true,
+        value_parser = parse::text::<Setting<Amount>>)]
+    ram: Option<Checked<Setting<Amount>>>,
+    /// Memory protected from reclaim by other VEs: a size or a percentage of host RAM.
+    #[arg(long, value_name = "SIZE|P%", allow_hyphen_values = true,
+        value_parser = parse::text::<Setting<Amount>>)]
+    ram_guarantee: Option<Checked<Setting<Amount>>>,
+    /// Swap the VE may use on top of its RAM (needs --ram).
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true,
+        value_parser = parse::text::<Setting<Size>>)]
+    swap: Option<Checked<Setting<Size>>>,
+    /// CPU cap in percent of one CPU (150% = one and a half CPUs).
+    #[arg(long, value_name = "P%", allow_hyphen_values = true,
+        value_parser = parse::text::<Setting<Percent>>)]
+    cpu_limit: Option<Checked<Setting<Percent>>>,
+    /// Minimum share of the whole host's CPU time when it is contended.
+    #[arg(long, value_name = "P%", allow_hyphen_values = true,
+        value_parser = parse::text::<Setting<Percent>>)]
+    cpu_guarantee: Option<Checked<Setting<Percent>>>,
+    /// The CPUs the VE may run on: a count (2) or a list (0-1,3).
+    #[arg(long, value_name = "N|LIST", allow_hyphen_values = true,
+        value_parser = parse::text::<Setting<Cpus>>)]
+    cpus: Option<Checked<Setting<Cpus>>>,
+    /// Maximum number of processes and threads.
+    #[arg(long, value_name = "N", allow_hyphen_values = true,
+        value_parser = parse::with(ve_runtime::parse_count))]
+    pids: Option<Checked<Setting<u64>>>,
+    /// Disk bandwidth cap in bytes per second, reads and writes each (50M).
+    #[arg(long, value_name = "RATE", allow_hyphen_values = true,
+        value_parser = parse::text::<Setting<Size>>)]
+    io_limit: Option<Checked<Setting<Size>>>,
+    /// Disk operations per second cap, reads and writes each.
+    #[arg(long, value_name = "N", allow_hyphen_values = true,
+        value_parser = parse::with(ve_runtime::parse_count))]
+    iops_limit: Option<Checked<Setting<u64>>>,
+    /// Proportional disk weight, 1..1000 (default 100; needs the bfq scheduler).
+    #[arg(long, value_name = "N", allow_hyphen_values = true,
+        value_parser = parse::with(ve_runtime::parse_count))]
+    io_weight: Option<Checked<Setting<u64>>>,
+    /// Disk time share under contention (weight 10 per percent; needs bfq).
+    #[arg(long, value_name = "P%", allow_hyphen_values = true,
+        value_parser = parse::text::<Setting<Percent>>)]
+    io_guarantee: Option<Checked<Setting<Percent>>>,
+    /// Disk space of the VE's own files (btrfs pool): 10G; live on a running VE.
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true,
+        value_parser = parse::text::<Setting<Size>>)]
+    disk: Option<Checked<Setting<Size>>>,
+    /// Network bandwidth cap of each NIC, each direction (100mbit, 1gbit).
+    #[arg(long, value_name = "RATE", allow_hyphen_values = true,
+        value_parser = parse::text::<Setting<Rate>>)]
+    net_limit: Option<Checked<Setting<Rate>>>,
+    /// Network bandwidth guaranteed to each NIC under contention: a rate or a
+    /// share of the network's --bandwidth (10%).
+    #[arg(long, value_name = "RATE|P%", allow_hyphen_values = true,
+        value_parser = parse::text::<Setting<NetShare>>)]
+    net_guarantee: Option<Checked<Setting<NetShare>>>,
+}
+
+impl LimitArgs {
+    /// The limits asked for; a malformed one is an error naming the VE.
+    pub fn update(&self, ve: &str) -> Result<LimitsUpdate> {
+        let c = format!("VE {ve}: ");
+        Ok(LimitsUpdate {
+            ram: parse::opt(&self.ram, &c, "ram")?,
+            ram_guarantee: parse::opt(&self.ram_guarantee, &c, "ram-guarantee")?,
+            swap: parse::opt(&self.swap, &c, "swap")?,
+            cpu_limit: parse::opt(&self.cpu_limit, &c, "cpu-limit")?,
+            cpu_guarantee: parse::opt(&self.cpu_guarantee, &c, "cpu-guarantee")?,
+            cpus: parse::opt(&self.cpus, &c, "cpus")?,
+            pids: parse::opt(&self.pids, &c, "pids")?,
+            io_limit: parse::opt(&self.io_limit, &c, "io-limit")?,
+            iops_limit: parse::opt(&self.iops_limit, &c, "iops-limit")?,
+            io_weight: parse::opt(&self.io_weight, &c, "io-weight")?,
+            io_guarantee: parse::opt(&self.io_guarantee, &c, "io-guarantee")?,
+            disk: parse::opt(&self.disk, &c, "disk")?,
+            net_limit: parse::opt(&self.net_limit, &c, "net-limit")?,
+            net_guarantee: parse::opt(&self.net_guarantee, &c, "net-guarantee")?,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// VE name: lower-case letters, digits and '-'.
+    name: String,
+    /// Template, NAME or NAME@VERSION (default: its latest version).
+    #[arg(long, short = 'T')]
+    template: String,
+    #[command(flatten)]
+    limits: LimitArgs,
+    /// Hostname (default: the VE name).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Init command (default: the template's /sbin/init).
+    #[arg(long, value_name = "CMD")]
+    init: Option<String>,
+    /// Signal that asks init to halt (default: chosen from the init program).
+    #[arg(long, value_name = "SIG")]
+    stop_signal: Option<String>,
+    /// Numeric id (default: the lowest free one from 100).
+    #[arg(long)]
+    id: Option<u32>,
+    /// Create even if its guarantees do not fit beside the running VEs'.
+    #[arg(long)]
+    force: bool,
+    /// A network for a NIC (repeatable: eth0, eth1...; default: the network
+    /// `default`; `none` = no NIC).
+    #[arg(long = "net", value_name = "NET")]
+    nets: Vec<String>,
+    /// The address of the NIC on the matching --net (in order): an address, a
+    /// CIDR with the network's prefix, or auto (default).
+    #[arg(long = "ip", value_name = "CIDR|auto")]
+    ips: Vec<String>,
+    /// Publish a port on the host's addresses: HOSTPORT:VEPORT[/tcp|udp]
+    /// (repeatable; needs a NIC on a nat network).
+    #[arg(long, value_name = "HOST:VE[/PROTO]")]
+    publish: Vec<String>,
+}
+
+impl CreateArgs {
+    /// The NICs asked for: each `--ip` belongs to the `--net` before it on the
+    /// command line (`at` = the positions of the --net and --ip values).
+    fn nics(&self, at: &ArgPositions) -> Result<Option<Vec<NicRequest>>> {
+        let ve = &self.name;
+        if self.nets.is_empty() {
+            return match self.ips.as_slice() {
+                [] => Ok(None),
+                [ip] => Ok(Some(vec![NicRequest {
+                    net: ve_runtime::DEFAULT_NET.into(),
+                    ip: Some(ip.clone()),
+                }])),
+                _ => bail!("VE {ve}: several --ip but no --net (one --ip after each --net)"),
+            };
+        }
+        if self.nets.iter().any(|n| n == "none") {
+            if self.nets.len() > 1 || !self.ips.is_empty() {
+                bail!("VE {ve}: --net none stands alone");
+            }
+            return Ok(Some(Vec::new()));
+        }
+        let mut out: Vec<NicRequest> = self
+            .nets
+            .iter()
+            .map(|n| NicRequest {
+                net: n.clone(),
+                ip: None,
+            })
+            .collect();
+        for (ip, pos) in self.ips.iter().zip(&at.ips) {
+            let Some(owner) = at.nets.iter().rposition(|n| n < pos) else {
+                bail!("VE {ve}: --ip {ip} comes before any --net (give it after its --net)");
+            };
+            let nic = &mut out[owner];
+            if let Some(first) = &nic.ip {
+                bail!("VE {ve}: --net {} has two --ip ({first} and {ip})", nic.net);
+            }
+            nic.ip = Some(ip.clone());
+        }
+        Ok(Some(out))
+    }
+}
+
+/// Where the --net and --ip values of `create` stand on the command line.
+#[derive(Debug, Default)]
+pub struct ArgPositions {
+    nets: Vec<usize>,
+    ips: Vec<usize>,
+}
+
+impl ArgPositions {
+    pub fn of(matches: &clap::ArgMatches) -> ArgPositions {
+        let Some(("create", sub)) = matches.subcommand() else {
+            return ArgPositions::default();
+        };
+        let at = |id: &str| {
+            sub.indices_of(id)
+                .map(|i| i.collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        ArgPositions {
+            nets: at("nets"),
+            ips: at("ips"),
+        }
+    }
+}
+
+fn parse_publish(ve: &str, flag: &str, list: &[String]) -> Result<Vec<Publish>> {
+    list.iter()
+        .map(|p| {
+            p.parse::<Publish>()
+                .map_err(|e| anyhow::anyhow!("VE {ve}: --{flag}: {e}"))
+        })
+        .collect()
+}
+
+/// `--unpublish HOSTPORT[/PROTO]`.
+fn parse_unpublish(ve: &str, list: &[String]) -> Result<Vec<Publish>> {
+    list.iter()
+        .map(|p| {
+            let (port, proto) = match p.rsplit_once('/') {
+                Some((port, "tcp")) => (port, ve_runtime::Proto::Tcp),
+                Some((port, "udp")) => (port, ve_runtime::Proto::Udp),
+                Some(_) => bail!("VE {ve}: --unpublish {p:?}: expected HOSTPORT[/tcp|udp]"),
+                None => (p.as_str(), ve_runtime::Proto::Tcp),
+            };
+            let host_port: u16 = port.parse().map_err(|_| {
+                anyhow::anyhow!("VE {ve}: --unpublish {p:?}: expected HOSTPORT[/tcp|udp]")
+            })?;
+            Ok(Publish {
+                host_port,
+                ve_port: 0,
+                proto,
+            })
+        })
+        .collect()
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    #[arg(required = true, value_name = "VE")]
+    ves: Vec<String>,
+    /// Seconds init gets to halt before everything is killed.
+    #[arg(long, short, default_value_t = 30, value_name = "SECS")]
+    timeout: u64,
+    /// Kill at once, without asking init to halt.
+    #[arg(long)]
+    fast: bool,
+}
+
+impl StopArgs {
+    fn options(&self) -> StopOptions {
+        StopOptions {
+            timeout: Duration::from_secs(self.timeout),
+            fast: self.fast,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    #[arg(value_name = "VE")]
+    ve: String,
+    #[command(flatten)]
+    limits: LimitArgs,
+    /// Skip admission control, and lower RAM below what the VE uses even where
+    /// the kernel then kills processes in it to make it fit.
+    #[arg(long)]
+    force: bool,
+    /// Publish a port on the host's addresses: HOSTPORT:VEPORT[/tcp|udp]
+    /// (repeatable).
+    #[arg(long, value_name = "HOST:VE[/PROTO]")]
+    publish: Vec<String>,
+    /// Withdraw a published port: HOSTPORT[/tcp|udp] (repeatable).
+    #[arg(long, value_name = "HOST[/PROTO]")]
+    unpublish: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[arg(value_name = "VE")]
+    ve: String,
+    /// Allocate a pseudo-terminal.
+    #[arg(long, short)]
+    tty: bool,
+    /// Set an environment variable (repeatable).
+    #[arg(long = "env", short, value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Working directory inside the VE.
+    #[arg(long, short, value_name = "DIR")]
+    workdir: Option<String>,
+    /// Pass N file descriptors after stdio (3 .. 3+N-1) that this command was
+    /// given on to CMD; every other descriptor is closed in the VE.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    preserve_fds: u32,
+    /// The command and its arguments.
+    #[arg(required = true, last = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    #[arg(required = true, value_name = "VE")]
+    ves: Vec<String>,
+    /// Start even if guarantees do not fit beside the running VEs'.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DestroyArgs {
+    #[arg(required = true, value_name = "VE")]
+    ves: Vec<String>,
+    /// Kill a running VE first.
+    #[arg(long, short)]
+    force: bool,
+}
+
+/// One VE, by name (`show`, `enter`).
+#[derive(Debug, Args)]
+pub struct VeArg {
+    #[arg(value_name = "VE")]
+    pub ve: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CloneArgs {
+    #[arg(value_name = "SRC")]
+    src: String,
+    #[arg(value_name = "DST")]
+    dst: String,
+    /// Template version of the copy (default: the source's).
+    #[arg(long, short = 'T', value_name = "NAME@VERSION")]
+    template: Option<String>,
+    /// Hostname of the copy (default: its name).
+    #[arg(long)]
+    hostname: Option<String>,
+}
+
+/// `vectl create`.
+pub fn create(ctx: &Ctx, a: CreateArgs, at: &ArgPositions) -> Result<ExitCode> {
+    let host = ctx.open()?;
+    // Checked in this order: limits, NICs, ports.
+    let limits = a.limits.update(&a.name)?;
+    let nics = a.nics(at)?;
+    let publish = parse_publish(&a.name, "publish", &a.publish)?;
+    let cfg = host.create(&CreateOptions {
+        limits,
+        name: a.name,
+        template: a.template,
+        hostname: a.hostname,
+        init: a.init,
+        stop_signal: a.stop_signal,
+        id: a.id,
+        force: a.force,
+        nics,
+        publish,
+    })?;
+    ctx.out.created(&cfg);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `vectl start`.
+pub fn start(ctx: &Ctx, a: StartArgs) -> Result<ExitCode> {
+    let host = ctx.open()?;
+    let out = &ctx.out;
+    Ok(each(out, &a.ves, |ve| {
+        let rs = host.start(ve, a.force)?;
+        out.started(ve, &rs);
+        Ok(())
+    }))
+}
+
+/// `vectl stop`.
+pub fn stop(ctx: &Ctx, a: StopArgs) -> Result<ExitCode> {
+    let host = ctx.open()?;
+    let out = &ctx.out;
+    Ok(each(out, &a.ves, |ve| {
+        let outcome = host.stop(ve, a.options())?;
+        out.stopped(ve, outcome);
+        Ok(())
+    }))
+}
+
+/// `vectl restart`.
+pub fn restart(ctx: &Ctx, a: StopArgs) -> Result<ExitCode> {
+    let host = ctx.open()?;
+    let out = &ctx.out;
+    Ok(each(out, &a.ves, |ve| {
+        let outcome = host.stop(ve, a.options())?;
+        if outcome == StopOutcome::AlreadyStopped {
+            out.note(&format!("VE {ve}: was not running"));
+        }
+        let rs = host.start(ve, false)?;
+        out.started(ve, &rs);
+        Ok(())
+    }))
+}
+
+/// `vectl destroy`.
+pub fn destroy(ctx: &Ctx, a: DestroyArgs) -> Result<ExitCode> {
+    let host = ctx.open()?;
+    let out = &ctx.out;
+    Ok(each(out, &a.ves, |ve| {
+        host.destroy(ve, a.force)?;
+        out.destroyed(ve);
+        Ok(())
+    }))
+}
+
+/// `vectl list`.
+pub fn list(ctx: &Ctx) -> Result<ExitCode> {
+    let host = ctx.open()?;
+    let (ves, errors) = host.list()?;
+    for e in &errors {
+        ctx.out.warn(&e.to_string());
+    }
+    ctx.out.list(&ves);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `vectl show`.
+pub fn show(ctx: &Ctx, a: VeArg) -> Result<ExitCode> {
+    ctx.out.show(&ctx.open()?.show(&a.ve)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `vectl clone`.
+pub fn clone(ctx: &Ctx, a: CloneArgs) -> Result<ExitCode> {
+    let c = ctx
+        .open()?
+        .clone_ve(&a.src, &a.dst, a.template.as_deref(), a.hostname.as_deref())?;
+    ctx.out.cloned(&a.src, &c);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `vectl set`.
+pub fn set(ctx: &Ctx, a: SetArgs) -> Result<ExitCode> {
+    let update = a.limits.update(&a.ve)?;
+    let add = parse_publish(&a.ve, "publish", &a.publish)?;
+    let remove = parse_unpublish(&a.ve, &a.unpublish)?;
+    if update.is_empty() && add.is_empty() && remove.is_empty() {
+        bail!(
+            "VE {}: nothing to set (give a limit such as --ram or --cpu-limit, or --publish)",
+            a.ve
+        );
+    }
+    let host = ctx.open()?;
+    let ports = !add.is_empty() || !remove.is_empty();
+    if !update.is_empty() {
+        // Both or neither: the ports are checked before the limits change.
+        if ports {
+            host.publish(&a.ve, &add, &remove, true)?;
+        }
+        let outcome = host.set(&a.ve, &update, a.force)?;
+        ctx.out.set(&a.ve, &outcome);
+    }
+    if ports {
+        let list = host.publish(&a.ve, &add, &remove, false)?;
+        ctx.out.published(&a.ve, &list);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `vectl exec`: the command's exit status.
+pub fn exec(ctx: &Ctx, a: ExecArgs) -> Result<ExitCode> {
+    let code = ctx.open()?.exec(
+        &a.ve,
+        &ExecOptions {
+            argv: a.command,
+            tty: a.tty,
+            env: a.env,
+            workdir: a.workdir,
+            arg0: None,
+            preserve_fds: a.preserve_fds,
+        },
+    )?;
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+/// `vectl enter`: the shell's exit status.
+pub fn enter(ctx: &Ctx, a: VeArg) -> Result<ExitCode> {
+    let code = ctx.open()?.enter(&a.ve)?;
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
