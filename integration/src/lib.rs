@@ -25,9 +25,19 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use nix::sched::{CloneFlags, setns, unshare};
 
-/// The `vectl` binary under test: `$VECTL_BIN`, else the one cargo built beside
-/// this test executable (`target/<profile>/vectl`).
+/// The `vectl` binary under test, found once per process:
+/// - `$VECTL_BIN` if set (the VM suite sets it: no cargo in the guest),
+/// - else, under `cargo test` (`$CARGO` set), the binary of this checkout built now
+///   with that cargo for this executable's profile (`cargo build -p vectl --bin
+///   vectl [--release]`): a test never drives a stale `vectl`,
+/// - else the `vectl` beside this executable (`target/<profile>/vectl`, e.g. for
+///   `target/release/vectl-bench`).
 pub fn vectl_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(find_vectl_bin).clone()
+}
+
+fn find_vectl_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("VECTL_BIN") {
         return PathBuf::from(p);
     }
@@ -37,6 +47,32 @@ pub fn vectl_bin() -> PathBuf {
         dir.pop();
     }
     let bin = dir.join("vectl");
+    if let Some(cargo) = std::env::var_os("CARGO") {
+        let mut build = Command::new(&cargo);
+        build
+            .arg("build")
+            .arg("--quiet")
+            .arg("--manifest-path")
+            .arg(repo_dir().join("Cargo.toml"))
+            .args(["-p", "vectl", "--bin", "vectl"]);
+        if dir.ends_with("release") {
+            build.arg("--release");
+        }
+        // The binary lands where this executable's build put its own (the same
+        // target directory): `dir` names it, whatever CARGO_TARGET_DIR says.
+        if let Some(target) = dir.parent() {
+            build.env("CARGO_TARGET_DIR", target);
+        }
+        let st = build
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run {:?} to build vectl for the tests: {e}", cargo));
+        assert!(
+            st.success(),
+            "building vectl for the tests failed ({:?} build -p vectl --bin vectl: {st}); \
+             fix the build or set VECTL_BIN",
+            cargo
+        );
+    }
     assert!(
         bin.is_file(),
         "{} is missing: build it first (cargo build --workspace --bins) or set VECTL_BIN",

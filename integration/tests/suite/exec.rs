@@ -2,12 +2,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::io::{Read, Write};
 use std::process::Stdio;
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn exit_codes_propagate() {

@@ -4,11 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// The VE is listed with a status that matches the kernel: "running" only with a
 /// live init that serves, "stopped" with no live init.

@@ -3,11 +3,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// Runs `vectl ARGS` and returns its stdout and how long it took.
 fn timed(h: &TestHost, args: &[&str]) -> (String, Duration) {
