@@ -481,7 +481,7 @@ fn hostile_etc_files_in_a_layer_neither_hang_nor_swell_a_start() {
     let hosts = etc.join("hosts");
 
     // A huge sparse /etc/hosts: the start is refused with one line naming the
-    // file, quickly and without reading it (the address-space limit makes a
+    // file, without reading it (the address-space limit makes a
     // vectl that tries to read it fail instead of swelling).
     std::fs::File::create(&hosts)
         .unwrap()
@@ -495,7 +495,6 @@ fn hostile_etc_files_in_a_layer_neither_hang_nor_swell_a_start() {
         .arg(h.root())
         .args(["start", "f"])
         .stdin(std::process::Stdio::null());
-    let t = Instant::now();
     let r = crate::common::run_limited(cmd, Duration::from_secs(20));
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
     assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
@@ -506,7 +505,6 @@ fn hostile_etc_files_in_a_layer_neither_hang_nor_swell_a_start() {
         "{}",
         r.stderr
     );
-    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     assert_eq!(
         std::fs::metadata(&hosts).unwrap().len(),
         64 << 30,

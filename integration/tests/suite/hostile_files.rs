@@ -312,7 +312,6 @@ fn upgrade_check_of_hostile_files_finishes_and_reads_nothing_of_the_host() {
             host = host.path()
         ),
     );
-    let started = Instant::now();
     let r = limited(
         &h,
         &["--json", "upgrade", "u", "--template", "bb@3", "--check"],
@@ -324,7 +323,6 @@ fn upgrade_check_of_hostile_files_finishes_and_reads_nothing_of_the_host() {
         "{}",
         r.stdout
     );
-    assert!(started.elapsed() < LIMIT);
     host.assert_untouched();
     other.assert_untouched();
     host.assert_not_in(Some(&r), &h.root().join("pool/ves/u/upper"));

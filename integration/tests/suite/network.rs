@@ -72,7 +72,7 @@ fn links(prefix: &str) -> Vec<String> {
 /// Waits until no link's name starts with `prefix`: the kernel removes a VE's
 /// port with its network namespace, a moment after the VE's last process.
 fn wait_gone(prefix: &str) {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(10);
     while !links(prefix).is_empty() {
         assert!(
             Instant::now() < deadline,

@@ -1274,7 +1274,7 @@ fn the_pool_is_mounted_again_after_a_reboot() {
     nix::mount::umount(&pool(&h)).unwrap();
     assert!(!pool_is_btrfs(&h));
     assert!(
-        wait_until(Duration::from_secs(5), || loops_below(h.root()).is_empty()),
+        wait_until(Duration::from_secs(10), || loops_below(h.root()).is_empty()),
         "the loop device of the pool image stays after umount: {:?}",
         loops_below(h.root())
     );

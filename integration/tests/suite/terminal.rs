@@ -270,7 +270,7 @@ fn enter_from_a_pipe_runs_the_input_and_ends_at_its_end() {
     // exits; vectl does not wait forever.
     let mut cmd = h.command();
     cmd.args(["enter", "piped"]).stdin(Stdio::null());
-    let r = run_limited(cmd, Duration::from_secs(8));
+    let r = run_limited(cmd, Duration::from_secs(15));
     assert_ne!(r.code, -2, "vectl enter with no more input hangs");
     assert!(!r.stderr.contains("panicked"), "{r:?}");
 }
