@@ -447,7 +447,7 @@ fn vlan_uplinks_tag_the_lan_traffic() {
         integration::skip(
             "vlan_net",
             &format!(
-                "this kernel has no 802.1Q VLANs (CONFIG_VLAN_8021Q): {}",
+                "host gap 802.1q: this kernel has no 802.1Q VLANs (CONFIG_VLAN_8021Q): {}",
                 e.trim()
             ),
         );
