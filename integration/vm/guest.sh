@@ -6,7 +6,7 @@
 # Sets up the guest (mounts, the full module tree for on-demand loading, cgroup v2
 # with this runner in the leaf /runner and the tests' VEs below /vectl-tests),
 # prints the facts the suite relies on (kernel, cgroup mounts, capabilities), runs
-# each test executable in /run/vectl-vm/tests ("TARGET<TAB>PATH<TAB>FILTERS"),
+# each module of the test executable in /run/vectl-vm/tests ("MODULE<TAB>PATH<TAB>ARGS"),
 # writes the suite's status to /run/vectl-vm/status and powers off.
 #
 # No `set -e`: whatever fails, the status must be written and the VM powered off.
@@ -121,7 +121,8 @@ run_tests() {
     export VECTL_IN_VM=1 RUST_BACKTRACE=1
     log=/tmp/vectl-vm-test.log
     while IFS=$'\t' read -r target exe filters; do
-        echo "vm: ---- $target ${filters:+(filter: $filters)}"
+        # shellcheck disable=SC2086
+        echo "vm: ---- $target ($(printf '%s\n' $filters | grep -vc '^--') tests)"
         # cargo runs integration tests from the package's directory.
         # shellcheck disable=SC2086
         (cd "$VM_REPO/integration" && "$exe" $filters) 2>&1 | tee "$log"

@@ -4,12 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::fs;
 
-use common::*;
+use crate::common::*;
 
 /// `ps -o pid,comm` inside the VE, as (pid, command) rows.
 fn ps(h: &TestHost, ve: &str) -> Vec<(i32, String)> {

@@ -1,7 +1,7 @@
 //! Resource QoS on the real kernel (issue 5): CPU caps and guarantees measured,
 //! RAM limits that OOM-kill inside the VE only, pids caps, disk bandwidth and IOPS
 //! caps measured, CPU sets, every knob changed live, refused changes that change
-//! nothing, and bad QoS input. The knobs are read through `common::qos_knobs`, the
+//! nothing, and bad QoS input. The knobs are read through `crate::common::qos_knobs`, the
 //! same on cgroup v1 (this host) and v2 (the VM suite, integration/vm/run).
 //!
 //! Timing tests (CPU shares, I/O rates) take the file's lock exclusively, every
@@ -10,19 +10,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
-static MEASURING: RwLock<()> = RwLock::new(());
-
-/// For a test that measures CPU or disk time: nothing else of this file runs.
+/// For a test that measures CPU or disk time: nothing else of this file runs, nor
+/// another measurement of the suite ([`MEASURING`]).
 fn exclusive() -> RwLockWriteGuard<'static, ()> {
     MEASURING.write().unwrap_or_else(|e| e.into_inner())
 }

@@ -1,6 +1,6 @@
-//! Helpers shared by the end-to-end test files (each test binary uses a part).
+//! Helpers shared by the end-to-end test modules of the suite.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -8,9 +8,15 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 pub use integration::{Run, TestHost, procs_below};
+
+/// Held for writing by a test that measures CPU or disk time (QoS shares, CPU %),
+/// for reading by the QoS tests that only set knobs: measurements of one test
+/// run (one process, all modules) never overlap.
+pub static MEASURING: RwLock<()> = RwLock::new(());
 
 /// The VE's cgroup directories, one per hierarchy (limits live in these).
 pub fn cgroup_dirs(h: &TestHost, ve: &str) -> Vec<PathBuf> {

@@ -8,11 +8,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::fs;
 
-use common::*;
+use crate::common::*;
 
 /// A btrfs host with bb@1 (busybox) and bb@2 (with /etc/app.conf `v2`).
 fn publish(h: &TestHost, name: &str, app: &str) {

@@ -3,11 +3,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::fs;
 
-use common::publish_busybox;
+use crate::common::publish_busybox;
 use integration::{TestHost, skip};
 
 fn cat(h: &TestHost, ve: &str, path: &str) -> String {
@@ -324,7 +322,7 @@ fn commit_keeps_upgrades_and_lets_the_old_version_go() {
 
     // A commit killed after it recorded itself: the snapshot is no way back
     // any more, and the next commit deletes it.
-    common::crash_at(&h, "commit-after-record", &["commit", "c"]);
+    crate::common::crash_at(&h, "commit-after-record", &["commit", "c"]);
     assert_eq!(snapshots("c").len(), 1);
     let e = h.fails(&["rollback", "c"]);
     assert!(e.contains("no upgrade to roll back"), "{e}");
@@ -354,7 +352,7 @@ fn commit_keeps_upgrades_and_lets_the_old_version_go() {
     );
 
     assert!(h.ok(&["template", "gc"]).contains("removed bb@1"));
-    assert_eq!(common::template_versions(&h), ["bb@2"]);
+    assert_eq!(crate::common::template_versions(&h), ["bb@2"]);
     assert!(!h.ok(&["template", "usage"]).contains("rollback"));
     h.ok(&["restart", "a", "--fast"]);
     assert_eq!(cat(&h, "a", "/root/data"), "mine\n");
@@ -368,7 +366,7 @@ fn commit_keeps_upgrades_and_lets_the_old_version_go() {
     h.ok(&["upgrade", "x", "--template", "bb@3"]);
     h.ok(&["create", "y", "--template", "bb@2"]);
     h.ok(&["upgrade", "y", "--template", "bb@3"]);
-    common::crash_at(&h, "rollback-after-intent", &["rollback", "x"]);
+    crate::common::crash_at(&h, "rollback-after-intent", &["rollback", "x"]);
     let done = h.json(&["commit", "--all", "--template", "bb@3"]);
     let names: Vec<&str> = done
         .as_array()
@@ -390,7 +388,7 @@ fn commit_keeps_upgrades_and_lets_the_old_version_go() {
     // deletes the copy with the snapshot.
     h.ok(&["create", "z", "--template", "bb@2"]);
     h.ok(&["upgrade", "z", "--template", "bb@3"]);
-    common::crash_at(&h, "rollback-after-stop", &["rollback", "z"]);
+    crate::common::crash_at(&h, "rollback-after-stop", &["rollback", "z"]);
     let staged = h.root().join("pool/ves/.z.restore");
     assert!(staged.exists());
     // `pool check` finds such a copy too, and --repair removes it.
@@ -400,7 +398,7 @@ fn commit_keeps_upgrades_and_lets_the_old_version_go() {
     h.ok(&["pool", "check", "--repair"]);
     assert!(!staged.exists());
     h.ok(&["pool", "check"]);
-    common::crash_at(&h, "rollback-after-stop", &["rollback", "z"]);
+    crate::common::crash_at(&h, "rollback-after-stop", &["rollback", "z"]);
     assert!(staged.exists());
     assert!(h.ok(&["commit", "z"]).contains("VE z: committed bb@3"));
     assert!(!staged.exists());

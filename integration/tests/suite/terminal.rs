@@ -3,8 +3,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
@@ -12,7 +10,7 @@ use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use nix::pty::{Winsize, openpty};
 
 const ROWS: u16 = 37;
@@ -272,7 +270,7 @@ fn enter_from_a_pipe_runs_the_input_and_ends_at_its_end() {
     // exits; vectl does not wait forever.
     let mut cmd = h.command();
     cmd.args(["enter", "piped"]).stdin(Stdio::null());
-    let r = run_limited(cmd, Duration::from_secs(8));
+    let r = run_limited(cmd, Duration::from_secs(15));
     assert_ne!(r.code, -2, "vectl enter with no more input hangs");
     assert!(!r.stderr.contains("panicked"), "{r:?}");
 }

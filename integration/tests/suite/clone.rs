@@ -3,15 +3,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::fs;
 
 use integration::TestHost;
 
 fn clone_keeps_files_and_takes_a_new_identity(h: &TestHost) {
     h.start_ve("src", &["--ram", "64M"]);
-    common::wait_http(h, "src");
+    crate::common::wait_http(h, "src");
     let r = h.exec(
         "src",
         &[
@@ -35,7 +33,7 @@ fn clone_keeps_files_and_takes_a_new_identity(h: &TestHost) {
     assert_ne!(d["nics"][0]["mac"], s["nics"][0]["mac"]);
     assert!(d.get("publish").is_none(), "{d}");
     h.ok(&["start", "dst"]);
-    assert_eq!(common::wait_http(h, "dst"), "hello from dst");
+    assert_eq!(crate::common::wait_http(h, "dst"), "hello from dst");
     assert_eq!(h.exec("dst", &["cat", "/root/note"]).stdout, "mine\n");
     let sum = |ve: &str| h.exec(ve, &["md5sum", "/root/data"]).stdout;
     assert_eq!(sum("src"), sum("dst"));

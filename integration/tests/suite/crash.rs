@@ -4,11 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// The VE is listed with a status that matches the kernel: "running" only with a
 /// live init that serves, "stopped" with no live init.
@@ -102,7 +100,7 @@ fn start_crash(test: &str, failpoint: &str) {
         crash_at(&h, failpoint, &["start", ve]);
         // A half-started init exits when it sees vectl gone (its pipe closes).
         assert!(
-            wait_until(Duration::from_secs(3), || status(&h, ve) == "stopped"),
+            wait_until(Duration::from_secs(10), || status(&h, ve) == "stopped"),
             "{ve} still listed running after a start killed at {failpoint}"
         );
         assert_eq!(
@@ -210,7 +208,7 @@ fn crash_at_stop_before_kill() {
     crash_stops(&h, "stop-before-kill", &["stop"], &ves);
     for (ve, pid) in ves.iter().zip(&pids) {
         assert!(
-            wait_until(Duration::from_secs(5), || !alive(*pid)),
+            wait_until(Duration::from_secs(10), || !alive(*pid)),
             "init of {ve} still runs"
         );
         assert_eq!(consistent(&h, ve), "stopped");

@@ -4,9 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 /// How many OOM kills the kernel counted in the VE's cgroups. v2's memory.events
 /// counts the whole subtree; v1 counts in the cgroup of the killed task (the VE's

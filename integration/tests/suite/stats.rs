@@ -5,22 +5,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const MIB: u64 = 1 << 20;
 
-/// Tests that burn CPU or read CPU % hold this: they must not skew each other.
-static CPU: Mutex<()> = Mutex::new(());
-
-fn cpu_lock() -> std::sync::MutexGuard<'static, ()> {
-    CPU.lock().unwrap_or_else(|e| e.into_inner())
+/// Tests that burn CPU or read CPU % hold the suite's measurement lock
+/// ([`MEASURING`]): they must not skew each other nor the QoS measurements.
+fn cpu_lock() -> std::sync::RwLockWriteGuard<'static, ()> {
+    MEASURING.write().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The fields every entry has, with their JSON types.

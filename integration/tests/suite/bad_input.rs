@@ -6,14 +6,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::process::Stdio;
 
-use common::*;
+use crate::common::*;
 
 /// Runs `vectl ARGS` expecting a refused operation; returns what is wrong, if anything.
 fn refused(h: &TestHost, args: &[&str], must_name: &[&str]) -> Option<String> {

@@ -4,11 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::fs;
 
-use common::*;
+use crate::common::*;
 use integration::TestHost;
 
 const BUILD: &str = "set -e

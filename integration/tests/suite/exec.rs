@@ -2,12 +2,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::io::{Read, Write};
 use std::process::Stdio;
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn exit_codes_propagate() {
@@ -162,7 +160,7 @@ fn exec_joins_the_ve_cgroup_and_leaves_nothing_behind() {
         .unwrap();
     let mut sleeper = None;
     assert!(
-        wait_until(std::time::Duration::from_secs(5), || {
+        wait_until(std::time::Duration::from_secs(10), || {
             sleeper = procs_below(&dir).into_iter().find(|p| {
                 !before.contains(p)
                     && std::fs::read_to_string(format!("/proc/{p}/comm"))
@@ -194,7 +192,7 @@ fn signals_to_vectl_exec_are_relayed_to_the_command() {
         .spawn()
         .unwrap();
     assert!(
-        wait_until(std::time::Duration::from_secs(5), || {
+        wait_until(std::time::Duration::from_secs(10), || {
             procs_below(&dir).into_iter().any(|p| {
                 !before.contains(&p)
                     && std::fs::read_to_string(format!("/proc/{p}/comm"))
@@ -208,7 +206,7 @@ fn signals_to_vectl_exec_are_relayed_to_the_command() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let status = loop {
         if let Some(st) = child.try_wait().unwrap() {
             break Some(st);

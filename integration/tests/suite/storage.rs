@@ -12,8 +12,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
@@ -21,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 const KIB: u64 = 1 << 10;
@@ -1276,7 +1274,7 @@ fn the_pool_is_mounted_again_after_a_reboot() {
     nix::mount::umount(&pool(&h)).unwrap();
     assert!(!pool_is_btrfs(&h));
     assert!(
-        wait_until(Duration::from_secs(5), || loops_below(h.root()).is_empty()),
+        wait_until(Duration::from_secs(10), || loops_below(h.root()).is_empty()),
         "the loop device of the pool image stays after umount: {:?}",
         loops_below(h.root())
     );

@@ -123,7 +123,7 @@ fn an_8021q_vlan_interface_carries_tagged_traffic() {
                 skip(
                     T,
                     &format!(
-                        "no 802.1Q VLAN support in this kernel (CONFIG_VLAN_8021Q off, module 8021q not loadable): {e}"
+                        "host gap 802.1q: no 802.1Q VLAN support in this kernel (CONFIG_VLAN_8021Q off, module 8021q not loadable): {e}"
                     ),
                 );
                 return;
@@ -215,7 +215,7 @@ fn an_ext4_file_system_on_a_loop_device_grows_online() {
     if !has_cap(CAP_SYS_RESOURCE) {
         skip(
             T,
-            "no CAP_SYS_RESOURCE: growing a mounted ext4 (EXT4_IOC_RESIZE_FS) needs it, and this host withholds it",
+            "host gap ext4-online-grow: no CAP_SYS_RESOURCE: growing a mounted ext4 (EXT4_IOC_RESIZE_FS) needs it, and this host withholds it",
         );
         return;
     }

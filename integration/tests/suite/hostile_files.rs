@@ -13,8 +13,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -23,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use integration::{Run, TestHost, unique};
 
 /// Long enough for any of these commands on a loaded 2-core machine; far too
@@ -314,7 +312,6 @@ fn upgrade_check_of_hostile_files_finishes_and_reads_nothing_of_the_host() {
             host = host.path()
         ),
     );
-    let started = Instant::now();
     let r = limited(
         &h,
         &["--json", "upgrade", "u", "--template", "bb@3", "--check"],
@@ -326,7 +323,6 @@ fn upgrade_check_of_hostile_files_finishes_and_reads_nothing_of_the_host() {
         "{}",
         r.stdout
     );
-    assert!(started.elapsed() < LIMIT);
     host.assert_untouched();
     other.assert_untouched();
     host.assert_not_in(Some(&r), &h.root().join("pool/ves/u/upper"));

@@ -1,0 +1,33 @@
+//! vectl's end-to-end tests on the real kernel: one test executable, one module per
+//! area (`cargo test -p integration --test suite -- MODULE::`). Every test drives
+//! the `vectl` binary built for this run ([`integration::vectl_bin`]) on its own
+//! isolated host ([`integration::TestHost`]); a test the host cannot run prints
+//! `SKIP: <test>: <reason>` and records it ([`integration::skip`]).
+
+mod common;
+
+mod admission;
+mod bad_input;
+mod clone;
+mod concurrency;
+mod crash;
+mod crash_changes;
+mod debootstrap;
+mod escape;
+mod exec;
+mod host_services;
+mod hostile_files;
+mod isolation;
+mod lifecycle;
+mod limits;
+mod network;
+mod oci;
+mod qos;
+mod stats;
+mod stop;
+mod storage;
+mod template_build;
+mod templates;
+mod terminal;
+mod upgrade;
+mod vm_host_features;
