@@ -391,11 +391,16 @@ pub fn quota_mode(fsid: &str) -> Option<QuotaMode> {
 }
 
 /// Sets (or with `None` removes) the referenced-bytes limit of the subvolume at
-/// `path`.
+/// `path`. The call goes through the parent directory's fd, naming the
+/// subvolume's quota group: through the subvolume's own fd, its transaction is
+/// charged to that group, and a volume over its limit (simple quotas keep a
+/// snapshot's data charged to it) could never have the limit raised (EDQUOT).
 pub fn set_limit(path: &Path, bytes: Option<u64>) -> io::Result<()> {
-    let f = open_dir(path)?;
+    let id = subvolume_id(path)?;
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    let f = open_dir(parent)?;
     let mut args = QgroupLimitArgs {
-        qgroupid: 0, // the subvolume of the fd
+        qgroupid: id, // level 0: the subvolume's own group
         lim: QgroupLimit {
             flags: 1, // BTRFS_QGROUP_LIMIT_MAX_RFER
             max_rfer: bytes.unwrap_or(u64::MAX),

@@ -650,7 +650,9 @@ impl Host {
         // it is the one a VE's use can refuse, and it is the easiest to put back.
         let old_disk = cfg.limits.disk.map(|Size(d)| d);
         let new_disk = limits.disk.map(|Size(d)| d);
-        let disk_changed = update.disk.is_some() && old_disk != new_disk;
+        // A --disk given is written even when the config already says so: it
+        // puts back a limit changed outside vectl (`btrfs qgroup limit`).
+        let disk_changed = update.disk.is_some();
         if disk_changed {
             self.pool()
                 .set_disk_limit(&ve, new_disk)
