@@ -21,16 +21,22 @@ impl<T: Clone> Checked<T> {
     }
 }
 
-/// A clap value parser for any type whose `FromStr` error is a message.
-pub fn text<T: FromStr<Err = String>>(s: &str) -> Result<Checked<T>, Infallible> {
-    Ok(Checked { value: s.parse() })
+/// A clap value parser for any type with `FromStr` (its error says why).
+pub fn text<T: FromStr<Err: std::fmt::Display>>(s: &str) -> Result<Checked<T>, Infallible> {
+    Ok(Checked {
+        value: s.parse().map_err(|e: T::Err| e.to_string()),
+    })
 }
 
 /// A clap value parser built from a parse function (`parse_count`).
-pub fn with<T: 'static>(
-    f: fn(&str) -> Result<T, String>,
+pub fn with<T: 'static, E: std::fmt::Display + 'static>(
+    f: fn(&str) -> Result<T, E>,
 ) -> impl Fn(&str) -> Result<Checked<T>, Infallible> + Clone + Send + Sync + 'static {
-    move |s| Ok(Checked { value: f(s) })
+    move |s| {
+        Ok(Checked {
+            value: f(s).map_err(|e| e.to_string()),
+        })
+    }
 }
 
 /// The value of an optional checked option.

@@ -93,7 +93,10 @@ pub enum Error {
     },
     /// An `--ip` its network cannot give (taken, the gateway, outside it...).
     #[error("--ip {text}: {reason}")]
-    IpRefused { text: String, reason: String },
+    IpRefused {
+        text: String,
+        reason: model::AddressRefused,
+    },
 }
 
 /// Why a network refuses something (the network is named by [`Error::Net`]).

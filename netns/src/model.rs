@@ -9,6 +9,66 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// A network value (mode, subnet, rate, port mapping, host service, MAC) that
+/// does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadValue {
+    /// `given` is none of the words a `what` can be.
+    #[error("unknown {what} {given:?}: use {choices}")]
+    Unknown {
+        what: &'static str,
+        given: String,
+        choices: &'static str,
+    },
+    /// `given` is not a `what`: `expected` says what one looks like.
+    #[error("invalid {what} {given:?}: expected {expected}")]
+    Syntax {
+        what: &'static str,
+        given: String,
+        expected: &'static str,
+    },
+    /// A subnet with host bits set.
+    #[error("invalid subnet {given:?}: host bits are set (the network is {network})")]
+    HostBits { given: String, network: Subnet },
+    /// A subnet prefix vectl does not use.
+    #[error("subnet {0}: the prefix must be between /{MIN_PREFIX} and /{MAX_PREFIX}")]
+    Prefix(String),
+    /// A rate below 1kbit or above 10000gbit.
+    #[error("rate {0:?} is out of range: from 1kbit to 10000gbit")]
+    RateRange(String),
+    /// A port range whose first port is above its last.
+    #[error("invalid host service {0:?}: the range runs backwards")]
+    Backwards(String),
+    /// More `--allow-host` entries than a network keeps.
+    #[error("--allow-host: {count} entries, at most {max}")]
+    TooManyHostAccess { count: usize, max: usize },
+}
+
+fn syntax(what: &'static str, given: &str, expected: &'static str) -> BadValue {
+    BadValue::Syntax {
+        what,
+        given: given.to_string(),
+        expected,
+    }
+}
+
+/// Why a network cannot give a VE an address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddressRefused {
+    #[error("address {ip} is not a host address of network {net}'s subnet {subnet}")]
+    Outside {
+        ip: Ipv4Addr,
+        net: String,
+        subnet: Subnet,
+    },
+    #[error("address {ip} is network {net}'s gateway")]
+    Gateway { ip: Ipv4Addr, net: String },
+    #[error("address {ip} is in use on network {net}")]
+    InUse { ip: Ipv4Addr, net: String },
+    #[error("address {0} is the last of a /16 (reserved by vectl)")]
+    Reserved(Ipv4Addr),
+}
+
 /// Serde as a string through Display/FromStr.
 macro_rules! serde_via_str {
     ($t:ty) => {
@@ -59,16 +119,18 @@ impl fmt::Display for Mode {
 }
 
 impl FromStr for Mode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = BadValue;
+    fn from_str(s: &str) -> Result<Self, BadValue> {
         match s {
             "bridged" => Ok(Mode::Bridged),
             "host-only" => Ok(Mode::HostOnly),
             "nat" => Ok(Mode::Nat),
             "routed" => Ok(Mode::Routed),
-            _ => Err(format!(
-                "unknown network mode {s:?}: use bridged, host-only, nat or routed"
-            )),
+            _ => Err(BadValue::Unknown {
+                what: "network mode",
+                given: s.to_string(),
+                choices: "bridged, host-only, nat or routed",
+            }),
         }
     }
 }
@@ -152,9 +214,9 @@ impl fmt::Display for Subnet {
 }
 
 impl FromStr for Subnet {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("invalid subnet {s:?}: expected an IPv4 CIDR like 10.0.3.0/24");
+    type Err = BadValue;
+    fn from_str(s: &str) -> Result<Self, BadValue> {
+        let bad = || syntax("subnet", s, "an IPv4 CIDR like 10.0.3.0/24");
         let (a, p) = s.split_once('/').ok_or_else(bad)?;
         let addr: Ipv4Addr = a.parse().map_err(|_| bad())?;
         let prefix: u8 = p.parse().map_err(|_| bad())?;
@@ -163,15 +225,16 @@ impl FromStr for Subnet {
         }
         let sn = Subnet { addr, prefix };
         if sn.network() != addr {
-            return Err(format!(
-                "invalid subnet {s:?}: host bits are set (the network is {}/{prefix})",
-                sn.network()
-            ));
+            return Err(BadValue::HostBits {
+                given: s.to_string(),
+                network: Subnet {
+                    addr: sn.network(),
+                    prefix,
+                },
+            });
         }
         if !(MIN_PREFIX..=MAX_PREFIX).contains(&prefix) {
-            return Err(format!(
-                "subnet {s}: the prefix must be between /{MIN_PREFIX} and /{MAX_PREFIX}"
-            ));
+            return Err(BadValue::Prefix(s.to_string()));
         }
         Ok(sn)
     }
@@ -183,10 +246,9 @@ impl FromStr for Subnet {
 pub struct Rate(pub u64);
 
 impl FromStr for Rate {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad =
-            || format!("invalid rate {s:?}: expected a bandwidth like 100mbit, 1gbit or 500kbit");
+    type Err = BadValue;
+    fn from_str(s: &str) -> Result<Self, BadValue> {
+        let bad = || syntax("rate", s, "a bandwidth like 100mbit, 1gbit or 500kbit");
         let t = s.trim().to_ascii_lowercase();
         let t = t.strip_suffix("bit").unwrap_or(&t);
         let split = t
@@ -204,9 +266,7 @@ impl FromStr for Rate {
         };
         let v = (n * mult).round();
         if !(1000.0..=1e13).contains(&v) {
-            return Err(format!(
-                "rate {s:?} is out of range: from 1kbit to 10000gbit"
-            ));
+            return Err(BadValue::RateRange(s.to_string()));
         }
         Ok(Rate(v as u64))
     }
@@ -254,11 +314,9 @@ pub struct Publish {
 }
 
 impl FromStr for Publish {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || {
-            format!("invalid port mapping {s:?}: expected HOSTPORT:VEPORT[/tcp|udp], like 8080:80")
-        };
+    type Err = BadValue;
+    fn from_str(s: &str) -> Result<Self, BadValue> {
+        let bad = || syntax("port mapping", s, "HOSTPORT:VEPORT[/tcp|udp], like 8080:80");
         let (ports, proto) = match s.rsplit_once('/') {
             Some((p, "tcp")) => (p, Proto::Tcp),
             Some((p, "udp")) => (p, Proto::Udp),
@@ -302,7 +360,7 @@ pub const MAX_HOST_ACCESS: usize = 64;
 impl HostAccess {
     /// Parses a comma-separated list (`tcp:22,udp:53`); `none` or nothing is
     /// the empty list. Sorted, without duplicates.
-    pub fn parse_list(s: &str) -> Result<Vec<HostAccess>, String> {
+    pub fn parse_list(s: &str) -> Result<Vec<HostAccess>, BadValue> {
         let s = s.trim();
         if s.is_empty() || s == "none" {
             return Ok(Vec::new());
@@ -314,21 +372,23 @@ impl HostAccess {
         out.sort();
         out.dedup();
         if out.len() > MAX_HOST_ACCESS {
-            return Err(format!(
-                "--allow-host: {} entries, at most {MAX_HOST_ACCESS}",
-                out.len()
-            ));
+            return Err(BadValue::TooManyHostAccess {
+                count: out.len(),
+                max: MAX_HOST_ACCESS,
+            });
         }
         Ok(out)
     }
 }
 
 impl FromStr for HostAccess {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = BadValue;
+    fn from_str(s: &str) -> Result<Self, BadValue> {
         let bad = || {
-            format!(
-                "invalid host service {s:?}: expected PROTO:PORT or PROTO:FIRST-LAST (tcp:22, udp:53, tcp:8000-8100), all or none"
+            syntax(
+                "host service",
+                s,
+                "PROTO:PORT or PROTO:FIRST-LAST (tcp:22, udp:53, tcp:8000-8100), all or none",
             )
         };
         if s == "all" {
@@ -346,9 +406,7 @@ impl FromStr for HostAccess {
             None => (port(ports)?, port(ports)?),
         };
         if first > last {
-            return Err(format!(
-                "invalid host service {s:?}: the range runs backwards"
-            ));
+            return Err(BadValue::Backwards(s.to_string()));
         }
         Ok(HostAccess::Ports { proto, first, last })
     }
@@ -505,23 +563,27 @@ impl NetConfig {
 
     /// Checks that `ip` may be a VE's address here; `used` are the addresses of
     /// the other VEs on the network.
-    pub fn check_address(&self, ip: Ipv4Addr, used: &BTreeSet<Ipv4Addr>) -> Result<(), String> {
+    pub fn check_address(
+        &self,
+        ip: Ipv4Addr,
+        used: &BTreeSet<Ipv4Addr>,
+    ) -> Result<(), AddressRefused> {
+        let net = || self.name.clone();
         if !self.subnet.is_host(ip) {
-            return Err(format!(
-                "address {ip} is not a host address of network {}'s subnet {}",
-                self.name, self.subnet
-            ));
+            return Err(AddressRefused::Outside {
+                ip,
+                net: net(),
+                subnet: self.subnet,
+            });
         }
         if self.gateway == Some(ip) {
-            return Err(format!("address {ip} is network {}'s gateway", self.name));
+            return Err(AddressRefused::Gateway { ip, net: net() });
         }
         if used.contains(&ip) {
-            return Err(format!("address {ip} is in use on network {}", self.name));
+            return Err(AddressRefused::InUse { ip, net: net() });
         }
         if class_minor(self.subnet, ip).is_none() {
-            return Err(format!(
-                "address {ip} is the last of a /16 (reserved by vectl)"
-            ));
+            return Err(AddressRefused::Reserved(ip));
         }
         Ok(())
     }
@@ -572,9 +634,9 @@ impl fmt::Display for Mac {
 }
 
 impl FromStr for Mac {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("invalid MAC address {s:?}");
+    type Err = BadValue;
+    fn from_str(s: &str) -> Result<Self, BadValue> {
+        let bad = || syntax("MAC address", s, "six hex pairs like 02:00:00:00:00:01");
         let parts: Vec<&str> = s.split(':').collect();
         if parts.len() != 6 {
             return Err(bad());

@@ -29,6 +29,6 @@ mod volume;
 
 pub use disk::DiskUsage;
 pub use error::{Error, Result};
-pub use pool::{Backend, MIN_POOL_BYTES, NewBtrfs, Pool, PoolSpace, Source};
+pub use pool::{Backend, MIN_POOL_BYTES, NewBtrfs, Pool, PoolSpace, Source, UnknownBackend};
 pub use snapshot::SnapshotInfo;
 pub use volume::{Usage, Volume, usage};

@@ -31,15 +31,18 @@ impl std::fmt::Display for Backend {
     }
 }
 
+/// A storage backend name that is neither `btrfs` nor `dir`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown storage backend {0:?}: expected btrfs or dir")]
+pub struct UnknownBackend(pub String);
+
 impl std::str::FromStr for Backend {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
+    type Err = UnknownBackend;
+    fn from_str(s: &str) -> std::result::Result<Self, UnknownBackend> {
         match s {
             "dir" => Ok(Backend::Dir),
             "btrfs" => Ok(Backend::Btrfs),
-            _ => Err(format!(
-                "unknown storage backend {s:?}: expected btrfs or dir"
-            )),
+            _ => Err(UnknownBackend(s.to_string())),
         }
     }
 }

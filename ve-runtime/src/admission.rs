@@ -11,7 +11,8 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::host::Host;
-use crate::limits::{Amount, Limits, Percent, human_bytes};
+use crate::limits::Limits;
+use crate::units::{Amount, Percent, human_bytes};
 
 /// The guarantees one VE holds.
 #[derive(Debug, Clone, PartialEq, Serialize)]

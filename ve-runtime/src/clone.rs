@@ -6,9 +6,9 @@ use std::fs;
 use crate::config::VeConfig;
 use crate::error::{Error, Result, io_err};
 use crate::host::Host;
-use crate::limits::Size;
 use crate::pool::ve_storage;
 use crate::snapshot::Consistency;
+use crate::units::Size;
 
 /// What `clone` made.
 #[derive(Debug, Clone, serde::Serialize)]

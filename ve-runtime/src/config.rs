@@ -161,7 +161,7 @@ pub fn validate_hostname(h: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limits::{Amount, Percent, Size};
+    use crate::units::{Amount, Percent, Size};
 
     #[test]
     fn names() {

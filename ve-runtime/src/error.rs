@@ -78,10 +78,6 @@ pub enum Error {
         #[source]
         source: nix::Error,
     },
-    /// The host settings ask for something this host cannot do.
-    /// (Being replaced by the typed variants below; see DEVELOPERS.md.)
-    #[error("{0}")]
-    Host(String),
     /// A VE operation refused or failed for a reason no variant above covers.
     #[error("VE {ve}: {reason}")]
     Ve { ve: String, reason: String },
@@ -152,6 +148,9 @@ pub enum Error {
     /// A network operation that is refused or failed.
     #[error("network {net}: {reason}")]
     Net { net: String, reason: String },
+    /// Network errors of the host's (the firewall, a network name).
+    #[error(transparent)]
+    Netns(netns::Error),
     /// Network errors for a VE.
     #[error("VE {ve}: network: {source}")]
     Network {

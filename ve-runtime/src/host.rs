@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 use crate::cgroup::{self, CgroupBackend, CgroupSettings};
 use crate::error::{Error, Result, io_err};
 use crate::fsutil::{Lock, write_atomic};
-use crate::limits::{Amount, Capacity, HostFacts, IoDevice, Limits, Percent, Size};
+use crate::limits::{Capacity, HostFacts, IoDevice, Limits};
+use crate::units::{Amount, Percent, Size};
 
 /// The default state directory.
 pub const DEFAULT_ROOT: &str = "/var/lib/vectl";
@@ -597,7 +598,7 @@ fn make_btrfs_pool(root: &Path, pool_dir: &Path, opts: &InitOptions) -> Result<q
                         root,
                         format!(
                             "only {} free, too little for a pool (free some space, give --pool-dev, or use --backend dir)",
-                            crate::limits::human_bytes(half * 2)
+                            crate::units::human_bytes(half * 2)
                         ),
                     ));
                 }

@@ -27,6 +27,7 @@ mod state;
 mod stats;
 mod sys;
 mod template;
+mod units;
 mod upgrade;
 mod ve;
 
@@ -38,10 +39,7 @@ pub use error::{Error, Result};
 pub use host::{
     DEFAULT_ROOT, Host, HostSettings, InitOptions, Reserve, SettingsChange, VeDefaults,
 };
-pub use limits::{
-    Amount, Capacity, Cpus, HostFacts, IoDevice, IoLimits, KernelLimits, Limits, LimitsUpdate,
-    NetShare, Percent, Setting, Size, human_bytes, parse_count,
-};
+pub use limits::{Capacity, HostFacts, IoDevice, IoLimits, KernelLimits, Limits, LimitsUpdate};
 pub use net::{DEFAULT_NET, NetCreate, NetDetails, NetMember, NetUpdate};
 pub use netns;
 pub use netns::model::{Mode, NetConfig, Proto, Publish, Rate, Subnet};
@@ -50,12 +48,16 @@ pub use options::{CreateOptions, ExecOptions, StopOptions};
 pub use pool::{PoolInfo, VolumeUse};
 pub use pool_check::PoolProblem;
 pub use quota;
+pub use quota::UnknownBackend;
 pub use security::VE_CAPS;
 pub use signal::{BadSignal, parse_signal, signal_name};
 pub use snapshot::{Consistency, SnapshotMade};
 pub use state::{RunState, Status};
 pub use stats::VeStats;
 pub use template::TemplateUsage;
+pub use units::{
+    Amount, BadValue, Cpus, NetShare, Percent, Setting, Size, human_bytes, parse_count,
+};
 pub use upgrade::{Committed, FleetRow, Moved, Rollout, UpgradeCheck};
 pub use ve::{SetOutcome, StopOutcome, VeDetails, VeInfo};
 pub use ve_templates::Conflict;

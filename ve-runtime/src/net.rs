@@ -107,7 +107,7 @@ fn from_netns(e: netns::Error) -> Error {
             net,
             reason: reason.to_string(),
         },
-        e => Error::Host(e.to_string()),
+        e => Error::Netns(e),
     }
 }
 
@@ -589,9 +589,7 @@ impl Host {
 
     /// Regenerates and applies the firewall (the caller holds the host lock).
     pub(crate) fn apply_firewall(&self, extra: Option<&VeConfig>) -> Result<()> {
-        self.firewall(extra)?
-            .apply()
-            .map_err(|e| Error::Host(e.to_string()))
+        self.firewall(extra)?.apply().map_err(Error::Netns)
     }
 
     /// The addresses in use on `net` by VEs other than `except`.
@@ -775,7 +773,7 @@ impl Host {
                     "--net-guarantee: the VE has no network interface".into()
                 ));
             }
-            if let crate::limits::NetShare::Percent(p) = g
+            if let crate::units::NetShare::Percent(p) = g
                 && !(p.0 > 0.0 && p.0 <= 100.0)
             {
                 return Err(bad(format!(
@@ -927,13 +925,10 @@ impl Host {
     }
 }
 
-/// A host-level error (the firewall's) as one about VE `ve`.
+/// A host-level network error (the firewall's) as one about VE `ve`.
 pub(crate) fn for_ve(ve: &str, e: Error) -> Error {
     match e {
-        Error::Host(reason) => Error::BadLimit {
-            ve: ve.to_string(),
-            reason,
-        },
+        Error::Netns(e) => Error::ve(ve, e.to_string()),
         e => e,
     }
 }
@@ -1002,7 +997,7 @@ mod tests {
         let e = checked_host_access("n", &[HostAccess::All; 2]).map(|l| l.len());
         assert_eq!(e.ok(), Some(1));
         let e = validate_net_name("Bad").unwrap_err();
-        assert!(matches!(e, Error::Host(_)));
+        assert!(matches!(e, Error::Netns(netns::Error::InvalidNetName(_))));
         assert!(
             e.to_string()
                 .starts_with("invalid network name \"Bad\": use lower-case")

@@ -81,11 +81,13 @@ impl Host {
         let source = match (pool.backend(), &self.settings().pool_source) {
             (quota::Backend::Btrfs, Some(s)) => s.clone(),
             _ => {
-                return Err(Error::Host(format!(
-                    "pool {}: the {} backend cannot grow (it uses its file system as it is)",
-                    pool.dir().display(),
-                    pool.backend()
-                )));
+                return Err(Error::Refused {
+                    what: format!("pool {}", pool.dir().display()),
+                    reason: format!(
+                        "the {} backend cannot grow (it uses its file system as it is)",
+                        pool.backend()
+                    ),
+                });
             }
         };
         pool.grow(&source, size)?;
@@ -99,6 +101,6 @@ pub(crate) fn ve_storage(ve: &str, e: quota::Error) -> Error {
     if msg.starts_with(&format!("VE {ve}: ")) {
         Error::Storage(e)
     } else {
-        Error::Host(format!("VE {ve}: {msg}"))
+        Error::ve(ve, msg)
     }
 }

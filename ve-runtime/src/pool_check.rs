@@ -6,8 +6,8 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::host::Host;
-use crate::limits::Size;
 use crate::pool::ve_storage;
+use crate::units::Size;
 
 /// A problem `pool check` found, and whether `--repair` fixed it.
 #[derive(Debug, Clone, Serialize)]
@@ -158,7 +158,7 @@ impl Host {
                     subject: format!("0/{id}"),
                     detail: format!(
                         "quota group of a deleted volume, still charged {} for data snapshots share (it goes with them)",
-                        crate::limits::human_bytes(bytes)
+                        crate::units::human_bytes(bytes)
                     ),
                     repaired: false,
                 });

@@ -10,8 +10,8 @@ use serde::Serialize;
 use crate::config::VeConfig;
 use crate::error::{Error, Result, io_err};
 use crate::host::Host;
-use crate::limits::Size;
 use crate::pool::ve_storage;
+use crate::units::Size;
 
 /// How a snapshot was made consistent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -78,9 +78,10 @@ impl Host {
         };
         if !frozen {
             let _ = fs::remove_file(&marker);
-            return Err(Error::Host(format!(
-                "VE {ve}: this host has no freezer for VE cgroups: stop the VE for a consistent copy of its files"
-            )));
+            return Err(Error::ve(
+                ve,
+                "this host has no freezer for VE cgroups: stop the VE for a consistent copy of its files",
+            ));
         }
         let made = f();
         let thawed = cg.thaw(ve);
@@ -113,10 +114,13 @@ impl Host {
             .into_iter()
             .find(|m| m.snapshot.as_deref() == Some(name))
         {
-            return Err(Error::Host(format!(
-                "VE {ve}: snapshot {name} is the way back from its upgrade from {} to {} (`vectl rollback {ve}` restores it)",
-                m.from, m.to
-            )));
+            return Err(Error::ve(
+                &ve,
+                format!(
+                    "snapshot {name} is the way back from its upgrade from {} to {} (`vectl rollback {ve}` restores it)",
+                    m.from, m.to
+                ),
+            ));
         }
         self.pool()
             .remove_snapshot(&ve, name)
@@ -131,10 +135,13 @@ impl Host {
         let _lock = self.lock_ve(&ve)?;
         let mut cfg: VeConfig = self.load_config(&ve)?;
         if let Some(rs) = self.alive_state(&ve)? {
-            return Err(Error::Host(format!(
-                "VE {ve}: running (init pid {}); stop it before restoring a snapshot",
-                rs.pid
-            )));
+            return Err(Error::ve(
+                &ve,
+                format!(
+                    "running (init pid {}); stop it before restoring a snapshot",
+                    rs.pid
+                ),
+            ));
         }
         self.finish_move(&mut cfg)?;
         self.pool()

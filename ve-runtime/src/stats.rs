@@ -5,8 +5,8 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::host::Host;
-use crate::limits::{Amount, Percent, Size};
 use crate::state::Status;
+use crate::units::{Amount, Percent, Size};
 
 /// One VE's use of the host.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -22,11 +22,12 @@ use crate::error::{Error, Result, io_err};
 use crate::fsutil::{Lock, remove_file, temp_path};
 use crate::host::Host;
 use crate::launch;
-use crate::limits::{KernelLimits, Limits, LimitsUpdate, Size};
+use crate::limits::{KernelLimits, Limits, LimitsUpdate};
 use crate::options::{CreateOptions, ExecOptions, StopOptions};
 use crate::signal::{parse_signal, signal_name};
 use crate::state::{self, RunState, Status};
 use crate::sys;
+use crate::units::Size;
 
 /// One VE as `list` shows it.
 #[derive(Debug, Clone, Serialize)]

@@ -70,7 +70,7 @@ pub fn init(ctx: &Ctx, a: InitArgs) -> Result<ExitCode> {
             .as_deref()
             .map(str::parse)
             .transpose()
-            .map_err(|e: String| anyhow::anyhow!("--backend: {e}"))?,
+            .map_err(|e: ve_runtime::UnknownBackend| anyhow::anyhow!("--backend: {e}"))?,
         pool_dir: a.pool_dir,
         pool_size: parse::opt(&a.pool_size, "", "pool-size")?.map(|s| s.0),
         pool_dev: a.pool_dev,

@@ -201,15 +201,15 @@ fn union_list(a: &str, b: &str) -> String {
     for list in [a, b] {
         // Kernel CPU lists: a bare number is a CPU, not a count.
         match list.parse() {
-            Ok(crate::limits::Cpus::List(l)) => all.extend(l),
-            Ok(crate::limits::Cpus::Count(n)) => all.push(n),
+            Ok(crate::units::Cpus::List(l)) => all.extend(l),
+            Ok(crate::units::Cpus::Count(n)) => all.push(n),
             Err(_) if list == "0" => all.push(0),
             Err(_) => {}
         }
     }
     all.sort_unstable();
     all.dedup();
-    crate::limits::cpu_list(&all)
+    crate::units::cpu_list(&all)
 }
 
 /// Reads a throttle file's value for the device, 0 meaning none.
@@ -557,7 +557,7 @@ fn lower_ram(ve: &str, mem: &std::path::Path, limit: u64, force: bool) -> Result
         value: limit.to_string(),
         reason: format!(
             "the VE uses {} and the kernel could not reclaim enough{why}",
-            crate::limits::human_bytes(used())
+            crate::units::human_bytes(used())
         ),
         path: mem.join("memory.limit_in_bytes"),
     };

@@ -197,7 +197,7 @@ pub(crate) fn fits_or_reclaim(ve: &str, dir: &Path, limit: u64) -> Result<()> {
         value: limit.to_string(),
         reason: format!(
             "the VE uses {} and the kernel could not reclaim enough",
-            crate::limits::human_bytes(used)
+            crate::units::human_bytes(used)
         ),
         path: dir.join("memory.max"),
     })
