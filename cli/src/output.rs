@@ -138,7 +138,7 @@ impl Out {
                 "ves": committed.ves,
             },
             "io_device": io.as_ref().ok(),
-            "io_device_problem": io.as_ref().err(),
+            "io_device_problem": io.as_ref().err().map(ToString::to_string),
             "ves": ves.len(),
             "running": running,
             "template_versions": templates,

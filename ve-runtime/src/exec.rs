@@ -37,6 +37,7 @@ use crate::error::{Error, Result};
 use crate::launch::move_self;
 use crate::options::ExecOptions;
 use crate::security;
+use crate::step::{Step, StepError, failed, last_os_error, step};
 use crate::sys::{self, Forked};
 
 /// The most descriptors `--preserve-fds` passes on.
@@ -96,7 +97,7 @@ pub(crate) fn run(
         argv[0] = cstring(a0)?;
     }
     let workdir = opts.workdir.as_deref().map(cstring).transpose()?;
-    let filters = security::seccomp_filters().map_err(&fail)?;
+    let filters = security::seccomp_filters().map_err(|e| fail(e.to_string()))?;
 
     let pty = if opts.tty {
         Some(open_pty(init_pid).map_err(|e| fail(format!("allocate a terminal in the VE: {e}")))?)
@@ -106,7 +107,7 @@ pub(crate) fn run(
     let (child_stdio, our_stdio) = if opts.tty {
         Default::default()
     } else {
-        stdio_pipes().map_err(&fail)?
+        stdio_pipes().map_err(|e| fail(e.to_string()))?
     };
     let (sync_r, sync_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| fail(format!("pipe: {e}")))?;
@@ -218,7 +219,7 @@ pub(crate) fn run(
         relay.run()
     };
     restore_mask();
-    status.map_err(fail)
+    status.map_err(|e| fail(e.to_string()))
 }
 
 /// The longest a command may take from vectl's start of it to its exec.
@@ -300,7 +301,7 @@ fn drain(pipe: &OwnedFd, into: &mut Vec<u8>) {
 /// refused: the command would start with a way onto the host's file system.
 type Stdio3 = [Option<OwnedFd>; 3];
 
-fn stdio_pipes() -> std::result::Result<(Stdio3, Stdio3), String> {
+fn stdio_pipes() -> Step<(Stdio3, Stdio3)> {
     let names = ["standard input", "standard output", "standard error"];
     let (mut child, mut ours): (Stdio3, Stdio3) = Default::default();
     for (i, name) in names.iter().enumerate() {
@@ -308,13 +309,15 @@ fn stdio_pipes() -> std::result::Result<(Stdio3, Stdio3), String> {
         // the borrow ends with this iteration.
         let fd = unsafe { BorrowedFd::borrow_raw(i as RawFd) };
         if nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR) {
-            return Err(format!("{name} is a directory: not passed into a VE"));
+            return Err(StepError::Refused(format!(
+                "{name} is a directory: not passed into a VE"
+            )));
         }
         if !nix::unistd::isatty(fd).unwrap_or(false) {
             continue;
         }
         let (r, w) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(step(|| "pipe".into()))?;
         if i == 0 {
             (child[i], ours[i]) = (Some(r), Some(w));
         } else {
@@ -322,7 +325,7 @@ fn stdio_pipes() -> std::result::Result<(Stdio3, Stdio3), String> {
                 &r,
                 nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
             )
-            .map_err(|e| format!("pipe: {e}"))?;
+            .map_err(step(|| "pipe".into()))?;
             (child[i], ours[i]) = (Some(w), Some(r));
         }
     }
@@ -332,7 +335,7 @@ fn stdio_pipes() -> std::result::Result<(Stdio3, Stdio3), String> {
 /// Opens a new pty in the VE's devpts and its peer. The VE's /dev is looked up
 /// inside its root (a VE can point /dev/pts anywhere), and what is opened must be
 /// a pty multiplexer (TIOCGPTPEER refuses anything else).
-fn open_pty(init_pid: i32) -> std::result::Result<(OwnedFd, OwnedFd), String> {
+fn open_pty(init_pid: i32) -> Step<(OwnedFd, OwnedFd)> {
     let root = format!("/proc/{init_pid}/root");
     let master = ve_templates::Tree::open(Path::new(&root))
         .and_then(|t| {
@@ -341,18 +344,18 @@ fn open_pty(init_pid: i32) -> std::result::Result<(OwnedFd, OwnedFd), String> {
                 rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NONBLOCK,
             )
         })
-        .map_err(|e| format!("/dev/pts/ptmx: {e}"))?;
-    let st = rustix::fs::fstat(&master).map_err(|e| format!("/dev/pts/ptmx: {e}"))?;
+        .map_err(step(|| "/dev/pts/ptmx".into()))?;
+    let st = rustix::fs::fstat(&master).map_err(step(|| "/dev/pts/ptmx".into()))?;
     if st.st_mode & libc::S_IFMT != libc::S_IFCHR {
-        return Err("/dev/pts/ptmx is not a device".into());
+        return Err(StepError::Refused("/dev/pts/ptmx is not a device".into()));
     }
     // Blocking again: the relay polls before it reads.
     nix::fcntl::fcntl(
         &master,
         nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
     )
-    .map_err(|e| format!("/dev/pts/ptmx: {e}"))?;
-    let slave = sys::pty_peer(master.as_fd()).map_err(|e| format!("open the pty's peer: {e}"))?;
+    .map_err(step(|| "/dev/pts/ptmx".into()))?;
+    let slave = sys::pty_peer(master.as_fd()).map_err(step(|| "open the pty's peer".into()))?;
     if let Some(ws) = sys::get_winsize(std::io::stdin().as_fd()) {
         sys::set_winsize(master.as_fd(), &ws);
     }
@@ -424,27 +427,27 @@ impl Helper<'_> {
     }
 
     /// Joins the VE and confines the helper; its fork inherits both.
-    fn enter(&self) -> std::result::Result<(), String> {
+    fn enter(&self) -> Step {
         security::set_non_dumpable()?;
-        move_self(self.join).map_err(|e| format!("join the VE's cgroup: {e}"))?;
+        move_self(self.join).map_err(step(|| "join the VE's cgroup".into()))?;
         let all = CloneFlags::CLONE_NEWCGROUP
             | CloneFlags::CLONE_NEWIPC
             | CloneFlags::CLONE_NEWUTS
             | CloneFlags::CLONE_NEWNET
             | CloneFlags::CLONE_NEWPID
             | CloneFlags::CLONE_NEWNS;
-        setns(self.init_pidfd, all).map_err(|e| format!("join the VE's namespaces: {e}"))?;
+        setns(self.init_pidfd, all).map_err(step(|| "join the VE's namespaces".into()))?;
         security::confine(self.filters)
     }
 
     /// The command process, inside the VE: terminal, directory, restrictions, exec.
-    fn exec(&self) -> String {
+    fn exec(&self) -> StepError {
         if let Err(e) = nix::unistd::setsid() {
-            return format!("setsid: {e}");
+            return failed("setsid", e);
         }
         if let Some(slave) = self.pty_slave {
             if let Err(e) = sys::set_controlling_tty(slave) {
-                return format!("set the controlling terminal: {e}");
+                return failed("set the controlling terminal", e);
             }
             for r in [
                 nix::unistd::dup2_stdin(slave),
@@ -452,7 +455,7 @@ impl Helper<'_> {
                 nix::unistd::dup2_stderr(slave),
             ] {
                 if let Err(e) = r {
-                    return format!("attach the terminal: {e}");
+                    return failed("attach the terminal", e);
                 }
             }
         }
@@ -461,7 +464,7 @@ impl Helper<'_> {
                 // SAFETY: dup2 onto a stdio number of this process.
                 && unsafe { libc::dup2(p.as_raw_fd(), i as RawFd) } < 0
             {
-                return format!("attach a pipe: {}", std::io::Error::last_os_error());
+                return last_os_error("attach a pipe");
             }
         }
         let dir = match self.workdir {
@@ -470,13 +473,15 @@ impl Helper<'_> {
             None => c"/".to_owned(),
         };
         if let Err(e) = nix::unistd::chdir(dir.as_c_str()) {
-            return format!("chdir {}: {e}", dir.to_string_lossy());
+            return failed(format!("chdir {}", dir.to_string_lossy()), e);
         }
         // A working directory outside the VE's root (reached through a
         // descriptor the caller passed on) is refused, as runc does.
         match nix::unistd::getcwd() {
             Ok(cwd) if cwd.is_absolute() => {}
-            _ => return format!("{}: outside the VE", dir.to_string_lossy()),
+            _ => {
+                return StepError::Refused(format!("{}: outside the VE", dir.to_string_lossy()));
+            }
         }
         sys::reset_signals();
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
@@ -486,7 +491,7 @@ impl Helper<'_> {
 }
 
 /// execve with a PATH search (in the VE's file system, with the VE's PATH).
-fn exec_path(command: &CString, argv: &[CString], env: &[CString]) -> String {
+fn exec_path(command: &CString, argv: &[CString], env: &[CString]) -> StepError {
     let name = command.as_bytes();
     let shown = command.to_string_lossy();
     if name.contains(&b'/') {
@@ -521,11 +526,11 @@ fn exec_path(command: &CString, argv: &[CString], env: &[CString]) -> String {
     )
 }
 
-fn exec_error(command: &str, e: nix::Error) -> String {
+fn exec_error(command: &str, e: nix::Error) -> StepError {
     match e {
-        nix::Error::ENOENT => format!("{command}: command not found in the VE"),
-        nix::Error::EACCES => format!("{command}: permission denied"),
-        e => format!("{command}: {e}"),
+        nix::Error::ENOENT => StepError::Refused(format!("{command}: command not found in the VE")),
+        nix::Error::EACCES => StepError::Refused(format!("{command}: permission denied")),
+        e => failed(command, e),
     }
 }
 
@@ -567,7 +572,7 @@ impl Drop for RawMode {
 }
 
 impl Relay {
-    fn run(self) -> std::result::Result<i32, String> {
+    fn run(self) -> Step<i32> {
         let _raw = self.master.as_ref().map(|_| RawMode::enter());
         let stdin = std::io::stdin();
         let mut stdin_open = self.master.is_some();
@@ -593,7 +598,7 @@ impl Relay {
             match poll(&mut fds, timeout) {
                 Ok(_) => {}
                 Err(nix::Error::EINTR) => continue,
-                Err(e) => return Err(format!("poll: {e}")),
+                Err(e) => return Err(failed("poll", e)),
             }
             let ready = |i: usize| {
                 fds.get(i)
@@ -634,11 +639,7 @@ impl Relay {
 
     /// Without a terminal, relays our terminal stdio through the pipes that
     /// stand in for it (see [`stdio_pipes`]) until the command exits.
-    fn run_pipes(
-        &self,
-        mut input: Option<OwnedFd>,
-        mut outputs: Vec<(OwnedFd, i32)>,
-    ) -> std::result::Result<i32, String> {
+    fn run_pipes(&self, mut input: Option<OwnedFd>, mut outputs: Vec<(OwnedFd, i32)>) -> Step<i32> {
         let stdin = std::io::stdin();
         let mut buf = vec![0u8; 16384];
         loop {
@@ -656,7 +657,7 @@ impl Relay {
             match poll(&mut fds, PollTimeout::NONE) {
                 Ok(_) => {}
                 Err(nix::Error::EINTR) => continue,
-                Err(e) => return Err(format!("poll: {e}")),
+                Err(e) => return Err(failed("poll", e)),
             }
             let ready: Vec<bool> = fds
                 .iter()
@@ -721,7 +722,7 @@ impl Relay {
         true
     }
 
-    fn wait_without_terminal(&self) -> std::result::Result<i32, String> {
+    fn wait_without_terminal(&self) -> Step<i32> {
         loop {
             let mut fds = [
                 PollFd::new(self.command.as_fd(), PollFlags::POLLIN),
@@ -729,7 +730,7 @@ impl Relay {
             ];
             match poll(&mut fds, PollTimeout::NONE) {
                 Ok(_) | Err(nix::Error::EINTR) => {}
-                Err(e) => return Err(format!("poll: {e}")),
+                Err(e) => return Err(failed("poll", e)),
             }
             let exited = fds[0].revents().is_some_and(|r| !r.is_empty());
             let signalled = fds[1].revents().is_some_and(|r| !r.is_empty());
@@ -791,13 +792,13 @@ impl Relay {
         }
     }
 
-    fn status(&self) -> std::result::Result<i32, String> {
+    fn status(&self) -> Step<i32> {
         loop {
             match waitpid(Pid::from_raw(self.command_pid), None) {
                 Ok(WaitStatus::Exited(_, code)) => return Ok(code),
                 Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
                 Ok(_) | Err(nix::Error::EINTR) => continue,
-                Err(e) => return Err(format!("wait for the command: {e}")),
+                Err(e) => return Err(failed("wait for the command", e)),
             }
         }
     }

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::cgroup::{self, CgroupBackend, CgroupSettings};
 use crate::error::{Error, Result, io_err};
 use crate::fsutil::{Lock, write_atomic};
-use crate::limits::{Capacity, HostFacts, IoDevice, Limits};
+use crate::limits::{Capacity, HostFacts, IoDevice, Limits, NoIoDevice};
 use crate::units::{Amount, Percent, Size};
 
 /// The default state directory.
@@ -193,7 +193,7 @@ pub struct Host {
     templates: ve_templates::TemplateStore,
     cgroups: OnceCell<Box<dyn CgroupBackend>>,
     capacity: OnceCell<Capacity>,
-    io_device: OnceCell<std::result::Result<IoDevice, String>>,
+    io_device: OnceCell<std::result::Result<IoDevice, NoIoDevice>>,
 }
 
 impl Host {
@@ -416,7 +416,7 @@ impl Host {
         }
         HostFacts {
             capacity: self.capacity(),
-            io_device: Err("not looked up (no disk I/O settings)".into()),
+            io_device: Err(NoIoDevice::NotLookedUp),
         }
     }
 
@@ -721,30 +721,36 @@ fn fs_type_of(dir: &Path) -> Option<String> {
 }
 
 /// The sysfs node of the one block device a btrfs at `dir` lives on.
-fn btrfs_device(dir: &Path) -> std::result::Result<PathBuf, String> {
-    let fsid = quota::btrfs::fsid(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+fn btrfs_device(dir: &Path) -> std::result::Result<PathBuf, NoIoDevice> {
+    let fsid = quota::btrfs::fsid(dir).map_err(unreadable(dir))?;
     let devs = PathBuf::from(format!("/sys/fs/btrfs/{fsid}/devices"));
     let nodes: Vec<PathBuf> = fs::read_dir(&devs)
-        .map_err(|e| format!("{}: {e}", devs.display()))?
+        .map_err(unreadable(&devs))?
         .flatten()
         .filter_map(|e| fs::canonicalize(e.path()).ok())
         .collect();
     match nodes.as_slice() {
         [one] => Ok(one.clone()),
-        _ => Err(format!(
-            "the VEs' files ({}) are on a btrfs spanning {} devices: there is no one disk to throttle",
-            dir.display(),
-            nodes.len()
-        )),
+        _ => Err(NoIoDevice::Spanning {
+            dir: dir.to_path_buf(),
+            devices: nodes.len(),
+        }),
+    }
+}
+
+fn unreadable(path: &Path) -> impl FnOnce(std::io::Error) -> NoIoDevice + '_ {
+    move |e| NoIoDevice::Unreadable {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
     }
 }
 
 /// The whole disk under `dir`, for I/O limits: the kernel throttles disks, so a
 /// partition is traded for its disk. Errors say why there is none (tmpfs, a
 /// network file system, a btrfs spanning devices...).
-fn io_device_of(dir: &Path) -> std::result::Result<IoDevice, String> {
+fn io_device_of(dir: &Path) -> std::result::Result<IoDevice, NoIoDevice> {
     use std::os::unix::fs::MetadataExt;
-    let md = fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let md = fs::metadata(dir).map_err(unreadable(dir))?;
     let dev = md.dev();
     let (major, minor) = (
         nix::sys::stat::major(dev) as u32,
@@ -757,11 +763,12 @@ fn io_device_of(dir: &Path) -> std::result::Result<IoDevice, String> {
         // the one device of the file system (the pool's loop device, say).
         Err(_) if quota::btrfs::is_btrfs(dir) => btrfs_device(dir)?,
         Err(_) => {
-            let fstype = fs_type_of(dir).unwrap_or_else(|| "an unknown file system".into());
-            return Err(format!(
-                "the VEs' files ({}) are not on a block device ({fstype}, device {major}:{minor}), so there is no disk to throttle",
-                dir.display()
-            ));
+            return Err(NoIoDevice::NotBlock {
+                dir: dir.to_path_buf(),
+                fstype: fs_type_of(dir).unwrap_or_else(|| "an unknown file system".into()),
+                major,
+                minor,
+            });
         }
     };
     if node.join("partition").exists() {

@@ -25,6 +25,7 @@ use nix::unistd::{chdir, execve, pivot_root, sethostname, setsid};
 use crate::cgroup::Placement;
 use crate::error::{Error, Result};
 use crate::security;
+use crate::step::{Step, StepError, failed, step};
 use crate::sys::{self, Forked};
 
 /// Everything the child needs, prepared by the parent before clone.
@@ -77,7 +78,7 @@ pub(crate) fn start(
         ve: spec.ve.clone(),
         reason,
     };
-    let filters = security::seccomp_filters().map_err(fail)?;
+    let filters = security::seccomp_filters().map_err(|e| fail(e.to_string()))?;
     let overlay_opts = cstr(format!(
         "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off",
         spec.lower.display(),
@@ -138,7 +139,7 @@ pub(crate) fn start(
                 Err(msg) => msg,
             };
             let mut w = fs::File::from(err_w);
-            let _ = w.write_all(msg.as_bytes());
+            let _ = w.write_all(msg.to_string().as_bytes());
             sys::exit_now(1);
         }
         Forked::Parent { pid, pidfd } => (pid, pidfd),
@@ -200,12 +201,6 @@ struct ChildSetup<'a> {
     argv: &'a [CString],
     env: &'a [CString],
     filters: &'a [seccompiler::BpfProgram],
-}
-
-type Step<T = ()> = std::result::Result<T, String>;
-
-fn step(what: impl FnOnce() -> String) -> impl FnOnce(nix::Error) -> String {
-    move |e| format!("{}: {e}", what())
 }
 
 impl ChildSetup<'_> {
@@ -280,11 +275,11 @@ impl ChildSetup<'_> {
         };
         let init = self.argv[0].to_string_lossy();
         Err(match e {
-            nix::Error::ENOENT => format!(
+            nix::Error::ENOENT => StepError::Refused(format!(
                 "init {init}: not found in the VE (give `--init CMD` or use a template with {init})"
-            ),
-            nix::Error::EACCES => format!("init {init}: not executable"),
-            e => format!("exec init {init}: {e}"),
+            )),
+            nix::Error::EACCES => StepError::Refused(format!("init {init}: not executable")),
+            e => failed(format!("exec init {init}"), e),
         })
     }
 
@@ -345,7 +340,7 @@ impl ChildSetup<'_> {
         // /dev/console: the host's console must stay out of reach; the VE's console
         // output is discarded.
         let console = dev.join("console");
-        fs::File::create(&console).map_err(|e| format!("create /dev/console: {e}"))?;
+        fs::File::create(&console).map_err(step(|| "create /dev/console".into()))?;
         mount(
             Some(&dev.join("null")),
             &console,
@@ -434,17 +429,20 @@ fn hide(p: &Path, is_dir: bool) -> Step {
 fn ensure_dir(p: &Path, mode: u32) -> Step {
     match fs::symlink_metadata(p) {
         Ok(md) if md.is_dir() => Ok(()),
-        Ok(_) => Err(format!("{} in the VE is not a directory", p.display())),
+        Ok(_) => Err(StepError::Refused(format!(
+            "{} in the VE is not a directory",
+            p.display()
+        ))),
         Err(_) => {
-            fs::create_dir_all(p).map_err(|e| format!("create {}: {e}", p.display()))?;
+            fs::create_dir_all(p).map_err(step(|| format!("create {}", p.display())))?;
             fs::set_permissions(p, fs::Permissions::from_mode(mode))
-                .map_err(|e| format!("chmod {}: {e}", p.display()))
+                .map_err(step(|| format!("chmod {}", p.display())))
         }
     }
 }
 
 fn symlink(target: &str, link: &Path) -> Step {
-    std::os::unix::fs::symlink(target, link).map_err(|e| format!("symlink {}: {e}", link.display()))
+    std::os::unix::fs::symlink(target, link).map_err(step(|| format!("symlink {}", link.display())))
 }
 
 /// Bind-mounts a path onto itself with `flags` (read-only and the like).

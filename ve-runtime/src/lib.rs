@@ -25,6 +25,7 @@ mod signal;
 mod snapshot;
 mod state;
 mod stats;
+mod step;
 mod sys;
 mod template;
 mod units;

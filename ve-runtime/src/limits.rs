@@ -2,6 +2,8 @@
 //! host (`HostFacts`, `Capacity`) and as written to the kernel (`KernelLimits`).
 //! The values they are made of (`256M`, `50%`) are in `units.rs`.
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -150,7 +152,35 @@ pub struct IoDevice {
 pub struct HostFacts {
     pub capacity: Capacity,
     /// The device holding VE files, or why there is none to throttle.
-    pub io_device: std::result::Result<IoDevice, String>,
+    pub io_device: std::result::Result<IoDevice, NoIoDevice>,
+}
+
+/// Why there is no one disk under the VEs' files to throttle.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoIoDevice {
+    /// The host's facts were gathered without it (no disk I/O setting asked).
+    #[error("not looked up (no disk I/O settings)")]
+    NotLookedUp,
+    /// A file that tells the device could not be read.
+    #[error("{}: {reason}", path.display())]
+    Unreadable { path: PathBuf, reason: String },
+    /// A btrfs on several devices.
+    #[error(
+        "the VEs' files ({}) are on a btrfs spanning {devices} devices: there is no one disk to throttle",
+        dir.display()
+    )]
+    Spanning { dir: PathBuf, devices: usize },
+    /// tmpfs, a network file system...
+    #[error(
+        "the VEs' files ({}) are not on a block device ({fstype}, device {major}:{minor}), so there is no disk to throttle",
+        dir.display()
+    )]
+    NotBlock {
+        dir: PathBuf,
+        fstype: String,
+        major: u32,
+        minor: u32,
+    },
 }
 
 /// The weight a VE without a CPU guarantee gets (cpu.weight scale, 1..10000):
@@ -641,12 +671,17 @@ mod tests {
             (254, 0, Some(10 << 20), None)
         );
         let no_disk = HostFacts {
-            io_device: Err("the pool is on tmpfs".into()),
+            io_device: Err(NoIoDevice::NotBlock {
+                dir: "/var/lib/vectl/pool".into(),
+                fstype: "tmpfs".into(),
+                major: 0,
+                minor: 40,
+            }),
             ..host()
         };
         let e = l.resolve("w", 101, &no_disk).unwrap_err().to_string();
         assert!(
-            e.contains("--io-limit/--iops-limit: the pool is on tmpfs"),
+            e.contains("--io-limit/--iops-limit: the VEs' files (/var/lib/vectl/pool) are not on a block device (tmpfs, device 0:40)"),
             "{e}"
         );
         let mut bfq = host();

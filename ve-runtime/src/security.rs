@@ -58,6 +58,11 @@ use seccompiler::{
     SeccompRule, TargetArch,
 };
 
+use crate::step::{Step, last_os_error, step};
+
+/// Building a seccomp program (in vectl, before any process is started).
+type Compiled<T> = std::result::Result<T, seccompiler::Error>;
+
 /// The capabilities a VE's root keeps; every other one is dropped.
 pub const VE_CAPS: &[Capability] = &[
     Capability::CAP_CHOWN,
@@ -109,7 +114,7 @@ fn ve_caps() -> CapsHashSet {
 /// thread has no power a process of the VE lacks: a process in the VE can
 /// neither outrank it nor (being without CAP_SYS_PTRACE) attach to it while it
 /// is also non-dumpable.
-pub(crate) fn confine(filters: &[BpfProgram]) -> Result<(), String> {
+pub(crate) fn confine(filters: &[BpfProgram]) -> Step {
     let keep = ve_caps();
     // Every number a capability can have: the kernel's own cap_last_cap would
     // be read from the VE's /proc here. Numbers this kernel lacks give EINVAL.
@@ -121,25 +126,24 @@ pub(crate) fn confine(filters: &[BpfProgram]) -> Result<(), String> {
         // this kernel does not know) means it is already absent.
         let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(n), 0, 0, 0) };
         if rc != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
-            return Err(format!(
-                "drop capability {n} from the bounding set: {}",
-                std::io::Error::last_os_error()
-            ));
+            return Err(last_os_error(format!(
+                "drop capability {n} from the bounding set"
+            )));
         }
     }
-    caps::clear(None, CapSet::Ambient).map_err(|e| format!("clear ambient capabilities: {e}"))?;
+    caps::clear(None, CapSet::Ambient).map_err(step(|| "clear ambient capabilities".into()))?;
     caps::clear(None, CapSet::Inheritable)
-        .map_err(|e| format!("clear inheritable capabilities: {e}"))?;
+        .map_err(step(|| "clear inheritable capabilities".into()))?;
     for prog in filters {
         install_seccomp(prog)?;
     }
     // Effective first: it must stay within the permitted set at every step.
     // (vectl may itself lack one of the VE's, as without CAP_SYS_RESOURCE here.)
     let held = caps::read(None, CapSet::Permitted)
-        .map_err(|e| format!("read the permitted capabilities: {e}"))?;
+        .map_err(step(|| "read the permitted capabilities".into()))?;
     let keep: CapsHashSet = keep.intersection(&held).copied().collect();
     for set in [CapSet::Effective, CapSet::Permitted] {
-        caps::set(None, set, &keep).map_err(|e| format!("reduce the {set:?} capabilities: {e}"))?;
+        caps::set(None, set, &keep).map_err(step(|| format!("reduce the {set:?} capabilities")))?;
     }
     Ok(())
 }
@@ -147,14 +151,11 @@ pub(crate) fn confine(filters: &[BpfProgram]) -> Result<(), String> {
 /// Marks the calling process non-dumpable: no process without CAP_SYS_PTRACE
 /// may attach to it or open its /proc files (mem, exe, fd, environ). The next
 /// execve of a VE program resets it.
-pub(crate) fn set_non_dumpable() -> Result<(), String> {
+pub(crate) fn set_non_dumpable() -> Step {
     // SAFETY: PR_SET_DUMPABLE takes a plain integer.
     let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     if rc != 0 {
-        return Err(format!(
-            "make the process non-dumpable: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(last_os_error("make the process non-dumpable"));
     }
     Ok(())
 }
@@ -164,19 +165,23 @@ fn encode_dev(major: u32, minor: u32) -> u64 {
     u64::from((minor & 0xff) | (major << 8) | ((minor & !0xff) << 12))
 }
 
-fn cond(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, String> {
-    SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value).map_err(|e| e.to_string())
+fn cond(arg: u8, op: SeccompCmpOp, value: u64) -> Compiled<SeccompCondition> {
+    Ok(SeccompCondition::new(
+        arg,
+        SeccompCmpArgLen::Dword,
+        op,
+        value,
+    )?)
 }
 
 /// Rules refusing mknod of block devices and of character devices off the list.
-fn mknod_rules(mode_arg: u8, dev_arg: u8) -> Result<Vec<SeccompRule>, String> {
+fn mknod_rules(mode_arg: u8, dev_arg: u8) -> Compiled<Vec<SeccompRule>> {
     let ifmt = u64::from(libc::S_IFMT);
     let block = SeccompRule::new(vec![cond(
         mode_arg,
         SeccompCmpOp::MaskedEq(ifmt),
         u64::from(libc::S_IFBLK),
-    )?])
-    .map_err(|e| e.to_string())?;
+    )?])?;
     let mut chr = vec![cond(
         mode_arg,
         SeccompCmpOp::MaskedEq(ifmt),
@@ -185,25 +190,24 @@ fn mknod_rules(mode_arg: u8, dev_arg: u8) -> Result<Vec<SeccompRule>, String> {
     for (major, minor) in MKNOD_CHAR_ALLOWED {
         chr.push(cond(dev_arg, SeccompCmpOp::Ne, encode_dev(*major, *minor))?);
     }
-    let chr = SeccompRule::new(chr).map_err(|e| e.to_string())?;
+    let chr = SeccompRule::new(chr)?;
     Ok(vec![block, chr])
 }
 
-fn rule(conds: Vec<SeccompCondition>) -> Result<SeccompRule, String> {
-    SeccompRule::new(conds).map_err(|e| e.to_string())
+fn rule(conds: Vec<SeccompCondition>) -> Compiled<SeccompRule> {
+    Ok(SeccompRule::new(conds)?)
 }
 
-fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>, errno: i32) -> Result<BpfProgram, String> {
+fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>, errno: i32) -> Compiled<BpfProgram> {
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Allow,
         SeccompAction::Errno(errno as u32),
         TargetArch::x86_64,
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     filter
         .try_into()
-        .map_err(|e: seccompiler::BackendError| e.to_string())
+        .map_err(|e: seccompiler::BackendError| e.into())
 }
 
 /// IOPRIO_CLASS_RT in an ioprio value (class in bits 13..15).
@@ -221,7 +225,7 @@ const IOPRIO_CLASS_MASK: u64 = 7 << 13;
 /// namespaces (until VEs run in their own, root in a fresh user namespace gets
 /// every capability there and a large kernel surface with it), the real-time
 /// I/O class, device nodes other than the VE's own, and typing into terminals.
-pub(crate) fn seccomp_filters() -> Result<Vec<BpfProgram>, String> {
+pub(crate) fn seccomp_filters() -> Compiled<Vec<BpfProgram>> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for nr in [
         libc::SYS_kexec_load,
@@ -319,7 +323,7 @@ fn no_x32() -> BpfProgram {
 /// helper this does not set no_new_privs: setuid programs in the VE (su, ping)
 /// must keep working. Installing without it needs CAP_SYS_ADMIN, which the caller
 /// has at this point.
-pub(crate) fn install_seccomp(prog: &BpfProgram) -> Result<(), String> {
+pub(crate) fn install_seccomp(prog: &BpfProgram) -> Step {
     let fprog = libc::sock_fprog {
         len: prog.len() as u16,
         filter: prog.as_ptr().cast::<libc::sock_filter>().cast_mut(),
@@ -334,10 +338,7 @@ pub(crate) fn install_seccomp(prog: &BpfProgram) -> Result<(), String> {
         )
     };
     if rc != 0 {
-        return Err(format!(
-            "install seccomp filter: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(last_os_error("install seccomp filter"));
     }
     Ok(())
 }
