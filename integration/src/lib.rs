@@ -12,7 +12,8 @@
 //!
 //! Tests that need something this machine lacks call [`skip`], which prints
 //! `SKIP: <test>: <reason>` and records it for the suite's summary.
-
+// The unit-test build links the dev-dependencies, which only the suite uses.
+#![cfg_attr(test, allow(unused_crate_dependencies))]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::fs;

@@ -8,7 +8,8 @@
 //! disappears when the test's `Lab` is dropped, whatever happens; nothing touches the
 //! namespace the test process runs in. Tests run one at a time (throughput figures would
 //! suffer from sharing 2 CPUs).
-
+// A test target links all of the package's dependencies; it uses few.
+#![allow(unused_crate_dependencies)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::fs::File;
@@ -270,9 +271,9 @@ fn rate(rate_mbit: u64, ceil_mbit: u64) -> ClassRate {
 /// The kind of the qdisc at `parent` on `dev`, if any.
 async fn qdisc_kind(h: &Handle, dev: &str, parent: TcHandle) -> Option<String> {
     let index = index_of(h, dev).await?;
-    let mut qdiscs = h.qdisc().get().index(index as i32).execute();
+    let mut qdiscs = h.qdisc().get().index(index.cast_signed()).execute();
     while let Ok(Some(q)) = qdiscs.try_next().await {
-        if q.header.index == index as i32 && q.header.parent == parent {
+        if q.header.index == index.cast_signed() && q.header.parent == parent {
             return q.attributes.iter().find_map(|a| match a {
                 TcAttribute::Kind(k) => Some(k.clone()),
                 _ => None,
@@ -286,7 +287,7 @@ async fn qdisc_kind(h: &Handle, dev: &str, parent: TcHandle) -> Option<String> {
 async fn filter_count(h: &Handle, dev: &str) -> usize {
     let index = index_of(h, dev).await.expect(dev);
     let filters: Vec<_> = h
-        .traffic_filter(index as i32)
+        .traffic_filter(index.cast_signed())
         .get()
         .execute()
         .try_collect()

@@ -262,7 +262,7 @@ fn read_report(sync: OwnedFd, sfd: &SignalFd) -> (String, Option<String>) {
         let signalled = fds[1].revents().is_some_and(|r| !r.is_empty());
         if signalled
             && let Ok(Some(info)) = sfd.read_signal()
-            && info.ssi_signo as i32 != libc::SIGWINCH
+            && info.ssi_signo.cast_signed() != libc::SIGWINCH
         {
             // The helper has exited (it was waited for), so all it wrote is in
             // the pipe: take it, or the command's PID is lost with the command
@@ -270,7 +270,7 @@ fn read_report(sync: OwnedFd, sfd: &SignalFd) -> (String, Option<String>) {
             drain(&sync, &mut report);
             let why = format!(
                 "interrupted by {} before the command started",
-                crate::signal::signal_name(info.ssi_signo as i32)
+                crate::signal::signal_name(info.ssi_signo.cast_signed())
             );
             return (String::from_utf8_lossy(&report).into_owned(), Some(why));
         }
@@ -304,10 +304,10 @@ type Stdio3 = [Option<OwnedFd>; 3];
 fn stdio_pipes() -> Step<(Stdio3, Stdio3)> {
     let names = ["standard input", "standard output", "standard error"];
     let (mut child, mut ours): (Stdio3, Stdio3) = Default::default();
-    for (i, name) in names.iter().enumerate() {
+    for (i, (raw, name)) in [0, 1, 2].into_iter().zip(names).enumerate() {
         // SAFETY: stdio descriptors 0-2 stay open for the whole of vectl's run;
         // the borrow ends with this iteration.
-        let fd = unsafe { BorrowedFd::borrow_raw(i as RawFd) };
+        let fd = unsafe { BorrowedFd::borrow_raw(raw) };
         if nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR) {
             return Err(StepError::Refused(format!(
                 "{name} is a directory: not passed into a VE"
@@ -389,7 +389,7 @@ impl Helper<'_> {
         let mut keep: Vec<RawFd> = vec![sync.as_raw_fd()];
         keep.extend(self.pty_slave.map(|s| s.as_raw_fd()));
         keep.extend(self.stdio.iter().flatten().map(|f| f.as_raw_fd()));
-        let preserved = 3..3i32.saturating_add(self.keep_fds.min(MAX_PRESERVED_FDS) as i32);
+        let preserved = 3..3i32.saturating_add(self.keep_fds.min(MAX_PRESERVED_FDS).cast_signed());
         keep.extend(preserved.filter(|&fd| sys::inherited(fd)));
         let mut sync = fs::File::from(sync);
         let mut report = |line: String| {
@@ -459,10 +459,10 @@ impl Helper<'_> {
                 }
             }
         }
-        for (i, pipe) in self.stdio.iter().enumerate() {
+        for (i, pipe) in (0..).zip(&self.stdio) {
             if let Some(p) = pipe
                 // SAFETY: dup2 onto a stdio number of this process.
-                && unsafe { libc::dup2(p.as_raw_fd(), i as RawFd) } < 0
+                && unsafe { libc::dup2(p.as_raw_fd(), i) } < 0
             {
                 return last_os_error("attach a pipe");
             }
@@ -745,7 +745,7 @@ impl Relay {
 
     fn relay_signal(&self) {
         while let Ok(Some(info)) = self.sfd.read_signal() {
-            let sig = info.ssi_signo as i32;
+            let sig = info.ssi_signo.cast_signed();
             if sig == libc::SIGWINCH {
                 if let (Some(m), Some(ws)) =
                     (&self.master, sys::get_winsize(std::io::stdin().as_fd()))

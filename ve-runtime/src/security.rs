@@ -333,7 +333,7 @@ pub(crate) fn install_seccomp(prog: &BpfProgram) -> Step {
     let rc = unsafe {
         libc::prctl(
             libc::PR_SET_SECCOMP,
-            libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+            libc::c_ulong::from(libc::SECCOMP_MODE_FILTER),
             &fprog as *const libc::sock_fprog,
         )
     };

@@ -203,7 +203,7 @@ mod tests {
 
     #[test]
     fn our_own_process_is_alive_with_its_start_time() {
-        let me = std::process::id() as i32;
+        let me = std::process::id().cast_signed();
         let s = proc_stat(me).unwrap();
         let rs = RunState {
             pid: me,

@@ -37,7 +37,8 @@
 //! the `dir` pool when this machine cannot make one (then without the storage
 //! figures).
 //! It is a benchmark, not a test: it prints numbers and fails only if vectl fails.
-
+// A binary target links all of the package's dependencies; it uses few.
+#![allow(unused_crate_dependencies)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::fs;

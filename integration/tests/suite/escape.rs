@@ -246,7 +246,7 @@ fn a_command_stopped_inside_the_ve_before_its_exec_does_not_hang_vectl() {
         child.is_some()
     });
     let term = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(running.id() as i32),
+        nix::unistd::Pid::from_raw(running.id().cast_signed()),
         nix::sys::signal::Signal::SIGTERM,
     );
     let mut status = None;

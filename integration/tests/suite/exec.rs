@@ -202,7 +202,7 @@ fn signals_to_vectl_exec_are_relayed_to_the_command() {
         "sleep did not start"
     );
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(child.id().cast_signed()),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();

@@ -226,7 +226,7 @@ fn exec_t_relays_input_and_window_size_changes() {
     };
     assert_eq!(rc, 0);
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(t.child.id() as i32),
+        nix::unistd::Pid::from_raw(t.child.id().cast_signed()),
         nix::sys::signal::Signal::SIGWINCH,
     )
     .unwrap();

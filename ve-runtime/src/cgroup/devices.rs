@@ -71,9 +71,9 @@ pub(crate) fn program() -> Vec<Insn> {
     for (major, minor) in ALLOWED_CHAR {
         let len: i16 = if minor.is_some() { 5 } else { 4 };
         p.push(insn(JNE_K, 2, 0, len - 1, BPF_DEVCG_DEV_CHAR));
-        p.push(insn(JNE_K, 3, 0, len - 2, *major as i32));
+        p.push(insn(JNE_K, 3, 0, len - 2, major.cast_signed()));
         if let Some(minor) = minor {
-            p.push(insn(JNE_K, 4, 0, 1 + 1, *minor as i32));
+            p.push(insn(JNE_K, 4, 0, 1 + 1, minor.cast_signed()));
         }
         p.push(insn(MOV64_K, 0, 0, 0, 1));
         p.push(insn(EXIT, 0, 0, 0, 0));
