@@ -11,17 +11,22 @@ use std::path::Path;
 use crate::model::{Mac, Mode, NetConfig, Subnet};
 use crate::{Error, Refusal, Result};
 
-/// Network names follow VE names' rules: lower-case letters, digits and '-',
-/// starting with a letter or digit, not all digits, at most 63 characters.
-pub fn validate_net_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
+/// The rule VE and network names share: lower-case letters, digits and '-',
+/// starting with a letter or digit, not all digits (those are ids), at most 63
+/// characters (a VE's name is its default hostname).
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= 63
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
-        && !name.bytes().all(|b| b.is_ascii_digit());
-    if ok {
+        && !name.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Checks a network name ([`is_valid_name`]).
+pub fn validate_net_name(name: &str) -> Result<()> {
+    if is_valid_name(name) {
         Ok(())
     } else {
         Err(Error::InvalidNetName(name.to_string()))

@@ -21,22 +21,25 @@ pub struct DiskUsage {
     pub limit: Option<u64>,
 }
 
-/// `12.5M`-style sizes for messages.
-pub(crate) fn human(b: u64) -> String {
-    const UNITS: [&str; 5] = ["", "K", "M", "G", "T"];
-    let mut v = b as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i + 1 < UNITS.len() {
-        v /= 1024.0;
-        i += 1;
+/// Formats a byte count for people: `1.5G`, `256M`, `12K` (the one formatter of
+/// vectl's messages and tables).
+pub fn human_bytes(b: u64) -> String {
+    for (suffix, unit) in [
+        ("T", 1u64 << 40),
+        ("G", 1 << 30),
+        ("M", 1 << 20),
+        ("K", 1 << 10),
+    ] {
+        if b >= unit {
+            let v = b as f64 / unit as f64;
+            return if v >= 100.0 || (v - v.round()).abs() < 0.05 {
+                format!("{:.0}{suffix}", v)
+            } else {
+                format!("{v:.1}{suffix}")
+            };
+        }
     }
-    if i == 0 {
-        format!("{b}")
-    } else if v.fract() == 0.0 {
-        format!("{v}{}", UNITS[i])
-    } else {
-        format!("{v:.1}{}", UNITS[i])
-    }
+    format!("{b}B")
 }
 
 impl Pool {
@@ -114,8 +117,8 @@ impl Pool {
                         if used > limit {
                             return Err(Error::BelowUsage {
                                 ve: ve.to_string(),
-                                limit: human(limit),
-                                used: human(used),
+                                limit: human_bytes(limit),
+                                used: human_bytes(used),
                             });
                         }
                     }
@@ -266,7 +269,7 @@ mod tests {
 
     #[test]
     fn sizes_for_messages() {
-        assert_eq!(human(50 << 20), "50M");
-        assert_eq!(human(1536), "1.5K");
+        assert_eq!(human_bytes(50 << 20), "50M");
+        assert_eq!(human_bytes(1536), "1.5K");
     }
 }

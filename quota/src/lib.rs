@@ -27,7 +27,7 @@ mod pool;
 mod snapshot;
 mod volume;
 
-pub use disk::DiskUsage;
+pub use disk::{DiskUsage, human_bytes};
 pub use error::{Error, Result};
 pub use pool::{Backend, MIN_POOL_BYTES, NewBtrfs, Pool, PoolSpace, Source, UnknownBackend};
 pub use snapshot::SnapshotInfo;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result, io_err};
-use crate::{btrfs, disk::human, loopdev};
+use crate::{btrfs, disk::human_bytes, loopdev};
 
 /// The storage backend of a pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -264,7 +264,7 @@ impl Pool {
                 if size <= now {
                     return Err(setup(format!(
                         "the pool is {} already; it can only grow (shrinking is not supported)",
-                        human(now)
+                        human_bytes(now)
                     )));
                 }
                 let free = nix::sys::statvfs::statvfs(path.parent().unwrap_or(Path::new("/")))
@@ -273,8 +273,8 @@ impl Pool {
                 if size - now > free {
                     return Err(setup(format!(
                         "growing by {} needs more than the {} free beside {}",
-                        human(size - now),
-                        human(free),
+                        human_bytes(size - now),
+                        human_bytes(free),
                         path.display()
                     )));
                 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::btrfs;
-use crate::disk::human;
+use crate::disk::human_bytes;
 use crate::error::{Error, Result, io_err};
 use crate::pool::{Backend, Pool};
 use crate::volume::copy_tree;
@@ -156,7 +156,7 @@ impl Pool {
             path: snap.clone(),
             why: format!(
                 "VE {ve}: the snapshot does not fit the VE's disk limit {}",
-                human(l)
+                human_bytes(l)
             ),
         };
         if self.quota_mode() == Some(btrfs::QuotaMode::Simple) {

@@ -120,16 +120,9 @@ impl VeConfig {
 }
 
 /// Checks a VE name: `[a-z0-9][a-z0-9-]*`, not all digits (those are ids), at most
-/// 63 characters (it is the default hostname).
+/// 63 characters (it is the default hostname); the rule network names share.
 pub fn validate_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.bytes().all(|b| b.is_ascii_digit());
-    if ok {
+    if netns::alloc::is_valid_name(name) {
         Ok(())
     } else {
         Err(Error::InvalidName(name.to_string()))

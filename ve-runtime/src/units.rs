@@ -7,6 +7,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use quota::human_bytes;
+
 /// A value that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BadValue {
@@ -94,26 +96,6 @@ impl fmt::Display for Size {
         }
         write!(f, "{b}")
     }
-}
-
-/// Formats a byte count for people: `1.5G`, `256M`, `12K`.
-pub fn human_bytes(b: u64) -> String {
-    for (suffix, unit) in [
-        ("T", 1u64 << 40),
-        ("G", 1 << 30),
-        ("M", 1 << 20),
-        ("K", 1 << 10),
-    ] {
-        if b >= unit {
-            let v = b as f64 / unit as f64;
-            return if v >= 100.0 || (v - v.round()).abs() < 0.05 {
-                format!("{:.0}{suffix}", v)
-            } else {
-                format!("{v:.1}{suffix}")
-            };
-        }
-    }
-    format!("{b}B")
 }
 
 /// A percentage, written `50%`; fractional values like `12.5%` are allowed.
