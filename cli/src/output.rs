@@ -104,9 +104,9 @@ impl Out {
     pub fn host_info(&self, host: &Host) -> anyhow::Result<()> {
         let cg = host.cgroups()?;
         let cap = host.capacity();
-        let (ves, _) = host.list()?;
+        let (ves, _) = host.ves().list()?;
         let running = ves.iter().filter(|v| v.status == Status::Running).count();
-        let templates = host.list_templates()?.len();
+        let templates = host.templates().list()?.len();
         let committed = host.commitments(None)?;
         let (reserve_cpu, reserve_ram) = host.reserve();
         let cpu_limits: f64 = committed
@@ -118,7 +118,7 @@ impl Out {
         let io = host.facts().io_device;
         let info = json!({
             "root": host.root(),
-            "pool": host.pool().dir(),
+            "pool": host.storage().dir(),
             "backend": host.settings().backend,
             "cgroup_version": cg.version(),
             "cgroup_parent": host.settings().cgroup.parent,
@@ -155,7 +155,7 @@ impl Out {
                 "pool",
                 format!(
                     "{} ({})",
-                    host.pool().dir().display(),
+                    host.storage().dir().display(),
                     host.settings().backend
                 ),
             ),

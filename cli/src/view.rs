@@ -1,15 +1,14 @@
 //! The CLI's own views of data that ve-runtime hands over in its leaf crates'
-//! types (the storage pool's space and snapshots), so the CLI does not reach
-//! into `ve_runtime::quota` for them; their JSON is the same as those types'.
+//! types (the storage pool's space and snapshots); their JSON is the same as
+//! those types'.
 //!
-//! Two leaf-crate types are still named here, for want of a named re-export
-//! in ve-runtime: the network's host-service rule (parsed from
-//! `--allow-host`) and the pool's source (printed by `pool info`).
+//! Two leaf-crate types are used as they are, through ve-runtime's named
+//! re-exports: the network's host-service rule (parsed from `--allow-host`)
+//! and the pool's source (printed by `pool info`).
 
 use serde::Serialize;
 
-pub use ve_runtime::netns::model::HostAccess;
-pub use ve_runtime::quota::Source as PoolSource;
+pub use ve_runtime::{HostAccess, PoolSource};
 
 /// A pool's totals (`pool grow`).
 #[derive(Debug, Clone, Serialize)]

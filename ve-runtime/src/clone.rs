@@ -34,7 +34,7 @@ impl Host {
     /// by the next command on it (the frozen marker, see
     /// [`Host::with_layer_still`]); its `.SRC.clone` snapshot (btrfs) is
     /// replaced by the next clone from it and goes with its destroy.
-    pub fn clone_ve(
+    pub(crate) fn clone_ve(
         &self,
         src: &str,
         dst: &str,
@@ -72,7 +72,7 @@ impl Host {
             self.finish_interrupted(dst)?;
         }
         let tref: ve_templates::TemplateRef = template.unwrap_or(&from.template).parse()?;
-        let tv = self.templates().resolve(&tref)?;
+        let tv = self.store().resolve(&tref)?;
         let nics = self.allocate_nics(
             dst,
             &from

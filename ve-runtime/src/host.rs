@@ -380,11 +380,11 @@ impl Host {
         &self.settings
     }
     /// The storage pool.
-    pub fn pool(&self) -> &quota::Pool {
+    pub(crate) fn pool(&self) -> &quota::Pool {
         &self.pool
     }
     /// The template store.
-    pub fn templates(&self) -> &ve_templates::TemplateStore {
+    pub(crate) fn store(&self) -> &ve_templates::TemplateStore {
         &self.templates
     }
 

@@ -2,8 +2,25 @@
 //! starting an init in its own namespaces, exec/enter, cgroup limits (v1 and v2
 //! behind [`CgroupBackend`]).
 //!
-//! The CLI talks to a [`Host`] (one state directory): `Host::open`, then
-//! `create`, `start`, `stop`, `set`, `exec`, `list`, `show`, `destroy`.
+//! The CLI talks to a [`Host`] (one state directory), opened with
+//! [`Host::open`] (or made with [`Host::init`]). What it does is grouped in
+//! handles, one per area (see `handles.rs`):
+//!
+//! ```no_run
+//! # fn main() -> ve_runtime::Result<()> {
+//! use ve_runtime::Host;
+//! let host = Host::open(std::path::Path::new(ve_runtime::DEFAULT_ROOT))?;
+//! host.ves().start("web1", false)?; // VEs: create, start, stop, set, exec, list, ...
+//! let nets = host.nets().list()?; // networks
+//! let versions = host.templates().list()?; // the template store
+//! let pool = host.storage().info()?; // the storage pool
+//! let snaps = host.snapshots().list("web1")?; // snapshots of a VE
+//! let moves = host.upgrades().history("web1")?; // template upgrades of VEs
+//! let free = host.capacity(); // host-wide: settings, capacity, reserve, commitments
+//! # let _ = (nets, versions, pool, snaps, moves, free);
+//! # Ok(())
+//! # }
+//! ```
 
 mod admission;
 mod cgroup;
@@ -13,6 +30,7 @@ mod error;
 mod exec;
 mod failpoint;
 mod fsutil;
+mod handles;
 mod host;
 mod launch;
 mod limits;
@@ -37,19 +55,22 @@ pub use cgroup::{CgroupBackend, CgroupSettings, CgroupVersion, Usage};
 pub use clone::Cloned;
 pub use config::{TemplateMove, VeConfig, validate_name};
 pub use error::{Error, Result};
+pub use handles::{Nets, Snapshots, Storage, Templates, Upgrades, Ves};
 pub use host::{
     DEFAULT_ROOT, Host, HostSettings, InitOptions, Reserve, SettingsChange, VeDefaults,
 };
-pub use limits::{Capacity, HostFacts, IoDevice, IoLimits, KernelLimits, Limits, LimitsUpdate};
+pub use limits::{
+    Capacity, HostFacts, IoDevice, IoLimits, KernelLimits, Limits, LimitsUpdate, NoIoDevice,
+};
 pub use net::{DEFAULT_NET, NetCreate, NetDetails, NetMember, NetUpdate};
-pub use netns;
-pub use netns::model::{Mode, NetConfig, Proto, Publish, Rate, Subnet};
+pub use netns::model::{HostAccess, Mode, NetConfig, Proto, Publish, Rate, Subnet};
 pub use netns::nic::{Nic, NicInfo, NicRequest};
 pub use options::{CreateOptions, ExecOptions, StopOptions};
 pub use pool::{PoolInfo, VolumeUse};
 pub use pool_check::PoolProblem;
-pub use quota;
-pub use quota::UnknownBackend;
+pub use quota::{
+    Backend as PoolBackend, PoolSpace, SnapshotInfo, Source as PoolSource, UnknownBackend,
+};
 pub use security::VE_CAPS;
 pub use signal::{BadSignal, parse_signal, signal_name};
 pub use snapshot::{Consistency, SnapshotMade};
@@ -61,7 +82,7 @@ pub use units::{
 };
 pub use upgrade::{Committed, FleetRow, Moved, Rollout, UpgradeCheck};
 pub use ve::{SetOutcome, StopOutcome, VeDetails, VeInfo};
-pub use ve_templates::Conflict;
+pub use ve_templates::{Conflict, PackageChange};
 pub use ve_templates::{
     DEBIAN_MIRROR, Debootstrap, Error as TemplateError, Progress, Source, TemplateRef,
     TemplateVersion,

@@ -168,7 +168,7 @@ impl Host {
     }
 
     /// Every network, by id.
-    pub fn nets(&self) -> Result<Vec<NetConfig>> {
+    pub(crate) fn net_configs(&self) -> Result<Vec<NetConfig>> {
         let dir = self.nets_dir();
         let rd = match fs::read_dir(&dir) {
             Ok(rd) => rd,
@@ -191,7 +191,7 @@ impl Host {
     }
 
     /// One network's config.
-    pub fn net(&self, name: &str) -> Result<NetConfig> {
+    pub(crate) fn net(&self, name: &str) -> Result<NetConfig> {
         validate_net_name(name)?;
         let path = self.net_path(name);
         if !path.exists() {
@@ -201,19 +201,19 @@ impl Host {
     }
 
     /// Creates a network and its kernel side.
-    pub fn net_create(&self, o: &NetCreate) -> Result<NetConfig> {
+    pub(crate) fn net_create(&self, o: &NetCreate) -> Result<NetConfig> {
         self.net_create_with(o, &NetUpdate::default())
     }
 
     /// Creates a network with settings beyond [`NetCreate`]'s (`--allow-host`).
-    pub fn net_create_with(&self, o: &NetCreate, more: &NetUpdate) -> Result<NetConfig> {
+    pub(crate) fn net_create_with(&self, o: &NetCreate, more: &NetUpdate) -> Result<NetConfig> {
         let _host = self.lock_host()?;
         self.net_create_locked(o, more)
     }
 
     /// Changes a network's settings; the firewall follows at once, for running
     /// VEs too. Returns the new config.
-    pub fn net_update(&self, name: &str, u: &NetUpdate) -> Result<NetConfig> {
+    pub(crate) fn net_update(&self, name: &str, u: &NetUpdate) -> Result<NetConfig> {
         let _host = self.lock_host()?;
         let old = self.net(name)?;
         let mut cfg = old.clone();
@@ -239,7 +239,7 @@ impl Host {
         if self.net_path(name).exists() {
             return Err(net_err(name, "already exists"));
         }
-        let nets = self.nets()?;
+        let nets = self.net_configs()?;
         let id = (1..=model::MAX_NET_ID)
             .find(|i| !nets.iter().any(|n| n.id == *i))
             .ok_or_else(|| net_err(name, "no free network id (at most 999 networks)"))?;
@@ -467,7 +467,7 @@ impl Host {
     }
 
     /// Removes a network; refused while a VE has a NIC on it.
-    pub fn net_rm(&self, name: &str) -> Result<()> {
+    pub(crate) fn net_rm(&self, name: &str) -> Result<()> {
         let net = self.net(name)?;
         let _host = self.lock_host()?;
         let users: Vec<String> = self
@@ -494,7 +494,7 @@ impl Host {
     }
 
     /// A network with the VEs on it.
-    pub fn net_show(&self, name: &str) -> Result<NetDetails> {
+    pub(crate) fn net_show(&self, name: &str) -> Result<NetDetails> {
         let net = self.net(name)?;
         let (ves, _) = self.list()?;
         let mut members = Vec::new();
@@ -549,7 +549,7 @@ impl Host {
     /// The firewall of all networks, VE addresses and published ports, with
     /// `extra` (a VE being created or changed) counted in.
     fn firewall(&self, extra: Option<&VeConfig>) -> Result<Firewall> {
-        let nets = self.nets()?;
+        let nets = self.net_configs()?;
         let mut fw = Firewall::default();
         let mut all: Vec<(u32, Vec<Nic>, Vec<model::Publish>)> = self
             .configs()?
@@ -577,7 +577,7 @@ impl Host {
         if cfg.nics.is_empty() {
             return Ok(());
         }
-        let rules = ve_rules(&self.nets()?, cfg.id, &cfg.nics, &cfg.publish);
+        let rules = ve_rules(&self.net_configs()?, cfg.id, &cfg.nics, &cfg.publish);
         let done = if add { rules.add() } else { rules.delete() };
         match done {
             Ok(()) => Ok(()),
@@ -699,7 +699,7 @@ impl Host {
     /// them with `all_classes` (destroy: the address may go to another VE), so a
     /// stop or start of an unshaped VE on a nat network talks no netlink here.
     pub(crate) fn detach_nics(&self, cfg: &VeConfig, all_classes: bool) -> Result<()> {
-        let nets = self.nets()?;
+        let nets = self.net_configs()?;
         let d: Vec<Detach> = cfg
             .nics
             .iter()

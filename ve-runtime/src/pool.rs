@@ -35,7 +35,7 @@ pub struct VolumeUse {
 
 impl Host {
     /// Size, use and free space of the pool, with every VE's and template's use.
-    pub fn pool_info(&self) -> Result<PoolInfo> {
+    pub(crate) fn pool_info(&self) -> Result<PoolInfo> {
         let pool = self.pool();
         // Quota numbers are counted at commit.
         pool.commit()?;
@@ -53,7 +53,7 @@ impl Host {
             .collect();
         let mut templates = Vec::new();
         for tv in self.list_templates()? {
-            let path = self.templates().path(&tv);
+            let path = self.store().path(&tv);
             templates.push(VolumeUse {
                 name: tv.reference(),
                 used_bytes: pool.volume_bytes(&path).unwrap_or(tv.size_bytes),
@@ -75,7 +75,7 @@ impl Host {
     }
 
     /// Grows the pool online (see [`quota::Pool::grow`]). Returns the new space.
-    pub fn pool_grow(&self, size: Option<u64>) -> Result<quota::PoolSpace> {
+    pub(crate) fn pool_grow(&self, size: Option<u64>) -> Result<quota::PoolSpace> {
         let _host = self.lock_host()?;
         let pool = self.pool();
         let source = match (pool.backend(), &self.settings().pool_source) {

@@ -35,7 +35,7 @@ impl Host {
     /// upgrade or rollback left pending (finished, see [`crate::upgrade`]), a
     /// config without a volume (an empty private layer is made, so the VE
     /// starts from its template again), qgroups of deleted subvolumes (removed).
-    pub fn pool_check(&self, repair: bool) -> Result<Vec<PoolProblem>> {
+    pub(crate) fn pool_check(&self, repair: bool) -> Result<Vec<PoolProblem>> {
         let _host = self.lock_host()?;
         let pool = self.pool();
         let mut out = Vec::new();

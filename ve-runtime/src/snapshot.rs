@@ -36,7 +36,7 @@ pub struct SnapshotMade {
 impl Host {
     /// Takes snapshot `name` of a VE's private layer: frozen while running,
     /// as it is while stopped.
-    pub fn snapshot_create(&self, name_or_id: &str, name: &str) -> Result<SnapshotMade> {
+    pub(crate) fn snapshot_create(&self, name_or_id: &str, name: &str) -> Result<SnapshotMade> {
         let ve = self.resolve_existing(name_or_id)?;
         let _lock = self.lock_ve(&ve)?;
         self.finish_move(&mut self.load_config(&ve)?)?;
@@ -95,7 +95,10 @@ impl Host {
     }
 
     /// A VE's snapshots.
-    pub fn snapshot_list(&self, name_or_id: &str) -> Result<(String, Vec<quota::SnapshotInfo>)> {
+    pub(crate) fn snapshot_list(
+        &self,
+        name_or_id: &str,
+    ) -> Result<(String, Vec<quota::SnapshotInfo>)> {
         let ve = self.resolve_existing(name_or_id)?;
         let list = self
             .pool()
@@ -105,7 +108,7 @@ impl Host {
     }
 
     /// Deletes a VE's snapshot.
-    pub fn snapshot_remove(&self, name_or_id: &str, name: &str) -> Result<String> {
+    pub(crate) fn snapshot_remove(&self, name_or_id: &str, name: &str) -> Result<String> {
         let ve = self.resolve_existing(name_or_id)?;
         let _lock = self.lock_ve(&ve)?;
         let mut cfg = self.load_config(&ve)?;
@@ -130,7 +133,7 @@ impl Host {
 
     /// Puts a stopped VE's private layer back to a snapshot; its disk limit is
     /// kept.
-    pub fn snapshot_restore(&self, name_or_id: &str, name: &str) -> Result<String> {
+    pub(crate) fn snapshot_restore(&self, name_or_id: &str, name: &str) -> Result<String> {
         let ve = self.resolve_existing(name_or_id)?;
         let _lock = self.lock_ve(&ve)?;
         let mut cfg: VeConfig = self.load_config(&ve)?;

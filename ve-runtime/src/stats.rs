@@ -57,7 +57,7 @@ impl VeStats {
 
 impl Host {
     /// Stats of the named VEs (names or ids), or of every VE when `names` is empty.
-    pub fn stats(&self, names: &[String]) -> Result<Vec<VeStats>> {
+    pub(crate) fn stats(&self, names: &[String]) -> Result<Vec<VeStats>> {
         let (all, _) = self.list()?;
         let chosen: Vec<_> = if names.is_empty() {
             all

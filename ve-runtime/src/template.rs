@@ -47,7 +47,7 @@ impl VolumeOps for PoolVolumes<'_> {
 impl Host {
     /// Imports a tree as the next version of template `name`. Returns the new
     /// version and warnings for the operator.
-    pub fn import_template(
+    pub(crate) fn import_template(
         &self,
         name: &str,
         source: &Source,
@@ -55,18 +55,18 @@ impl Host {
         progress: &mut dyn FnMut(Progress),
     ) -> Result<(TemplateVersion, Vec<String>)> {
         Ok(self
-            .templates()
+            .store()
             .import(name, source, message, &PoolVolumes(self.pool()), progress)?)
     }
 
     /// A version's tree (the overlay lower layer of its VEs).
-    pub fn template_dir(&self, v: &TemplateVersion) -> std::path::PathBuf {
-        self.templates().path(v)
+    pub(crate) fn template_dir(&self, v: &TemplateVersion) -> std::path::PathBuf {
+        self.store().path(v)
     }
 
     /// Every template version.
-    pub fn list_templates(&self) -> Result<Vec<TemplateVersion>> {
-        Ok(self.templates().list()?)
+    pub(crate) fn list_templates(&self) -> Result<Vec<TemplateVersion>> {
+        Ok(self.store().list()?)
     }
 }
 
@@ -87,26 +87,26 @@ pub struct TemplateUsage {
 impl Host {
     /// The versions of template `name` (all templates if `None`), oldest first,
     /// each with the VEs pinned to it.
-    pub fn template_usage(&self, name: Option<&str>) -> Result<Vec<TemplateUsage>> {
+    pub(crate) fn template_usage(&self, name: Option<&str>) -> Result<Vec<TemplateUsage>> {
         self.template_versions(name, false)
     }
 
     /// [`Host::template_usage`] with, for Debian-based versions, the package
     /// changes from each version's predecessor (from their dpkg databases).
-    pub fn template_log(&self, name: &str) -> Result<Vec<TemplateUsage>> {
+    pub(crate) fn template_log(&self, name: &str) -> Result<Vec<TemplateUsage>> {
         self.template_versions(Some(name), true)
     }
 
     fn template_versions(&self, name: Option<&str>, packages: bool) -> Result<Vec<TemplateUsage>> {
         let versions = match name {
             Some(n) => {
-                let v = self.templates().versions(n)?;
+                let v = self.store().versions(n)?;
                 if v.is_empty() {
                     return Err(ve_templates::Error::UnknownTemplate(n.to_string()).into());
                 }
                 v
             }
-            None => self.templates().list()?,
+            None => self.store().list()?,
         };
         let (ves, _) = self.list()?;
         // A version an upgrade came from stays while it can be rolled back to.
@@ -128,8 +128,8 @@ impl Host {
                 packages: (packages && i > 0 && versions[i - 1].name == v.name)
                     .then(|| {
                         ve_templates::package_changes(
-                            &self.templates().path(&versions[i - 1]),
-                            &self.templates().path(v),
+                            &self.store().path(&versions[i - 1]),
+                            &self.store().path(v),
                         )
                     })
                     .flatten(),
@@ -154,7 +154,7 @@ impl Host {
 
     /// Publishes a tree as the next version of an existing template (its VEs
     /// stay on the versions they are pinned to).
-    pub fn update_template(
+    pub(crate) fn update_template(
         &self,
         name: &str,
         source: &Source,
@@ -162,7 +162,7 @@ impl Host {
         progress: &mut dyn FnMut(Progress),
     ) -> Result<(TemplateVersion, Vec<String>)> {
         ve_templates::validate_name(name)?;
-        if self.templates().versions(name)?.is_empty() {
+        if self.store().versions(name)?.is_empty() {
             return Err(ve_templates::Error::UnknownTemplate(name.to_string()).into());
         }
         self.import_template(name, source, message, progress)
@@ -172,13 +172,12 @@ impl Host {
     /// is pinned to one of them. Returns what was removed. What killed
     /// removals left is deleted first (a version being removed is no longer
     /// listed: removing it again finds no such version).
-    pub fn remove_template(&self, reference: &str) -> Result<Vec<TemplateVersion>> {
+    pub(crate) fn remove_template(&self, reference: &str) -> Result<Vec<TemplateVersion>> {
         let r: ve_templates::TemplateRef = reference.parse()?;
         // VEs pick versions under the host lock (create): none can start using
         // one while it is checked and removed.
         let _host = self.lock_host()?;
-        self.templates()
-            .finish_removals(&PoolVolumes(self.pool()))?;
+        self.store().finish_removals(&PoolVolumes(self.pool()))?;
         self.all_configs_readable("template rm")?;
         let usage = self.template_usage(Some(&r.name))?;
         let doomed: Vec<&TemplateUsage> = match r.version {
@@ -220,7 +219,7 @@ impl Host {
             }
         }
         for u in &doomed {
-            self.templates()
+            self.store()
                 .remove(&r.name, u.version.version, &PoolVolumes(self.pool()))?;
         }
         Ok(doomed.into_iter().map(|u| u.version.clone()).collect())
@@ -241,17 +240,16 @@ impl Host {
 
     /// Removes every version that is neither the latest of its template nor
     /// used by a VE, and what killed removals left. Returns what was removed.
-    pub fn gc_templates(&self) -> Result<Vec<TemplateVersion>> {
+    pub(crate) fn gc_templates(&self) -> Result<Vec<TemplateVersion>> {
         let _host = self.lock_host()?;
-        self.templates()
-            .finish_removals(&PoolVolumes(self.pool()))?;
+        self.store().finish_removals(&PoolVolumes(self.pool()))?;
         self.all_configs_readable("template gc")?;
         let mut removed = Vec::new();
         for u in self.template_usage(None)? {
             if u.latest || !u.ves.is_empty() {
                 continue;
             }
-            self.templates().remove(
+            self.store().remove(
                 &u.version.name,
                 u.version.version,
                 &PoolVolumes(self.pool()),
@@ -287,7 +285,7 @@ impl Host {
     /// A failed command publishes nothing. The build VE is destroyed either way;
     /// one left by a killed vectl (it is recorded under `builds/`) is destroyed by
     /// the next build of the template.
-    pub fn build_template(
+    pub(crate) fn build_template(
         &self,
         name: &str,
         command: &str,
@@ -295,7 +293,7 @@ impl Host {
         progress: &mut dyn FnMut(Progress),
     ) -> Result<(TemplateVersion, Vec<String>)> {
         ve_templates::validate_name(name)?;
-        let latest = self.templates().resolve(&ve_templates::TemplateRef {
+        let latest = self.store().resolve(&ve_templates::TemplateRef {
             name: name.to_string(),
             version: None,
         })?;
@@ -389,7 +387,7 @@ impl Host {
         // left in it (symlinks to the host's files, FIFOs, huge sparse files)
         // is published as it is, never followed or read whole.
         let layer = self.pool().ve_volume(ve).upper();
-        let lower = self.templates().path(base);
+        let lower = self.store().path(base);
         crate::net::forget_vectl_files(&layer, &lower, &cfg.hostname, false)?;
         let source = Source::Build {
             base: lower,

@@ -123,7 +123,7 @@ fn now() -> String {
 
 impl Host {
     /// The conflict report of moving VE `name` to template version `target`.
-    pub fn upgrade_check(&self, name: &str, target: &str) -> Result<UpgradeCheck> {
+    pub(crate) fn upgrade_check(&self, name: &str, target: &str) -> Result<UpgradeCheck> {
         let ve = self.resolve_existing(name)?;
         let cfg = self.load_config(&ve)?;
         self.check_locked(&cfg, target)
@@ -132,8 +132,8 @@ impl Host {
     fn check_locked(&self, cfg: &VeConfig, target: &str) -> Result<UpgradeCheck> {
         let ve = cfg.name.clone();
         let tref: ve_templates::TemplateRef = target.parse()?;
-        let to = self.templates().resolve(&tref)?;
-        let from = self.templates().resolve(&cfg.template.parse()?)?;
+        let to = self.store().resolve(&tref)?;
+        let from = self.store().resolve(&cfg.template.parse()?)?;
         if from.reference() == to.reference() {
             return Err(Error::ve(&ve, format!("already on {}", to.reference())));
         }
@@ -142,8 +142,8 @@ impl Host {
         // host's files, FIFOs or huge. `conflicts` reads them by handles,
         // follows no symlink and never reads a file whole.
         let upper = self.pool().ve_volume(&ve).upper();
-        let old = self.templates().path(&from);
-        let mut conflicts = ve_templates::conflicts(&upper, &old, &self.templates().path(&to))
+        let old = self.store().path(&from);
+        let mut conflicts = ve_templates::conflicts(&upper, &old, &self.store().path(&to))
             .map_err(|e| Error::ve(&ve, format!("comparing its files: {e}")))?;
         // What vectl writes at every start is no conflict: the upgrade takes
         // it out, and the next start writes it over the new version's files.
@@ -161,7 +161,7 @@ impl Host {
     /// unless `force`; its own files are snapshotted first (what `rollback`
     /// restores); a running VE is stopped (`stop`) and started again. Crash
     /// safe through a pending history entry (see the module docs).
-    pub fn upgrade(
+    pub(crate) fn upgrade(
         &self,
         name: &str,
         target: &str,
@@ -257,10 +257,10 @@ impl Host {
                 crate::failpoint::hit("upgrade-after-snapshot");
                 // (Killed here, the next command puts the VE back on its
                 // version, where its next start writes these files again.)
-                let old = self.templates().resolve(&check.from.parse()?)?;
+                let old = self.store().resolve(&check.from.parse()?)?;
                 crate::net::forget_vectl_files(
                     &self.pool().ve_volume(ve).upper(),
-                    &self.templates().path(&old),
+                    &self.store().path(&old),
                     &cfg.hostname,
                     false,
                 )?;
@@ -294,7 +294,7 @@ impl Host {
     /// came from. A running VE is stopped and started again. If a move of the
     /// VE was killed, finishing it is the whole rollback: a killed upgrade is
     /// undone, a killed rollback completed (the VE stays stopped).
-    pub fn rollback(&self, name: &str, stop: StopOptions) -> Result<Moved> {
+    pub(crate) fn rollback(&self, name: &str, stop: StopOptions) -> Result<Moved> {
         let ve = self.resolve_existing(name)?;
         let moved = {
             let _host = self.lock_host()?;
@@ -323,7 +323,7 @@ impl Host {
             };
             let snapshot = last.snapshot.clone().unwrap_or_default();
             // The version it goes back to must still be there.
-            self.templates().resolve(&last.from.parse()?)?;
+            self.store().resolve(&last.from.parse()?)?;
             // The snapshot's files are made ready beside the VE's while it runs
             // on: if they do not fit (its disk limit was lowered since), nothing
             // has changed and it keeps running.
@@ -476,7 +476,7 @@ impl Host {
     /// any other failure. VEs with conflicts are skipped unless `force`.
     /// `progress` sees each VE's row once its outcome is known. Returns a row
     /// per VE, in order, including those never reached.
-    pub fn upgrade_fleet(
+    pub(crate) fn upgrade_fleet(
         &self,
         from: &str,
         to: &str,
@@ -491,8 +491,8 @@ impl Host {
             stop,
         } = opts.clone();
         let health = health.as_deref();
-        let from_v = self.templates().resolve(&from.parse()?)?;
-        let to_v = self.templates().resolve(&to.parse()?)?;
+        let from_v = self.store().resolve(&from.parse()?)?;
+        let to_v = self.store().resolve(&to.parse()?)?;
         if from_v.reference() == to_v.reference() {
             return Err(Error::Option {
                 option: "--from and --to".into(),
@@ -620,7 +620,7 @@ impl Host {
     /// (`template gc` may remove them) and their snapshots are deleted (also
     /// those of upgrades rolled back since the last commit). Doing it again is
     /// harmless; it deletes what a killed commit left.
-    pub fn commit(&self, name: &str) -> Result<Committed> {
+    pub(crate) fn commit(&self, name: &str) -> Result<Committed> {
         let ve = self.resolve_existing(name)?;
         self.commit_on(&ve, None)?
             .ok_or_else(|| Error::ve(&ve, "changed while it was being committed"))
@@ -706,9 +706,9 @@ impl Host {
     /// that has upgrades to keep or their snapshots to delete (VEs with
     /// nothing to commit are left out); a VE that fails, or whose config
     /// cannot be read, is an error of its own and the others go on.
-    pub fn commit_all(&self, on: Option<&str>) -> Result<(Vec<Committed>, Vec<Error>)> {
+    pub(crate) fn commit_all(&self, on: Option<&str>) -> Result<(Vec<Committed>, Vec<Error>)> {
         let on = match on {
-            Some(t) => Some(self.templates().resolve(&t.parse()?)?.reference()),
+            Some(t) => Some(self.store().resolve(&t.parse()?)?.reference()),
             None => None,
         };
         let (ves, mut errors) = self.list()?;
@@ -724,7 +724,7 @@ impl Host {
     }
 
     /// A VE's template moves, oldest first.
-    pub fn history(&self, name: &str) -> Result<(String, Vec<TemplateMove>)> {
+    pub(crate) fn history(&self, name: &str) -> Result<(String, Vec<TemplateMove>)> {
         let ve = self.resolve_existing(name)?;
         Ok((ve.clone(), self.load_config(&ve)?.history))
     }

@@ -118,7 +118,7 @@ fn halt_signal_for(exe: &str) -> i32 {
 
 impl Host {
     /// Resolves a name or numeric id to the VE's name.
-    pub fn resolve(&self, name_or_id: &str) -> Result<String> {
+    pub(crate) fn resolve(&self, name_or_id: &str) -> Result<String> {
         if !name_or_id.is_empty() && name_or_id.bytes().all(|b| b.is_ascii_digit()) {
             let id: u32 = name_or_id
                 .parse()
@@ -205,7 +205,7 @@ impl Host {
     }
 
     /// Creates a VE (stopped).
-    pub fn create(&self, opts: &CreateOptions) -> Result<VeConfig> {
+    pub(crate) fn create(&self, opts: &CreateOptions) -> Result<VeConfig> {
         let name = opts.name.as_str();
         validate_name(name)?;
         let tref: ve_templates::TemplateRef = opts.template.parse()?;
@@ -234,7 +234,7 @@ impl Host {
         }
 
         // Checked before locking too, so a refused create leaves no trace on disk.
-        self.templates().resolve(&tref)?;
+        self.store().resolve(&tref)?;
         if let Some(existing) = VeConfig::load(&self.config_path(name))? {
             return Err(Error::VeExists {
                 ve: name.to_string(),
@@ -243,7 +243,7 @@ impl Host {
         }
         let _host = self.lock_host()?;
         let _ve = self.lock_ve(name)?;
-        let tv = self.templates().resolve(&tref)?;
+        let tv = self.store().resolve(&tref)?;
         if let Some(existing) = VeConfig::load(&self.config_path(name))? {
             return Err(Error::VeExists {
                 ve: name.to_string(),
@@ -383,7 +383,7 @@ impl Host {
 
     /// Starts a VE; returns once its init runs. Admission control refuses a VE
     /// whose guarantees do not fit beside the running VEs' unless `force`.
-    pub fn start(&self, name_or_id: &str, force: bool) -> Result<RunState> {
+    pub(crate) fn start(&self, name_or_id: &str, force: bool) -> Result<RunState> {
         let ve = self.resolve_existing(name_or_id)?;
         self.ensure_nets_up(&ve)?;
         let (_host, _lock, mut cfg) = self.lock_for_guarantees(&ve, None)?;
@@ -394,7 +394,7 @@ impl Host {
         self.finish_move(&mut cfg)?;
         self.clean_up_stopped(&ve)?;
         let tref: ve_templates::TemplateRef = cfg.template.parse()?;
-        let tv = self.templates().resolve(&tref).map_err(|e| Error::Start {
+        let tv = self.store().resolve(&tref).map_err(|e| Error::Start {
             ve: ve.clone(),
             reason: format!("its template: {e}"),
         })?;
@@ -416,7 +416,7 @@ impl Host {
         let attachments = self.attachments(&cfg, &nets);
         crate::net::write_net_files(
             &vol.upper(),
-            &self.templates().path(&tv),
+            &self.store().path(&tv),
             &cfg.hostname,
             &cfg.nics,
             &nets,
@@ -429,7 +429,7 @@ impl Host {
         fs::create_dir_all(&mountpoint).map_err(io_err(&mountpoint))?;
         let spec = launch::Spec {
             ve: ve.clone(),
-            lower: self.templates().path(&tv),
+            lower: self.store().path(&tv),
             upper: vol.upper(),
             work: vol.work(),
             mountpoint,
@@ -500,7 +500,7 @@ impl Host {
     }
 
     /// Stops a VE: asks init to halt, waits up to the timeout, kills what is left.
-    pub fn stop(&self, name_or_id: &str, opts: StopOptions) -> Result<StopOutcome> {
+    pub(crate) fn stop(&self, name_or_id: &str, opts: StopOptions) -> Result<StopOutcome> {
         let ve = self.resolve_existing(name_or_id)?;
         let _lock = self.lock_ve(&ve)?;
         let cfg = self.load_config(&ve)?;
@@ -546,7 +546,7 @@ impl Host {
 
     /// Destroys a VE: its config, private files, cgroups and id. A running VE is
     /// refused unless `force` (then it is killed first).
-    pub fn destroy(&self, name_or_id: &str, force: bool) -> Result<()> {
+    pub(crate) fn destroy(&self, name_or_id: &str, force: bool) -> Result<()> {
         let ve = match self.resolve(name_or_id) {
             Ok(v) => v,
             Err(Error::NoSuchVe(_)) if name_or_id.bytes().all(|b| b.is_ascii_digit()) => {
@@ -599,7 +599,7 @@ impl Host {
     /// the configs. The caller holds the host lock.
     pub(crate) fn finish_interrupted(&self, ve: &str) -> Result<()> {
         self.finish_destroy(ve)?;
-        if !self.nets()?.is_empty() {
+        if !self.net_configs()?.is_empty() {
             self.apply_firewall(None)?;
         }
         Ok(())
@@ -631,7 +631,12 @@ impl Host {
     /// one. A refused change leaves kernel and config as they were.
     /// With `force`, admission control is skipped and a RAM limit below what the VE
     /// uses is written even where the kernel would OOM-kill to meet it (v2).
-    pub fn set(&self, name_or_id: &str, update: &LimitsUpdate, force: bool) -> Result<SetOutcome> {
+    pub(crate) fn set(
+        &self,
+        name_or_id: &str,
+        update: &LimitsUpdate,
+        force: bool,
+    ) -> Result<SetOutcome> {
         let ve = self.resolve_existing(name_or_id)?;
         let (_host, _lock, mut cfg) = self.lock_for_guarantees(&ve, Some(update))?;
         let limits = update.applied_to(&cfg.limits);
@@ -706,7 +711,7 @@ impl Host {
     /// others (`remove`, matched by host port and protocol). Takes effect at once,
     /// running or not; returns the VE's published ports. `check_only` checks the
     /// change without making it.
-    pub fn publish(
+    pub(crate) fn publish(
         &self,
         name_or_id: &str,
         add: &[netns::model::Publish],
@@ -790,7 +795,7 @@ impl Host {
 
     /// Every VE, by id. Configs that cannot be read are returned as errors beside
     /// the list rather than failing it.
-    pub fn list(&self) -> Result<(Vec<VeInfo>, Vec<Error>)> {
+    pub(crate) fn list(&self) -> Result<(Vec<VeInfo>, Vec<Error>)> {
         let dir = self.root().join("ves");
         let mut out = Vec::new();
         let mut errors = Vec::new();
@@ -835,7 +840,7 @@ impl Host {
     }
 
     /// Everything about one VE.
-    pub fn show(&self, name_or_id: &str) -> Result<VeDetails> {
+    pub(crate) fn show(&self, name_or_id: &str) -> Result<VeDetails> {
         let ve = self.resolve_existing(name_or_id)?;
         let cfg = self.load_config(&ve)?;
         let kernel_limits = cfg
@@ -843,9 +848,9 @@ impl Host {
             .resolve(&ve, cfg.id, &self.facts_for(&cfg.limits))?;
         let tref: ve_templates::TemplateRef = cfg.template.parse()?;
         let template_dir = self
-            .templates()
+            .store()
             .resolve(&tref)
-            .map(|tv| self.templates().path(&tv))
+            .map(|tv| self.store().path(&tv))
             .unwrap_or_default();
         let info = self.info(cfg.clone());
         let cg = self.cgroups()?;
@@ -885,7 +890,7 @@ impl Host {
     }
 
     /// Runs a command in a running VE; returns its exit status.
-    pub fn exec(&self, name_or_id: &str, opts: &ExecOptions) -> Result<i32> {
+    pub(crate) fn exec(&self, name_or_id: &str, opts: &ExecOptions) -> Result<i32> {
         let (ve, rs, pidfd, placement) = {
             let ve = self.resolve_existing(name_or_id)?;
             let _lock = self.lock_ve(&ve)?;
@@ -907,7 +912,7 @@ impl Host {
     /// Opens an interactive login shell in a running VE (root's shell from its
     /// /etc/passwd, else /bin/sh). The VE's files are read inside its root: a
     /// VE's /etc/passwd may be a symlink, a FIFO or a huge file.
-    pub fn enter(&self, name_or_id: &str) -> Result<i32> {
+    pub(crate) fn enter(&self, name_or_id: &str) -> Result<i32> {
         let ve = self.resolve_existing(name_or_id)?;
         let rs = self
             .alive_state(&ve)?

@@ -99,7 +99,7 @@ pub fn run(ctx: &Ctx, cmd: NetCommand) -> Result<ExitCode> {
                 .transpose()?;
             let bandwidth = parse::opt(&a.bandwidth, &c, "bandwidth")?;
             let allow_host = parse::opt(&a.allow_host, &c, "allow-host")?;
-            let net = ctx.open()?.net_create_with(
+            let net = ctx.open()?.nets().create_with(
                 &NetCreate {
                     name: a.name.clone(),
                     mode,
@@ -120,21 +120,25 @@ pub fn run(ctx: &Ctx, cmd: NetCommand) -> Result<ExitCode> {
             if allow_host.is_none() {
                 bail!("network {}: nothing to change (give --allow-host)", a.net);
             }
-            let net = ctx.open()?.net_update(&a.net, &NetUpdate { allow_host })?;
+            let net = ctx
+                .open()?
+                .nets()
+                .update(&a.net, &NetUpdate { allow_host })?;
             out.net_updated(&net);
         }
         NetCommand::List => {
             let host = ctx.open()?;
             let nets = host
-                .nets()?
+                .nets()
+                .list()?
                 .iter()
-                .map(|n| host.net_show(&n.name))
+                .map(|n| host.nets().show(&n.name))
                 .collect::<std::result::Result<Vec<_>, _>>()?;
             out.nets(&nets);
         }
-        NetCommand::Show { net } => out.net_show(&ctx.open()?.net_show(&net)?),
+        NetCommand::Show { net } => out.net_show(&ctx.open()?.nets().show(&net)?),
         NetCommand::Rm { net } => {
-            ctx.open()?.net_rm(&net)?;
+            ctx.open()?.nets().remove(&net)?;
             out.done(&format!("network {net}: removed"));
         }
     }

@@ -63,10 +63,10 @@ pub enum SnapshotCommand {
 pub fn pool(ctx: &Ctx, cmd: PoolCommand) -> Result<ExitCode> {
     let out = &ctx.out;
     match cmd {
-        PoolCommand::Info => out.pool_info(&ctx.open()?.pool_info()?),
+        PoolCommand::Info => out.pool_info(&ctx.open()?.storage().info()?),
         PoolCommand::Grow { size } => {
             let size = parse::opt(&size, "", "size")?.map(|s| s.0);
-            let s = ctx.open()?.pool_grow(size)?;
+            let s = ctx.open()?.storage().grow(size)?;
             out.pool_grown(&PoolSpaceView {
                 size_bytes: s.size_bytes,
                 used_bytes: s.used_bytes,
@@ -74,7 +74,7 @@ pub fn pool(ctx: &Ctx, cmd: PoolCommand) -> Result<ExitCode> {
             });
         }
         PoolCommand::Check { repair } => {
-            let problems = ctx.open()?.pool_check(repair)?;
+            let problems = ctx.open()?.storage().check(repair)?;
             out.pool_check(&problems, repair);
             if problems.iter().any(|p| !p.repaired && !p.is_note()) {
                 return Ok(ExitCode::from(1));
@@ -97,10 +97,10 @@ pub fn snapshot(ctx: &Ctx, cmd: SnapshotCommand) -> Result<ExitCode> {
                     .trim_end_matches('Z')
                     .to_string()
             });
-            out.snapshot_made(&ctx.open()?.snapshot_create(&ve, &name)?);
+            out.snapshot_made(&ctx.open()?.snapshots().create(&ve, &name)?);
         }
         SnapshotCommand::List { ve } => {
-            let (ve, list) = ctx.open()?.snapshot_list(&ve)?;
+            let (ve, list) = ctx.open()?.snapshots().list(&ve)?;
             let list: Vec<SnapshotView> = list
                 .iter()
                 .map(|s| SnapshotView {
@@ -112,11 +112,11 @@ pub fn snapshot(ctx: &Ctx, cmd: SnapshotCommand) -> Result<ExitCode> {
             out.snapshots(&ve, &list);
         }
         SnapshotCommand::Rm { ve, name } => {
-            let ve = ctx.open()?.snapshot_remove(&ve, &name)?;
+            let ve = ctx.open()?.snapshots().remove(&ve, &name)?;
             out.done(&format!("VE {ve}: removed snapshot {name}"));
         }
         SnapshotCommand::Restore { ve, name } => {
-            let ve = ctx.open()?.snapshot_restore(&ve, &name)?;
+            let ve = ctx.open()?.snapshots().restore(&ve, &name)?;
             out.done(&format!("VE {ve}: files restored from snapshot {name}"));
         }
     }

@@ -24,16 +24,16 @@ pub fn run(ctx: &Ctx, a: StatsArgs) -> Result<ExitCode> {
     let out = &ctx.out;
     let ves = &a.ves;
     match a.watch {
-        None => out.stats(&host.stats(ves)?, None),
+        None => out.stats(&host.ves().stats(ves)?, None),
         Some(secs) => {
             if secs.is_nan() || secs < 0.1 {
                 bail!("--watch {secs}: give an interval of at least 0.1 seconds");
             }
-            let mut before = host.stats(ves)?;
+            let mut before = host.ves().stats(ves)?;
             let mut at = Instant::now();
             loop {
                 std::thread::sleep(Duration::from_secs_f64(secs));
-                let mut now = host.stats(ves)?;
+                let mut now = host.ves().stats(ves)?;
                 let dt = at.elapsed().as_secs_f64();
                 at = Instant::now();
                 for s in &mut now {

@@ -145,7 +145,8 @@ pub fn run(ctx: &Ctx, cmd: TemplateCommand) -> Result<ExitCode> {
             let host = ctx.open()?;
             let mut progress = out.progress(&format!("importing {}", a.name));
             let (tv, warnings) =
-                host.import_template(&a.name, &a.source()?, &a.message, &mut progress)?;
+                host.templates()
+                    .import(&a.name, &a.source()?, &a.message, &mut progress)?;
             drop(progress);
             for w in warnings {
                 out.warn(&format!("template {}: {w}", tv.reference()));
@@ -160,9 +161,13 @@ pub fn run(ctx: &Ctx, cmd: TemplateCommand) -> Result<ExitCode> {
                     // The command's output is the operator's to see, on stderr
                     // when stdout carries JSON.
                     let _stdout = ctx.json.then(output::StdoutToStderr::new).transpose()?;
-                    host.build_template(&a.name, cmd, &a.message, &mut progress)?
+                    host.templates()
+                        .build(&a.name, cmd, &a.message, &mut progress)?
                 }
-                None => host.update_template(&a.name, &a.source()?, &a.message, &mut progress)?,
+                None => {
+                    host.templates()
+                        .update(&a.name, &a.source()?, &a.message, &mut progress)?
+                }
             };
             drop(progress);
             for w in warnings {
@@ -170,13 +175,13 @@ pub fn run(ctx: &Ctx, cmd: TemplateCommand) -> Result<ExitCode> {
             }
             out.template_imported(&tv, "published");
         }
-        TemplateCommand::List => out.templates(&ctx.open()?.list_templates()?),
+        TemplateCommand::List => out.templates(&ctx.open()?.templates().list()?),
         TemplateCommand::Show { template } => {
             let r: ve_runtime::TemplateRef = template
                 .parse()
                 .map_err(|e: ve_runtime::TemplateError| anyhow::anyhow!("{e}"))?;
             let host = ctx.open()?;
-            let all = host.template_usage(Some(&r.name))?;
+            let all = host.templates().usage(Some(&r.name))?;
             let one = match r.version {
                 Some(v) => all.iter().find(|u| u.version.version == v),
                 None => all.last(),
@@ -187,20 +192,20 @@ pub fn run(ctx: &Ctx, cmd: TemplateCommand) -> Result<ExitCode> {
                     r.name
                 )
             })?;
-            out.template_show(one, &host.template_dir(&one.version));
+            out.template_show(one, &host.templates().dir(&one.version));
         }
         TemplateCommand::Log { name } => {
-            out.template_log(&ctx.open()?.template_log(&name)?);
+            out.template_log(&ctx.open()?.templates().log(&name)?);
         }
         TemplateCommand::Usage { name } => {
-            out.template_usage(&ctx.open()?.template_usage(name.as_deref())?);
+            out.template_usage(&ctx.open()?.templates().usage(name.as_deref())?);
         }
         TemplateCommand::Rm { template } => {
-            let removed = ctx.open()?.remove_template(&template)?;
+            let removed = ctx.open()?.templates().remove(&template)?;
             out.templates_removed(&removed);
         }
         TemplateCommand::Gc => {
-            let removed = ctx.open()?.gc_templates()?;
+            let removed = ctx.open()?.templates().gc()?;
             out.templates_removed(&removed);
         }
     }

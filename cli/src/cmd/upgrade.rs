@@ -130,7 +130,7 @@ pub fn upgrade(ctx: &Ctx, a: UpgradeArgs) -> Result<ExitCode> {
         let health_timeout = Duration::try_from_secs_f64(health_timeout).map_err(|_| {
             anyhow::anyhow!("--health-timeout {health_timeout}: give a number of seconds")
         })?;
-        let rows = host.upgrade_fleet(
+        let rows = host.upgrades().fleet(
             from,
             to,
             &ve_runtime::Rollout {
@@ -155,13 +155,15 @@ pub fn upgrade(ctx: &Ctx, a: UpgradeArgs) -> Result<ExitCode> {
         bail!("give a VE and --template (or --all --from --to)");
     };
     if a.check {
-        let c = host.upgrade_check(ve, template)?;
+        let c = host.upgrades().check(ve, template)?;
         out.upgrade_check(&c);
         if !c.conflicts.is_empty() {
             return Ok(ExitCode::from(3));
         }
     } else {
-        let m = host.upgrade(ve, template, a.force, a.stop.options())?;
+        let m = host
+            .upgrades()
+            .upgrade(ve, template, a.force, a.stop.options())?;
         out.moved("upgraded", &m);
     }
     Ok(ExitCode::SUCCESS)
@@ -169,7 +171,7 @@ pub fn upgrade(ctx: &Ctx, a: UpgradeArgs) -> Result<ExitCode> {
 
 /// `vectl rollback`.
 pub fn rollback(ctx: &Ctx, a: RollbackArgs) -> Result<ExitCode> {
-    let m = ctx.open()?.rollback(&a.ve, a.stop.options())?;
+    let m = ctx.open()?.upgrades().rollback(&a.ve, a.stop.options())?;
     ctx.out.moved("rolled back", &m);
     Ok(ExitCode::SUCCESS)
 }
@@ -178,12 +180,12 @@ pub fn rollback(ctx: &Ctx, a: RollbackArgs) -> Result<ExitCode> {
 pub fn commit(ctx: &Ctx, a: CommitArgs) -> Result<ExitCode> {
     let host = ctx.open()?;
     let (done, errors) = if a.all {
-        host.commit_all(a.template.as_deref())?
+        host.upgrades().commit_all(a.template.as_deref())?
     } else {
         let mut done = Vec::new();
         let mut errors = Vec::new();
         for ve in &a.ves {
-            match host.commit(ve) {
+            match host.upgrades().commit(ve) {
                 Ok(c) => done.push(c),
                 Err(e) => errors.push(e),
             }
@@ -202,7 +204,7 @@ pub fn commit(ctx: &Ctx, a: CommitArgs) -> Result<ExitCode> {
 
 /// `vectl history`.
 pub fn history(ctx: &Ctx, a: HistoryArgs) -> Result<ExitCode> {
-    let (ve, h) = ctx.open()?.history(&a.ve)?;
+    let (ve, h) = ctx.open()?.upgrades().history(&a.ve)?;
     ctx.out.history(&ve, &h);
     Ok(ExitCode::SUCCESS)
 }

@@ -345,7 +345,7 @@ pub fn create(ctx: &Ctx, a: CreateArgs, at: &ArgPositions) -> Result<ExitCode> {
     let limits = a.limits.update(&a.name)?;
     let nics = a.nics(at)?;
     let publish = parse_publish(&a.name, "publish", &a.publish)?;
-    let cfg = host.create(&CreateOptions {
+    let cfg = host.ves().create(&CreateOptions {
         limits,
         name: a.name,
         template: a.template,
@@ -366,7 +366,7 @@ pub fn start(ctx: &Ctx, a: StartArgs) -> Result<ExitCode> {
     let host = ctx.open()?;
     let out = &ctx.out;
     Ok(each(out, &a.ves, |ve| {
-        let rs = host.start(ve, a.force)?;
+        let rs = host.ves().start(ve, a.force)?;
         out.started(ve, &rs);
         Ok(())
     }))
@@ -377,7 +377,7 @@ pub fn stop(ctx: &Ctx, a: StopArgs) -> Result<ExitCode> {
     let host = ctx.open()?;
     let out = &ctx.out;
     Ok(each(out, &a.ves, |ve| {
-        let outcome = host.stop(ve, a.options())?;
+        let outcome = host.ves().stop(ve, a.options())?;
         out.stopped(ve, outcome);
         Ok(())
     }))
@@ -388,11 +388,11 @@ pub fn restart(ctx: &Ctx, a: StopArgs) -> Result<ExitCode> {
     let host = ctx.open()?;
     let out = &ctx.out;
     Ok(each(out, &a.ves, |ve| {
-        let outcome = host.stop(ve, a.options())?;
+        let outcome = host.ves().stop(ve, a.options())?;
         if outcome == StopOutcome::AlreadyStopped {
             out.note(&format!("VE {ve}: was not running"));
         }
-        let rs = host.start(ve, false)?;
+        let rs = host.ves().start(ve, false)?;
         out.started(ve, &rs);
         Ok(())
     }))
@@ -403,7 +403,7 @@ pub fn destroy(ctx: &Ctx, a: DestroyArgs) -> Result<ExitCode> {
     let host = ctx.open()?;
     let out = &ctx.out;
     Ok(each(out, &a.ves, |ve| {
-        host.destroy(ve, a.force)?;
+        host.ves().destroy(ve, a.force)?;
         out.destroyed(ve);
         Ok(())
     }))
@@ -412,7 +412,7 @@ pub fn destroy(ctx: &Ctx, a: DestroyArgs) -> Result<ExitCode> {
 /// `vectl list`.
 pub fn list(ctx: &Ctx) -> Result<ExitCode> {
     let host = ctx.open()?;
-    let (ves, errors) = host.list()?;
+    let (ves, errors) = host.ves().list()?;
     for e in &errors {
         ctx.out.warn(&e.to_string());
     }
@@ -422,15 +422,16 @@ pub fn list(ctx: &Ctx) -> Result<ExitCode> {
 
 /// `vectl show`.
 pub fn show(ctx: &Ctx, a: VeArg) -> Result<ExitCode> {
-    ctx.out.show(&ctx.open()?.show(&a.ve)?);
+    ctx.out.show(&ctx.open()?.ves().show(&a.ve)?);
     Ok(ExitCode::SUCCESS)
 }
 
 /// `vectl clone`.
 pub fn clone(ctx: &Ctx, a: CloneArgs) -> Result<ExitCode> {
-    let c = ctx
-        .open()?
-        .clone_ve(&a.src, &a.dst, a.template.as_deref(), a.hostname.as_deref())?;
+    let c =
+        ctx.open()?
+            .ves()
+            .clone(&a.src, &a.dst, a.template.as_deref(), a.hostname.as_deref())?;
     ctx.out.cloned(&a.src, &c);
     Ok(ExitCode::SUCCESS)
 }
@@ -451,13 +452,13 @@ pub fn set(ctx: &Ctx, a: SetArgs) -> Result<ExitCode> {
     if !update.is_empty() {
         // Both or neither: the ports are checked before the limits change.
         if ports {
-            host.publish(&a.ve, &add, &remove, true)?;
+            host.ves().publish(&a.ve, &add, &remove, true)?;
         }
-        let outcome = host.set(&a.ve, &update, a.force)?;
+        let outcome = host.ves().set(&a.ve, &update, a.force)?;
         ctx.out.set(&a.ve, &outcome);
     }
     if ports {
-        let list = host.publish(&a.ve, &add, &remove, false)?;
+        let list = host.ves().publish(&a.ve, &add, &remove, false)?;
         ctx.out.published(&a.ve, &list);
     }
     Ok(ExitCode::SUCCESS)
@@ -465,7 +466,7 @@ pub fn set(ctx: &Ctx, a: SetArgs) -> Result<ExitCode> {
 
 /// `vectl exec`: the command's exit status.
 pub fn exec(ctx: &Ctx, a: ExecArgs) -> Result<ExitCode> {
-    let code = ctx.open()?.exec(
+    let code = ctx.open()?.ves().exec(
         &a.ve,
         &ExecOptions {
             argv: a.command,
@@ -481,6 +482,6 @@ pub fn exec(ctx: &Ctx, a: ExecArgs) -> Result<ExitCode> {
 
 /// `vectl enter`: the shell's exit status.
 pub fn enter(ctx: &Ctx, a: VeArg) -> Result<ExitCode> {
-    let code = ctx.open()?.enter(&a.ve)?;
+    let code = ctx.open()?.ves().enter(&a.ve)?;
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }
