@@ -648,7 +648,7 @@ impl Out {
         );
     }
 
-    pub fn published(&self, ve: &str, list: &[ve_runtime::Publish]) {
+    pub fn published(&self, ve: &str, list: &[ve_runtime::PortMap]) {
         if self.json {
             self.print_json(&json!({"ve": ve, "publish": list}));
         } else if list.is_empty() {
@@ -990,7 +990,7 @@ impl Out {
                 ),
             ));
         }
-        for p in &i.publish {
+        for p in &i.ports {
             rows.push(("published", p.to_string()));
         }
         if let Some(pid) = i.pid {

@@ -307,13 +307,13 @@ impl fmt::Display for Proto {
 
 /// A published port: `HOSTPORT:VEPORT[/tcp|udp]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Publish {
+pub struct PortMap {
     pub host_port: u16,
     pub ve_port: u16,
     pub proto: Proto,
 }
 
-impl FromStr for Publish {
+impl FromStr for PortMap {
     type Err = BadValue;
     fn from_str(s: &str) -> Result<Self, BadValue> {
         let bad = || syntax("port mapping", s, "HOSTPORT:VEPORT[/tcp|udp], like 8080:80");
@@ -325,7 +325,7 @@ impl FromStr for Publish {
         };
         let (h, v) = ports.split_once(':').ok_or_else(bad)?;
         let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad);
-        Ok(Publish {
+        Ok(PortMap {
             host_port: port(h)?,
             ve_port: port(v)?,
             proto,
@@ -333,13 +333,13 @@ impl FromStr for Publish {
     }
 }
 
-impl fmt::Display for Publish {
+impl fmt::Display for PortMap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}/{}", self.host_port, self.ve_port, self.proto)
     }
 }
 
-serde_via_str!(Publish);
+serde_via_str!(PortMap);
 
 serde_via_str!(Subnet);
 
@@ -752,12 +752,12 @@ mod tests {
 
     #[test]
     fn ports_publish_syntax() {
-        let p: Publish = "8080:80".parse().unwrap();
+        let p: PortMap = "8080:80".parse().unwrap();
         assert_eq!((p.host_port, p.ve_port, p.proto), (8080, 80, Proto::Tcp));
-        let u: Publish = "53:5353/udp".parse().unwrap();
+        let u: PortMap = "53:5353/udp".parse().unwrap();
         assert_eq!(u.to_string(), "53:5353/udp");
         for bad in ["80", "0:80", "80:70000", "80:80/sctp", "a:b"] {
-            assert!(bad.parse::<Publish>().is_err(), "{bad}");
+            assert!(bad.parse::<PortMap>().is_err(), "{bad}");
         }
     }
 

@@ -20,7 +20,7 @@ use std::io::Write as _;
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
-use crate::model::{HostAccess, Mac, Mode, NetConfig, Proto, Publish, bridge_name, port_globs};
+use crate::model::{HostAccess, Mac, Mode, NetConfig, PortMap, Proto, bridge_name, port_globs};
 use crate::{Error, Result};
 
 /// Bumped whenever the ruleset's shape changes: a network made in an older
@@ -41,8 +41,8 @@ pub struct FwNic {
 
 /// A published port, forwarded to `ip`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FwPublish {
-    pub publish: Publish,
+pub struct FwPort {
+    pub port: PortMap,
     pub ip: Ipv4Addr,
 }
 
@@ -53,7 +53,7 @@ pub struct FwPublish {
 #[derive(Debug, Clone, Default)]
 pub struct VeRules {
     pub nics: Vec<FwNic>,
-    pub published: Vec<FwPublish>,
+    pub published: Vec<FwPort>,
 }
 
 impl VeRules {
@@ -82,18 +82,18 @@ impl VeRules {
             let _ = writeln!(s, "{verb} element ip vectl lan_ves {{ {ip} }}");
         }
         for p in &self.published {
-            let proto = p.publish.proto;
+            let proto = p.port.proto;
             if verb == "add" {
                 let _ = writeln!(
                     s,
                     "add element ip vectl published_{proto} {{ {} : {} . {} }}",
-                    p.publish.host_port, p.ip, p.publish.ve_port
+                    p.port.host_port, p.ip, p.port.ve_port
                 );
             } else {
                 let _ = writeln!(
                     s,
                     "delete element ip vectl published_{proto} {{ {} }}",
-                    p.publish.host_port
+                    p.port.host_port
                 );
             }
         }
@@ -122,7 +122,7 @@ impl VeRules {
 pub struct Firewall {
     pub nets: Vec<NetConfig>,
     pub nics: Vec<FwNic>,
-    pub published: Vec<FwPublish>,
+    pub published: Vec<FwPort>,
 }
 
 fn elements(items: &[String]) -> String {
@@ -168,8 +168,8 @@ impl Firewall {
         let map = |proto: Proto| -> Vec<String> {
             self.published
                 .iter()
-                .filter(|p| p.publish.proto == proto)
-                .map(|p| format!("{} : {} . {}", p.publish.host_port, p.ip, p.publish.ve_port))
+                .filter(|p| p.port.proto == proto)
+                .map(|p| format!("{} : {} . {}", p.port.host_port, p.ip, p.port.ve_port))
                 .collect()
         };
 
@@ -472,8 +472,8 @@ mod tests {
                 mac: Mac([2, 0, 0, 0, 0, 101]),
                 mode: Mode::Nat,
             }],
-            published: vec![FwPublish {
-                publish: "8080:80".parse().unwrap(),
+            published: vec![FwPort {
+                port: "8080:80".parse().unwrap(),
                 ip: Ipv4Addr::new(10, 0, 1, 2),
             }],
         };

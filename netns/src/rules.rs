@@ -6,8 +6,8 @@
 use std::net::Ipv4Addr;
 
 use crate::link::Shape;
-use crate::model::{self, HostAccess, Mode, NetConfig, Publish};
-use crate::nft::{FwNic, FwPublish, VeRules};
+use crate::model::{self, HostAccess, Mode, NetConfig, PortMap};
+use crate::nft::{FwNic, FwPort, VeRules};
 use crate::nic::Nic;
 use crate::tc::ClassRate;
 use crate::{Error, Refusal, Result};
@@ -25,7 +25,7 @@ pub trait Bandwidth {
 
 /// A VE's own elements of the firewall: one per port of each NIC whose network
 /// is in `nets`, and its published ports on its first NIC on a nat network.
-pub fn ve_rules(nets: &[NetConfig], id: u32, nics: &[Nic], publish: &[Publish]) -> VeRules {
+pub fn ve_rules(nets: &[NetConfig], id: u32, nics: &[Nic], publish: &[PortMap]) -> VeRules {
     let mut r = VeRules::default();
     let net_of = |name: &str| nets.iter().find(|n| n.name == name);
     for nic in nics {
@@ -45,8 +45,8 @@ pub fn ve_rules(nets: &[NetConfig], id: u32, nics: &[Nic], publish: &[Publish]) 
         .iter()
         .find(|n| net_of(&n.net).is_some_and(|c| c.mode == Mode::Nat))
     {
-        r.published.extend(publish.iter().map(|p| FwPublish {
-            publish: *p,
+        r.published.extend(publish.iter().map(|p| FwPort {
+            port: *p,
             ip: nat.ip,
         }));
     }
@@ -175,7 +175,7 @@ mod tests {
             ip: Ipv4Addr::new(10, 0, 3, 2),
             mac: model::Mac([2, 0, 0, 0, 0, 1]),
         };
-        let publish: Vec<Publish> = vec!["8080:80".parse().unwrap()];
+        let publish: Vec<PortMap> = vec!["8080:80".parse().unwrap()];
         let r = ve_rules(&[net()], 101, std::slice::from_ref(&nic), &publish);
         assert_eq!(r.nics.len(), 2);
         assert_eq!(r.published.len(), 1);

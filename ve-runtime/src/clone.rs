@@ -95,7 +95,7 @@ impl Host {
             created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             limits: from.limits.clone(),
             nics,
-            publish: Vec::new(),
+            ports: Vec::new(),
             history: Vec::new(),
         };
         // Leftovers of a create or clone that was killed before it wrote a config.

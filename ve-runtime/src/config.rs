@@ -42,9 +42,10 @@ pub struct VeConfig {
     /// Network interfaces, `eth0` first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nics: Vec<netns::nic::Nic>,
-    /// Ports published on the host's addresses (to the first NAT NIC).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub publish: Vec<netns::model::Publish>,
+    /// Ports published on the host's addresses (to the first NAT NIC); the
+    /// key is `publish`, as the option.
+    #[serde(rename = "publish", default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<netns::model::PortMap>,
     /// Its moves between template versions, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<TemplateMove>,
@@ -197,7 +198,7 @@ mod tests {
                 ..Limits::default()
             },
             nics: vec![],
-            publish: vec![],
+            ports: vec![],
             history: vec![],
         };
         cfg.store(&p).unwrap();

@@ -20,7 +20,7 @@
 
 use std::path::{Path, PathBuf};
 
-use netns::model::{NetConfig, Publish};
+use netns::model::{NetConfig, PortMap};
 use ve_templates::{Progress, Source, TemplateVersion};
 
 use crate::clone::Cloned;
@@ -69,7 +69,7 @@ impl Host {
 /// The VEs of a host ([`Host::ves`]): [`resolve`](Ves::resolve) a name or id,
 /// [`create`](Ves::create), [`start`](Ves::start), [`stop`](Ves::stop),
 /// [`destroy`](Ves::destroy); change limits ([`set`](Ves::set)) and published
-/// ports ([`publish`](Ves::publish)); [`list`](Ves::list) and
+/// ports ([`map_ports`](Ves::map_ports)); [`list`](Ves::list) and
 /// [`show`](Ves::show); run commands inside ([`exec`](Ves::exec),
 /// [`enter`](Ves::enter)); [`clone`](Ves::clone) one; [`stats`](Ves::stats).
 ///
@@ -113,18 +113,19 @@ impl<'h> Ves<'h> {
         self.0.set(name_or_id, update, force)
     }
 
-    /// Publishes ports of a VE on the host's addresses (`add`) and withdraws
-    /// others (`remove`, matched by host port and protocol). Takes effect at once,
-    /// running or not; returns the VE's published ports. `check_only` checks the
-    /// change without making it.
-    pub fn publish(
+    /// Maps ports of the host's addresses to a VE's (`add`; the CLI's
+    /// `--publish`) and withdraws others (`remove`, matched by host port and
+    /// protocol). Takes effect at once, running or not; returns the VE's port
+    /// mappings. `check_only` checks the change without making it. (In the
+    /// code, "publish" is what a template version is; a port is mapped.)
+    pub fn map_ports(
         self,
         name_or_id: &str,
-        add: &[Publish],
-        remove: &[Publish],
+        add: &[PortMap],
+        remove: &[PortMap],
         check_only: bool,
-    ) -> Result<Vec<Publish>> {
-        self.0.publish(name_or_id, add, remove, check_only)
+    ) -> Result<Vec<PortMap>> {
+        self.0.map_ports(name_or_id, add, remove, check_only)
     }
 
     /// Every VE, by id. Configs that cannot be read are returned as errors beside

@@ -63,7 +63,7 @@ pub use limits::{
     Capacity, HostFacts, IoDevice, IoLimits, KernelLimits, Limits, LimitsUpdate, NoIoDevice,
 };
 pub use net::{DEFAULT_NET, NetCreate, NetDetails, NetMember, NetUpdate};
-pub use netns::model::{HostAccess, Mode, NetConfig, Proto, Publish, Rate, Subnet};
+pub use netns::model::{HostAccess, Mode, NetConfig, PortMap, Proto, Rate, Subnet};
 pub use netns::nic::{Nic, NicInfo, NicRequest};
 pub use options::{CreateOptions, ExecOptions, StopOptions};
 pub use pool::{PoolInfo, VolumeUse};

@@ -551,14 +551,14 @@ impl Host {
     fn firewall(&self, extra: Option<&VeConfig>) -> Result<Firewall> {
         let nets = self.net_configs()?;
         let mut fw = Firewall::default();
-        let mut all: Vec<(u32, Vec<Nic>, Vec<model::Publish>)> = self
+        let mut all: Vec<(u32, Vec<Nic>, Vec<model::PortMap>)> = self
             .configs()?
             .into_iter()
             .filter(|v| extra.is_none_or(|e| e.name != v.name))
-            .map(|v| (v.id, v.nics, v.publish))
+            .map(|v| (v.id, v.nics, v.ports))
             .collect();
         if let Some(e) = extra {
-            all.push((e.id, e.nics.clone(), e.publish.clone()));
+            all.push((e.id, e.nics.clone(), e.ports.clone()));
         }
         for (id, nics, publish) in all {
             let rules = ve_rules(&nets, id, &nics, &publish);
@@ -577,7 +577,7 @@ impl Host {
         if cfg.nics.is_empty() {
             return Ok(());
         }
-        let rules = ve_rules(&self.net_configs()?, cfg.id, &cfg.nics, &cfg.publish);
+        let rules = ve_rules(&self.net_configs()?, cfg.id, &cfg.nics, &cfg.ports);
         let done = if add { rules.add() } else { rules.delete() };
         match done {
             Ok(()) => Ok(()),
@@ -804,9 +804,9 @@ impl Host {
         if cfg.limits.net_limit.is_some() && cfg.nics.is_empty() {
             return Err(bad("--net-limit: the VE has no network interface".into()));
         }
-        if !cfg.publish.is_empty() {
-            for (i, p) in cfg.publish.iter().enumerate() {
-                if let Some(q) = cfg.publish[..i]
+        if !cfg.ports.is_empty() {
+            for (i, p) in cfg.ports.iter().enumerate() {
+                if let Some(q) = cfg.ports[..i]
                     .iter()
                     .find(|q| q.host_port == p.host_port && q.proto == p.proto)
                 {
@@ -822,9 +822,9 @@ impl Host {
                 ));
             }
             let ves = self.configs()?;
-            for p in &cfg.publish {
+            for p in &cfg.ports {
                 if let Some(other) = ves.iter().filter(|v| v.name != cfg.name).find(|v| {
-                    v.publish
+                    v.ports
                         .iter()
                         .any(|q| q.host_port == p.host_port && q.proto == p.proto)
                 }) {

@@ -22,7 +22,7 @@ pub struct CreateOptions {
     /// NICs; `None` = one on the default network (if the host has one).
     pub nics: Option<Vec<netns::nic::NicRequest>>,
     /// Ports to publish.
-    pub publish: Vec<netns::model::Publish>,
+    pub ports: Vec<netns::model::PortMap>,
 }
 
 /// Options of `stop`.

@@ -45,8 +45,9 @@ pub struct VeInfo {
     pub uptime_secs: Option<u64>,
     pub limits: Limits,
     pub nics: Vec<netns::nic::Nic>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub publish: Vec<netns::model::Publish>,
+    /// Its published ports (`publish` in JSON, as the option says).
+    #[serde(rename = "publish", skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<netns::model::PortMap>,
 }
 
 /// One VE as `show` shows it.
@@ -284,11 +285,11 @@ impl Host {
             created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             limits,
             nics,
-            publish: opts.publish.clone(),
+            ports: opts.ports.clone(),
             history: Vec::new(),
         };
-        cfg.publish.sort();
-        cfg.publish.dedup();
+        cfg.ports.sort();
+        cfg.ports.dedup();
         self.check_net_settings(&cfg)?;
         // As if it started now: a VE that could never start is refused up front.
         self.admit(name, &cfg.limits, opts.force)?;
@@ -711,22 +712,22 @@ impl Host {
     /// others (`remove`, matched by host port and protocol). Takes effect at once,
     /// running or not; returns the VE's published ports. `check_only` checks the
     /// change without making it.
-    pub(crate) fn publish(
+    pub(crate) fn map_ports(
         &self,
         name_or_id: &str,
-        add: &[netns::model::Publish],
-        remove: &[netns::model::Publish],
+        add: &[netns::model::PortMap],
+        remove: &[netns::model::PortMap],
         check_only: bool,
-    ) -> Result<Vec<netns::model::Publish>> {
+    ) -> Result<Vec<netns::model::PortMap>> {
         let ve = self.resolve_existing(name_or_id)?;
         let _host = self.lock_host()?;
         let _lock = self.lock_ve(&ve)?;
         let mut cfg = self.load_config(&ve)?;
         for r in remove {
-            let before = cfg.publish.len();
-            cfg.publish
+            let before = cfg.ports.len();
+            cfg.ports
                 .retain(|p| !(p.host_port == r.host_port && p.proto == r.proto));
-            if cfg.publish.len() == before {
+            if cfg.ports.len() == before {
                 return Err(Error::BadLimit {
                     ve,
                     reason: format!(
@@ -738,7 +739,7 @@ impl Host {
         }
         for a in add {
             if let Some(p) = cfg
-                .publish
+                .ports
                 .iter()
                 .find(|p| p.host_port == a.host_port && p.proto == a.proto)
                 && p != a
@@ -751,13 +752,13 @@ impl Host {
                     ),
                 });
             }
-            cfg.publish.push(*a);
+            cfg.ports.push(*a);
         }
-        cfg.publish.sort();
-        cfg.publish.dedup();
+        cfg.ports.sort();
+        cfg.ports.dedup();
         self.check_net_settings(&cfg)?;
         if check_only {
-            return Ok(cfg.publish);
+            return Ok(cfg.ports);
         }
         self.apply_firewall(Some(&cfg))
             .map_err(|e| crate::net::for_ve(&ve, e))?;
@@ -765,7 +766,7 @@ impl Host {
             let _ = self.apply_firewall(None);
             return Err(e);
         }
-        Ok(cfg.publish)
+        Ok(cfg.ports)
     }
 
     /// Lifts a VE's disk limit for a moment (see `start`), marked in
@@ -835,7 +836,7 @@ impl Host {
             hostname: cfg.hostname,
             limits: cfg.limits,
             nics: cfg.nics,
-            publish: cfg.publish,
+            ports: cfg.ports,
         }
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use clap::Args;
 use ve_runtime::{
-    Amount, Cpus, CreateOptions, ExecOptions, LimitsUpdate, NetShare, NicRequest, Percent, Publish,
+    Amount, Cpus, CreateOptions, ExecOptions, LimitsUpdate, NetShare, NicRequest, Percent, PortMap,
     Rate, Setting, Size, StopOptions, StopOutcome,
 };
 
@@ -206,17 +206,17 @@ impl ArgPositions {
     }
 }
 
-fn parse_publish(ve: &str, flag: &str, list: &[String]) -> Result<Vec<Publish>> {
+fn parse_publish(ve: &str, flag: &str, list: &[String]) -> Result<Vec<PortMap>> {
     list.iter()
         .map(|p| {
-            p.parse::<Publish>()
+            p.parse::<PortMap>()
                 .map_err(|e| anyhow::anyhow!("VE {ve}: --{flag}: {e}"))
         })
         .collect()
 }
 
 /// `--unpublish HOSTPORT[/PROTO]`.
-fn parse_unpublish(ve: &str, list: &[String]) -> Result<Vec<Publish>> {
+fn parse_unpublish(ve: &str, list: &[String]) -> Result<Vec<PortMap>> {
     list.iter()
         .map(|p| {
             let (port, proto) = match p.rsplit_once('/') {
@@ -228,7 +228,7 @@ fn parse_unpublish(ve: &str, list: &[String]) -> Result<Vec<Publish>> {
             let host_port: u16 = port.parse().map_err(|_| {
                 anyhow::anyhow!("VE {ve}: --unpublish {p:?}: expected HOSTPORT[/tcp|udp]")
             })?;
-            Ok(Publish {
+            Ok(PortMap {
                 host_port,
                 ve_port: 0,
                 proto,
@@ -355,7 +355,7 @@ pub fn create(ctx: &Ctx, a: CreateArgs, at: &ArgPositions) -> Result<ExitCode> {
         id: a.id,
         force: a.force,
         nics,
-        publish,
+        ports: publish,
     })?;
     ctx.out.created(&cfg);
     Ok(ExitCode::SUCCESS)
@@ -452,13 +452,13 @@ pub fn set(ctx: &Ctx, a: SetArgs) -> Result<ExitCode> {
     if !update.is_empty() {
         // Both or neither: the ports are checked before the limits change.
         if ports {
-            host.ves().publish(&a.ve, &add, &remove, true)?;
+            host.ves().map_ports(&a.ve, &add, &remove, true)?;
         }
         let outcome = host.ves().set(&a.ve, &update, a.force)?;
         ctx.out.set(&a.ve, &outcome);
     }
     if ports {
-        let list = host.ves().publish(&a.ve, &add, &remove, false)?;
+        let list = host.ves().map_ports(&a.ve, &add, &remove, false)?;
         ctx.out.published(&a.ve, &list);
     }
     Ok(ExitCode::SUCCESS)
