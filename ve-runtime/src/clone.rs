@@ -92,7 +92,7 @@ impl Host {
             hostname,
             init: from.init.clone(),
             stop_signal: from.stop_signal.clone(),
-            created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            created: crate::state::now_rfc3339(),
             limits: from.limits.clone(),
             nics,
             ports: Vec::new(),

@@ -17,7 +17,6 @@ use std::fs;
 use std::io;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use netns::alloc::{choose_address, default_subnets, fresh_mac, host_name_servers};
 use netns::link::{Attach, Detach};
@@ -402,7 +401,7 @@ impl Host {
             dns,
             bandwidth: o.bandwidth,
             allow_host,
-            created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            created: crate::state::now_rfc3339(),
         };
         let dir = self.nets_dir();
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;

@@ -150,6 +150,18 @@ fn clock_ticks() -> u64 {
         .map_or(100, |t| t as u64)
 }
 
+/// Now, in seconds since the epoch (a VE's start time).
+pub(crate) fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Now, as configs record it (`2026-12-05T18:04:08Z`).
+pub(crate) fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
 /// This boot's id.
 pub fn boot_id() -> String {
     fs::read_to_string("/proc/sys/kernel/random/boot_id")

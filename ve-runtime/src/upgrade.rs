@@ -117,10 +117,6 @@ pub(crate) fn open_upgrades(history: &[TemplateMove]) -> Vec<&TemplateMove> {
     stack
 }
 
-fn now() -> String {
-    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
-}
-
 impl Host {
     /// The conflict report of moving VE `name` to template version `target`.
     pub(crate) fn upgrade_check(&self, name: &str, target: &str) -> Result<UpgradeCheck> {
@@ -240,7 +236,7 @@ impl Host {
         let snapshot = self.free_snapshot_name(ve, "upgrade")?;
         // The intent: until it is cleared, the next command undoes this.
         cfg.history.push(TemplateMove {
-            at: now(),
+            at: crate::state::now_rfc3339(),
             action: "upgrade".into(),
             from: check.from.clone(),
             to: check.to.clone(),
@@ -338,7 +334,7 @@ impl Host {
             let from = cfg.template.clone();
             // The intent: until it is cleared, the next command completes this.
             cfg.history.push(TemplateMove {
-                at: now(),
+                at: crate::state::now_rfc3339(),
                 action: "rollback".into(),
                 from: from.clone(),
                 to: last.from.clone(),
@@ -646,7 +642,7 @@ impl Host {
         if let Some(first) = open.first() {
             let from = first.from.clone();
             cfg.history.push(TemplateMove {
-                at: now(),
+                at: crate::state::now_rfc3339(),
                 action: "commit".into(),
                 from,
                 to: cfg.template.clone(),
@@ -745,7 +741,7 @@ impl Host {
     /// rollback cannot take a newer snapshot for an older one.
     fn free_snapshot_name(&self, ve: &str, prefix: &str) -> Result<String> {
         let taken = self.snapshot_names(ve)?;
-        let stamp: String = now()
+        let stamp: String = crate::state::now_rfc3339()
             .chars()
             .filter(char::is_ascii_digit)
             .enumerate()

@@ -11,7 +11,7 @@ use std::fs;
 use std::io;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use serde::Serialize;
@@ -97,12 +97,6 @@ pub struct SetOutcome {
 }
 
 const DEFAULT_INIT: &str = "/sbin/init";
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 /// The signal that asks an init program to halt, from what it is: busybox init
 /// halts on SIGUSR1, systemd powers off on SIGRTMIN+4, sysvinit and most others on
@@ -282,7 +276,7 @@ impl Host {
             hostname,
             init,
             stop_signal: opts.stop_signal.clone(),
-            created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            created: state::now_rfc3339(),
             limits,
             nics,
             ports: opts.ports.clone(),
@@ -475,7 +469,7 @@ impl Host {
                 pid: child.pid,
                 start_ticks: stat.start_ticks,
                 boot_id: state::boot_id(),
-                started_at: now_secs(),
+                started_at: state::now_secs(),
                 ports,
             };
             rs.store(&run_path)?;
@@ -830,7 +824,9 @@ impl Host {
                 Status::Stopped
             },
             pid: rs.as_ref().map(|r| r.pid),
-            uptime_secs: rs.as_ref().map(|r| now_secs().saturating_sub(r.started_at)),
+            uptime_secs: rs
+                .as_ref()
+                .map(|r| state::now_secs().saturating_sub(r.started_at)),
             name: cfg.name,
             template: cfg.template,
             hostname: cfg.hostname,
