@@ -14,7 +14,8 @@
 //! - `volume`: [`Volume`]s: VE layers and template versions, created, cloned,
 //!   sealed and deleted; [`usage`] of a tree.
 //! - `snapshot`: a VE's snapshots and restoring one ([`SnapshotInfo`]).
-//! - `disk`: disk use and limits, quota groups ([`DiskUsage`]).
+//! - `disk`: disk use and limits, quota groups ([`DiskUsage`]), and
+//!   [`human_bytes`], the one byte formatter of vectl's messages.
 //! - `error`: [`Error`] and [`Result`].
 //! - [`btrfs`]: the btrfs ioctls the pool calls.
 //! - [`loopdev`]: loop devices for an image-backed pool.

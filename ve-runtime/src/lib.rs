@@ -1,6 +1,18 @@
-//! The VE model and lifecycle of vectl: VE configs and runtime state, locking,
-//! starting an init in its own namespaces, exec/enter, cgroup limits (v1 and v2
-//! behind [`CgroupBackend`]).
+//! The VE model and lifecycle of vectl, and the host that keeps them: its
+//! state directory and settings, VE configs and runtime state, locking,
+//! starting an init in its own namespaces, exec/enter, limits and cgroups (v1
+//! and v2 behind [`CgroupBackend`]), admission control, usage, and change
+//! control (clone, snapshots, upgrade, rollback). Networking, storage and the
+//! template store are the leaf crates' (`netns`, `quota`, `ve-templates`); this
+//! crate keeps what the host records of them and drives them.
+//!
+//! Modules: `host` (state directory, settings, capacity), `handles` (the public
+//! API by area), `ve` and `options` (lifecycle), `config` and `state` (what is
+//! recorded), `launch`, `exec`, `security`, `step`, `sys`, `signal` (processes),
+//! `units` and `limits` (values and limits), `cgroup`, `admission`, `stats`,
+//! `net` (networks and NICs as the host keeps them), `template`, `pool`,
+//! `pool_check`, `snapshot`, `clone`, `upgrade`, and `error`, `fsutil`,
+//! `failpoint`.
 //!
 //! The CLI talks to a [`Host`] (one state directory), opened with
 //! [`Host::open`] (or made with [`Host::init`]). What it does is grouped in

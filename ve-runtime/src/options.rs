@@ -54,7 +54,7 @@ pub struct ExecOptions {
     pub env: Vec<String>,
     /// Working directory inside the VE (default: /root if it exists, else /).
     pub workdir: Option<String>,
-    /// argv[0] to pass instead of the command path (`-sh` for a login shell).
+    /// `argv[0]` to pass instead of the command path (`-sh` for a login shell).
     pub arg0: Option<String>,
     /// How many descriptors after stdio (3, 4, ...) the command inherits from
     /// vectl's caller; all others are closed at exec.

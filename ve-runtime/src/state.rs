@@ -33,7 +33,7 @@ impl std::fmt::Display for Status {
 pub struct RunState {
     /// The VE's init, as a host pid.
     pub pid: i32,
-    /// Its start time in clock ticks after boot (/proc/<pid>/stat field 22).
+    /// Its start time in clock ticks after boot (`/proc/PID/stat` field 22).
     pub start_ticks: u64,
     /// The boot it belongs to (/proc/sys/kernel/random/boot_id).
     pub boot_id: String,
