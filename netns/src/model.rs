@@ -33,6 +33,10 @@ pub enum BadValue {
     /// A subnet prefix vectl does not use.
     #[error("subnet {0}: the prefix must be between /{MIN_PREFIX} and /{MAX_PREFIX}")]
     Prefix(String),
+    /// A subnet in a special-use range (loopback, link-local, multicast...):
+    /// `why` names the range.
+    #[error("subnet {given}: it overlaps {why}, which no network can use")]
+    SpecialUse { given: String, why: &'static str },
     /// A rate below 1kbit or above 10000gbit.
     #[error("rate {0:?} is out of range: from 1kbit to 10000gbit")]
     RateRange(String),
@@ -67,6 +71,9 @@ pub enum AddressRefused {
     InUse { ip: Ipv4Addr, net: String },
     #[error("address {0} is the last of a /16 (reserved by vectl)")]
     Reserved(Ipv4Addr),
+    /// An address in a special-use range (loopback, link-local, multicast...).
+    #[error("address {ip} is in {why}, which no VE can have")]
+    SpecialUse { ip: Ipv4Addr, why: &'static str },
 }
 
 /// Serde as a string through Display/FromStr.
@@ -185,7 +192,9 @@ impl Subnet {
         u32::from(ip) - u32::from(self.network())
     }
     /// Why the subnet cannot be a network's: it overlaps loopback (127.0.0.0/8),
-    /// "this network" (0.0.0.0/8) or multicast and reserved (224.0.0.0/3).
+    /// "this network" (0.0.0.0/8), link-local (169.254.0.0/16: routed VEs'
+    /// gateway is 169.254.0.1) or multicast and reserved (224.0.0.0/3, up to the
+    /// broadcast address 255.255.255.255).
     pub fn special_use(self) -> Option<&'static str> {
         let net = |a: u8, prefix: u8| Subnet {
             addr: Ipv4Addr::new(a, 0, 0, 0),
@@ -194,6 +203,13 @@ impl Subnet {
         [
             (net(0, 8), "\"this network\" (0.0.0.0/8)"),
             (net(127, 8), "loopback (127.0.0.0/8)"),
+            (
+                Subnet {
+                    addr: Ipv4Addr::new(169, 254, 0, 0),
+                    prefix: 16,
+                },
+                "link-local (169.254.0.0/16)",
+            ),
             (net(224, 3), "multicast and reserved (224.0.0.0/3)"),
         ]
         .into_iter()
@@ -213,9 +229,10 @@ impl fmt::Display for Subnet {
     }
 }
 
-impl FromStr for Subnet {
-    type Err = BadValue;
-    fn from_str(s: &str) -> Result<Self, BadValue> {
+impl Subnet {
+    /// Parses a CIDR without the special-use check: what a stored network config
+    /// holds (one written before that check must still load, to be removed).
+    fn parse_cidr(s: &str) -> Result<Subnet, BadValue> {
         let bad = || syntax("subnet", s, "an IPv4 CIDR like 10.0.3.0/24");
         let (a, p) = s.split_once('/').ok_or_else(bad)?;
         let addr: Ipv4Addr = a.parse().map_err(|_| bad())?;
@@ -235,6 +252,20 @@ impl FromStr for Subnet {
         }
         if !(MIN_PREFIX..=MAX_PREFIX).contains(&prefix) {
             return Err(BadValue::Prefix(s.to_string()));
+        }
+        Ok(sn)
+    }
+}
+
+impl FromStr for Subnet {
+    type Err = BadValue;
+    fn from_str(s: &str) -> Result<Self, BadValue> {
+        let sn = Subnet::parse_cidr(s)?;
+        if let Some(why) = sn.special_use() {
+            return Err(BadValue::SpecialUse {
+                given: s.to_string(),
+                why,
+            });
         }
         Ok(sn)
     }
@@ -341,7 +372,17 @@ impl fmt::Display for PortMap {
 
 serde_via_str!(PortMap);
 
-serde_via_str!(Subnet);
+impl Serialize for Subnet {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+impl<'de> Deserialize<'de> for Subnet {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Subnet::parse_cidr(&s).map_err(serde::de::Error::custom)
+    }
+}
 
 /// A service on the host's own addresses that a network's VEs may reach
 /// (`--allow-host`): `tcp:22`, `udp:53`, a port range `tcp:8000-8100`, or `all`.
@@ -569,6 +610,13 @@ impl NetConfig {
         used: &BTreeSet<Ipv4Addr>,
     ) -> Result<(), AddressRefused> {
         let net = || self.name.clone();
+        let this = Subnet {
+            addr: ip,
+            prefix: 32,
+        };
+        if let Some(why) = this.special_use() {
+            return Err(AddressRefused::SpecialUse { ip, why });
+        }
         if !self.subnet.is_host(ip) {
             return Err(AddressRefused::Outside {
                 ip,
@@ -722,7 +770,7 @@ mod tests {
 
     #[test]
     fn special_use_subnets_are_named() {
-        let sn = |s: &str| s.parse::<Subnet>().unwrap();
+        let sn = |s: &str| Subnet::parse_cidr(s).unwrap();
         assert!(
             sn("127.0.0.0/16")
                 .special_use()
@@ -735,6 +783,30 @@ mod tests {
         assert_eq!(sn("10.0.3.0/24").special_use(), None);
         assert_eq!(sn("126.255.0.0/16").special_use(), None);
         assert_eq!(sn("192.0.2.0/24").special_use(), None);
+    }
+
+    #[test]
+    fn special_use_subnets_do_not_parse() {
+        for (given, why) in [
+            ("0.0.0.0/16", "this network"),
+            ("255.255.0.0/16", "reserved"),
+            ("169.254.0.0/16", "link-local"),
+            ("169.254.3.0/24", "link-local"),
+            ("224.0.0.0/16", "multicast"),
+            ("239.1.0.0/16", "multicast"),
+            ("127.0.0.0/16", "loopback"),
+            ("240.0.0.0/16", "reserved"),
+        ] {
+            let e = given.parse::<Subnet>().unwrap_err();
+            assert!(matches!(e, BadValue::SpecialUse { .. }), "{given}: {e:?}");
+            let msg = e.to_string();
+            assert!(msg.contains(given) && msg.contains(why), "{msg}");
+        }
+        assert!("169.253.0.0/16".parse::<Subnet>().is_ok());
+        assert!("169.255.0.0/16".parse::<Subnet>().is_ok());
+        // A stored config from before the check still loads.
+        let old: Subnet = serde_json::from_str("\"169.254.0.0/16\"").unwrap();
+        assert_eq!(old.prefix, 16);
     }
 
     #[test]

@@ -814,6 +814,81 @@ fn bad_network_input_is_refused_with_one_clear_line() {
     assert!(h.json(&["list"]).as_array().unwrap().is_empty());
 }
 
+/// Issue 18, defect 7: subnets and addresses in special-use ranges (this network,
+/// loopback, link-local, which routed VEs use for their gateway, multicast and
+/// reserved) are refused with one line naming the subnet or address and the range,
+/// in every mode, and nothing is made.
+#[test]
+fn special_use_subnets_and_addresses_are_refused() {
+    let Some(h) = TestHost::new("net_special_use") else {
+        return;
+    };
+    let subnets = [
+        ("0.0.0.0/16", "this network"),
+        ("255.255.0.0/16", "reserved"),
+        ("169.254.0.0/16", "link-local"),
+        ("169.254.7.0/24", "link-local"),
+        ("224.0.0.0/16", "multicast"),
+        ("239.255.0.0/16", "multicast"),
+        ("127.0.0.0/16", "loopback"),
+        ("240.0.0.0/16", "reserved"),
+        ("0.1.0.0/16", "this network"),
+    ];
+    let mut wrong = Vec::new();
+    for (subnet, why) in subnets {
+        for mode in [
+            &["--mode", "host-only"][..],
+            &["--mode", "nat"],
+            &["--mode", "routed", "--uplink", "lo"],
+        ] {
+            let mut args = vec!["net", "create", "sp", "--subnet", subnet];
+            args.extend_from_slice(mode);
+            let r = h.run(&args);
+            let lines: Vec<&str> = r.stderr.lines().collect();
+            if r.code == 0
+                || lines.len() != 1
+                || !lines[0].starts_with("vectl: ")
+                || !lines[0].contains(subnet)
+                || !lines[0].contains(why)
+            {
+                wrong.push(format!("vectl {args:?}: exit {} {:?}", r.code, r.stderr));
+                if r.code == 0 {
+                    h.ok(&["net", "rm", "sp"]);
+                }
+            }
+        }
+    }
+    for (ip, why) in [
+        ("169.254.0.5", "link-local"),
+        ("127.0.0.1", "loopback"),
+        ("224.0.0.1", "multicast"),
+        ("0.0.0.0", "this network"),
+        ("255.255.255.255", "reserved"),
+    ] {
+        let args = ["create", "v", "-T", "bb", "--net", "default", "--ip", ip];
+        let r = h.run(&args);
+        let lines: Vec<&str> = r.stderr.lines().collect();
+        if r.code == 0
+            || lines.len() != 1
+            || !lines[0].starts_with("vectl: ")
+            || !lines[0].contains(ip)
+            || !lines[0].contains(why)
+        {
+            wrong.push(format!("vectl {args:?}: exit {} {:?}", r.code, r.stderr));
+            if r.code == 0 {
+                h.ok(&["destroy", "v"]);
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "not refused properly:\n{}",
+        wrong.join("\n")
+    );
+    assert_eq!(h.json(&["net", "list"]).as_array().unwrap().len(), 1);
+    assert!(h.json(&["list"]).as_array().unwrap().is_empty());
+}
+
 /// Opens TCP services of the host to the VEs of network `net` (a VE reaches none
 /// by default): the shaping tests time uploads to a receiver on the gateway.
 fn allow_uploads_to_the_host(h: &TestHost, net: &str) {
