@@ -80,14 +80,11 @@ impl Host {
         };
         let mut out = Vec::with_capacity(chosen.len());
         let btrfs = self.pool().backend() == quota::Backend::Btrfs;
-        for info in chosen {
+        for mut info in chosen {
             // On `dir` use means walking the VE's files: too slow for stats.
             let disk = btrfs.then(|| self.pool().disk(&info.name).ok()).flatten();
-            let usage = if info.status == Status::Running {
-                self.cgroups()?.usage(&info.name)?
-            } else {
-                Default::default()
-            };
+            // A VE that stops while its cgroups are read is reported as stopped.
+            let usage = self.usage_of(&mut info)?;
             let cpu_percent = match info.uptime_secs {
                 Some(up) if up > 0 => usage.cpu_usage_ns as f64 / (up as f64 * 1e9) * 100.0,
                 _ => 0.0,

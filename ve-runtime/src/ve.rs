@@ -50,6 +50,17 @@ pub struct VeInfo {
     pub ports: Vec<netns::model::PortMap>,
 }
 
+/// Sets a VE's status, pid and uptime from its runtime state (`None`: stopped).
+fn set_run_state(info: &mut VeInfo, rs: Option<&RunState>) {
+    info.status = if rs.is_some() {
+        Status::Running
+    } else {
+        Status::Stopped
+    };
+    info.pid = rs.map(|r| r.pid);
+    info.uptime_secs = rs.map(|r| state::now_secs().saturating_sub(r.started_at));
+}
+
 /// One VE as `show` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct VeDetails {
@@ -816,23 +827,44 @@ impl Host {
 
     fn info(&self, cfg: VeConfig) -> VeInfo {
         let rs = self.alive_state_with(&cfg.name, false).ok().flatten();
-        VeInfo {
+        let mut info = VeInfo {
             id: cfg.id,
-            status: if rs.is_some() {
-                Status::Running
-            } else {
-                Status::Stopped
-            },
-            pid: rs.as_ref().map(|r| r.pid),
-            uptime_secs: rs
-                .as_ref()
-                .map(|r| state::now_secs().saturating_sub(r.started_at)),
+            status: Status::Stopped,
+            pid: None,
+            uptime_secs: None,
             name: cfg.name,
             template: cfg.template,
             hostname: cfg.hostname,
             limits: cfg.limits,
             nics: cfg.nics,
             ports: cfg.ports,
+        };
+        set_run_state(&mut info, rs.as_ref());
+        info
+    }
+
+    /// What the cgroups of a VE listed as running say it uses; zero for a
+    /// stopped one. The VE may stop or start again while its cgroups are read
+    /// (no lock is held, `stats` and `show` only look): when a read fails, `info`
+    /// is brought up to date and a VE that stopped meanwhile is stopped, one
+    /// that started again is read again. Only a failure on a VE that kept
+    /// running is an error.
+    pub(crate) fn usage_of(&self, info: &mut VeInfo) -> Result<Usage> {
+        let mut tries = 0;
+        loop {
+            if info.status != Status::Running {
+                return Ok(Usage::default());
+            }
+            let err = match self.cgroups()?.usage(&info.name) {
+                Ok(u) => return Ok(u),
+                Err(e) => e,
+            };
+            let now = self.alive_state_with(&info.name, false).ok().flatten();
+            tries += 1;
+            if now.as_ref().map(|r| r.pid) == info.pid || tries == 3 {
+                return Err(err);
+            }
+            set_run_state(info, now.as_ref());
         }
     }
 
@@ -849,13 +881,9 @@ impl Host {
             .resolve(&tref)
             .map(|tv| self.store().path(&tv))
             .unwrap_or_default();
-        let info = self.info(cfg.clone());
-        let cg = self.cgroups()?;
-        let usage = if info.status == Status::Running {
-            Some(cg.usage(&ve)?)
-        } else {
-            None
-        };
+        let mut info = self.info(cfg.clone());
+        let usage = self.usage_of(&mut info)?;
+        let usage = (info.status == Status::Running).then_some(usage);
         let stop_signal = match (&cfg.stop_signal, info.pid) {
             (Some(s), _) => s.clone(),
             (None, Some(pid)) => {
@@ -878,7 +906,7 @@ impl Host {
             disk_limit_bytes: disk.and_then(|d| d.limit),
             private_dir: vol.dir,
             template_dir,
-            cgroups: cg.paths(&ve),
+            cgroups: self.cgroups()?.paths(&ve),
             interfaces: self.nic_infos(&cfg),
             kernel_limits,
             usage,

@@ -372,3 +372,75 @@ fn stats_watch_refreshes_on_its_interval() {
     let line = h.fails(&["stats", "--watch", "0"]);
     assert!(line.contains("--watch"), "{line}");
 }
+
+/// Issue 18, defect 8: VEs that stop and start while `stats --json` reads their
+/// cgroups are reported as running or stopped; stats itself never fails.
+#[test]
+fn stats_never_fails_while_ves_stop_and_start() {
+    let Some(h) = TestHost::new("stats_never_fails_while_ves_stop_and_start") else {
+        return;
+    };
+    let names: Vec<String> = (0..4).map(|i| format!("race{i}")).collect();
+    for n in &names {
+        h.start_ve(n, &["--net", "none"]);
+    }
+    // One stop/start cycler per VE and one stats reader, each started again as
+    // soon as it ends, for a few seconds.
+    let running = |n: &str| listed(&h, n).is_some_and(|v| v["status"] == "running");
+    let mut cyclers: Vec<(std::process::Child, bool)> = names
+        .iter()
+        .map(|n| (spawn(&h, &["stop", "--fast", n]), false))
+        .collect();
+    let mut stats = spawn(&h, &["--json", "stats"]);
+    let (mut reads, mut cycles) = (0, 0);
+    let mut failures = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline || reads < 50 {
+        for (i, (c, started)) in cyclers.iter_mut().enumerate() {
+            if c.try_wait().unwrap().is_some() {
+                cycles += 1;
+                let next = if *started {
+                    spawn(&h, &["stop", "--fast", &names[i]])
+                } else {
+                    spawn(&h, &["start", &names[i]])
+                };
+                let r = finish(std::mem::replace(c, next));
+                assert_eq!(r.code, 0, "{}: {r:?}", names[i]);
+                *started = !*started;
+            }
+        }
+        if stats.try_wait().unwrap().is_some() {
+            let r = finish(std::mem::replace(
+                &mut stats,
+                spawn(&h, &["--json", "stats"]),
+            ));
+            reads += 1;
+            if r.code != 0 || r.stderr.contains("panicked") {
+                failures.push(format!("exit {}: {}", r.code, r.stderr.trim()));
+            } else {
+                let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+                for e in v.as_array().unwrap() {
+                    assert!(e["status"] == "running" || e["status"] == "stopped", "{e}");
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let _ = finish(stats);
+    for (c, _) in cyclers {
+        let _ = finish(c);
+    }
+    eprintln!("{reads} stats reads during {cycles} stops and starts");
+    assert!(cycles >= names.len() * 2, "only {cycles} stops and starts");
+    assert!(
+        failures.is_empty(),
+        "{} of {reads} stats runs failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    for n in &names {
+        if running(n) {
+            h.ok(&["stop", "--fast", n]);
+        }
+    }
+}
