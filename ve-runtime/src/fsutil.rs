@@ -2,6 +2,7 @@
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Result, io_err};
@@ -44,22 +45,50 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8], durable: bool) -> Result<()
 
 /// An exclusive lock on a file, held until dropped (the kernel releases it when the
 /// process dies, so a killed vectl never leaves a lock behind).
+///
+/// A lock file may be removed ([`Lock::remove`], by its holder: a destroyed VE's).
+/// A waiter that opened it before then gets the lock on an unlinked file, which
+/// no longer locks anything: so after locking, the path must still name the file
+/// locked (same device and inode), else the waiter opens the path again.
 #[derive(Debug)]
 pub struct Lock {
-    _file: fs::File,
+    file: fs::File,
+    path: PathBuf,
 }
 
 impl Lock {
     /// Takes the lock at `path`, waiting for other holders.
     pub(crate) fn acquire(path: &Path) -> Result<Lock> {
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(io_err(path))?;
-        file.lock().map_err(io_err(path))?;
-        Ok(Lock { _file: file })
+        loop {
+            let file = fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(path)
+                .map_err(io_err(path))?;
+            file.lock().map_err(io_err(path))?;
+            let held = file.metadata().map_err(io_err(path))?;
+            match fs::metadata(path) {
+                Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => {
+                    return Ok(Lock {
+                        file,
+                        path: path.to_path_buf(),
+                    });
+                }
+                // Removed (or removed and made again) while we waited.
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(path)(e)),
+            }
+        }
+    }
+
+    /// Removes the lock file, then lets go of the lock: for a lock nobody needs
+    /// any more (a destroyed VE's). Whoever waits for it takes a new one.
+    pub(crate) fn remove(self) -> Result<()> {
+        remove_file(&self.path)?;
+        drop(self.file);
+        Ok(())
     }
 }
 
@@ -69,5 +98,41 @@ pub(crate) fn remove_file(path: &Path) -> Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    #[test]
+    fn a_waiter_on_a_removed_lock_file_takes_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ve-a.lock");
+        let first = Lock::acquire(&path).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let p = path.clone();
+        let waiter = std::thread::spawn(move || {
+            let lock = Lock::acquire(&p).unwrap();
+            let held = lock.file.metadata().unwrap().ino();
+            tx.send(()).unwrap();
+            (lock, held)
+        });
+        // The waiter has the old file open and waits for it.
+        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+        first.remove().unwrap();
+        let (lock, held) = waiter.join().unwrap();
+        // It holds the file the path names now, not the unlinked one (whose
+        // inode number a new file may reuse only once nobody has it open)...
+        assert_eq!(fs::metadata(&path).unwrap().ino(), held);
+        // ... so a third taker waits for it.
+        let p = path.clone();
+        let third = std::thread::spawn(move || Lock::acquire(&p).map(|_| ()));
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!third.is_finished());
+        drop(lock);
+        third.join().unwrap().unwrap();
     }
 }

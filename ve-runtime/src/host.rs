@@ -533,8 +533,20 @@ impl Host {
     pub(crate) fn id_link(&self, id: u32) -> PathBuf {
         self.root.join("ids").join(id.to_string())
     }
-    pub(crate) fn lock_ve(&self, ve: &str) -> Result<Lock> {
+    /// Takes a VE's lock (`locks/ve-NAME.lock`). The lock file goes when the
+    /// lock is let go and the VE does not exist (destroyed, or a create that
+    /// failed): see [`VeLock`].
+    pub(crate) fn lock_ve(&self, ve: &str) -> Result<VeLock> {
         let lock = Lock::acquire(&self.root.join("locks").join(format!("ve-{ve}.lock")))?;
+        let lock = VeLock {
+            lock: Some(lock),
+            traces: vec![
+                self.config_path(ve),
+                self.tombstone_path(ve),
+                self.pool().ve_volume(ve).dir,
+                self.mount_dir(ve),
+            ],
+        };
         // A snapshot whose vectl died while the VE was frozen: thaw it first.
         let marker = self.frozen_marker(ve);
         if marker.exists() {
@@ -560,6 +572,30 @@ impl Host {
     }
     pub(crate) fn lock_host(&self) -> Result<Lock> {
         Lock::acquire(&self.root.join("locks/host.lock"))
+    }
+}
+
+/// A VE's lock, held until dropped. When it is let go and nothing of the VE is
+/// on disk (no config, tombstone, private volume or mount directory: it was
+/// destroyed, or never made), its lock file is removed too, so names that come
+/// and go leave no lock files behind. Removing it is safe: the holder removes it,
+/// and a waiter that had it open takes the lock anew ([`Lock::acquire`]).
+#[derive(Debug)]
+pub(crate) struct VeLock {
+    lock: Option<Lock>,
+    /// The VE's files: while one exists, the VE does.
+    traces: Vec<PathBuf>,
+}
+
+impl Drop for VeLock {
+    fn drop(&mut self) {
+        let Some(lock) = self.lock.take() else {
+            return;
+        };
+        if !self.traces.iter().any(|p| p.symlink_metadata().is_ok()) {
+            // A lock file left behind is harmless: the next destroy removes it.
+            let _ = lock.remove();
+        }
     }
 }
 

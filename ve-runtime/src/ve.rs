@@ -20,7 +20,7 @@ use crate::cgroup::Usage;
 use crate::config::{FIRST_ID, MAX_ID, VeConfig, validate_hostname, validate_name};
 use crate::error::{Error, Result, io_err};
 use crate::fsutil::{Lock, remove_file, temp_path};
-use crate::host::Host;
+use crate::host::{Host, VeLock};
 use crate::launch;
 use crate::limits::{KernelLimits, Limits, LimitsUpdate};
 use crate::options::{CreateOptions, ExecOptions, StopOptions};
@@ -368,7 +368,7 @@ impl Host {
         &self,
         ve: &str,
         also: Option<&LimitsUpdate>,
-    ) -> Result<(Option<Lock>, Lock, VeConfig)> {
+    ) -> Result<(Option<Lock>, VeLock, VeConfig)> {
         let has = |l: &Limits| {
             l.cpu_guarantee.is_some() || l.ram_guarantee.is_some() || l.net_guarantee.is_some()
         };

@@ -177,3 +177,74 @@ fn ids_start_at_100_are_accepted_everywhere_and_are_reused() {
     );
     assert_eq!(h.json(&["show", "500"])["name"], "idg");
 }
+
+/// The VE lock files in `ROOT/locks/` (`ve-NAME.lock`).
+fn ve_lock_files(h: &TestHost) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(h.root().join("locks"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("ve-"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Issue 18, defect 9: a VE's lock file goes with the VE (and with a create that
+/// failed), so names that come and go leave no files in `locks/`; commands
+/// waiting for the lock of a VE being destroyed take a new one, never the
+/// unlinked file's.
+#[test]
+fn lock_files_go_with_their_ves() {
+    let Some(h) = TestHost::new("lock_files_go_with_their_ves") else {
+        return;
+    };
+    h.ok(&["create", "keep", "--template", "bb", "--net", "none"]);
+    for i in 0..40 {
+        let n = format!("gone{i}");
+        h.ok(&["create", &n, "--template", "bb", "--net", "none"]);
+        if i % 4 == 0 {
+            h.ok(&["start", &n]);
+            h.ok(&["destroy", "--force", &n]);
+        } else {
+            h.ok(&["destroy", &n]);
+        }
+    }
+    // A create refused once it holds the lock (the id is taken).
+    let r = h.run(&["create", "refused", "--template", "bb", "--id", "100"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(ve_lock_files(&h), vec!["ve-keep.lock".to_string()]);
+
+    // Commands that wait for a VE's lock while it is destroyed.
+    for i in 0..10 {
+        let n = format!("raced{i}");
+        h.ok(&["create", &n, "--template", "bb", "--net", "none"]);
+        let destroy = spawn(&h, &["destroy", "--force", &n]);
+        let others: Vec<_> = [
+            &["set", &n, "--pids", "50"][..],
+            &["start", &n],
+            &["create", &n, "--template", "bb", "--net", "none"],
+        ]
+        .iter()
+        .map(|a| spawn(&h, a))
+        .collect();
+        let d = finish(destroy);
+        assert_eq!(d.code, 0, "{d:?}");
+        for c in others {
+            let r = finish(c);
+            assert!(r.code == 0 || r.stderr.lines().count() == 1, "{r:?}");
+            no_panic(&r);
+        }
+        // Whatever won: the VE is there (the create ran last) with its lock
+        // file, or gone with it.
+        let exists = listed(&h, &n).is_some();
+        let lock = h.root().join("locks").join(format!("ve-{n}.lock"));
+        if exists {
+            h.ok(&["destroy", "--force", &n]);
+        } else {
+            assert!(!lock.exists(), "{n} is gone, its lock file is not");
+        }
+        assert!(!lock.exists(), "{n} destroyed, its lock file is left");
+    }
+    assert_eq!(ve_lock_files(&h), vec!["ve-keep.lock".to_string()]);
+}
