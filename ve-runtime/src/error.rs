@@ -25,6 +25,11 @@ pub enum Error {
     /// A VE of that name already exists.
     #[error("VE {ve}: already exists (id {id})")]
     VeExists { ve: String, id: u32 },
+    /// Another VE's config has this VE's id too (a config was edited).
+    #[error(
+        "VE {ve}: id {id} is also VE {other}'s (their configs in ves/ both have it): give one of them another id"
+    )]
+    DuplicateId { ve: String, id: u32, other: String },
     /// The requested numeric id is in use or out of range.
     #[error("VE id {id}: {reason}")]
     BadId { id: u32, reason: String },

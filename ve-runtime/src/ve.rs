@@ -78,6 +78,9 @@ pub struct VeDetails {
     /// Current use, while running.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// Why the VE cannot start as it is, such as an id another VE has too.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
     /// Space the private layer takes.
     pub private_bytes: u64,
     /// The disk limit of the VE's private layer, as the pool enforces it.
@@ -261,7 +264,15 @@ impl Host {
         }
         let id = match opts.id {
             Some(id) => {
-                if let Some(holder) = self.id_holder(id)? {
+                let holder = match self.id_holder(id)? {
+                    Some(h) => Some(h),
+                    None => self
+                        .config_ids()?
+                        .into_iter()
+                        .find(|(_, i)| *i == id)
+                        .map(|(n, _)| n),
+                };
+                if let Some(holder) = holder {
                     return Err(Error::BadId {
                         id,
                         reason: format!("in use by VE {holder}"),
@@ -341,17 +352,65 @@ impl Host {
             .map(|c| c.name))
     }
 
+    /// The name and id of every VE whose config loads.
+    fn config_ids(&self) -> Result<Vec<(String, u32)>> {
+        let dir = self.root().join("ves");
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let entry = entry.map_err(io_err(&dir))?;
+            let fname = entry.file_name();
+            let Some(name) = fname.to_str().and_then(|f| f.strip_suffix(".toml")) else {
+                continue;
+            };
+            if validate_name(name).is_err() {
+                continue;
+            }
+            if let Ok(Some(c)) = VeConfig::load(&entry.path()) {
+                out.push((name.to_string(), c.id));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Refuses a VE whose id another VE's config has too (ids are unique unless
+    /// a config was edited): both would get the same id-derived kernel objects.
+    fn check_unique_id(&self, ve: &str, id: u32) -> Result<()> {
+        let twins: Vec<String> = self
+            .config_ids()?
+            .into_iter()
+            .filter(|(n, i)| *i == id && n != ve)
+            .map(|(n, _)| n)
+            .collect();
+        if twins.is_empty() {
+            return Ok(());
+        }
+        Err(Error::DuplicateId {
+            ve: ve.to_string(),
+            id,
+            other: twins.join(", "),
+        })
+    }
+
     /// The lowest id not held by a VE.
     pub(crate) fn free_id(&self) -> Result<u32> {
         let dir = self.root().join("ids");
-        let mut used = std::collections::BTreeSet::new();
+        let mut used: std::collections::BTreeSet<u32> =
+            self.config_ids()?.into_iter().map(|(_, id)| id).collect();
         for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
             let entry = entry.map_err(io_err(&dir))?;
+            // A link to a VE that exists keeps its id taken even when the VE's
+            // config says another (edited): putting the config back must not
+            // make a duplicate.
+            let linked = fs::read_link(entry.path()).is_ok_and(|t| {
+                let n = t.to_string_lossy();
+                validate_name(&n).is_ok() && self.config_path(&n).is_file()
+            });
             if let Some(id) = entry
                 .file_name()
                 .to_str()
                 .and_then(|s| s.parse::<u32>().ok())
-                && self.id_holder(id)?.is_some()
+                && linked
             {
                 used.insert(id);
             }
@@ -396,6 +455,7 @@ impl Host {
         if let Some(rs) = self.alive_state(&ve)? {
             return Err(Error::AlreadyRunning { ve, pid: rs.pid });
         }
+        self.check_unique_id(&ve, cfg.id)?;
         // A killed upgrade or rollback: its files and version agree first.
         self.finish_move(&mut cfg)?;
         self.clean_up_stopped(&ve)?;
@@ -822,6 +882,15 @@ impl Host {
             }
         }
         out.sort_by_key(|i| i.id);
+        for w in out.windows(2) {
+            if w[0].id == w[1].id {
+                errors.push(Error::DuplicateId {
+                    ve: w[1].name.clone(),
+                    id: w[1].id,
+                    other: w[0].name.clone(),
+                });
+            }
+        }
         Ok((out, errors))
     }
 
@@ -910,6 +979,12 @@ impl Host {
             interfaces: self.nic_infos(&cfg),
             kernel_limits,
             usage,
+            problems: self
+                .check_unique_id(&ve, cfg.id)
+                .err()
+                .map(|e| e.to_string())
+                .into_iter()
+                .collect(),
             info,
         })
     }

@@ -422,7 +422,11 @@ pub fn list(ctx: &Ctx) -> Result<ExitCode> {
 
 /// `vectl show`.
 pub fn show(ctx: &Ctx, a: VeArg) -> Result<ExitCode> {
-    ctx.out.show(&ctx.open()?.ves().show(&a.ve)?);
+    let d = ctx.open()?.ves().show(&a.ve)?;
+    for p in &d.problems {
+        ctx.out.warn(p);
+    }
+    ctx.out.show(&d);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -248,3 +248,56 @@ fn lock_files_go_with_their_ves() {
     }
     assert_eq!(ve_lock_files(&h), vec!["ve-keep.lock".to_string()]);
 }
+
+/// Issue 18, defect 10: two VEs whose configs have one id (one was edited) are
+/// refused by `start`, naming both; `list` and `show` warn about it.
+#[test]
+fn a_duplicate_id_from_an_edited_config_is_refused_at_start() {
+    let Some(h) = TestHost::new("a_duplicate_id_from_an_edited_config_is_refused_at_start") else {
+        return;
+    };
+    h.ok(&["create", "first", "--template", "bb", "--net", "none"]);
+    h.ok(&["create", "second", "--template", "bb", "--net", "none"]);
+    let id = |n: &str| listed(&h, n).unwrap()["id"].as_u64().unwrap();
+    let (a, b) = (id("first"), id("second"));
+    assert_ne!(a, b);
+    let path = h.root().join("ves/second.toml");
+    let text = fs::read_to_string(&path).unwrap();
+    let edited = text.replace(&format!("id = {b}\n"), &format!("id = {a}\n"));
+    assert_ne!(text, edited, "no `id = {b}` line in {text}");
+    fs::write(&path, &edited).unwrap();
+
+    for (ve, other) in [("second", "first"), ("first", "second")] {
+        let e = h.fails(&["start", ve]);
+        assert!(
+            e.contains(ve) && e.contains(other) && e.contains(&a.to_string()),
+            "{e}"
+        );
+        assert_eq!(status(&h, ve), "stopped");
+    }
+    assert!(leftover_procs(&h, "first").is_empty());
+    assert!(leftover_procs(&h, "second").is_empty());
+    // list and show still work, and say it.
+    for args in [
+        &["list"][..],
+        &["show", "second"],
+        &["--json", "show", "first"],
+    ] {
+        let r = h.run(args);
+        assert_eq!(r.code, 0, "{args:?}: {r:?}");
+        assert!(
+            r.stderr.lines().count() == 1
+                && r.stderr.contains("first")
+                && r.stderr.contains("second")
+                && r.stderr.contains(&a.to_string()),
+            "{args:?}: {r:?}"
+        );
+    }
+    // A new VE gets neither id.
+    h.ok(&["create", "third", "--template", "bb", "--net", "none"]);
+    assert!(![a, b].contains(&id("third")), "{}", id("third"));
+    // Put right, both start.
+    fs::write(&path, &text).unwrap();
+    h.ok(&["start", "first"]);
+    h.ok(&["start", "second"]);
+}
