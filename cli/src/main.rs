@@ -3,7 +3,8 @@
 //! hands each command to its family's file under `cmd/`.
 //!
 //! Exit status: 0 on success, 1 when an operation failed (one line on stderr saying
-//! what and why), 2 on bad usage; `exec` and `enter` return the command's status.
+//! what and why), 2 on bad usage (clap's, a malformed option value, nothing to do;
+//! see `parse::Usage`); `exec` and `enter` return the command's status.
 
 mod cmd;
 mod output;
@@ -118,7 +119,9 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             ctx.out.error(&e);
-            ExitCode::from(1)
+            // A malformed option value or nothing to do is bad usage, like
+            // what clap refuses; anything else is a failed operation.
+            ExitCode::from(if parse::is_usage(&e) { 2 } else { 1 })
         }
     }
 }

@@ -1,9 +1,35 @@
-//! Option values the CLI reads through clap value parsers but checks itself:
-//! a malformed size, percentage or rate is a failed operation naming the VE,
-//! network or option (exit 1), never a clap usage error (exit 2).
+//! Option values the CLI reads through clap value parsers but checks itself, so
+//! that the message names the VE, network or option: a malformed size,
+//! percentage or rate is a usage error (exit 2, as clap's own), reported in one
+//! line with that context when the command asks for the value. What an
+//! operation refuses (a value out of range for this host, say) is a failed
+//! operation (exit 1).
 
 use std::convert::Infallible;
 use std::str::FromStr;
+
+/// A usage error found after clap has parsed the command line: a malformed
+/// option value, or a command given nothing to do. `vectl` exits 2 for it.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// A [`Usage`] error with this message.
+pub fn usage(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Usage(msg.into()))
+}
+
+/// Whether the error is a usage error (exit 2).
+pub fn is_usage(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<Usage>())
+}
 
 /// An option's text and what parsing it gave; the error surfaces only when the
 /// command asks for the value, with the context only it knows.
@@ -13,11 +39,12 @@ pub struct Checked<T> {
 }
 
 impl<T: Clone> Checked<T> {
-    /// The value, or `{context}--{flag}: {why}` when the text was malformed.
+    /// The value, or the usage error `{context}--{flag}: {why}` when the text
+    /// was malformed.
     pub fn get(&self, context: &str, flag: &str) -> anyhow::Result<T> {
         self.value
             .clone()
-            .map_err(|e| anyhow::anyhow!("{context}--{flag}: {e}"))
+            .map_err(|e| usage(format!("{context}--{flag}: {e}")))
     }
 }
 

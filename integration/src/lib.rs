@@ -374,6 +374,28 @@ impl TestHost {
         lines[0].to_string()
     }
 
+    /// Runs vectl, asserts it fails as bad usage (exit 2: a malformed option
+    /// value, nothing to do) with exactly one line on stderr; returns the line.
+    #[track_caller]
+    pub fn fails_usage(&self, args: &[&str]) -> String {
+        let r = self.run(args);
+        assert_eq!(
+            r.code, 2,
+            "vectl {args:?}: expected exit 2, got {}: {}{}",
+            r.code, r.stderr, r.stdout
+        );
+        let lines: Vec<&str> = r.stderr.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "vectl {args:?}: expected one line on stderr, got {:?}",
+            r.stderr
+        );
+        assert!(lines[0].starts_with("vectl: "), "{:?}", lines[0]);
+        assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+        lines[0].to_string()
+    }
+
     /// `vectl --json ARGS`, parsed.
     #[track_caller]
     pub fn json(&self, args: &[&str]) -> serde_json::Value {

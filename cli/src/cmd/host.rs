@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 use ve_runtime::{Amount, Host, InitOptions, Percent, Setting, Size};
 
@@ -93,9 +93,9 @@ pub fn run(ctx: &Ctx, cmd: HostCommand) -> Result<ExitCode> {
             let default_pids =
                 parse::opt(&a.default_pids, "", "default-pids")?.map(Setting::into_option);
             if cpu.is_none() && ram.is_none() && default_ram.is_none() && default_pids.is_none() {
-                bail!(
-                    "nothing to set (give --reserve-cpu, --reserve-ram, --default-ram or --default-pids)"
-                );
+                return Err(parse::usage(
+                    "nothing to set (give --reserve-cpu, --reserve-ram, --default-ram or --default-pids)",
+                ));
             }
             let mut host = ctx.open()?;
             host.set_settings(&ve_runtime::SettingsChange {

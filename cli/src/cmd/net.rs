@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 use ve_runtime::{Mode, NetCreate, NetUpdate, Rate, Subnet};
 
@@ -83,7 +83,7 @@ pub fn run(ctx: &Ctx, cmd: NetCommand) -> Result<ExitCode> {
     match cmd {
         NetCommand::Create(a) => {
             let c = format!("network {}: ", a.name);
-            let bad = |flag: &str, e: String| anyhow::anyhow!("{c}--{flag}: {e}");
+            let bad = |flag: &str, e: String| parse::usage(format!("{c}--{flag}: {e}"));
             let mode = a.mode.get(&c, "mode")?;
             let subnet = parse::opt(&a.subnet, &c, "subnet")?;
             let ip = |flag: &str, s: &str| {
@@ -118,7 +118,10 @@ pub fn run(ctx: &Ctx, cmd: NetCommand) -> Result<ExitCode> {
             let allow_host =
                 parse::opt(&a.allow_host, &format!("network {}: ", a.net), "allow-host")?;
             if allow_host.is_none() {
-                bail!("network {}: nothing to change (give --allow-host)", a.net);
+                return Err(parse::usage(format!(
+                    "network {}: nothing to change (give --allow-host)",
+                    a.net
+                )));
             }
             let net = ctx
                 .open()?

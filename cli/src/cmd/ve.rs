@@ -210,7 +210,7 @@ fn parse_publish(ve: &str, flag: &str, list: &[String]) -> Result<Vec<PortMap>> 
     list.iter()
         .map(|p| {
             p.parse::<PortMap>()
-                .map_err(|e| anyhow::anyhow!("VE {ve}: --{flag}: {e}"))
+                .map_err(|e| crate::parse::usage(format!("VE {ve}: --{flag}: {e}")))
         })
         .collect()
 }
@@ -222,11 +222,17 @@ fn parse_unpublish(ve: &str, list: &[String]) -> Result<Vec<PortMap>> {
             let (port, proto) = match p.rsplit_once('/') {
                 Some((port, "tcp")) => (port, ve_runtime::Proto::Tcp),
                 Some((port, "udp")) => (port, ve_runtime::Proto::Udp),
-                Some(_) => bail!("VE {ve}: --unpublish {p:?}: expected HOSTPORT[/tcp|udp]"),
+                Some(_) => {
+                    return Err(crate::parse::usage(format!(
+                        "VE {ve}: --unpublish {p:?}: expected HOSTPORT[/tcp|udp]"
+                    )));
+                }
                 None => (p.as_str(), ve_runtime::Proto::Tcp),
             };
             let host_port: u16 = port.parse().map_err(|_| {
-                anyhow::anyhow!("VE {ve}: --unpublish {p:?}: expected HOSTPORT[/tcp|udp]")
+                crate::parse::usage(format!(
+                    "VE {ve}: --unpublish {p:?}: expected HOSTPORT[/tcp|udp]"
+                ))
             })?;
             Ok(PortMap {
                 host_port,
@@ -446,10 +452,10 @@ pub fn set(ctx: &Ctx, a: SetArgs) -> Result<ExitCode> {
     let add = parse_publish(&a.ve, "publish", &a.publish)?;
     let remove = parse_unpublish(&a.ve, &a.unpublish)?;
     if update.is_empty() && add.is_empty() && remove.is_empty() {
-        bail!(
+        return Err(crate::parse::usage(format!(
             "VE {}: nothing to set (give a limit such as --ram or --cpu-limit, or --publish)",
             a.ve
-        );
+        )));
     }
     let host = ctx.open()?;
     let ports = !add.is_empty() || !remove.is_empty();

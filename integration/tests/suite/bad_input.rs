@@ -1,6 +1,7 @@
 //! Bad input: every refused command exits 1 with exactly one line on stderr that
 //! starts with `vectl: ` and names the VE or file, and changes nothing on disk.
-//! Usage errors exit 2. Nothing panics.
+//! Usage errors (clap's, a malformed option value, nothing to do) exit 2, a
+//! malformed value with the same one line. Nothing panics.
 //!
 //! Each test checks a list of cases and reports every case that is wrong at once.
 
@@ -321,9 +322,11 @@ fn out_of_range_limits_are_refused() {
     assert!(listed(&h, "new").is_none());
 }
 
+/// Issue 18, defect 11: a malformed value is bad usage (exit 2), with the one
+/// line naming the VE and the value (this test asserted exit 1 before).
 #[test]
-fn malformed_sizes_are_exit_1_not_usage_errors() {
-    let Some(h) = TestHost::new("malformed_sizes_are_exit_1_not_usage_errors") else {
+fn malformed_sizes_are_usage_errors_naming_the_ve() {
+    let Some(h) = TestHost::new("malformed_sizes_are_usage_errors_naming_the_ve") else {
         return;
     };
     h.ok(&["create", "sz", "--template", "bb", "--ram", "256M"]);
@@ -348,7 +351,33 @@ fn malformed_sizes_are_exit_1_not_usage_errors() {
         set.extend(&args);
         cases.push((set, vec!["sz", value]));
     }
-    all_refused(&h, &cases);
+    cases.push((
+        vec!["create", "new", "--template", "bb", "--ram", "banana"],
+        vec!["new", "banana"],
+    ));
+    cases.push((vec!["set", "sz", "--publish", "80"], vec!["sz", "80"]));
+    cases.push((
+        vec!["set", "sz", "--unpublish", "x/tcp"],
+        vec!["sz", "x/tcp"],
+    ));
+    // Nothing to do is bad usage too.
+    cases.push((vec!["set", "sz"], vec!["sz", "nothing to set"]));
+    cases.push((vec!["host", "set"], vec!["nothing to set"]));
+    cases.push((
+        vec!["net", "set", "default"],
+        vec!["default", "nothing to change"],
+    ));
+    let wrong: Vec<String> = cases
+        .iter()
+        .filter_map(|(args, names)| usage_problem(&h, args, names))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} not bad usage:\n{}",
+        wrong.len(),
+        cases.len(),
+        wrong.join("\n")
+    );
     assert!(listed(&h, "new").is_none());
     assert_eq!(h.json(&["show", "sz"])["limits"]["ram"], "256M");
 }

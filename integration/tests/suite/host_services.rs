@@ -460,7 +460,7 @@ fn an_operator_opens_host_services_per_network() {
         serde_json::json!(["tcp:22", "tcp:8000-8100", "udp:53"])
     );
     for bad in ["tcp:0", "sctp:22", "22", "tcp:9-8"] {
-        let e = h.fails(&["net", "set", "ops", "--allow-host", bad]);
+        let e = h.fails_usage(&["net", "set", "ops", "--allow-host", bad]);
         assert!(e.contains("--allow-host"), "{bad}: {e}");
     }
     let e = h.fails(&["net", "set", "nosuch", "--allow-host", "tcp:22"]);

@@ -806,8 +806,20 @@ fn bad_network_input_is_refused_with_one_clear_line() {
             "invalid rate",
         ),
     ];
+    // Malformed values are bad usage (exit 2), with the same one line.
+    let usage = [
+        "invalid subnet",
+        "host bits are set",
+        "unknown network mode",
+        "invalid rate",
+        "HOSTPORT:VEPORT",
+    ];
     for (args, want) in cases {
-        let e = h.fails(args);
+        let e = if usage.contains(want) {
+            h.fails_usage(args)
+        } else {
+            h.fails(args)
+        };
         assert!(e.contains(want), "{args:?}: {e}");
     }
     assert_eq!(h.json(&["net", "list"]).as_array().unwrap().len(), 1);

@@ -782,6 +782,23 @@ pub fn refusal_problem_with(
     must_name: &[&str],
     kernel: &dyn Fn() -> String,
 ) -> Option<String> {
+    refusal_problem_exit(h, args, must_name, kernel, 1)
+}
+
+/// [`refusal_problem`] for bad usage: exit 2 (a malformed option value,
+/// nothing to do), the same one line naming the VE or option.
+pub fn usage_problem(h: &TestHost, args: &[&str], must_name: &[&str]) -> Option<String> {
+    refusal_problem_exit(h, args, must_name, &|| String::new(), 2)
+}
+
+/// [`refusal_problem_with`] with the exit status wanted.
+pub fn refusal_problem_exit(
+    h: &TestHost,
+    args: &[&str],
+    must_name: &[&str],
+    kernel: &dyn Fn() -> String,
+    code: i32,
+) -> Option<String> {
     let before = state_snapshot(h);
     let kernel_before = kernel();
     let r = run_guarded(h, args);
@@ -793,8 +810,8 @@ pub fn refusal_problem_with(
             "the kernel's state changed: {kernel_before} -> {kernel_after}"
         ));
     }
-    if r.code != 1 {
-        wrong.push(format!("exit {} (want 1)", r.code));
+    if r.code != code {
+        wrong.push(format!("exit {} (want {code})", r.code));
     }
     let lines: Vec<&str> = r.stderr.lines().collect();
     if lines.len() != 1 {
