@@ -929,7 +929,16 @@ impl Host {
                 Err(e) => e,
             };
             let now = self.alive_state_with(&info.name, false).ok().flatten();
+            // Its cgroup files gone while its init is still there (a zombie
+            // not yet reaped): the VE is being stopped, and shows as stopped.
+            let stopping = matches!(&err, Error::Io { source, .. }
+                if source.kind() == std::io::ErrorKind::NotFound
+                    || source.raw_os_error() == Some(libc::ENODEV));
             tries += 1;
+            if stopping {
+                set_run_state(info, None);
+                continue;
+            }
             if now.as_ref().map(|r| r.pid) == info.pid || tries == 3 {
                 return Err(err);
             }

@@ -206,8 +206,8 @@ fn assert_pool_clean(h: &TestHost) {
 /// What is wrong with a refusal on a btrfs host (`None`: refused properly): exit
 /// 1, one line `vectl: ...` naming each of `must_name`, no panic, the state
 /// directory and the kernel's quota limits unchanged.
-fn refusal_on_pool(h: &TestHost, args: &[&str], must_name: &[&str]) -> Option<String> {
-    refusal_problem_with(h, args, must_name, &|| format!("{:?}", qgroups(h)))
+fn refusal_on_pool(h: &TestHost, args: &[&str], must_name: &[&str], code: i32) -> Option<String> {
+    refusal_problem_exit(h, args, must_name, &|| format!("{:?}", qgroups(h)), code)
 }
 
 /// Mount points at or below `dir` (from /proc/self/mountinfo).
@@ -491,6 +491,7 @@ fn a_disk_limit_shrinks_above_the_usage_and_is_refused_below_it() {
         &h,
         &["set", "shr", "--disk", "20M"],
         &["shr", "20M", "already uses"],
+        1,
     ) {
         panic!("{p}");
     }
@@ -517,6 +518,7 @@ fn a_disk_limit_shrinks_above_the_usage_and_is_refused_below_it() {
         &h,
         &["set", "shr", "--disk", "30M"],
         &["shr", "already uses"],
+        1,
     ) {
         panic!("stopped VE: {p}");
     }
@@ -963,13 +965,22 @@ fn bad_disk_sizes_are_refused_and_change_nothing() {
     };
     h.start_ve("bd", &["--disk", "50M"]);
     let mut wrong = Vec::new();
-    for size in ["0", "10X", "-5M", "512K", "0M", "1.5.5G", ""] {
+    // Out of range: the operation is refused (exit 1); malformed: bad usage (2).
+    for (size, code) in [
+        ("0", 1),
+        ("10X", 2),
+        ("-5M", 2),
+        ("512K", 1),
+        ("0M", 1),
+        ("1.5.5G", 2),
+        ("", 2),
+    ] {
         let set = ["set", "bd", "--disk", size];
-        if let Some(p) = refusal_on_pool(&h, &set, &["bd"]) {
+        if let Some(p) = refusal_on_pool(&h, &set, &["bd"], code) {
             wrong.push(p);
         }
         let create = ["create", "bd2", "--template", "bb", "--disk", size];
-        if let Some(p) = refusal_on_pool(&h, &create, &["bd2"]) {
+        if let Some(p) = refusal_on_pool(&h, &create, &["bd2"], code) {
             wrong.push(p);
         }
     }
@@ -1199,7 +1210,7 @@ fn a_snapshot_of_a_running_ve_is_restored_on_a_stopped_one() {
                 continue;
             }
             let args = ["snapshot", cmd, "snap", bad];
-            if let Some(p) = refusal_on_pool(&h, &args, &[&named(bad)]) {
+            if let Some(p) = refusal_on_pool(&h, &args, &[&named(bad)], 1) {
                 wrong.push(p);
             }
         }
@@ -1215,7 +1226,7 @@ fn a_snapshot_of_a_running_ve_is_restored_on_a_stopped_one() {
     let mut wrong = Vec::new();
     for bad in bad_names.iter().chain(&["nosuch"]) {
         let args = ["snapshot", "restore", "snap", bad];
-        if let Some(p) = refusal_on_pool(&h, &args, &[&named(bad)]) {
+        if let Some(p) = refusal_on_pool(&h, &args, &[&named(bad)], 1) {
             wrong.push(p);
         }
     }
