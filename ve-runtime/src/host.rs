@@ -197,8 +197,22 @@ pub struct Host {
 }
 
 impl Host {
-    /// Opens the state directory, initialising it with defaults on first use.
+    /// Opens an initialised state directory. A path that is not one (nothing
+    /// there, an empty or foreign directory) is refused with
+    /// [`Error::NotARoot`], and nothing is made: a mistyped `--root` must not
+    /// become a new host with a pool, a loop device and a network.
     pub fn open(root: &Path) -> Result<Host> {
+        check_root_path(root)?;
+        if !root.join("vectl.toml").is_file() {
+            return Err(Error::NotARoot(root.to_path_buf()));
+        }
+        Host::load(root)
+    }
+
+    /// Opens the state directory, initialising it with defaults on first use:
+    /// for the commands that make things (`create`, `template import`), the
+    /// implicit `vectl init`.
+    pub fn open_or_init(root: &Path) -> Result<Host> {
         if root.join("vectl.toml").is_file() {
             return Host::load(root);
         }
@@ -343,8 +357,8 @@ impl Host {
     fn load(root: &Path) -> Result<Host> {
         check_root_path(root)?;
         let settings_path = root.join("vectl.toml");
-        let settings = load_settings(&settings_path)?
-            .ok_or_else(|| Error::state(&settings_path, "missing (run `vectl init`)"))?;
+        let settings =
+            load_settings(&settings_path)?.ok_or_else(|| Error::NotARoot(root.to_path_buf()))?;
         let pool_dir = settings
             .pool_dir
             .clone()

@@ -15,7 +15,8 @@
 //! `failpoint`.
 //!
 //! The CLI talks to a [`Host`] (one state directory), opened with
-//! [`Host::open`] (or made with [`Host::init`]). What it does is grouped in
+//! [`Host::open`] (or made with [`Host::init`], or [`Host::open_or_init`] for
+//! the commands that initialise a root implicitly). What it does is grouped in
 //! handles, one per area (see `handles.rs`):
 //!
 //! ```no_run

@@ -211,7 +211,7 @@ fn refusal_on_pool(h: &TestHost, args: &[&str], must_name: &[&str]) -> Option<St
 }
 
 /// Mount points at or below `dir` (from /proc/self/mountinfo).
-fn mounts_below(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn mounts_below(dir: &Path) -> Vec<PathBuf> {
     fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()
@@ -221,7 +221,7 @@ fn mounts_below(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Loop devices (`/dev/loopN`) whose backing file is at or below `dir`.
-fn loops_below(dir: &Path) -> Vec<String> {
+pub(crate) fn loops_below(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     for e in fs::read_dir("/sys/block").unwrap().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
