@@ -82,7 +82,8 @@ pub use options::{CreateOptions, ExecOptions, StopOptions};
 pub use pool::{PoolInfo, VolumeUse};
 pub use pool_check::PoolProblem;
 pub use quota::{
-    Backend as PoolBackend, PoolSpace, SnapshotInfo, Source as PoolSource, UnknownBackend,
+    Backend as PoolBackend, LostImage, PoolSpace, SnapshotInfo, Source as PoolSource,
+    UnknownBackend,
 };
 pub use security::VE_CAPS;
 pub use signal::{BadSignal, parse_signal, signal_name};
