@@ -162,6 +162,9 @@ pub struct SettingsChange {
     pub reserve_ram: Option<Amount>,
     pub default_ram: Option<Option<Amount>>,
     pub default_pids: Option<Option<u64>>,
+    /// Accept a raised reserve that does not fit beside the guarantees of the
+    /// running VEs (admission control, see `admission.rs`).
+    pub force: bool,
 }
 
 /// Options of `vectl init`; `None` = default (or keep what is there).
@@ -446,7 +449,9 @@ impl Host {
     }
 
     /// Changes host settings (`vectl host set`) and saves them in one write:
-    /// everything is checked first, so a refused value changes nothing.
+    /// everything is checked first, so a refused value changes nothing. A
+    /// raised reserve must fit beside the running VEs' guarantees unless
+    /// `change.force`.
     pub fn set_settings(&mut self, change: &SettingsChange) -> Result<()> {
         let _lock = self.lock_host()?;
         let mut settings =
@@ -470,6 +475,7 @@ impl Host {
             }
             settings.reserve.ram = r;
         }
+        self.admit_reserve(&settings.reserve, change.force)?;
         if let Some(ram) = change.default_ram {
             let probe = Limits {
                 ram,

@@ -500,3 +500,83 @@ fn concurrent_starts_cannot_both_take_the_last_share() {
         h.ok(&["stop", "--fast", won[0]]);
     }
 }
+
+#[test]
+fn raising_the_host_reserve_past_the_running_guarantees_is_refused() {
+    let test = "raising_the_host_reserve_past_the_running_guarantees_is_refused";
+    let Some(h) = TestHost::new(test) else {
+        return;
+    };
+    h.start_ve(
+        "gold",
+        &["--cpu-guarantee", "60%", "--ram-guarantee", "40%"],
+    );
+    h.start_ve("silver", &["--cpu-guarantee", "30%"]);
+    // 90% promised plus the 5% reserve.
+    assert_cpu(&h, 90.0);
+
+    let mut wrong = Vec::new();
+    for (args, names) in [
+        (
+            vec!["host", "set", "--reserve-cpu", "20%"],
+            vec![
+                "--reserve-cpu 20%",
+                "110%",
+                "gold 60%",
+                "silver 30%",
+                "reserve 20%",
+                "--force",
+            ],
+        ),
+        (
+            vec!["host", "set", "--reserve-ram", "70%"],
+            vec!["--reserve-ram 70%", "RAM", "gold", "--force"],
+        ),
+        // With another change: none of them happens.
+        (
+            vec![
+                "host",
+                "set",
+                "--reserve-cpu",
+                "15%",
+                "--default-pids",
+                "99",
+            ],
+            vec!["--reserve-cpu 15%", "105%", "gold 60%"],
+        ),
+    ] {
+        // Exit 1, one line naming these, the state directory unchanged.
+        wrong.extend(refusal_problem(&h, &args, &names));
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    let i = info(&h);
+    assert_eq!(i["reserve"]["cpu_percent"], 5.0, "{i}");
+    assert_eq!(i["reserve"]["ram_bytes"], 256 * MIB, "{i}");
+    assert_eq!(i["defaults"]["pids"], 2048, "{i}");
+
+    // Up to the host's edge fits; lowering always does; --force overrides.
+    h.ok(&["host", "set", "--reserve-cpu", "10%"]);
+    assert_eq!(info(&h)["reserve"]["cpu_percent"], 10.0);
+    h.ok(&["host", "set", "--force", "--reserve-cpu", "20%"]);
+    assert_eq!(info(&h)["reserve"]["cpu_percent"], 20.0);
+    h.ok(&["host", "set", "--reserve-cpu", "15%"]);
+    assert_eq!(info(&h)["reserve"]["cpu_percent"], 15.0);
+    // With gold stopped its guarantees are free for the reserve.
+    h.ok(&["stop", "--fast", "gold"]);
+    h.ok(&[
+        "host",
+        "set",
+        "--reserve-cpu",
+        "50%",
+        "--reserve-ram",
+        "50%",
+    ]);
+    assert_eq!(info(&h)["reserve"]["cpu_percent"], 50.0);
+    // ...and gold's start is refused now, naming the reserve.
+    refused(
+        &h,
+        "gold",
+        &["start", "gold"],
+        &["reserve 50%", "silver 30%"],
+    );
+}
