@@ -421,32 +421,48 @@ fn host_info_shows_capacity_reserve_and_commitments() {
         1024 * MIB,
         "one setting kept the other"
     );
-    // Bad reserves are refused and change nothing.
+    // Bad reserves are refused and change nothing: out of range exits 1, a
+    // malformed value or nothing to set is bad usage (exit 2).
     let mut wrong = Vec::new();
-    for (args, names) in [
+    for (args, names, code) in [
         (
             vec!["host", "set", "--reserve-cpu", "100%"],
             vec!["--reserve-cpu"],
+            1,
         ),
         (
             vec!["host", "set", "--reserve-cpu", "150%"],
             vec!["--reserve-cpu"],
+            1,
         ),
         (
             vec!["host", "set", "--reserve-cpu", "5"],
             vec!["--reserve-cpu"],
+            2,
         ),
         (
             vec!["host", "set", "--reserve-ram", "100%"],
             vec!["--reserve-ram"],
+            1,
         ),
         (
             vec!["host", "set", "--reserve-ram", "12Q"],
             vec!["--reserve-ram"],
+            2,
         ),
-        (vec!["host", "set"], vec!["--reserve-cpu", "--reserve-ram"]),
+        (
+            vec!["host", "set"],
+            vec!["--reserve-cpu", "--reserve-ram"],
+            2,
+        ),
     ] {
-        wrong.extend(refusal_problem(&h, &args, &names));
+        wrong.extend(refusal_problem_exit(
+            &h,
+            &args,
+            &names,
+            &|| String::new(),
+            code,
+        ));
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     assert_eq!(info(&h)["reserve"]["cpu_percent"], 40.0);

@@ -963,13 +963,23 @@ fn bad_disk_sizes_are_refused_and_change_nothing() {
     };
     h.start_ve("bd", &["--disk", "50M"]);
     let mut wrong = Vec::new();
-    for size in ["0", "10X", "-5M", "512K", "0M", "1.5.5G", ""] {
+    // Out of range: a failed operation (exit 1); malformed: bad usage (exit 2).
+    for (size, code) in [
+        ("0", 1),
+        ("10X", 2),
+        ("-5M", 2),
+        ("512K", 1),
+        ("0M", 1),
+        ("1.5.5G", 2),
+        ("", 2),
+    ] {
+        let kernel = || format!("{:?}", qgroups(&h));
         let set = ["set", "bd", "--disk", size];
-        if let Some(p) = refusal_on_pool(&h, &set, &["bd"]) {
+        if let Some(p) = refusal_problem_exit(&h, &set, &["bd"], &kernel, code) {
             wrong.push(p);
         }
         let create = ["create", "bd2", "--template", "bb", "--disk", size];
-        if let Some(p) = refusal_on_pool(&h, &create, &["bd2"]) {
+        if let Some(p) = refusal_problem_exit(&h, &create, &["bd2"], &kernel, code) {
             wrong.push(p);
         }
     }
