@@ -116,6 +116,10 @@ impl Out {
             .fold(0.0, |a, b| a + b);
         let ram_limits: u64 = committed.ves.iter().filter_map(|c| c.ram_limit_bytes).sum();
         let io = host.facts().io_device;
+        let image_problem = host.storage().lost_image().map(|l| l.to_string());
+        if let Some(problem) = &image_problem {
+            self.warn(problem);
+        }
         let info = json!({
             "root": host.root(),
             "pool": host.storage().dir(),
@@ -139,6 +143,7 @@ impl Out {
             },
             "io_device": io.as_ref().ok(),
             "io_device_problem": io.as_ref().err().map(ToString::to_string),
+            "pool_image_problem": image_problem,
             "ves": ves.len(),
             "running": running,
             "template_versions": templates,
@@ -785,6 +790,9 @@ impl Out {
     }
 
     pub fn pool_info(&self, p: &ve_runtime::PoolInfo) {
+        if let Some(problem) = &p.image_problem {
+            self.warn(problem);
+        }
         if self.json {
             self.print_json(p);
             return;

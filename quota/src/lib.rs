@@ -30,6 +30,8 @@ mod volume;
 
 pub use disk::{DiskUsage, human_bytes};
 pub use error::{Error, Result};
-pub use pool::{Backend, MIN_POOL_BYTES, NewBtrfs, Pool, PoolSpace, Source, UnknownBackend};
+pub use pool::{
+    Backend, LostImage, MIN_POOL_BYTES, NewBtrfs, Pool, PoolSpace, Source, UnknownBackend,
+};
 pub use snapshot::SnapshotInfo;
 pub use volume::{Usage, Volume, usage};

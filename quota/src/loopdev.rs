@@ -1,6 +1,7 @@
 //! Loop devices for the image-backed pool: attach an image (auto-clearing, so the
 //! device goes away when the pool is unmounted), find the device already holding
-//! an image, and refresh a device's size after its image grew.
+//! an image, refresh a device's size after its image grew, and tell what became
+//! of the file a device reads (deleted or replaced while attached).
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -45,6 +46,27 @@ struct LoopConfig {
 nix::ioctl_none!(loop_ctl_get_free, 0x4C, 0x82);
 nix::ioctl_write_ptr_bad!(loop_configure, 0x4C0A, LoopConfig);
 nix::ioctl_none_bad!(loop_set_capacity, 0x4C07);
+nix::ioctl_read_bad!(loop_get_status64, 0x4C05, LoopInfo64);
+
+impl LoopInfo64 {
+    fn zeroed() -> LoopInfo64 {
+        LoopInfo64 {
+            lo_device: 0,
+            lo_inode: 0,
+            lo_rdevice: 0,
+            lo_offset: 0,
+            lo_sizelimit: 0,
+            lo_number: 0,
+            lo_encrypt_type: 0,
+            lo_encrypt_key_size: 0,
+            lo_flags: 0,
+            lo_file_name: [0; LO_NAME_SIZE],
+            lo_crypt_name: [0; LO_NAME_SIZE],
+            lo_encrypt_key: [0; LO_KEY_SIZE],
+            lo_init: [0; 2],
+        }
+    }
+}
 
 /// Attaches `image` to a free loop device with autoclear and returns the device
 /// and an open handle on it. Autoclear detaches the device at its last close when
@@ -70,19 +92,8 @@ pub fn attach(image: &Path) -> io::Result<(PathBuf, File)> {
             Err(e) => return Err(e),
         };
         let mut info = LoopInfo64 {
-            lo_device: 0,
-            lo_inode: 0,
-            lo_rdevice: 0,
-            lo_offset: 0,
-            lo_sizelimit: 0,
-            lo_number: 0,
-            lo_encrypt_type: 0,
-            lo_encrypt_key_size: 0,
             lo_flags: LO_FLAGS_AUTOCLEAR,
-            lo_file_name: [0; LO_NAME_SIZE],
-            lo_crypt_name: [0; LO_NAME_SIZE],
-            lo_encrypt_key: [0; LO_KEY_SIZE],
-            lo_init: [0; 2],
+            ..LoopInfo64::zeroed()
         };
         let name = image.as_os_str().as_encoded_bytes();
         let len = name.len().min(LO_NAME_SIZE - 1);
@@ -128,6 +139,50 @@ pub fn refresh_capacity(dev: &Path) -> io::Result<()> {
     // SAFETY: LOOP_SET_CAPACITY takes no argument.
     unsafe { loop_set_capacity(f.as_raw_fd()) }.map_err(errno)?;
     Ok(())
+}
+
+/// The file a loop device reads, as the kernel has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backing {
+    /// Its path now (`/sys/block/loopN/loop/backing_file`, without the kernel's
+    /// ` (deleted)`); `None` when sysfs does not say.
+    pub path: Option<PathBuf>,
+    /// Whether its last name was unlinked: it lives on only in the device.
+    pub deleted: bool,
+    /// Its device and inode numbers (LOOP_GET_STATUS64).
+    pub dev_ino: (u64, u64),
+}
+
+/// What the loop device `dev` (`/dev/loopN`) reads.
+pub fn backing(dev: &Path) -> io::Result<Backing> {
+    let f = File::open(dev)?;
+    let mut info = LoopInfo64::zeroed();
+    // SAFETY: LOOP_GET_STATUS64 fills a loop_info64, which `info` is.
+    unsafe { loop_get_status64(f.as_raw_fd(), &mut info) }.map_err(errno)?;
+    let name = dev.file_name().map(|n| n.to_string_lossy().into_owned());
+    let text = name
+        .and_then(|n| std::fs::read_to_string(format!("/sys/block/{n}/loop/backing_file")).ok());
+    let (path, deleted) = match text.as_deref().map(|t| t.trim_end_matches('\n')) {
+        Some(t) => match t.strip_suffix(" (deleted)") {
+            Some(p) => (Some(PathBuf::from(p)), true),
+            None => (Some(PathBuf::from(t)), false),
+        },
+        None => (None, false),
+    };
+    Ok(Backing {
+        path,
+        deleted,
+        dev_ino: (info.lo_device, info.lo_inode),
+    })
+}
+
+/// Whether the file at `image` is the one `backing` describes.
+pub fn is_backing(image: &Path, backing: &Backing) -> bool {
+    std::fs::metadata(image).is_ok_and(|m| {
+        // The kernel reports the backing file's st_dev in its own encoding
+        // (huge_encode_dev), which is what stat gives too.
+        m.dev() == backing.dev_ino.0 && m.ino() == backing.dev_ino.1
+    })
 }
 
 #[cfg(test)]

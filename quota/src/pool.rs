@@ -327,6 +327,77 @@ impl Pool {
     }
 }
 
+/// An image pool mounted from a loop device whose file is no longer at the
+/// image's path: deleted (the pool's data lives only in the device until it is
+/// unmounted), moved, or replaced by another file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostImage {
+    /// The image path the settings name.
+    pub image: PathBuf,
+    /// The loop device the pool is mounted from.
+    pub device: PathBuf,
+    /// What the device reads now: `None` if its file was deleted.
+    pub moved_to: Option<PathBuf>,
+}
+
+impl std::fmt::Display for LostImage {
+    /// One line: what happened, what it means, and how to keep the data.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (image, dev) = (self.image.display(), self.device.display());
+        match &self.moved_to {
+            None => write!(
+                f,
+                "pool image {image} was deleted while the pool is mounted from {dev}: its data \
+                 lives only in {dev} and is lost when the pool is unmounted (or the host \
+                 reboots); stop every VE, then copy it back with \
+                 `cp --sparse=always {dev} {image}` before anything unmounts the pool"
+            ),
+            Some(p) => write!(
+                f,
+                "pool image {image} is not the file the pool is mounted from ({dev} reads {}): \
+                 the pool cannot be mounted again after an unmount or reboot; move that file \
+                 back to {image}",
+                p.display()
+            ),
+        }
+    }
+}
+
+impl Pool {
+    /// For an image pool: whether the image file is still the one its loop
+    /// device reads. `None` when it is (or the pool is not an image pool, or not
+    /// mounted from a loop device).
+    pub fn lost_image(&self, source: &Source) -> Option<LostImage> {
+        let Source::Image { path: image } = source else {
+            return None;
+        };
+        if self.backend != Backend::Btrfs {
+            return None;
+        }
+        let fsid = self.fsid()?;
+        let devices = fs::read_dir(format!("/sys/fs/btrfs/{fsid}/devices")).ok()?;
+        for entry in devices.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("loop") {
+                continue;
+            }
+            let device = PathBuf::from(format!("/dev/{name}"));
+            let Ok(backing) = loopdev::backing(&device) else {
+                continue;
+            };
+            if !backing.deleted && loopdev::is_backing(image, &backing) {
+                return None;
+            }
+            return Some(LostImage {
+                image: image.clone(),
+                device,
+                moved_to: if backing.deleted { None } else { backing.path },
+            });
+        }
+        None
+    }
+}
+
 /// mkfs.btrfs on an image or a device. Never forces: a device holding another
 /// file system is refused by mkfs, and so by vectl.
 fn mkfs(target: &Path) -> Result<()> {

@@ -1,7 +1,7 @@
 //! Admission control: the CPU and RAM guarantees of running VEs, plus the host's
 //! reserve, may not add up to more than the host has. `create`, `start` and `set`
 //! that would over-commit are refused with the commitments in the message, unless
-//! forced.
+//! forced; so is `host set` raising the reserve past what running VEs leave.
 //!
 //! The commitments are computed from the configs of the VEs that run (no separate
 //! ledger to drift out of step); callers hold the host lock from the check until
@@ -10,7 +10,7 @@
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::host::Host;
+use crate::host::{Host, Reserve};
 use crate::limits::Limits;
 use crate::units::{Amount, Percent, human_bytes};
 
@@ -78,19 +78,7 @@ impl Host {
         let others = self.commitments(Some(ve))?;
         let (reserve_cpu, reserve_ram) = self.reserve();
         let cap = self.capacity();
-        let list = |f: &dyn Fn(&Commitment) -> String| {
-            let mut parts: Vec<String> = others
-                .ves
-                .iter()
-                .filter(|c| !f(c).is_empty())
-                .map(|c| format!("{} {}", c.ve, f(c)))
-                .collect();
-            if parts.is_empty() {
-                parts.push("none".into());
-            }
-            parts.join(", ")
-        };
-        let pct = |x: f64| format!("{}", Percent((x * 1000.0).round() / 10.0));
+        let list = |f: &dyn Fn(&Commitment) -> String| listed(&others, f);
         let cpu_total = others.cpu + mine.cpu + reserve_cpu;
         if mine.cpu > 0.0 && cpu_total > 1.0 + 1e-9 {
             return Err(Error::Admission {
@@ -127,5 +115,77 @@ impl Host {
             });
         }
         Ok(())
+    }
+
+    /// Refuses a new host reserve that, raised, does not fit beside the
+    /// guarantees running VEs hold (`host set --reserve-cpu/--reserve-ram`);
+    /// lowering it is always allowed. `force` skips the check.
+    pub(crate) fn admit_reserve(&self, new: &Reserve, force: bool) -> Result<()> {
+        let old = &self.settings().reserve;
+        let cap = self.capacity();
+        let (old_cpu, new_cpu) = (old.cpu.0 / 100.0, new.cpu.0 / 100.0);
+        let (old_ram, new_ram) = (
+            old.ram.bytes_of(cap.ram_bytes),
+            new.ram.bytes_of(cap.ram_bytes),
+        );
+        if force || (new_cpu <= old_cpu && new_ram <= old_ram) {
+            return Ok(());
+        }
+        let running = self.commitments(None)?;
+        let cpu_total = running.cpu + new_cpu;
+        if new_cpu > old_cpu && cpu_total > 1.0 + 1e-9 {
+            return Err(Error::Option {
+                option: format!("--reserve-cpu {}", new.cpu),
+                reason: format!(
+                    "CPU guarantees would total {} of the host: running VEs {}; host reserve {} (lower their guarantees first, or use --force)",
+                    pct(cpu_total),
+                    listed(&running, &|c| if c.cpu > 0.0 {
+                        pct(c.cpu)
+                    } else {
+                        String::new()
+                    }),
+                    pct(new_cpu)
+                ),
+            });
+        }
+        let ram_total = running.ram_bytes + new_ram;
+        if new_ram > old_ram && ram_total > cap.ram_bytes {
+            return Err(Error::Option {
+                option: format!("--reserve-ram {}", new.ram),
+                reason: format!(
+                    "RAM guarantees would total {} of the host's {}: running VEs {}; host reserve {} (lower their guarantees first, or use --force)",
+                    human_bytes(ram_total),
+                    human_bytes(cap.ram_bytes),
+                    listed(&running, &|c| if c.ram_bytes > 0 {
+                        human_bytes(c.ram_bytes)
+                    } else {
+                        String::new()
+                    }),
+                    human_bytes(new_ram)
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A share of the host as a percentage with one decimal (`52.5%`).
+fn pct(x: f64) -> String {
+    format!("{}", Percent((x * 1000.0).round() / 10.0))
+}
+
+/// The VEs of `c` that `f` says something about, as `web1 50%, db 30%`
+/// (`none` if no VE).
+fn listed(c: &Commitments, f: &dyn Fn(&Commitment) -> String) -> String {
+    let parts: Vec<String> = c
+        .ves
+        .iter()
+        .filter(|one| !f(one).is_empty())
+        .map(|one| format!("{} {}", one.ve, f(one)))
+        .collect();
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
     }
 }

@@ -92,6 +92,13 @@ pub enum Error {
     /// The state directory, the pool directory or the host settings file.
     #[error("{}: {reason}", path.display())]
     State { path: PathBuf, reason: String },
+    /// A `--root` that is not an initialised state directory (no `vectl.toml`),
+    /// given to a command that does not make one.
+    #[error(
+        "{}: not a vectl root (run `vectl init` to make one there, or give the right --root)",
+        .0.display()
+    )]
+    NotARoot(PathBuf),
     /// A command-line option out of range, or options that do not go together.
     #[error("{option}: {reason}")]
     Option {

@@ -38,6 +38,7 @@ use crate::stats::VeStats;
 use crate::template::TemplateUsage;
 use crate::upgrade::{Committed, FleetRow, Moved, Rollout, UpgradeCheck};
 use crate::ve::{SetOutcome, StopOutcome, VeDetails, VeInfo};
+use quota::LostImage;
 
 impl Host {
     /// The VEs of this host: [`Ves`].
@@ -85,12 +86,14 @@ impl<'h> Ves<'h> {
 
     /// Creates a VE (stopped).
     pub fn create(self, opts: &CreateOptions) -> Result<VeConfig> {
+        self.0.refuse_lost_pool_image()?;
         self.0.create(opts)
     }
 
     /// Starts a VE; returns once its init runs. Admission control refuses a VE
     /// whose guarantees do not fit beside the running VEs' unless `force`.
     pub fn start(self, name_or_id: &str, force: bool) -> Result<RunState> {
+        self.0.refuse_lost_pool_image()?;
         self.0.start(name_or_id, force)
     }
 
@@ -323,6 +326,12 @@ impl<'h> Storage<'h> {
     /// Size, use and free space of the pool, with every VE's and template's use.
     pub fn info(self) -> Result<PoolInfo> {
         self.0.pool_info()
+    }
+
+    /// An image pool whose image file was deleted, moved or replaced while the
+    /// pool is mounted from it (`create`, `start` and `grow` refuse then).
+    pub fn lost_image(self) -> Option<LostImage> {
+        self.0.lost_pool_image()
     }
 
     /// Grows the pool online: an image pool's file is enlarged to `size`, a

@@ -162,6 +162,9 @@ pub struct SettingsChange {
     pub reserve_ram: Option<Amount>,
     pub default_ram: Option<Option<Amount>>,
     pub default_pids: Option<Option<u64>>,
+    /// Accept a raised reserve that does not fit beside the guarantees of the
+    /// running VEs (admission control, see `admission.rs`).
+    pub force: bool,
 }
 
 /// Options of `vectl init`; `None` = default (or keep what is there).
@@ -197,8 +200,22 @@ pub struct Host {
 }
 
 impl Host {
-    /// Opens the state directory, initialising it with defaults on first use.
+    /// Opens an initialised state directory. A path that is not one (nothing
+    /// there, an empty or foreign directory) is refused with
+    /// [`Error::NotARoot`], and nothing is made: a mistyped `--root` must not
+    /// become a new host with a pool, a loop device and a network.
     pub fn open(root: &Path) -> Result<Host> {
+        check_root_path(root)?;
+        if !root.join("vectl.toml").is_file() {
+            return Err(Error::NotARoot(root.to_path_buf()));
+        }
+        Host::load(root)
+    }
+
+    /// Opens the state directory, initialising it with defaults on first use:
+    /// for the commands that make things (`create`, `template import`), the
+    /// implicit `vectl init`.
+    pub fn open_or_init(root: &Path) -> Result<Host> {
         if root.join("vectl.toml").is_file() {
             return Host::load(root);
         }
@@ -343,8 +360,8 @@ impl Host {
     fn load(root: &Path) -> Result<Host> {
         check_root_path(root)?;
         let settings_path = root.join("vectl.toml");
-        let settings = load_settings(&settings_path)?
-            .ok_or_else(|| Error::state(&settings_path, "missing (run `vectl init`)"))?;
+        let settings =
+            load_settings(&settings_path)?.ok_or_else(|| Error::NotARoot(root.to_path_buf()))?;
         let pool_dir = settings
             .pool_dir
             .clone()
@@ -432,7 +449,9 @@ impl Host {
     }
 
     /// Changes host settings (`vectl host set`) and saves them in one write:
-    /// everything is checked first, so a refused value changes nothing.
+    /// everything is checked first, so a refused value changes nothing. A
+    /// raised reserve must fit beside the running VEs' guarantees unless
+    /// `change.force`.
     pub fn set_settings(&mut self, change: &SettingsChange) -> Result<()> {
         let _lock = self.lock_host()?;
         let mut settings =
@@ -456,6 +475,7 @@ impl Host {
             }
             settings.reserve.ram = r;
         }
+        self.admit_reserve(&settings.reserve, change.force)?;
         if let Some(ram) = change.default_ram {
             let probe = Limits {
                 ram,

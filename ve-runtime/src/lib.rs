@@ -15,7 +15,8 @@
 //! `failpoint`.
 //!
 //! The CLI talks to a [`Host`] (one state directory), opened with
-//! [`Host::open`] (or made with [`Host::init`]). What it does is grouped in
+//! [`Host::open`] (or made with [`Host::init`], or [`Host::open_or_init`] for
+//! the commands that initialise a root implicitly). What it does is grouped in
 //! handles, one per area (see `handles.rs`):
 //!
 //! ```no_run
@@ -81,7 +82,8 @@ pub use options::{CreateOptions, ExecOptions, StopOptions};
 pub use pool::{PoolInfo, VolumeUse};
 pub use pool_check::PoolProblem;
 pub use quota::{
-    Backend as PoolBackend, PoolSpace, SnapshotInfo, Source as PoolSource, UnknownBackend,
+    Backend as PoolBackend, LostImage, PoolSpace, SnapshotInfo, Source as PoolSource,
+    UnknownBackend,
 };
 pub use security::VE_CAPS;
 pub use signal::{BadSignal, parse_signal, signal_name};

@@ -22,6 +22,10 @@ pub struct PoolInfo {
     pub space: quota::PoolSpace,
     pub ves: Vec<VolumeUse>,
     pub templates: Vec<VolumeUse>,
+    /// The image pool's file is gone from its path while the pool is mounted
+    /// from it (what happened and how to keep the data, one line).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_problem: Option<String>,
 }
 
 /// One volume's use in `pool info`.
@@ -71,12 +75,35 @@ impl Host {
             space: pool.space()?,
             ves,
             templates,
+            image_problem: self.lost_pool_image().map(|l| l.to_string()),
         })
+    }
+
+    /// For an image pool: its image file deleted, moved or replaced while the
+    /// pool is mounted from it (`None`: all is well, or not an image pool).
+    pub(crate) fn lost_pool_image(&self) -> Option<quota::LostImage> {
+        self.pool()
+            .lost_image(self.settings().pool_source.as_ref()?)
+    }
+
+    /// Refuses commands that put new data into a pool whose image file is gone
+    /// (`create`, `start`, `pool grow`): the data would vanish with the pool's
+    /// next unmount. Reading, stopping and `pool check` still work, so the
+    /// operator can save the data first.
+    pub(crate) fn refuse_lost_pool_image(&self) -> Result<()> {
+        match self.lost_pool_image() {
+            None => Ok(()),
+            Some(lost) => Err(Error::Refused {
+                what: format!("pool {}", self.pool().dir().display()),
+                reason: lost.to_string(),
+            }),
+        }
     }
 
     /// Grows the pool online (see [`quota::Pool::grow`]). Returns the new space.
     pub(crate) fn pool_grow(&self, size: Option<u64>) -> Result<quota::PoolSpace> {
         let _host = self.lock_host()?;
+        self.refuse_lost_pool_image()?;
         let pool = self.pool();
         let source = match (pool.backend(), &self.settings().pool_source) {
             (quota::Backend::Btrfs, Some(s)) => s.clone(),

@@ -12,11 +12,11 @@ use crate::units::Size;
 /// A problem `pool check` found, and whether `--repair` fixed it.
 #[derive(Debug, Clone, Serialize)]
 pub struct PoolProblem {
-    /// `orphan-volume`, `interrupted-move`, `missing-volume`,
+    /// `lost-image`, `orphan-volume`, `interrupted-move`, `missing-volume`,
     /// `restore-leftover`, `stale-qgroup`;
     /// and for information only, `foreign-qgroup` and `held-qgroup`.
     pub kind: &'static str,
-    /// The VE, or the qgroup (`0/ID`).
+    /// The VE, the qgroup (`0/ID`), or the pool image.
     pub subject: String,
     pub detail: String,
     pub repaired: bool,
@@ -30,7 +30,9 @@ impl PoolProblem {
 }
 
 impl Host {
-    /// Finds (and with `repair`, fixes) what a crash can leave in the pool: a VE
+    /// Finds (and with `repair`, fixes) what a crash can leave in the pool, and
+    /// an image pool whose image file is gone while mounted (reported, not
+    /// repaired: see [`quota::LostImage`]): a VE
     /// volume without a config (a killed create or destroy: removed), an
     /// upgrade or rollback left pending (finished, see [`crate::upgrade`]), a
     /// config without a volume (an empty private layer is made, so the VE
@@ -39,6 +41,16 @@ impl Host {
         let _host = self.lock_host()?;
         let pool = self.pool();
         let mut out = Vec::new();
+        // An image deleted under the mounted pool: nothing to repair here (the
+        // operator copies the data back), but everything else is lost with it.
+        if let Some(lost) = self.lost_pool_image() {
+            out.push(PoolProblem {
+                kind: "lost-image",
+                subject: lost.image.display().to_string(),
+                detail: lost.to_string(),
+                repaired: false,
+            });
+        }
         for name in pool.ve_volumes()? {
             if self.config_path(&name).exists() {
                 continue;

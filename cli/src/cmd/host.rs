@@ -59,6 +59,10 @@ pub struct HostSetArgs {
     /// Process limit of VEs created without --pids (`unlimited`: none).
     #[arg(long, value_name = "N|unlimited", value_parser = parse::with(ve_runtime::parse_count))]
     default_pids: Option<Checked<Setting<u64>>>,
+    /// Accept a raised reserve that does not fit beside the CPU and RAM
+    /// guarantees of the running VEs.
+    #[arg(long)]
+    force: bool,
 }
 
 /// `vectl init`.
@@ -103,6 +107,7 @@ pub fn run(ctx: &Ctx, cmd: HostCommand) -> Result<ExitCode> {
                 reserve_ram: ram,
                 default_ram,
                 default_pids,
+                force: a.force,
             })?;
             ctx.out.host_info(&host)?;
         }

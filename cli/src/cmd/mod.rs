@@ -26,9 +26,16 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// The host at `--root` (it must be initialised).
+    /// The host at `--root`: it must be initialised (`vectl init`); any other
+    /// path is refused and nothing is made there.
     pub fn open(&self) -> Result<Host> {
         Ok(Host::open(&self.root)?)
+    }
+
+    /// The host at `--root`, initialised with defaults if it is not yet: only
+    /// for `create` and `template import`, the implicit `vectl init`.
+    pub fn open_or_init(&self) -> Result<Host> {
+        Ok(Host::open_or_init(&self.root)?)
     }
 }
 

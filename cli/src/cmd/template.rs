@@ -142,11 +142,13 @@ pub fn run(ctx: &Ctx, cmd: TemplateCommand) -> Result<ExitCode> {
     let out = &ctx.out;
     match cmd {
         TemplateCommand::Import(ImportArgs { src: a }) => {
-            let host = ctx.open()?;
+            let source = a.source()?;
+            // Importing the first template initialises a new root (README: init).
+            let host = ctx.open_or_init()?;
             let mut progress = out.progress(&format!("importing {}", a.name));
             let (tv, warnings) =
                 host.templates()
-                    .import(&a.name, &a.source()?, &a.message, &mut progress)?;
+                    .import(&a.name, &source, &a.message, &mut progress)?;
             drop(progress);
             for w in warnings {
                 out.warn(&format!("template {}: {w}", tv.reference()));

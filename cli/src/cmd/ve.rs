@@ -346,11 +346,12 @@ pub struct CloneArgs {
 
 /// `vectl create`.
 pub fn create(ctx: &Ctx, a: CreateArgs, at: &ArgPositions) -> Result<ExitCode> {
-    let host = ctx.open()?;
-    // Checked in this order: limits, NICs, ports.
+    // Checked in this order: limits, NICs, ports; before a root is made.
     let limits = a.limits.update(&a.name)?;
     let nics = a.nics(at)?;
     let publish = parse_publish(&a.name, "publish", &a.publish)?;
+    // The one VE command that initialises a new root (README: init).
+    let host = ctx.open_or_init()?;
     let cfg = host.ves().create(&CreateOptions {
         limits,
         name: a.name,

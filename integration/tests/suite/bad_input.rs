@@ -656,3 +656,145 @@ fn odd_arguments_never_panic_or_change_anything() {
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     assert_eq!(status(&h, "odd"), "running");
 }
+
+/// Unmounts and detaches whatever an (old, wrong) implicit init made below
+/// `dir`, so a failing run leaves no pool behind.
+fn undo_pools_below(dir: &std::path::Path) {
+    for m in crate::storage::mounts_below(dir).iter().rev() {
+        let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+    }
+    for l in crate::storage::loops_below(dir) {
+        let _ = std::process::Command::new("losetup")
+            .arg("-d")
+            .arg(&l)
+            .output();
+    }
+}
+
+/// A scratch directory whose pools go with it.
+struct ScratchDir(tempfile::TempDir);
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        undo_pools_below(self.0.path());
+    }
+}
+
+/// The names of the links in the test's network namespace, and its firewall.
+fn net_state() -> (Vec<String>, String) {
+    let links = integration::sh(&["ip", "-o", "link", "show"])
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .collect();
+    let rules = integration::sh(&["nft", "list", "ruleset"]).unwrap();
+    (links, rules)
+}
+
+#[test]
+fn commands_on_a_path_that_is_not_a_root_refuse_and_make_nothing() {
+    let test = "commands_on_a_path_that_is_not_a_root_refuse_and_make_nothing";
+    // The fixture gives this test its own network namespace (with its own
+    // root's network in it already: a second one would show).
+    let Some(_h) = TestHost::bare(test) else {
+        return;
+    };
+    let scratch = ScratchDir(
+        tempfile::Builder::new()
+            .prefix("vectl-test-noroot-")
+            .tempdir()
+            .unwrap(),
+    );
+    let missing = scratch.0.path().join("typo");
+    let empty = scratch.0.path().join("empty");
+    fs::create_dir(&empty).unwrap();
+    // Every command that only reads, then those that change an existing root:
+    // only `init`, `create` and `template import` make a root.
+    let read_only: &[&[&str]] = &[
+        &["list"],
+        &["--json", "list"],
+        &["show", "web1"],
+        &["stats"],
+        &["stats", "web1"],
+        &["host", "info"],
+        &["template", "list"],
+        &["template", "show", "bb"],
+        &["template", "log", "bb"],
+        &["template", "usage"],
+        &["net", "list"],
+        &["net", "show", "default"],
+        &["pool", "info"],
+        &["pool", "check"],
+        &["history", "web1"],
+        &["snapshot", "list", "web1"],
+        &["upgrade", "web1", "--template", "bb@2", "--check"],
+    ];
+    let changing: &[&[&str]] = &[
+        &["start", "web1"],
+        &["stop", "web1"],
+        &["destroy", "web1"],
+        &["set", "web1", "--ram", "1G"],
+        &["host", "set", "--reserve-cpu", "10%"],
+        &["net", "create", "n1", "--mode", "nat"],
+        &["net", "rm", "default"],
+        &["pool", "grow", "--size", "2G"],
+        &["pool", "check", "--repair"],
+        &["template", "rm", "bb"],
+        &["template", "gc"],
+        &["snapshot", "create", "web1"],
+        &["exec", "web1", "--", "true"],
+    ];
+    let net_before = net_state();
+    let mut wrong = Vec::new();
+    for root in [&missing, &empty] {
+        for args in read_only.iter().chain(changing) {
+            let mut c = bare_vectl();
+            c.arg("--root").arg(root).args(*args).stdin(Stdio::null());
+            let r = run_limited(c, std::time::Duration::from_secs(60));
+            let want = format!(
+                "vectl: {}: not a vectl root (run `vectl init`",
+                root.display()
+            );
+            if r.code != 1 || r.stderr.lines().count() != 1 || !r.stderr.starts_with(&want) {
+                wrong.push(format!(
+                    "--root {} {args:?}: exit {}, stderr {:?}",
+                    root.display(),
+                    r.code,
+                    r.stderr.chars().take(300).collect::<String>()
+                ));
+            }
+            let made: Vec<String> = if root == &missing {
+                if missing.exists() {
+                    vec!["the directory".into()]
+                } else {
+                    vec![]
+                }
+            } else {
+                fs::read_dir(&empty)
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            };
+            let loops = crate::storage::loops_below(scratch.0.path());
+            if !made.is_empty() || !loops.is_empty() {
+                wrong.push(format!(
+                    "--root {} {args:?} made {made:?}, loop devices {loops:?}",
+                    root.display()
+                ));
+                // The next case starts from nothing again.
+                undo_pools_below(scratch.0.path());
+                let _ = fs::remove_dir_all(&missing);
+                let _ = fs::remove_dir_all(&empty);
+                fs::create_dir(&empty).unwrap();
+            }
+        }
+    }
+    let net_after = net_state();
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert_eq!(
+        net_before.0, net_after.0,
+        "links appeared in the test's namespace"
+    );
+    assert_eq!(net_before.1, net_after.1, "the firewall changed");
+}

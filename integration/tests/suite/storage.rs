@@ -211,7 +211,7 @@ fn refusal_on_pool(h: &TestHost, args: &[&str], must_name: &[&str], code: i32) -
 }
 
 /// Mount points at or below `dir` (from /proc/self/mountinfo).
-fn mounts_below(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn mounts_below(dir: &Path) -> Vec<PathBuf> {
     fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()
@@ -221,7 +221,7 @@ fn mounts_below(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Loop devices (`/dev/loopN`) whose backing file is at or below `dir`.
-fn loops_below(dir: &Path) -> Vec<String> {
+pub(crate) fn loops_below(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     for e in fs::read_dir("/sys/block").unwrap().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
@@ -1619,4 +1619,76 @@ fn a_pool_on_the_operators_btrfs_mount_is_used_as_it_is() {
     h.ok(&["destroy", "--force", "guest"]);
     assert!(!pool_dir.join("ves/guest").exists());
     assert!(mnt.join("operator").is_dir());
+}
+
+#[test]
+fn a_pool_image_deleted_while_mounted_is_reported_and_new_data_refused() {
+    let test = "a_pool_image_deleted_while_mounted_is_reported_and_new_data_refused";
+    let Some(h) = TestHost::with_btrfs(test, "1G") else {
+        return;
+    };
+    h.start_ve("keep", &[]);
+    let (code, list) = pool_check(&h, false);
+    assert_eq!(code, 0, "{list:?}");
+    assert!(real_problems(&list).is_empty(), "{list:?}");
+    let image = h.root().join("pool.img");
+    let dev = loops_below(h.root());
+    assert_eq!(dev.len(), 1, "the pool's loop device: {dev:?}");
+    let dev = &dev[0];
+
+    fs::remove_file(&image).unwrap();
+
+    // pool check reports it, with how to keep the data, and exits 1.
+    let (code, list) = pool_check(&h, false);
+    assert_eq!(code, 1, "pool check with the image deleted: {list:?}");
+    let real = real_problems(&list);
+    assert_eq!(real.len(), 1, "{list:?}");
+    assert_eq!(real[0]["kind"], "lost-image", "{list:?}");
+    assert_eq!(real[0]["subject"], image.to_str().unwrap(), "{list:?}");
+    assert_eq!(real[0]["repaired"], false, "{list:?}");
+    let detail = real[0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("deleted")
+            && detail.contains(&format!("cp --sparse=always {dev} {}", image.display())),
+        "{detail}"
+    );
+    let r = h.run(&["pool", "check"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stdout.contains("lost-image") && !r.stdout.contains("no problems found"),
+        "{r:?}"
+    );
+    // --repair cannot bring it back: still a problem.
+    let (code, _) = pool_check(&h, true);
+    assert_eq!(code, 1);
+
+    // pool info and host info still answer, with a one-line warning.
+    for args in [&["pool", "info"][..], &["host", "info"]] {
+        let r = h.run(args);
+        assert_eq!(r.code, 0, "{args:?}: {r:?}");
+        let warned: Vec<&str> = r
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("vectl: warning: pool image") && l.contains("deleted"))
+            .collect();
+        assert_eq!(warned.len(), 1, "{args:?}: {r:?}");
+    }
+    assert!(
+        h.json(&["host", "info"])["pool_image_problem"]
+            .as_str()
+            .is_some_and(|p| p.contains("deleted")),
+    );
+
+    // New data is refused (it would vanish with the pool), naming the image;
+    // the running VE can still be read and stopped.
+    let line = h.fails(&["create", "more", "--template", "bb"]);
+    assert!(line.contains(image.to_str().unwrap()), "{line}");
+    assert!(!h.root().join("ves/more.toml").exists());
+    assert_eq!(status(&h, "keep"), "running");
+    h.ok(&["stop", "--fast", "keep"]);
+    let line = h.fails(&["start", "keep"]);
+    assert!(line.contains("deleted"), "{line}");
+    assert_eq!(status(&h, "keep"), "stopped");
+    let line = h.fails(&["pool", "grow", "--size", "2G"]);
+    assert!(line.contains(image.to_str().unwrap()), "{line}");
 }
