@@ -151,19 +151,11 @@ impl Host {
     /// Every VE's config (no runtime state: cheaper than `list`). Unreadable
     /// ones are skipped; `list` reports them.
     pub(crate) fn configs(&self) -> Result<Vec<VeConfig>> {
-        let dir = self.root().join("ves");
-        let mut out = Vec::new();
-        for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
-            let entry = entry.map_err(io_err(&dir))?;
-            let fname = entry.file_name();
-            if let Some(name) = fname.to_str().and_then(|f| f.strip_suffix(".toml"))
-                && crate::config::validate_name(name).is_ok()
-                && let Ok(Some(cfg)) = VeConfig::load(&entry.path())
-            {
-                out.push(cfg);
-            }
-        }
-        Ok(out)
+        Ok(self
+            .config_files()?
+            .iter()
+            .filter_map(|p| VeConfig::load(p).ok().flatten())
+            .collect())
     }
 
     /// Every network, by id.

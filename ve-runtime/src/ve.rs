@@ -352,23 +352,32 @@ impl Host {
             .map(|c| c.name))
     }
 
-    /// The name and id of every VE whose config loads.
-    fn config_ids(&self) -> Result<Vec<(String, u32)>> {
+    /// The config file of every VE (`ves/NAME.toml` with a valid name),
+    /// loaded or not.
+    pub(crate) fn config_files(&self) -> Result<Vec<PathBuf>> {
         let dir = self.root().join("ves");
         let mut out = Vec::new();
         for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
-            let entry = entry.map_err(io_err(&dir))?;
-            let fname = entry.file_name();
-            let Some(name) = fname.to_str().and_then(|f| f.strip_suffix(".toml")) else {
-                continue;
-            };
-            if validate_name(name).is_err() {
-                continue;
-            }
-            if let Ok(Some(c)) = VeConfig::load(&entry.path()) {
-                out.push((name.to_string(), c.id));
+            let path = entry.map_err(io_err(&dir))?.path();
+            if path
+                .file_name()
+                .and_then(|f| f.to_str())
+                .and_then(|f| f.strip_suffix(".toml"))
+                .is_some_and(|n| validate_name(n).is_ok())
+            {
+                out.push(path);
             }
         }
+        Ok(out)
+    }
+
+    /// The name and id of every VE whose config loads.
+    fn config_ids(&self) -> Result<Vec<(String, u32)>> {
+        let mut out: Vec<_> = self
+            .configs()?
+            .into_iter()
+            .map(|c| (c.name, c.id))
+            .collect();
         out.sort();
         Ok(out)
     }
@@ -862,20 +871,10 @@ impl Host {
     /// Every VE, by id. Configs that cannot be read are returned as errors beside
     /// the list rather than failing it.
     pub(crate) fn list(&self) -> Result<(Vec<VeInfo>, Vec<Error>)> {
-        let dir = self.root().join("ves");
         let mut out = Vec::new();
         let mut errors = Vec::new();
-        let rd = fs::read_dir(&dir).map_err(io_err(&dir))?;
-        for entry in rd {
-            let entry = entry.map_err(io_err(&dir))?;
-            let fname = entry.file_name();
-            let Some(name) = fname.to_str().and_then(|f| f.strip_suffix(".toml")) else {
-                continue;
-            };
-            if validate_name(name).is_err() {
-                continue;
-            }
-            match VeConfig::load(&entry.path()) {
+        for path in self.config_files()? {
+            match VeConfig::load(&path) {
                 Ok(Some(cfg)) => out.push(self.info(cfg)),
                 Ok(None) => {}
                 Err(e) => errors.push(e),
