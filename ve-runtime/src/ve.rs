@@ -641,6 +641,13 @@ impl Host {
             }
             return Err(Error::NoSuchVe(ve));
         };
+        // Its NICs' ports, shaping and firewall elements are found through the
+        // networks' configs: one that cannot be read is refused before anything
+        // changes, rather than leaving the VE half-destroyed.
+        if !cfg.nics.is_empty() {
+            self.net_configs()
+                .map_err(|e| Error::ve(&ve, format!("cannot destroy it: {e}")))?;
+        }
         if let Some(rs) = self.alive_state(&ve)? {
             if !force {
                 return Err(Error::Running { ve, pid: rs.pid });

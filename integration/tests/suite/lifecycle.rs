@@ -301,3 +301,71 @@ fn a_duplicate_id_from_an_edited_config_is_refused_at_start() {
     h.ok(&["start", "first"]);
     h.ok(&["start", "second"]);
 }
+
+#[test]
+fn destroy_with_a_corrupt_network_config_changes_nothing() {
+    let Some(h) = TestHost::new("destroy_with_a_corrupt_network_config_changes_nothing") else {
+        return;
+    };
+    h.ok(&[
+        "net",
+        "create",
+        "dnet",
+        "--mode",
+        "nat",
+        "--subnet",
+        "10.74.0.0/24",
+    ]);
+    h.ok(&["create", "still", "--template", "bb", "--net", "dnet"]);
+    h.start_ve("runs", &["--net", "dnet"]);
+    let net_file = h.root().join("nets/dnet.toml");
+    let good = fs::read_to_string(&net_file).unwrap();
+    fs::write(&net_file, "garbage = [").unwrap();
+    let rules = || integration::sh(&["nft", "list", "ruleset"]).unwrap();
+    let (state, ruleset) = (state_snapshot(&h), rules());
+    let pid = h.init_pid("runs");
+    let ips: Vec<String> = ["still", "runs"]
+        .iter()
+        .map(|ve| {
+            listed(&h, ve).unwrap()["nics"][0]["ip"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    for ip in &ips {
+        assert!(ruleset.contains(ip.as_str()), "no {ip} in:\n{ruleset}");
+    }
+    for args in [
+        &["destroy", "still"][..],
+        &["destroy", "--force", "runs"][..],
+    ] {
+        let line = h.fails(args);
+        assert!(
+            line.contains(args[args.len() - 1]) && line.contains("nets/dnet.toml"),
+            "{args:?}: {line}"
+        );
+        assert_eq!(
+            diff(&state, &state_snapshot(&h)),
+            "",
+            "{args:?} changed the state"
+        );
+        assert_eq!(ruleset, rules(), "{args:?} changed the firewall");
+    }
+    assert_eq!(h.init_pid("runs"), pid);
+    assert_eq!(h.exec("runs", &["true"]).code, 0);
+    assert_eq!(status(&h, "still"), "stopped");
+    // With the file repaired, destroy does it all.
+    fs::write(&net_file, good).unwrap();
+    h.ok(&["destroy", "still"]);
+    assert_gone(&h, "still");
+    h.ok(&["destroy", "--force", "runs"]);
+    assert_gone(&h, "runs");
+    let left = rules();
+    for ip in &ips {
+        assert!(
+            !left.contains(ip.as_str()),
+            "firewall elements of the destroyed VEs left ({ip}):\n{left}"
+        );
+    }
+}
