@@ -315,26 +315,37 @@ impl Host {
         // Leftovers of a create that was killed before it wrote the config.
         self.pool().remove_ve_volume(name)?;
         crate::failpoint::hit("create-before-volume");
-        self.pool().create_ve_volume(name)?;
-        if let Some(Size(d)) = cfg.limits.disk {
-            self.pool()
-                .set_disk_limit(name, Some(d))
-                .map_err(|e| disk_error(name, e))?;
-        }
-        let mnt = self.mount_dir(name);
-        fs::create_dir_all(&mnt).map_err(io_err(&mnt))?;
-        crate::failpoint::hit("create-after-volume");
-        let link = self.id_link(id);
-        remove_file(&link)?;
-        std::os::unix::fs::symlink(name, &link).map_err(io_err(&link))?;
-        if !cfg.nics.is_empty() {
-            // Its addresses and MACs are allowed before it can first send.
-            if let Err(e) = self.firewall_ve(&cfg, true) {
-                let _ = self.finish_destroy(name);
-                return Err(e);
+        // Everything made from here on goes again if a step fails (a full
+        // state root, a refused disk limit or firewall element).
+        let made = (|| {
+            self.pool().create_ve_volume(name)?;
+            if let Some(Size(d)) = cfg.limits.disk {
+                self.pool()
+                    .set_disk_limit(name, Some(d))
+                    .map_err(|e| disk_error(name, e))?;
             }
+            let mnt = self.mount_dir(name);
+            fs::create_dir_all(&mnt).map_err(io_err(&mnt))?;
+            crate::failpoint::hit("create-after-volume");
+            let link = self.id_link(id);
+            remove_file(&link)?;
+            std::os::unix::fs::symlink(name, &link).map_err(io_err(&link))?;
+            if !cfg.nics.is_empty() {
+                // Its addresses and MACs are allowed before it can first send.
+                self.firewall_ve(&cfg, true)?;
+            }
+            cfg.store(&self.config_path(name))
+        })();
+        if let Err(e) = made {
+            let _ = self.finish_destroy(name);
+            if !cfg.nics.is_empty() {
+                let _ = self.apply_firewall(None);
+            }
+            return Err(match e {
+                e @ Error::Io { .. } => Error::ve(name, format!("not created: {e}")),
+                e => e,
+            });
         }
-        cfg.store(&self.config_path(name))?;
         Ok(cfg)
     }
 

@@ -369,3 +369,59 @@ fn destroy_with_a_corrupt_network_config_changes_nothing() {
         );
     }
 }
+
+/// Fills the file system holding `dir` with one file, to the last byte.
+fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = fs::File::create(&path).unwrap();
+    for chunk in [1 << 20, 4096, 1] {
+        let buf = vec![0u8; chunk];
+        while f.write_all(&buf).is_ok() {}
+    }
+    path
+}
+
+#[test]
+fn a_create_that_fails_for_want_of_space_leaves_nothing() {
+    let test = "a_create_that_fails_for_want_of_space_leaves_nothing";
+    let Some(t) = TmpfsRoot::new(test) else {
+        return;
+    };
+    let rootfs = integration::busybox_rootfs().unwrap();
+    let r = t.run(&[
+        "template",
+        "import",
+        "bb",
+        "--from-dir",
+        rootfs.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = t.run(&["create", "first", "--template", "bb"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let view = t.view();
+    let filler = fill(view.parent().unwrap());
+    let before = snapshot(&view, false, &|_| false);
+    let r = t.run(&["create", "second", "--template", "bb"]);
+    no_panic(&r);
+    assert_eq!(r.code, 1, "{r:?}");
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{r:?}");
+    assert!(
+        lines[0].contains("second") && lines[0].contains("ves/") && lines[0].contains("space"),
+        "the message does not name the VE, the file and the reason: {}",
+        lines[0]
+    );
+    // No volume, id link, .tmp file or lock file: nothing at all.
+    assert_eq!(diff(&before, &snapshot(&view, false, &|_| false)), "");
+    // With space again, the same create works and takes the next id.
+    fs::remove_file(filler).unwrap();
+    let r = t.run(&["--json", "create", "second", "--template", "bb"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let cfg: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(cfg["id"], 101, "{cfg}");
+    for ve in ["first", "second"] {
+        let r = t.run(&["destroy", ve]);
+        assert_eq!(r.code, 0, "{r:?}");
+    }
+}
