@@ -580,6 +580,8 @@ impl Host {
                 .map(|Size(d)| d);
             self.put_back_disk_limit(ve, limit)?;
         }
+        // A set, rollback or restore that was killed half-way: finish it.
+        self.finish_killed_changes(ve)?;
         Ok(lock)
     }
     /// Exists while a start has the VE's disk limit lifted.
