@@ -753,7 +753,9 @@ impl Host {
             what: "pending limits change",
             reason: e.to_string(),
         })?;
-        crate::fsutil::write_atomic(&marker, old_text.as_bytes(), true)?;
+        // Not durable: the marker matters only while the kernel holds the VE's
+        // limits, which a reboot clears (start writes the config's).
+        crate::fsutil::write_atomic(&marker, old_text.as_bytes(), false)?;
         let mut next = cfg.clone();
         next.limits = limits.clone();
         if let Err(e) = next.store(&self.config_path(&ve)) {
