@@ -568,6 +568,34 @@ impl Host {
         Ok(fw)
     }
 
+    /// Marks a change of a VE's firewall elements in flight
+    /// (`run/firewall.pending`): a create or destroy killed before its config
+    /// says what it did leaves elements no config accounts for (an anti-spoofing
+    /// hole for the next VE with its id), so the next command makes the
+    /// ruleset again from the configs. Runtime state: a reboot clears the
+    /// ruleset too.
+    pub(crate) fn firewall_marker(&self) -> PathBuf {
+        self.root().join("run").join("firewall.pending")
+    }
+
+    /// Sets the marker ([`Host::firewall_marker`]); the caller holds the host lock.
+    pub(crate) fn mark_firewall(&self) -> Result<()> {
+        crate::fsutil::write_atomic(&self.firewall_marker(), b"", false)
+    }
+
+    /// Makes the ruleset again from the configs if a firewall change was left
+    /// half-done, then clears the marker. The caller holds the host lock.
+    pub(crate) fn finish_firewall(&self) -> Result<()> {
+        let marker = self.firewall_marker();
+        if !marker.exists() {
+            return Ok(());
+        }
+        if !self.net_configs()?.is_empty() {
+            self.apply_firewall(None)?;
+        }
+        crate::fsutil::remove_file(&marker)
+    }
+
     /// Adds (`add`) or deletes a VE's own elements of the firewall; if the
     /// ruleset in force does not take that (it was changed by hand, say), the
     /// whole ruleset is made again from the configs (counting `cfg` in when

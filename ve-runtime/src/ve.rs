@@ -332,14 +332,17 @@ impl Host {
             std::os::unix::fs::symlink(name, &link).map_err(io_err(&link))?;
             if !cfg.nics.is_empty() {
                 // Its addresses and MACs are allowed before it can first send.
+                self.mark_firewall()?;
                 self.firewall_ve(&cfg, true)?;
+                crate::failpoint::hit("create-after-firewall");
             }
-            cfg.store(&self.config_path(name))
+            cfg.store(&self.config_path(name))?;
+            remove_file(&self.firewall_marker())
         })();
         if let Err(e) = made {
             let _ = self.finish_destroy(name);
-            if !cfg.nics.is_empty() {
-                let _ = self.apply_firewall(None);
+            if !cfg.nics.is_empty() && self.apply_firewall(None).is_ok() {
+                let _ = remove_file(&self.firewall_marker());
             }
             return Err(match e {
                 e @ Error::Io { .. } => Error::ve(name, format!("not created: {e}")),
@@ -672,10 +675,14 @@ impl Host {
             )?;
         }
         let cfg_path = self.config_path(&ve);
+        if !cfg.nics.is_empty() {
+            self.mark_firewall()?;
+        }
         fs::rename(&cfg_path, self.tombstone_path(&ve)).map_err(io_err(&cfg_path))?;
         crate::failpoint::hit("destroy-after-tombstone");
         self.finish_destroy(&ve)?;
-        self.firewall_ve(&cfg, false)
+        self.firewall_ve(&cfg, false)?;
+        remove_file(&self.firewall_marker())
     }
 
     /// [`Host::finish_destroy`] for a destroy or create that was killed: which

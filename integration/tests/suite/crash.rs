@@ -476,3 +476,50 @@ fn crash_at_set_after_config() {
 fn crash_at_set_after_kernel() {
     set_crash("crash_at_set_after_kernel", "set-after-kernel");
 }
+
+/// The VE's elements in the firewall (its address and MAC in vectl's sets).
+fn firewall_text() -> String {
+    let out = std::process::Command::new("nft")
+        .args(["list", "ruleset"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "nft list ruleset: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_create_killed_after_its_firewall_elements_leaves_none_after_the_next_command() {
+    let test = "a_create_killed_after_its_firewall_elements_leaves_none_after_the_next_command";
+    let Some(h) = TestHost::new(test) else {
+        return;
+    };
+    let before = firewall_text();
+    crash_at(
+        &h,
+        "create-after-firewall",
+        &["create", "half", "--template", "bb", "--ip", "10.200.0.77"],
+    );
+    // The killed create allowed its address in the firewall; no config says so.
+    assert!(
+        firewall_text().contains("10.200.0.77"),
+        "{}",
+        firewall_text()
+    );
+    // The next command, whatever it is, makes the ruleset again from the configs.
+    h.ok(&["list"]);
+    let after = firewall_text();
+    assert!(!after.contains("10.200.0.77"), "{after}");
+    assert_eq!(after, before);
+    // A destroy killed after its tombstone: the next command removes its elements.
+    h.ok(&["create", "gone", "--template", "bb", "--ip", "10.200.0.78"]);
+    assert!(firewall_text().contains("10.200.0.78"));
+    crash_at(&h, "destroy-after-tombstone", &["destroy", "gone"]);
+    h.ok(&["list"]);
+    assert!(
+        !firewall_text().contains("10.200.0.78"),
+        "{}",
+        firewall_text()
+    );
+    assert_eq!(firewall_text(), before);
+    assert!(!h.root().join("run/firewall.pending").exists());
+}
