@@ -115,8 +115,11 @@ impl Bandwidth for Limits {
     fn limit_bps(&self) -> Option<u64> {
         self.net_limit.map(|l| l.0)
     }
+    /// A share is of the network's bandwidth, or on a network without one, of
+    /// the VE's own `--net-limit`.
     fn guarantee_bps(&self, bandwidth: Option<u64>) -> Option<Option<u64>> {
-        self.net_guarantee.map(|g| g.bps(bandwidth))
+        self.net_guarantee
+            .map(|g| g.bps(bandwidth.or(self.limit_bps())))
     }
 }
 
@@ -808,14 +811,21 @@ impl Host {
                 )));
             }
             for net in &nets {
-                let Some(bw) = net.bandwidth else {
+                // A rate needs nothing more; a share is of the network's
+                // bandwidth, or without one, of the VE's own limit.
+                let Some(want) = cfg
+                    .limits
+                    .guarantee_bps(net.bandwidth.map(|b| b.0))
+                    .flatten()
+                else {
                     return Err(bad(format!(
-                        "--net-guarantee: network {} has no --bandwidth to guarantee a share of",
+                        "--net-guarantee {g}: network {} has no --bandwidth and the VE no --net-limit to take a share of",
                         net.name
                     )));
                 };
-                let want = g.bps(Some(bw.0)).unwrap_or(0);
-                if want > bw.0 {
+                if let Some(bw) = net.bandwidth
+                    && want > bw.0
+                {
                     return Err(bad(format!(
                         "--net-guarantee {g} is more than network {}'s bandwidth {bw}",
                         net.name
