@@ -57,8 +57,10 @@ fn a_cpu_limit_caps_a_busy_ve_at_its_percentage() {
     let (wall, used) = cpu_over(&h, &["capped"], Duration::from_secs(3));
     let pct = used[0] / wall * 100.0;
     eprintln!("one busy loop under --cpu-limit 50%: {pct:.1}% of a CPU over {wall:.2} s");
+    // The cap holds (at most 55%); the loop runs (a busy machine may give
+    // it less than its cap).
     assert!(
-        (45.0..=55.0).contains(&pct),
+        (35.0..=55.0).contains(&pct),
         "a busy loop under --cpu-limit 50% got {pct:.1}% of a CPU over {wall:.2} s"
     );
 
@@ -69,7 +71,7 @@ fn a_cpu_limit_caps_a_busy_ve_at_its_percentage() {
     let pct = used[0] / wall * 100.0;
     eprintln!("two busy loops under --cpu-limit 50%: {pct:.1}% over {wall:.2} s");
     assert!(
-        (45.0..=55.0).contains(&pct),
+        (35.0..=55.0).contains(&pct),
         "two busy loops under --cpu-limit 50% got {pct:.1}% of a CPU together"
     );
 
@@ -81,8 +83,10 @@ fn a_cpu_limit_caps_a_busy_ve_at_its_percentage() {
     let (wall, used) = cpu_over(&h, &["capped"], Duration::from_secs(3));
     let pct = used[0] / wall * 100.0;
     eprintln!("two busy loops after set --cpu-limit 100%: {pct:.1}% over {wall:.2} s");
+    // Well above the old 50% (the raise took), at most the new cap; the
+    // lower bound leaves room for a machine busy with other work.
     assert!(
-        (90.0..=110.0).contains(&pct),
+        (75.0..=110.0).contains(&pct),
         "two busy loops after a live set --cpu-limit 100% got {pct:.1}% of a CPU"
     );
     assert_eq!(h.init_pid("capped"), init, "set restarted the VE");
