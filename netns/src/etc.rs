@@ -180,8 +180,8 @@ impl Etc {
 
 /// Writes the VE's identity into its private layer, before its root is mounted
 /// (no process of the VE runs): /etc/hostname (where the tree has one: a
-/// system's init sets the host name from it), its /etc/hosts entry and, when its
-/// first network has name servers, /etc/resolv.conf. Lines vectl owns in
+/// system's init sets the host name from it), its /etc/hosts entry and, when one
+/// of its networks has name servers, /etc/resolv.conf (the first such network's). Lines vectl owns in
 /// /etc/hosts end in `# vectl`; the rest is the VE's own. Nothing is followed
 /// through a symlink and every file is reached through an fd of its /etc (see
 /// [`Etc`]): a VE whose /etc is not a plain directory is left alone, and a
@@ -274,9 +274,9 @@ pub fn write_net_files(
         hosts.push_str(&format!("{}\t{hostname} {short} # vectl\n", first.ip));
     }
     etc.write("hosts", &hosts)?;
-    if let Some(net) = nets.first()
-        && !net.dns.is_empty()
-    {
+    // The name servers of the first of its networks that has some (a bridged
+    // network on the LAN's DHCP has none; a nat one after it does).
+    if let Some(net) = nets.iter().find(|n| !n.dns.is_empty()) {
         let mut text = format!("# written by vectl from network {}\n", net.name);
         for d in &net.dns {
             text.push_str(&format!("nameserver {d}\n"));
@@ -395,6 +395,17 @@ mod tests {
             fs::read_to_string(upper.join("etc/hosts")).unwrap(),
             "127.0.0.1 localhost\n10.9.9.9 db\n10.0.3.2\tweb.example.com web # vectl\n"
         );
+        assert!(
+            fs::read_to_string(upper.join("etc/resolv.conf"))
+                .unwrap()
+                .contains("nameserver 192.0.2.53")
+        );
+        // Name servers come from the first network that has some.
+        let mut bridged = net();
+        bridged.name = "lan".into();
+        bridged.dns.clear();
+        fs::remove_file(upper.join("etc/resolv.conf")).unwrap();
+        write_net_files(&upper, &lower, "web", &[nic()], &[bridged, net()]).unwrap();
         assert!(
             fs::read_to_string(upper.join("etc/resolv.conf"))
                 .unwrap()

@@ -239,6 +239,15 @@ impl Pool {
         self.delete_volume(&fresh)
     }
 
+    /// Whether a killed restore or rollback left a staged copy or a replaced
+    /// layer of VE `ve` (what [`Pool::finish_restore`] removes).
+    pub fn restore_left(&self, ve: &str) -> bool {
+        let ves = self.dir.join("ves");
+        [format!(".{ve}.restore"), format!(".{ve}.old")]
+            .iter()
+            .any(|n| ves.join(n).symlink_metadata().is_ok())
+    }
+
     /// VEs with a restore's leftovers under `ves/` (`.NAME.restore`, a staged
     /// copy of a snapshot; `.NAME.old`, the layer it replaced): what a killed
     /// restore or rollback left, removed by [`Pool::finish_restore`].

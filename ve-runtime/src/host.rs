@@ -377,7 +377,7 @@ impl Host {
         };
         let templates =
             ve_templates::TemplateStore::new(&pool.templates_dir(), &root.join("locks"));
-        Ok(Host {
+        let host = Host {
             root: root.to_path_buf(),
             settings,
             pool,
@@ -385,7 +385,13 @@ impl Host {
             cgroups: OnceCell::new(),
             capacity: OnceCell::new(),
             io_device: OnceCell::new(),
-        })
+        };
+        // A create or destroy killed while it changed the firewall: finished
+        // now, whatever the command (one stat when there is nothing to do).
+        if host.firewall_marker().exists() {
+            drop(host.lock_host()?);
+        }
+        Ok(host)
     }
 
     /// The state directory.
@@ -580,6 +586,8 @@ impl Host {
                 .map(|Size(d)| d);
             self.put_back_disk_limit(ve, limit)?;
         }
+        // A set, rollback or restore that was killed half-way: finish it.
+        self.finish_killed_changes(ve)?;
         Ok(lock)
     }
     /// Exists while a start has the VE's disk limit lifted.
@@ -590,8 +598,12 @@ impl Host {
     pub(crate) fn frozen_marker(&self, ve: &str) -> PathBuf {
         self.root.join("run").join(format!("{ve}.frozen"))
     }
+    /// Takes the host's lock; first of all under it, a firewall change a
+    /// killed vectl left is finished ([`Host::finish_firewall`]).
     pub(crate) fn lock_host(&self) -> Result<Lock> {
-        Lock::acquire(&self.root.join("locks/host.lock"))
+        let lock = Lock::acquire(&self.root.join("locks/host.lock"))?;
+        self.finish_firewall()?;
+        Ok(lock)
     }
 }
 

@@ -115,8 +115,11 @@ impl Bandwidth for Limits {
     fn limit_bps(&self) -> Option<u64> {
         self.net_limit.map(|l| l.0)
     }
+    /// A share is of the network's bandwidth, or on a network without one, of
+    /// the VE's own `--net-limit`.
     fn guarantee_bps(&self, bandwidth: Option<u64>) -> Option<Option<u64>> {
-        self.net_guarantee.map(|g| g.bps(bandwidth))
+        self.net_guarantee
+            .map(|g| g.bps(bandwidth.or(self.limit_bps())))
     }
 }
 
@@ -560,6 +563,34 @@ impl Host {
         Ok(fw)
     }
 
+    /// Marks a change of a VE's firewall elements in flight
+    /// (`run/firewall.pending`): a create or destroy killed before its config
+    /// says what it did leaves elements no config accounts for (an anti-spoofing
+    /// hole for the next VE with its id), so the next command makes the
+    /// ruleset again from the configs. Runtime state: a reboot clears the
+    /// ruleset too.
+    pub(crate) fn firewall_marker(&self) -> PathBuf {
+        self.root().join("run").join("firewall.pending")
+    }
+
+    /// Sets the marker ([`Host::firewall_marker`]); the caller holds the host lock.
+    pub(crate) fn mark_firewall(&self) -> Result<()> {
+        crate::fsutil::write_atomic(&self.firewall_marker(), b"", false)
+    }
+
+    /// Makes the ruleset again from the configs if a firewall change was left
+    /// half-done, then clears the marker. The caller holds the host lock.
+    pub(crate) fn finish_firewall(&self) -> Result<()> {
+        let marker = self.firewall_marker();
+        if !marker.exists() {
+            return Ok(());
+        }
+        if !self.net_configs()?.is_empty() {
+            self.apply_firewall(None)?;
+        }
+        crate::fsutil::remove_file(&marker)
+    }
+
     /// Adds (`add`) or deletes a VE's own elements of the firewall; if the
     /// ruleset in force does not take that (it was changed by hand, say), the
     /// whole ruleset is made again from the configs (counting `cfg` in when
@@ -772,14 +803,21 @@ impl Host {
                 )));
             }
             for net in &nets {
-                let Some(bw) = net.bandwidth else {
+                // A rate needs nothing more; a share is of the network's
+                // bandwidth, or without one, of the VE's own limit.
+                let Some(want) = cfg
+                    .limits
+                    .guarantee_bps(net.bandwidth.map(|b| b.0))
+                    .flatten()
+                else {
                     return Err(bad(format!(
-                        "--net-guarantee: network {} has no --bandwidth to guarantee a share of",
+                        "--net-guarantee {g}: network {} has no --bandwidth and the VE no --net-limit to take a share of",
                         net.name
                     )));
                 };
-                let want = g.bps(Some(bw.0)).unwrap_or(0);
-                if want > bw.0 {
+                if let Some(bw) = net.bandwidth
+                    && want > bw.0
+                {
                     return Err(bad(format!(
                         "--net-guarantee {g} is more than network {}'s bandwidth {bw}",
                         net.name

@@ -147,8 +147,14 @@ impl Host {
             ));
         }
         self.finish_move(&mut cfg)?;
+        // Staged, then put in place: a vectl killed in between leaves the
+        // staged copy, which the next command on the VE removes.
         self.pool()
-            .restore_snapshot(&ve, name)
+            .stage_restore(&ve, name)
+            .map_err(|e| ve_storage(&ve, e))?;
+        crate::failpoint::hit("restore-after-stage");
+        self.pool()
+            .commit_restore(&ve)
             .map_err(|e| ve_storage(&ve, e))?;
         if let Some(Size(d)) = cfg.limits.disk {
             // Growing or equal always fits; a snapshot bigger than today's limit

@@ -402,7 +402,21 @@ impl Host {
     /// stops it before it writes its intent, and start finishes the move
     /// first). Each step can be repeated, so a kill here is finished by the
     /// next command too.
+    ///
+    /// First, what a killed rollback or snapshot restore left of the VE's files
+    /// goes (a staged copy of a snapshot is deleted, a layer moved aside is put
+    /// back): a snapshot restore is undone, a pending rollback is then done
+    /// again below.
     pub(crate) fn finish_move(&self, cfg: &mut VeConfig) -> Result<Option<TemplateMove>> {
+        let pool = self.pool();
+        if pool.restore_left(&cfg.name) {
+            pool.finish_restore(&cfg.name).map_err(|e| {
+                Error::ve(
+                    &cfg.name,
+                    format!("cannot remove what a killed rollback or snapshot restore left: {e}"),
+                )
+            })?;
+        }
         let Some(m) = cfg.history.last().filter(|m| m.pending).cloned() else {
             return Ok(None);
         };

@@ -315,26 +315,40 @@ impl Host {
         // Leftovers of a create that was killed before it wrote the config.
         self.pool().remove_ve_volume(name)?;
         crate::failpoint::hit("create-before-volume");
-        self.pool().create_ve_volume(name)?;
-        if let Some(Size(d)) = cfg.limits.disk {
-            self.pool()
-                .set_disk_limit(name, Some(d))
-                .map_err(|e| disk_error(name, e))?;
-        }
-        let mnt = self.mount_dir(name);
-        fs::create_dir_all(&mnt).map_err(io_err(&mnt))?;
-        crate::failpoint::hit("create-after-volume");
-        let link = self.id_link(id);
-        remove_file(&link)?;
-        std::os::unix::fs::symlink(name, &link).map_err(io_err(&link))?;
-        if !cfg.nics.is_empty() {
-            // Its addresses and MACs are allowed before it can first send.
-            if let Err(e) = self.firewall_ve(&cfg, true) {
-                let _ = self.finish_destroy(name);
-                return Err(e);
+        // Everything made from here on goes again if a step fails (a full
+        // state root, a refused disk limit or firewall element).
+        let made = (|| {
+            self.pool().create_ve_volume(name)?;
+            if let Some(Size(d)) = cfg.limits.disk {
+                self.pool()
+                    .set_disk_limit(name, Some(d))
+                    .map_err(|e| disk_error(name, e))?;
             }
+            let mnt = self.mount_dir(name);
+            fs::create_dir_all(&mnt).map_err(io_err(&mnt))?;
+            crate::failpoint::hit("create-after-volume");
+            let link = self.id_link(id);
+            remove_file(&link)?;
+            std::os::unix::fs::symlink(name, &link).map_err(io_err(&link))?;
+            if !cfg.nics.is_empty() {
+                // Its addresses and MACs are allowed before it can first send.
+                self.mark_firewall()?;
+                self.firewall_ve(&cfg, true)?;
+                crate::failpoint::hit("create-after-firewall");
+            }
+            cfg.store(&self.config_path(name))?;
+            remove_file(&self.firewall_marker())
+        })();
+        if let Err(e) = made {
+            let _ = self.finish_destroy(name);
+            if !cfg.nics.is_empty() && self.apply_firewall(None).is_ok() {
+                let _ = remove_file(&self.firewall_marker());
+            }
+            return Err(match e {
+                e @ Error::Io { .. } => Error::ve(name, format!("not created: {e}")),
+                e => e,
+            });
         }
-        cfg.store(&self.config_path(name))?;
         Ok(cfg)
     }
 
@@ -650,6 +664,13 @@ impl Host {
             }
             return Err(Error::NoSuchVe(ve));
         };
+        // Its NICs' ports, shaping and firewall elements are found through the
+        // networks' configs: one that cannot be read is refused before anything
+        // changes, rather than leaving the VE half-destroyed.
+        if !cfg.nics.is_empty() {
+            self.net_configs()
+                .map_err(|e| Error::ve(&ve, format!("cannot destroy it: {e}")))?;
+        }
         if let Some(rs) = self.alive_state(&ve)? {
             if !force {
                 return Err(Error::Running { ve, pid: rs.pid });
@@ -663,10 +684,14 @@ impl Host {
             )?;
         }
         let cfg_path = self.config_path(&ve);
+        if !cfg.nics.is_empty() {
+            self.mark_firewall()?;
+        }
         fs::rename(&cfg_path, self.tombstone_path(&ve)).map_err(io_err(&cfg_path))?;
         crate::failpoint::hit("destroy-after-tombstone");
         self.finish_destroy(&ve)?;
-        self.firewall_ve(&cfg, false)
+        self.firewall_ve(&cfg, false)?;
+        remove_file(&self.firewall_marker())
     }
 
     /// [`Host::finish_destroy`] for a destroy or create that was killed: which
@@ -699,6 +724,8 @@ impl Host {
         }
         remove_file(&temp_path(&self.config_path(ve)))?;
         remove_file(&temp_path(&self.run_path(ve)))?;
+        remove_file(&self.set_marker(ve))?;
+        remove_file(&temp_path(&self.set_marker(ve)))?;
         remove_file(&self.tombstone_path(ve))
     }
 
@@ -706,6 +733,14 @@ impl Host {
     /// one. A refused change leaves kernel and config as they were.
     /// With `force`, admission control is skipped and a RAM limit below what the VE
     /// uses is written even where the kernel would OOM-kill to meet it (v2).
+    ///
+    /// Config and kernel cannot change together, so the old limits are written
+    /// first to a marker (`run/NAME.set-pending`), then the new config, then the
+    /// kernel; the marker goes last. A vectl killed in between leaves the marker,
+    /// and the next command that takes the VE's lock (or `show`) finishes the
+    /// change ([`Host::finish_set`]): the config's limits are written to the
+    /// kernel, or, where the kernel refuses them, kernel and config go back to
+    /// the marker's.
     pub(crate) fn set(
         &self,
         name_or_id: &str,
@@ -713,7 +748,7 @@ impl Host {
         force: bool,
     ) -> Result<SetOutcome> {
         let ve = self.resolve_existing(name_or_id)?;
-        let (_host, _lock, mut cfg) = self.lock_for_guarantees(&ve, Some(update))?;
+        let (_host, _lock, cfg) = self.lock_for_guarantees(&ve, Some(update))?;
         let limits = update.applied_to(&cfg.limits);
         let new_k = limits.resolve(&ve, cfg.id, &self.facts_for(&limits))?;
         self.check_disk_limit(&ve, &limits)?;
@@ -727,59 +762,151 @@ impl Host {
                 self.admit_net(&next, &limits)?;
             }
         }
+        // The intent: the limits to go back to.
+        let marker = self.set_marker(&ve);
+        let old_text = toml::to_string(&cfg.limits).map_err(|e| Error::Corrupt {
+            path: marker.clone(),
+            what: "pending limits change",
+            reason: e.to_string(),
+        })?;
+        // Not durable: the marker matters only while the kernel holds the VE's
+        // limits, which a reboot clears (start writes the config's).
+        crate::fsutil::write_atomic(&marker, old_text.as_bytes(), false)?;
+        let mut next = cfg.clone();
+        next.limits = limits.clone();
+        if let Err(e) = next.store(&self.config_path(&ve)) {
+            let _ = remove_file(&temp_path(&self.config_path(&ve)));
+            let _ = remove_file(&marker);
+            return Err(e);
+        }
+        crate::failpoint::hit("set-after-config");
+        // A --disk given is written even when the config already says so: it
+        // puts back a limit changed outside vectl (`btrfs qgroup limit`).
+        match self.apply_limits(&cfg, &limits, &new_k, update.disk.is_some(), force) {
+            Ok(live) => {
+                crate::failpoint::hit("set-after-kernel");
+                remove_file(&marker)?;
+                Ok(SetOutcome { live, limits })
+            }
+            Err(e) => {
+                // The kernel is as it was: so is the config, then the marker goes.
+                if cfg.store(&self.config_path(&ve)).is_ok() {
+                    let _ = remove_file(&marker);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Marks a change of a VE's limits in flight; holds the limits before it.
+    fn set_marker(&self, ve: &str) -> PathBuf {
+        self.root().join("run").join(format!("{ve}.set-pending"))
+    }
+
+    /// Writes `limits` (resolved: `new_k`) to the kernel for VE `cfg`, whose
+    /// config holds the limits the kernel had: the disk limit if `write_disk`,
+    /// and, while it runs, its cgroups and NIC shaping. Returns whether it runs.
+    /// A refused write puts back every one already made.
+    fn apply_limits(
+        &self,
+        cfg: &VeConfig,
+        limits: &Limits,
+        new_k: &KernelLimits,
+        write_disk: bool,
+        force: bool,
+    ) -> Result<bool> {
+        let ve = cfg.name.as_str();
+        let net_changed = cfg.limits.net_limit != limits.net_limit
+            || cfg.limits.net_guarantee != limits.net_guarantee;
         // The disk limit belongs to the VE's volume, running or not. It goes first:
         // it is the one a VE's use can refuse, and it is the easiest to put back.
         let old_disk = cfg.limits.disk.map(|Size(d)| d);
         let new_disk = limits.disk.map(|Size(d)| d);
-        // A --disk given is written even when the config already says so: it
-        // puts back a limit changed outside vectl (`btrfs qgroup limit`).
-        let disk_changed = update.disk.is_some();
-        if disk_changed {
+        if write_disk {
             self.pool()
-                .set_disk_limit(&ve, new_disk)
-                .map_err(|e| disk_error(&ve, e))?;
+                .set_disk_limit(ve, new_disk)
+                .map_err(|e| disk_error(ve, e))?;
         }
         // Back exactly as it was, whatever the VE wrote meanwhile.
         let undo_disk = || {
-            if disk_changed {
-                let _ = self.pool().force_disk_limit(&ve, old_disk);
+            if write_disk {
+                let _ = self.pool().force_disk_limit(ve, old_disk);
             }
         };
-        let live = self.alive_state(&ve)?.is_some();
-        let mut old_k = None;
-        if live {
-            let applied = self.cgroups().and_then(|cg| {
-                let current = cg.read_limits(&ve)?;
-                cg.apply(&ve, &current, &new_k, force)?;
-                Ok(current)
-            });
-            match applied {
-                Ok(current) => old_k = Some(current),
-                Err(e) => {
-                    undo_disk();
-                    return Err(e);
-                }
-            }
-            if net_changed && let Err(e) = self.reshape_nics(&cfg, &limits) {
-                if let Some(old) = old_k {
-                    let _ = self.cgroups()?.apply(&ve, &new_k, &old, true);
-                }
-                let mut now = cfg.clone();
-                now.limits = limits.clone();
-                let _ = self.reshape_nics(&now, &cfg.limits);
+        let live = self.alive_state(ve)?.is_some();
+        if !live {
+            return Ok(false);
+        }
+        let old_k = match self.cgroups().and_then(|cg| {
+            let current = cg.read_limits(ve)?;
+            cg.apply(ve, &current, new_k, force)?;
+            Ok(current)
+        }) {
+            Ok(current) => current,
+            Err(e) => {
                 undo_disk();
                 return Err(e);
             }
-        }
-        cfg.limits = limits.clone();
-        if let Err(e) = cfg.store(&self.config_path(&ve)) {
-            if let Some(old) = old_k {
-                let _ = self.cgroups()?.apply(&ve, &new_k, &old, true);
-            }
+        };
+        if net_changed && let Err(e) = self.reshape_nics(cfg, limits) {
+            let _ = self.cgroups()?.apply(ve, new_k, &old_k, true);
+            let mut now = cfg.clone();
+            now.limits = limits.clone();
+            let _ = self.reshape_nics(&now, &cfg.limits);
             undo_disk();
             return Err(e);
         }
-        Ok(SetOutcome { live, limits })
+        Ok(true)
+    }
+
+    /// Finishes what a killed vectl left half-done on VE `ve`, for every command
+    /// that takes the VE's lock: a change of limits ([`Host::finish_set`]).
+    pub(crate) fn finish_killed_changes(&self, ve: &str) -> Result<()> {
+        self.finish_set(ve)
+    }
+
+    /// Finishes a change of limits a killed vectl left (see [`Host::set`]), with
+    /// the VE's lock held: the config's limits are written to the kernel; if
+    /// the kernel refuses them, the kernel and the config go back to the limits
+    /// before the change. Then the marker goes. Nothing to do without one.
+    pub(crate) fn finish_set(&self, ve: &str) -> Result<()> {
+        let marker = self.set_marker(ve);
+        if !marker.exists() {
+            return Ok(());
+        }
+        let Some(cfg) = VeConfig::load(&self.config_path(ve))? else {
+            return remove_file(&marker);
+        };
+        let before: Option<Limits> = fs::read_to_string(&marker)
+            .ok()
+            .and_then(|t| toml::from_str(&t).ok());
+        let mut from = cfg.clone();
+        if let Some(b) = &before {
+            from.limits = b.clone();
+        }
+        let write_disk = self.pool().backend() == quota::Backend::Btrfs
+            && (before.is_none() || from.limits.disk != cfg.limits.disk);
+        let forward = cfg
+            .limits
+            .resolve(ve, cfg.id, &self.facts_for(&cfg.limits))
+            .and_then(|k| self.apply_limits(&from, &cfg.limits, &k, write_disk, false));
+        if let Err(e) = forward {
+            let Some(before) = before else {
+                return Err(Error::ve(
+                    ve,
+                    format!(
+                        "a change of its limits was killed and the kernel refuses its config's limits ({}): {e}",
+                        marker.display()
+                    ),
+                ));
+            };
+            let old_k = before.resolve(ve, cfg.id, &self.facts_for(&before))?;
+            self.apply_limits(&cfg, &before, &old_k, write_disk, true)?;
+            let mut back = cfg.clone();
+            back.limits = before;
+            back.store(&self.config_path(ve))?;
+        }
+        remove_file(&marker)
     }
 
     /// Publishes ports of a VE on the host's addresses (`add`) and withdraws
@@ -948,6 +1075,11 @@ impl Host {
     /// Everything about one VE.
     pub(crate) fn show(&self, name_or_id: &str) -> Result<VeDetails> {
         let ve = self.resolve_existing(name_or_id)?;
+        if self.set_marker(&ve).exists() {
+            // A change of limits was killed half-way: config and kernel agree
+            // again before they are shown.
+            drop(self.lock_ve(&ve)?);
+        }
         let cfg = self.load_config(&ve)?;
         let kernel_limits = cfg
             .limits

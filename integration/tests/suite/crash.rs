@@ -393,3 +393,133 @@ fn a_damaged_runtime_state_file_does_not_wedge_the_ve() {
     assert_eq!(r.code, 0, "{r:?}");
     assert_gone(&h, "damaged2");
 }
+
+/// The limits a VE's config holds, as (memory bytes, pids) the way [`kernel`]
+/// reads them back.
+fn config_limits(h: &TestHost, ve: &str) -> (String, String) {
+    let text = config_text(h, ve);
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key} = ")))
+            .unwrap_or_else(|| panic!("no {key} in the config of {ve}:\n{text}"))
+            .trim_matches('"')
+            .to_string()
+    };
+    let ram = field("ram");
+    let mib: u64 = ram.strip_suffix('M').unwrap().parse().unwrap();
+    ((mib << 20).to_string(), field("pids"))
+}
+
+/// A `set` killed between writing the config and the kernel (in either order)
+/// leaves them disagreeing only until the next command on the VE: after it,
+/// the kernel's knobs are the config's, and they are the new ones.
+fn set_crash(test: &str, failpoint: &str) {
+    let Some(h) = TestHost::new(test) else {
+        return;
+    };
+    let nexts: [(&str, &[&str]); 4] = [
+        ("by-show", &["show"]),
+        ("by-start", &["start"]),
+        ("by-set", &["set", "--cpu-limit", "50%"]),
+        ("by-exec", &["exec", "--", "true"]),
+    ];
+    for (ve, next) in nexts {
+        h.start_ve(ve, &["--ram", "128M", "--pids", "50"]);
+        let before = kernel(&h, ve);
+        assert_eq!((before.0.as_str(), before.2.as_str()), ("134217728", "50"));
+        crash_at(&h, failpoint, &["set", ve, "--ram", "256M", "--pids", "60"]);
+        // The next command, whatever it is (a start of a running VE is refused).
+        let mut args = next.to_vec();
+        args.insert(1, ve);
+        let r = run_guarded(&h, &args);
+        no_panic(&r);
+        let (ram, _, pids) = kernel(&h, ve);
+        assert_eq!(
+            (ram, pids),
+            config_limits(&h, ve),
+            "VE {ve}: kernel and config disagree after `{}` following a set killed at {failpoint}",
+            next.join(" ")
+        );
+        assert_eq!(
+            config_limits(&h, ve),
+            ("268435456".to_string(), "60".to_string()),
+            "VE {ve}: the killed set was not finished"
+        );
+        let show = h.json(&["show", ve]);
+        assert_eq!(show["limits"]["ram"], "256M", "{show}");
+        assert_eq!(consistent(&h, ve), "running");
+        // And the VE goes on as usual.
+        h.ok(&["set", ve, "--pids", "70"]);
+        assert_eq!(knob(&h, "pids", ve, "pids.max"), "70");
+        h.ok(&["stop", "--fast", ve]);
+        assert_stopped_clean(&h, ve);
+        h.ok(&["destroy", ve]);
+        assert_gone(&h, ve);
+    }
+    // A stopped VE: the next start starts it with the config's limits.
+    h.ok(&["create", "stopped", "--template", "bb", "--pids", "50"]);
+    crash_at(&h, failpoint, &["set", "stopped", "--pids", "60"]);
+    h.ok(&["start", "stopped"]);
+    assert_eq!(knob(&h, "pids", "stopped", "pids.max"), "60");
+    assert!(config_text(&h, "stopped").contains("pids = 60"));
+    h.ok(&["stop", "--fast", "stopped"]);
+    h.ok(&["destroy", "stopped"]);
+    assert_host_empty(&h);
+}
+
+#[test]
+fn crash_at_set_after_config() {
+    set_crash("crash_at_set_after_config", "set-after-config");
+}
+
+#[test]
+fn crash_at_set_after_kernel() {
+    set_crash("crash_at_set_after_kernel", "set-after-kernel");
+}
+
+/// The VE's elements in the firewall (its address and MAC in vectl's sets).
+fn firewall_text() -> String {
+    let out = std::process::Command::new("nft")
+        .args(["list", "ruleset"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "nft list ruleset: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_create_killed_after_its_firewall_elements_leaves_none_after_the_next_command() {
+    let test = "a_create_killed_after_its_firewall_elements_leaves_none_after_the_next_command";
+    let Some(h) = TestHost::new(test) else {
+        return;
+    };
+    let before = firewall_text();
+    crash_at(
+        &h,
+        "create-after-firewall",
+        &["create", "half", "--template", "bb", "--ip", "10.200.0.77"],
+    );
+    // The killed create allowed its address in the firewall; no config says so.
+    assert!(
+        firewall_text().contains("10.200.0.77"),
+        "{}",
+        firewall_text()
+    );
+    // The next command, whatever it is, makes the ruleset again from the configs.
+    h.ok(&["list"]);
+    let after = firewall_text();
+    assert!(!after.contains("10.200.0.77"), "{after}");
+    assert_eq!(after, before);
+    // A destroy killed after its tombstone: the next command removes its elements.
+    h.ok(&["create", "gone", "--template", "bb", "--ip", "10.200.0.78"]);
+    assert!(firewall_text().contains("10.200.0.78"));
+    crash_at(&h, "destroy-after-tombstone", &["destroy", "gone"]);
+    h.ok(&["list"]);
+    assert!(
+        !firewall_text().contains("10.200.0.78"),
+        "{}",
+        firewall_text()
+    );
+    assert_eq!(firewall_text(), before);
+    assert!(!h.root().join("run/firewall.pending").exists());
+}

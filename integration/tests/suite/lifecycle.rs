@@ -301,3 +301,127 @@ fn a_duplicate_id_from_an_edited_config_is_refused_at_start() {
     h.ok(&["start", "first"]);
     h.ok(&["start", "second"]);
 }
+
+#[test]
+fn destroy_with_a_corrupt_network_config_changes_nothing() {
+    let Some(h) = TestHost::new("destroy_with_a_corrupt_network_config_changes_nothing") else {
+        return;
+    };
+    h.ok(&[
+        "net",
+        "create",
+        "dnet",
+        "--mode",
+        "nat",
+        "--subnet",
+        "10.74.0.0/24",
+    ]);
+    h.ok(&["create", "still", "--template", "bb", "--net", "dnet"]);
+    h.start_ve("runs", &["--net", "dnet"]);
+    let net_file = h.root().join("nets/dnet.toml");
+    let good = fs::read_to_string(&net_file).unwrap();
+    fs::write(&net_file, "garbage = [").unwrap();
+    let rules = || integration::sh(&["nft", "list", "ruleset"]).unwrap();
+    let (state, ruleset) = (state_snapshot(&h), rules());
+    let pid = h.init_pid("runs");
+    let ips: Vec<String> = ["still", "runs"]
+        .iter()
+        .map(|ve| {
+            listed(&h, ve).unwrap()["nics"][0]["ip"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    for ip in &ips {
+        assert!(ruleset.contains(ip.as_str()), "no {ip} in:\n{ruleset}");
+    }
+    for args in [
+        &["destroy", "still"][..],
+        &["destroy", "--force", "runs"][..],
+    ] {
+        let line = h.fails(args);
+        assert!(
+            line.contains(args[args.len() - 1]) && line.contains("nets/dnet.toml"),
+            "{args:?}: {line}"
+        );
+        assert_eq!(
+            diff(&state, &state_snapshot(&h)),
+            "",
+            "{args:?} changed the state"
+        );
+        assert_eq!(ruleset, rules(), "{args:?} changed the firewall");
+    }
+    assert_eq!(h.init_pid("runs"), pid);
+    assert_eq!(h.exec("runs", &["true"]).code, 0);
+    assert_eq!(status(&h, "still"), "stopped");
+    // With the file repaired, destroy does it all.
+    fs::write(&net_file, good).unwrap();
+    h.ok(&["destroy", "still"]);
+    assert_gone(&h, "still");
+    h.ok(&["destroy", "--force", "runs"]);
+    assert_gone(&h, "runs");
+    let left = rules();
+    for ip in &ips {
+        assert!(
+            !left.contains(ip.as_str()),
+            "firewall elements of the destroyed VEs left ({ip}):\n{left}"
+        );
+    }
+}
+
+/// Fills the file system holding `dir` with one file, to the last byte.
+fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = fs::File::create(&path).unwrap();
+    for chunk in [1 << 20, 4096, 1] {
+        let buf = vec![0u8; chunk];
+        while f.write_all(&buf).is_ok() {}
+    }
+    path
+}
+
+#[test]
+fn a_create_that_fails_for_want_of_space_leaves_nothing() {
+    let test = "a_create_that_fails_for_want_of_space_leaves_nothing";
+    let Some(t) = TmpfsRoot::new(test) else {
+        return;
+    };
+    let rootfs = integration::busybox_rootfs().unwrap();
+    let r = t.run(&[
+        "template",
+        "import",
+        "bb",
+        "--from-dir",
+        rootfs.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = t.run(&["create", "first", "--template", "bb"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let view = t.view();
+    let filler = fill(view.parent().unwrap());
+    let before = snapshot(&view, false, &|_| false);
+    let r = t.run(&["create", "second", "--template", "bb"]);
+    no_panic(&r);
+    assert_eq!(r.code, 1, "{r:?}");
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{r:?}");
+    assert!(
+        lines[0].contains("second") && lines[0].contains("ves/") && lines[0].contains("space"),
+        "the message does not name the VE, the file and the reason: {}",
+        lines[0]
+    );
+    // No volume, id link, .tmp file or lock file: nothing at all.
+    assert_eq!(diff(&before, &snapshot(&view, false, &|_| false)), "");
+    // With space again, the same create works and takes the next id.
+    fs::remove_file(filler).unwrap();
+    let r = t.run(&["--json", "create", "second", "--template", "bb"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let cfg: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(cfg["id"], 101, "{cfg}");
+    for ve in ["first", "second"] {
+        let r = t.run(&["destroy", ve]);
+        assert_eq!(r.code, 0, "{r:?}");
+    }
+}

@@ -1042,3 +1042,40 @@ fn networks_are_made_again_after_a_reboot() {
     assert_eq!(links("vn1b"), vec!["vn1b".to_string()]);
     assert!(ruleset().contains(&format!(". {ip}")), "{}", ruleset());
 }
+
+#[test]
+fn a_net_guarantee_on_a_network_without_bandwidth_is_a_rate_or_a_share_of_the_limit() {
+    let Some(h) = TestHost::new("net_guarantee_nobw") else {
+        return;
+    };
+    // `default` has no --bandwidth: a rate is a guarantee as it is...
+    h.start_ve("rate", &["--net-guarantee", "10mbit"]);
+    // ... and a share is of the VE's own --net-limit (the README's example).
+    h.start_ve("share", &[]);
+    h.ok(&[
+        "set",
+        "share",
+        "--net-limit",
+        "100mbit",
+        "--net-guarantee",
+        "10%",
+    ]);
+    let id = h.json(&["net", "show", "default"])["id"].as_u64().unwrap();
+    let out = sh(&["tc", "class", "show", "dev", &format!("vn{id}d")]).unwrap();
+    // Each VE's class: rate = its guarantee (10mbit both), ceil its limit.
+    let rates: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("class htb 1:") && !l.contains("class htb 1:1 "))
+        .collect();
+    assert_eq!(rates.len(), 2, "{out}");
+    for l in &rates {
+        assert!(l.contains("rate 10Mbit"), "{out}");
+    }
+    assert!(rates.iter().any(|l| l.contains("ceil 100Mbit")), "{out}");
+    // A share with neither a bandwidth nor a limit is refused, naming both.
+    let e = h.fails(&["set", "rate", "--net-guarantee", "10%"]);
+    assert!(
+        e.contains("no --bandwidth and the VE no --net-limit"),
+        "{e}"
+    );
+}

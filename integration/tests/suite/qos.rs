@@ -10,9 +10,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
@@ -59,8 +57,10 @@ fn a_cpu_limit_caps_a_busy_ve_at_its_percentage() {
     let (wall, used) = cpu_over(&h, &["capped"], Duration::from_secs(3));
     let pct = used[0] / wall * 100.0;
     eprintln!("one busy loop under --cpu-limit 50%: {pct:.1}% of a CPU over {wall:.2} s");
+    // The cap holds (at most 55%); the loop runs (a busy machine may give
+    // it less than its cap).
     assert!(
-        (45.0..=55.0).contains(&pct),
+        (35.0..=55.0).contains(&pct),
         "a busy loop under --cpu-limit 50% got {pct:.1}% of a CPU over {wall:.2} s"
     );
 
@@ -71,7 +71,7 @@ fn a_cpu_limit_caps_a_busy_ve_at_its_percentage() {
     let pct = used[0] / wall * 100.0;
     eprintln!("two busy loops under --cpu-limit 50%: {pct:.1}% over {wall:.2} s");
     assert!(
-        (45.0..=55.0).contains(&pct),
+        (35.0..=55.0).contains(&pct),
         "two busy loops under --cpu-limit 50% got {pct:.1}% of a CPU together"
     );
 
@@ -83,8 +83,10 @@ fn a_cpu_limit_caps_a_busy_ve_at_its_percentage() {
     let (wall, used) = cpu_over(&h, &["capped"], Duration::from_secs(3));
     let pct = used[0] / wall * 100.0;
     eprintln!("two busy loops after set --cpu-limit 100%: {pct:.1}% over {wall:.2} s");
+    // Well above the old 50% (the raise took), at most the new cap; the
+    // lower bound leaves room for a machine busy with other work.
     assert!(
-        (90.0..=110.0).contains(&pct),
+        (75.0..=110.0).contains(&pct),
         "two busy loops after a live set --cpu-limit 100% got {pct:.1}% of a CPU"
     );
     assert_eq!(h.init_pid("capped"), init, "set restarted the VE");
@@ -976,121 +978,6 @@ fn lowering_ram_below_usage_with_force_makes_the_ve_fit() {
     );
     assert_eq!(h.init_pid("fat"), init);
     assert_eq!(wait_http(&h, "fat"), "hello from fat");
-}
-
-/// A vectl state directory on a tmpfs that only a private mount namespace of its
-/// own sees: a holder process keeps the namespace (and the mount) alive; vectl runs
-/// in it through nsenter. Dropping it ends the holder (the tmpfs goes with its
-/// namespace) and removes the cgroup parents `init` made.
-struct TmpfsRoot {
-    dir: tempfile::TempDir,
-    holder: Child,
-    cgroups: Vec<PathBuf>,
-}
-
-impl TmpfsRoot {
-    fn new(test: &str) -> Option<TmpfsRoot> {
-        let dir = tempfile::Builder::new()
-            .prefix("vectl-nsroot-")
-            .tempdir()
-            .unwrap();
-        let script = "mount -t tmpfs -o size=64m,mode=0755 vectl-test \"$1\" || exit 1; \
-                      echo ready; read _";
-        let holder = Command::new("unshare")
-            .args([
-                "--mount",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                script,
-                "sh",
-            ])
-            .arg(dir.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn();
-        let mut holder = match holder {
-            Ok(c) => c,
-            Err(e) => {
-                integration::skip(test, &format!("cannot run unshare: {e}"));
-                return None;
-            }
-        };
-        let mut line = String::new();
-        let _ = BufReader::new(holder.stdout.take().unwrap()).read_line(&mut line);
-        if line.trim() != "ready" {
-            let _ = holder.kill();
-            let out = holder.wait_with_output().unwrap();
-            integration::skip(
-                test,
-                &format!(
-                    "cannot mount a tmpfs in a private mount namespace: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
-            );
-            return None;
-        }
-        let mut t = TmpfsRoot {
-            dir,
-            holder,
-            cgroups: Vec::new(),
-        };
-        let name = integration::unique("vt-tmpfs");
-        let parent = match std::env::var("VECTL_TEST_CGROUP_BASE") {
-            Ok(base) => format!("{}/{name}", base.trim_end_matches('/')),
-            Err(_) => format!("./{name}"),
-        };
-        let r = t.run(&["init", "--backend", "dir", "--cgroup-parent", &parent]);
-        assert_eq!(r.code, 0, "init on tmpfs: {r:?}");
-        let r = t.run(&["--json", "host", "info"]);
-        let info: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
-        t.cgroups = info["cgroup_paths"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| PathBuf::from(p.as_str().unwrap()))
-            .collect();
-        Some(t)
-    }
-
-    /// The state directory, as vectl (inside the namespace) names it.
-    fn root(&self) -> PathBuf {
-        self.dir.path().join("root")
-    }
-
-    /// The state directory seen from the test (through the holder's /proc root).
-    fn view(&self) -> PathBuf {
-        let inner = self.root();
-        Path::new(&format!("/proc/{}/root", self.holder.id()))
-            .join(inner.strip_prefix("/").unwrap())
-    }
-
-    fn run(&self, args: &[&str]) -> Run {
-        let mut c = Command::new("nsenter");
-        c.arg("-t")
-            .arg(self.holder.id().to_string())
-            .args(["-m", "--"])
-            .arg(integration::vectl_bin())
-            .arg("--root")
-            .arg(self.root())
-            .args(args)
-            .env_remove("VECTL_ROOT")
-            .env_remove("VECTL_FAILPOINT")
-            .stdin(Stdio::null());
-        run_limited(c, Duration::from_secs(30))
-    }
-}
-
-impl Drop for TmpfsRoot {
-    fn drop(&mut self) {
-        let _ = self.holder.kill();
-        let _ = self.holder.wait();
-        for d in &self.cgroups {
-            let _ = std::fs::remove_dir(d);
-        }
-    }
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 use std::fs;
 
-use crate::common::publish_busybox;
+use crate::common::{crash_at, publish_busybox};
 use integration::TestHost;
 
 fn cat(h: &TestHost, ve: &str, path: &str) -> String {
@@ -583,4 +583,67 @@ fn files_vectl_writes_are_no_conflict_and_the_new_versions_show_through() {
     assert_eq!(r.code, 3, "{}{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("/etc/hosts"), "{}", r.stdout);
     assert!(!r.stdout.contains("/etc/hostname"), "{}", r.stdout);
+}
+
+#[test]
+fn a_copy_left_by_a_killed_rollback_or_restore_goes_at_the_next_start() {
+    let Some(h) = TestHost::with_btrfs("upgrade_restore_leftover", "1G") else {
+        return;
+    };
+    publish_busybox(&h, "bb", |t| {
+        fs::write(t.join("etc/app.conf"), "v2\n").unwrap()
+    }); // bb@2
+    let staged = |ve: &str| h.root().join(format!("pool/ves/.{ve}.restore"));
+
+    // A rollback killed after it staged the snapshot's copy, before its intent:
+    // the next start removes the copy; the VE stays upgraded, with its files.
+    h.ok(&["create", "rb", "--template", "bb@1"]);
+    h.ok(&["start", "rb"]);
+    h.ok(&["upgrade", "rb", "--template", "bb@2"]);
+    assert_eq!(
+        h.exec("rb", &["sh", "-c", "echo mine > /root/data"]).code,
+        0
+    );
+    crash_at(&h, "rollback-after-stop", &["rollback", "rb"]);
+    assert!(staged("rb").exists());
+    h.ok(&["start", "rb"]);
+    assert!(
+        !staged("rb").exists(),
+        "the next start left {}",
+        staged("rb").display()
+    );
+    assert_eq!(h.json(&["show", "rb"])["template"], "bb@2");
+    assert_eq!(cat(&h, "rb", "/root/data"), "mine\n");
+    // The rollback, again, does it all.
+    h.ok(&["rollback", "rb"]);
+    assert_eq!(h.json(&["show", "rb"])["template"], "bb@1");
+    assert!(!staged("rb").exists());
+
+    // A snapshot restore killed between staging and putting the copy in place:
+    // the next start removes the copy; the VE's own layer is untouched.
+    h.start_ve("sr", &[]);
+    assert_eq!(h.exec("sr", &["sh", "-c", "echo old > /root/data"]).code, 0);
+    h.ok(&["snapshot", "create", "sr", "s1"]);
+    assert_eq!(h.exec("sr", &["sh", "-c", "echo new > /root/data"]).code, 0);
+    h.ok(&["stop", "--fast", "sr"]);
+    crash_at(
+        &h,
+        "restore-after-stage",
+        &["snapshot", "restore", "sr", "s1"],
+    );
+    assert!(staged("sr").exists());
+    h.ok(&["start", "sr"]);
+    assert!(
+        !staged("sr").exists(),
+        "the next start left {}",
+        staged("sr").display()
+    );
+    assert_eq!(cat(&h, "sr", "/root/data"), "new\n");
+    h.ok(&["pool", "check"]);
+    // The restore, again, does it all.
+    h.ok(&["stop", "--fast", "sr"]);
+    h.ok(&["snapshot", "restore", "sr", "s1"]);
+    assert!(!staged("sr").exists());
+    h.ok(&["start", "sr"]);
+    assert_eq!(cat(&h, "sr", "/root/data"), "old\n");
 }

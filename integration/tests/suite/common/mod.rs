@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -951,4 +952,119 @@ pub fn template_versions(h: &TestHost) -> Vec<String> {
         .iter()
         .map(|t| format!("{}@{}", t["name"].as_str().unwrap(), t["version"]))
         .collect()
+}
+
+/// A vectl state directory on a tmpfs that only a private mount namespace of its
+/// own sees: a holder process keeps the namespace (and the mount) alive; vectl runs
+/// in it through nsenter. Dropping it ends the holder (the tmpfs goes with its
+/// namespace) and removes the cgroup parents `init` made.
+pub struct TmpfsRoot {
+    dir: tempfile::TempDir,
+    holder: Child,
+    cgroups: Vec<PathBuf>,
+}
+
+impl TmpfsRoot {
+    pub fn new(test: &str) -> Option<TmpfsRoot> {
+        let dir = tempfile::Builder::new()
+            .prefix("vectl-nsroot-")
+            .tempdir()
+            .unwrap();
+        let script = "mount -t tmpfs -o size=64m,mode=0755 vectl-test \"$1\" || exit 1; \
+                      echo ready; read _";
+        let holder = Command::new("unshare")
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                script,
+                "sh",
+            ])
+            .arg(dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn();
+        let mut holder = match holder {
+            Ok(c) => c,
+            Err(e) => {
+                integration::skip(test, &format!("cannot run unshare: {e}"));
+                return None;
+            }
+        };
+        let mut line = String::new();
+        let _ = BufReader::new(holder.stdout.take().unwrap()).read_line(&mut line);
+        if line.trim() != "ready" {
+            let _ = holder.kill();
+            let out = holder.wait_with_output().unwrap();
+            integration::skip(
+                test,
+                &format!(
+                    "cannot mount a tmpfs in a private mount namespace: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            );
+            return None;
+        }
+        let mut t = TmpfsRoot {
+            dir,
+            holder,
+            cgroups: Vec::new(),
+        };
+        let name = integration::unique("vt-tmpfs");
+        let parent = match std::env::var("VECTL_TEST_CGROUP_BASE") {
+            Ok(base) => format!("{}/{name}", base.trim_end_matches('/')),
+            Err(_) => format!("./{name}"),
+        };
+        let r = t.run(&["init", "--backend", "dir", "--cgroup-parent", &parent]);
+        assert_eq!(r.code, 0, "init on tmpfs: {r:?}");
+        let r = t.run(&["--json", "host", "info"]);
+        let info: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        t.cgroups = info["cgroup_paths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| PathBuf::from(p.as_str().unwrap()))
+            .collect();
+        Some(t)
+    }
+
+    /// The state directory, as vectl (inside the namespace) names it.
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    /// The state directory seen from the test (through the holder's /proc root).
+    pub fn view(&self) -> PathBuf {
+        let inner = self.root();
+        Path::new(&format!("/proc/{}/root", self.holder.id()))
+            .join(inner.strip_prefix("/").unwrap())
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        let mut c = Command::new("nsenter");
+        c.arg("-t")
+            .arg(self.holder.id().to_string())
+            .args(["-m", "--"])
+            .arg(integration::vectl_bin())
+            .arg("--root")
+            .arg(self.root())
+            .args(args)
+            .env_remove("VECTL_ROOT")
+            .env_remove("VECTL_FAILPOINT")
+            .stdin(Stdio::null());
+        run_limited(c, Duration::from_secs(30))
+    }
+}
+
+impl Drop for TmpfsRoot {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+        for d in &self.cgroups {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
 }
