@@ -42,6 +42,19 @@ if ! scripts/debian-mirror.sh; then
     echo "test.sh: no local Debian mirror: the debootstrap tests will SKIP"
 fi
 
+# What the host holds before the tests: after them, pass or fail, nothing may
+# have been added.
+scripts/host-objects.sh | sort >target/host-objects.before
+nothing_left() {
+    scripts/host-objects.sh | sort >target/host-objects.after
+    local left
+    left=$(comm -13 target/host-objects.before target/host-objects.after)
+    [ -z "$left" ] && return 0
+    echo "test.sh: the tests left these on the host (links, nft tables, loop devices, mounts, cgroups):" >&2
+    sed 's/^/  /' <<<"$left" >&2
+    return 1
+}
+
 step "unit and integration tests (real kernel, $(uname -r))"
 # A hung test must fail the run, not eat CI's whole time: the suite normally
 # takes a quarter of this limit. The lines "has been running for over 60
@@ -52,12 +65,19 @@ timeout --kill-after=30 "$tests_timeout" cargo test --workspace --no-fail-fast |
 if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
     echo "test.sh: the tests did not finish within ${tests_timeout}s (VECTL_TESTS_TIMEOUT): a test hangs" >&2
 fi
-[ "$rc" = 0 ] || exit "$rc"
+if [ "$rc" != 0 ]; then
+    nothing_left || true
+    exit "$rc"
+fi
 
 if [ -x integration/vm/run ]; then
     step "cgroup v2 suite in a VM"
     VECTL_VM_ALLOW_SKIP=1 integration/vm/run
 fi
+
+step "nothing left on the host"
+nothing_left || exit 1
+echo "no links, nft tables, loop devices, mounts or cgroups left"
 
 step "summary"
 skips=$(grep -c '^SKIP' "$VECTL_SKIP_LOG" || true)

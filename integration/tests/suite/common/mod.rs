@@ -955,9 +955,11 @@ pub fn template_versions(h: &TestHost) -> Vec<String> {
 }
 
 /// A vectl state directory on a tmpfs that only a private mount namespace of its
-/// own sees: a holder process keeps the namespace (and the mount) alive; vectl runs
-/// in it through nsenter. Dropping it ends the holder (the tmpfs goes with its
-/// namespace) and removes the cgroup parents `init` made.
+/// own sees, in a network namespace of its own (the default network's links and
+/// firewall go with it): a holder process keeps the namespaces (and the mount)
+/// alive; vectl runs in them through nsenter. Dropping it ends the holder (the
+/// tmpfs and the links go with their namespaces) and removes the cgroup parents
+/// `init` made.
 pub struct TmpfsRoot {
     dir: tempfile::TempDir,
     holder: Child,
@@ -975,6 +977,7 @@ impl TmpfsRoot {
         let holder = Command::new("unshare")
             .args([
                 "--mount",
+                "--net",
                 "--propagation",
                 "private",
                 "sh",
@@ -1047,7 +1050,7 @@ impl TmpfsRoot {
         let mut c = Command::new("nsenter");
         c.arg("-t")
             .arg(self.holder.id().to_string())
-            .args(["-m", "--"])
+            .args(["-m", "-n", "--"])
             .arg(integration::vectl_bin())
             .arg("--root")
             .arg(self.root())
