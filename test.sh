@@ -50,7 +50,7 @@ nothing_left() {
     local left
     left=$(comm -13 target/host-objects.before target/host-objects.after)
     [ -z "$left" ] && return 0
-    echo "test.sh: the tests left these on the host (links, nft tables, loop devices, mounts, cgroups):" >&2
+    echo "test.sh: the tests left these on the host (links, nft tables, loop devices, mounts, registered roots, cgroups):" >&2
     sed 's/^/  /' <<<"$left" >&2
     return 1
 }

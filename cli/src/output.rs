@@ -101,6 +101,33 @@ impl Out {
         }
     }
 
+    pub fn torn_down(&self, host: &Host, done: &ve_runtime::TornDown) {
+        if self.json {
+            self.print_json(done);
+            return;
+        }
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        println!("stopped VEs: {}", list(&done.stopped));
+        println!("removed networks' links: {}", list(&done.networks));
+        println!("removed nft tables: {} (ip, ip6, bridge)", done.nft_tables);
+        for c in &done.cgroups {
+            println!("removed cgroup: {}", c.display());
+        }
+        if let Some(p) = &done.unmounted {
+            println!("unmounted pool: {}", p.display());
+        }
+        println!(
+            "{}: nothing of this root's is left on the host; its files are kept (the next command makes what it needs again)",
+            host.root().display()
+        );
+    }
+
     pub fn host_info(&self, host: &Host) -> anyhow::Result<()> {
         let cg = host.cgroups()?;
         let cap = host.capacity();
@@ -120,8 +147,16 @@ impl Out {
         if let Some(problem) = &image_problem {
             self.warn(problem);
         }
+        let names = host.names();
+        let others = host.other_roots();
         let info = json!({
             "root": host.root(),
+            "identity": names.identity(),
+            "host_names": {
+                "nft_tables": names.table(),
+                "interfaces": names.glob(),
+            },
+            "other_roots": others,
             "pool": host.storage().dir(),
             "backend": host.settings().backend,
             "cgroup_version": cg.version(),
@@ -156,6 +191,29 @@ impl Out {
         let pct = |x: f64| format!("{:.1}%", x * 100.0);
         let rows = [
             ("root", host.root().display().to_string()),
+            (
+                "identity",
+                format!(
+                    "{} (nft tables {}, interfaces {})",
+                    names
+                        .identity()
+                        .unwrap_or("none: a root from before identities"),
+                    names.table(),
+                    names.glob()
+                ),
+            ),
+            (
+                "other roots",
+                if others.is_empty() {
+                    "none".into()
+                } else {
+                    others
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+            ),
             (
                 "pool",
                 format!(

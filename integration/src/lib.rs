@@ -21,8 +21,8 @@ use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use nix::sched::{CloneFlags, setns, unshare};
 
@@ -189,7 +189,15 @@ pub struct TestHost {
     pub name: String,
     root: tempfile::TempDir,
     cgroup_dirs: Vec<PathBuf>,
+    /// The thread's network namespace before this host's (restored on drop).
     old_netns: Option<OwnedFd>,
+    /// This host's network namespace (kept alive, and entered to clean up).
+    own_netns: Option<OwnedFd>,
+    /// The registry of roots its vectl uses (`VECTL_REGISTRY`): the host's own,
+    /// or shared with the host it was made beside ([`TestHost::beside`]).
+    registry: Arc<tempfile::TempDir>,
+    /// How its root names what it makes on the host.
+    names: netns::model::Names,
 }
 
 /// What a finished vectl run printed.
@@ -271,17 +279,44 @@ impl TestHost {
 
     /// A fresh host initialised with `init_args` beside its cgroup parent.
     pub fn bare_with(test: &str, init_args: &[&str]) -> Option<TestHost> {
+        TestHost::make(test, init_args, None)
+    }
+
+    /// A second root in this host's network namespace and registry, with the
+    /// busybox template as `bb`: two roots on one host. Drop it before `self`.
+    pub fn beside(&self, test: &str) -> Option<TestHost> {
+        TestHost::with_template(
+            TestHost::make(test, &["--backend", "dir"], Some(self))?,
+            test,
+        )
+    }
+
+    fn make(test: &str, init_args: &[&str], beside: Option<&TestHost>) -> Option<TestHost> {
         if !is_root(test) {
             return None;
         }
         let name = unique("vt");
-        let old_netns = fs::File::open("/proc/thread-self/ns/net")
-            .ok()
-            .map(OwnedFd::from);
-        if let Err(e) = unshare(CloneFlags::CLONE_NEWNET) {
-            skip(test, &format!("cannot create a network namespace: {e}"));
-            return None;
-        }
+        let here = || {
+            fs::File::open("/proc/thread-self/ns/net")
+                .ok()
+                .map(OwnedFd::from)
+        };
+        let (old_netns, registry) = match beside {
+            Some(other) => (None, other.registry.clone()),
+            None => {
+                let old = here();
+                if let Err(e) = unshare(CloneFlags::CLONE_NEWNET) {
+                    skip(test, &format!("cannot create a network namespace: {e}"));
+                    return None;
+                }
+                let registry = tempfile::Builder::new()
+                    .prefix("vectl-registry-")
+                    .tempdir()
+                    .expect("tempdir");
+                (old, Arc::new(registry))
+            }
+        };
+        let own_netns = here();
         let root = tempfile::Builder::new()
             .prefix("vectl-test-")
             .tempdir()
@@ -295,6 +330,9 @@ impl TestHost {
             root,
             cgroup_dirs: Vec::new(),
             old_netns,
+            own_netns,
+            registry,
+            names: netns::model::Names::default(),
         };
         let mut init = vec!["init", "--cgroup-parent", &parent];
         init.extend_from_slice(init_args);
@@ -307,7 +345,19 @@ impl TestHost {
             .iter()
             .map(|p| PathBuf::from(p.as_str().unwrap()))
             .collect();
+        h.names = netns::model::Names::new(info["identity"].as_str());
         Some(h)
+    }
+
+    /// How this host's root names what it makes on the host (from its
+    /// identity): its nft tables, bridges, ports and IFBs.
+    pub fn names(&self) -> &netns::model::Names {
+        &self.names
+    }
+
+    /// The registry of roots its vectl uses.
+    pub fn registry(&self) -> &Path {
+        self.registry.path()
     }
 
     /// The state directory.
@@ -325,6 +375,7 @@ impl TestHost {
         let mut c = Command::new(vectl_bin());
         c.arg("--root").arg(self.root.path());
         c.env_remove("VECTL_ROOT").env_remove("VECTL_FAILPOINT");
+        c.env("VECTL_REGISTRY", self.registry.path());
         c
     }
 
@@ -458,6 +509,25 @@ impl TestHost {
     /// unmounts its pool: what drop does, for a program whose panics abort (the
     /// benchmark calls it from its panic hook).
     pub fn release(&self) {
+        // In the host's own network namespace (a host made beside another may
+        // be dropped after it, which took the thread back out).
+        let back = match &self.own_netns {
+            Some(own) if !same_netns(own) => {
+                let back = fs::File::open("/proc/thread-self/ns/net")
+                    .ok()
+                    .map(OwnedFd::from);
+                let _ = setns(own, CloneFlags::CLONE_NEWNET);
+                back
+            }
+            _ => None,
+        };
+        self.release_here();
+        if let Some(fd) = back {
+            let _ = setns(fd, CloneFlags::CLONE_NEWNET);
+        }
+    }
+
+    fn release_here(&self) {
         // Every VE this host knows, killed and destroyed.
         if let Ok(out) = self.command().args(["--json", "list"]).output()
             && let Ok(list) = serde_json::from_slice::<serde_json::Value>(&out.stdout)
@@ -483,6 +553,15 @@ impl TestHost {
             let _ = nix::mount::umount2(&pool, nix::mount::MntFlags::MNT_DETACH);
         }
     }
+}
+
+/// Whether the thread is in the network namespace `ns`.
+fn same_netns(ns: &OwnedFd) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(here) = fs::metadata("/proc/thread-self/ns/net") else {
+        return false;
+    };
+    nix::sys::stat::fstat(ns).is_ok_and(|st| st.st_ino == here.ino() && st.st_dev == here.dev())
 }
 
 /// Why btrfs pools cannot be tested here (`None`: they can).

@@ -363,6 +363,7 @@ mod tests {
             bandwidth: None,
             allow_host: vec![],
             created: String::new(),
+            root: None,
         }
     }
 

@@ -21,7 +21,7 @@ use rtnetlink::{
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVlan, RouteMessageBuilder,
 };
 
-use crate::model::{Mode, NetConfig, ROUTED_GATEWAY, bridge_name, ifb_names, vlan_name};
+use crate::model::{Mode, NetConfig, ROUTED_GATEWAY};
 use crate::tc::{self, ClassRate};
 use crate::{Error, Result};
 
@@ -37,7 +37,7 @@ pub struct Shape {
 pub struct Attach {
     pub net: NetConfig,
     /// The two names the host side of the veth pair may take
-    /// ([`crate::model::port_names`]).
+    /// ([`crate::model::Names::ports`]).
     pub ports: [String; 2],
     /// Name inside the VE (`eth0`).
     pub ifname: String,
@@ -250,7 +250,7 @@ pub async fn net_up(h: &Handle, net: &NetConfig) -> Result<()> {
     };
     let mut upstream = uplink;
     if let (Some(vid), Some(parent)) = (net.vlan, uplink) {
-        let name = vlan_name(net.id);
+        let name = net.vlan_name();
         // The tagged frames leave through the parent: it must be up.
         h.link()
             .set(LinkUnspec::new_with_index(parent).up().build())
@@ -320,7 +320,7 @@ pub async fn net_up(h: &Handle, net: &NetConfig) -> Result<()> {
     }
     // The shaper is made with the network (under the host lock), so starts that
     // shape ports only add classes to it.
-    let (up, down) = ifb_names(net.id);
+    let (up, down) = net.ifb_names();
     tc::ensure_shaper(h, &up, &down, net.total_bps()).await?;
     Ok(())
 }
@@ -328,10 +328,10 @@ pub async fn net_up(h: &Handle, net: &NetConfig) -> Result<()> {
 /// Removes what [`net_up`] made: the bridge (releasing the uplink, and taking
 /// the VEs' ports with it), the VLAN link and the shaper. Missing pieces are fine.
 pub async fn net_down(h: &Handle, net: &NetConfig) -> Result<()> {
-    for name in [bridge_name(net.id), vlan_name(net.id)] {
+    for name in [net.bridge_name(), net.vlan_name()] {
         delete_link(h, &name).await?;
     }
-    let (up, down) = ifb_names(net.id);
+    let (up, down) = net.ifb_names();
     if find_link(h, &up).await?.is_some() || find_link(h, &down).await?.is_some() {
         tc::remove_shaper(h, &up, &down).await?;
     }
@@ -477,7 +477,7 @@ async fn attach_host(h: &Handle, ve_ns: BorrowedFd<'_>, n: &Attach) -> Result<St
             let br = n
                 .net
                 .bridge(is_operator_bridge(h, &n.net).await?)
-                .unwrap_or_else(|| bridge_name(n.net.id));
+                .unwrap_or_else(|| n.net.bridge_name());
             let bri = index_of(h, &br)
                 .await
                 .map_err(|_| err(&br, format!("network {}'s bridge is missing", n.net.name)))?;
@@ -494,7 +494,7 @@ async fn attach_host(h: &Handle, ve_ns: BorrowedFd<'_>, n: &Attach) -> Result<St
         }
     }
     if let Some(s) = &n.shape {
-        let (up, down) = ifb_names(n.net.id);
+        let (up, down) = n.net.ifb_names();
         tc::shape_port(h, &name, n.ip, &up, &down, s.minor, s.rate).await?;
     }
     Ok(name)
@@ -613,7 +613,7 @@ pub fn detach(nics: &[Detach]) -> Result<()> {
                 }
             }
             if let Some(minor) = n.minor {
-                let (up, down) = ifb_names(n.net.id);
+                let (up, down) = n.net.ifb_names();
                 if find_link(&h, &up).await?.is_some() {
                     tc::unshape_port(&h, None, n.ip, &up, &down, minor).await?;
                 }
@@ -635,7 +635,7 @@ pub fn reshape(
     let port = port.to_string();
     let shape = shape.cloned();
     on_host(|h| async move {
-        let (up, down) = ifb_names(net.id);
+        let (up, down) = net.ifb_names();
         match (&shape, old_minor) {
             (Some(s), _) => {
                 tc::shape_port(&h, &port, ip, &up, &down, s.minor, s.rate).await?;

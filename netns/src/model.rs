@@ -467,8 +467,8 @@ impl fmt::Display for HostAccess {
 
 serde_via_str!(HostAccess);
 
-/// The largest network id: interface names (`vn999p999999999`) must fit in 15
-/// characters.
+/// The largest network id: interface names (`vn999p999999999`, `vabrrp999999999`)
+/// must fit in 15 characters.
 pub const MAX_NET_ID: u32 = 999;
 
 /// A network as configured (`nets/<name>.toml`).
@@ -503,34 +503,126 @@ pub struct NetConfig {
     #[serde(default)]
     pub allow_host: Vec<HostAccess>,
     pub created: String,
+    /// The identity of the root the network belongs to, which its interfaces'
+    /// names derive from (see [`Names`]); none in a root made before roots had
+    /// identities. Not stored: the root's settings have it, and whoever loads
+    /// the config sets it.
+    #[serde(skip)]
+    pub root: Option<String>,
 }
 
-/// Name of the bridge vectl makes for network `id`.
-pub fn bridge_name(id: u32) -> String {
-    format!("vn{id}b")
+/// How one state root names what it makes on the host: its nft tables and the
+/// interfaces of its networks. A root has an identity (two lowercase letters,
+/// recorded in its settings at `init`) and every host-global name derives from
+/// it, so two roots on a host never see or touch each other's objects:
+///
+/// | object            | root `ab`         | a root from before identities |
+/// |-------------------|-------------------|-------------------------------|
+/// | nft tables        | `vectl-ab`        | `vectl`                       |
+/// | bridge of net 1   | `vab01b`          | `vn1b`                        |
+/// | port of VE 100    | `vab01p100`       | `vn1p100`                     |
+/// | IFBs              | `vab01u`/`vab01d` | `vn1u`/`vn1d`                 |
+/// | VLAN link         | `vab01v`          | `vn1v`                        |
+///
+/// With an identity the network id is written in two base-36 digits, so that
+/// the longest name (`vab` + `rr` + `p` + a 9-digit VE id) fits the kernel's 15
+/// characters. An identity never starts with `n`, so `vn*` (a root from before
+/// identities) and `vab*` never match each other's interfaces.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Names {
+    identity: Option<String>,
 }
-/// Name of the host side of VE `ve_id`'s port on network `net_id` (its first
-/// slot; see [`port_names`]).
-pub fn port_name(net_id: u32, ve_id: u32) -> String {
-    format!("vn{net_id}p{ve_id}")
-}
-/// Both names a VE's port on a network may have: a start takes the second when
-/// the first is still there, being removed by the kernel with the namespace of
-/// the VE's previous run (deleting it would wait out an RCU grace period).
-pub fn port_names(net_id: u32, ve_id: u32) -> [String; 2] {
-    [format!("vn{net_id}p{ve_id}"), format!("vn{net_id}q{ve_id}")]
-}
-/// Wildcards (nft) for all ports of network `id`, one per slot.
-pub fn port_globs(id: u32) -> [String; 2] {
-    [format!("vn{id}p*"), format!("vn{id}q*")]
-}
-/// Names of the network's IFB devices (traffic from the VEs, traffic to them).
-pub fn ifb_names(id: u32) -> (String, String) {
-    (format!("vn{id}u"), format!("vn{id}d"))
-}
-/// Name of the VLAN link vectl makes on the uplink.
-pub fn vlan_name(id: u32) -> String {
-    format!("vn{id}v")
+
+/// Letters an identity may start with: not `n` (see [`Names`]), nor the first
+/// letters after `v` of common interface names (`veth*`, `virbr*`, `vlan*`,
+/// `vxlan*`, `vmnet*`, `vcan*`, `vrf*`, `vboxnet*`, `vti*`, `vport*`).
+pub const IDENTITY_FIRST: &str = "adfghjkqsuwyz";
+
+impl Names {
+    /// The names of a root with `identity` (`None`: a root made before roots had
+    /// identities, which keeps its names).
+    pub fn new(identity: Option<&str>) -> Names {
+        Names {
+            identity: identity.map(str::to_string),
+        }
+    }
+
+    /// Whether `s` may be a root's identity: two lowercase ASCII letters, the
+    /// first one of [`IDENTITY_FIRST`].
+    pub fn valid_identity(s: &str) -> bool {
+        let b = s.as_bytes();
+        b.len() == 2 && IDENTITY_FIRST.as_bytes().contains(&b[0]) && b[1].is_ascii_lowercase()
+    }
+
+    pub fn identity(&self) -> Option<&str> {
+        self.identity.as_deref()
+    }
+
+    /// The name of the root's nft tables (one each in the ip, ip6 and bridge
+    /// families).
+    pub fn table(&self) -> String {
+        match &self.identity {
+            Some(i) => format!("vectl-{i}"),
+            None => "vectl".into(),
+        }
+    }
+
+    /// What all of the root's interface names start with.
+    pub fn prefix(&self) -> String {
+        match &self.identity {
+            Some(i) => format!("v{i}"),
+            None => "vn".into(),
+        }
+    }
+
+    /// An nft wildcard for all of the root's interfaces.
+    pub fn glob(&self) -> String {
+        format!("{}*", self.prefix())
+    }
+
+    /// The prefix of network `id`'s interfaces.
+    fn net(&self, id: u32) -> String {
+        match &self.identity {
+            Some(i) => {
+                const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+                let hi = DIGITS[(id / 36 % 36) as usize] as char;
+                let lo = DIGITS[(id % 36) as usize] as char;
+                format!("v{i}{hi}{lo}")
+            }
+            None => format!("vn{id}"),
+        }
+    }
+
+    /// Name of the bridge vectl makes for network `id`.
+    pub fn bridge(&self, id: u32) -> String {
+        format!("{}b", self.net(id))
+    }
+
+    /// Both names a VE's port on a network may have: a start takes the second
+    /// when the first is still there, being removed by the kernel with the
+    /// namespace of the VE's previous run (deleting it would wait out an RCU
+    /// grace period).
+    pub fn ports(&self, net_id: u32, ve_id: u32) -> [String; 2] {
+        let n = self.net(net_id);
+        [format!("{n}p{ve_id}"), format!("{n}q{ve_id}")]
+    }
+
+    /// Wildcards (nft) for all ports of network `id`, one per slot.
+    pub fn port_globs(&self, id: u32) -> [String; 2] {
+        let n = self.net(id);
+        [format!("{n}p*"), format!("{n}q*")]
+    }
+
+    /// Names of the network's IFB devices (traffic from the VEs, traffic to them).
+    pub fn ifbs(&self, id: u32) -> (String, String) {
+        let n = self.net(id);
+        (format!("{n}u"), format!("{n}d"))
+    }
+
+    /// Name of the VLAN link vectl makes on the uplink.
+    pub fn vlan(&self, id: u32) -> String {
+        format!("{}v", self.net(id))
+    }
 }
 
 /// The root class of a network without `--bandwidth`.
@@ -540,13 +632,50 @@ pub const UNLIMITED_BPS: u64 = 100_000_000_000;
 pub const ROUTED_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 1);
 
 impl NetConfig {
+    /// How the network's interfaces are named (its root's [`Names`]).
+    pub fn names(&self) -> Names {
+        Names::new(self.root.as_deref())
+    }
+
+    /// The bridge vectl makes for the network (see [`NetConfig::bridge`] for
+    /// the one its VEs' ports join).
+    pub fn bridge_name(&self) -> String {
+        self.names().bridge(self.id)
+    }
+
+    /// The first name of VE `ve_id`'s port on the network ([`Names::ports`]).
+    pub fn port_name(&self, ve_id: u32) -> String {
+        let [p, _] = self.names().ports(self.id, ve_id);
+        p
+    }
+
+    /// Both names VE `ve_id`'s port may have ([`Names::ports`]).
+    pub fn port_names(&self, ve_id: u32) -> [String; 2] {
+        self.names().ports(self.id, ve_id)
+    }
+
+    /// Wildcards (nft) for all of the network's ports.
+    pub fn port_globs(&self) -> [String; 2] {
+        self.names().port_globs(self.id)
+    }
+
+    /// The network's IFB devices (traffic from the VEs, traffic to them).
+    pub fn ifb_names(&self) -> (String, String) {
+        self.names().ifbs(self.id)
+    }
+
+    /// The VLAN link vectl makes on the uplink.
+    pub fn vlan_name(&self) -> String {
+        self.names().vlan(self.id)
+    }
+
     /// The bridge the VEs' ports join, if the mode has one: the uplink itself when
     /// bridged to an operator's bridge (`uplink_is_bridge`), else vectl's own.
     pub fn bridge(&self, uplink_is_bridge: bool) -> Option<String> {
         match self.mode {
             Mode::Routed => None,
             Mode::Bridged if uplink_is_bridge && self.vlan.is_none() => self.uplink.clone(),
-            _ => Some(bridge_name(self.id)),
+            _ => Some(self.bridge_name()),
         }
     }
 
@@ -585,7 +714,7 @@ impl NetConfig {
     /// The uplink interface after VLAN tagging: the VLAN link, or the uplink.
     pub fn effective_uplink(&self) -> Option<String> {
         match (self.vlan, &self.uplink) {
-            (Some(_), Some(_)) => Some(vlan_name(self.id)),
+            (Some(_), Some(_)) => Some(self.vlan_name()),
             (None, Some(u)) => Some(u.clone()),
             _ => None,
         }
@@ -847,6 +976,7 @@ mod tests {
             bandwidth: None,
             allow_host: vec![],
             created: String::new(),
+            root: None,
         };
         let mut used = BTreeSet::new();
         for want in 2..=6 {
@@ -869,7 +999,17 @@ mod tests {
                 .is_err()
         );
         assert_eq!(class_minor(net.subnet, Ipv4Addr::new(10, 0, 3, 2)), Some(3));
-        assert_eq!(port_name(999, 999_999_999).len(), 15);
+        assert_eq!(Names::new(None).ports(999, 999_999_999)[0].len(), 15);
+        let ab = Names::new(Some("ab"));
+        assert_eq!(ab.ports(999, 999_999_999)[1], "vabrrq999999999");
+        assert_eq!(ab.bridge(1), "vab01b");
+        assert_eq!(ab.ifbs(36), ("vab10u".into(), "vab10d".into()));
+        assert_eq!(ab.table(), "vectl-ab");
+        assert_eq!(Names::new(None).bridge(1), "vn1b");
+        assert!(Names::valid_identity("ab") && Names::valid_identity("zz"));
+        for bad in ["na", "ea", "a", "abc", "aB", "a1", ""] {
+            assert!(!Names::valid_identity(bad), "{bad}");
+        }
         let m = Mac::random().unwrap();
         assert_eq!(m.0[0] & 0x03, 0x02, "locally administered unicast");
         assert_eq!(m.to_string().parse::<Mac>().unwrap(), m);

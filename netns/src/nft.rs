@@ -20,7 +20,7 @@ use std::io::Write as _;
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
-use crate::model::{HostAccess, Mac, Mode, NetConfig, PortMap, Proto, bridge_name, port_globs};
+use crate::model::{HostAccess, Mac, Mode, Names, NetConfig, PortMap, Proto};
 use crate::{Error, Result};
 
 /// Bumped whenever the ruleset's shape changes: a network made in an older
@@ -52,24 +52,27 @@ pub struct FwPort {
 /// or destroyed (one small nft transaction instead of the whole ruleset).
 #[derive(Debug, Clone, Default)]
 pub struct VeRules {
+    /// The root's names (its tables).
+    pub names: Names,
     pub nics: Vec<FwNic>,
     pub published: Vec<FwPort>,
 }
 
 impl VeRules {
     fn script(&self, verb: &str) -> String {
+        let t = self.names.table();
         let mut s = String::new();
         let mut lan = std::collections::BTreeSet::new();
         for n in &self.nics {
             let _ = writeln!(
                 s,
-                "{verb} element ip vectl ve_ips {{ \"{}\" . {} }}",
+                "{verb} element ip {t} ve_ips {{ \"{}\" . {} }}",
                 n.port, n.ip
             );
             if n.mode.bridged() {
                 let _ = writeln!(
                     s,
-                    "{verb} element bridge vectl ve_ips {{ \"{}\" . {} }}\n{verb} element bridge vectl ve_macs {{ \"{}\" . {} }}",
+                    "{verb} element bridge {t} ve_ips {{ \"{}\" . {} }}\n{verb} element bridge {t} ve_macs {{ \"{}\" . {} }}",
                     n.port, n.ip, n.port, n.mac
                 );
             }
@@ -79,20 +82,20 @@ impl VeRules {
         }
         // Once per address (a NIC has two port names).
         for ip in lan {
-            let _ = writeln!(s, "{verb} element ip vectl lan_ves {{ {ip} }}");
+            let _ = writeln!(s, "{verb} element ip {t} lan_ves {{ {ip} }}");
         }
         for p in &self.published {
             let proto = p.port.proto;
             if verb == "add" {
                 let _ = writeln!(
                     s,
-                    "add element ip vectl published_{proto} {{ {} : {} . {} }}",
+                    "add element ip {t} published_{proto} {{ {} : {} . {} }}",
                     p.port.host_port, p.ip, p.port.ve_port
                 );
             } else {
                 let _ = writeln!(
                     s,
-                    "delete element ip vectl published_{proto} {{ {} }}",
+                    "delete element ip {t} published_{proto} {{ {} }}",
                     p.port.host_port
                 );
             }
@@ -120,6 +123,8 @@ impl VeRules {
 /// Everything the ruleset is made of.
 #[derive(Debug, Clone, Default)]
 pub struct Firewall {
+    /// The root's names: its tables, and the wildcard for all its interfaces.
+    pub names: Names,
     pub nets: Vec<NetConfig>,
     pub nics: Vec<FwNic>,
     pub published: Vec<FwPort>,
@@ -137,17 +142,22 @@ impl Firewall {
     /// The nft script that replaces vectl's tables with this ruleset (or removes
     /// them when there are no networks).
     pub fn script(&self) -> String {
+        let t = self.names.table();
+        let all = self.names.glob();
         let mut s = String::new();
         // Creating then deleting makes the delete safe when the table is absent.
-        s.push_str("table ip vectl\ndelete table ip vectl\n");
-        s.push_str("table bridge vectl\ndelete table bridge vectl\n");
-        s.push_str("table ip6 vectl\ndelete table ip6 vectl\n");
+        for family in ["ip", "bridge", "ip6"] {
+            let _ = writeln!(s, "table {family} {t}\ndelete table {family} {t}");
+        }
         if self.nets.is_empty() {
             return s;
         }
         // VEs are IPv4 only: nothing IPv6 from their ports or bridges reaches the
         // host or goes further (bridged ports are also held to IPv4 and ARP below).
-        s.push_str("table ip6 vectl {\n  chain ipv4_only {\n    type filter hook prerouting priority raw; policy accept;\n    iifname \"vn*\" drop\n  }\n}\n");
+        let _ = writeln!(
+            s,
+            "table ip6 {t} {{\n  chain ipv4_only {{\n    type filter hook prerouting priority raw; policy accept;\n    iifname \"{all}\" drop\n  }}\n}}"
+        );
         let ips: Vec<String> = self
             .nics
             .iter()
@@ -174,7 +184,7 @@ impl Firewall {
         };
 
         // --- ip vectl: NAT, published ports, forwarding policy, routed anti-spoofing.
-        s.push_str("table ip vectl {\n");
+        let _ = writeln!(s, "table ip {t} {{");
         let _ = writeln!(
             s,
             "  set ve_ips {{ type ifname . ipv4_addr;{} }}",
@@ -212,7 +222,7 @@ impl Firewall {
             "  chain antispoof {\n    type filter hook prerouting priority raw; policy accept;\n",
         );
         for n in self.nets.iter().filter(|n| n.mode == Mode::Routed) {
-            for g in port_globs(n.id) {
+            for g in n.port_globs() {
                 let _ = writeln!(s, "    iifname \"{g}\" iifname . ip saddr != @ve_ips drop");
             }
         }
@@ -232,9 +242,9 @@ impl Firewall {
                 if hook == "prerouting" {
                     for n in self.nets.iter().filter(|n| n.mode != Mode::Nat) {
                         let from: Vec<String> = if n.mode == Mode::Routed {
-                            port_globs(n.id).to_vec()
+                            n.port_globs().to_vec()
                         } else {
-                            vec![bridge_name(n.id)]
+                            vec![n.bridge_name()]
                         };
                         for f in from {
                             let _ = writeln!(s, "    iifname \"{f}\" return");
@@ -253,7 +263,7 @@ impl Firewall {
                 "  chain source_nat {\n    type nat hook postrouting priority srcnat; policy accept;\n",
             );
             for n in &nat_nets {
-                let br = bridge_name(n.id);
+                let br = n.bridge_name();
                 let _ = writeln!(
                     s,
                     "    ip saddr {sn} oifname != \"{br}\" masquerade\n    ip saddr {sn} oifname \"{br}\" ct status dnat masquerade\n    ip saddr 127.0.0.0/8 oifname \"{br}\" ct status dnat masquerade",
@@ -303,7 +313,7 @@ impl Firewall {
             "  chain isolate {\n    type filter hook forward priority filter; policy accept;\n    ct state established,related accept\n    ct status dnat accept\n",
         );
         for n in &self.nets {
-            let br = bridge_name(n.id);
+            let br = n.bridge_name();
             if matches!(n.mode, Mode::Nat | Mode::HostOnly) {
                 // Traffic within the bridge, where br_netfilter shows it here.
                 let _ = writeln!(s, "    iifname \"{br}\" oifname \"{br}\" accept");
@@ -312,14 +322,14 @@ impl Firewall {
                 Mode::Nat => {
                     let _ = writeln!(
                         s,
-                        "    iifname \"{br}\" oifname \"vn*\" drop\n    iifname \"{br}\" accept\n    oifname \"{br}\" drop"
+                        "    iifname \"{br}\" oifname \"{all}\" drop\n    iifname \"{br}\" accept\n    oifname \"{br}\" drop"
                     );
                 }
                 Mode::HostOnly => {
                     let _ = writeln!(s, "    iifname \"{br}\" drop\n    oifname \"{br}\" drop");
                 }
                 Mode::Routed => {
-                    let globs = port_globs(n.id);
+                    let globs = n.port_globs();
                     for a in &globs {
                         for b in &globs {
                             let _ = writeln!(s, "    iifname \"{a}\" oifname \"{b}\" accept");
@@ -328,7 +338,7 @@ impl Firewall {
                     for p in &globs {
                         let _ = writeln!(
                             s,
-                            "    iifname \"{p}\" oifname \"vn*\" drop\n    oifname \"{p}\" iifname \"vn*\" drop"
+                            "    iifname \"{p}\" oifname \"{all}\" drop\n    oifname \"{p}\" iifname \"{all}\" drop"
                         );
                     }
                 }
@@ -340,7 +350,7 @@ impl Firewall {
         // --- bridge vectl: a VE sends only from its own MAC and address.
         let bridged: Vec<&NetConfig> = self.nets.iter().filter(|n| n.mode.bridged()).collect();
         if !bridged.is_empty() {
-            s.push_str("table bridge vectl {\n");
+            let _ = writeln!(s, "table bridge {t} {{");
             let _ = writeln!(
                 s,
                 "  set ve_ips {{ type ifname . ipv4_addr;{} }}",
@@ -352,7 +362,7 @@ impl Firewall {
                 elements(&macs)
             );
             s.push_str("  chain loopback {\n    type filter hook prerouting priority -300; policy accept;\n");
-            for p in bridged.iter().flat_map(|n| port_globs(n.id)) {
+            for p in bridged.iter().flat_map(|n| n.port_globs()) {
                 let _ = writeln!(
                     s,
                     "    iifname \"{p}\" ip daddr 127.0.0.0/8 drop\n    iifname \"{p}\" ip saddr 127.0.0.0/8 drop"
@@ -360,7 +370,7 @@ impl Firewall {
             }
             s.push_str("  }\n");
             s.push_str("  chain antispoof {\n    type filter hook prerouting priority -300; policy accept;\n");
-            for p in bridged.iter().flat_map(|n| port_globs(n.id)) {
+            for p in bridged.iter().flat_map(|n| n.port_globs()) {
                 let _ = writeln!(
                     s,
                     "    iifname \"{p}\" iifname . ether saddr != @ve_macs drop\n    iifname \"{p}\" ether type != {{ ip, arp }} drop\n    iifname \"{p}\" ether type ip iifname . ip saddr != @ve_ips drop\n    iifname \"{p}\" ether type arp iifname . arp saddr ip != @ve_ips drop\n    iifname \"{p}\" ether type arp iifname . arp saddr ether != @ve_macs drop"
@@ -382,8 +392,8 @@ impl Firewall {
 /// bridged network's bridge also carries the LAN's packets: see [`lan_ingress`].
 fn ve_ingress(n: &NetConfig) -> Vec<String> {
     match n.mode {
-        Mode::Nat | Mode::HostOnly => vec![bridge_name(n.id)],
-        Mode::Routed => port_globs(n.id).to_vec(),
+        Mode::Nat | Mode::HostOnly => vec![n.bridge_name()],
+        Mode::Routed => n.port_globs().to_vec(),
         Mode::Bridged => Vec::new(),
     }
 }
@@ -391,7 +401,7 @@ fn ve_ingress(n: &NetConfig) -> Vec<String> {
 /// Where a bridged network's packets reach the IP layer: vectl's bridge, or the
 /// operator's bridge given as uplink (without a VLAN).
 fn lan_ingress(n: &NetConfig) -> Vec<String> {
-    let mut out = vec![bridge_name(n.id)];
+    let mut out = vec![n.bridge_name()];
     if n.vlan.is_none()
         && let Some(u) = &n.uplink
     {
@@ -455,12 +465,14 @@ mod tests {
             bandwidth: Some(Rate(1_000_000)),
             allow_host: vec![],
             created: String::new(),
+            root: None,
         }
     }
 
     #[test]
     fn the_ruleset_names_every_network_and_nic() {
         let fw = Firewall {
+            names: Names::default(),
             nets: vec![
                 net("a", 1, Mode::Nat, "10.0.1.0/24"),
                 net("b", 2, Mode::Routed, "192.0.2.0/24"),
@@ -491,6 +503,7 @@ mod tests {
             assert!(s.contains(want), "{want} missing from\n{s}");
         }
         let ve = VeRules {
+            names: Names::default(),
             nics: vec![fw.nics[0].clone()],
             published: fw.published.clone(),
         };
@@ -509,6 +522,54 @@ mod tests {
         );
         let empty = Firewall::default().script();
         assert!(!empty.contains('{'), "{empty}");
+    }
+
+    #[test]
+    fn a_root_with_an_identity_has_its_own_tables_and_touches_no_other_roots_interfaces() {
+        let mut a = net("a", 1, Mode::Nat, "10.0.1.0/24");
+        a.root = Some("ab".into());
+        let mut r = net("r", 2, Mode::Routed, "192.0.2.0/24");
+        r.root = Some("ab".into());
+        let fw = Firewall {
+            names: Names::new(Some("ab")),
+            nets: vec![a, r],
+            ..Firewall::default()
+        };
+        let s = fw.script();
+        for family in ["ip", "ip6", "bridge"] {
+            assert!(
+                s.contains(&format!("delete table {family} vectl-ab\n")),
+                "{s}"
+            );
+        }
+        assert!(s.contains("table ip vectl-ab {"), "{s}");
+        assert!(
+            s.contains("iifname \"vab01b\" oifname \"vab*\" drop"),
+            "{s}"
+        );
+        assert!(
+            s.contains("iifname \"vab02p*\" oifname \"vab*\" drop"),
+            "{s}"
+        );
+        assert!(s.contains("table ip6 vectl-ab {"), "{s}");
+        // Nothing of another root's, nor of a root from before identities.
+        assert!(!s.contains("vn") && !s.contains(" vectl "), "{s}");
+        let ve = VeRules {
+            names: Names::new(Some("ab")),
+            nics: vec![FwNic {
+                port: "vab01p100".into(),
+                ip: Ipv4Addr::new(10, 0, 1, 2),
+                mac: Mac([2, 0, 0, 0, 0, 100]),
+                mode: Mode::Nat,
+            }],
+            published: vec![],
+        };
+        assert_eq!(
+            ve.script("add"),
+            "add element ip vectl-ab ve_ips { \"vab01p100\" . 10.0.1.2 }\n\
+             add element bridge vectl-ab ve_ips { \"vab01p100\" . 10.0.1.2 }\n\
+             add element bridge vectl-ab ve_macs { \"vab01p100\" . 02:00:00:00:00:64 }\n"
+        );
     }
 
     /// The chain `name` of the script's table `table` (`ip vectl`), as text.
@@ -530,6 +591,7 @@ mod tests {
             mode,
         };
         Firewall {
+            names: Names::default(),
             nets: vec![
                 nat,
                 net("b", 2, Mode::Routed, "198.51.100.0/24"),
@@ -620,6 +682,7 @@ mod tests {
         );
         // A VE's own elements: its address among the LAN's VEs, once.
         let ve = VeRules {
+            names: Names::default(),
             nics: four_modes().nics[1..].to_vec(),
             published: vec![],
         };

@@ -6,7 +6,7 @@
 use std::net::Ipv4Addr;
 
 use crate::link::Shape;
-use crate::model::{self, HostAccess, Mode, NetConfig, PortMap};
+use crate::model::{self, HostAccess, Mode, Names, NetConfig, PortMap};
 use crate::nft::{FwNic, FwPort, VeRules};
 use crate::nic::Nic;
 use crate::tc::ClassRate;
@@ -25,14 +25,23 @@ pub trait Bandwidth {
 
 /// A VE's own elements of the firewall: one per port of each NIC whose network
 /// is in `nets`, and its published ports on its first NIC on a nat network.
-pub fn ve_rules(nets: &[NetConfig], id: u32, nics: &[Nic], publish: &[PortMap]) -> VeRules {
-    let mut r = VeRules::default();
+pub fn ve_rules(
+    names: &Names,
+    nets: &[NetConfig],
+    id: u32,
+    nics: &[Nic],
+    publish: &[PortMap],
+) -> VeRules {
+    let mut r = VeRules {
+        names: names.clone(),
+        ..VeRules::default()
+    };
     let net_of = |name: &str| nets.iter().find(|n| n.name == name);
     for nic in nics {
         let Some(net) = net_of(&nic.net) else {
             continue;
         };
-        for port in model::port_names(net.id, id) {
+        for port in net.port_names(id) {
             r.nics.push(FwNic {
                 port,
                 ip: nic.ip,
@@ -111,6 +120,7 @@ mod tests {
             bandwidth: None,
             allow_host: vec![],
             created: String::new(),
+            root: None,
         }
     }
 
@@ -176,11 +186,21 @@ mod tests {
             mac: model::Mac([2, 0, 0, 0, 0, 1]),
         };
         let publish: Vec<PortMap> = vec!["8080:80".parse().unwrap()];
-        let r = ve_rules(&[net()], 101, std::slice::from_ref(&nic), &publish);
+        let r = ve_rules(
+            &Names::default(),
+            &[net()],
+            101,
+            std::slice::from_ref(&nic),
+            &publish,
+        );
         assert_eq!(r.nics.len(), 2);
         assert_eq!(r.published.len(), 1);
         assert_eq!(r.published[0].ip, nic.ip);
         // A NIC on a network that is gone adds nothing.
-        assert!(ve_rules(&[], 101, &[nic], &publish).nics.is_empty());
+        assert!(
+            ve_rules(&Names::default(), &[], 101, &[nic], &publish)
+                .nics
+                .is_empty()
+        );
     }
 }

@@ -52,6 +52,10 @@ pub struct HostSettings {
     /// Limits a VE created without them gets.
     #[serde(default)]
     pub defaults: VeDefaults,
+    /// What the root's host-global names derive from (`roots.rs`); none in a
+    /// root made before roots had identities, which keeps its names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 /// The limits `create` gives a VE that names none of its own, so that no VE is
@@ -150,6 +154,7 @@ impl Default for HostSettings {
             cgroup: CgroupSettings::default(),
             reserve: Reserve::default(),
             defaults: VeDefaults::default(),
+            identity: None,
         }
     }
 }
@@ -179,6 +184,8 @@ pub struct InitOptions {
     pub pool_dev: Option<PathBuf>,
     /// Do not make the default nat network.
     pub no_net: bool,
+    /// The root's identity (default: a free one, at random).
+    pub identity: Option<String>,
 }
 
 /// The directories `init` makes in the state directory (besides `locks`).
@@ -232,6 +239,7 @@ impl Host {
         let locks_existed = root.join("locks").exists();
         let res = Host::init_locked(root, opts);
         if res.is_err() && !root.join("vectl.toml").exists() {
+            crate::roots::Registry::open().forget(root);
             // A first init that failed leaves nothing behind: what it made goes
             // (empty directories only; a pool it made was taken back already).
             for (d, existed) in INIT_DIRS.iter().zip(made_before).rev() {
@@ -288,6 +296,26 @@ impl Host {
                         resolved: Default::default(),
                     })?;
                 }
+                let registry = crate::roots::Registry::open();
+                if let Some(other) = registry
+                    .others(root)
+                    .into_iter()
+                    .find(|o| o.settings.cgroup == s.cgroup)
+                {
+                    return Err(Error::Option {
+                        option: format!("--cgroup-parent {}", s.cgroup.parent),
+                        reason: format!(
+                            "root {}'s cgroup parent already: give this root another",
+                            other.root.display()
+                        ),
+                    });
+                }
+                // Last: the identity is recorded in the registry at once.
+                let id = registry.claim_identity(opts.identity.as_deref(), root)?;
+                if opts.cgroup_parent.is_none() {
+                    s.cgroup.parent = format!("vectl-{id}");
+                }
+                s.identity = Some(id);
                 s
             }
         };
@@ -377,6 +405,15 @@ impl Host {
         };
         let templates =
             ve_templates::TemplateStore::new(&pool.templates_dir(), &root.join("locks"));
+        // The registry knows every root that was used since it was made (or
+        // cleared): one readlink when the entry is there.
+        // A registry that cannot be written (a read-only /var/lib) does not stop
+        // the command; a clash of identities does.
+        if let Err(e @ Error::Refused { .. }) =
+            crate::roots::Registry::open().register(settings.identity.as_deref(), root)
+        {
+            return Err(e);
+        }
         let host = Host {
             root: root.to_path_buf(),
             settings,
@@ -631,7 +668,7 @@ impl Drop for VeLock {
     }
 }
 
-fn load_settings(path: &Path) -> Result<Option<HostSettings>> {
+pub(crate) fn load_settings(path: &Path) -> Result<Option<HostSettings>> {
     let text = match fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -711,6 +748,16 @@ fn check_init_matches(s: &HostSettings, opts: &InitOptions, path: &Path) -> Resu
         && *p != s.cgroup.parent
     {
         return differs("cgroup parent", s.cgroup.parent.clone());
+    }
+    if let Some(i) = &opts.identity
+        && Some(i) != s.identity.as_ref()
+    {
+        return differs(
+            "identity",
+            s.identity
+                .clone()
+                .unwrap_or_else(|| "none (a root from before identities)".into()),
+        );
     }
     if let Some(b) = opts.backend
         && b != s.backend

@@ -51,6 +51,7 @@ mod net;
 mod options;
 mod pool;
 mod pool_check;
+mod roots;
 mod security;
 mod signal;
 mod snapshot;
@@ -85,6 +86,7 @@ pub use quota::{
     Backend as PoolBackend, LostImage, PoolSpace, SnapshotInfo, Source as PoolSource,
     UnknownBackend,
 };
+pub use roots::{DEFAULT_REGISTRY, REGISTRY_ENV, TornDown};
 pub use security::VE_CAPS;
 pub use signal::{BadSignal, parse_signal, signal_name};
 pub use snapshot::{Consistency, SnapshotMade};

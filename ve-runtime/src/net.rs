@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use netns::alloc::{choose_address, default_subnets, fresh_mac, host_name_servers};
 use netns::link::{Attach, Detach};
-use netns::model::{self, HostAccess, Mode, NetConfig, Rate, Subnet};
+use netns::model::{self, HostAccess, Mode, Names, NetConfig, Rate, Subnet};
 use netns::nft::Firewall;
 use netns::nic::ve_ifname;
 pub(crate) use netns::nic::{Nic, NicInfo, NicRequest};
@@ -147,7 +147,7 @@ impl Host {
     fn net_path(&self, name: &str) -> PathBuf {
         self.nets_dir().join(format!("{name}.toml"))
     }
-    fn net_marker(&self, name: &str) -> PathBuf {
+    pub(crate) fn net_marker(&self, name: &str) -> PathBuf {
         self.nets_dir().join(format!("{name}.up"))
     }
 
@@ -177,7 +177,11 @@ impl Host {
                 continue;
             };
             if validate_net_name(name).is_ok() {
-                out.push(load_net(&entry.path(), name)?);
+                out.push(load_net(
+                    &entry.path(),
+                    name,
+                    self.settings().identity.as_deref(),
+                )?);
             }
         }
         out.sort_by_key(|n| n.id);
@@ -191,7 +195,7 @@ impl Host {
         if !path.exists() {
             return Err(Error::NoSuchNet(name.to_string()));
         }
-        load_net(&path, name)
+        load_net(&path, name, self.settings().identity.as_deref())
     }
 
     /// Creates a network and its kernel side.
@@ -268,9 +272,15 @@ impl Host {
             if !model::valid_ifname(u) {
                 return bad(format!("--uplink {u:?} is not a valid interface name"));
             }
-            if u.starts_with("vn") {
+            let mut prefixes = vec!["vn".to_string(), self.names().prefix()];
+            prefixes.extend(
+                self.others()
+                    .iter()
+                    .map(|o| Names::new(o.settings.identity.as_deref()).prefix()),
+            );
+            if let Some(p) = prefixes.iter().find(|p| u.starts_with(p.as_str())) {
                 return bad(format!(
-                    "--uplink {u}: interfaces named vn* are vectl's own"
+                    "--uplink {u}: interfaces named {p}* are vectl's own"
                 ));
             }
             if u.contains(['"', '\\', '*']) {
@@ -331,6 +341,13 @@ impl Host {
             }
         }
         let ours = |sn: Subnet| nets.iter().find(|n| n.subnet.overlaps(sn));
+        // Other roots' networks, made or not (their bridges may be down).
+        let theirs: Vec<(PathBuf, NetConfig)> = self
+            .others()
+            .into_iter()
+            .flat_map(|o| o.nets().into_iter().map(move |n| (o.root.clone(), n)))
+            .collect();
+        let other_root = |sn: Subnet| theirs.iter().find(|(_, n)| n.subnet.overlaps(sn));
         let host_has = |sn: Subnet| {
             host_nets.iter().find(|(a, p)| {
                 sn.overlaps(Subnet {
@@ -351,6 +368,14 @@ impl Host {
                         other.name, other.subnet
                     ));
                 }
+                if let Some((root, other)) = other_root(sn) {
+                    return bad(format!(
+                        "subnet {sn} overlaps network {}'s {} of root {}",
+                        other.name,
+                        other.subnet,
+                        root.display()
+                    ));
+                }
                 if matches!(o.mode, Mode::Nat | Mode::HostOnly)
                     && let Some((a, p)) = host_has(sn)
                 {
@@ -367,7 +392,9 @@ impl Host {
                 ));
             }
             None => default_subnets()
-                .find(|sn| ours(*sn).is_none() && host_has(*sn).is_none())
+                .find(|sn| {
+                    ours(*sn).is_none() && other_root(*sn).is_none() && host_has(*sn).is_none()
+                })
                 .ok_or_else(|| net_err(name, "no free default subnet: give --subnet"))?,
         };
         let gateway = match (o.mode, o.gateway) {
@@ -397,6 +424,7 @@ impl Host {
             bandwidth: o.bandwidth,
             allow_host,
             created: crate::state::now_rfc3339(),
+            root: self.settings().identity.clone(),
         };
         let dir = self.nets_dir();
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
@@ -518,7 +546,7 @@ impl Host {
                     port: recorded
                         .get(i)
                         .cloned()
-                        .unwrap_or_else(|| model::port_name(net.id, v.id)),
+                        .unwrap_or_else(|| net.port_name(v.id)),
                     running,
                 });
             }
@@ -544,7 +572,10 @@ impl Host {
     /// `extra` (a VE being created or changed) counted in.
     fn firewall(&self, extra: Option<&VeConfig>) -> Result<Firewall> {
         let nets = self.net_configs()?;
-        let mut fw = Firewall::default();
+        let mut fw = Firewall {
+            names: self.names(),
+            ..Firewall::default()
+        };
         let mut all: Vec<(u32, Vec<Nic>, Vec<model::PortMap>)> = self
             .configs()?
             .into_iter()
@@ -555,7 +586,7 @@ impl Host {
             all.push((e.id, e.nics.clone(), e.ports.clone()));
         }
         for (id, nics, publish) in all {
-            let rules = ve_rules(&nets, id, &nics, &publish);
+            let rules = ve_rules(&fw.names, &nets, id, &nics, &publish);
             fw.nics.extend(rules.nics);
             fw.published.extend(rules.published);
         }
@@ -599,7 +630,13 @@ impl Host {
         if cfg.nics.is_empty() {
             return Ok(());
         }
-        let rules = ve_rules(&self.net_configs()?, cfg.id, &cfg.nics, &cfg.ports);
+        let rules = ve_rules(
+            &self.names(),
+            &self.net_configs()?,
+            cfg.id,
+            &cfg.nics,
+            &cfg.ports,
+        );
         let done = if add { rules.add() } else { rules.delete() };
         match done {
             Ok(()) => Ok(()),
@@ -706,7 +743,7 @@ impl Host {
             .enumerate()
             .map(|(i, (nic, net))| Attach {
                 net: net.clone(),
-                ports: model::port_names(net.id, cfg.id),
+                ports: net.port_names(cfg.id),
                 ifname: ve_ifname(i),
                 mac: nic.mac,
                 ip: nic.ip,
@@ -729,7 +766,7 @@ impl Host {
                 let net = nets.iter().find(|n| n.name == nic.net)?;
                 Some(Detach {
                     net: net.clone(),
-                    port: model::port_name(net.id, cfg.id),
+                    port: net.port_name(cfg.id),
                     ip: nic.ip,
                     minor: if all_classes {
                         model::class_minor(net.subnet, nic.ip)
@@ -753,11 +790,7 @@ impl Host {
             .flatten()
             .filter(|rs| rs.is_alive() && rs.ports.len() == cfg.nics.len())
             .map(|rs| rs.ports);
-        recorded.unwrap_or_else(|| {
-            nets.iter()
-                .map(|n| model::port_name(n.id, cfg.id))
-                .collect()
-        })
+        recorded.unwrap_or_else(|| nets.iter().map(|n| n.port_name(cfg.id)).collect())
     }
 
     /// Applies changed bandwidth settings to a running VE's NICs.
@@ -863,6 +896,24 @@ impl Host {
                     )));
                 }
             }
+            // The host's ports are one space for all roots.
+            for o in self.others() {
+                for v in o.ves() {
+                    if let Some(p) = cfg.ports.iter().find(|p| {
+                        v.ports
+                            .iter()
+                            .any(|q| q.host_port == p.host_port && q.proto == p.proto)
+                    }) {
+                        return Err(bad(format!(
+                            "--publish {p}: host port {}/{} is published by VE {} of root {} already",
+                            p.host_port,
+                            p.proto,
+                            v.name,
+                            o.root.display()
+                        )));
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -962,9 +1013,10 @@ pub(crate) fn for_ve(ve: &str, e: Error) -> Error {
     }
 }
 
-fn load_net(path: &Path, name: &str) -> Result<NetConfig> {
+/// Loads network `name`'s config, for the root with `identity`.
+fn load_net(path: &Path, name: &str, identity: Option<&str>) -> Result<NetConfig> {
     let text = fs::read_to_string(path).map_err(io_err(path))?;
-    let cfg: NetConfig = toml::from_str(&text).map_err(|e| Error::Corrupt {
+    let mut cfg: NetConfig = toml::from_str(&text).map_err(|e| Error::Corrupt {
         path: path.to_path_buf(),
         what: "network config",
         reason: e.message().replace('\n', " "),
@@ -976,6 +1028,7 @@ fn load_net(path: &Path, name: &str) -> Result<NetConfig> {
             reason: format!("it names network {:?}", cfg.name),
         });
     }
+    cfg.root = identity.map(str::to_string);
     Ok(cfg)
 }
 

@@ -35,6 +35,11 @@ pub struct InitArgs {
     /// created with --net).
     #[arg(long)]
     no_net: bool,
+    /// The root's identity, which the names of everything it makes on the host
+    /// derive from (nft tables `vectl-ID`, interfaces `vID*`, cgroup parent
+    /// `vectl-ID`): two lower-case letters; default: a free one at random.
+    #[arg(long, value_name = "ID")]
+    identity: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -43,6 +48,21 @@ pub enum HostCommand {
     Info,
     /// Change host settings.
     Set(HostSetArgs),
+    /// Stop this root's VEs and remove everything it made on the host (network
+    /// links, nft tables, cgroup parents, the pool mount and its loop device),
+    /// leaving its state directory and other roots as they are. The next
+    /// command on the root makes what it needs again.
+    Teardown(TeardownArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TeardownArgs {
+    /// Seconds each VE's init gets to halt before everything is killed.
+    #[arg(long, short, default_value_t = 30, value_name = "SECS")]
+    timeout: u64,
+    /// Kill the VEs at once, without asking their inits to halt.
+    #[arg(long)]
+    fast: bool,
 }
 
 #[derive(Debug, Args)]
@@ -78,6 +98,7 @@ pub fn init(ctx: &Ctx, a: InitArgs) -> Result<ExitCode> {
         pool_dir: a.pool_dir,
         pool_size: parse::opt(&a.pool_size, "", "pool-size")?.map(|s| s.0),
         pool_dev: a.pool_dev,
+        identity: a.identity,
         no_net: a.no_net,
     };
     let (host, created) = Host::init(&ctx.root, &opts)?;
@@ -89,6 +110,14 @@ pub fn init(ctx: &Ctx, a: InitArgs) -> Result<ExitCode> {
 pub fn run(ctx: &Ctx, cmd: HostCommand) -> Result<ExitCode> {
     match cmd {
         HostCommand::Info => ctx.out.host_info(&ctx.open()?)?,
+        HostCommand::Teardown(a) => {
+            let host = ctx.open()?;
+            let done = host.teardown(ve_runtime::StopOptions {
+                timeout: std::time::Duration::from_secs(a.timeout),
+                fast: a.fast,
+            })?;
+            ctx.out.torn_down(&host, &done);
+        }
         HostCommand::Set(a) => {
             let cpu = parse::opt(&a.reserve_cpu, "", "reserve-cpu")?;
             let ram = parse::opt(&a.reserve_ram, "", "reserve-ram")?;

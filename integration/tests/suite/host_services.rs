@@ -182,24 +182,30 @@ fn a_ve_cannot_reach_services_bound_to_the_hosts_loopback() {
     wait_http(&ip_of(&h, "a"));
     // The bridge's route_localnet (published ports answer on 127.0.0.1) is
     // what the attack rides on.
+    let bridge = h.names().bridge(1);
     assert_eq!(
-        std::fs::read_to_string("/proc/sys/net/ipv4/conf/vn1b/route_localnet")
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet"))
             .unwrap()
             .trim(),
         "1"
     );
+    let t = h.names().table();
     route_loopback_via(&h, "a", &gw);
     assert_blocked(&h, "a", &target, "the host's 127.0.0.1");
 
     // Each of the two layers holds on its own: without the loopback drops, the
     // host's input refuses the VE; without that, the loopback drops do.
-    nft("flush chain ip vectl loopback; flush chain bridge vectl loopback");
+    nft(&format!(
+        "flush chain ip {t} loopback; flush chain bridge {t} loopback"
+    ));
     assert_blocked(&h, "a", &target, "the input policy alone");
     reapply_firewall(&h);
-    nft("flush chain ip vectl host_access");
+    nft(&format!("flush chain ip {t} host_access"));
     assert_blocked(&h, "a", &target, "the loopback drops alone");
     // Without both, the same attempt gets through: it was a real one.
-    nft("flush chain ip vectl loopback; flush chain bridge vectl loopback");
+    nft(&format!(
+        "flush chain ip {t} loopback; flush chain bridge {t} loopback"
+    ));
     assert_eq!(
         http_from(&h, "a", &target).unwrap(),
         "loopback only\n",
@@ -370,12 +376,16 @@ fn networks_made_by_an_older_vectl_get_the_new_rules_at_the_next_start() {
     // without these chains.
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
     std::fs::write(h.root().join("nets/default.up"), boot.trim()).unwrap();
-    nft("delete chain ip vectl host_access; delete chain ip vectl loopback");
+    let t = h.names().table();
+    nft(&format!(
+        "delete chain ip {t} host_access; delete chain ip {t} loopback"
+    ));
     h.ok(&["start", "u"]);
-    let rules = sh(&["nft", "list", "table", "ip", "vectl"]).unwrap();
+    let rules = sh(&["nft", "list", "table", "ip", &t]).unwrap();
+    let bridge = h.names().bridge(1);
     assert!(
-        rules.contains("iifname \"vn1b\" jump to_host_1")
-            && rules.contains("iifname \"vn1b\" ip daddr 127.0.0.0/8 drop"),
+        rules.contains(&format!("iifname \"{bridge}\" jump to_host_1"))
+            && rules.contains(&format!("iifname \"{bridge}\" ip daddr 127.0.0.0/8 drop")),
         "{rules}"
     );
 }
@@ -493,6 +503,7 @@ fn hostile_etc_files_in_a_layer_neither_hang_nor_swell_a_start() {
         .arg(integration::vectl_bin())
         .arg("--root")
         .arg(h.root())
+        .env("VECTL_REGISTRY", h.registry())
         .args(["start", "f"])
         .stdin(std::process::Stdio::null());
     let r = crate::common::run_limited(cmd, Duration::from_secs(20));

@@ -148,6 +148,7 @@ fn capped(h: &TestHost, args: &[&str]) -> Run {
         .args(args)
         .env_remove("VECTL_ROOT")
         .env_remove("VECTL_FAILPOINT")
+        .env("VECTL_REGISTRY", h.registry())
         .stdin(Stdio::null());
     let r = run_limited(c, LIMIT);
     // Empty once the command is gone (TestHost's drop removes it otherwise).

@@ -23,6 +23,7 @@ mod limits;
 mod network;
 mod oci;
 mod qos;
+mod roots;
 mod stats;
 mod stop;
 mod storage;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use integration::{Lan, TestHost, sh};
 
 /// The address of a VE's first NIC.
-fn ip_of(h: &TestHost, ve: &str) -> String {
+pub(crate) fn ip_of(h: &TestHost, ve: &str) -> String {
     h.json(&["show", ve])["nics"][0]["ip"]
         .as_str()
         .expect("an address")
@@ -18,7 +18,7 @@ fn ip_of(h: &TestHost, ve: &str) -> String {
 }
 
 /// HTTP GET from the host's namespace (the test thread's), with a short timeout.
-fn http(addr: &str) -> Result<String, String> {
+pub(crate) fn http(addr: &str) -> Result<String, String> {
     let url = format!("http://{addr}/");
     sh(&["curl", "-sS", "-m", "3", &url])
 }
@@ -35,7 +35,7 @@ fn http_from(h: &TestHost, ve: &str, addr: &str) -> Result<String, String> {
 }
 
 /// Waits until a VE answers HTTP from the host (its init starts httpd).
-fn wait_http(addr: &str) -> String {
+pub(crate) fn wait_http(addr: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match http(addr) {
@@ -59,7 +59,7 @@ fn lan_http(net: &Lan, url: &str) -> String {
 }
 
 /// The links of the test's namespace whose names start with `prefix`.
-fn links(prefix: &str) -> Vec<String> {
+pub(crate) fn links(prefix: &str) -> Vec<String> {
     sh(&["ip", "-o", "link", "show"])
         .unwrap()
         .lines()
@@ -478,11 +478,9 @@ fn vlan_uplinks_tag_the_lan_traffic() {
     ]);
     h.start_ve("v1", &["--net", "v42", "--ip", "192.0.2.20"]);
     assert_eq!(lan_http(&net, "http://192.0.2.20/"), "hello from v1\n");
-    assert!(
-        links("vn").iter().any(|l| l.ends_with('v')),
-        "{:?}",
-        links("vn")
-    );
+    let id = h.json(&["net", "show", "v42"])["id"].as_u64().unwrap();
+    let vlan = h.names().vlan(u32::try_from(id).unwrap());
+    assert_eq!(links(&vlan), vec![vlan.clone()]);
 }
 
 #[test]
@@ -594,7 +592,10 @@ fn links_rules_and_routes_go_with_stop_destroy_and_net_rm() {
     ]);
     h.start_ve("c", &["--net", "tmp", "--publish", "9090:80"]);
     let id = h.json(&["show", "c"])["id"].as_u64().unwrap();
-    let port = format!("vn2p{id}");
+    let n = h.names();
+    let id = u32::try_from(id).unwrap();
+    let port = n.ports(2, id)[0].clone();
+    let net2 = n.bridge(2).trim_end_matches('b').to_string();
     assert_eq!(links(&port), vec![port.clone()]);
     assert!(ruleset().contains(&format!("\"{port}\" . 10.74.0.2")));
     assert!(ruleset().contains("9090 : 10.74.0.2 . 80"));
@@ -615,12 +616,12 @@ fn links_rules_and_routes_go_with_stop_destroy_and_net_rm() {
     assert!(
         links(&now).contains(&now),
         "{now} not in {:?}",
-        links("vn2")
+        links(&net2)
     );
     h.ok(&["set", "c", "--net-limit", "5mbit"]);
     let filters = sh(&["tc", "filter", "show", "dev", &now, "ingress"]).unwrap();
     assert!(
-        filters.contains("vn2u"),
+        filters.contains(&n.ifbs(2).0),
         "the live limit went to {now}: {filters}"
     );
     assert_eq!(wait_http("10.74.0.2"), "hello from c\n");
@@ -629,10 +630,10 @@ fn links_rules_and_routes_go_with_stop_destroy_and_net_rm() {
     assert!(!ruleset().contains(&port), "{}", ruleset());
     assert!(!ruleset().contains("9090"));
     h.ok(&["net", "rm", "tmp"]);
-    wait_gone("vn2");
-    assert!(!ruleset().contains("vn2"));
+    wait_gone(&net2);
+    assert!(!ruleset().contains(&net2));
     h.ok(&["net", "rm", "default"]);
-    wait_gone("vn");
+    wait_gone(&n.prefix());
     assert!(!ruleset().contains("vectl"), "{}", ruleset());
     // A VE created with no network has loopback only.
     h.start_ve("lonely", &["--net", "none"]);
@@ -1010,7 +1011,7 @@ fn a_net_guarantee_holds_under_contention_and_is_admission_controlled() {
         let out = sh(&["tc", "class", "show", "dev", dev]).unwrap();
         out.lines().filter(|l| l.contains("class htb")).count()
     };
-    let (up, down) = (format!("vn{id}u"), format!("vn{id}d"));
+    let (up, down) = h.names().ifbs(u32::try_from(id).unwrap());
     let with_two = (classes(&up), classes(&down));
     h.ok(&["stop", "--fast", "gold", "bulk"]);
     let with_none = (classes(&up), classes(&down));
@@ -1034,12 +1035,13 @@ fn networks_are_made_again_after_a_reboot() {
     h.ok(&["create", "rb", "-T", "bb"]);
     let ip = ip_of(&h, "rb");
     // What a reboot takes: the bridge, the firewall; the marker names an old boot.
-    sh(&["ip", "link", "del", "vn1b"]).unwrap();
+    let bridge = h.names().bridge(1);
+    sh(&["ip", "link", "del", &bridge]).unwrap();
     sh(&["nft", "flush", "ruleset"]).unwrap();
     std::fs::write(h.root().join("nets/default.up"), "an-earlier-boot").unwrap();
     h.ok(&["start", "rb"]);
     assert_eq!(wait_http(&ip), "hello from rb\n");
-    assert_eq!(links("vn1b"), vec!["vn1b".to_string()]);
+    assert_eq!(links(&bridge), vec![bridge.clone()]);
     assert!(ruleset().contains(&format!(". {ip}")), "{}", ruleset());
 }
 
@@ -1061,7 +1063,8 @@ fn a_net_guarantee_on_a_network_without_bandwidth_is_a_rate_or_a_share_of_the_li
         "10%",
     ]);
     let id = h.json(&["net", "show", "default"])["id"].as_u64().unwrap();
-    let out = sh(&["tc", "class", "show", "dev", &format!("vn{id}d")]).unwrap();
+    let down = h.names().ifbs(u32::try_from(id).unwrap()).1;
+    let out = sh(&["tc", "class", "show", "dev", &down]).unwrap();
     // Each VE's class: rate = its guarantee (10mbit both), ceil its limit.
     let rates: Vec<&str> = out
         .lines()

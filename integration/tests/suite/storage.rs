@@ -289,6 +289,7 @@ struct InitCase {
     dir: tempfile::TempDir,
     cgroup_parent: String,
     cgroup_dirs: Vec<PathBuf>,
+    registry: PathBuf,
 }
 
 impl InitCase {
@@ -311,6 +312,7 @@ impl InitCase {
                 .unwrap(),
             cgroup_parent,
             cgroup_dirs,
+            registry: h.registry().to_path_buf(),
         }
     }
 
@@ -325,6 +327,7 @@ impl InitCase {
             .arg(self.root())
             .args(["init", "--cgroup-parent", &self.cgroup_parent])
             .args(args)
+            .env("VECTL_REGISTRY", &self.registry)
             .stdin(Stdio::null());
         run_limited(c, Duration::from_secs(60))
     }

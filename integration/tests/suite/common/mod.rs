@@ -962,6 +962,8 @@ pub fn template_versions(h: &TestHost) -> Vec<String> {
 /// `init` made.
 pub struct TmpfsRoot {
     dir: tempfile::TempDir,
+    /// Its own registry of roots (`VECTL_REGISTRY`).
+    registry: tempfile::TempDir,
     holder: Child,
     cgroups: Vec<PathBuf>,
 }
@@ -1013,6 +1015,10 @@ impl TmpfsRoot {
         }
         let mut t = TmpfsRoot {
             dir,
+            registry: tempfile::Builder::new()
+                .prefix("vectl-registry-")
+                .tempdir()
+                .unwrap(),
             holder,
             cgroups: Vec::new(),
         };
@@ -1057,6 +1063,7 @@ impl TmpfsRoot {
             .args(args)
             .env_remove("VECTL_ROOT")
             .env_remove("VECTL_FAILPOINT")
+            .env("VECTL_REGISTRY", self.registry.path())
             .stdin(Stdio::null());
         run_limited(c, Duration::from_secs(30))
     }
