@@ -17,6 +17,7 @@ use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage,
 };
 use netlink_packet_route::route::RouteScope;
+use netlink_packet_route::rule::RuleAction;
 use rtnetlink::{
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVlan, RouteMessageBuilder,
 };
@@ -381,9 +382,72 @@ pub fn attach(ve_ns: BorrowedFd<'_>, nics: &[Attach]) -> Result<Vec<String>> {
         for n in &nics {
             attach_ve(&h, n).await?;
         }
+        // The main table's default route is the first gateway NIC's. Every
+        // further NIC with a gateway gets a table of its own, for what is sent
+        // from its address: replies to connections that came in through it (a
+        // port the host publishes to a nat eth1 beside a bridged eth0) leave
+        // the way they came, not by eth0's default route.
+        let gatewayed: Vec<&Attach> = nics
+            .iter()
+            .filter(|n| n.net.ve_gateway().is_some())
+            .collect();
+        for (i, n) in gatewayed.iter().enumerate().skip(1) {
+            let slot = u32::try_from(i).unwrap_or(u32::MAX - SOURCE_TABLES);
+            source_route(&h, n, SOURCE_TABLES + slot).await?;
+        }
         Ok(())
     })?;
     Ok(ports)
+}
+
+/// Routing tables (and rule priorities) vectl gives a VE's further NICs with a
+/// gateway: this plus the NIC's rank among them.
+const SOURCE_TABLES: u32 = 100;
+
+/// Routes what NIC `n` sends from its address through its own gateway (table
+/// and rule priority `table`): its subnet directly, the rest via the gateway.
+async fn source_route(h: &Handle, n: &Attach, table: u32) -> Result<()> {
+    let Some(gw) = n.net.ve_gateway() else {
+        return Ok(());
+    };
+    let idx = index_of(h, &n.ifname).await?;
+    let link_route = |dest: Ipv4Addr, prefix: u8| {
+        RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dest, prefix)
+            .output_interface(idx)
+            .scope(RouteScope::Link)
+            .table_id(table)
+            .build()
+    };
+    let mut routes = vec![if n.net.mode == Mode::Routed {
+        link_route(ROUTED_GATEWAY, 32)
+    } else {
+        link_route(n.net.subnet.addr, n.net.subnet.prefix)
+    }];
+    routes.push(
+        RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gw)
+            .output_interface(idx)
+            .table_id(table)
+            .build(),
+    );
+    for r in routes {
+        h.route()
+            .add(r)
+            .execute()
+            .await
+            .map_err(|e| err(&n.ifname, format!("routes of table {table}: {e}")))?;
+    }
+    h.rule()
+        .add()
+        .v4()
+        .source_prefix(n.ip, 32)
+        .table_id(table)
+        .action(RuleAction::ToTable)
+        .priority(table)
+        .execute()
+        .await
+        .map_err(|e| err(&n.ifname, format!("rule from {} lookup {table}: {e}", n.ip)))
 }
 
 /// Makes the veth pair `name` (host) / `n.ifname` (in the VE's namespace).

@@ -1082,3 +1082,75 @@ fn a_net_guarantee_on_a_network_without_bandwidth_is_a_rate_or_a_share_of_the_li
         "{e}"
     );
 }
+
+#[test]
+fn a_port_published_from_a_nat_nic_beside_a_bridged_one_answers_on_the_hosts_lan_address() {
+    let test = "publish_beside_bridged";
+    let Some(h) = TestHost::new(test) else {
+        return;
+    };
+    // The LAN: its router 192.0.2.1; the host at 192.0.2.2 on its bridge br0.
+    let Some(net) = lan(test, "up0", None, "192.0.2.1/24") else {
+        return;
+    };
+    for cmd in [
+        "ip link add br0 type bridge",
+        "ip link set up0 master br0",
+        "ip addr add 192.0.2.2/24 dev br0",
+        "ip link set br0 up",
+    ] {
+        sh(&cmd.split(' ').collect::<Vec<_>>()).unwrap();
+    }
+    h.ok(&[
+        "net",
+        "create",
+        "lan",
+        "--mode",
+        "bridged",
+        "--subnet",
+        "192.0.2.0/24",
+        "--uplink",
+        "br0",
+        "--gateway",
+        "192.0.2.1",
+    ]);
+    // eth0 on the LAN (its default route: the LAN's router), eth1 on the nat
+    // network, which publishes port 80 as the host's 8080.
+    h.start_ve(
+        "two",
+        &[
+            "--net",
+            "lan",
+            "--ip",
+            "192.0.2.20",
+            "--net",
+            "default",
+            "--publish",
+            "8080:80",
+        ],
+    );
+    assert_eq!(lan_http(&net, "http://192.0.2.20/"), "hello from two\n");
+    // The LAN reaches the published port on the host's address: the VE answers
+    // from eth1's address through eth1, not through eth0's default route.
+    assert_eq!(
+        lan_http(&net, "http://192.0.2.2:8080/"),
+        "hello from two\n",
+        "LAN -> host 192.0.2.2:8080 -> VE's nat NIC"
+    );
+    let rules = h.exec("two", &["ip", "rule"]).stdout;
+    assert!(
+        rules.contains(&format!("from {}", ip_of_nic(&h, "two", 1))),
+        "{rules}"
+    );
+    // And the VE's own traffic still leaves by eth0's default route.
+    let r = h.exec("two", &["ip", "route", "get", "198.51.100.7"]);
+    assert!(r.stdout.contains("via 192.0.2.1 dev eth0"), "{}", r.stdout);
+}
+
+/// The address of a VE's NIC number `i`.
+fn ip_of_nic(h: &TestHost, ve: &str, i: usize) -> String {
+    h.json(&["show", ve])["nics"][i]["ip"]
+        .as_str()
+        .expect("an address")
+        .to_string()
+}
