@@ -144,6 +144,19 @@ impl CreateArgs {
     /// command line (`at` = the positions of the --net and --ip values).
     fn nics(&self, at: &ArgPositions) -> Result<Option<Vec<NicRequest>>> {
         let ve = &self.name;
+        // Malformed is bad usage (exit 2); whether the address fits its
+        // network is the network's to say.
+        for ip in &self.ips {
+            let (addr, prefix) = ip.split_once('/').unwrap_or((ip, "32"));
+            let ok = ip == "auto"
+                || (addr.parse::<std::net::Ipv4Addr>().is_ok()
+                    && prefix.parse::<u8>().is_ok_and(|p| p <= 32));
+            if !ok {
+                return Err(crate::parse::usage(format!(
+                    "VE {ve}: --ip {ip}: not an IPv4 address (a.b.c.d, a.b.c.d/PREFIX or auto)"
+                )));
+            }
+        }
         if self.nets.is_empty() {
             return match self.ips.as_slice() {
                 [] => Ok(None),

@@ -792,7 +792,7 @@ fn bad_network_input_is_refused_with_one_clear_line() {
         ),
         (
             &["create", "v", "-T", "bb", "--ip", "banana"],
-            "expected an IPv4 address",
+            "--ip banana: not an IPv4 address",
         ),
         (
             &["create", "v", "-T", "bb", "--publish", "80"],
@@ -814,6 +814,7 @@ fn bad_network_input_is_refused_with_one_clear_line() {
         "unknown network mode",
         "invalid rate",
         "HOSTPORT:VEPORT",
+        "--ip banana: not an IPv4 address",
     ];
     for (args, want) in cases {
         let e = if usage.contains(want) {
