@@ -674,11 +674,22 @@ pub(crate) fn load_settings(path: &Path) -> Result<Option<HostSettings>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_err(path)(e)),
     };
-    toml::from_str(&text).map(Some).map_err(|e| Error::Corrupt {
+    let corrupt = |reason: String| Error::Corrupt {
         path: path.to_path_buf(),
         what: "host settings",
-        reason: e.message().replace('\n', " "),
-    })
+        reason,
+    };
+    let s: HostSettings =
+        toml::from_str(&text).map_err(|e| corrupt(e.message().replace('\n', " ")))?;
+    if let Some(i) = &s.identity
+        && !netns::model::Names::valid_identity(i)
+    {
+        return Err(corrupt(format!(
+            "identity {i:?}: two lower-case letters, the first one of {}",
+            netns::model::IDENTITY_FIRST
+        )));
+    }
+    Ok(Some(s))
 }
 
 /// Makes the btrfs file system of a new host's pool: on `--pool-dev`, on the

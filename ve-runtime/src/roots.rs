@@ -484,6 +484,19 @@ mod tests {
     }
 
     #[test]
+    fn an_identity_that_is_not_two_letters_is_a_corrupt_setting() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = tmp.path().join("r");
+        fs::create_dir_all(&r).unwrap();
+        fs::write(r.join("vectl.toml"), "version = 1\nidentity = \"../x\"\n").unwrap();
+        let e = crate::host::load_settings(&r.join("vectl.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("identity \"../x\""), "{e}");
+        assert!(alive("../x", &r).is_none());
+    }
+
+    #[test]
     fn a_second_root_from_before_identities_is_not_recorded_over_the_first() {
         let tmp = tempfile::tempdir().unwrap();
         let reg = Registry {

@@ -181,3 +181,39 @@ fn a_root_from_before_identities_keeps_its_names_beside_a_new_one() {
     assert_eq!(wait_http(&ip), "hello from w\n");
     assert!(table("vectl").contains(&format!(". {ip}")));
 }
+
+#[test]
+fn a_teardown_unmounts_the_pool_and_the_next_command_mounts_it_again() {
+    let test = "teardown_btrfs";
+    let Some(h) = TestHost::with_btrfs(test, "1G") else {
+        return;
+    };
+    h.start_ve("t", &[]);
+    h.ok(&["exec", "t", "--", "sh", "-c", "echo kept > /root/file"]);
+    let pool = h.root().join("pool");
+    let image = h.root().join("pool.img");
+    let loops = || sh(&["losetup", "-n", "-O", "NAME", "-j", image.to_str().unwrap()]).unwrap();
+    assert!(!loops().trim().is_empty());
+    let torn = h.json(&["host", "teardown", "--fast"]);
+    assert_eq!(torn["stopped"][0], "t", "{torn}");
+    assert_eq!(torn["unmounted"], pool.to_str().unwrap(), "{torn}");
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == pool.to_str());
+    assert!(!mounted, "the pool is still mounted");
+    // The loop device goes once the kernel lets go of the file system.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !loops().trim().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "loop device left: {}",
+            loops()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(links(&h.names().prefix()).is_empty());
+    // The next command mounts the pool again; the VE's files are all there.
+    h.ok(&["start", "t"]);
+    assert_eq!(h.exec("t", &["cat", "/root/file"]).stdout, "kept\n");
+}
