@@ -960,16 +960,11 @@ fn lowering_ram_below_usage_with_force_makes_the_ve_fit() {
     assert_eq!(qos_knobs(&h, "fat").memory_max, Some(32 * MIB));
     assert!(memory_used(&h, "fat") <= 32 * MIB);
     assert_eq!(h.json(&["show", "fat"])["limits"]["ram"], "32M");
-    // Room was made by killing the hog, not the VE: v2's OOM killer does it (and
-    // counts it); on v1, whose kernel refuses such a limit, vectl kills the
-    // process the OOM killer would pick.
-    if is_v2(&h) {
-        let st = ve_stats(&h, "fat");
-        assert!(
-            st["oom_kills"].as_u64().unwrap() >= 1,
-            "no OOM kill counted: {st}"
-        );
-    }
+    // Room was made by killing the hog, not the VE: vectl kills the process the
+    // OOM killer would pick (never the VE's init) before it writes the limit,
+    // on both versions (v2's kernel, left to it, went on to kill the init on the
+    // slow VM while the hog's memory was still being freed).
+    assert_eq!(ve_stats(&h, "fat")["status"], "running");
     // The hog (`dd` holding its buffer) is gone, once the kernel has reaped it.
     assert!(
         wait_until(Duration::from_secs(30), || procs_named(&h, "fat", "dd")

@@ -6,7 +6,7 @@
 use integration::{TestHost, sh};
 use netns::model::Names;
 
-use crate::common::knob;
+use crate::common::qos_knobs;
 use crate::network::{http, ip_of, links, wait_http};
 
 /// The ruleset of one nft table (`ip` family), or "" if there is none.
@@ -89,10 +89,8 @@ fn two_roots_on_one_host_own_their_objects_and_never_touch_each_others() {
     // Root b's changes leave root a's VE as it was.
     b.ok(&["init"]);
     b.ok(&["set", "web1", "--ram", "200M"]);
-    assert_eq!(
-        knob(&a, "memory", "web1", "memory.limit_in_bytes"),
-        (256u64 << 20).to_string()
-    );
+    assert_eq!(qos_knobs(&a, "web1").memory_max, Some(256 << 20));
+    assert_eq!(qos_knobs(&b, "web1").memory_max, Some(200 << 20));
     let r = b.exec("web1", &["cat", "/proc/1/cgroup"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(http("127.0.0.1:18080").unwrap(), "hello from web1\n");

@@ -623,6 +623,83 @@ pub(crate) fn read_procs_tree(dir: &Path) -> Result<Vec<i32>> {
     Ok(out)
 }
 
+/// Makes a VE fit a lower memory limit (`set --force --ram`, on both cgroup
+/// versions): while `fits` says it does not (it tries the limit, after what
+/// reclaim the kernel can do), kills the VE's process that the kernel's OOM
+/// killer would pick — highest oom_score, never the VE's init (pid 1 in its own
+/// namespace), never an unkillable one (oom_score_adj -1000) — and waits for its
+/// memory to go. vectl does the killing itself rather than let v2's kernel do
+/// it on the write of memory.max: the kernel goes on killing while the memory of
+/// a victim it killed is not freed yet, and on a slow machine that took the VE's
+/// init too.
+pub(crate) fn make_room(
+    procs: &Path,
+    used: &dyn Fn() -> u64,
+    fits: &mut dyn FnMut() -> Result<bool>,
+    refused: &dyn Fn(&str) -> Error,
+) -> Result<()> {
+    let mut killed = 0;
+    while !fits()? {
+        let Some(victim) = oom_victim(procs) else {
+            return Err(refused(" (only the VE's init is left)"));
+        };
+        if killed >= 256 {
+            return Err(refused(" (gave up after killing 256 processes)"));
+        }
+        let before = used();
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(victim),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        killed += 1;
+        // The memory is freed when the victim's address space goes, shortly after
+        // the signal; wait for that (or for the process to be gone) a little.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while std::time::Instant::now() < deadline
+            && used() >= before
+            && Path::new(&format!("/proc/{victim}/stat")).exists()
+            && !is_zombie(victim)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+    Ok(())
+}
+
+/// The process below cgroup `procs` the kernel's OOM killer would pick:
+/// highest oom_score, not the VE's init (its pid in its own namespace is 1),
+/// not unkillable.
+fn oom_victim(procs: &Path) -> Option<i32> {
+    let pids = read_procs_tree(procs).ok()?;
+    pids.into_iter()
+        .filter(|pid| {
+            let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let ns_pid = status
+                .lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))
+                .and_then(|l| l.split_whitespace().last().map(str::to_string));
+            let adj = fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap_or_default();
+            ns_pid.as_deref() != Some("1") && adj.trim() != "-1000" && !is_zombie(*pid)
+        })
+        .filter_map(|pid| {
+            let score: i64 = fs::read_to_string(format!("/proc/{pid}/oom_score"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
+            Some((score, pid))
+        })
+        .max()
+        .map(|(_, pid)| pid)
+}
+
+fn is_zombie(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.starts_with('Z')))
+        .unwrap_or(true)
+}
+
 /// Removes a cgroup tree bottom-up (the VE's root may have made sub-cgroups).
 pub(crate) fn rmdir_tree(dir: &Path) -> Result<()> {
     let rd = match fs::read_dir(dir) {

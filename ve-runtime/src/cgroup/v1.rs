@@ -539,11 +539,9 @@ impl CgroupBackend for V1 {
 }
 
 /// Lowers memory.limit_in_bytes of the VE's cgroup `mem` to `limit`. v1's kernel
-/// reclaims what it can and refuses (EBUSY) a limit below what the VE still uses;
-/// it never OOM-kills for a lower limit as v2 does. Without `force` the refusal
-/// names the usage. With `force` vectl does what v2's OOM killer would: it kills
-/// the VE's process with the highest oom_score (never the VE's init, never one
-/// with oom_score_adj -1000) and tries again, until the limit holds.
+/// reclaims what it can and refuses (EBUSY) a limit below what the VE still uses.
+/// Without `force` the refusal names the usage; with `force` vectl makes room
+/// ([`super::make_room`]) and tries again, until the limit holds.
 fn lower_ram(ve: &str, mem: &std::path::Path, limit: u64, force: bool) -> Result<()> {
     let used = || -> u64 {
         read_knob(mem, "memory.usage_in_bytes")
@@ -561,70 +559,15 @@ fn lower_ram(ve: &str, mem: &std::path::Path, limit: u64, force: bool) -> Result
         ),
         path: mem.join("memory.limit_in_bytes"),
     };
-    let mut killed = 0;
-    loop {
-        match write_knob(ve, mem, "memory.limit_in_bytes", &limit.to_string()) {
-            Ok(()) => return Ok(()),
-            Err(Error::Kernel { reason, .. }) if reason.contains("could not reclaim") => {}
-            Err(e) => return Err(e),
-        }
-        if !force {
-            return Err(refused(""));
-        }
-        let Some(victim) = oom_victim(mem) else {
-            return Err(refused(" (only the VE's init is left)"));
-        };
-        if killed >= 256 {
-            return Err(refused(" (gave up after killing 256 processes)"));
-        }
-        let before = used();
-        let _ = kill(Pid::from_raw(victim), Signal::SIGKILL);
-        killed += 1;
-        // The memory is freed when the victim's address space goes, shortly after
-        // the signal; wait for that (or for the process to be gone) a little.
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline
-            && used() >= before
-            && std::path::Path::new(&format!("/proc/{victim}/stat")).exists()
-            && !is_zombie(victim)
-        {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+    let mut fits = || match write_knob(ve, mem, "memory.limit_in_bytes", &limit.to_string()) {
+        Ok(()) => Ok(true),
+        Err(Error::Kernel { reason, .. }) if reason.contains("could not reclaim") => Ok(false),
+        Err(e) => Err(e),
+    };
+    if !force {
+        return if fits()? { Ok(()) } else { Err(refused("")) };
     }
-}
-
-/// The process of the VE the kernel's OOM killer would pick: highest oom_score,
-/// not the VE's init (its pid in its own namespace is 1), not unkillable.
-fn oom_victim(mem: &std::path::Path) -> Option<i32> {
-    let pids = read_procs_tree(mem).ok()?;
-    pids.into_iter()
-        .filter(|pid| {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            let ns_pid = status
-                .lines()
-                .find_map(|l| l.strip_prefix("NSpid:"))
-                .and_then(|l| l.split_whitespace().last().map(str::to_string));
-            let adj =
-                std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap_or_default();
-            ns_pid.as_deref() != Some("1") && adj.trim() != "-1000" && !is_zombie(*pid)
-        })
-        .filter_map(|pid| {
-            let score: i64 = std::fs::read_to_string(format!("/proc/{pid}/oom_score"))
-                .ok()?
-                .trim()
-                .parse()
-                .ok()?;
-            Some((score, pid))
-        })
-        .max()
-        .map(|(_, pid)| pid)
-}
-
-fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.starts_with('Z')))
-        .unwrap_or(true)
+    super::make_room(mem, &used, &mut fits, &refused)
 }
 
 #[cfg(test)]

@@ -241,11 +241,37 @@ impl CgroupBackend for V2 {
 
     fn apply(&self, ve: &str, old: &KernelLimits, new: &KernelLimits, force: bool) -> Result<()> {
         let dir = self.ve_dir(ve);
-        if !force
-            && let Some(limit) = new.memory_bytes
+        if let Some(limit) = new.memory_bytes
             && old.memory_bytes.is_none_or(|o| limit < o)
         {
-            fits_or_reclaim(ve, &dir, limit)?;
+            if force {
+                // Room is made before the limit is written, so that the kernel
+                // has nobody to OOM-kill for it (see `make_room`).
+                let used = || {
+                    read_knob(&dir, "memory.current")
+                        .ok()
+                        .and_then(|u| u.parse().ok())
+                        .unwrap_or(0)
+                };
+                let mut fits = || match fits_or_reclaim(ve, &dir, limit) {
+                    Ok(()) => Ok(true),
+                    Err(Error::Kernel { .. }) => Ok(false),
+                    Err(e) => Err(e),
+                };
+                let refused = |why: &str| Error::Kernel {
+                    ve: ve.to_string(),
+                    knob: "memory.max".into(),
+                    value: limit.to_string(),
+                    reason: format!(
+                        "the VE uses {} and the kernel could not reclaim enough{why}",
+                        crate::units::human_bytes(used())
+                    ),
+                    path: dir.join("memory.max"),
+                };
+                super::make_room(&dir, &used, &mut fits, &refused)?;
+            } else {
+                fits_or_reclaim(ve, &dir, limit)?;
+            }
         }
         let before = state(ve, &dir, old, Some(old))?;
         let after = state(ve, &dir, new, Some(old))?;
