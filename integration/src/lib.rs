@@ -360,6 +360,16 @@ impl TestHost {
         self.registry.path()
     }
 
+    /// Removes the state directory and (unless a host beside it still uses it)
+    /// the registry: what drop does with them, for a host that is never dropped
+    /// (the benchmarks', after [`TestHost::release`]).
+    pub fn remove_files(&self) {
+        let _ = fs::remove_dir_all(self.root.path());
+        if Arc::strong_count(&self.registry) == 1 {
+            let _ = fs::remove_dir_all(self.registry.path());
+        }
+    }
+
     /// The state directory.
     pub fn root(&self) -> &Path {
         self.root.path()

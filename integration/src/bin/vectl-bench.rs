@@ -124,7 +124,7 @@ fn main() {
     std::panic::set_hook(Box::new(move |info| {
         report(info);
         h.release();
-        let _ = fs::remove_dir_all(h.root());
+        h.remove_files();
     }));
     let mut storage = if btrfs {
         storage_figures(h, runs)
@@ -331,7 +331,7 @@ fn main() {
         ),
     ];
     h.release();
-    let _ = fs::remove_dir_all(h.root());
+    h.remove_files();
     let knob_rows: Vec<(&str, f64)> = per_knob
         .iter()
         .chain(&storage)

@@ -121,7 +121,7 @@ fn main() {
     std::panic::set_hook(Box::new(move |info| {
         report(info);
         h.release();
-        let _ = fs::remove_dir_all(h.root());
+        h.remove_files();
     }));
     let cycle = || {
         let t = Instant::now();
@@ -200,6 +200,7 @@ fn main() {
         }
     }
     h.release();
+    h.remove_files();
     if !added.is_empty() {
         std::process::exit(1);
     }
