@@ -574,6 +574,51 @@ fn same_netns(ns: &OwnedFd) -> bool {
     nix::sys::stat::fstat(ns).is_ok_and(|st| st.st_ino == here.ino() && st.st_dev == here.dev())
 }
 
+/// The benchmark programs' fixture: a host on a loop-backed btrfs pool of
+/// `pool_size` (the `dir` pool with `dir`, or where btrfs is missing), kept for
+/// the whole run. Release builds abort on panic, so no drop would clean up: a
+/// panic hook releases the host and removes its files. `None` (after SKIP) when
+/// this machine cannot run VEs.
+pub fn bench_host(program: &str, pool_size: &str, dir: bool) -> Option<&'static TestHost> {
+    let host = if dir || btrfs_missing().is_some() {
+        TestHost::new(program)
+    } else {
+        TestHost::with_btrfs(program, pool_size)
+    }?;
+    let h: &'static TestHost = Box::leak(Box::new(host));
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        h.release();
+        h.remove_files();
+    }));
+    Some(h)
+}
+
+/// The number after option `name` on the command line, or `default`.
+pub fn cli_number(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The median of `v` (sorting it); NaN when empty.
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
 /// Why btrfs pools cannot be tested here (`None`: they can).
 pub fn btrfs_missing() -> Option<String> {
     let mkfs = [

@@ -165,8 +165,13 @@ impl Registry {
     /// not recorded (the first keeps the entry); a live root that has the
     /// identity already is an error.
     pub(crate) fn register(&self, identity: Option<&str>, root: &Path) -> Result<()> {
-        let root = &canonical(root);
         let entry = key(identity);
+        // Every command comes here: one readlink when the entry names the root
+        // as given (the usual case), path resolution only otherwise.
+        if self.target(entry).as_deref() == Some(root) {
+            return Ok(());
+        }
+        let root = &canonical(root);
         if self.target(entry).as_deref() == Some(root) {
             return Ok(());
         }

@@ -44,20 +44,7 @@
 use std::fs;
 use std::time::{Duration, Instant};
 
-use integration::TestHost;
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = v.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
+use integration::{TestHost, cli_number, median};
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -95,37 +82,15 @@ fn memory_sample() -> (f64, f64) {
     (median(&mut avail), median(&mut used))
 }
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
-    let runs = arg("--runs", 20);
-    let nves = arg("--ves", 50);
+    let runs = cli_number("--runs", 20);
+    let nves = cli_number("--ves", 50);
     let json = std::env::args().any(|a| a == "--json");
     let btrfs = integration::btrfs_missing().is_none();
-    let host = if btrfs {
-        TestHost::with_btrfs("vectl-bench", "8G")
-    } else {
-        TestHost::new("vectl-bench")
-    };
-    let Some(h) = host else {
+    let Some(h) = integration::bench_host("vectl-bench", "8G", false) else {
         eprintln!("vectl-bench: cannot run here (see SKIP above)");
         std::process::exit(1);
     };
-    // Release builds abort on panic, so no drop would clean up: the hook does.
-    let h: &'static TestHost = Box::leak(Box::new(h));
-    let report = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        report(info);
-        h.release();
-        h.remove_files();
-    }));
     let mut storage = if btrfs {
         storage_figures(h, runs)
     } else {

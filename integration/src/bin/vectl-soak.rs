@@ -23,24 +23,11 @@ use std::fs;
 use std::path::Path;
 use std::time::Instant;
 
-use integration::{TestHost, sh};
+use integration::{TestHost, cli_number, median, sh};
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v[v.len() / 2]
+/// The median of a slice, left as it is.
+fn median_of(v: &[f64]) -> f64 {
+    median(&mut v.to_vec())
 }
 
 /// Every path below `dir`, relative to it.
@@ -97,32 +84,19 @@ fn holdings(h: &TestHost) -> BTreeSet<String> {
     }
     let mut f = BTreeSet::new();
     files(h.root(), h.root(), &mut f);
-    // What changes with time, not with VEs: the pool image's mount directory
-    // contents are listed through `pool/` anyway.
     out.extend(f);
     out
 }
 
 fn main() {
-    let cycles = arg("--cycles", 1000);
+    let cycles = cli_number("--cycles", 1000);
     let json = std::env::args().any(|a| a == "--json");
-    let btrfs = !std::env::args().any(|a| a == "--dir") && integration::btrfs_missing().is_none();
-    let host = if btrfs {
-        TestHost::with_btrfs("vectl-soak", "2G")
-    } else {
-        TestHost::new("vectl-soak")
-    };
-    let Some(h) = host else {
+    let dir = std::env::args().any(|a| a == "--dir");
+    let btrfs = !dir && integration::btrfs_missing().is_none();
+    let Some(h) = integration::bench_host("vectl-soak", "2G", dir) else {
         eprintln!("vectl-soak: cannot run here (see SKIP above)");
         std::process::exit(1);
     };
-    let h: &'static TestHost = Box::leak(Box::new(h));
-    let report = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        report(info);
-        h.release();
-        h.remove_files();
-    }));
     let cycle = || {
         let t = Instant::now();
         h.ok(&[
@@ -152,15 +126,15 @@ fn main() {
             eprintln!(
                 "vectl-soak: {} cycles, median of the last 100: {:.1} ms",
                 i + 1,
-                median(&times[i + 1 - 100..])
+                median_of(&times[i + 1 - 100..])
             );
         }
     }
     std::thread::sleep(std::time::Duration::from_millis(500));
     let after = holdings(h);
     let tenth = (cycles / 10).max(1);
-    let first = median(&times[..tenth]);
-    let last = median(&times[cycles - tenth..]);
+    let first = median_of(&times[..tenth]);
+    let last = median_of(&times[cycles - tenth..]);
     let added: Vec<&String> = after.difference(&before).collect();
     let gone: Vec<&String> = before.difference(&after).collect();
     if json {
@@ -169,7 +143,7 @@ fn main() {
             serde_json::json!({
                 "cycles": cycles,
                 "seconds": started.elapsed().as_secs_f64(),
-                "cycle_ms_median": median(&times),
+                "cycle_ms_median": median_of(&times),
                 "first_tenth_ms": first,
                 "last_tenth_ms": last,
                 "drift": last / first,
@@ -183,7 +157,7 @@ fn main() {
             "{cycles} cycles in {:.0} s on the {} pool: median cycle {:.0} ms; first tenth {first:.0} ms, last tenth {last:.0} ms (drift {:.2}x)",
             started.elapsed().as_secs_f64(),
             if btrfs { "btrfs" } else { "dir" },
-            median(&times),
+            median_of(&times),
             last / first
         );
         println!(
