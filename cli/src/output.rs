@@ -963,13 +963,31 @@ impl Out {
         rows.print();
     }
 
+    pub fn userns_set(&self, ve: &str, range: Option<ve_runtime::IdRange>) {
+        if self.json {
+            self.print_json(&json!({
+                "name": ve,
+                "privileged": range.is_none(),
+                "userns": range,
+            }));
+            return;
+        }
+        match range {
+            Some(r) => println!("VE {ve}: in its own user namespace (host ids {r})"),
+            None => println!("VE {ve}: privileged (no user namespace)"),
+        }
+    }
+
     pub fn list(&self, ves: &[VeInfo]) {
+        fn userns_mode(v: &VeInfo) -> &'static str {
+            if v.privileged { "host" } else { "private" }
+        }
         if self.json {
             self.print_json(&ves);
             return;
         }
         let mut rows = Table::new(&[
-            "ID", "NAME", "STATUS", "TEMPLATE", "RAM", "CPU", "PIDS", "ADDRESS", "UPTIME",
+            "ID", "NAME", "STATUS", "TEMPLATE", "RAM", "CPU", "PIDS", "ADDRESS", "USERNS", "UPTIME",
         ]);
         for v in ves {
             rows.row(vec![
@@ -981,6 +999,7 @@ impl Out {
                 v.limits.cpu_limit.map_or("-".into(), |c| c.to_string()),
                 v.limits.pids.map_or("-".into(), |p| p.to_string()),
                 v.nics.first().map_or("-".into(), |n| n.ip.to_string()),
+                userns_mode(v).into(),
                 v.uptime_secs.map_or("-".into(), duration),
             ]);
         }
@@ -1001,6 +1020,13 @@ impl Out {
             ("status", i.status.to_string()),
             ("template", i.template.clone()),
             ("hostname", i.hostname.clone()),
+            (
+                "user namespace",
+                match i.userns {
+                    Some(r) => format!("private (host ids {r})"),
+                    None => "host (privileged)".into(),
+                },
+            ),
             ("init", d.init.join(" ")),
             ("stop signal", d.stop_signal.clone()),
             ("created", d.created.clone()),

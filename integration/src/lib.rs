@@ -503,6 +503,13 @@ impl TestHost {
     pub fn init_pid(&self, ve: &str) -> i32 {
         self.json(&["show", ve])["pid"].as_i64().expect("pid") as i32
     }
+
+    /// Whether the running VE's init is in a user namespace of its own (the
+    /// kernel's view, not the config's).
+    pub fn in_own_userns(&self, ve: &str) -> bool {
+        let ns = |p: String| fs::read_link(&p).unwrap_or_else(|e| panic!("{p}: {e}"));
+        ns(format!("/proc/{}/ns/user", self.init_pid(ve))) != ns("/proc/self/ns/user".into())
+    }
 }
 
 impl Drop for TestHost {

@@ -85,6 +85,15 @@ impl Host {
                 .collect::<Vec<_>>(),
         )?;
         let id = self.free_id()?;
+        // The copy gets a range of its own (its files are not shifted: they
+        // stay as on disk, seen through its own idmapped mounts).
+        let (userns, _ids_lock) = match from.userns {
+            Some(_) => {
+                let (range, lock) = self.allocate_ids(dst)?;
+                (Some(range), lock)
+            }
+            None => (None, None),
+        };
         let cfg = VeConfig {
             id,
             name: dst.to_string(),
@@ -96,6 +105,7 @@ impl Host {
             limits: from.limits.clone(),
             nics,
             ports: Vec::new(),
+            userns,
             history: Vec::new(),
         };
         // Leftovers of a create or clone that was killed before it wrote a config.

@@ -46,6 +46,10 @@ pub struct VeConfig {
     /// key is `publish`, as the option.
     #[serde(rename = "publish", default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<netns::model::PortMap>,
+    /// Its user namespace's range of host ids; absent = privileged (root in
+    /// the VE is the host's root, with fewer capabilities).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userns: Option<crate::userns::IdRange>,
     /// Its moves between template versions, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<TemplateMove>,
@@ -199,6 +203,7 @@ mod tests {
             },
             nics: vec![],
             ports: vec![],
+            userns: None,
             history: vec![],
         };
         cfg.store(&p).unwrap();

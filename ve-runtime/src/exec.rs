@@ -36,7 +36,7 @@ use crate::cgroup::Placement;
 use crate::error::{Error, Result};
 use crate::launch::move_self;
 use crate::options::ExecOptions;
-use crate::security;
+use crate::security::{self, Confinement, Profile};
 use crate::step::{Step, StepError, failed, last_os_error, step};
 use crate::sys::{self, Forked};
 
@@ -60,6 +60,7 @@ pub(crate) fn run(
     init_pid: i32,
     init_pidfd: OwnedFd,
     placement: Placement,
+    profile: Profile,
     opts: &ExecOptions,
 ) -> Result<i32> {
     let fail = |reason: String| Error::Exec {
@@ -97,7 +98,7 @@ pub(crate) fn run(
         argv[0] = cstring(a0)?;
     }
     let workdir = opts.workdir.as_deref().map(cstring).transpose()?;
-    let filters = security::seccomp_filters().map_err(|e| fail(e.to_string()))?;
+    let confinement = Confinement::new(profile).map_err(|e| fail(e.to_string()))?;
 
     let pty = if opts.tty {
         Some(open_pty(init_pid).map_err(|e| fail(format!("allocate a terminal in the VE: {e}")))?)
@@ -148,7 +149,7 @@ pub(crate) fn run(
                 argv: &argv,
                 env: &env,
                 workdir: workdir.as_deref(),
-                filters: &filters,
+                confinement: &confinement,
                 keep_fds: opts.preserve_fds,
                 stdio: [0, 1, 2].map(|i| child_stdio[i].as_ref().map(|f| f.as_fd())),
             };
@@ -370,7 +371,7 @@ struct Helper<'a> {
     argv: &'a [CString],
     env: &'a [CString],
     workdir: Option<&'a std::ffi::CStr>,
-    filters: &'a [seccompiler::BpfProgram],
+    confinement: &'a Confinement,
     keep_fds: u32,
     /// Pipes that become the command's stdio in place of a terminal.
     stdio: [Option<BorrowedFd<'a>>; 3],
@@ -430,14 +431,21 @@ impl Helper<'_> {
     fn enter(&self) -> Step {
         security::set_non_dumpable()?;
         move_self(self.join).map_err(step(|| "join the VE's cgroup".into()))?;
-        let all = CloneFlags::CLONE_NEWCGROUP
+        let mut all = CloneFlags::CLONE_NEWCGROUP
             | CloneFlags::CLONE_NEWIPC
             | CloneFlags::CLONE_NEWUTS
             | CloneFlags::CLONE_NEWNET
             | CloneFlags::CLONE_NEWPID
             | CloneFlags::CLONE_NEWNS;
+        let in_userns = self.confinement.profile == Profile::Userns;
+        if in_userns {
+            all |= CloneFlags::CLONE_NEWUSER;
+        }
         setns(self.init_pidfd, all).map_err(step(|| "join the VE's namespaces".into()))?;
-        security::confine(self.filters)
+        if in_userns {
+            crate::userns::become_root()?;
+        }
+        security::confine(self.confinement)
     }
 
     /// The command process, inside the VE: terminal, directory, restrictions, exec.

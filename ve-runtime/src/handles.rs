@@ -37,6 +37,7 @@ use crate::state::RunState;
 use crate::stats::VeStats;
 use crate::template::TemplateUsage;
 use crate::upgrade::{Committed, FleetRow, Moved, Rollout, UpgradeCheck};
+use crate::userns::IdRange;
 use crate::ve::{SetOutcome, StopOutcome, VeDetails, VeInfo};
 use quota::LostImage;
 
@@ -100,6 +101,13 @@ impl<'h> Ves<'h> {
     /// Stops a VE: asks init to halt, waits up to the timeout, kills what is left.
     pub fn stop(self, name_or_id: &str, opts: StopOptions) -> Result<StopOutcome> {
         self.0.stop(name_or_id, opts)
+    }
+
+    /// Moves a stopped VE into a user namespace of its own (`private`, with a
+    /// new range of host ids) or out of it (privileged). No file changes: its
+    /// own layer is kept unshifted either way. Returns its range, if any.
+    pub fn set_userns(self, name_or_id: &str, private: bool) -> Result<Option<IdRange>> {
+        self.0.set_userns(name_or_id, private)
     }
 
     /// Destroys a VE: its config, private files, cgroups and id. A running VE is

@@ -1,7 +1,14 @@
-//! Starting a VE's init: one clone3 into new mount, PID, UTS, IPC, network and
-//! cgroup namespaces (and into the VE's cgroup), then, in the child: the overlay
-//! root, /proc, read-only /sys, a minimal /dev, the hostname, pivot_root, the
-//! capability and seccomp restrictions, and exec of init.
+//! Starting a VE's init: one clone3 into new user (unless privileged), mount,
+//! PID, UTS, IPC, network and cgroup namespaces (and into the VE's cgroup),
+//! then, in the child: the overlay root, /proc, read-only /sys, a minimal /dev,
+//! the hostname, pivot_root, the capability and seccomp restrictions, and exec
+//! of init.
+//!
+//! With a user namespace the child first waits for its root: vectl writes its
+//! uid and gid maps and a helper mounts the idmapped layers and the overlay in
+//! the child's mount namespace ([`crate::userns::mount_root`]); then the child
+//! becomes root of its namespace and goes on. Device nodes cannot be made in a
+//! user namespace: the VE's /dev gets bind mounts of the host's harmless ones.
 //!
 //! Parent and child talk over two pipes. The child does all of its setup at once
 //! and then waits on `go`; the parent wires what must be wired from outside (the
@@ -15,7 +22,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
@@ -24,18 +31,21 @@ use nix::unistd::{chdir, execve, pivot_root, sethostname, setsid};
 
 use crate::cgroup::Placement;
 use crate::error::{Error, Result};
-use crate::security;
+use crate::security::{self, Confinement, Profile};
 use crate::step::{Step, StepError, failed, step};
 use crate::sys::{self, Forked};
+use crate::userns::{self, IdRange};
 
 /// Everything the child needs, prepared by the parent before clone.
 #[derive(Debug)]
 pub(crate) struct Spec {
     pub ve: String,
     pub lower: PathBuf,
-    pub upper: PathBuf,
-    pub work: PathBuf,
+    /// The VE's volume: `upper` and `work` in it.
+    pub volume: PathBuf,
     pub mountpoint: PathBuf,
+    /// The VE's id range; `None` = privileged (no user namespace).
+    pub userns: Option<IdRange>,
     pub hostname: String,
     pub init: Vec<String>,
 }
@@ -78,12 +88,16 @@ pub(crate) fn start(
         ve: spec.ve.clone(),
         reason,
     };
-    let filters = security::seccomp_filters().map_err(|e| fail(e.to_string()))?;
+    let profile = match spec.userns {
+        Some(_) => Profile::Userns,
+        None => Profile::Privileged,
+    };
+    let confinement = Confinement::new(profile).map_err(|e| fail(e.to_string()))?;
     let overlay_opts = cstr(format!(
         "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off",
         spec.lower.display(),
-        spec.upper.display(),
-        spec.work.display()
+        spec.volume.join("upper").display(),
+        spec.volume.join("work").display()
     ))?;
     let argv: Vec<CString> = spec.init.iter().map(cstr).collect::<Result<_>>()?;
     if argv.is_empty() {
@@ -107,7 +121,11 @@ pub(crate) fn start(
             (None, back)
         }
     };
-    let forked = sys::clone3(NS_FLAGS, cgroup_fd.as_ref().map(|f| f.as_fd()));
+    let flags = match spec.userns {
+        Some(_) => NS_FLAGS | libc::CLONE_NEWUSER as u64,
+        None => NS_FLAGS,
+    };
+    let forked = sys::clone3(flags, cgroup_fd.as_ref().map(|f| f.as_fd()));
     let forked = match forked {
         Ok(f) => f,
         Err(e) => {
@@ -132,7 +150,7 @@ pub(crate) fn start(
                 overlay_opts: &overlay_opts,
                 argv: &argv,
                 env: &env,
-                filters: &filters,
+                confinement: &confinement,
             };
             let msg = match child.run(go_r) {
                 Ok(never) => match never {},
@@ -162,12 +180,31 @@ pub(crate) fn start(
     if let Err(e) = move_self(&back) {
         return Err(abort(fail(format!("leave the VE's cgroup: {e}"))));
     }
+    let mut go = fs::File::from(go_w);
+    if let Some(range) = spec.userns {
+        let layers = userns::RootLayers {
+            lower: &spec.lower,
+            volume: &spec.volume,
+            mountpoint: &spec.mountpoint,
+            range,
+        };
+        let mounted = userns::write_maps(started.pid, range)
+            .map_err(|e| fail(format!("map its ids: {e}")))
+            .and_then(|()| {
+                userns::mount_root(started.pidfd.as_fd(), started.pid, &layers).map_err(fail)
+            })
+            .and_then(|()| {
+                sys::write_to_child(&mut go, b"r").map_err(|e| fail(format!("release init: {e}")))
+            });
+        if let Err(e) = mounted {
+            return Err(abort(e));
+        }
+    }
     crate::failpoint::hit("start-after-clone");
     if let Err(e) = wire(&started) {
         return Err(abort(e));
     }
     crate::failpoint::hit("start-before-go");
-    let mut go = fs::File::from(go_w);
     if let Err(e) = sys::write_to_child(&mut go, b"g") {
         return Err(abort(fail(format!("release init: {e}"))));
     }
@@ -200,16 +237,26 @@ struct ChildSetup<'a> {
     overlay_opts: &'a CString,
     argv: &'a [CString],
     env: &'a [CString],
-    filters: &'a [seccompiler::BpfProgram],
+    confinement: &'a Confinement,
 }
 
 impl ChildSetup<'_> {
     /// Runs in the child: sets up the VE's root and execs init. Returns only on
     /// failure, with the message for the parent.
     fn run(&self, go: OwnedFd) -> Step<std::convert::Infallible> {
+        let mut go = fs::File::from(go);
+        let in_userns = self.spec.userns.is_some();
+        if in_userns {
+            // Wait for the maps and the root; the parent gone = nobody will
+            // ever track this VE.
+            let mut byte = [0u8; 1];
+            if !matches!(go.read(&mut byte), Ok(1)) {
+                sys::exit_now(0);
+            }
+            userns::become_root()?;
+        }
         umask(Mode::empty());
         setsid().map_err(step(|| "setsid".into()))?;
-        let root = &self.spec.mountpoint;
         mount(
             None::<&str>,
             "/",
@@ -218,16 +265,23 @@ impl ChildSetup<'_> {
             None::<&str>,
         )
         .map_err(step(|| "make mounts private".into()))?;
-        mount(
-            Some("overlay"),
-            root,
-            Some("overlay"),
-            MsFlags::empty(),
-            Some(self.overlay_opts.as_c_str()),
-        )
-        .map_err(step(|| {
-            format!("mount the overlay root at {}", root.display())
-        }))?;
+        let root = if in_userns {
+            userns::root_dir(&self.spec.mountpoint)
+        } else {
+            let root = self.spec.mountpoint.clone();
+            mount(
+                Some("overlay"),
+                &root,
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(self.overlay_opts.as_c_str()),
+            )
+            .map_err(step(|| {
+                format!("mount the overlay root at {}", root.display())
+            }))?;
+            root
+        };
+        let root = &root;
         self.mount_proc(root)?;
         ensure_dir(&root.join("sys"), 0o555)?;
         mount(
@@ -258,7 +312,6 @@ impl ChildSetup<'_> {
 
         // Wait for the parent: network wired, state recorded.
         let mut byte = [0u8; 1];
-        let mut go = fs::File::from(go);
         match go.read(&mut byte) {
             Ok(1) => {}
             // The parent is gone: nobody will ever track this VE. Leave quietly.
@@ -268,7 +321,7 @@ impl ChildSetup<'_> {
 
         sys::reset_signals();
         umask(Mode::from_bits_truncate(0o022));
-        security::confine(self.filters)?;
+        security::confine(self.confinement)?;
         let e = match execve(&self.argv[0], self.argv, self.env) {
             Ok(never) => match never {},
             Err(e) => e,
@@ -329,6 +382,28 @@ impl ChildSetup<'_> {
             ("tty", 5, 0),
         ] {
             let p = dev.join(name);
+            if self.spec.userns.is_some() {
+                // No device nodes in a user namespace: the host's own, bound.
+                let host = Path::new("/dev").join(name);
+                let md = fs::metadata(&host).map_err(step(|| format!("{}", host.display())))?;
+                let want = makedev(major, minor);
+                if md.file_type().is_block_device() || md.rdev() != want {
+                    return Err(StepError::Refused(format!(
+                        "the host's {} is not the device {major}:{minor}",
+                        host.display()
+                    )));
+                }
+                fs::File::create(&p).map_err(step(|| format!("create /dev/{name}")))?;
+                mount(
+                    Some(&host),
+                    &p,
+                    None::<&str>,
+                    MsFlags::MS_BIND,
+                    None::<&str>,
+                )
+                .map_err(step(|| format!("bind /dev/{name}")))?;
+                continue;
+            }
             mknod(
                 &p,
                 SFlag::S_IFCHR,

@@ -62,6 +62,7 @@ mod sys;
 mod template;
 mod units;
 mod upgrade;
+mod userns;
 mod ve;
 
 pub use admission::{Commitment, Commitments};
@@ -87,7 +88,7 @@ pub use quota::{
     UnknownBackend,
 };
 pub use roots::{DEFAULT_REGISTRY, REGISTRY_ENV, TornDown};
-pub use security::VE_CAPS;
+pub use security::{USERNS_CAPS, VE_CAPS};
 pub use signal::{BadSignal, parse_signal, signal_name};
 pub use snapshot::{Consistency, SnapshotMade};
 pub use state::{RunState, Status};
@@ -97,6 +98,7 @@ pub use units::{
     Amount, BadValue, Cpus, NetShare, Percent, Setting, Size, human_bytes, parse_count,
 };
 pub use upgrade::{Committed, FleetRow, Moved, Rollout, UpgradeCheck};
+pub use userns::IdRange;
 pub use ve::{SetOutcome, StopOutcome, VeDetails, VeInfo};
 pub use ve_templates::{Conflict, PackageChange};
 pub use ve_templates::{

@@ -23,6 +23,9 @@ pub struct CreateOptions {
     pub nics: Option<Vec<netns::nic::NicRequest>>,
     /// Ports to publish.
     pub ports: Vec<netns::model::PortMap>,
+    /// No user namespace: root in the VE is the host's root (with fewer
+    /// capabilities).
+    pub privileged: bool,
 }
 
 /// Options of `stop`.

@@ -111,7 +111,7 @@ impl Registry {
         }
     }
 
-    fn lock(&self) -> Result<Lock> {
+    pub(crate) fn lock(&self) -> Result<Lock> {
         fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
         Lock::acquire(&self.dir.join(".lock"))
     }

@@ -3,13 +3,27 @@
 //! a VE can see it. The same restrictions apply to a VE's init and to everything
 //! `vectl exec`, `enter`, a build VE and a rollout's health check run in it.
 //!
-//! Root in a VE is the host's root with a reduced capability set (there is no
-//! user namespace yet): it keeps an allow-list of what a system needs inside its
-//! own namespaces and loses everything else, including capabilities a newer
-//! kernel adds. Without a user namespace CAP_SYS_ADMIN would let VE root remount
-//! /sys or /proc/sys writable (or mount a fresh proc) and set host-wide knobs such
-//! as kernel.core_pattern, which runs a program as host root: so a VE cannot
-//! mount. vectl prepares every mount a VE needs before its init starts.
+//! A VE runs in a user namespace of its own by default ([`crate::userns`]): its
+//! root's capabilities are held against that namespace and the namespaces it
+//! owns (mount, network, UTS, IPC, PID, cgroup), never against the host's, and
+//! its ids are a range no other VE or host user has. The kernel itself then
+//! refuses what would reach the host: mounting anything but the file systems a
+//! user namespace may mount (proc, sysfs, tmpfs, devpts, mqueue, overlay, bind
+//! mounts), writing host-wide sysctls, device nodes, modules, raw I/O. Root in
+//! such a VE keeps [`VE_CAPS`] and [`USERNS_CAPS`] (what systemd needs:
+//! mounting, tracing its own processes, rebooting its own PID namespace).
+//!
+//! A `--privileged` VE has no user namespace: root in it is the host's root
+//! with a reduced capability set. It keeps only [`VE_CAPS`]: CAP_SYS_ADMIN would
+//! let VE root remount /sys or /proc/sys writable (or mount a fresh proc) and
+//! set host-wide knobs such as kernel.core_pattern, which runs a program as host
+//! root: so a privileged VE cannot mount, and vectl prepares every mount it
+//! needs before its init starts.
+//!
+//! Both kinds keep the rest as defence in depth: every capability off their
+//! list leaves the bounding set (including capabilities a newer kernel adds),
+//! and the same seccomp filter refuses the kernel interfaces a VE has no use
+//! for (a privileged VE also may not make user namespaces).
 //!
 //! Kept, and why ([`VE_CAPS`]); Docker's default set plus what a full system
 //! (init, sshd, cron, a firewall, a database) needs inside its own namespaces:
@@ -20,12 +34,12 @@
 //!   port 80; mknod is held to FIFOs and the VE's own /dev nodes by seccomp).
 //! - NET_ADMIN: a system configures its own network (addresses, routes, its own
 //!   firewall) — all in the VE's network namespace; the host's anti-spoofing
-//!   rules sit on the host end of its veth, out of reach. The trade-off, until
-//!   VEs run in their own user namespace: it is held against the initial user
-//!   namespace, so the VE reaches the kernel's whole netfilter, tc and xfrm
-//!   configuration interface (for its own namespace) and may autoload the
-//!   network modules those name. Docker drops it; a hosting customer's VE runs
-//!   its own firewall, so vectl keeps it.
+//!   rules sit on the host end of its veth, out of reach. The trade-off in a
+//!   privileged VE: it is held against the initial user namespace, so the VE
+//!   reaches the kernel's whole netfilter, tc and xfrm configuration interface
+//!   (for its own namespace) and may autoload the network modules those name.
+//!   Docker drops it; a hosting customer's VE runs its own firewall, so vectl
+//!   keeps it.
 //! - IPC_OWNER: System V IPC objects of the VE's own IPC namespace.
 //! - IPC_LOCK: databases lock memory; what a VE locks is charged to its memory
 //!   cgroup and bounded by `--ram` (huge pages from SHM_HUGETLB are not: a host
@@ -35,10 +49,13 @@
 //! Dropped beyond the obvious host-wide powers (modules, raw I/O, the clock,
 //! reboot, audit control, MAC, BPF, perf, syslog, resource overrides that would
 //! bypass disk quotas, CAP_SYS_ADMIN):
-//! - SYS_PTRACE: with it VE root could attach to a process that `vectl exec`
-//!   places in the VE while it is still the host's vectl (even a non-dumpable
-//!   one); without it VE root still traces its own processes (same uid, same or
-//!   fewer capabilities, as strace and gdb need).
+//! - SYS_PTRACE (privileged VEs): with it VE root could attach to a process
+//!   that `vectl exec` places in the VE while it is still the host's vectl (even
+//!   a non-dumpable one); without it VE root still traces its own processes
+//!   (same uid, same or fewer capabilities, as strace and gdb need). In a user
+//!   namespace it is kept: the kernel checks a non-dumpable process against the
+//!   user namespace its memory was made in, the host's, where VE root has
+//!   nothing.
 //! - DAC_READ_SEARCH: open_by_handle_at reaches files outside the VE's root.
 //! - SYS_NICE: real-time scheduling and I/O classes escape the VE's CPU and disk
 //!   shares (and the real-time I/O class is also refused by seccomp).
@@ -85,6 +102,49 @@ pub const VE_CAPS: &[Capability] = &[
     Capability::CAP_LEASE,
 ];
 
+/// What root in a VE with its own user namespace keeps besides [`VE_CAPS`]:
+/// each acts only on namespaces the VE's user namespace owns. SYS_ADMIN:
+/// mounts (systemd's private /tmp and the like) and its own namespaces;
+/// SYS_PTRACE: debugging its own processes; SYS_BOOT: reboot() ends its own
+/// PID namespace, which is how systemd in a container halts.
+pub const USERNS_CAPS: &[Capability] = &[
+    Capability::CAP_SYS_ADMIN,
+    Capability::CAP_SYS_PTRACE,
+    Capability::CAP_SYS_BOOT,
+];
+
+/// How a VE's processes are confined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Profile {
+    /// No user namespace (`--privileged`).
+    Privileged,
+    /// In the VE's own user namespace.
+    Userns,
+}
+
+/// A profile made ready before any process is started: its capabilities and
+/// its compiled seccomp programs.
+#[derive(Debug)]
+pub(crate) struct Confinement {
+    pub profile: Profile,
+    caps: CapsHashSet,
+    filters: Vec<BpfProgram>,
+}
+
+impl Confinement {
+    pub(crate) fn new(profile: Profile) -> Compiled<Confinement> {
+        let mut caps: CapsHashSet = VE_CAPS.iter().copied().collect();
+        if profile == Profile::Userns {
+            caps.extend(USERNS_CAPS.iter().copied());
+        }
+        Ok(Confinement {
+            profile,
+            caps,
+            filters: seccomp_filters(profile)?,
+        })
+    }
+}
+
 /// Character devices a VE may create with mknod (major, minor): its /dev nodes,
 /// fuse, tun, and 0:0 (overlayfs whiteouts).
 const MKNOD_CHAR_ALLOWED: &[(u32, u32)] = &[
@@ -100,11 +160,6 @@ const MKNOD_CHAR_ALLOWED: &[(u32, u32)] = &[
     (10, 229),
 ];
 
-/// The VE's capabilities as a set.
-fn ve_caps() -> CapsHashSet {
-    VE_CAPS.iter().copied().collect()
-}
-
 /// Confines the calling thread to what a VE's processes may do, in the order
 /// that needs the fewest privileges at each step: every capability off
 /// [`VE_CAPS`] leaves the bounding set (so no later exec brings it back), the
@@ -114,8 +169,8 @@ fn ve_caps() -> CapsHashSet {
 /// thread has no power a process of the VE lacks: a process in the VE can
 /// neither outrank it nor (being without CAP_SYS_PTRACE) attach to it while it
 /// is also non-dumpable.
-pub(crate) fn confine(filters: &[BpfProgram]) -> Step {
-    let keep = ve_caps();
+pub(crate) fn confine(c: &Confinement) -> Step {
+    let keep = &c.caps;
     // Every number a capability can have: the kernel's own cap_last_cap would
     // be read from the VE's /proc here. Numbers this kernel lacks give EINVAL.
     for n in 0..64u8 {
@@ -134,7 +189,7 @@ pub(crate) fn confine(filters: &[BpfProgram]) -> Step {
     caps::clear(None, CapSet::Ambient).map_err(step(|| "clear ambient capabilities".into()))?;
     caps::clear(None, CapSet::Inheritable)
         .map_err(step(|| "clear inheritable capabilities".into()))?;
-    for prog in filters {
+    for prog in &c.filters {
         install_seccomp(prog)?;
     }
     // Effective first: it must stay within the permitted set at every step.
@@ -222,10 +277,11 @@ const IOPRIO_CLASS_MASK: u64 = 7 << 13;
 /// Refused: module loading, kexec, raw port I/O, BPF, perf, the kernel keyring,
 /// userfaultfd, swap and accounting switches, open_by_handle_at, io_uring (a
 /// second system call interface that seccomp does not see into), new user
-/// namespaces (until VEs run in their own, root in a fresh user namespace gets
-/// every capability there and a large kernel surface with it), the real-time
+/// namespaces in a privileged VE (root in a fresh user namespace gets every
+/// capability there and a large kernel surface with it; a VE that already has
+/// its own may nest them, as containers inside it need), the real-time
 /// I/O class, device nodes other than the VE's own, and typing into terminals.
-pub(crate) fn seccomp_filters() -> Compiled<Vec<BpfProgram>> {
+pub(crate) fn seccomp_filters(profile: Profile) -> Compiled<Vec<BpfProgram>> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for nr in [
         libc::SYS_kexec_load,
@@ -264,7 +320,12 @@ pub(crate) fn seccomp_filters() -> Compiled<Vec<BpfProgram>> {
         ],
     );
     let newuser = libc::CLONE_NEWUSER as u64;
-    for nr in [libc::SYS_unshare, libc::SYS_clone] {
+    let no_userns: &[i64] = if profile == Profile::Privileged {
+        &[libc::SYS_unshare, libc::SYS_clone]
+    } else {
+        &[]
+    };
+    for &nr in no_userns {
         rules.insert(
             nr,
             vec![rule(vec![cond(
@@ -358,7 +419,8 @@ mod tests {
 
     #[test]
     fn the_filters_compile() {
-        let progs = seccomp_filters().unwrap();
+        let progs = seccomp_filters(Profile::Privileged).unwrap();
+        assert!(seccomp_filters(Profile::Userns).unwrap()[0].len() < progs[0].len());
         assert_eq!(progs.len(), 3);
         // The x32 filter: bit 30 of the number decides, after the arch check.
         let x32 = &progs[2];
@@ -382,6 +444,15 @@ mod tests {
             Capability::CAP_BPF,
         ] {
             assert!(!VE_CAPS.contains(&c), "{c}");
+        }
+        for c in [
+            Capability::CAP_SYS_MODULE,
+            Capability::CAP_SYS_RAWIO,
+            Capability::CAP_SYS_NICE,
+            Capability::CAP_DAC_READ_SEARCH,
+            Capability::CAP_SYS_TIME,
+        ] {
+            assert!(!USERNS_CAPS.contains(&c), "{c}");
         }
     }
 }

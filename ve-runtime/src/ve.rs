@@ -48,6 +48,11 @@ pub struct VeInfo {
     /// Its published ports (`publish` in JSON, as the option says).
     #[serde(rename = "publish", skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<netns::model::PortMap>,
+    /// No user namespace of its own (`--privileged`).
+    pub privileged: bool,
+    /// Its user namespace's host ids.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub userns: Option<crate::userns::IdRange>,
 }
 
 /// Sets a VE's status, pid and uptime from its runtime state (`None`: stopped).
@@ -291,6 +296,12 @@ impl Host {
             None => Vec::new(),
         };
         let nics = self.allocate_nics(name, &nic_reqs)?;
+        let (userns, _ids_lock) = if opts.privileged {
+            (None, None)
+        } else {
+            let (range, lock) = self.allocate_ids(name)?;
+            (Some(range), lock)
+        };
         let mut cfg = VeConfig {
             id,
             name: name.to_string(),
@@ -302,6 +313,7 @@ impl Host {
             limits,
             nics,
             ports: opts.ports.clone(),
+            userns,
             history: Vec::new(),
         };
         cfg.ports.sort();
@@ -519,9 +531,9 @@ impl Host {
         let spec = launch::Spec {
             ve: ve.clone(),
             lower: self.store().path(&tv),
-            upper: vol.upper(),
-            work: vol.work(),
+            volume: vol.dir.clone(),
             mountpoint,
+            userns: cfg.userns,
             hostname: cfg.hostname.clone(),
             init: cfg
                 .init
@@ -1033,6 +1045,8 @@ impl Host {
             limits: cfg.limits,
             nics: cfg.nics,
             ports: cfg.ports,
+            privileged: cfg.userns.is_none(),
+            userns: cfg.userns,
         };
         set_run_state(&mut info, rs.as_ref());
         info
@@ -1146,7 +1160,13 @@ impl Host {
             let placement = self.cgroups()?.placement(&ve)?;
             (ve, rs, pidfd, placement)
         };
-        crate::exec::run(&ve, rs.pid, pidfd, placement, opts)
+        // What the running init has, whatever its config says now.
+        let profile = if crate::userns::has_own_userns(rs.pid) {
+            crate::security::Profile::Userns
+        } else {
+            crate::security::Profile::Privileged
+        };
+        crate::exec::run(&ve, rs.pid, pidfd, placement, profile, opts)
     }
 
     /// Opens an interactive login shell in a running VE (root's shell from its

@@ -122,6 +122,14 @@ pub struct CreateArgs {
     /// Numeric id (default: the lowest free one from 100).
     #[arg(long)]
     id: Option<u32>,
+    /// No user namespace: root in the VE is the host's root with a reduced
+    /// capability set and cannot mount (the same as `--userns host`).
+    #[arg(long)]
+    privileged: bool,
+    /// `private` (default): the VE runs in a user namespace of its own, mapped
+    /// to 65536 host ids nothing else has; `host`: as --privileged.
+    #[arg(long, value_name = "private|host", value_parser = ["private", "host"])]
+    userns: Option<String>,
     /// Create even if its guarantees do not fit beside the running VEs'.
     #[arg(long)]
     force: bool,
@@ -294,6 +302,10 @@ pub struct SetArgs {
     /// Withdraw a published port: HOSTPORT[/tcp|udp] (repeatable).
     #[arg(long, value_name = "HOST[/PROTO]")]
     unpublish: Vec<String>,
+    /// Move the stopped VE into a user namespace of its own (`private`) or
+    /// out of it (`host`, privileged); its files stay as they are.
+    #[arg(long, value_name = "private|host", value_parser = ["private", "host"])]
+    userns: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -376,6 +388,7 @@ pub fn create(ctx: &Ctx, a: CreateArgs, at: &ArgPositions) -> Result<ExitCode> {
         force: a.force,
         nics,
         ports: publish,
+        privileged: a.privileged || a.userns.as_deref() == Some("host"),
     })?;
     ctx.out.created(&cfg);
     Ok(ExitCode::SUCCESS)
@@ -465,13 +478,18 @@ pub fn set(ctx: &Ctx, a: SetArgs) -> Result<ExitCode> {
     let update = a.limits.update(&a.ve)?;
     let add = parse_publish(&a.ve, "publish", &a.publish)?;
     let remove = parse_unpublish(&a.ve, &a.unpublish)?;
-    if update.is_empty() && add.is_empty() && remove.is_empty() {
+    if update.is_empty() && add.is_empty() && remove.is_empty() && a.userns.is_none() {
         return Err(crate::parse::usage(format!(
-            "VE {}: nothing to set (give a limit such as --ram or --cpu-limit, or --publish)",
+            "VE {}: nothing to set (give a limit such as --ram or --cpu-limit, --publish or \
+             --userns)",
             a.ve
         )));
     }
     let host = ctx.open()?;
+    if let Some(mode) = &a.userns {
+        let range = host.ves().set_userns(&a.ve, mode == "private")?;
+        ctx.out.userns_set(&a.ve, range);
+    }
     let ports = !add.is_empty() || !remove.is_empty();
     if !update.is_empty() {
         // Both or neither: the ports are checked before the limits change.

@@ -208,38 +208,31 @@ fn main() {
     h.ok(&["stop", "--fast", "s"]);
     h.ok(&["destroy", "s"]);
 
-    // Memory per idle VE, and N VEs one after another.
-    std::thread::sleep(Duration::from_millis(500));
-    let (avail_before, used_before) = memory_sample();
-    let t = Instant::now();
-    for i in 0..nves {
-        h.start_ve(&format!("m{i}"), &limits);
+    // The same start, privileged (no user namespace).
+    h.ok(&{
+        let mut c = vec!["create", "sp", "--template", "bb", "--privileged"];
+        c.extend_from_slice(&limits);
+        c
+    });
+    let mut start_privileged = Vec::new();
+    for _ in 0..runs {
+        start_privileged.push(timed(|| {
+            h.ok(&["start", "sp"]);
+        }));
+        h.ok(&["stop", "--fast", "sp"]);
     }
-    let sequential = ms(t.elapsed());
-    std::thread::sleep(Duration::from_secs(2));
-    let (avail_after, used_after) = memory_sample();
-    // What the VEs' cgroups account: everything (usage), and the file pages in it
-    // (page cache such as the shared busybox binary, charged to whichever VE read
-    // it first and counted as available by MemAvailable anyway).
-    let mut cgroup_kib = 0u64;
-    let mut cgroup_file_kib = 0u64;
-    for i in 0..nves {
-        let dir = h.cgroup_dir("memory", &format!("m{i}"));
-        let usage = fs::read_to_string(dir.join("memory.usage_in_bytes"))
-            .or_else(|_| fs::read_to_string(dir.join("memory.current")))
-            .unwrap();
-        cgroup_kib += usage.trim().parse::<u64>().unwrap() / 1024;
-        let stat = fs::read_to_string(dir.join("memory.stat")).unwrap();
-        let file = stat
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("total_cache ")
-                    .or_else(|| l.strip_prefix("file "))
-            })
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0);
-        cgroup_file_kib += file / 1024;
-    }
+    h.ok(&["destroy", "sp"]);
+
+    // Memory per idle VE, privileged, then with user namespaces (the default;
+    // those stay for list and stats below).
+    let mut flagged = limits.to_vec();
+    flagged.push("--privileged");
+    let privileged = idle_memory(h, nves, "p", &flagged);
+    let names: Vec<String> = (0..nves).map(|i| format!("p{i}")).collect();
+    let mut args = vec!["destroy", "--force"];
+    args.extend(names.iter().map(String::as_str));
+    h.ok(&args);
+    let idle = idle_memory(h, nves, "m", &limits);
     let mut list = Vec::new();
     let mut stats = Vec::new();
     for _ in 0..runs {
@@ -250,11 +243,6 @@ fn main() {
             h.ok(&["--json", "stats"]);
         }));
     }
-    let n = nves as f64;
-    let drop_per_ve = (avail_before - avail_after) / n;
-    let used_per_ve = (used_after - used_before) / n;
-    let cgroup_per_ve = cgroup_kib as f64 / n;
-    let nonfile_per_ve = (cgroup_kib - cgroup_file_kib.min(cgroup_kib)) as f64 / n;
     let stop_all = timed(|| {
         let names: Vec<String> = (0..nves).map(|i| format!("m{i}")).collect();
         let mut args = vec!["destroy", "--force"];
@@ -269,6 +257,10 @@ fn main() {
         ),
         ("create->ready, HTTP answers (ms)", median(&mut ready)),
         ("start of an existing VE (ms)", median(&mut start)),
+        (
+            "start of an existing privileged VE (ms)",
+            median(&mut start_privileged),
+        ),
         ("stop --fast + destroy (ms)", median(&mut teardown)),
         (
             "vectl --version, process start alone (ms)",
@@ -278,21 +270,39 @@ fn main() {
         ("set --ram on a running VE (ms)", median(&mut set)),
         ("list with N VEs (ms)", median(&mut list)),
         ("stats --json with N VEs running (ms)", median(&mut stats)),
-        ("N VEs created+started one after another (ms)", sequential),
+        (
+            "N VEs created+started one after another (ms)",
+            idle.sequential,
+        ),
         ("destroy --force of N running VEs (ms)", stop_all),
-        ("MemAvailable drop per running idle VE (KiB)", drop_per_ve),
-        ("charged to each VE's cgroup, all (KiB)", cgroup_per_ve),
+        (
+            "MemAvailable drop per running idle VE (KiB)",
+            idle.drop_per_ve,
+        ),
+        ("charged to each VE's cgroup, all (KiB)", idle.cgroup_per_ve),
         (
             "charged to each VE's cgroup, without page cache (KiB)",
-            nonfile_per_ve,
+            idle.nonfile_per_ve,
         ),
         (
             "non-cache memory in use per running idle VE (KiB)",
-            used_per_ve,
+            idle.used_per_ve,
         ),
         (
             "host memory per VE outside its cgroup (KiB)",
-            used_per_ve - nonfile_per_ve,
+            idle.used_per_ve - idle.nonfile_per_ve,
+        ),
+        (
+            "privileged: N VEs created+started one after another (ms)",
+            privileged.sequential,
+        ),
+        (
+            "privileged: charged to each VE's cgroup, without page cache (KiB)",
+            privileged.nonfile_per_ve,
+        ),
+        (
+            "privileged: non-cache memory in use per running idle VE (KiB)",
+            privileged.used_per_ve,
         ),
     ];
     h.release();
@@ -583,6 +593,59 @@ fn build_figures(h: &TestHost, runs: usize) -> Vec<(String, f64)> {
         "template update --run true, all overhead (ms)".into(),
         median(&mut t),
     )]
+}
+
+/// What N idle VEs cost (see the rows that print it).
+struct IdleMemory {
+    sequential: f64,
+    drop_per_ve: f64,
+    cgroup_per_ve: f64,
+    nonfile_per_ve: f64,
+    used_per_ve: f64,
+}
+
+/// Starts `nves` VEs `PREFIX0..` with `create_args`, one after another, and
+/// measures what they cost the host once idle. They keep running.
+fn idle_memory(h: &TestHost, nves: usize, prefix: &str, create_args: &[&str]) -> IdleMemory {
+    std::thread::sleep(Duration::from_millis(500));
+    let (avail_before, used_before) = memory_sample();
+    let t = Instant::now();
+    for i in 0..nves {
+        h.start_ve(&format!("{prefix}{i}"), create_args);
+    }
+    let sequential = ms(t.elapsed());
+    std::thread::sleep(Duration::from_secs(2));
+    let (avail_after, used_after) = memory_sample();
+    // What the VEs' cgroups account: everything (usage), and the file pages in it
+    // (page cache such as the shared busybox binary, charged to whichever VE read
+    // it first and counted as available by MemAvailable anyway).
+    let mut cgroup_kib = 0u64;
+    let mut cgroup_file_kib = 0u64;
+    for i in 0..nves {
+        let dir = h.cgroup_dir("memory", &format!("{prefix}{i}"));
+        let usage = fs::read_to_string(dir.join("memory.usage_in_bytes"))
+            .or_else(|_| fs::read_to_string(dir.join("memory.current")))
+            .unwrap();
+        cgroup_kib += usage.trim().parse::<u64>().unwrap() / 1024;
+        let stat = fs::read_to_string(dir.join("memory.stat")).unwrap();
+        let file = stat
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("total_cache ")
+                    .or_else(|| l.strip_prefix("file "))
+            })
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        cgroup_file_kib += file / 1024;
+    }
+    let n = nves as f64;
+    IdleMemory {
+        sequential,
+        drop_per_ve: (avail_before - avail_after) / n,
+        cgroup_per_ve: cgroup_kib as f64 / n,
+        nonfile_per_ve: (cgroup_kib - cgroup_file_kib.min(cgroup_kib)) as f64 / n,
+        used_per_ve: (used_after - used_before) / n,
+    }
 }
 
 /// Template files are shared in the page cache: 20 VEs read one 64 MiB file of

@@ -31,4 +31,5 @@ mod template_build;
 mod templates;
 mod terminal;
 mod upgrade;
+mod userns;
 mod vm_host_features;
