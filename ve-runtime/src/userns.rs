@@ -35,6 +35,7 @@ use std::fmt;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MsFlags, mount};
@@ -341,8 +342,11 @@ fn mount_in(ve: BorrowedFd<'_>, userns: BorrowedFd<'_>, l: &RootLayers<'_>) -> S
         format!("mount a staging tmpfs on {}", mp.display())
     }))?;
     let (lower, own, root) = (mp.join("lower"), mp.join("own"), root_dir(mp));
-    for d in [&lower, &own, &root] {
-        fs::create_dir(d).map_err(step(|| format!("create {}", d.display())))?;
+    for (d, mode) in [(&lower, 0o700), (&own, 0o700), (&root, 0o711)] {
+        fs::DirBuilder::new()
+            .mode(mode)
+            .create(d)
+            .map_err(step(|| format!("create {}", d.display())))?;
     }
     attach_idmapped(l.lower, userns, &lower)?;
     attach_idmapped(l.volume, userns, &own)?;
