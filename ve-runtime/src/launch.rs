@@ -88,17 +88,18 @@ pub(crate) fn start(
         ve: spec.ve.clone(),
         reason,
     };
-    let profile = match spec.userns {
-        Some(_) => Profile::Userns,
-        None => Profile::Privileged,
-    };
+    let profile = Profile::of(spec.userns);
     let confinement = Confinement::new(profile).map_err(|e| fail(e.to_string()))?;
-    let overlay_opts = cstr(format!(
-        "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off",
-        spec.lower.display(),
-        spec.volume.join("upper").display(),
-        spec.volume.join("work").display()
-    ))?;
+    // A privileged child mounts its overlay itself; with a user namespace a
+    // helper does (userns::mount_root).
+    let overlay_opts = match profile {
+        Profile::Privileged => Some(cstr(userns::overlay_options(
+            &spec.lower,
+            &spec.volume.join("upper"),
+            &spec.volume.join("work"),
+        ))?),
+        Profile::Userns => None,
+    };
     let argv: Vec<CString> = spec.init.iter().map(cstr).collect::<Result<_>>()?;
     if argv.is_empty() {
         return Err(fail("the init command is empty".into()));
@@ -121,9 +122,9 @@ pub(crate) fn start(
             (None, back)
         }
     };
-    let flags = match spec.userns {
-        Some(_) => NS_FLAGS | libc::CLONE_NEWUSER as u64,
-        None => NS_FLAGS,
+    let flags = match profile {
+        Profile::Userns => NS_FLAGS | libc::CLONE_NEWUSER as u64,
+        Profile::Privileged => NS_FLAGS,
     };
     let forked = sys::clone3(flags, cgroup_fd.as_ref().map(|f| f.as_fd()));
     let forked = match forked {
@@ -147,7 +148,7 @@ pub(crate) fn start(
             }
             let child = ChildSetup {
                 spec,
-                overlay_opts: &overlay_opts,
+                overlay_opts: overlay_opts.as_deref(),
                 argv: &argv,
                 env: &env,
                 confinement: &confinement,
@@ -220,6 +221,19 @@ pub(crate) fn start(
     Ok(started)
 }
 
+/// Makes every mount of the caller's (new) mount namespace private, so that
+/// nothing mounted in it reaches the host's.
+pub(crate) fn make_mounts_private() -> Step {
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(step(|| "make mounts private".into()))
+}
+
 /// Moves the calling thread into the cgroups whose `tasks` files are given.
 pub(crate) fn move_self(tasks: &[PathBuf]) -> std::io::Result<()> {
     for t in tasks {
@@ -234,7 +248,8 @@ pub(crate) fn move_self(tasks: &[PathBuf]) -> std::io::Result<()> {
 
 struct ChildSetup<'a> {
     spec: &'a Spec,
-    overlay_opts: &'a CString,
+    /// The overlay's options when the child mounts it (privileged).
+    overlay_opts: Option<&'a std::ffi::CStr>,
     argv: &'a [CString],
     env: &'a [CString],
     confinement: &'a Confinement,
@@ -245,8 +260,7 @@ impl ChildSetup<'_> {
     /// failure, with the message for the parent.
     fn run(&self, go: OwnedFd) -> Step<std::convert::Infallible> {
         let mut go = fs::File::from(go);
-        let in_userns = self.spec.userns.is_some();
-        if in_userns {
+        if self.overlay_opts.is_none() {
             // Wait for the maps and the root; the parent gone = nobody will
             // ever track this VE.
             let mut byte = [0u8; 1];
@@ -257,29 +271,23 @@ impl ChildSetup<'_> {
         }
         umask(Mode::empty());
         setsid().map_err(step(|| "setsid".into()))?;
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-            None::<&str>,
-        )
-        .map_err(step(|| "make mounts private".into()))?;
-        let root = if in_userns {
-            userns::root_dir(&self.spec.mountpoint)
-        } else {
-            let root = self.spec.mountpoint.clone();
-            mount(
-                Some("overlay"),
-                &root,
-                Some("overlay"),
-                MsFlags::empty(),
-                Some(self.overlay_opts.as_c_str()),
-            )
-            .map_err(step(|| {
-                format!("mount the overlay root at {}", root.display())
-            }))?;
-            root
+        make_mounts_private()?;
+        let root = match self.overlay_opts {
+            None => userns::root_dir(&self.spec.mountpoint),
+            Some(opts) => {
+                let root = self.spec.mountpoint.clone();
+                mount(
+                    Some("overlay"),
+                    &root,
+                    Some("overlay"),
+                    MsFlags::empty(),
+                    Some(opts),
+                )
+                .map_err(step(|| {
+                    format!("mount the overlay root at {}", root.display())
+                }))?;
+                root
+            }
         };
         let root = &root;
         self.mount_proc(root)?;
@@ -387,7 +395,7 @@ impl ChildSetup<'_> {
                 let host = Path::new("/dev").join(name);
                 let md = fs::metadata(&host).map_err(step(|| format!("{}", host.display())))?;
                 let want = makedev(major, minor);
-                if md.file_type().is_block_device() || md.rdev() != want {
+                if !md.file_type().is_char_device() || md.rdev() != want {
                     return Err(StepError::Refused(format!(
                         "the host's {} is not the device {major}:{minor}",
                         host.display()

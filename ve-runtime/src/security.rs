@@ -122,6 +122,16 @@ pub(crate) enum Profile {
     Userns,
 }
 
+impl Profile {
+    /// The profile of a VE with id range `userns` (`None`: privileged).
+    pub(crate) fn of(userns: Option<crate::userns::IdRange>) -> Profile {
+        match userns {
+            Some(_) => Profile::Userns,
+            None => Profile::Privileged,
+        }
+    }
+}
+
 /// A profile made ready before any process is started: its capabilities and
 /// its compiled seccomp programs.
 #[derive(Debug)]

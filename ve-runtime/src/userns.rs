@@ -319,17 +319,22 @@ pub(crate) fn mount_root(
     }
 }
 
+/// A VE root's overlayfs options: no features that would make its own layer
+/// depend on the index or on redirects (it is copied, snapshotted and moved
+/// between template versions as a plain tree).
+pub(crate) fn overlay_options(lower: &Path, upper: &Path, work: &Path) -> String {
+    format!(
+        "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off",
+        lower.display(),
+        upper.display(),
+        work.display()
+    )
+}
+
 /// The helper's work, in the VE's mount namespace.
 fn mount_in(ve: BorrowedFd<'_>, userns: BorrowedFd<'_>, l: &RootLayers<'_>) -> Step {
     setns(ve, CloneFlags::CLONE_NEWNS).map_err(step(|| "join the VE's mount namespace".into()))?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(step(|| "make mounts private".into()))?;
+    crate::launch::make_mounts_private()?;
     let mp = l.mountpoint;
     mount(
         Some("tmpfs"),
@@ -350,12 +355,7 @@ fn mount_in(ve: BorrowedFd<'_>, userns: BorrowedFd<'_>, l: &RootLayers<'_>) -> S
     }
     attach_idmapped(l.lower, userns, &lower)?;
     attach_idmapped(l.volume, userns, &own)?;
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off",
-        lower.display(),
-        own.join("upper").display(),
-        own.join("work").display()
-    );
+    let opts = overlay_options(&lower, &own.join("upper"), &own.join("work"));
     // overlayfs keeps the mounter's credentials for its own work on the layers:
     // with the VE root's host id as file-system id they map to 0 on disk
     // through the idmapped layers. Setting it clears the file-system
@@ -462,17 +462,12 @@ fn set_idmap(tree: BorrowedFd<'_>, userns: BorrowedFd<'_>) -> std::io::Result<()
     Ok(())
 }
 
-/// Whether process `pid` runs in a user namespace other than vectl's.
-pub(crate) fn has_own_userns(pid: i32) -> bool {
+/// Whether process `pid` runs in a user namespace other than vectl's (an
+/// error if that cannot be told: a caller must not guess).
+pub(crate) fn has_own_userns(pid: i32) -> std::io::Result<bool> {
     use std::os::unix::fs::MetadataExt;
-    let ns = |p: &str| fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
-    match (
-        ns(&format!("/proc/{pid}/ns/user")),
-        ns("/proc/self/ns/user"),
-    ) {
-        (Some(a), Some(b)) => a != b,
-        _ => false,
-    }
+    let ns = |p: &str| fs::metadata(p).map(|m| (m.dev(), m.ino()));
+    Ok(ns(&format!("/proc/{pid}/ns/user"))? != ns("/proc/self/ns/user")?)
 }
 
 /// Becomes root of the user namespace just joined or made: no supplementary

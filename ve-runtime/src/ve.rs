@@ -1160,11 +1160,18 @@ impl Host {
             let placement = self.cgroups()?.placement(&ve)?;
             (ve, rs, pidfd, placement)
         };
-        // What the running init has, whatever its config says now.
-        let profile = if crate::userns::has_own_userns(rs.pid) {
-            crate::security::Profile::Userns
-        } else {
-            crate::security::Profile::Privileged
+        // What the running init has, whatever its config says now; never a
+        // guess (joining a VE's user namespace's namespaces without it would
+        // leave the command host root there).
+        let profile = match crate::userns::has_own_userns(rs.pid) {
+            Ok(true) => crate::security::Profile::Userns,
+            Ok(false) => crate::security::Profile::Privileged,
+            Err(e) => {
+                return Err(Error::Exec {
+                    ve,
+                    reason: format!("cannot tell whether its init has a user namespace: {e}"),
+                });
+            }
         };
         crate::exec::run(&ve, rs.pid, pidfd, placement, profile, opts)
     }

@@ -263,6 +263,21 @@ fn ve_root_mounts_what_a_container_may_and_nothing_that_reaches_the_host() {
         assert!(out.contains("0::/\n"), "{out}");
         assert!(out.contains("refused"), "{out}");
     } else {
+        // Positive control: the host may make that hierarchy and set its
+        // release agent (in a mount namespace of its own; the empty hierarchy
+        // goes with its last mount).
+        let dir = h.root().join("cg-control");
+        fs::create_dir(&dir).unwrap();
+        let d = dir.display();
+        let st = std::process::Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c"])
+            .arg(format!(
+                "mount -t cgroup -o none,name=vectlescape none {d} && \
+                 echo /bin/true > {d}/release_agent && umount {d}"
+            ))
+            .status()
+            .unwrap();
+        assert!(st.success(), "the host's own v1 hierarchy: {st:?}");
         let r = h.exec(
             "mt",
             &[
