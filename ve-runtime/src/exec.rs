@@ -267,8 +267,16 @@ fn read_report(sync: OwnedFd, sfd: &SignalFd) -> (String, Option<String>) {
         {
             // The helper has exited (it was waited for), so all it wrote is in
             // the pipe: take it, or the command's PID is lost with the command
-            // still stopped in the VE.
-            drain(&sync, &mut report);
+            // still stopped in the VE. The command may also be in its execve,
+            // named already but its close-on-exec descriptors not yet closed:
+            // if the pipe ends within a moment it has started, and the signal
+            // is made pending again for the relay to pass on.
+            if drain(&sync, &mut report, EXEC_GRACE) {
+                if let Ok(sig) = Signal::try_from(info.ssi_signo.cast_signed()) {
+                    let _ = nix::sys::signal::raise(sig);
+                }
+                break;
+            }
             let why = format!(
                 "interrupted by {} before the command started",
                 crate::signal::signal_name(info.ssi_signo.cast_signed())
@@ -279,16 +287,28 @@ fn read_report(sync: OwnedFd, sfd: &SignalFd) -> (String, Option<String>) {
     (String::from_utf8_lossy(&report).into_owned(), None)
 }
 
-/// Reads what is already in a pipe, without waiting for more.
-fn drain(pipe: &OwnedFd, into: &mut Vec<u8>) {
+/// How long a signal that arrives before the report pipe ends waits for it
+/// to end (the command being in its execve).
+const EXEC_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Reads what is in a pipe, waiting up to `wait` for more; returns whether it
+/// ended (every writer gone).
+fn drain(pipe: &OwnedFd, into: &mut Vec<u8>, wait: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + wait;
     let mut buf = [0u8; 512];
     loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
         let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
-        if !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(1)) {
-            return;
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(1) => {}
+            Err(nix::Error::EINTR) => continue,
+            _ => return false,
         }
         match nix::unistd::read(pipe.as_fd(), &mut buf) {
-            Ok(0) | Err(_) => return,
+            Ok(0) => return true,
+            Err(nix::Error::EINTR | nix::Error::EAGAIN) => {}
+            Err(_) => return false,
             Ok(n) => into.extend_from_slice(&buf[..n]),
         }
     }
