@@ -525,6 +525,9 @@ impl Host {
         let cg = self.cgroups()?;
         cg.prepare_parent()?;
         cg.create(&ve, &limits)?;
+        if let Some(range) = cfg.userns {
+            cg.delegate(&ve, range.host_id(0))?;
+        }
         crate::failpoint::hit("start-after-cgroup");
         let mountpoint = self.mount_dir(&ve);
         fs::create_dir_all(&mountpoint).map_err(io_err(&mountpoint))?;

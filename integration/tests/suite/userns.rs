@@ -37,6 +37,14 @@ fn sh(h: &TestHost, ve: &str, script: &str) -> String {
     r.stdout
 }
 
+/// Whether the host's /sys/fs/cgroup is cgroup v2.
+fn cgroup_v2() -> bool {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.contains(" /sys/fs/cgroup ") && l.contains(" - cgroup2 "))
+}
+
 fn private_dir(h: &TestHost, ve: &str) -> PathBuf {
     PathBuf::from(h.json(&["show", ve])["private_dir"].as_str().unwrap())
 }
@@ -249,11 +257,7 @@ fn ve_root_mounts_what_a_container_may_and_nothing_that_reaches_the_host() {
     // A cgroup hierarchy: on v1 no hierarchy may be made and no release agent
     // written; on v2 the VE sees only its own cgroup, whose limits stay the
     // host's.
-    let v2 = fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .any(|l| l.contains(" /sys/fs/cgroup ") && l.contains(" - cgroup2 "));
-    if v2 {
+    if cgroup_v2() {
         let out = sh(
             &h,
             "mt",
@@ -368,4 +372,52 @@ fn exec_joins_the_ves_user_namespace_as_its_root_with_no_host_groups() {
     let init_ns = fs::read_link(format!("/proc/{init}/ns/user")).unwrap();
     assert!(out.contains(init_ns.to_str().unwrap()), "{out}");
     assert!(out.lines().any(|l| l.trim() == "Groups:"), "{out}");
+}
+
+#[test]
+fn the_ves_cgroup_is_delegated_on_v2_and_out_of_its_reach_on_v1() {
+    let Some(h) = TestHost::new("the_ves_cgroup_is_its_roots_to_manage") else {
+        return;
+    };
+    h.start_ve("cg", &[]);
+    let limits_dir = h.cgroup_dir("memory", "cg");
+    let script = "mount -t cgroup2 none /sys/fs/cgroup && mkdir /sys/fs/cgroup/svc && \
+                  echo $$ > /sys/fs/cgroup/svc/cgroup.procs && cat /proc/self/cgroup";
+    if cgroup_v2() {
+        // Delegated, as systemd needs: its root makes cgroups and moves its
+        // processes between them...
+        let out = sh(&h, "cg", script);
+        assert!(out.contains("0::/svc"), "{out}");
+        assert!(limits_dir.join("ve/svc").is_dir());
+        // ...below limits that stay the host's (one level up, out of its
+        // view), and without raising its own tree's bounds.
+        let md = fs::metadata(limits_dir.join("memory.max")).unwrap();
+        assert_eq!(md.uid(), 0);
+        let r = h.exec(
+            "cg",
+            &[
+                "sh",
+                "-c",
+                "echo 1 > /sys/fs/cgroup/cgroup.max.depth || \
+                 echo 1 > /sys/fs/cgroup/cgroup.max.descendants",
+            ],
+        );
+        assert_ne!(r.code, 0, "{r:?}");
+        h.ok(&["stop", "--fast", "cg"]);
+        // A privileged VE's is not handed over (its root cannot mount one).
+        h.start_ve("cp", &["--privileged"]);
+        let owner = fs::metadata(h.cgroup_dir("memory", "cp").join("ve"))
+            .unwrap()
+            .uid();
+        assert_eq!(owner, 0);
+    } else {
+        // On v1 nothing is delegated yet: the VE sees, in the v2 hierarchy, the
+        // cgroup vectl ran in, and may not change it.
+        let r = h.exec("cg", &["sh", "-c", script]);
+        assert_ne!(r.code, 0, "{r:?}");
+        assert!(
+            r.stderr.contains("ermission") || r.stderr.contains("denied"),
+            "{r:?}"
+        );
+    }
 }

@@ -90,6 +90,12 @@ pub trait CgroupBackend: std::fmt::Debug {
     /// Creates the VE's cgroups and applies its limits. Leftovers of an earlier
     /// attempt are reused.
     fn create(&self, ve: &str, limits: &KernelLimits) -> Result<()>;
+    /// Hands the VE's payload cgroup to its root (host id `owner`), the way
+    /// cgroup v2 delegation is meant: the directory and its `cgroup.procs`,
+    /// `cgroup.threads` and `cgroup.subtree_control`. Its root (systemd) may
+    /// then make and manage cgroups below it; the VE's limits sit one level
+    /// up, in files that stay the host's. On v1 nothing is delegated yet.
+    fn delegate(&self, ve: &str, owner: u32) -> Result<()>;
     /// Changes limits of an existing VE cgroup in place. Writes only the knobs that
     /// differ from `old`; if one is refused, the ones already written go back to
     /// `old` and the refusal is returned. A RAM limit below what the VE uses is

@@ -260,6 +260,10 @@ pub(crate) fn apply_devices(ve: &str, dir: &std::path::Path) -> Result<()> {
 }
 
 impl CgroupBackend for V1 {
+    fn delegate(&self, _ve: &str, _owner: u32) -> Result<()> {
+        Ok(())
+    }
+
     fn version(&self) -> CgroupVersion {
         CgroupVersion::V1
     }

@@ -230,6 +230,22 @@ impl CgroupBackend for V2 {
         Ok(())
     }
 
+    fn delegate(&self, ve: &str, owner: u32) -> Result<()> {
+        let payload = self.ve_dir(ve).join(PAYLOAD);
+        let id = Some(nix::unistd::Uid::from_raw(owner));
+        let gid = Some(nix::unistd::Gid::from_raw(owner));
+        for p in [
+            payload.clone(),
+            payload.join("cgroup.procs"),
+            payload.join("cgroup.threads"),
+            payload.join("cgroup.subtree_control"),
+        ] {
+            nix::unistd::chown(&p, id, gid)
+                .map_err(|e| crate::error::io_err(&p)(std::io::Error::from(e)))?;
+        }
+        Ok(())
+    }
+
     fn create(&self, ve: &str, limits: &KernelLimits) -> Result<()> {
         let dir = self.ve_dir(ve);
         mkdir(&dir)?;
