@@ -190,7 +190,15 @@ fn real_problems(list: &[Value]) -> Vec<Value> {
 /// and exits 0.
 #[track_caller]
 fn assert_pool_clean(h: &TestHost) {
-    let (code, list) = pool_check(h, false);
+    // A deleted volume's quota group still charged (held-qgroup) is, without
+    // snapshots sharing its data (none here), the kernel still accounting the
+    // drop: the 6.1 kernel's qgroups do that late on a loaded machine. It gets
+    // time to finish; if it stays, the assertion below names it.
+    let (mut code, mut list) = (0, Vec::new());
+    wait_until(Duration::from_secs(60), || {
+        (code, list) = pool_check(h, false);
+        !list.iter().any(|p| p["kind"] == "held-qgroup")
+    });
     let real = real_problems(&list);
     assert!(real.is_empty(), "pool check found problems: {real:?}");
     assert_eq!(code, 0, "pool check: {list:?}");
