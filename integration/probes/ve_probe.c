@@ -7,6 +7,12 @@
  *   ve_probe inspect PID       what this process may do to PID
  *   ve_probe syscalls          system calls the VE's seccomp filter refuses
  *                              (also run on the host, as the positive control)
+ *   ve_probe kernel            kernel interfaces that reach past the VE: keys,
+ *                              BPF, perf, userfaultfd, file handles, /proc/kcore,
+ *                              /dev/mem (also run on the host, as the control)
+ *   ve_probe signal PID        kill(PID, 0) and PTRACE_SEIZE of PID
+ *   ve_probe sniff SECS NEEDLE every frame eth0 receives (promiscuous) for SECS
+ *                              seconds: how many, and how many hold NEEDLE
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -16,7 +22,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <linux/bpf.h>
+#include <linux/if_packet.h>
+#include <net/ethernet.h>
+#include <net/if.h>
+#include <sys/socket.h>
+#include <linux/perf_event.h>
 #include <sys/ptrace.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -205,10 +220,125 @@ static int syscalls(void) {
     return 0;
 }
 
+static long do_add_key(void) {
+    /* KEY_SPEC_PROCESS_KEYRING: gone with this child. */
+    return syscall(SYS_add_key, "user", "vectl-probe", "x", 1, -2);
+}
+static long do_bpf_map(void) {
+    union bpf_attr a;
+    memset(&a, 0, sizeof a);
+    a.map_type = BPF_MAP_TYPE_ARRAY;
+    a.key_size = 4;
+    a.value_size = 4;
+    a.max_entries = 1;
+    return syscall(SYS_bpf, BPF_MAP_CREATE, &a, sizeof a);
+}
+static long do_perf(void) {
+    struct perf_event_attr a;
+    memset(&a, 0, sizeof a);
+    a.size = sizeof a;
+    a.type = PERF_TYPE_SOFTWARE;
+    a.config = PERF_COUNT_SW_CPU_CLOCK;
+    a.disabled = 1;
+    return syscall(SYS_perf_event_open, &a, 0, -1, -1, 0);
+}
+static long do_userfaultfd(void) { return syscall(SYS_userfaultfd, O_CLOEXEC); }
+static long do_open_by_handle(void) {
+    struct { struct file_handle h; unsigned char b[128]; } fh;
+    int mount_id;
+    fh.h.handle_bytes = sizeof fh.b;
+    if (name_to_handle_at(AT_FDCWD, "/etc", &fh.h, &mount_id, 0) < 0) {
+        /* A file system without handles (a VE's overlay): a made-up one, as the
+         * "shocker" attack guesses them (inode 2, generation 0). */
+        memset(&fh, 0, sizeof fh);
+        fh.h.handle_bytes = 8;
+        fh.h.handle_type = 1;
+        fh.b[0] = 2; /* f_handle[0]: the bytes right after the header */
+    }
+    int dir = open("/etc", O_RDONLY | O_DIRECTORY); /* on the handle's mount */
+    if (dir < 0) return -1;
+    return open_by_handle_at(dir, &fh.h, O_RDONLY);
+}
+/* Reads a byte: ok, or the errno (ENODATA: nothing to read, as from /dev/null). */
+static long read_one(const char *path) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return -1;
+    char c;
+    long n = read(fd, &c, 1);
+    if (n == 0) {
+        errno = ENODATA;
+        return -1;
+    }
+    return n;
+}
+static long do_kcore(void) { return read_one("/proc/kcore"); }
+static long do_dev_mem(void) { return read_one("/dev/mem"); }
+static long do_mknod_mem(void) {
+    unlink("/tmp/vectl-probe-mem");
+    long rc = mknod("/tmp/vectl-probe-mem", S_IFCHR | 0600, makedev(1, 1));
+    if (rc == 0) {
+        rc = read_one("/tmp/vectl-probe-mem");
+        unlink("/tmp/vectl-probe-mem");
+    }
+    return rc;
+}
+
+static int kernel(void) {
+    in_child("add_key", do_add_key);
+    in_child("bpf_map_create", do_bpf_map);
+    in_child("perf_event_open", do_perf);
+    in_child("userfaultfd", do_userfaultfd);
+    in_child("open_by_handle_at", do_open_by_handle);
+    in_child("read_kcore", do_kcore);
+    in_child("read_dev_mem", do_dev_mem);
+    in_child("mknod_and_read_mem", do_mknod_mem);
+    return 0;
+}
+
+static int target;
+static long do_kill0(void) { return kill(target, 0); }
+static long do_seize(void) { return ptrace(PTRACE_SEIZE, target, 0, 0); }
+static int signal_mode(int pid) {
+    target = pid;
+    in_child("kill", do_kill0);
+    in_child("ptrace_seize", do_seize);
+    return 0;
+}
+
+static int sniff(int seconds, const char *needle) {
+    int fd = socket(AF_PACKET, SOCK_RAW, htons(ETH_P_ALL));
+    if (fd < 0) { printf("socket=%s\n", strerrorname_np(errno)); return 0; }
+    struct packet_mreq mr;
+    memset(&mr, 0, sizeof mr);
+    mr.mr_ifindex = if_nametoindex("eth0");
+    mr.mr_type = PACKET_MR_PROMISC;
+    if (setsockopt(fd, SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mr, sizeof mr) < 0) {
+        printf("promisc=%s\n", strerrorname_np(errno));
+        return 0;
+    }
+    struct timeval tv = {1, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    time_t end = time(NULL) + seconds;
+    long frames = 0, hits = 0;
+    static char buf[65536];
+    size_t nl = strlen(needle);
+    while (time(NULL) < end) {
+        ssize_t n = recv(fd, buf, sizeof buf, 0);
+        if (n <= 0) continue;
+        frames++;
+        if ((size_t)n >= nl && memmem(buf, n, needle, nl)) hits++;
+    }
+    printf("frames=%ld\nneedle=%ld\n", frames, hits);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc == 3 && !strcmp(argv[1], "race")) return race(atoi(argv[2]));
     if (argc == 3 && !strcmp(argv[1], "inspect")) return inspect(atoi(argv[2]));
     if (argc == 2 && !strcmp(argv[1], "syscalls")) return syscalls();
-    fprintf(stderr, "usage: ve_probe race SECONDS | inspect PID | syscalls\n");
+    if (argc == 2 && !strcmp(argv[1], "kernel")) return kernel();
+    if (argc == 3 && !strcmp(argv[1], "signal")) return signal_mode(atoi(argv[2]));
+    if (argc == 4 && !strcmp(argv[1], "sniff")) return sniff(atoi(argv[2]), argv[3]);
+    fprintf(stderr, "usage: ve_probe race SECONDS | inspect PID | syscalls | kernel | signal PID | sniff SECS NEEDLE\n");
     return 2;
 }

@@ -7,7 +7,10 @@
 //! - `vectl enter` reading the VE's /etc/passwd as a symlink to a host file, a
 //!   FIFO, /dev/zero or a huge file;
 //! - system calls the seccomp filter refuses (new user namespaces, io_uring, the
-//!   real-time I/O class) and capabilities a VE does not keep.
+//!   real-time I/O class) and capabilities a VE does not keep;
+//! - kernel interfaces that reach past the VE (keys, BPF, perf, userfaultfd,
+//!   file handles, /proc/kcore, /dev/mem and a /dev/mem node of its own), and
+//!   signals or ptrace aimed at a host process.
 //!
 //! The attacker is `integration/probes/ve_probe.c`, built static with `cc` and
 //! copied into the VE.
@@ -656,4 +659,146 @@ fn a_ve_keeps_only_the_capabilities_a_system_container_needs() {
     assert!(!fs::read_to_string("/proc/slabinfo").unwrap().is_empty());
     let r = h.exec("caps", &["cat", "/proc/slabinfo"]);
     assert_eq!(r.stdout, "", "{r:?}");
+}
+
+#[test]
+fn kernel_interfaces_that_reach_past_the_ve_are_refused() {
+    let Some(h) = TestHost::new("kernel_interfaces_that_reach_past_the_ve_are_refused") else {
+        return;
+    };
+    // Positive control: on the host, as root, each works where this kernel
+    // has it (this machine's kernel has neither /proc/kcore nor /dev/mem; the
+    // VM suite's has both).
+    let host = std::process::Command::new(probe())
+        .arg("kernel")
+        .output()
+        .unwrap();
+    let host = fields(&String::from_utf8_lossy(&host.stdout));
+    println!("on the host: {host:?}");
+    for call in [
+        "add_key",
+        "bpf_map_create",
+        "perf_event_open",
+        "userfaultfd",
+        "open_by_handle_at",
+    ] {
+        assert_eq!(host[call], "ok", "{call} on the host: {host:?}");
+    }
+    for file in ["read_kcore", "read_dev_mem"] {
+        assert!(
+            host[file] == "ok" || host[file] == "ENOENT",
+            "{file} on the host: {host:?}"
+        );
+    }
+    h.start_ve("kp", &["--privileged"]);
+    h.start_ve("ku", &[]);
+    for ve in ["kp", "ku"] {
+        plant_probe(&h, ve);
+        let seen = probe_in(&h, ve, &["kernel"]);
+        for call in [
+            "add_key",
+            "bpf_map_create",
+            "perf_event_open",
+            "userfaultfd",
+            "open_by_handle_at",
+            "mknod_and_read_mem",
+        ] {
+            assert_eq!(seen[call], "EPERM", "{ve}: {call}: {seen:?}");
+        }
+        // The host's kernel memory: hidden (an empty file) or absent.
+        let kcore = &seen["read_kcore"];
+        assert!(kcore == "ENODATA" || kcore == "ENOENT", "{ve}: {seen:?}");
+        if host["read_kcore"] == "ok" {
+            assert_eq!(kcore, "ENODATA", "{ve}: {seen:?}");
+        }
+        assert_eq!(seen["read_dev_mem"], "ENOENT", "{ve}: {seen:?}");
+    }
+}
+
+#[test]
+fn a_ve_can_neither_signal_nor_trace_host_processes() {
+    let Some(h) = TestHost::new("a_ve_can_neither_signal_nor_trace_host_processes") else {
+        return;
+    };
+    // A host process, not init: the host's root may signal and trace it.
+    let mut victim = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let pid = victim.id().to_string();
+    let host = std::process::Command::new(probe())
+        .args(["signal", &pid])
+        .output()
+        .unwrap();
+    let host = fields(&String::from_utf8_lossy(&host.stdout));
+    assert_eq!(host["kill"], "ok", "{host:?}");
+    assert_eq!(host["ptrace_seize"], "ok", "{host:?}");
+    h.start_ve("sp", &["--privileged"]);
+    h.start_ve("su", &[]);
+    for ve in ["sp", "su"] {
+        plant_probe(&h, ve);
+        // The VE's PID namespace has no such process: nothing to aim at.
+        let seen = probe_in(&h, ve, &["signal", &pid]);
+        assert_eq!(seen["kill"], "ESRCH", "{ve}: {seen:?}");
+        assert_eq!(seen["ptrace_seize"], "ESRCH", "{ve}: {seen:?}");
+        let r = h.exec(ve, &["ls", &format!("/proc/{pid}")]);
+        assert_ne!(r.code, 0, "{ve}: {r:?}");
+    }
+    // Not even through the VE's view of its parent: init's parent is 0.
+    let r = h.exec("su", &["sh", "-c", "grep PPid /proc/1/status"]);
+    assert_eq!(r.stdout.split_whitespace().last(), Some("0"), "{r:?}");
+    assert!(
+        victim.try_wait().unwrap().is_none(),
+        "the host process is alive"
+    );
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+}
+
+#[test]
+fn a_ve_cannot_sniff_another_ves_traffic() {
+    use std::io::{Read, Write};
+    let Some(h) = TestHost::new("a_ve_cannot_sniff_another_ves_traffic") else {
+        return;
+    };
+    // Both on the default network's bridge, each in its own user namespace.
+    h.start_ve("spy", &[]);
+    h.start_ve("victim", &[]);
+    let ip = h.json(&["show", "victim"])["nics"][0]["ip"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    crate::network::wait_http(&ip);
+    for ve in ["spy", "victim"] {
+        plant_probe(&h, ve);
+    }
+    let needle = integration::unique("needle");
+    let seen = std::thread::scope(|s| {
+        // Root of each VE listens to everything its eth0 gets, promiscuous;
+        // the victim's own sniffer is the positive control.
+        let sniffers: Vec<_> = ["spy", "victim"]
+            .map(|ve| s.spawn(|| probe_in(&h, ve, &["sniff", "4", &needle])))
+            .into_iter()
+            .collect();
+        // Meanwhile the host talks to the victim, the needle in every request.
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < Duration::from_millis(3500) {
+            if let Ok(mut c) = std::net::TcpStream::connect((ip.as_str(), 80)) {
+                let _ = write!(c, "GET /{needle} HTTP/1.0\r\n\r\n");
+                let _ = c.read_to_end(&mut Vec::new());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        sniffers
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    let (spy, victim) = (&seen[0], &seen[1]);
+    assert!(victim["needle"].parse::<u32>().unwrap() > 0, "{victim:?}");
+    assert_eq!(
+        spy["needle"], "0",
+        "the spy saw the victim's traffic: {spy:?}"
+    );
+    println!("spy: {spy:?}, victim: {victim:?}");
 }

@@ -375,49 +375,128 @@ fn exec_joins_the_ves_user_namespace_as_its_root_with_no_host_groups() {
 }
 
 #[test]
-fn the_ves_cgroup_is_delegated_on_v2_and_out_of_its_reach_on_v1() {
+fn the_ves_cgroup_is_delegated_and_its_limits_stay_out_of_its_reach() {
     let Some(h) = TestHost::new("the_ves_cgroup_is_its_roots_to_manage") else {
         return;
     };
     h.start_ve("cg", &[]);
     let limits_dir = h.cgroup_dir("memory", "cg");
+    // Delegated, as systemd needs: its root makes cgroups and moves its
+    // processes between them. On v2 that is the VE's own cgroup; on a v1
+    // (hybrid) host its own cgroup in the v2 hierarchy, which has no
+    // controllers, and in the named systemd hierarchy.
     let script = "mount -t cgroup2 none /sys/fs/cgroup && mkdir /sys/fs/cgroup/svc && \
                   echo $$ > /sys/fs/cgroup/svc/cgroup.procs && cat /proc/self/cgroup";
-    if cgroup_v2() {
-        // Delegated, as systemd needs: its root makes cgroups and moves its
-        // processes between them...
+    let out = sh(&h, "cg", script);
+    assert!(out.contains("0::/svc"), "{out}");
+    let tracking = if cgroup_v2() {
+        vec![limits_dir.clone()]
+    } else {
+        vec![h.cgroup_dir("unified", "cg"), h.cgroup_dir("systemd", "cg")]
+    };
+    assert!(
+        tracking[0].join("ve/svc").is_dir(),
+        "{}",
+        tracking[0].display()
+    );
+    if !cgroup_v2() {
+        let script = "mkdir -p /m/sd && mount -t cgroup -o none,name=systemd none /m/sd && \
+                      mkdir /m/sd/svc && echo $$ > /m/sd/svc/cgroup.procs && cat /proc/self/cgroup";
         let out = sh(&h, "cg", script);
-        assert!(out.contains("0::/svc"), "{out}");
-        assert!(limits_dir.join("ve/svc").is_dir());
-        // ...below limits that stay the host's (one level up, out of its
-        // view), and without raising its own tree's bounds.
-        let md = fs::metadata(limits_dir.join("memory.max")).unwrap();
-        assert_eq!(md.uid(), 0);
+        assert!(out.contains(":name=systemd:/svc"), "{out}");
+        assert!(
+            tracking[1].join("ve/svc").is_dir(),
+            "{}",
+            tracking[1].display()
+        );
+    }
+    // The limits stay the host's: one level up, out of the VE's view, owned by
+    // the host's root, and the VE cannot raise its own tree's bounds.
+    let knob = if cgroup_v2() {
+        "memory.max"
+    } else {
+        "memory.limit_in_bytes"
+    };
+    assert_eq!(fs::metadata(limits_dir.join(knob)).unwrap().uid(), 0);
+    let r = h.exec(
+        "cg",
+        &[
+            "sh",
+            "-c",
+            "echo 1 > /sys/fs/cgroup/cgroup.max.depth || \
+             echo 1 > /sys/fs/cgroup/cgroup.max.descendants",
+        ],
+    );
+    assert_ne!(r.code, 0, "{r:?}");
+    if !cgroup_v2() {
+        // The controllers' hierarchies are not delegated: the VE may mount its
+        // memory cgroup but neither change its limit nor make cgroups in it.
         let r = h.exec(
             "cg",
             &[
                 "sh",
                 "-c",
-                "echo 1 > /sys/fs/cgroup/cgroup.max.depth || \
-                 echo 1 > /sys/fs/cgroup/cgroup.max.descendants",
+                "mkdir -p /m/mem && mount -t cgroup -o memory none /m/mem && \
+                 { echo 1 > /m/mem/memory.limit_in_bytes || mkdir /m/mem/x; }",
             ],
         );
         assert_ne!(r.code, 0, "{r:?}");
-        h.ok(&["stop", "--fast", "cg"]);
-        // A privileged VE's is not handed over (its root cannot mount one).
-        h.start_ve("cp", &["--privileged"]);
-        let owner = fs::metadata(h.cgroup_dir("memory", "cp").join("ve"))
-            .unwrap()
-            .uid();
-        assert_eq!(owner, 0);
-    } else {
-        // On v1 nothing is delegated yet: the VE sees, in the v2 hierarchy, the
-        // cgroup vectl ran in, and may not change it.
-        let r = h.exec("cg", &["sh", "-c", script]);
-        assert_ne!(r.code, 0, "{r:?}");
         assert!(
-            r.stderr.contains("ermission") || r.stderr.contains("denied"),
+            r.stderr.contains("denied") || r.stderr.contains("ermission"),
             "{r:?}"
         );
+        // Positive control: the host's root can make a cgroup there.
+        let x = limits_dir.join("x");
+        fs::create_dir(&x).unwrap();
+        fs::remove_dir(&x).unwrap();
     }
+    h.ok(&["stop", "--fast", "cg"]);
+    // A privileged VE's is not handed over (its root cannot mount one).
+    h.start_ve("cp", &["--privileged"]);
+    for dir in tracking.iter().map(|d| d.parent().unwrap().join("cp/ve")) {
+        assert_eq!(fs::metadata(&dir).unwrap().uid(), 0, "{}", dir.display());
+    }
+}
+
+/// systemd in a VE enables controllers in its delegated cgroup; a cgroup with
+/// enabled controllers holds no processes on v2, so `vectl exec` must place
+/// its commands in a leaf.
+#[test]
+fn exec_works_after_the_ve_enables_controllers_in_its_cgroup() {
+    let Some(h) = TestHost::new("exec_works_after_the_ve_enables_controllers") else {
+        return;
+    };
+    h.start_ve("ctl", &[]);
+    // What systemd does at boot: its processes (here all, this shell too)
+    // into a child, controllers on for the children (v2 offers pids; a hybrid host's v2 hierarchy offers none).
+    let enable = if cgroup_v2() {
+        "echo +pids > /sys/fs/cgroup/cgroup.subtree_control && "
+    } else {
+        ""
+    };
+    let script = format!(
+        "mount -t cgroup2 none /sys/fs/cgroup && mkdir /sys/fs/cgroup/init.scope && \
+         for p in $(cat /sys/fs/cgroup/cgroup.procs); do \
+             echo $p > /sys/fs/cgroup/init.scope/cgroup.procs || true; done && {enable}\
+         cat /sys/fs/cgroup/cgroup.subtree_control"
+    );
+    let out = sh(&h, "ctl", &script);
+    if cgroup_v2() {
+        assert!(out.contains("pids"), "{out}");
+    }
+    let r = h.exec("ctl", &["cat", "/proc/self/cgroup"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let own = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("0::"))
+        .unwrap_or_default();
+    if cgroup_v2() {
+        assert_eq!(own, "0::/.vectl-exec", "{r:?}");
+    } else {
+        assert_eq!(own, "0::/", "{r:?}");
+    }
+    // Its limits still hold for what exec started: it is below them.
+    h.ok(&["stop", "--fast", "ctl"]);
+    assert!(integration::procs_below(&h.cgroup_dir("memory", "ctl")).is_empty());
 }

@@ -94,7 +94,10 @@ pub trait CgroupBackend: std::fmt::Debug {
     /// cgroup v2 delegation is meant: the directory and its `cgroup.procs`,
     /// `cgroup.threads` and `cgroup.subtree_control`. Its root (systemd) may
     /// then make and manage cgroups below it; the VE's limits sit one level
-    /// up, in files that stay the host's. On v1 nothing is delegated yet.
+    /// up, in files that stay the host's. On v2 the VE's controllers are
+    /// enabled for the payload cgroup, so it can pass them on. On v1 only the
+    /// hierarchies without controllers are delegated (`name=systemd` and a
+    /// hybrid host's v2 one, see `v1::TRACKING`).
     fn delegate(&self, ve: &str, owner: u32) -> Result<()>;
     /// Changes limits of an existing VE cgroup in place. Writes only the knobs that
     /// differ from `old`; if one is refused, the ones already written go back to
@@ -190,9 +193,12 @@ pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
                 v2: true,
             }),
             "cgroup" => {
+                // Controllers, and a named hierarchy's `name=X` (what
+                // /proc/self/cgroup calls it).
                 let controllers = post[2]
                     .split(',')
-                    .filter(|o| !matches!(*o, "rw" | "ro") && !o.contains('='))
+                    .filter(|o| !matches!(*o, "rw" | "ro"))
+                    .filter(|o| !o.contains('=') || o.starts_with("name="))
                     .filter(|o| !o.starts_with("no") && *o != "clone_children")
                     .map(str::to_string)
                     .collect();
@@ -346,7 +352,23 @@ pub fn open(settings: &CgroupSettings) -> Result<Box<dyn CgroupBackend>> {
                     controllers: m.controllers.clone(),
                     parent: parent_dir(settings, ctrl, &m.path),
                     own: None,
+                    v2: false,
                 });
+            }
+            for key in v1::TRACKING {
+                let found = mounts.iter().find(|m| match *key {
+                    "unified" => m.v2,
+                    named => !m.v2 && m.controllers.iter().any(|c| c == named),
+                });
+                if let Some(m) = found {
+                    hierarchies.push(v1::Hierarchy {
+                        mount: m.path.clone(),
+                        controllers: vec![(*key).to_string()],
+                        parent: parent_dir(settings, key, &m.path),
+                        own: None,
+                        v2: m.v2,
+                    });
+                }
             }
             Ok(Box::new(V1::new(hierarchies)))
         }
@@ -401,6 +423,18 @@ fn standard_mounts() -> Option<Vec<Mount>> {
                 },
             )),
         }
+    }
+    // systemd's named hierarchy, at its standard place.
+    let named = root.join("systemd");
+    if statfs(&named).is_ok_and(|s| s.filesystem_type() == CGROUP_SUPER_MAGIC) {
+        found.push((
+            0,
+            Mount {
+                path: named,
+                controllers: vec!["name=systemd".to_string()],
+                v2: false,
+            },
+        ));
     }
     let unified = root.join("unified");
     if statfs(&unified).is_ok_and(|s| s.filesystem_type() == CGROUP2_SUPER_MAGIC) {
@@ -740,10 +774,7 @@ mod tests {
         let m = parse_mountinfo(HYBRID);
         assert_eq!(m.len(), 5);
         assert_eq!(m[0].controllers, vec!["cpu"]);
-        assert!(
-            m[2].controllers.is_empty(),
-            "named hierarchies carry no controller"
-        );
+        assert_eq!(m[2].controllers, vec!["name=systemd"]);
         assert!(m[3].v2);
         assert_eq!(m[4].controllers, vec!["cpu", "cpuacct"]);
         assert_eq!(host_version(&m).unwrap(), CgroupVersion::V1);

@@ -32,6 +32,29 @@ pub struct Hierarchy {
     /// vectl's own cgroup in it (to move back to after placing a child); read
     /// from /proc/self/cgroup when needed if not given.
     pub own: Option<PathBuf>,
+    /// The cgroup2 hierarchy of a hybrid host (no controllers; processes move
+    /// through `cgroup.procs`, there is no `tasks` file).
+    pub v2: bool,
+}
+
+/// The hierarchies without controllers that a VE gets a cgroup in besides the
+/// controllers' (keys of /proc/self/cgroup): the named `systemd` one and a
+/// hybrid host's cgroup2 one. systemd in a VE tracks its services there; it
+/// needs its own cgroup in them, writable by its root (see `delegate`).
+pub const TRACKING: &[&str] = &["name=systemd", "unified"];
+
+impl Hierarchy {
+    /// A hierarchy without controllers (see [`TRACKING`]).
+    pub fn is_tracking(&self) -> bool {
+        self.controllers
+            .iter()
+            .any(|c| TRACKING.contains(&c.as_str()))
+    }
+
+    /// The file a process writes "0" to in a cgroup of this hierarchy to join it.
+    fn join_file(&self) -> &'static str {
+        if self.v2 { "cgroup.procs" } else { "tasks" }
+    }
 }
 
 /// The v1 backend.
@@ -260,7 +283,25 @@ pub(crate) fn apply_devices(ve: &str, dir: &std::path::Path) -> Result<()> {
 }
 
 impl CgroupBackend for V1 {
-    fn delegate(&self, _ve: &str, _owner: u32) -> Result<()> {
+    fn delegate(&self, ve: &str, owner: u32) -> Result<()> {
+        let id = Some(nix::unistd::Uid::from_raw(owner));
+        let gid = Some(nix::unistd::Gid::from_raw(owner));
+        // Only the hierarchies without controllers: the VE's limits live in the
+        // controllers' ones, which stay the host's.
+        for h in self.hierarchies.iter().filter(|h| h.is_tracking()) {
+            let payload = h.parent.join(ve).join(PAYLOAD);
+            let files: &[&str] = if h.v2 {
+                &["cgroup.procs", "cgroup.threads", "cgroup.subtree_control"]
+            } else {
+                &["cgroup.procs", "tasks"]
+            };
+            let paths =
+                std::iter::once(payload.clone()).chain(files.iter().map(|f| payload.join(f)));
+            for p in paths {
+                nix::unistd::chown(&p, id, gid)
+                    .map_err(|e| crate::error::io_err(&p)(std::io::Error::from(e)))?;
+            }
+        }
         Ok(())
     }
 
@@ -460,7 +501,11 @@ impl CgroupBackend for V1 {
         let join = self
             .hierarchies
             .iter()
-            .map(|h| h.parent.join(ve).join(PAYLOAD).join("tasks"))
+            .map(|h| (h, h.parent.join(ve).join(PAYLOAD).join(h.join_file())))
+            // A VE started by a vectl older than the tracking hierarchies has
+            // no cgroup there: its new processes join the others only.
+            .filter(|(h, file)| !h.is_tracking() || file.exists())
+            .map(|(_, file)| file)
             .collect();
         let mine = if self.hierarchies.iter().any(|h| h.own.is_none()) {
             let text = std::fs::read_to_string("/proc/self/cgroup").map_err(
@@ -482,7 +527,7 @@ impl CgroupBackend for V1 {
                         .map_or("", |p| p.trim_start_matches('/'));
                     h.mount.join(rel)
                 });
-                own.join("tasks")
+                own.join(h.join_file())
             })
             .collect();
         Ok(Placement::Tasks { join, back })
@@ -596,6 +641,7 @@ mod tests {
                 controllers: vec![c.to_string()],
                 parent: mount.join("vectl"),
                 own: Some(mount.clone()),
+                v2: false,
             });
         }
         let put = |ctrl: &str, file: &str, v: &str| {

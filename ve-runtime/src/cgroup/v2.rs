@@ -23,6 +23,10 @@ use crate::limits::{CPU_PERIOD_US, IoLimits, KernelLimits};
 /// Controllers vectl enables for VE cgroups.
 const CONTROLLERS: &[&str] = &["cpu", "cpuset", "memory", "pids", "io"];
 
+/// The cgroup below a VE's payload cgroup that `vectl exec` places commands in
+/// once the VE has enabled controllers in its payload cgroup.
+pub const EXEC_LEAF: &str = ".vectl-exec";
+
 /// The v2 backend.
 #[derive(Debug)]
 pub struct V2 {
@@ -231,7 +235,19 @@ impl CgroupBackend for V2 {
     }
 
     fn delegate(&self, ve: &str, owner: u32) -> Result<()> {
-        let payload = self.ve_dir(ve).join(PAYLOAD);
+        // The controllers the VE's cgroup has are offered to its payload
+        // cgroup, so systemd in it can use them for its services (below the
+        // VE's limits, which hold for the whole subtree).
+        let dir = self.ve_dir(ve);
+        let offered = read_knob(&dir, "cgroup.controllers")?;
+        let enable: Vec<String> = offered
+            .split_whitespace()
+            .map(|c| format!("+{c}"))
+            .collect();
+        if !enable.is_empty() {
+            write_knob(ve, &dir, "cgroup.subtree_control", &enable.join(" "))?;
+        }
+        let payload = dir.join(PAYLOAD);
         let id = Some(nix::unistd::Uid::from_raw(owner));
         let gid = Some(nix::unistd::Gid::from_raw(owner));
         for p in [
@@ -419,7 +435,19 @@ impl CgroupBackend for V2 {
     }
 
     fn placement(&self, ve: &str) -> Result<Placement> {
-        let dir = self.ve_dir(ve).join(PAYLOAD);
+        let payload = self.ve_dir(ve).join(PAYLOAD);
+        // systemd in a VE enables controllers for the children of its
+        // (delegated) cgroup, and a cgroup with enabled controllers may hold no
+        // process (v2's no-internal-process rule): new processes then go to a
+        // leaf of vectl's below it. The VE's root could remove or misuse the
+        // leaf; that fails only its own `vectl exec`.
+        let dir = if read_knob(&payload, "cgroup.subtree_control")?.is_empty() {
+            payload
+        } else {
+            let leaf = payload.join(EXEC_LEAF);
+            mkdir(&leaf)?;
+            leaf
+        };
         let fd = open(
             &dir,
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,

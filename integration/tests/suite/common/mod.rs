@@ -60,6 +60,12 @@ pub fn leftover_procs(h: &TestHost, ve: &str) -> Vec<i32> {
         };
         let inside = cg.lines().any(|l| {
             let path = l.splitn(3, ':').nth(2).unwrap_or("");
+            // A v2 cgroup is removed only once no live process is in it: one
+            // still named there is exiting (a PID namespace's init waits for
+            // its last process to be reaped, by whoever is its parent).
+            if path.ends_with(" (deleted)") {
+                return false;
+            }
             let parts: Vec<&str> = path.split('/').collect();
             parts.windows(2).any(|w| w[0] == h.name && w[1] == ve)
         });
@@ -133,7 +139,19 @@ pub fn assert_stopped_clean(h: &TestHost, ve: &str) {
     let dirs = existing_cgroup_dirs(h, ve);
     assert!(dirs.is_empty(), "VE {ve}: cgroup dirs left: {dirs:?}");
     let procs = leftover_procs(h, ve);
-    assert!(procs.is_empty(), "VE {ve}: processes left: {procs:?}");
+    let what: Vec<String> = procs
+        .iter()
+        .map(|p| {
+            let file = |f: &str| fs::read_to_string(format!("/proc/{p}/{f}")).unwrap_or_default();
+            format!(
+                "{p} {} {} in {}",
+                file("comm").trim(),
+                file("stat"),
+                file("cgroup")
+            )
+        })
+        .collect();
+    assert!(procs.is_empty(), "VE {ve}: processes left: {what:#?}");
     let run = h.root().join("run").join(format!("{ve}.json"));
     assert!(!run.exists(), "VE {ve}: {} left", run.display());
 }
@@ -168,7 +186,19 @@ pub fn assert_gone(h: &TestHost, ve: &str) {
     let dirs = existing_cgroup_dirs(h, ve);
     assert!(dirs.is_empty(), "VE {ve}: cgroup dirs left: {dirs:?}");
     let procs = leftover_procs(h, ve);
-    assert!(procs.is_empty(), "VE {ve}: processes left: {procs:?}");
+    let what: Vec<String> = procs
+        .iter()
+        .map(|p| {
+            let file = |f: &str| fs::read_to_string(format!("/proc/{p}/{f}")).unwrap_or_default();
+            format!(
+                "{p} {} {} in {}",
+                file("comm").trim(),
+                file("stat"),
+                file("cgroup")
+            )
+        })
+        .collect();
+    assert!(procs.is_empty(), "VE {ve}: processes left: {what:#?}");
 }
 
 /// Asserts that the host holds no VE at all any more: empty list, and nothing in
