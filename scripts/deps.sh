@@ -22,6 +22,7 @@ packages=(
     apt-utils         # apt-ftparchive: the local Debian mirror of the debootstrap test
     gnupg             # gpg: signs that mirror with a throwaway key
     procps
+    crun              # vectl-bench's comparison: a crun container's memory beside a VE's
 )
 
 if [ "$(id -u)" != 0 ]; then

@@ -247,7 +247,7 @@ static long do_open_by_handle(void) {
     struct { struct file_handle h; unsigned char b[128]; } fh;
     int mount_id;
     fh.h.handle_bytes = sizeof fh.b;
-    if (name_to_handle_at(AT_FDCWD, "/etc", &fh.h, &mount_id, 0) < 0) {
+    if (name_to_handle_at(AT_FDCWD, "/dev", &fh.h, &mount_id, 0) < 0) {
         /* A file system without handles (a VE's overlay): a made-up one, as the
          * "shocker" attack guesses them (inode 2, generation 0). */
         memset(&fh, 0, sizeof fh);
@@ -255,7 +255,7 @@ static long do_open_by_handle(void) {
         fh.h.handle_type = 1;
         fh.b[0] = 2; /* f_handle[0]: the bytes right after the header */
     }
-    int dir = open("/etc", O_RDONLY | O_DIRECTORY); /* on the handle's mount */
+    int dir = open("/dev", O_RDONLY | O_DIRECTORY); /* on the handle's mount (tmpfs) */
     if (dir < 0) return -1;
     return open_by_handle_at(dir, &fh.h, O_RDONLY);
 }

@@ -132,12 +132,25 @@ pub(crate) fn run(
     let sfd = SignalFd::with_flags(&relayed, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(|e| fail(format!("signalfd: {e}")))?;
 
-    let (cgroup_fd, join) = match placement {
-        Placement::CloneInto(fd) => (Some(fd), Vec::new()),
-        Placement::Tasks { join, .. } => (None, join),
+    let (cgroup_fd, join, leaf) = match placement {
+        Placement::CloneInto { dir, leaf } => (Some(dir), Vec::new(), leaf),
+        Placement::Tasks { join, into, .. } => (into, join, None),
     };
-    let helper = sys::clone3(0, cgroup_fd.as_ref().map(|f| f.as_fd()))
-        .map_err(|e| fail(format!("clone3: {e}")))?;
+    let mut helper = sys::clone3(0, cgroup_fd.as_ref().map(|f| f.as_fd()));
+    if let (Err(nix::Error::EBUSY), Some(leaf)) = (&helper, &leaf) {
+        // The VE enabled controllers in its cgroup since it was chosen.
+        crate::cgroup::mkdir(leaf)?;
+        let fd = nix::fcntl::open(
+            leaf,
+            nix::fcntl::OFlag::O_RDONLY
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| fail(format!("open {}: {e}", leaf.display())))?;
+        helper = sys::clone3(0, Some(fd.as_fd()));
+    }
+    let helper = helper.map_err(|e| fail(format!("clone3: {e}")))?;
     let helper_pid = match helper {
         Forked::Child => {
             drop(sync_r);

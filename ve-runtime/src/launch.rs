@@ -116,10 +116,10 @@ pub(crate) fn start(
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| fail(format!("pipe: {e}")))?;
 
     let (cgroup_fd, back) = match placement {
-        Placement::CloneInto(fd) => (Some(fd), Vec::new()),
-        Placement::Tasks { join, back } => {
+        Placement::CloneInto { dir, .. } => (Some(dir), Vec::new()),
+        Placement::Tasks { join, back, into } => {
             move_self(&join).map_err(|e| fail(format!("join the VE's cgroup: {e}")))?;
-            (None, back)
+            (into, back)
         }
     };
     let flags = match profile {
@@ -271,10 +271,12 @@ impl ChildSetup<'_> {
         }
         umask(Mode::empty());
         setsid().map_err(step(|| "setsid".into()))?;
-        make_mounts_private()?;
         let root = match self.overlay_opts {
+            // The helper that mounted the root made this namespace's mounts
+            // private already.
             None => userns::root_dir(&self.spec.mountpoint),
             Some(opts) => {
+                make_mounts_private()?;
                 let root = self.spec.mountpoint.clone();
                 mount(
                     Some("overlay"),

@@ -17,6 +17,9 @@
 //!   page cache) over N VEs, minus what the VEs' own cgroups account (without
 //!   page cache), divided by N; the drop of MemAvailable is shown beside it
 //! - N VEs one after another: create + start of N VEs in sequence
+//! - crun: N containers of crun (when installed) on the same busybox tree running
+//!   the same init, in the same run: what each one's cgroup is charged, without
+//!   page cache, beside a VE's with and without a user namespace
 //! - storage (btrfs pool): create of a VE on a 200 MB template, `set --disk` on a
 //!   running VE, disk used by a fresh VE
 //! - clone: `vectl clone` of a stopped VE with 10 MB of its own files
@@ -233,6 +236,7 @@ fn main() {
     args.extend(names.iter().map(String::as_str));
     h.ok(&args);
     let idle = idle_memory(h, nves, "m", &limits);
+    let crun = crun_memory(nves);
     let mut list = Vec::new();
     let mut stats = Vec::new();
     for _ in 0..runs {
@@ -303,6 +307,10 @@ fn main() {
         (
             "privileged: non-cache memory in use per running idle VE (KiB)",
             privileged.used_per_ve,
+        ),
+        (
+            "crun (same tree, same init): charged to each container's cgroup, without page cache (KiB)",
+            crun.unwrap_or(f64::NAN),
         ),
     ];
     h.release();
@@ -646,6 +654,138 @@ fn idle_memory(h: &TestHost, nves: usize, prefix: &str, create_args: &[&str]) ->
         nonfile_per_ve: (cgroup_kib - cgroup_file_kib.min(cgroup_kib)) as f64 / n,
         used_per_ve: (used_after - used_before) / n,
     }
+}
+
+/// N containers of crun on the busybox tree, running its init (busybox init,
+/// which starts httpd, as in a VE), idle for 2 s: what each one's memory cgroup
+/// is charged, without page cache, in KiB. `None` (said on stderr) without crun.
+fn crun_memory(n: usize) -> Option<f64> {
+    use std::process::{Command, Stdio};
+    let crun = |args: &[&str], state: &std::path::Path| {
+        Command::new("crun")
+            .arg("--root")
+            .arg(state)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+    };
+    if Command::new("crun").arg("--version").output().is_err() {
+        eprintln!("vectl-bench: crun is not installed (apt-get install crun): no crun figure");
+        return None;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let rootfs = work.path().join("rootfs");
+    integration::copy_busybox_rootfs(&rootfs).unwrap();
+    let state = work.path().join("state");
+    let spec = Command::new("crun")
+        .args(["spec"])
+        .current_dir(work.path())
+        .output()
+        .unwrap();
+    assert!(spec.status.success(), "crun spec: {spec:?}");
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&fs::read(work.path().join("config.json")).unwrap()).unwrap();
+    let tag = format!("vectl-bench-crun-{}", std::process::id());
+    config["process"]["terminal"] = false.into();
+    config["process"]["args"] = serde_json::json!(["/sbin/init"]);
+    config["root"] = serde_json::json!({"path": rootfs, "readonly": false});
+    let v2 = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.contains(" /sys/fs/cgroup ") && l.contains(" - cgroup2 "));
+    // crun refuses hybrid hosts whose cgroup2 hierarchy offers any controller
+    // (hugetlb here), even without a cgroup manager, so the bench makes each
+    // container's memory cgroup itself and starts crun in it, without a
+    // cgroup manager: what the container's processes and namespaces are
+    // charged lands there, as a VE's lands in its cgroup.
+    let mem_base = std::path::PathBuf::from(if v2 {
+        "/sys/fs/cgroup"
+    } else {
+        "/sys/fs/cgroup/memory"
+    })
+    .join(&tag);
+    fs::create_dir(&mem_base).unwrap();
+    if v2 {
+        fs::write(mem_base.join("cgroup.subtree_control"), "+memory").unwrap();
+    }
+    let mem_dir = |i: usize| mem_base.join(format!("c{i}"));
+    let names: Vec<String> = (0..n).map(|i| format!("{tag}-{i}")).collect();
+    let mut started = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let bundle = work.path().join(format!("b{i}"));
+        fs::create_dir(&bundle).unwrap();
+        config["hostname"] = name.clone().into();
+        fs::write(bundle.join("config.json"), config.to_string()).unwrap();
+        fs::create_dir(mem_dir(i)).unwrap();
+        // In a mount namespace of its own without the hybrid host's cgroup2
+        // mount, which crun (1.8) refuses to run beside at all.
+        let r = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c"])
+            .arg(
+                "umount /sys/fs/cgroup/unified 2>/dev/null; \
+                 echo $$ > \"$1\"/cgroup.procs && shift && exec crun \"$@\"",
+            )
+            .arg("sh")
+            .arg(mem_dir(i))
+            .arg("--root")
+            .arg(&state)
+            .args(["--cgroup-manager=disabled", "run", "--detach", "--bundle"])
+            .arg(&bundle)
+            .arg(name)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output();
+        match r {
+            Ok(o) if o.status.success() => started.push(name.clone()),
+            other => {
+                eprintln!("vectl-bench: crun run {name}: {other:?}");
+                break;
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let mut total = 0u64;
+    for i in 0..started.len() {
+        let dir = mem_dir(i);
+        let usage = fs::read_to_string(dir.join("memory.usage_in_bytes"))
+            .or_else(|_| fs::read_to_string(dir.join("memory.current")))
+            .unwrap_or_default();
+        let stat = fs::read_to_string(dir.join("memory.stat")).unwrap_or_default();
+        let file = stat
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("total_cache ")
+                    .or_else(|| l.strip_prefix("file "))
+            })
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        total += usage
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(0)
+            .saturating_sub(file)
+            / 1024;
+    }
+    for name in &started {
+        let _ = crun(&["delete", "--force", name], &state);
+    }
+    for i in 0..n {
+        // Its processes are gone once `delete --force` returns; rmdir may
+        // still see them leaving for a moment.
+        for _ in 0..100 {
+            match fs::remove_dir(mem_dir(i)) {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                _ => break,
+            }
+        }
+    }
+    let _ = fs::remove_dir(&mem_base);
+    (started.len() == n).then(|| total as f64 / n as f64)
 }
 
 /// Template files are shared in the page cache: 20 VEs read one 64 MiB file of

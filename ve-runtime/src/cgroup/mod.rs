@@ -55,14 +55,20 @@ impl std::fmt::Display for CgroupVersion {
 /// How a new process gets into a VE's payload cgroup.
 #[derive(Debug)]
 pub enum Placement {
-    /// v2: clone3 with CLONE_INTO_CGROUP and this directory fd.
-    CloneInto(OwnedFd),
+    /// v2: clone3 with CLONE_INTO_CGROUP and the directory fd `dir`. `leaf`:
+    /// where to go instead when the kernel answers EBUSY, because the VE
+    /// enabled controllers in `dir` (its systemd, at boot) after it was chosen.
+    CloneInto { dir: OwnedFd, leaf: Option<PathBuf> },
     /// v1: the single-threaded caller moves itself into `join` (writing "0" to each
     /// `tasks` file), clones, and moves back to `back`. Moving only the current
     /// thread avoids the RCU grace period a whole-process move waits for.
     Tasks {
         join: Vec<PathBuf>,
         back: Vec<PathBuf>,
+        /// A hybrid host's cgroup2 hierarchy: clone3 with CLONE_INTO_CGROUP
+        /// and this directory fd (moving a process through `cgroup.procs`
+        /// waits for an RCU grace period, twice per start).
+        into: Option<OwnedFd>,
     },
 }
 

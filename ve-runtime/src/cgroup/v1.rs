@@ -32,8 +32,8 @@ pub struct Hierarchy {
     /// vectl's own cgroup in it (to move back to after placing a child); read
     /// from /proc/self/cgroup when needed if not given.
     pub own: Option<PathBuf>,
-    /// The cgroup2 hierarchy of a hybrid host (no controllers; processes move
-    /// through `cgroup.procs`, there is no `tasks` file).
+    /// The cgroup2 hierarchy of a hybrid host (no controllers; new processes
+    /// are cloned into it, see [`Placement::Tasks`]).
     pub v2: bool,
 }
 
@@ -49,11 +49,6 @@ impl Hierarchy {
         self.controllers
             .iter()
             .any(|c| TRACKING.contains(&c.as_str()))
-    }
-
-    /// The file a process writes "0" to in a cgroup of this hierarchy to join it.
-    fn join_file(&self) -> &'static str {
-        if self.v2 { "cgroup.procs" } else { "tasks" }
     }
 }
 
@@ -498,14 +493,29 @@ impl CgroupBackend for V1 {
     }
 
     fn placement(&self, ve: &str) -> Result<Placement> {
-        let join = self
-            .hierarchies
+        // A VE started by a vectl older than the tracking hierarchies has no
+        // cgroup there: its new processes join the others only.
+        let payload = |h: &Hierarchy| {
+            let dir = h.parent.join(ve).join(PAYLOAD);
+            (!h.is_tracking() || dir.is_dir()).then_some(dir)
+        };
+        let mut into = None;
+        if let Some(dir) = self.hierarchies.iter().filter(|h| h.v2).find_map(payload) {
+            let fd = nix::fcntl::open(
+                &dir,
+                nix::fcntl::OFlag::O_RDONLY
+                    | nix::fcntl::OFlag::O_DIRECTORY
+                    | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(crate::error::sys_err(format!("open {}", dir.display())))?;
+            into = Some(fd);
+        }
+        let v1: Vec<&Hierarchy> = self.hierarchies.iter().filter(|h| !h.v2).collect();
+        let join = v1
             .iter()
-            .map(|h| (h, h.parent.join(ve).join(PAYLOAD).join(h.join_file())))
-            // A VE started by a vectl older than the tracking hierarchies has
-            // no cgroup there: its new processes join the others only.
-            .filter(|(h, file)| !h.is_tracking() || file.exists())
-            .map(|(_, file)| file)
+            .filter_map(|h| payload(h))
+            .map(|dir| dir.join("tasks"))
             .collect();
         let mine = if self.hierarchies.iter().any(|h| h.own.is_none()) {
             let text = std::fs::read_to_string("/proc/self/cgroup").map_err(
@@ -515,8 +525,7 @@ impl CgroupBackend for V1 {
         } else {
             Default::default()
         };
-        let back = self
-            .hierarchies
+        let back = v1
             .iter()
             .map(|h| {
                 let own = h.own.clone().unwrap_or_else(|| {
@@ -527,10 +536,10 @@ impl CgroupBackend for V1 {
                         .map_or("", |p| p.trim_start_matches('/'));
                     h.mount.join(rel)
                 });
-                own.join(h.join_file())
+                own.join("tasks")
             })
             .collect();
-        Ok(Placement::Tasks { join, back })
+        Ok(Placement::Tasks { join, back, into })
     }
 
     fn usage(&self, ve: &str) -> Result<Usage> {
@@ -846,7 +855,7 @@ mod tests {
     fn placement_moves_the_thread_via_tasks_files() {
         let tmp = tempfile::tempdir().unwrap();
         let cg = fake(tmp.path(), false);
-        let Placement::Tasks { join, back } = cg.placement("web1").unwrap() else {
+        let Placement::Tasks { join, back, .. } = cg.placement("web1").unwrap() else {
             panic!("v1 places by tasks files");
         };
         assert_eq!(join[0], tmp.path().join("memory/vectl/web1/ve/tasks"));

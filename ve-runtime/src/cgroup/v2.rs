@@ -441,12 +441,12 @@ impl CgroupBackend for V2 {
         // process (v2's no-internal-process rule): new processes then go to a
         // leaf of vectl's below it. The VE's root could remove or misuse the
         // leaf; that fails only its own `vectl exec`.
-        let dir = if read_knob(&payload, "cgroup.subtree_control")?.is_empty() {
-            payload
+        let leaf = payload.join(EXEC_LEAF);
+        let (dir, leaf) = if read_knob(&payload, "cgroup.subtree_control")?.is_empty() {
+            (payload, Some(leaf))
         } else {
-            let leaf = payload.join(EXEC_LEAF);
             mkdir(&leaf)?;
-            leaf
+            (leaf, None)
         };
         let fd = open(
             &dir,
@@ -454,7 +454,7 @@ impl CgroupBackend for V2 {
             Mode::empty(),
         )
         .map_err(sys_err(format!("open {}", dir.display())))?;
-        Ok(Placement::CloneInto(fd))
+        Ok(Placement::CloneInto { dir: fd, leaf })
     }
 
     fn usage(&self, ve: &str) -> Result<Usage> {
