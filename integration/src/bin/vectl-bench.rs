@@ -719,6 +719,7 @@ fn crun_memory(n: usize) -> Option<f64> {
         config["hostname"] = name.clone().into();
         fs::write(bundle.join("config.json"), config.to_string()).unwrap();
         fs::create_dir(mem_dir(i)).unwrap();
+        let err = work.path().join(format!("crun-{i}.err"));
         // In a mount namespace of its own without the hybrid host's cgroup2
         // mount, which crun (1.8) refuses to run beside at all.
         let r = Command::new("unshare")
@@ -734,14 +735,17 @@ fn crun_memory(n: usize) -> Option<f64> {
             .args(["--cgroup-manager=disabled", "run", "--detach", "--bundle"])
             .arg(&bundle)
             .arg(name)
+            // Files, not pipes: the detached container keeps its stdio, and a
+            // pipe would never end.
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output();
+            .stderr(fs::File::create(&err).unwrap())
+            .status();
         match r {
-            Ok(o) if o.status.success() => started.push(name.clone()),
+            Ok(st) if st.success() => started.push(name.clone()),
             other => {
-                eprintln!("vectl-bench: crun run {name}: {other:?}");
+                let msg = fs::read_to_string(&err).unwrap_or_default();
+                eprintln!("vectl-bench: crun run {name}: {other:?} {}", msg.trim());
                 break;
             }
         }
