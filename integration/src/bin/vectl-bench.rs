@@ -630,20 +630,8 @@ fn idle_memory(h: &TestHost, nves: usize, prefix: &str, create_args: &[&str]) ->
     let mut cgroup_kib = 0u64;
     let mut cgroup_file_kib = 0u64;
     for i in 0..nves {
-        let dir = h.cgroup_dir("memory", &format!("{prefix}{i}"));
-        let usage = fs::read_to_string(dir.join("memory.usage_in_bytes"))
-            .or_else(|_| fs::read_to_string(dir.join("memory.current")))
-            .unwrap();
-        cgroup_kib += usage.trim().parse::<u64>().unwrap() / 1024;
-        let stat = fs::read_to_string(dir.join("memory.stat")).unwrap();
-        let file = stat
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("total_cache ")
-                    .or_else(|| l.strip_prefix("file "))
-            })
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0);
+        let (usage, file) = memcg_bytes(&h.cgroup_dir("memory", &format!("{prefix}{i}")));
+        cgroup_kib += usage / 1024;
         cgroup_file_kib += file / 1024;
     }
     let n = nves as f64;
@@ -654,6 +642,23 @@ fn idle_memory(h: &TestHost, nves: usize, prefix: &str, create_args: &[&str]) ->
         nonfile_per_ve: (cgroup_kib - cgroup_file_kib.min(cgroup_kib)) as f64 / n,
         used_per_ve: (used_after - used_before) / n,
     }
+}
+
+/// What a memory cgroup (v1 or v2) is charged, and the page cache in it, in bytes.
+fn memcg_bytes(dir: &std::path::Path) -> (u64, u64) {
+    let usage = fs::read_to_string(dir.join("memory.usage_in_bytes"))
+        .or_else(|_| fs::read_to_string(dir.join("memory.current")))
+        .unwrap_or_default();
+    let stat = fs::read_to_string(dir.join("memory.stat")).unwrap_or_default();
+    let file = stat
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("total_cache ")
+                .or_else(|| l.strip_prefix("file "))
+        })
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    (usage.trim().parse().unwrap_or(0), file)
 }
 
 /// N containers of crun on the busybox tree, running its init (busybox init,
@@ -753,25 +758,8 @@ fn crun_memory(n: usize) -> Option<f64> {
     std::thread::sleep(Duration::from_secs(2));
     let mut total = 0u64;
     for i in 0..started.len() {
-        let dir = mem_dir(i);
-        let usage = fs::read_to_string(dir.join("memory.usage_in_bytes"))
-            .or_else(|_| fs::read_to_string(dir.join("memory.current")))
-            .unwrap_or_default();
-        let stat = fs::read_to_string(dir.join("memory.stat")).unwrap_or_default();
-        let file = stat
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("total_cache ")
-                    .or_else(|| l.strip_prefix("file "))
-            })
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0);
-        total += usage
-            .trim()
-            .parse::<u64>()
-            .unwrap_or(0)
-            .saturating_sub(file)
-            / 1024;
+        let (usage, file) = memcg_bytes(&mem_dir(i));
+        total += usage.saturating_sub(file) / 1024;
     }
     for name in &started {
         let _ = crun(&["delete", "--force", name], &state);

@@ -26,6 +26,37 @@ fn mirror(test: &str) -> Option<PathBuf> {
     Some(dir)
 }
 
+/// `template import NAME --debootstrap SUITE` of a minbase tree with `include`
+/// from the mirror in `dir`, served at `url`, and `extra` arguments.
+fn debootstrap_import(
+    h: &TestHost,
+    dir: &std::path::Path,
+    url: &str,
+    name: &str,
+    include: &str,
+    extra: &[&str],
+) -> integration::Run {
+    let suite = fs::read_to_string(dir.join("suite")).unwrap();
+    let keyring = dir.join("keyring.gpg");
+    let mut args = vec![
+        "template",
+        "import",
+        name,
+        "--debootstrap",
+        suite.trim(),
+        "--mirror",
+        url,
+        "--variant",
+        "minbase",
+        "--include",
+        include,
+        "--keyring",
+        keyring.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    h.run(&args)
+}
+
 #[test]
 fn debootstrap_imports_a_debian_tree_with_packages() {
     let test = "debootstrap_imports_a_debian_tree_with_packages";
@@ -36,27 +67,16 @@ fn debootstrap_imports_a_debian_tree_with_packages() {
         return;
     };
     let server = FileServer::new(&dir).unwrap();
-    let suite = fs::read_to_string(dir.join("suite")).unwrap();
     let include = fs::read_to_string(dir.join("include")).unwrap();
-    let keyring = dir.join("keyring.gpg");
     let url = server.url("debian");
-    let r = h.run(&[
-        "template",
-        "import",
-        "deb",
-        "--debootstrap",
-        suite.trim(),
-        "--mirror",
+    let r = debootstrap_import(
+        &h,
+        &dir,
         &url,
-        "--variant",
-        "minbase",
-        "--include",
+        "deb",
         include.trim(),
-        "--keyring",
-        keyring.to_str().unwrap(),
-        "-m",
-        "base system",
-    ]);
+        &["-m", "base system"],
+    );
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     // Progress, stage by stage, in a log (stderr is not a terminal here).
     for stage in ["retrieving", "unpacking", "configuring"] {
@@ -265,29 +285,13 @@ fn a_debian_template_with_systemd_boots_as_a_ve_in_its_user_namespace() {
         return;
     };
     let server = FileServer::new(&dir).unwrap();
-    let suite = fs::read_to_string(dir.join("suite")).unwrap();
     let include = format!(
         "{},{}",
         fs::read_to_string(dir.join("include")).unwrap().trim(),
         systemd.trim()
     );
-    let keyring = dir.join("keyring.gpg");
     let url = server.url("debian");
-    let r = h.run(&[
-        "template",
-        "import",
-        "debian-12",
-        "--debootstrap",
-        suite.trim(),
-        "--mirror",
-        &url,
-        "--variant",
-        "minbase",
-        "--include",
-        &include,
-        "--keyring",
-        keyring.to_str().unwrap(),
-    ]);
+    let r = debootstrap_import(&h, &dir, &url, "debian-12", &include, &[]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     assert!(!r.stderr.contains("no /sbin/init"), "{}", r.stderr);
     boots_with_systemd(&h, "debian-12");

@@ -79,6 +79,15 @@ fn probe_in(h: &TestHost, ve: &str, args: &[&str]) -> BTreeMap<String, String> {
     fields(&r.stdout)
 }
 
+/// The probe's `key=value` lines when it runs on the host (the positive control).
+fn probe_on_host(args: &[&str]) -> BTreeMap<String, String> {
+    let out = std::process::Command::new(probe())
+        .args(args)
+        .output()
+        .unwrap();
+    fields(&String::from_utf8_lossy(&out.stdout))
+}
+
 /// Runs `script` with the VE's sh, as its root; it must succeed.
 #[track_caller]
 fn sh_in(h: &TestHost, ve: &str, script: &str) -> String {
@@ -559,11 +568,7 @@ fn the_seccomp_filter_refuses_new_user_namespaces_io_uring_and_realtime_io() {
         return;
     };
     // Positive control: on the host, every call works.
-    let host = std::process::Command::new(probe())
-        .arg("syscalls")
-        .output()
-        .unwrap();
-    let host = fields(&String::from_utf8_lossy(&host.stdout));
+    let host = probe_on_host(&["syscalls"]);
     for call in [
         "unshare_user",
         "clone3",
@@ -669,19 +674,16 @@ fn kernel_interfaces_that_reach_past_the_ve_are_refused() {
     // Positive control: on the host, as root, each works where this kernel
     // has it (this machine's kernel has neither /proc/kcore nor /dev/mem; the
     // VM suite's has both).
-    let host = std::process::Command::new(probe())
-        .arg("kernel")
-        .output()
-        .unwrap();
-    let host = fields(&String::from_utf8_lossy(&host.stdout));
+    let host = probe_on_host(&["kernel"]);
     println!("on the host: {host:?}");
-    for call in [
+    const CALLS: [&str; 5] = [
         "add_key",
         "bpf_map_create",
         "perf_event_open",
         "userfaultfd",
         "open_by_handle_at",
-    ] {
+    ];
+    for call in CALLS {
         assert_eq!(host[call], "ok", "{call} on the host: {host:?}");
     }
     for file in ["read_kcore", "read_dev_mem"] {
@@ -695,15 +697,8 @@ fn kernel_interfaces_that_reach_past_the_ve_are_refused() {
     for ve in ["kp", "ku"] {
         plant_probe(&h, ve);
         let seen = probe_in(&h, ve, &["kernel"]);
-        for call in [
-            "add_key",
-            "bpf_map_create",
-            "perf_event_open",
-            "userfaultfd",
-            "open_by_handle_at",
-            "mknod_and_read_mem",
-        ] {
-            assert_eq!(seen[call], "EPERM", "{ve}: {call}: {seen:?}");
+        for call in CALLS.iter().chain(&["mknod_and_read_mem"]) {
+            assert_eq!(seen[*call], "EPERM", "{ve}: {call}: {seen:?}");
         }
         // The host's kernel memory: hidden (an empty file) or absent.
         let kcore = &seen["read_kcore"];
@@ -726,11 +721,7 @@ fn a_ve_can_neither_signal_nor_trace_host_processes() {
         .spawn()
         .unwrap();
     let pid = victim.id().to_string();
-    let host = std::process::Command::new(probe())
-        .args(["signal", &pid])
-        .output()
-        .unwrap();
-    let host = fields(&String::from_utf8_lossy(&host.stdout));
+    let host = probe_on_host(&["signal", &pid]);
     assert_eq!(host["kill"], "ok", "{host:?}");
     assert_eq!(host["ptrace_seize"], "ok", "{host:?}");
     h.start_ve("sp", &["--privileged"]);

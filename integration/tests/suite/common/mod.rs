@@ -131,13 +131,9 @@ pub fn wait_http(h: &TestHost, ve: &str) -> String {
     }
 }
 
-/// Asserts that a stopped VE left nothing running: listed as stopped, no cgroup
-/// directory, no process in its cgroups, no runtime state file.
+/// Asserts that no live process is in the VE's cgroups; names each one left.
 #[track_caller]
-pub fn assert_stopped_clean(h: &TestHost, ve: &str) {
-    assert_eq!(status(h, ve), "stopped", "VE {ve}");
-    let dirs = existing_cgroup_dirs(h, ve);
-    assert!(dirs.is_empty(), "VE {ve}: cgroup dirs left: {dirs:?}");
+fn assert_no_procs(h: &TestHost, ve: &str) {
     let procs = leftover_procs(h, ve);
     let what: Vec<String> = procs
         .iter()
@@ -152,6 +148,16 @@ pub fn assert_stopped_clean(h: &TestHost, ve: &str) {
         })
         .collect();
     assert!(procs.is_empty(), "VE {ve}: processes left: {what:#?}");
+}
+
+/// Asserts that a stopped VE left nothing running: listed as stopped, no cgroup
+/// directory, no process in its cgroups, no runtime state file.
+#[track_caller]
+pub fn assert_stopped_clean(h: &TestHost, ve: &str) {
+    assert_eq!(status(h, ve), "stopped", "VE {ve}");
+    let dirs = existing_cgroup_dirs(h, ve);
+    assert!(dirs.is_empty(), "VE {ve}: cgroup dirs left: {dirs:?}");
+    assert_no_procs(h, ve);
     let run = h.root().join("run").join(format!("{ve}.json"));
     assert!(!run.exists(), "VE {ve}: {} left", run.display());
 }
@@ -185,20 +191,7 @@ pub fn assert_gone(h: &TestHost, ve: &str) {
     }
     let dirs = existing_cgroup_dirs(h, ve);
     assert!(dirs.is_empty(), "VE {ve}: cgroup dirs left: {dirs:?}");
-    let procs = leftover_procs(h, ve);
-    let what: Vec<String> = procs
-        .iter()
-        .map(|p| {
-            let file = |f: &str| fs::read_to_string(format!("/proc/{p}/{f}")).unwrap_or_default();
-            format!(
-                "{p} {} {} in {}",
-                file("comm").trim(),
-                file("stat"),
-                file("cgroup")
-            )
-        })
-        .collect();
-    assert!(procs.is_empty(), "VE {ve}: processes left: {what:#?}");
+    assert_no_procs(h, ve);
 }
 
 /// Asserts that the host holds no VE at all any more: empty list, and nothing in
