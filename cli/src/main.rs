@@ -56,11 +56,14 @@ enum Command {
     /// Destroy VEs and their private files.
     Destroy(ve::DestroyArgs),
     /// List VEs.
-    List,
+    List(ve::ListArgs),
     /// Show one VE in full.
     Show(ve::VeArg),
     /// Change a VE's limits (live if it runs).
     Set(ve::SetArgs),
+    /// Change a VE's resources: RAM, swap, CPU, disk, I/O, network (live if it
+    /// runs); `set` with its limit options only.
+    Resize(ve::ResizeArgs),
     /// Move a VE to another template version: its own files are snapshotted
     /// first, a running VE is restarted. With --check: only the conflict report
     /// (exit status 3 when there are conflicts). With --all --from --to: every VE
@@ -137,9 +140,10 @@ fn run(ctx: &Ctx, command: Command, at: &ve::ArgPositions) -> Result<ExitCode> {
         Command::Stop(a) => ve::stop(ctx, a),
         Command::Restart(a) => ve::restart(ctx, a),
         Command::Destroy(a) => ve::destroy(ctx, a),
-        Command::List => ve::list(ctx),
+        Command::List(a) => ve::list(ctx, a),
         Command::Show(a) => ve::show(ctx, a),
         Command::Set(a) => ve::set(ctx, a),
+        Command::Resize(a) => ve::resize(ctx, a),
         Command::Upgrade(a) => upgrade::upgrade(ctx, a),
         Command::Rollback(a) => upgrade::rollback(ctx, a),
         Command::Commit(a) => upgrade::commit(ctx, a),

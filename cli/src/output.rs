@@ -978,32 +978,23 @@ impl Out {
         }
     }
 
-    pub fn list(&self, ves: &[VeInfo]) {
-        fn userns_mode(v: &VeInfo) -> &'static str {
-            if v.privileged { "host" } else { "private" }
-        }
+    /// `vectl list`: the columns `cols` (of [`LIST_COLUMNS`]) as a table or CSV.
+    pub fn list(&self, ves: &[VeInfo], cols: &[&ListColumn], csv: bool) {
         if self.json {
             self.print_json(&ves);
             return;
         }
-        let mut rows = Table::new(&[
-            "ID", "NAME", "STATUS", "TEMPLATE", "RAM", "CPU", "PIDS", "ADDRESS", "USERNS", "UPTIME",
-        ]);
+        let headers: Vec<String> = cols.iter().map(|c| c.name.to_uppercase()).collect();
+        let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+        let mut rows = Table::new(&headers);
         for v in ves {
-            rows.row(vec![
-                v.id.to_string(),
-                v.name.clone(),
-                v.status.to_string(),
-                v.template.clone(),
-                v.limits.ram.map_or("-".into(), |r| r.to_string()),
-                v.limits.cpu_limit.map_or("-".into(), |c| c.to_string()),
-                v.limits.pids.map_or("-".into(), |p| p.to_string()),
-                v.nics.first().map_or("-".into(), |n| n.ip.to_string()),
-                userns_mode(v).into(),
-                v.uptime_secs.map_or("-".into(), duration),
-            ]);
+            rows.row(cols.iter().map(|c| (c.cell)(v)).collect());
         }
-        rows.print();
+        if csv {
+            print!("{}", rows.render_csv());
+        } else {
+            rows.print();
+        }
     }
 
     pub fn show(&self, d: &VeDetails) {
@@ -1184,4 +1175,93 @@ mod tests {
         assert_eq!(duration(3700), "1h1m");
         assert_eq!(duration(90000), "1d1h");
     }
+}
+
+/// A column `vectl list -o` can show.
+#[derive(Debug)]
+pub struct ListColumn {
+    pub name: &'static str,
+    cell: fn(&VeInfo) -> String,
+}
+
+/// What `vectl list` shows without `-o`.
+pub const LIST_DEFAULT: &str = "id,name,status,template,ram,cpu,pids,address,userns,uptime";
+
+/// Every column of `vectl list -o`, by name.
+pub const LIST_COLUMNS: &[ListColumn] = &[
+    ListColumn {
+        name: "id",
+        cell: |v| v.id.to_string(),
+    },
+    ListColumn {
+        name: "name",
+        cell: |v| v.name.clone(),
+    },
+    ListColumn {
+        name: "status",
+        cell: |v| v.status.to_string(),
+    },
+    ListColumn {
+        name: "template",
+        cell: |v| v.template.clone(),
+    },
+    ListColumn {
+        name: "hostname",
+        cell: |v| v.hostname.clone(),
+    },
+    ListColumn {
+        name: "ram",
+        cell: |v| dash(v.limits.ram),
+    },
+    ListColumn {
+        name: "swap",
+        cell: |v| dash(v.limits.swap),
+    },
+    ListColumn {
+        name: "cpu",
+        cell: |v| dash(v.limits.cpu_limit),
+    },
+    ListColumn {
+        name: "cpus",
+        cell: |v| dash(v.limits.cpus.as_ref()),
+    },
+    ListColumn {
+        name: "pids",
+        cell: |v| dash(v.limits.pids),
+    },
+    ListColumn {
+        name: "disk",
+        cell: |v| dash(v.limits.disk),
+    },
+    ListColumn {
+        name: "address",
+        cell: |v| v.nics.first().map_or("-".into(), |n| n.ip.to_string()),
+    },
+    ListColumn {
+        name: "addresses",
+        cell: |v| {
+            let all: Vec<String> = v.nics.iter().map(|n| n.ip.to_string()).collect();
+            if all.is_empty() {
+                "-".into()
+            } else {
+                all.join(" ")
+            }
+        },
+    },
+    ListColumn {
+        name: "userns",
+        cell: |v| if v.privileged { "host" } else { "private" }.into(),
+    },
+    ListColumn {
+        name: "pid",
+        cell: |v| dash(v.pid),
+    },
+    ListColumn {
+        name: "uptime",
+        cell: |v| v.uptime_secs.map_or("-".into(), duration),
+    },
+];
+
+fn dash<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or("-".into(), |v| v.to_string())
 }

@@ -46,6 +46,27 @@ impl Table {
         self.rows.push(cells);
     }
 
+    /// The table as CSV (RFC 4180): the header line, then one line per row;
+    /// a cell with a comma, a quote or a line break is quoted.
+    pub fn render_csv(&self) -> String {
+        let mut out = String::new();
+        for row in &self.rows {
+            let cells: Vec<String> = row
+                .iter()
+                .map(|c| {
+                    if c.contains([',', '"', '\n', '\r']) {
+                        format!("\"{}\"", c.replace('"', "\"\""))
+                    } else {
+                        c.clone()
+                    }
+                })
+                .collect();
+            out.push_str(&cells.join(","));
+            out.push_str("\r\n");
+        }
+        out
+    }
+
     /// The table's text, one line per row, each ending in a newline.
     pub fn render(&self) -> String {
         let cols = self.right.len();

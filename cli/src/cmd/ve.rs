@@ -8,10 +8,10 @@ use anyhow::{Result, bail};
 use clap::Args;
 use ve_runtime::{
     Amount, Cpus, CreateOptions, ExecOptions, LimitsUpdate, NetShare, NicRequest, Percent, PortMap,
-    Rate, Setting, Size, StopOptions, StopOutcome,
+    Rate, Setting, Size, Status, StopOptions, StopOutcome,
 };
 
-use super::{Ctx, each};
+use super::{Ctx, Many, each};
 use crate::parse::{self, Checked};
 
 /// Limits common to `create` and `set`. `unlimited` removes a limit. The values are
@@ -103,8 +103,17 @@ impl LimitArgs {
 
 #[derive(Debug, Args)]
 pub struct CreateArgs {
-    /// VE name: lower-case letters, digits and '-'.
-    name: String,
+    /// VE names: lower-case letters, digits and '-' (several: each gets its own
+    /// id, addresses and hostname).
+    #[arg(required = true, value_name = "NAME")]
+    names: Vec<String>,
+    /// A VE of that name that exists already is left as it is (and started with
+    /// `--start`), not an error: running the same create twice changes nothing.
+    #[arg(long)]
+    if_missing: bool,
+    /// Start the VEs once created (several at once, as `start` does).
+    #[arg(long)]
+    start: bool,
     /// Template, NAME or NAME@VERSION (default: its latest version).
     #[arg(long, short = 'T')]
     template: String,
@@ -151,7 +160,7 @@ impl CreateArgs {
     /// The NICs asked for: each `--ip` belongs to the `--net` before it on the
     /// command line (`at` = the positions of the --net and --ip values).
     fn nics(&self, at: &ArgPositions) -> Result<Option<Vec<NicRequest>>> {
-        let ve = &self.name;
+        let ve = &self.names[0];
         // Malformed is bad usage (exit 2); whether the address fits its
         // network is the network's to say.
         for ip in &self.ips {
@@ -266,8 +275,8 @@ fn parse_unpublish(ve: &str, list: &[String]) -> Result<Vec<PortMap>> {
 
 #[derive(Debug, Args)]
 pub struct StopArgs {
-    #[arg(required = true, value_name = "VE")]
-    ves: Vec<String>,
+    #[command(flatten)]
+    many: Many,
     /// Seconds init gets to halt before everything is killed.
     #[arg(long, short, default_value_t = 30, value_name = "SECS")]
     timeout: u64,
@@ -282,6 +291,19 @@ impl StopArgs {
             timeout: Duration::from_secs(self.timeout),
             fast: self.fast,
         }
+    }
+
+    /// The same options, for a vectl process that stops or restarts one VE.
+    fn child_args(&self, verb: &'static str) -> Vec<String> {
+        let mut args = vec![
+            verb.to_string(),
+            "--timeout".into(),
+            self.timeout.to_string(),
+        ];
+        if self.fast {
+            args.push("--fast".into());
+        }
+        args
     }
 }
 
@@ -308,6 +330,40 @@ pub struct SetArgs {
     userns: Option<String>,
 }
 
+/// `vectl resize`: `set` of the resources alone.
+#[derive(Debug, Args)]
+pub struct ResizeArgs {
+    #[arg(value_name = "VE")]
+    ve: String,
+    #[command(flatten)]
+    limits: LimitArgs,
+    /// Skip admission control, and lower RAM below what the VE uses even where
+    /// the kernel then kills processes in it to make it fit.
+    #[arg(long)]
+    force: bool,
+}
+
+/// `vectl resize`: the same as `set` with the same limits.
+pub fn resize(ctx: &Ctx, a: ResizeArgs) -> Result<ExitCode> {
+    if a.limits.update(&a.ve)?.is_empty() {
+        return Err(crate::parse::usage(format!(
+            "VE {}: nothing to resize (give --ram, --disk, --cpu-limit or another limit)",
+            a.ve
+        )));
+    }
+    set(
+        ctx,
+        SetArgs {
+            ve: a.ve,
+            limits: a.limits,
+            force: a.force,
+            publish: Vec::new(),
+            unpublish: Vec::new(),
+            userns: None,
+        },
+    )
+}
+
 #[derive(Debug, Args)]
 pub struct ExecArgs {
     #[arg(value_name = "VE")]
@@ -332,8 +388,8 @@ pub struct ExecArgs {
 
 #[derive(Debug, Args)]
 pub struct StartArgs {
-    #[arg(required = true, value_name = "VE")]
-    ves: Vec<String>,
+    #[command(flatten)]
+    many: Many,
     /// Start even if guarantees do not fit beside the running VEs'.
     #[arg(long)]
     force: bool,
@@ -371,15 +427,30 @@ pub struct CloneArgs {
 
 /// `vectl create`.
 pub fn create(ctx: &Ctx, a: CreateArgs, at: &ArgPositions) -> Result<ExitCode> {
+    let first = a.names[0].clone();
+    if a.names.len() > 1 {
+        let one_only = [
+            ("--id", a.id.is_some()),
+            ("--hostname", a.hostname.is_some()),
+            ("--publish", !a.publish.is_empty()),
+            ("--ip ADDRESS", a.ips.iter().any(|ip| ip != "auto")),
+        ];
+        if let Some((opt, _)) = one_only.iter().find(|(_, given)| *given) {
+            return Err(crate::parse::usage(format!(
+                "create {first} and {} more: {opt} is for one VE; create that one alone",
+                a.names.len() - 1
+            )));
+        }
+    }
     // Checked in this order: limits, NICs, ports; before a root is made.
-    let limits = a.limits.update(&a.name)?;
+    let limits = a.limits.update(&first)?;
     let nics = a.nics(at)?;
-    let publish = parse_publish(&a.name, "publish", &a.publish)?;
+    let publish = parse_publish(&first, "publish", &a.publish)?;
     // The one VE command that initialises a new root (README: init).
     let host = ctx.open_or_init()?;
-    let cfg = host.ves().create(&CreateOptions {
+    let mut opts = CreateOptions {
         limits,
-        name: a.name,
+        name: first,
         template: a.template,
         hostname: a.hostname,
         init: a.init,
@@ -389,16 +460,61 @@ pub fn create(ctx: &Ctx, a: CreateArgs, at: &ArgPositions) -> Result<ExitCode> {
         nics,
         ports: publish,
         privileged: a.privileged || a.userns.as_deref() == Some("host"),
-    })?;
-    ctx.out.created(&cfg);
-    Ok(ExitCode::SUCCESS)
+    };
+    let mut ready = Vec::new();
+    let mut failed = false;
+    for name in &a.names {
+        opts.name = name.clone();
+        match host.ves().create(&opts) {
+            Ok(cfg) => {
+                ctx.out.created(&cfg);
+                ready.push(name.clone());
+            }
+            Err(ve_runtime::Error::VeExists { .. }) if a.if_missing => {
+                ctx.out.note(&format!("VE {name} exists: left as it is"));
+                ready.push(name.clone());
+            }
+            Err(e) => {
+                ctx.out.error(&e.into());
+                failed = true;
+            }
+        }
+    }
+    if a.start && !ready.is_empty() {
+        // Those not running yet (with --if-missing some may be).
+        let (ves, _) = host.ves().list()?;
+        ready.retain(|n| {
+            ves.iter()
+                .any(|v| v.name == *n && v.status == Status::Stopped)
+        });
+        let many = Many::of(ready);
+        if many.run(ctx, &many.ves, &["start"], |ve| {
+            let rs = host.ves().start(ve, false)?;
+            ctx.out.started(ve, &rs);
+            Ok(())
+        }) != ExitCode::SUCCESS
+        {
+            failed = true;
+        }
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// `vectl start`.
 pub fn start(ctx: &Ctx, a: StartArgs) -> Result<ExitCode> {
+    let ves = a.many.names(ctx, Status::Stopped)?;
     let host = ctx.open()?;
     let out = &ctx.out;
-    Ok(each(out, &a.ves, |ve| {
+    let args: &[&str] = if a.force {
+        &["start", "--force"]
+    } else {
+        &["start"]
+    };
+    Ok(a.many.run(ctx, &ves, args, |ve| {
         let rs = host.ves().start(ve, a.force)?;
         out.started(ve, &rs);
         Ok(())
@@ -407,9 +523,12 @@ pub fn start(ctx: &Ctx, a: StartArgs) -> Result<ExitCode> {
 
 /// `vectl stop`.
 pub fn stop(ctx: &Ctx, a: StopArgs) -> Result<ExitCode> {
+    let ves = a.many.names(ctx, Status::Running)?;
     let host = ctx.open()?;
     let out = &ctx.out;
-    Ok(each(out, &a.ves, |ve| {
+    let args = a.child_args("stop");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Ok(a.many.run(ctx, &ves, &args, |ve| {
         let outcome = host.ves().stop(ve, a.options())?;
         out.stopped(ve, outcome);
         Ok(())
@@ -418,9 +537,12 @@ pub fn stop(ctx: &Ctx, a: StopArgs) -> Result<ExitCode> {
 
 /// `vectl restart`.
 pub fn restart(ctx: &Ctx, a: StopArgs) -> Result<ExitCode> {
+    let ves = a.many.names(ctx, Status::Running)?;
     let host = ctx.open()?;
     let out = &ctx.out;
-    Ok(each(out, &a.ves, |ve| {
+    let args = a.child_args("restart");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Ok(a.many.run(ctx, &ves, &args, |ve| {
         let outcome = host.ves().stop(ve, a.options())?;
         if outcome == StopOutcome::AlreadyStopped {
             out.note(&format!("VE {ve}: was not running"));
@@ -442,14 +564,42 @@ pub fn destroy(ctx: &Ctx, a: DestroyArgs) -> Result<ExitCode> {
     }))
 }
 
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only the VEs in this state.
+    #[arg(long, value_name = "STATUS", value_parser = ["running", "stopped"])]
+    status: Option<String>,
+    /// The columns, comma-separated: id, name, status, template, hostname, ram,
+    /// swap, cpu, cpus, pids, disk, address, addresses, userns, pid, uptime.
+    #[arg(long, short = 'o', value_name = "COLUMNS", default_value = crate::output::LIST_DEFAULT)]
+    output: String,
+    /// Text layout: an aligned table, or CSV with a header line.
+    #[arg(long, value_name = "FORMAT", default_value = "table", value_parser = ["table", "csv"])]
+    format: String,
+}
+
 /// `vectl list`.
-pub fn list(ctx: &Ctx) -> Result<ExitCode> {
+pub fn list(ctx: &Ctx, a: ListArgs) -> Result<ExitCode> {
+    let mut cols = Vec::new();
+    for name in a.output.split(',').map(str::trim) {
+        let Some(c) = crate::output::LIST_COLUMNS.iter().find(|c| c.name == name) else {
+            let known: Vec<&str> = crate::output::LIST_COLUMNS.iter().map(|c| c.name).collect();
+            return Err(crate::parse::usage(format!(
+                "list -o: no column {name:?} (columns: {})",
+                known.join(", ")
+            )));
+        };
+        cols.push(c);
+    }
     let host = ctx.open()?;
-    let (ves, errors) = host.ves().list()?;
+    let (mut ves, errors) = host.ves().list()?;
     for e in &errors {
         ctx.out.warn(&e.to_string());
     }
-    ctx.out.list(&ves);
+    if let Some(status) = &a.status {
+        ves.retain(|v| v.status.to_string() == *status);
+    }
+    ctx.out.list(&ves, &cols, a.format == "csv");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -425,3 +425,102 @@ fn a_create_that_fails_for_want_of_space_leaves_nothing() {
         assert_eq!(r.code, 0, "{r:?}");
     }
 }
+
+#[test]
+fn many_ves_are_created_in_one_command_and_again_changes_nothing() {
+    let Some(h) = TestHost::new("many_ves_are_created_in_one_command") else {
+        return;
+    };
+    let names = ["w001", "w002", "w003"];
+    let mut args = vec!["create", "--template", "bb", "--ram", "64M", "--start"];
+    args.extend(names);
+    let out = h.ok(&args);
+    for ve in names {
+        assert!(out.contains(&format!("created VE {ve} ")), "{out}");
+        assert!(out.contains(&format!("started VE {ve} ")), "{out}");
+        assert_eq!(wait_http(&h, ve), format!("hello from {ve}"));
+    }
+    // Each got its own id and address.
+    let listed = h.json(&["list"]);
+    let ids: std::collections::BTreeSet<u64> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 3);
+    // Again, with one more name: without --if-missing the existing ones are
+    // errors (the new one is made all the same); with it, nothing but the new
+    // one changes.
+    let r = h.run(&["create", "--template", "bb", "w001", "w004"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("w001"), "{r:?}");
+    assert!(r.stdout.contains("created VE w004 "), "{r:?}");
+    let pids: Vec<i32> = names.iter().map(|ve| h.init_pid(ve)).collect();
+    let r = h.run(&[
+        "create",
+        "--template",
+        "bb",
+        "--if-missing",
+        "--start",
+        "w001",
+        "w002",
+        "w003",
+        "w004",
+        "w005",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("VE w001 exists"), "{r:?}");
+    assert_eq!(r.stdout.matches("created VE").count(), 1, "{r:?}");
+    // The running ones were left running; the stopped w004 and new w005 started.
+    assert_eq!(r.stdout.matches("started VE").count(), 2, "{r:?}");
+    let again: Vec<i32> = names.iter().map(|ve| h.init_pid(ve)).collect();
+    assert_eq!(pids, again);
+    // Options that name one VE are refused for several, before anything is made.
+    for extra in [
+        &["--id", "300"][..],
+        &["--hostname", "x"],
+        &["--ip", "10.200.0.50"],
+        &["--publish", "8080:80"],
+    ] {
+        let mut args = vec!["create", "--template", "bb"];
+        args.extend_from_slice(extra);
+        args.extend(["w006", "w007"]);
+        let r = h.run(&args);
+        assert_eq!(r.code, 2, "{extra:?}: {r:?}");
+        assert!(r.stderr.contains(extra[0]), "{r:?}");
+    }
+    assert_eq!(h.json(&["list"]).as_array().unwrap().len(), 5);
+
+    // list: by state, chosen columns, CSV.
+    h.ok(&["stop", "--fast", "w005"]);
+    let out = h.ok(&["list", "--status", "stopped", "-o", "name,status"]);
+    assert_eq!(out, "NAME  STATUS\nw005  stopped\n");
+    let out = h.ok(&[
+        "list",
+        "--status",
+        "running",
+        "-o",
+        "name,ram,address",
+        "--format",
+        "csv",
+    ]);
+    let lines: Vec<&str> = out.lines().collect();
+    // RFC 4180: CRLF line ends.
+    assert!(out.starts_with("NAME,RAM,ADDRESS\r\n"), "{out:?}");
+    assert_eq!(lines.len(), 5, "{out}");
+    assert!(lines[1].starts_with("w001,64M,10."), "{out}");
+    let r = h.run(&["list", "-o", "name,colour"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("colour"), "{r:?}");
+    let j = h.json(&["list", "--status", "stopped"]);
+    assert_eq!(j.as_array().unwrap().len(), 1);
+
+    // resize: `set` of the resources, live.
+    let out = h.ok(&["resize", "w001", "--ram", "128M"]);
+    assert!(out.contains("live"), "{out}");
+    assert_eq!(h.json(&["show", "w001"])["limits"]["ram"], "128M");
+    assert_eq!(h.run(&["resize", "w001"]).code, 2);
+    assert_eq!(h.run(&["resize", "w001", "--publish", "8080:80"]).code, 2);
+    h.ok(&["stop", "--fast", "--all"]);
+}

@@ -236,3 +236,86 @@ fn restart_gives_a_new_init() {
     assert!(!alive(pid));
     assert_eq!(wait_http(&h, "again"), "hello from again");
 }
+
+/// The vectl processes that are children of `pid`.
+fn vectl_children(pid: u32) -> usize {
+    let Ok(list) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) else {
+        return 0;
+    };
+    list.split_whitespace()
+        .filter(|c| {
+            std::fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|comm| comm == "vectl\n")
+        })
+        .count()
+}
+
+#[test]
+fn several_ves_start_and_stop_at_once_and_all_takes_those_in_that_state() {
+    let Some(h) = TestHost::new("several_ves_start_and_stop_at_once") else {
+        return;
+    };
+    let names = ["m1", "m2", "m3", "m4", "m5"];
+    for ve in names {
+        h.ok(&["create", ve, "--template", "bb"]);
+    }
+    // `--all` and names are one or the other; neither is a usage error too.
+    assert_eq!(h.run(&["start", "--all", "m1"]).code, 2);
+    assert_eq!(h.run(&["stop"]).code, 2);
+    assert_eq!(h.run(&["stop", "-j", "0", "m1"]).code, 2);
+
+    // Every stopped VE, each by a vectl process of its own: one line each.
+    let out = h.ok(&["start", "--all"]);
+    for ve in names {
+        assert!(out.contains(&format!("started VE {ve} ")), "{out}");
+        wait_http(&h, ve);
+    }
+    assert_eq!(out.lines().count(), names.len(), "{out}");
+    let again = h.run(&["start", "--all"]);
+    assert_eq!(again.code, 0, "{again:?}");
+    assert!(again.stderr.contains("no VE is stopped"), "{again:?}");
+
+    // A graceful stop of all of them at once: busybox init takes about 3 s to
+    // halt, and while it does several vectl processes stop VEs side by side.
+    let mut child = h
+        .command()
+        .args(["--json", "stop", "--all"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut most = 0;
+    while child.try_wait().unwrap().is_none() {
+        most = most.max(vectl_children(child.id()));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(most >= 2, "at most {most} VE stopped at a time");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // One JSON object per VE, whole.
+    let mut stopped: Vec<String> = serde_json::Deserializer::from_str(&stdout)
+        .into_iter::<serde_json::Value>()
+        .map(|j| {
+            let j = j.unwrap();
+            assert_eq!(j["outcome"], "halted", "{j}");
+            j["ve"].as_str().unwrap().to_string()
+        })
+        .collect();
+    stopped.sort();
+    assert_eq!(stopped, names);
+    for ve in names {
+        assert_stopped_clean(&h, ve);
+    }
+
+    // A failure among several is reported by name; the others still start.
+    let r = h.run(&["start", "m1", "nosuch", "m2"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("nosuch"), "{r:?}");
+    assert_eq!(r.stderr.lines().count(), 1, "{r:?}");
+    assert!(r.stdout.contains("started VE m1 ") && r.stdout.contains("started VE m2 "));
+    // `restart --all` takes the running ones only; `-j 1`, one after another.
+    let out = h.ok(&["restart", "--all", "--fast", "-j", "1"]);
+    assert_eq!(out.matches("started VE").count(), 2, "{out}");
+    h.ok(&["stop", "--fast", "m1", "m2"]);
+}
