@@ -309,14 +309,9 @@ impl StopArgs {
 
 #[derive(Debug, Args)]
 pub struct SetArgs {
-    #[arg(value_name = "VE")]
-    ve: String,
+    /// The VE and its limits, as `resize` takes them.
     #[command(flatten)]
-    limits: LimitArgs,
-    /// Skip admission control, and lower RAM below what the VE uses even where
-    /// the kernel then kills processes in it to make it fit.
-    #[arg(long)]
-    force: bool,
+    res: ResizeArgs,
     /// Publish a port on the host's addresses: HOSTPORT:VEPORT[/tcp|udp]
     /// (repeatable).
     #[arg(long, value_name = "HOST:VE[/PROTO]")]
@@ -354,9 +349,7 @@ pub fn resize(ctx: &Ctx, a: ResizeArgs) -> Result<ExitCode> {
     set(
         ctx,
         SetArgs {
-            ve: a.ve,
-            limits: a.limits,
-            force: a.force,
+            res: a,
             publish: Vec::new(),
             unpublish: Vec::new(),
             userns: None,
@@ -624,11 +617,12 @@ pub fn clone(ctx: &Ctx, a: CloneArgs) -> Result<ExitCode> {
 }
 
 /// `vectl set`.
-pub fn set(ctx: &Ctx, a: SetArgs) -> Result<ExitCode> {
+pub fn set(ctx: &Ctx, s: SetArgs) -> Result<ExitCode> {
+    let a = &s.res;
     let update = a.limits.update(&a.ve)?;
-    let add = parse_publish(&a.ve, "publish", &a.publish)?;
-    let remove = parse_unpublish(&a.ve, &a.unpublish)?;
-    if update.is_empty() && add.is_empty() && remove.is_empty() && a.userns.is_none() {
+    let add = parse_publish(&a.ve, "publish", &s.publish)?;
+    let remove = parse_unpublish(&a.ve, &s.unpublish)?;
+    if update.is_empty() && add.is_empty() && remove.is_empty() && s.userns.is_none() {
         return Err(crate::parse::usage(format!(
             "VE {}: nothing to set (give a limit such as --ram or --cpu-limit, --publish or \
              --userns)",
@@ -636,7 +630,7 @@ pub fn set(ctx: &Ctx, a: SetArgs) -> Result<ExitCode> {
         )));
     }
     let host = ctx.open()?;
-    if let Some(mode) = &a.userns {
+    if let Some(mode) = &s.userns {
         let range = host.ves().set_userns(&a.ve, mode == "private")?;
         ctx.out.userns_set(&a.ve, range);
     }
