@@ -10,6 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/deps.sh
+echo "== LXCFS (each VE's own limits in its /proc)"
+scripts/lxcfs.sh >/dev/null
 
 echo "== building vectl"
 cargo build --release --workspace --bins

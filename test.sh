@@ -42,6 +42,22 @@ if ! scripts/debian-mirror.sh; then
     echo "test.sh: no local Debian mirror: the debootstrap tests will SKIP"
 fi
 
+step "LXCFS (the VEs' /proc view)"
+# Started here if no service runs it (a machine without systemd), and stopped at
+# the end; the tests of the view run their own LXCFS besides.
+lxcfs_pid=$(scripts/lxcfs.sh | sed -n 's/^started //p')
+stop_lxcfs() {
+    if [ -n "$lxcfs_pid" ]; then
+        kill "$lxcfs_pid" 2>/dev/null || true
+        for _ in $(seq 50); do
+            kill -0 "$lxcfs_pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        umount -l /var/lib/lxcfs 2>/dev/null || true
+    fi
+}
+trap stop_lxcfs EXIT
+
 # What the host holds before the tests: after them, pass or fail, nothing may
 # have been added.
 scripts/host-objects.sh | sort >target/host-objects.before

@@ -23,6 +23,7 @@ packages=(
     gnupg             # gpg: signs that mirror with a throwaway key
     procps
     crun              # vectl-bench's comparison: a crun container's memory beside a VE's
+    lxcfs             # the /proc view of VEs (their own RAM, CPUs, uptime in /proc)
 )
 
 if [ "$(id -u)" != 0 ]; then

@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::table::{Table, print_pairs};
 use crate::view::{PoolSource, PoolSpaceView, SnapshotView};
 use ve_runtime::{
-    Host, Progress, RunState, SetOutcome, Status, StopOutcome, TemplateVersion, VeConfig,
+    Host, ProcView, Progress, RunState, SetOutcome, Status, StopOutcome, TemplateVersion, VeConfig,
     VeDetails, VeInfo, VeStats, human_bytes,
 };
 
@@ -149,6 +149,19 @@ impl Out {
         }
         let names = host.names();
         let others = host.other_roots();
+        let view = &host.settings().proc_view;
+        let lxcfs = view
+            .enabled
+            .then(|| ve_runtime::Lxcfs::probe(&view.lxcfs_dir));
+        let proc_view = match &lxcfs {
+            None => "off: VEs see the host's /proc values (vectl host set --proc-view on)".into(),
+            Some(Ok(l)) => format!(
+                "LXCFS at {}: {} bound into VEs at start",
+                l.dir.display(),
+                l.files.join(", ")
+            ),
+            Some(Err(why)) => format!("{why}: VEs start with the host's /proc values"),
+        };
         let info = json!({
             "root": host.root(),
             "identity": names.identity(),
@@ -183,6 +196,13 @@ impl Out {
             "running": running,
             "template_versions": templates,
             "kernel": kernel_release(),
+            "proc_view": {
+                "enabled": view.enabled,
+                "lxcfs_dir": view.lxcfs_dir,
+                "lxcfs_running": matches!(lxcfs, Some(Ok(_))),
+                "files": lxcfs.as_ref().and_then(|l| l.as_ref().ok()).map(|l| &l.files),
+                "problem": lxcfs.as_ref().and_then(|l| l.as_ref().err()),
+            },
         });
         if self.json {
             self.print_json(&info);
@@ -280,6 +300,7 @@ impl Out {
                     Err(why) => format!("none for I/O limits: {why}"),
                 },
             ),
+            ("proc view", proc_view),
             ("ves", format!("{} ({running} running)", ves.len())),
             ("templates", format!("{templates} version(s)")),
         ];
@@ -512,7 +533,59 @@ impl Out {
         }
     }
 
+    /// `vectl host rebind-proc`: per VE what was bound; the exit status is 1
+    /// when a VE could not be.
+    pub fn rebound(
+        &self,
+        done: &[(
+            std::path::PathBuf,
+            String,
+            Result<ve_runtime::Rebound, String>,
+        )],
+    ) -> std::process::ExitCode {
+        let failed = done.iter().filter(|(_, _, r)| r.is_err()).count();
+        if self.json {
+            let rows: Vec<_> = done
+                .iter()
+                .map(|(root, ve, r)| match r {
+                    Ok(b) => json!({"root": root, "ve": ve, "bound": b.bound, "live": b.live, "foreign": b.foreign}),
+                    Err(e) => json!({"root": root, "ve": ve, "error": e}),
+                })
+                .collect();
+            self.print_json(&rows);
+        } else {
+            for (_, ve, r) in done {
+                match r {
+                    Ok(b) if b.foreign.is_empty() => {
+                        println!("VE {ve}: bound {}", b.bound.join(", "));
+                    }
+                    Ok(b) => println!(
+                        "VE {ve}: bound {}; left {} (the VE's own mounts)",
+                        b.bound.join(", "),
+                        b.foreign.join(", ")
+                    ),
+                    Err(e) => eprintln!("vectl: VE {ve}: cannot bind the /proc view: {e}"),
+                }
+            }
+            if done.is_empty() {
+                println!("every running VE's /proc view is live");
+            }
+        }
+        if failed > 0 {
+            std::process::ExitCode::FAILURE
+        } else {
+            std::process::ExitCode::SUCCESS
+        }
+    }
+
     pub fn started(&self, ve: &str, rs: &RunState) {
+        if let Some(why) = &rs.proc_view_off
+            && why != ve_runtime::VIEW_OFF
+        {
+            self.warn(&format!(
+                "VE {ve}: its /proc shows the host's values: {why} (start LXCFS, then `vectl host rebind-proc`)"
+            ));
+        }
         if self.json {
             self.print_json(&json!({"ve": ve, "status": "running", "pid": rs.pid}));
         } else {
@@ -1081,6 +1154,24 @@ impl Out {
         }
         if let Some(up) = i.uptime_secs {
             rows.push(("uptime", duration(up)));
+        }
+        match &d.proc_view {
+            None => {}
+            Some(ProcView::Own { lxcfs_dir }) => rows.push((
+                "proc view",
+                format!("its own limits and use (LXCFS at {})", lxcfs_dir.display()),
+            )),
+            Some(ProcView::HostValues { reason }) => {
+                self.warn(&format!(
+                    "VE {}: /proc/meminfo, cpuinfo, uptime and the like show the host's values: {reason}",
+                    i.name
+                ));
+                rows.push(("proc view", format!("the host's values ({reason})")));
+            }
+            Some(ProcView::Broken { reason }) => {
+                self.warn(&format!("VE {}: {reason}", i.name));
+                rows.push(("proc view", "broken (LXCFS restarted)".into()));
+            }
         }
         if let Some(u) = &d.usage {
             rows.push(("ram used", human_bytes(u.memory_bytes)));

@@ -155,6 +155,10 @@ if ! facts; then
     echo "vm: error: the guest is not a pure cgroup-v2, full-capability kernel"
     exit
 fi
+# LXCFS for the VEs' /proc view, as the set-up starts it on a host.
+if ! "$VM_REPO/scripts/lxcfs.sh" >/dev/null; then
+    echo "vm: LXCFS did not start: VEs show the host's /proc values"
+fi
 echo "VECTL-VM: ready $(uptime_s)s after kernel start"
 if [ -n "${VM_EXEC:-}" ]; then
     # A developer's command instead of the suite (VECTL_VM_EXEC), same environment.

@@ -180,6 +180,21 @@ impl<'h> Ves<'h> {
         self.0.clone_ve(src, dst, template, hostname)
     }
 
+    /// Binds LXCFS's files again in every running VE whose /proc view is dead
+    /// (LXCFS restarted) or missing (it started while LXCFS was down), waiting
+    /// up to `wait` for LXCFS to answer. Per VE: what was bound, or why not.
+    pub fn rebind_proc_view(
+        self,
+        wait: std::time::Duration,
+    ) -> Result<
+        Vec<(
+            String,
+            std::result::Result<crate::procview::Rebound, String>,
+        )>,
+    > {
+        self.0.rebind_proc_view(wait)
+    }
+
     /// Stats of the named VEs (names or ids), or of every VE when `names` is empty.
     pub fn stats(self, names: &[String]) -> Result<Vec<VeStats>> {
         self.0.stats(names)

@@ -56,6 +56,9 @@ pub struct HostSettings {
     /// root made before roots had identities, which keeps its names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
+    /// The /proc view through LXCFS (`procview.rs`).
+    #[serde(default)]
+    pub proc_view: crate::procview::ProcViewSettings,
 }
 
 /// The limits `create` gives a VE that names none of its own, so that no VE is
@@ -155,6 +158,7 @@ impl Default for HostSettings {
             reserve: Reserve::default(),
             defaults: VeDefaults::default(),
             identity: None,
+            proc_view: crate::procview::ProcViewSettings::default(),
         }
     }
 }
@@ -167,6 +171,10 @@ pub struct SettingsChange {
     pub reserve_ram: Option<Amount>,
     pub default_ram: Option<Option<Amount>>,
     pub default_pids: Option<Option<u64>>,
+    /// Bind LXCFS's files into VEs at start.
+    pub proc_view: Option<bool>,
+    /// Where LXCFS is mounted.
+    pub lxcfs_dir: Option<PathBuf>,
     /// Accept a raised reserve that does not fit beside the guarantees of the
     /// running VEs (admission control, see `admission.rs`).
     pub force: bool,
@@ -546,6 +554,18 @@ impl Host {
                 });
             }
             settings.defaults.pids = pids;
+        }
+        if let Some(on) = change.proc_view {
+            settings.proc_view.enabled = on;
+        }
+        if let Some(dir) = &change.lxcfs_dir {
+            if !dir.is_absolute() {
+                return Err(Error::Option {
+                    option: format!("--lxcfs-dir {}", dir.display()),
+                    reason: "not an absolute path".into(),
+                });
+            }
+            settings.proc_view.lxcfs_dir = dir.clone();
         }
         let path = self.root.join("vectl.toml");
         let text = toml::to_string(&settings).map_err(|e| Error::state(&path, e.to_string()))?;

@@ -48,6 +48,9 @@ pub(crate) struct Spec {
     pub userns: Option<IdRange>,
     pub hostname: String,
     pub init: Vec<String>,
+    /// The LXCFS whose files go over /proc's (`procview.rs`); `None` = the
+    /// kernel's.
+    pub proc_view: Option<crate::procview::Lxcfs>,
 }
 
 /// A started init.
@@ -305,6 +308,9 @@ impl ChildSetup<'_> {
         let firmware = root.join("sys/firmware");
         if firmware.is_dir() {
             hide(&firmware, true)?;
+        }
+        if let Some(lxcfs) = &self.spec.proc_view {
+            crate::procview::bind_at_start(lxcfs, root)?;
         }
         self.mount_dev(root)?;
         sethostname(&self.spec.hostname).map_err(step(|| "set the hostname".into()))?;

@@ -51,6 +51,7 @@ mod net;
 mod options;
 mod pool;
 mod pool_check;
+mod procview;
 mod roots;
 mod security;
 mod signal;
@@ -83,11 +84,12 @@ pub use netns::nic::{Nic, NicInfo, NicRequest};
 pub use options::{CreateOptions, ExecOptions, StopOptions};
 pub use pool::{PoolInfo, VolumeUse};
 pub use pool_check::PoolProblem;
+pub use procview::{DEFAULT_LXCFS_DIR, Lxcfs, ProcViewSettings, Rebound, VIEW_OFF};
 pub use quota::{
     Backend as PoolBackend, LostImage, PoolSpace, SnapshotInfo, Source as PoolSource,
     UnknownBackend,
 };
-pub use roots::{DEFAULT_REGISTRY, REGISTRY_ENV, TornDown};
+pub use roots::{DEFAULT_REGISTRY, REGISTRY_ENV, TornDown, registered_roots};
 pub use security::{USERNS_CAPS, VE_CAPS};
 pub use signal::{BadSignal, parse_signal, signal_name};
 pub use snapshot::{Consistency, SnapshotMade};
@@ -99,7 +101,7 @@ pub use units::{
 };
 pub use upgrade::{Committed, FleetRow, Moved, Rollout, UpgradeCheck};
 pub use userns::IdRange;
-pub use ve::{SetOutcome, StopOutcome, VeDetails, VeInfo};
+pub use ve::{ProcView, SetOutcome, StopOutcome, VeDetails, VeInfo};
 pub use ve_templates::{Conflict, PackageChange};
 pub use ve_templates::{
     DEBIAN_MIRROR, Debootstrap, Error as TemplateError, Progress, Source, TemplateRef,

@@ -348,6 +348,16 @@ impl Host {
     }
 }
 
+/// The state directories of every live root of this host (the registry's).
+pub fn registered_roots() -> Vec<PathBuf> {
+    // No root is named "": every live one is an other.
+    Registry::open()
+        .others(Path::new(""))
+        .into_iter()
+        .map(|o| o.root)
+        .collect()
+}
+
 /// What `vectl host teardown` did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct TornDown {

@@ -42,6 +42,10 @@ pub struct RunState {
     /// The host-side names its NICs' ports got, in NIC order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<String>,
+    /// Why the VE's /proc shows the host's values (LXCFS was not running when
+    /// it started, or the view is off); `None` = it shows the VE's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proc_view_off: Option<String>,
 }
 
 impl RunState {
@@ -126,6 +130,7 @@ pub fn recover(pid: i32) -> Option<RunState> {
         boot_id: boot_id(),
         started_at: boot_time() + stat.start_ticks / clock_ticks(),
         ports: Vec::new(),
+        proc_view_off: None,
     })
 }
 
@@ -223,6 +228,7 @@ mod tests {
             boot_id: boot_id(),
             started_at: 0,
             ports: vec!["vn1p100".into()],
+            proc_view_off: None,
         };
         assert!(rs.is_alive());
         let other = RunState {

@@ -436,13 +436,26 @@ struct MountAttr {
 /// MOUNT_ATTR_IDMAP (linux/mount.h).
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 
+/// MOUNT_ATTR_RDONLY | NOSUID | NODEV | NOEXEC (linux/mount.h).
+pub(crate) const MOUNT_ATTR_LOCKED_DOWN: u64 = 0x1 | 0x2 | 0x4 | 0x8;
+
 /// mount_setattr(tree, "", AT_EMPTY_PATH) with MOUNT_ATTR_IDMAP.
 fn set_idmap(tree: BorrowedFd<'_>, userns: BorrowedFd<'_>) -> std::io::Result<()> {
+    set_mount_attr(tree, MOUNT_ATTR_IDMAP, Some(userns))
+}
+
+/// mount_setattr(tree, "", AT_EMPTY_PATH) setting `attrs` (with `userns` for
+/// MOUNT_ATTR_IDMAP).
+pub(crate) fn set_mount_attr(
+    tree: BorrowedFd<'_>,
+    attrs: u64,
+    userns: Option<BorrowedFd<'_>>,
+) -> std::io::Result<()> {
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP,
+        attr_set: attrs,
         attr_clr: 0,
         propagation: 0,
-        userns_fd: u64::try_from(userns.as_raw_fd()).unwrap_or(u64::MAX),
+        userns_fd: userns.map_or(0, |u| u64::try_from(u.as_raw_fd()).unwrap_or(u64::MAX)),
     };
     // SAFETY: a valid mount fd, an empty C string, and a mount_attr of the size
     // passed that lives across the call; the kernel only reads it.

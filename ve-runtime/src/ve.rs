@@ -93,6 +93,22 @@ pub struct VeDetails {
     pub disk_limit_bytes: Option<u64>,
     /// Network interfaces.
     pub interfaces: Vec<netns::nic::NicInfo>,
+    /// While running: what the VE's /proc/meminfo and the like show.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proc_view: Option<ProcView>,
+}
+
+/// What a running VE's /proc shows (`procview.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "shows", rename_all = "kebab-case")]
+pub enum ProcView {
+    /// Its own limits and use, from LXCFS at `lxcfs_dir`.
+    Own { lxcfs_dir: PathBuf },
+    /// The host's values, and why.
+    HostValues { reason: String },
+    /// Nothing: LXCFS restarted and the VE's binds are dead until `vectl host
+    /// rebind-proc` binds them again.
+    Broken { reason: String },
 }
 
 /// How `stop` ended.
@@ -531,6 +547,15 @@ impl Host {
         crate::failpoint::hit("start-after-cgroup");
         let mountpoint = self.mount_dir(&ve);
         fs::create_dir_all(&mountpoint).map_err(io_err(&mountpoint))?;
+        let view = &self.settings().proc_view;
+        let (proc_view, proc_view_off) = if view.enabled {
+            match crate::procview::Lxcfs::probe(&view.lxcfs_dir) {
+                Ok(l) => (Some(l), None),
+                Err(why) => (None, Some(why)),
+            }
+        } else {
+            (None, Some(crate::procview::VIEW_OFF.into()))
+        };
         let spec = launch::Spec {
             ve: ve.clone(),
             lower: self.store().path(&tv),
@@ -542,6 +567,7 @@ impl Host {
                 .init
                 .clone()
                 .unwrap_or_else(|| vec![DEFAULT_INIT.to_string()]),
+            proc_view,
         };
         let run_path = self.run_path(&ve);
         let mut recorded = None;
@@ -580,6 +606,7 @@ impl Host {
                 boot_id: state::boot_id(),
                 started_at: state::now_secs(),
                 ports,
+                proc_view_off: proc_view_off.clone(),
             };
             rs.store(&run_path)?;
             recorded = Some(rs);
@@ -1010,6 +1037,66 @@ impl Host {
         Ok(())
     }
 
+    /// Binds LXCFS's files again in every running VE of this root whose binds
+    /// are dead or missing (`vectl host rebind-proc`, run after LXCFS
+    /// restarted). Waits up to `wait` for LXCFS to answer first. Each VE's
+    /// outcome is returned; one VE's failure does not stop the others.
+    pub(crate) fn rebind_proc_view(
+        &self,
+        wait: std::time::Duration,
+    ) -> Result<
+        Vec<(
+            String,
+            std::result::Result<crate::procview::Rebound, String>,
+        )>,
+    > {
+        let view = &self.settings().proc_view;
+        if !view.enabled {
+            return Err(Error::Refused {
+                what: "rebind-proc".into(),
+                reason: crate::procview::VIEW_OFF.into(),
+            });
+        }
+        let deadline = std::time::Instant::now() + wait;
+        let lxcfs = loop {
+            match crate::procview::Lxcfs::probe(&view.lxcfs_dir) {
+                Ok(l) => break l,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(why) => {
+                    return Err(Error::Refused {
+                        what: "rebind-proc".into(),
+                        reason: why,
+                    });
+                }
+            }
+        };
+        let (ves, _) = self.list()?;
+        let mut out = Vec::new();
+        for info in ves {
+            let ve = info.name;
+            let Ok(_lock) = self.lock_ve(&ve) else {
+                continue;
+            };
+            let Some(mut rs) = self.alive_state(&ve)? else {
+                continue;
+            };
+            if crate::procview::meminfo_state(rs.pid) == crate::procview::Target::Live {
+                continue;
+            }
+            let done = sys::pidfd_open(rs.pid)
+                .map_err(|e| format!("pidfd_open: {e}"))
+                .and_then(|init| crate::procview::rebind(init.as_fd(), &lxcfs));
+            if done.is_ok() && rs.proc_view_off.is_some() {
+                rs.proc_view_off = None;
+                rs.store(&self.run_path(&ve))?;
+            }
+            out.push((ve, done));
+        }
+        Ok(out)
+    }
+
     /// Every VE, by id. Configs that cannot be read are returned as errors beside
     /// the list rather than failing it.
     pub(crate) fn list(&self) -> Result<(Vec<VeInfo>, Vec<Error>)> {
@@ -1120,7 +1207,34 @@ impl Host {
         };
         let vol = self.pool().ve_volume(&ve);
         let disk = self.pool().disk(&ve).ok();
+        let proc_view = match self.alive_state(&ve)? {
+            None => None,
+            Some(rs) => {
+                use crate::procview::Target;
+                let dir = &self.settings().proc_view.lxcfs_dir;
+                Some(match crate::procview::meminfo_state(rs.pid) {
+                    Target::Live => ProcView::Own {
+                        lxcfs_dir: dir.clone(),
+                    },
+                    Target::Dead => ProcView::Broken {
+                        reason: format!(
+                            "the LXCFS it was started with is gone; its /proc/meminfo and the \
+                             like fail until LXCFS runs at {} and `vectl host rebind-proc` \
+                             binds them anew",
+                            dir.display()
+                        ),
+                    },
+                    Target::Kernel => ProcView::HostValues {
+                        reason: rs.proc_view_off.unwrap_or_else(|| "not bound".into()),
+                    },
+                    Target::Foreign => ProcView::HostValues {
+                        reason: "the VE mounted something of its own over /proc/meminfo".into(),
+                    },
+                })
+            }
+        };
         Ok(VeDetails {
+            proc_view,
             created: cfg.created.clone(),
             init: cfg
                 .init

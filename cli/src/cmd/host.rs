@@ -48,11 +48,25 @@ pub enum HostCommand {
     Info,
     /// Change host settings.
     Set(HostSetArgs),
+    /// Bind LXCFS's /proc files again in this root's running VEs whose binds
+    /// died with a restarted LXCFS or that started while it was down (the
+    /// lxcfs.service drop-in of the set-up runs this after every LXCFS start).
+    RebindProc(RebindArgs),
     /// Stop this root's VEs and remove everything it made on the host (network
     /// links, nft tables, cgroup parents, the pool mount and its loop device),
     /// leaving its state directory and other roots as they are. The next
     /// command on the root makes what it needs again.
     Teardown(TeardownArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RebindArgs {
+    /// Seconds to wait for LXCFS to answer (it may still be starting).
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    wait: u64,
+    /// Every root registered on this host instead of --root's.
+    #[arg(long)]
+    all_roots: bool,
 }
 
 #[derive(Debug, Args)]
@@ -79,6 +93,13 @@ pub struct HostSetArgs {
     /// Process limit of VEs created without --pids (`unlimited`: none).
     #[arg(long, value_name = "N|unlimited", value_parser = parse::with(ve_runtime::parse_count))]
     default_pids: Option<Checked<Setting<u64>>>,
+    /// Bind LXCFS's /proc files into VEs at start, so that `free`, `top` and
+    /// `uptime` in a VE show its own limits and use (`on`, the default).
+    #[arg(long, value_name = "on|off", value_parser = clap::builder::BoolishValueParser::new())]
+    proc_view: Option<bool>,
+    /// Where LXCFS is mounted (default /var/lib/lxcfs).
+    #[arg(long, value_name = "DIR")]
+    lxcfs_dir: Option<PathBuf>,
     /// Accept a raised reserve that does not fit beside the CPU and RAM
     /// guarantees of the running VEs.
     #[arg(long)]
@@ -110,6 +131,25 @@ pub fn init(ctx: &Ctx, a: InitArgs) -> Result<ExitCode> {
 pub fn run(ctx: &Ctx, cmd: HostCommand) -> Result<ExitCode> {
     match cmd {
         HostCommand::Info => ctx.out.host_info(&ctx.open()?)?,
+        HostCommand::RebindProc(a) => {
+            let roots = if a.all_roots {
+                ve_runtime::registered_roots()
+            } else {
+                vec![ctx.root.clone()]
+            };
+            let wait = std::time::Duration::from_secs(a.wait);
+            let mut done = Vec::new();
+            for root in roots {
+                let host = Host::open(&root)?;
+                done.extend(
+                    host.ves()
+                        .rebind_proc_view(wait)?
+                        .into_iter()
+                        .map(|(ve, r)| (root.clone(), ve, r)),
+                );
+            }
+            return Ok(ctx.out.rebound(&done));
+        }
         HostCommand::Teardown(a) => {
             let host = ctx.open()?;
             let done = host.teardown(ve_runtime::StopOptions {
@@ -125,9 +165,15 @@ pub fn run(ctx: &Ctx, cmd: HostCommand) -> Result<ExitCode> {
                 parse::opt(&a.default_ram, "", "default-ram")?.map(Setting::into_option);
             let default_pids =
                 parse::opt(&a.default_pids, "", "default-pids")?.map(Setting::into_option);
-            if cpu.is_none() && ram.is_none() && default_ram.is_none() && default_pids.is_none() {
+            if cpu.is_none()
+                && ram.is_none()
+                && default_ram.is_none()
+                && default_pids.is_none()
+                && a.proc_view.is_none()
+                && a.lxcfs_dir.is_none()
+            {
                 return Err(parse::usage(
-                    "nothing to set (give --reserve-cpu, --reserve-ram, --default-ram or --default-pids)",
+                    "nothing to set (give --reserve-cpu, --reserve-ram, --default-ram, --default-pids, --proc-view or --lxcfs-dir)",
                 ));
             }
             let mut host = ctx.open()?;
@@ -136,6 +182,8 @@ pub fn run(ctx: &Ctx, cmd: HostCommand) -> Result<ExitCode> {
                 reserve_ram: ram,
                 default_ram,
                 default_pids,
+                proc_view: a.proc_view,
+                lxcfs_dir: a.lxcfs_dir,
                 force: a.force,
             })?;
             ctx.out.host_info(&host)?;

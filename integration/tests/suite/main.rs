@@ -22,6 +22,7 @@ mod lifecycle;
 mod limits;
 mod network;
 mod oci;
+mod procview;
 mod qos;
 mod roots;
 mod stats;

@@ -141,11 +141,19 @@ impl V1 {
             l.memory_low.map_or("-1".into(), |b| b.to_string()),
         ));
         let cpu = self.need("cpu", ve)?;
-        st.push(KnobWrite::new(
-            &cpu,
-            "cpu.cfs_quota_us",
-            l.cpu_quota_us.map_or("-1".into(), |q| q.to_string()),
-        ));
+        let quota = l.cpu_quota_us.map_or("-1".into(), |q| q.to_string());
+        // LXCFS reads a VE's CPU limit from its init's own cgroup, the payload:
+        // that gets a copy. v1 refuses a child quota above its parent's, so the
+        // copy is lifted first and set last (only when the quota changes: a
+        // plan writes only what differs from the kernel's).
+        let payload = cpu.join(PAYLOAD);
+        if payload.is_dir() && old.is_none_or(|o| o.cpu_quota_us != l.cpu_quota_us) {
+            st.push(KnobWrite::new(&payload, "cpu.cfs_quota_us", "-1"));
+        }
+        st.push(KnobWrite::new(&cpu, "cpu.cfs_quota_us", quota.clone()));
+        if payload.is_dir() {
+            st.push(KnobWrite::new(&payload, "cpu.cfs_quota_us", quota));
+        }
         st.push(KnobWrite::new(
             &cpu,
             "cpu.shares",
@@ -663,6 +671,7 @@ mod tests {
             "9223372036854771712\n",
         );
         put("cpu", "cpu.cfs_quota_us", "-1\n");
+        put("cpu", &format!("{PAYLOAD}/cpu.cfs_quota_us"), "-1\n");
         put("cpu", "cpu.shares", "1024\n");
         put("pids", "pids.max", "max\n");
         if extra {
@@ -708,6 +717,8 @@ mod tests {
             "134217728"
         );
         assert_eq!(r("cpu/vectl/web1/cpu.cfs_quota_us"), "50000");
+        // The payload carries a copy, for LXCFS.
+        assert_eq!(r("cpu/vectl/web1/ve/cpu.cfs_quota_us"), "50000");
         assert_eq!(r("cpu/vectl/web1/cpu.shares"), "25600");
         assert_eq!(r("pids/vectl/web1/pids.max"), "200");
         assert_eq!(cg.read_limits("web1").unwrap(), l);
@@ -809,6 +820,32 @@ mod tests {
         assert_eq!(r("memory/vectl/web1/memory.limit_in_bytes"), "-1");
         assert_eq!(r("cpu/vectl/web1/cpu.cfs_quota_us"), "-1");
         assert_eq!(r("pids/vectl/web1/pids.max"), "max");
+    }
+
+    #[test]
+    fn the_payload_keeps_a_copy_of_the_cpu_quota_through_changes_and_non_changes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cg = fake(tmp.path(), false);
+        let r = |p: &str| read(tmp.path(), p);
+        let at = |q: Option<u64>| KernelLimits {
+            cpu_quota_us: q,
+            pids: Some(10),
+            ..Default::default()
+        };
+        cg.apply("web1", &at(None), &at(Some(50_000)), false)
+            .unwrap();
+        assert_eq!(r("cpu/vectl/web1/ve/cpu.cfs_quota_us"), "50000");
+        // Another knob changes, the quota does not: the copy stays.
+        let mut more = at(Some(50_000));
+        more.pids = Some(20);
+        cg.apply("web1", &at(Some(50_000)), &more, false).unwrap();
+        assert_eq!(r("cpu/vectl/web1/ve/cpu.cfs_quota_us"), "50000");
+        cg.apply("web1", &more, &at(Some(150_000)), false).unwrap();
+        assert_eq!(r("cpu/vectl/web1/cpu.cfs_quota_us"), "150000");
+        assert_eq!(r("cpu/vectl/web1/ve/cpu.cfs_quota_us"), "150000");
+        cg.apply("web1", &at(Some(150_000)), &at(None), false)
+            .unwrap();
+        assert_eq!(r("cpu/vectl/web1/ve/cpu.cfs_quota_us"), "-1");
     }
 
     #[test]

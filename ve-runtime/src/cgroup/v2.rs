@@ -66,11 +66,14 @@ pub(crate) fn state(
             "VE {ve}: this host cannot limit swap (no memory.swap.max: swap accounting is off)"
         )));
     }
-    st.push(KnobWrite::new(
-        dir,
-        "cpu.max",
-        format!("{} {CPU_PERIOD_US}", opt(l.cpu_quota_us)),
-    ));
+    let cpu_max = format!("{} {CPU_PERIOD_US}", opt(l.cpu_quota_us));
+    st.push(KnobWrite::new(dir, "cpu.max", cpu_max.clone()));
+    // LXCFS reads a VE's CPU limit from its init's own cgroup, the payload:
+    // that gets a copy (v2 lets a child's exceed its parent's).
+    let payload = dir.join(PAYLOAD);
+    if payload.join("cpu.max").exists() {
+        st.push(KnobWrite::new(&payload, "cpu.max", cpu_max));
+    }
     st.push(KnobWrite::new(
         dir,
         "cpu.weight",
@@ -266,6 +269,14 @@ impl CgroupBackend for V2 {
         let dir = self.ve_dir(ve);
         mkdir(&dir)?;
         super::devices::attach(ve, &dir)?;
+        // The payload gets the cpu controller, so that its cpu.max can carry
+        // the copy of the VE's that LXCFS reads (see `plan`).
+        if read_knob(&dir, "cgroup.controllers")?
+            .split_whitespace()
+            .any(|c| c == "cpu")
+        {
+            write_knob(ve, &dir, "cgroup.subtree_control", "+cpu")?;
+        }
         mkdir(&dir.join(PAYLOAD))?;
         let old = self.read_limits(ve)?;
         self.apply(ve, &old, limits, false)
