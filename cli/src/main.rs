@@ -59,8 +59,12 @@ enum Command {
     List(ve::ListArgs),
     /// Show one VE in full.
     Show(ve::VeArg),
-    /// Change a VE's limits (live if it runs).
+    /// Change a VE's limits (live if it runs), published ports, hostname (live)
+    /// or NICs (while stopped).
     Set(ve::SetArgs),
+    /// Rename a stopped VE (id, addresses, files and snapshots stay; a hostname
+    /// that was its name follows).
+    Rename(ve::RenameArgs),
     /// Change a VE's resources: RAM, swap, CPU, disk, I/O, network (live if it
     /// runs); `set` with its limit options only.
     Resize(ve::ResizeArgs),
@@ -142,8 +146,9 @@ fn run(ctx: &Ctx, command: Command, at: &ve::ArgPositions) -> Result<ExitCode> {
         Command::Destroy(a) => ve::destroy(ctx, a),
         Command::List(a) => ve::list(ctx, a),
         Command::Show(a) => ve::show(ctx, a),
-        Command::Set(a) => ve::set(ctx, a),
+        Command::Set(a) => ve::set(ctx, a, at),
         Command::Resize(a) => ve::resize(ctx, a),
+        Command::Rename(a) => ve::rename(ctx, a),
         Command::Upgrade(a) => upgrade::upgrade(ctx, a),
         Command::Rollback(a) => upgrade::rollback(ctx, a),
         Command::Commit(a) => upgrade::commit(ctx, a),

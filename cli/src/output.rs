@@ -784,6 +784,42 @@ impl Out {
         );
     }
 
+    pub fn renamed(&self, r: &ve_runtime::Renamed) {
+        if self.json {
+            self.print_json(r);
+        } else {
+            match &r.hostname {
+                Some(h) => println!("renamed VE {} to {} (hostname {h})", r.old, r.new),
+                None => println!("renamed VE {} to {}", r.old, r.new),
+            }
+        }
+    }
+
+    pub fn hostname_set(&self, ve: &str, hostname: &str, live: bool) {
+        if self.json {
+            self.print_json(&json!({"ve": ve, "hostname": hostname, "live": live}));
+        } else if live {
+            println!("VE {ve}: hostname {hostname} (now; its /etc/hostname at its next start)");
+        } else {
+            println!("VE {ve}: hostname {hostname} (at its next start)");
+        }
+    }
+
+    pub fn nics_set(&self, ve: &str, nics: &[ve_runtime::Nic]) {
+        if self.json {
+            self.print_json(&json!({"ve": ve, "nics": nics}));
+        } else if nics.is_empty() {
+            println!("VE {ve}: no NICs");
+        } else {
+            let l: Vec<String> = nics
+                .iter()
+                .enumerate()
+                .map(|(i, n)| format!("eth{i} {} on {}", n.ip, n.net))
+                .collect();
+            println!("VE {ve}: {}", l.join(", "));
+        }
+    }
+
     pub fn published(&self, ve: &str, list: &[ve_runtime::PortMap]) {
         if self.json {
             self.print_json(&json!({"ve": ve, "publish": list}));

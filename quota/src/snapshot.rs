@@ -46,6 +46,16 @@ impl Pool {
         self.dir.join("snapshots").join(ve)
     }
 
+    /// Moves VE `old`'s snapshots to VE `new` (a rename; done already or none
+    /// = nothing to do).
+    pub fn rename_snapshots(&self, old: &str, new: &str) -> Result<()> {
+        let (from, to) = (self.snapshots_dir(old), self.snapshots_dir(new));
+        if from.symlink_metadata().is_ok() && to.symlink_metadata().is_err() {
+            fs::rename(&from, &to).map_err(io_err(&from))?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn snapshot_names(&self, ve: &str) -> Result<Vec<String>> {
         let dir = self.snapshots_dir(ve);
         let rd = match fs::read_dir(&dir) {

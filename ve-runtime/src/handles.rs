@@ -195,6 +195,28 @@ impl<'h> Ves<'h> {
         self.0.rebind_proc_view(wait)
     }
 
+    /// Sets a VE's hostname; at once in a running VE (then `true`), and in its
+    /// /etc/hostname and /etc/hosts at its next start.
+    pub fn set_hostname(self, name_or_id: &str, hostname: &str) -> Result<bool> {
+        self.0.set_hostname(name_or_id, hostname)
+    }
+
+    /// Gives a stopped VE these NICs (a NIC on a network it stays on keeps
+    /// its address and MAC unless another address is asked for).
+    pub fn set_nics(
+        self,
+        name_or_id: &str,
+        reqs: &[netns::nic::NicRequest],
+    ) -> Result<Vec<netns::nic::Nic>> {
+        self.0.set_nics(name_or_id, reqs)
+    }
+
+    /// Renames a stopped VE (crash-safe: a killed rename is finished by the
+    /// next command on it); a hostname that was its name follows.
+    pub fn rename(self, name_or_id: &str, new: &str) -> Result<crate::change::Renamed> {
+        self.0.rename(name_or_id, new)
+    }
+
     /// Stats of the named VEs (names or ids), or of every VE when `names` is empty.
     pub fn stats(self, names: &[String]) -> Result<Vec<VeStats>> {
         self.0.stats(names)

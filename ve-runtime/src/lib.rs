@@ -37,6 +37,7 @@
 
 mod admission;
 mod cgroup;
+mod change;
 mod clone;
 mod config;
 mod error;
@@ -68,6 +69,7 @@ mod ve;
 
 pub use admission::{Commitment, Commitments};
 pub use cgroup::{CgroupBackend, CgroupSettings, CgroupVersion, Usage};
+pub use change::Renamed;
 pub use clone::Cloned;
 pub use config::{TemplateMove, VeConfig, validate_name};
 pub use error::{Error, Result};

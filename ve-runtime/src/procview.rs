@@ -12,7 +12,7 @@
 //! `show` says so ([`crate::RunState::proc_view`]).
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -21,7 +21,7 @@ use nix::sched::{CloneFlags, setns};
 use serde::{Deserialize, Serialize};
 
 use crate::step::{Step, StepError, step};
-use crate::sys::{self, Forked};
+use crate::sys;
 
 /// Where Debian's and Ubuntu's `lxcfs` package mounts it.
 pub const DEFAULT_LXCFS_DIR: &str = "/var/lib/lxcfs";
@@ -220,36 +220,12 @@ pub(crate) fn rebind(init: BorrowedFd<'_>, lxcfs: &Lxcfs) -> std::result::Result
             .map_err(|e| format!("make the bind of {} read-only: {e}", src.display()))?;
         trees.push((*f, tree));
     }
-    let (report_r, report_w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    match sys::clone3(0, None).map_err(|e| format!("clone3: {e}"))? {
-        Forked::Child => {
-            drop(report_r);
-            let mut w = fs::File::from(report_w);
-            let code = match rebind_in(init, &trees) {
-                Ok(done) => {
-                    let _ =
-                        w.write_all(serde_json::to_string(&done).unwrap_or_default().as_bytes());
-                    0
-                }
-                Err(e) => {
-                    let _ = w.write_all(format!("!{e}").as_bytes());
-                    1
-                }
-            };
-            sys::exit_now(code)
-        }
-        Forked::Parent { pid, .. } => {
-            drop(report_w);
-            let mut msg = String::new();
-            let _ = fs::File::from(report_r).read_to_string(&mut msg);
-            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-            if let Some(e) = msg.strip_prefix('!') {
-                return Err(e.to_string());
-            }
-            serde_json::from_str(&msg).map_err(|_| "the rebinding helper died".to_string())
-        }
-    }
+    let done = sys::in_helper(|| {
+        rebind_in(init, &trees)
+            .map_err(|e| e.to_string())
+            .and_then(|d| serde_json::to_string(&d).map_err(|e| e.to_string()))
+    })?;
+    serde_json::from_str(&done).map_err(|e| format!("the rebinding helper's report: {e}"))
 }
 
 /// The helper's work, in the VE's mount namespace.

@@ -71,6 +71,41 @@ pub(crate) fn clone3(flags: u64, cgroup: Option<BorrowedFd<'_>>) -> nix::Result<
     }
 }
 
+/// Runs `work` in a forked helper process (for setns into a VE's namespaces,
+/// which must not change vectl itself) and returns what it returned: its
+/// `Ok` text, or its error message. Same rules as [`clone3`]: the caller must
+/// be single-threaded.
+pub(crate) fn in_helper(
+    work: impl FnOnce() -> std::result::Result<String, String>,
+) -> std::result::Result<String, String> {
+    use std::io::{Read, Write};
+    let (report_r, report_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    match clone3(0, None).map_err(|e| format!("clone3: {e}"))? {
+        Forked::Child => {
+            drop(report_r);
+            let mut w = std::fs::File::from(report_w);
+            let (tag, text) = match work() {
+                Ok(t) => ("+", t),
+                Err(e) => ("!", e),
+            };
+            let ok = w.write_all(format!("{tag}{text}").as_bytes()).is_ok();
+            exit_now(if ok && tag == "+" { 0 } else { 1 })
+        }
+        Forked::Parent { pid, .. } => {
+            drop(report_w);
+            let mut msg = String::new();
+            let _ = std::fs::File::from(report_r).read_to_string(&mut msg);
+            let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+            match (msg.chars().next(), status) {
+                (Some('+'), Ok(nix::sys::wait::WaitStatus::Exited(_, 0))) => Ok(msg[1..].into()),
+                (Some('!'), _) => Err(msg[1..].into()),
+                (_, status) => Err(format!("the helper process ended: {status:?}")),
+            }
+        }
+    }
+}
+
 /// Forks the calling process with CLONE_PARENT (the child is our parent's child,
 /// and is born in the PID namespace our children go to) through the legacy
 /// clone system call: a VE's seccomp filter fails clone3 with ENOSYS. Returns

@@ -169,6 +169,7 @@ impl Host {
     /// lock is taken, so a mistyped name leaves no trace on disk.
     pub(crate) fn resolve_existing(&self, name_or_id: &str) -> Result<String> {
         let ve = self.resolve(name_or_id)?;
+        self.finish_rename_of(&ve)?;
         if self.config_path(&ve).exists() {
             Ok(ve)
         } else {
@@ -217,7 +218,7 @@ impl Host {
 
     /// Removes what a VE that is not running left behind: processes still in its
     /// cgroups, the cgroups, the state file. Called with the VE's lock held.
-    fn clean_up_stopped(&self, ve: &str) -> Result<()> {
+    pub(crate) fn clean_up_stopped(&self, ve: &str) -> Result<()> {
         let cg = self.cgroups()?;
         if cg.exists(ve) {
             cg.kill_all(ve)?;
@@ -1100,6 +1101,7 @@ impl Host {
     /// Every VE, by id. Configs that cannot be read are returned as errors beside
     /// the list rather than failing it.
     pub(crate) fn list(&self) -> Result<(Vec<VeInfo>, Vec<Error>)> {
+        self.finish_renames()?;
         let mut out = Vec::new();
         let mut errors = Vec::new();
         for path in self.config_files()? {

@@ -142,25 +142,32 @@ pub struct CreateArgs {
     /// Create even if its guarantees do not fit beside the running VEs'.
     #[arg(long)]
     force: bool,
-    /// A network for a NIC (repeatable: eth0, eth1...; default: the network
-    /// `default`; `none` = no NIC).
-    #[arg(long = "net", value_name = "NET")]
-    nets: Vec<String>,
-    /// The address of the NIC on the matching --net (in order): an address, a
-    /// CIDR with the network's prefix, or auto (default).
-    #[arg(long = "ip", value_name = "CIDR|auto")]
-    ips: Vec<String>,
+    #[command(flatten)]
+    nic: NicArgs,
     /// Publish a port on the host's addresses: HOSTPORT:VEPORT[/tcp|udp]
     /// (repeatable; needs a NIC on a nat network).
     #[arg(long, value_name = "HOST:VE[/PROTO]")]
     publish: Vec<String>,
 }
 
-impl CreateArgs {
+/// The NICs of `create` and `set`.
+#[derive(Debug, Args)]
+pub struct NicArgs {
+    /// A network for a NIC (repeatable: eth0, eth1...; `none` = no NIC). create:
+    /// default the network `default`. set: the VE's NICs become these; a NIC on
+    /// a network it stays on keeps its address and MAC.
+    #[arg(long = "net", value_name = "NET")]
+    nets: Vec<String>,
+    /// The address of the NIC on the matching --net (in order): an address, a
+    /// CIDR with the network's prefix, or auto (default).
+    #[arg(long = "ip", value_name = "CIDR|auto")]
+    ips: Vec<String>,
+}
+
+impl NicArgs {
     /// The NICs asked for: each `--ip` belongs to the `--net` before it on the
     /// command line (`at` = the positions of the --net and --ip values).
-    fn nics(&self, at: &ArgPositions) -> Result<Option<Vec<NicRequest>>> {
-        let ve = &self.names[0];
+    fn requests(&self, ve: &str, at: &ArgPositions) -> Result<Option<Vec<NicRequest>>> {
         // Malformed is bad usage (exit 2); whether the address fits its
         // network is the network's to say.
         for ip in &self.ips {
@@ -221,7 +228,7 @@ pub struct ArgPositions {
 
 impl ArgPositions {
     pub fn of(matches: &clap::ArgMatches) -> ArgPositions {
-        let Some(("create", sub)) = matches.subcommand() else {
+        let Some(("create" | "set", sub)) = matches.subcommand() else {
             return ArgPositions::default();
         };
         let at = |id: &str| {
@@ -323,6 +330,13 @@ pub struct SetArgs {
     /// out of it (`host`, privileged); its files stay as they are.
     #[arg(long, value_name = "private|host", value_parser = ["private", "host"])]
     userns: Option<String>,
+    /// The VE's hostname: at once in a running VE, and in its /etc/hostname
+    /// and /etc/hosts at its next start.
+    #[arg(long, value_name = "NAME")]
+    hostname: Option<String>,
+    /// NICs (of a stopped VE).
+    #[command(flatten)]
+    nic: NicArgs,
 }
 
 /// `vectl resize`: `set` of the resources alone.
@@ -353,7 +367,13 @@ pub fn resize(ctx: &Ctx, a: ResizeArgs) -> Result<ExitCode> {
             publish: Vec::new(),
             unpublish: Vec::new(),
             userns: None,
+            hostname: None,
+            nic: NicArgs {
+                nets: Vec::new(),
+                ips: Vec::new(),
+            },
         },
+        &ArgPositions::default(),
     )
 }
 
@@ -405,6 +425,21 @@ pub struct VeArg {
 }
 
 #[derive(Debug, Args)]
+pub struct RenameArgs {
+    #[arg(value_name = "VE")]
+    ve: String,
+    #[arg(value_name = "NEW")]
+    new: String,
+}
+
+/// `vectl rename`.
+pub fn rename(ctx: &Ctx, a: RenameArgs) -> Result<ExitCode> {
+    let done = ctx.open()?.ves().rename(&a.ve, &a.new)?;
+    ctx.out.renamed(&done);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
 pub struct CloneArgs {
     #[arg(value_name = "SRC")]
     src: String,
@@ -426,7 +461,7 @@ pub fn create(ctx: &Ctx, a: CreateArgs, at: &ArgPositions) -> Result<ExitCode> {
             ("--id", a.id.is_some()),
             ("--hostname", a.hostname.is_some()),
             ("--publish", !a.publish.is_empty()),
-            ("--ip ADDRESS", a.ips.iter().any(|ip| ip != "auto")),
+            ("--ip ADDRESS", a.nic.ips.iter().any(|ip| ip != "auto")),
         ];
         if let Some((opt, _)) = one_only.iter().find(|(_, given)| *given) {
             return Err(crate::parse::usage(format!(
@@ -437,7 +472,7 @@ pub fn create(ctx: &Ctx, a: CreateArgs, at: &ArgPositions) -> Result<ExitCode> {
     }
     // Checked in this order: limits, NICs, ports; before a root is made.
     let limits = a.limits.update(&first)?;
-    let nics = a.nics(at)?;
+    let nics = a.nic.requests(&first, at)?;
     let publish = parse_publish(&first, "publish", &a.publish)?;
     // The one VE command that initialises a new root (README: init).
     let host = ctx.open_or_init()?;
@@ -617,19 +652,34 @@ pub fn clone(ctx: &Ctx, a: CloneArgs) -> Result<ExitCode> {
 }
 
 /// `vectl set`.
-pub fn set(ctx: &Ctx, s: SetArgs) -> Result<ExitCode> {
+pub fn set(ctx: &Ctx, s: SetArgs, at: &ArgPositions) -> Result<ExitCode> {
     let a = &s.res;
     let update = a.limits.update(&a.ve)?;
     let add = parse_publish(&a.ve, "publish", &s.publish)?;
     let remove = parse_unpublish(&a.ve, &s.unpublish)?;
-    if update.is_empty() && add.is_empty() && remove.is_empty() && s.userns.is_none() {
+    let nics = s.nic.requests(&a.ve, at)?;
+    if update.is_empty()
+        && add.is_empty()
+        && remove.is_empty()
+        && s.userns.is_none()
+        && s.hostname.is_none()
+        && nics.is_none()
+    {
         return Err(crate::parse::usage(format!(
-            "VE {}: nothing to set (give a limit such as --ram or --cpu-limit, --publish or \
-             --userns)",
+            "VE {}: nothing to set (give a limit such as --ram or --cpu-limit, --publish, \
+             --hostname, --net or --userns)",
             a.ve
         )));
     }
     let host = ctx.open()?;
+    if let Some(h) = &s.hostname {
+        let live = host.ves().set_hostname(&a.ve, h)?;
+        ctx.out.hostname_set(&a.ve, h, live);
+    }
+    if let Some(reqs) = &nics {
+        let now = host.ves().set_nics(&a.ve, reqs)?;
+        ctx.out.nics_set(&a.ve, &now);
+    }
     if let Some(mode) = &s.userns {
         let range = host.ves().set_userns(&a.ve, mode == "private")?;
         ctx.out.userns_set(&a.ve, range);

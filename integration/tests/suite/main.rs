@@ -8,6 +8,7 @@ mod common;
 
 mod admission;
 mod bad_input;
+mod changes;
 mod clone;
 mod concurrency;
 mod crash;
