@@ -16,6 +16,8 @@ scripts/lxcfs.sh >/dev/null
 echo "== building vectl"
 cargo build --release --workspace --bins
 install -m 0755 target/release/vectl /usr/local/bin/vectl
+echo "== the supervisor and the boot unit (scripts/units.sh)"
+scripts/units.sh
 
 export VECTL_ROOT=${VECTL_ROOT:-/var/lib/vectl}
 echo "== vectl init ($VECTL_ROOT)"
@@ -41,7 +43,8 @@ if grep -q '"backend": "btrfs"' <<<"$pool"; then
 fi
 for ve in web1 web2 web3; do
     if ! vectl --json show "$ve" >/dev/null 2>&1; then
-        vectl create "$ve" --template busybox --ram 64M --cpu-limit 50% --pids 100 "${disk[@]}"
+        vectl create "$ve" --template busybox --ram 64M --cpu-limit 50% --pids 100 "${disk[@]}" \
+            --onboot yes --restart on-failure
     fi
     if ! grep -q '"status": "running"' <<<"$(vectl --json show "$ve")"; then
         vectl start "$ve"

@@ -62,6 +62,10 @@ enum Command {
     /// Change a VE's limits (live if it runs), published ports, hostname (live)
     /// or NICs (while stopped).
     Set(ve::SetArgs),
+    /// Run the host-wide supervisor in the foreground (vectl-supervisor.service):
+    /// records how VEs' inits end (`crashed`, `exited`) and restarts them as
+    /// their --restart policy says. One process for every VE.
+    Supervise(host::SuperviseArgs),
     /// Rename a stopped VE (id, addresses, files and snapshots stay; a hostname
     /// that was its name follows).
     Rename(ve::RenameArgs),
@@ -149,6 +153,7 @@ fn run(ctx: &Ctx, command: Command, at: &ve::ArgPositions) -> Result<ExitCode> {
         Command::Set(a) => ve::set(ctx, a, at),
         Command::Resize(a) => ve::resize(ctx, a),
         Command::Rename(a) => ve::rename(ctx, a),
+        Command::Supervise(a) => host::supervise(ctx, a),
         Command::Upgrade(a) => upgrade::upgrade(ctx, a),
         Command::Rollback(a) => upgrade::rollback(ctx, a),
         Command::Commit(a) => upgrade::commit(ctx, a),

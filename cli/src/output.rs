@@ -795,6 +795,19 @@ impl Out {
         }
     }
 
+    pub fn autostart_set(&self, ve: &str, a: &ve_runtime::Autostart) {
+        if self.json {
+            self.print_json(&json!({"ve": ve, "autostart": a}));
+        } else {
+            println!(
+                "VE {ve}: onboot {}, boot order {}, restart {}",
+                if a.onboot { "yes" } else { "no" },
+                a.boot_order,
+                a.restart
+            );
+        }
+    }
+
     pub fn hostname_set(&self, ve: &str, hostname: &str, live: bool) {
         if self.json {
             self.print_json(&json!({"ve": ve, "hostname": hostname, "live": live}));
@@ -1190,6 +1203,27 @@ impl Out {
         }
         if let Some(up) = i.uptime_secs {
             rows.push(("uptime", duration(up)));
+        }
+        rows.push((
+            "autostart",
+            format!(
+                "onboot {}, boot order {}, restart {}",
+                if i.autostart.onboot { "yes" } else { "no" },
+                i.autostart.boot_order,
+                i.autostart.restart
+            ),
+        ));
+        if let Some(x) = &i.last_exit {
+            rows.push((
+                "last exit",
+                format!(
+                    "{} at {} after {} (restarts in a row: {})",
+                    x.how(),
+                    x.at,
+                    duration(x.ran_secs),
+                    x.restarts
+                ),
+            ));
         }
         match &d.proc_view {
             None => {}

@@ -66,6 +66,15 @@ pub fn with<T: 'static, E: std::fmt::Display + 'static>(
     }
 }
 
+/// A yes/no option's value (`yes`, `no`, `on`, `off`, `true`, `false`).
+pub fn yes_no(s: &str) -> Result<bool, String> {
+    match s {
+        "yes" | "on" | "true" | "1" => Ok(true),
+        "no" | "off" | "false" | "0" => Ok(false),
+        _ => Err(format!("{s}: expected yes or no")),
+    }
+}
+
 /// The value of an optional checked option.
 pub fn opt<T: Clone>(
     v: &Option<Checked<T>>,

@@ -381,6 +381,15 @@ impl TestHost {
     }
 
     /// A `vectl --root ROOT` command to add arguments to.
+    /// The network namespace the test started in (the host's), as a path
+    /// another process can open, while this host lives.
+    pub fn host_netns(&self) -> Option<String> {
+        use std::os::fd::AsRawFd;
+        self.old_netns
+            .as_ref()
+            .map(|fd| format!("/proc/{}/fd/{}", std::process::id(), fd.as_raw_fd()))
+    }
+
     pub fn command(&self) -> Command {
         let mut c = Command::new(vectl_bin());
         c.arg("--root").arg(self.root.path());

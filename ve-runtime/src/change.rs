@@ -98,6 +98,21 @@ impl Host {
         Ok(new.nics)
     }
 
+    /// Changes when a VE starts by itself (at once: the supervisor and `host
+    /// boot` read the config each time).
+    pub(crate) fn set_autostart(
+        &self,
+        name_or_id: &str,
+        change: &crate::config::AutostartChange,
+    ) -> Result<crate::config::Autostart> {
+        let ve = self.resolve_existing(name_or_id)?;
+        let _lock = self.lock_ve(&ve)?;
+        let mut cfg = self.load_config(&ve)?;
+        cfg.autostart = change.applied_to(&cfg.autostart);
+        cfg.store(&self.config_path(&ve))?;
+        Ok(cfg.autostart)
+    }
+
     fn rename_marker(&self, old: &str) -> PathBuf {
         self.root()
             .join("run")

@@ -107,6 +107,7 @@ impl Host {
             ports: Vec::new(),
             userns,
             history: Vec::new(),
+            autostart: Default::default(),
         };
         // Leftovers of a create or clone that was killed before it wrote a config.
         self.pool().remove_ve_volume(dst)?;

@@ -53,6 +53,84 @@ pub struct VeConfig {
     /// Its moves between template versions, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<TemplateMove>,
+    /// When it starts by itself and what happens when its init ends.
+    #[serde(default, skip_serializing_if = "Autostart::is_default")]
+    pub autostart: Autostart,
+}
+
+/// A VE's autostart settings (`--onboot`, `--boot-order`, `--restart`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Autostart {
+    /// Started by `vectl host boot` (the vectl.service unit at host boot).
+    #[serde(default)]
+    pub onboot: bool,
+    /// Lower orders start first at boot (and stop last at shutdown); VEs of
+    /// one order start at once.
+    #[serde(default)]
+    pub boot_order: u32,
+    /// What the supervisor does when the init ends without `vectl stop`.
+    #[serde(default)]
+    pub restart: RestartPolicy,
+}
+
+impl Autostart {
+    fn is_default(&self) -> bool {
+        *self == Autostart::default()
+    }
+}
+
+/// A change of [`Autostart`]; `None` = keep.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AutostartChange {
+    pub onboot: Option<bool>,
+    pub boot_order: Option<u32>,
+    pub restart: Option<RestartPolicy>,
+}
+
+impl AutostartChange {
+    pub fn applied_to(&self, a: &Autostart) -> Autostart {
+        Autostart {
+            onboot: self.onboot.unwrap_or(a.onboot),
+            boot_order: self.boot_order.unwrap_or(a.boot_order),
+            restart: self.restart.unwrap_or(a.restart),
+        }
+    }
+}
+
+/// When the supervisor (`vectl supervise`) starts a VE whose init ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Never.
+    #[default]
+    No,
+    /// When init was killed by a signal or exited with a status other than 0.
+    OnFailure,
+    /// Whenever it ended without `vectl stop`.
+    Always,
+}
+
+impl std::str::FromStr for RestartPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "no" => Ok(RestartPolicy::No),
+            "on-failure" => Ok(RestartPolicy::OnFailure),
+            "always" => Ok(RestartPolicy::Always),
+            _ => Err(format!("{s}: expected no, on-failure or always")),
+        }
+    }
+}
+
+impl std::fmt::Display for RestartPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RestartPolicy::No => "no",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Always => "always",
+        })
+    }
 }
 
 /// One move of a VE between template versions (`vectl history`).
@@ -205,6 +283,7 @@ mod tests {
             ports: vec![],
             userns: None,
             history: vec![],
+            autostart: Default::default(),
         };
         cfg.store(&p).unwrap();
         let text = fs::read_to_string(&p).unwrap();

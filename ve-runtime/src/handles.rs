@@ -211,6 +211,16 @@ impl<'h> Ves<'h> {
         self.0.set_nics(name_or_id, reqs)
     }
 
+    /// Changes when a VE starts by itself (`--onboot`, `--boot-order`,
+    /// `--restart`).
+    pub fn set_autostart(
+        self,
+        name_or_id: &str,
+        change: &crate::config::AutostartChange,
+    ) -> Result<crate::config::Autostart> {
+        self.0.set_autostart(name_or_id, change)
+    }
+
     /// Renames a stopped VE (crash-safe: a killed rename is finished by the
     /// next command on it); a hostname that was its name follows.
     pub fn rename(self, name_or_id: &str, new: &str) -> Result<crate::change::Renamed> {

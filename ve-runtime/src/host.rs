@@ -610,6 +610,15 @@ impl Host {
     pub(crate) fn run_path(&self, ve: &str) -> PathBuf {
         self.root.join("run").join(format!("{ve}.json"))
     }
+    /// How the VE's init last ended without `vectl stop` (the supervisor's
+    /// record, [`crate::state::ExitRecord`]).
+    pub(crate) fn exit_path(&self, ve: &str) -> PathBuf {
+        self.root.join("run").join(format!("{ve}.exit"))
+    }
+    /// Exists while `vectl stop` ends the VE: its init's end is no crash.
+    pub(crate) fn stopping_marker(&self, ve: &str) -> PathBuf {
+        self.root.join("run").join(format!("{ve}.stopping"))
+    }
     pub(crate) fn mount_dir(&self, ve: &str) -> PathBuf {
         self.root.join("mnt").join(ve)
     }

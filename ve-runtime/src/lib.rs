@@ -60,6 +60,7 @@ mod snapshot;
 mod state;
 mod stats;
 mod step;
+mod supervise;
 mod sys;
 mod template;
 mod units;
@@ -71,7 +72,9 @@ pub use admission::{Commitment, Commitments};
 pub use cgroup::{CgroupBackend, CgroupSettings, CgroupVersion, Usage};
 pub use change::Renamed;
 pub use clone::Cloned;
-pub use config::{TemplateMove, VeConfig, validate_name};
+pub use config::{
+    Autostart, AutostartChange, RestartPolicy, TemplateMove, VeConfig, validate_name,
+};
 pub use error::{Error, Result};
 pub use handles::{Nets, Snapshots, Storage, Templates, Upgrades, Ves};
 pub use host::{
@@ -95,8 +98,9 @@ pub use roots::{DEFAULT_REGISTRY, REGISTRY_ENV, TornDown, registered_roots};
 pub use security::{USERNS_CAPS, VE_CAPS};
 pub use signal::{BadSignal, parse_signal, signal_name};
 pub use snapshot::{Consistency, SnapshotMade};
-pub use state::{RunState, Status};
+pub use state::{ExitRecord, RunState, Status};
 pub use stats::VeStats;
+pub use supervise::{HOST_NETNS_ENV, supervise};
 pub use template::TemplateUsage;
 pub use units::{
     Amount, BadValue, Cpus, NetShare, Percent, Setting, Size, human_bytes, parse_count,

@@ -26,6 +26,8 @@ pub struct CreateOptions {
     /// No user namespace: root in the VE is the host's root (with fewer
     /// capabilities).
     pub privileged: bool,
+    /// --onboot, --boot-order, --restart.
+    pub autostart: crate::config::Autostart,
 }
 
 /// Options of `stop`.

@@ -11,12 +11,30 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result, io_err};
 use crate::fsutil::write_atomic;
 
-/// Whether a VE runs.
+/// Whether a VE runs, and if not, how its init ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Running,
+    /// Stopped by vectl, never started, or the host rebooted.
     Stopped,
+    /// Its init died without `vectl stop` (killed by a signal, or exited with
+    /// a status other than 0), as the supervisor saw it ([`ExitRecord`]).
+    Crashed,
+    /// Its init ended by itself with status 0, or the VE was halted from inside.
+    Exited,
+}
+
+impl Status {
+    pub fn is_running(self) -> bool {
+        self == Status::Running
+    }
+
+    /// Whether a VE in this status is one `want` asks for: `stopped` takes
+    /// every VE that does not run.
+    pub fn matches(self, want: Status) -> bool {
+        self == want || (want == Status::Stopped && !self.is_running())
+    }
 }
 
 impl std::fmt::Display for Status {
@@ -24,6 +42,8 @@ impl std::fmt::Display for Status {
         f.write_str(match self {
             Status::Running => "running",
             Status::Stopped => "stopped",
+            Status::Crashed => "crashed",
+            Status::Exited => "exited",
         })
     }
 }
@@ -42,6 +62,10 @@ pub struct RunState {
     /// The host-side names its NICs' ports got, in NIC order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<String>,
+    /// How its init ended last time without `vectl stop` (moved here from
+    /// `run/NAME.exit` when it started again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<ExitRecord>,
     /// Why the VE's /proc shows the host's values (LXCFS was not running when
     /// it started, or the view is off); `None` = it shows the VE's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -78,6 +102,68 @@ impl RunState {
     pub fn is_alive(&self) -> bool {
         self.boot_id == boot_id()
             && proc_stat(self.pid).is_some_and(|s| s.start_ticks == self.start_ticks && s.alive())
+    }
+}
+
+/// How a VE's init ended without `vectl stop`, as the supervisor saw it
+/// (`run/NAME.exit`, until the next `start` or `stop`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    /// Its exit status, if it exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    /// The signal that ended it, if one did. A reboot or power-off from inside
+    /// the VE (reboot(2)) ends its init with SIGKILL: the kernel's way for a
+    /// PID namespace, and all the process connector reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    /// When (RFC 3339 UTC).
+    pub at: String,
+    /// How long it had run, in seconds.
+    pub ran_secs: u64,
+    /// Restarts by the supervisor in a row (a VE that ran 10 minutes starts
+    /// the count again).
+    #[serde(default)]
+    pub restarts: u32,
+}
+
+impl ExitRecord {
+    /// Whether the init failed: killed by a signal, exited with a status
+    /// other than 0, or ended in a way nobody saw.
+    pub fn failed(&self) -> bool {
+        self.signal.is_some() || self.code != Some(0)
+    }
+
+    pub fn status(&self) -> Status {
+        if self.failed() {
+            Status::Crashed
+        } else {
+            Status::Exited
+        }
+    }
+
+    /// How it ended, in words: `exit status 3`, `killed by SIGKILL`.
+    pub fn how(&self) -> String {
+        match (&self.signal, self.code) {
+            (Some(s), _) => format!("killed by {s}"),
+            (None, Some(c)) => format!("exit status {c}"),
+            (None, None) => "ended".into(),
+        }
+    }
+
+    pub(crate) fn load(path: &Path) -> Option<ExitRecord> {
+        fs::read(path)
+            .ok()
+            .and_then(|d| serde_json::from_slice(&d).ok())
+    }
+
+    pub(crate) fn store(&self, path: &Path) -> Result<()> {
+        let data = serde_json::to_vec(self).map_err(|e| Error::Corrupt {
+            path: path.to_path_buf(),
+            what: "exit record",
+            reason: e.to_string(),
+        })?;
+        write_atomic(path, &data, false)
     }
 }
 
@@ -130,6 +216,7 @@ pub fn recover(pid: i32) -> Option<RunState> {
         boot_id: boot_id(),
         started_at: boot_time() + stat.start_ticks / clock_ticks(),
         ports: Vec::new(),
+        last_exit: None,
         proc_view_off: None,
     })
 }
@@ -228,6 +315,7 @@ mod tests {
             boot_id: boot_id(),
             started_at: 0,
             ports: vec!["vn1p100".into()],
+            last_exit: None,
             proc_view_off: None,
         };
         assert!(rs.is_alive());

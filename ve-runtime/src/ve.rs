@@ -53,6 +53,12 @@ pub struct VeInfo {
     /// Its user namespace's host ids.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub userns: Option<crate::userns::IdRange>,
+    /// --onboot, --boot-order, --restart.
+    pub autostart: crate::config::Autostart,
+    /// How its init last ended without `vectl stop` (while crashed or
+    /// exited, or since it was started again).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<crate::state::ExitRecord>,
 }
 
 /// Sets a VE's status, pid and uptime from its runtime state (`None`: stopped).
@@ -232,7 +238,8 @@ impl Host {
         if let Some(cfg) = cfg.filter(|c| !c.nics.is_empty()) {
             self.detach_nics(&cfg, destroyed)?;
         }
-        remove_file(&self.run_path(ve))
+        remove_file(&self.run_path(ve))?;
+        remove_file(&self.stopping_marker(ve))
     }
 
     /// Creates a VE (stopped).
@@ -332,6 +339,7 @@ impl Host {
             ports: opts.ports.clone(),
             userns,
             history: Vec::new(),
+            autostart: opts.autostart.clone(),
         };
         cfg.ports.sort();
         cfg.ports.dedup();
@@ -548,6 +556,7 @@ impl Host {
         crate::failpoint::hit("start-after-cgroup");
         let mountpoint = self.mount_dir(&ve);
         fs::create_dir_all(&mountpoint).map_err(io_err(&mountpoint))?;
+        let last_exit = crate::state::ExitRecord::load(&self.exit_path(&ve));
         let view = &self.settings().proc_view;
         let (proc_view, proc_view_off) = if view.enabled {
             match crate::procview::Lxcfs::probe(&view.lxcfs_dir) {
@@ -607,6 +616,7 @@ impl Host {
                 boot_id: state::boot_id(),
                 started_at: state::now_secs(),
                 ports,
+                last_exit: last_exit.clone(),
                 proc_view_off: proc_view_off.clone(),
             };
             rs.store(&run_path)?;
@@ -619,7 +629,11 @@ impl Host {
             let _ = self.put_back_disk_limit(&ve, Some(d));
         }
         match (started, recorded) {
-            (Ok(_), Some(rs)) => Ok(rs),
+            (Ok(_), Some(rs)) => {
+                // The record went into the run state.
+                let _ = remove_file(&self.exit_path(&ve));
+                Ok(rs)
+            }
             (Ok(_), None) => Err(Error::Start {
                 ve,
                 reason: "internal: no state recorded".into(),
@@ -641,10 +655,14 @@ impl Host {
 
     pub(crate) fn stop_locked(&self, cfg: &VeConfig, opts: StopOptions) -> Result<StopOutcome> {
         let ve = cfg.name.as_str();
+        // A crashed VE stopped by hand is just stopped.
+        remove_file(&self.exit_path(ve))?;
         let Some(rs) = self.alive_state(ve)? else {
             self.clean_up_stopped(ve)?;
             return Ok(StopOutcome::AlreadyStopped);
         };
+        // The supervisor sees the init end: this tells it that is no crash.
+        crate::fsutil::write_atomic(&self.stopping_marker(ve), b"", false)?;
         let mut outcome = StopOutcome::Killed;
         if !opts.fast && !opts.timeout.is_zero() {
             let sig = match &cfg.stop_signal {
@@ -767,6 +785,7 @@ impl Host {
         }
         remove_file(&temp_path(&self.config_path(ve)))?;
         remove_file(&temp_path(&self.run_path(ve)))?;
+        remove_file(&self.exit_path(ve))?;
         remove_file(&self.set_marker(ve))?;
         remove_file(&temp_path(&self.set_marker(ve)))?;
         remove_file(&self.tombstone_path(ve))
@@ -1139,8 +1158,17 @@ impl Host {
             ports: cfg.ports,
             privileged: cfg.userns.is_none(),
             userns: cfg.userns,
+            autostart: cfg.autostart,
+            last_exit: None,
         };
         set_run_state(&mut info, rs.as_ref());
+        info.last_exit = match &rs {
+            Some(rs) => rs.last_exit.clone(),
+            None => crate::state::ExitRecord::load(&self.exit_path(&info.name)),
+        };
+        if let (None, Some(x)) = (&rs, &info.last_exit) {
+            info.status = x.status();
+        }
         info
     }
 

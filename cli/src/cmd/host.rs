@@ -52,6 +52,13 @@ pub enum HostCommand {
     /// died with a restarted LXCFS or that started while it was down (the
     /// lxcfs.service drop-in of the set-up runs this after every LXCFS start).
     RebindProc(RebindArgs),
+    /// Start the VEs created or set `--onboot yes` that are not running, by
+    /// `--boot-order` (lower first; one order at once, up to --jobs), as
+    /// vectl.service does at host boot.
+    Boot(BootArgs),
+    /// Stop every running VE gracefully, all at once (up to --jobs), by
+    /// `--boot-order` (higher first), as vectl.service does at shutdown.
+    Shutdown(BootArgs),
     /// Stop this root's VEs and remove everything it made on the host (network
     /// links, nft tables, cgroup parents, the pool mount and its loop device),
     /// leaving its state directory and other roots as they are. The next
@@ -67,6 +74,120 @@ pub struct RebindArgs {
     /// Every root registered on this host instead of --root's.
     #[arg(long)]
     all_roots: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BootArgs {
+    /// Every root registered on this host instead of --root's.
+    #[arg(long)]
+    all_roots: bool,
+    /// How many VEs are started or stopped at once.
+    #[arg(long, short = 'j', default_value_t = 32, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: u16,
+    /// shutdown: seconds each init gets to halt before it is killed.
+    #[arg(long, short, default_value_t = 60, value_name = "SECS")]
+    timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct SuperviseArgs {
+    /// Every root registered on this host (as roots come and go) instead of
+    /// --root's.
+    #[arg(long)]
+    all_roots: bool,
+}
+
+/// `vectl supervise`: runs until killed.
+pub fn supervise(ctx: &Ctx, a: SuperviseArgs) -> Result<ExitCode> {
+    let exe = std::env::current_exe()
+        .map_err(|e| anyhow::anyhow!("cannot find vectl's own binary: {e}"))?;
+    let root = ctx.root.clone();
+    if !a.all_roots {
+        Host::open(&root)?;
+    }
+    let roots = move || {
+        if a.all_roots {
+            ve_runtime::registered_roots()
+        } else {
+            vec![root.clone()]
+        }
+    };
+    ve_runtime::supervise(&roots, &exe)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `vectl host boot` and `host shutdown`: the roots' VEs in boot-order groups.
+fn boot_or_shutdown(ctx: &Ctx, a: &BootArgs, boot: bool) -> Result<ExitCode> {
+    let roots = if a.all_roots {
+        ve_runtime::registered_roots()
+    } else {
+        vec![ctx.root.clone()]
+    };
+    let mut code = ExitCode::SUCCESS;
+    for root in roots {
+        let rctx = Ctx {
+            root: root.clone(),
+            json: ctx.json,
+            out: crate::output::Out::new(ctx.json),
+        };
+        let host = Host::open(&root)?;
+        let (ves, errors) = host.ves().list()?;
+        for e in &errors {
+            ctx.out.warn(&e.to_string());
+        }
+        let mut groups: std::collections::BTreeMap<u32, Vec<String>> = Default::default();
+        for v in ves {
+            let wanted = if boot {
+                v.autostart.onboot && !v.status.is_running()
+            } else {
+                v.status.is_running()
+            };
+            if wanted {
+                groups
+                    .entry(v.autostart.boot_order)
+                    .or_default()
+                    .push(v.name);
+            }
+        }
+        let mut order: Vec<(u32, Vec<String>)> = groups.into_iter().collect();
+        if !boot {
+            order.reverse();
+        }
+        let stop = ve_runtime::StopOptions {
+            timeout: std::time::Duration::from_secs(a.timeout),
+            fast: false,
+        };
+        let timeout = a.timeout.to_string();
+        for (n, names) in order {
+            ctx.out.note(&format!(
+                "{}: boot order {n}: {} {}",
+                root.display(),
+                if boot { "starting" } else { "stopping" },
+                names.join(" ")
+            ));
+            let many = super::Many::of(names).with_jobs(a.jobs);
+            let args: Vec<&str> = if boot {
+                vec!["start"]
+            } else {
+                vec!["stop", "--timeout", &timeout]
+            };
+            let done = many.run(&rctx, &many.ves, &args, |ve| {
+                if boot {
+                    let rs = host.ves().start(ve, false)?;
+                    rctx.out.started(ve, &rs);
+                } else {
+                    let outcome = host.ves().stop(ve, stop)?;
+                    rctx.out.stopped(ve, outcome);
+                }
+                Ok(())
+            });
+            if done != ExitCode::SUCCESS {
+                code = done;
+            }
+        }
+    }
+    Ok(code)
 }
 
 #[derive(Debug, Args)]
@@ -95,8 +216,8 @@ pub struct HostSetArgs {
     default_pids: Option<Checked<Setting<u64>>>,
     /// Bind LXCFS's /proc files into VEs at start, so that `free`, `top` and
     /// `uptime` in a VE show its own limits and use (`on`, the default).
-    #[arg(long, value_name = "on|off", value_parser = clap::builder::BoolishValueParser::new())]
-    proc_view: Option<bool>,
+    #[arg(long, value_name = "on|off", value_parser = parse::with(parse::yes_no))]
+    proc_view: Option<Checked<bool>>,
     /// Where LXCFS is mounted (default /var/lib/lxcfs).
     #[arg(long, value_name = "DIR")]
     lxcfs_dir: Option<PathBuf>,
@@ -131,6 +252,8 @@ pub fn init(ctx: &Ctx, a: InitArgs) -> Result<ExitCode> {
 pub fn run(ctx: &Ctx, cmd: HostCommand) -> Result<ExitCode> {
     match cmd {
         HostCommand::Info => ctx.out.host_info(&ctx.open()?)?,
+        HostCommand::Boot(a) => return boot_or_shutdown(ctx, &a, true),
+        HostCommand::Shutdown(a) => return boot_or_shutdown(ctx, &a, false),
         HostCommand::RebindProc(a) => {
             let roots = if a.all_roots {
                 ve_runtime::registered_roots()
@@ -182,7 +305,7 @@ pub fn run(ctx: &Ctx, cmd: HostCommand) -> Result<ExitCode> {
                 reserve_ram: ram,
                 default_ram,
                 default_pids,
-                proc_view: a.proc_view,
+                proc_view: parse::opt(&a.proc_view, "", "proc-view")?,
                 lxcfs_dir: a.lxcfs_dir,
                 force: a.force,
             })?;

@@ -92,6 +92,12 @@ impl Many {
         }
     }
 
+    /// At most `jobs` at once.
+    pub fn with_jobs(mut self, jobs: u16) -> Many {
+        self.jobs = jobs;
+        self
+    }
+
     /// The VEs named, or with `--all` every VE of `ctx`'s root in `status`
     /// (in id order).
     pub fn names(&self, ctx: &Ctx, status: Status) -> Result<Vec<String>> {
@@ -104,7 +110,7 @@ impl Many {
         }
         let names: Vec<String> = ves
             .into_iter()
-            .filter(|v| v.status == status)
+            .filter(|v| v.status.matches(status))
             .map(|v| v.name)
             .collect();
         if names.is_empty() {

@@ -144,6 +144,8 @@ pub struct CreateArgs {
     force: bool,
     #[command(flatten)]
     nic: NicArgs,
+    #[command(flatten)]
+    autostart: AutostartArgs,
     /// Publish a port on the host's addresses: HOSTPORT:VEPORT[/tcp|udp]
     /// (repeatable; needs a NIC on a nat network).
     #[arg(long, value_name = "HOST:VE[/PROTO]")]
@@ -337,6 +339,41 @@ pub struct SetArgs {
     /// NICs (of a stopped VE).
     #[command(flatten)]
     nic: NicArgs,
+    #[command(flatten)]
+    autostart: AutostartArgs,
+}
+
+/// When a VE starts by itself (`create` and `set`).
+#[derive(Debug, Args, Default)]
+pub struct AutostartArgs {
+    /// Start the VE at host boot (`vectl host boot`, run by vectl.service).
+    #[arg(long, value_name = "yes|no", value_parser = crate::parse::with(crate::parse::yes_no))]
+    onboot: Option<crate::parse::Checked<bool>>,
+    /// Its place at boot: lower orders start first (and stop last); VEs of one
+    /// order start at once. Default 0.
+    #[arg(long, value_name = "N")]
+    boot_order: Option<u32>,
+    /// What the supervisor (vectl-supervisor.service) does when the VE's init
+    /// ends without `vectl stop`: `no` (default), `on-failure` (a signal or a
+    /// status other than 0), `always`; with back-off, 1 s doubling to 5 min.
+    #[arg(long, value_name = "no|on-failure|always",
+          value_parser = crate::parse::text::<ve_runtime::RestartPolicy>)]
+    restart: Option<crate::parse::Checked<ve_runtime::RestartPolicy>>,
+}
+
+impl AutostartArgs {
+    fn is_empty(&self) -> bool {
+        self.onboot.is_none() && self.boot_order.is_none() && self.restart.is_none()
+    }
+
+    fn change(&self, ve: &str) -> Result<ve_runtime::AutostartChange> {
+        let ctx = format!("VE {ve}: ");
+        Ok(ve_runtime::AutostartChange {
+            onboot: crate::parse::opt(&self.onboot, &ctx, "onboot")?,
+            boot_order: self.boot_order,
+            restart: crate::parse::opt(&self.restart, &ctx, "restart")?,
+        })
+    }
 }
 
 /// `vectl resize`: `set` of the resources alone.
@@ -372,6 +409,7 @@ pub fn resize(ctx: &Ctx, a: ResizeArgs) -> Result<ExitCode> {
                 nets: Vec::new(),
                 ips: Vec::new(),
             },
+            autostart: AutostartArgs::default(),
         },
         &ArgPositions::default(),
     )
@@ -474,6 +512,7 @@ pub fn create(ctx: &Ctx, a: CreateArgs, at: &ArgPositions) -> Result<ExitCode> {
     let limits = a.limits.update(&first)?;
     let nics = a.nic.requests(&first, at)?;
     let publish = parse_publish(&first, "publish", &a.publish)?;
+    let autostart = a.autostart.change(&first)?;
     // The one VE command that initialises a new root (README: init).
     let host = ctx.open_or_init()?;
     let mut opts = CreateOptions {
@@ -488,6 +527,7 @@ pub fn create(ctx: &Ctx, a: CreateArgs, at: &ArgPositions) -> Result<ExitCode> {
         nics,
         ports: publish,
         privileged: a.privileged || a.userns.as_deref() == Some("host"),
+        autostart: autostart.applied_to(&ve_runtime::Autostart::default()),
     };
     let mut ready = Vec::new();
     let mut failed = false;
@@ -511,10 +551,7 @@ pub fn create(ctx: &Ctx, a: CreateArgs, at: &ArgPositions) -> Result<ExitCode> {
     if a.start && !ready.is_empty() {
         // Those not running yet (with --if-missing some may be).
         let (ves, _) = host.ves().list()?;
-        ready.retain(|n| {
-            ves.iter()
-                .any(|v| v.name == *n && v.status == Status::Stopped)
-        });
+        ready.retain(|n| ves.iter().any(|v| v.name == *n && !v.status.is_running()));
         let many = Many::of(ready);
         if many.run(ctx, &many.ves, &["start"], |ve| {
             let rs = host.ves().start(ve, false)?;
@@ -595,7 +632,8 @@ pub fn destroy(ctx: &Ctx, a: DestroyArgs) -> Result<ExitCode> {
 #[derive(Debug, Args)]
 pub struct ListArgs {
     /// Only the VEs in this state.
-    #[arg(long, value_name = "STATUS", value_parser = ["running", "stopped"])]
+    /// (`stopped`: every VE that does not run, crashed and exited ones too).
+    #[arg(long, value_name = "STATUS", value_parser = ["running", "stopped", "crashed", "exited"])]
     status: Option<String>,
     /// The columns, comma-separated: id, name, status, template, hostname, ram,
     /// swap, cpu, cpus, pids, disk, address, addresses, userns, pid, uptime.
@@ -625,7 +663,13 @@ pub fn list(ctx: &Ctx, a: ListArgs) -> Result<ExitCode> {
         ctx.out.warn(&e.to_string());
     }
     if let Some(status) = &a.status {
-        ves.retain(|v| v.status.to_string() == *status);
+        let want = match status.as_str() {
+            "running" => Status::Running,
+            "crashed" => Status::Crashed,
+            "exited" => Status::Exited,
+            _ => Status::Stopped,
+        };
+        ves.retain(|v| v.status.matches(want));
     }
     ctx.out.list(&ves, &cols, a.format == "csv");
     Ok(ExitCode::SUCCESS)
@@ -658,12 +702,14 @@ pub fn set(ctx: &Ctx, s: SetArgs, at: &ArgPositions) -> Result<ExitCode> {
     let add = parse_publish(&a.ve, "publish", &s.publish)?;
     let remove = parse_unpublish(&a.ve, &s.unpublish)?;
     let nics = s.nic.requests(&a.ve, at)?;
+    let autostart = s.autostart.change(&a.ve)?;
     if update.is_empty()
         && add.is_empty()
         && remove.is_empty()
         && s.userns.is_none()
         && s.hostname.is_none()
         && nics.is_none()
+        && s.autostart.is_empty()
     {
         return Err(crate::parse::usage(format!(
             "VE {}: nothing to set (give a limit such as --ram or --cpu-limit, --publish, \
@@ -679,6 +725,10 @@ pub fn set(ctx: &Ctx, s: SetArgs, at: &ArgPositions) -> Result<ExitCode> {
     if let Some(reqs) = &nics {
         let now = host.ves().set_nics(&a.ve, reqs)?;
         ctx.out.nics_set(&a.ve, &now);
+    }
+    if !s.autostart.is_empty() {
+        let now = host.ves().set_autostart(&a.ve, &autostart)?;
+        ctx.out.autostart_set(&a.ve, &now);
     }
     if let Some(mode) = &s.userns {
         let range = host.ves().set_userns(&a.ve, mode == "private")?;

@@ -7,6 +7,7 @@
 mod common;
 
 mod admission;
+mod autostart;
 mod bad_input;
 mod changes;
 mod clone;

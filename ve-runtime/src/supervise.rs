@@ -1,0 +1,546 @@
+//! The host-wide supervisor, `vectl supervise` (vectl-supervisor.service): one
+//! process for every VE of every root, no process per VE.
+//!
+//! It holds a pidfd for each running VE's init and waits on all of them at
+//! once (poll), beside two more descriptors: an inotify watch of each root's
+//! `run/` directory, where `start` records a VE (a new pidfd to hold), and the
+//! kernel's process connector, which reports the exit status of every process
+//! that ends (a pidfd tells only that a process ended, and only its parent may
+//! wait for its status; the inits' parents are gone).
+//!
+//! When an init ends: if `vectl stop` ended it (`run/NAME.stopping`, or its
+//! run state is gone or names another init), nothing happens. Otherwise the
+//! supervisor writes `run/NAME.exit` ([`ExitRecord`]: status or signal, time,
+//! how long it ran), so `list` and `show` say `crashed` or `exited`, and, as
+//! the VE's `--restart` policy says, runs `vectl --root ROOT start NAME` after
+//! a back-off: 1 s, doubling with every restart in a row, at most 5 min; a VE
+//! that ran 10 minutes starts the count again. A reboot or power-off from
+//! inside the VE ends its init with SIGKILL (the kernel ends a PID namespace's
+//! init that way), so it counts as a failure: `on-failure` brings it back.
+//!
+//! If the supervisor is not running, VEs run on: nothing of theirs depends on
+//! it. It finds the running VEs again when it starts; an init that ended while
+//! it was down is not seen (its VE shows `stopped`).
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+
+use crate::config::{RestartPolicy, VeConfig};
+use crate::error::{Error, Result};
+use crate::state::{ExitRecord, RunState};
+use crate::sys;
+
+/// How often the roots and their running VEs are looked at again even without
+/// an inotify event (a root registered meanwhile, a missed event).
+const RESCAN: Duration = Duration::from_secs(10);
+/// The longest back-off between restarts.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// A VE that ran this long before its init ended starts the restart count again.
+const STABLE_SECS: u64 = 600;
+
+/// One running VE's init the supervisor holds.
+struct Watched {
+    root: PathBuf,
+    ve: String,
+    pidfd: OwnedFd,
+    rs: RunState,
+    /// The raw exit code the process connector reported for it.
+    exit_code: Option<u32>,
+}
+
+/// A restart waiting for its back-off to pass.
+struct Due {
+    at: Instant,
+    root: PathBuf,
+    ve: String,
+}
+
+/// What to tell the operator (one line each, to stderr: the journal).
+fn log(msg: &str) {
+    eprintln!("vectl supervise: {msg}");
+}
+
+/// Runs the supervisor until it is killed. `roots` gives the state directories
+/// to watch (asked again at every rescan); `vectl` is the binary that starts a
+/// VE again.
+pub fn supervise(roots: &dyn Fn() -> Vec<PathBuf>, vectl: &Path) -> Result<()> {
+    raise_fd_limit();
+    let cn = match ProcConnector::open() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            log(&format!(
+                "no process connector ({e}): ended VEs show `crashed` without their exit status"
+            ));
+            None
+        }
+    };
+    let inotify =
+        Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(|e| Error::Sys {
+            what: "inotify_init".into(),
+            source: e,
+        })?;
+    let mut watched_dirs: Vec<PathBuf> = Vec::new();
+    let mut inits: HashMap<i32, Watched> = HashMap::new();
+    let mut due: Vec<Due> = Vec::new();
+    let mut starting: HashMap<u32, (PathBuf, String, std::process::Child)> = HashMap::new();
+    let mut next_scan = Instant::now();
+    loop {
+        if Instant::now() >= next_scan {
+            for root in roots() {
+                let run = root.join("run");
+                if !watched_dirs.contains(&run)
+                    && inotify
+                        .add_watch(
+                            &run,
+                            AddWatchFlags::IN_MOVED_TO
+                                | AddWatchFlags::IN_CLOSE_WRITE
+                                | AddWatchFlags::IN_DELETE,
+                        )
+                        .is_ok()
+                {
+                    watched_dirs.push(run);
+                }
+                scan(&root, &mut inits);
+            }
+            next_scan = Instant::now() + RESCAN;
+        }
+        let now = Instant::now();
+        let wake = due
+            .iter()
+            .map(|d| d.at)
+            .chain([next_scan])
+            .min()
+            .unwrap_or(next_scan);
+        let timeout = PollTimeout::try_from(wake.saturating_duration_since(now).as_millis())
+            .unwrap_or(PollTimeout::MAX);
+        let order: Vec<i32> = inits.keys().copied().collect();
+        let (cn_ready, ino_ready, ended) = {
+            let mut fds = Vec::with_capacity(order.len() + 2);
+            let cn_fd = cn.as_ref().map(|c| c.fd.as_fd());
+            fds.push(PollFd::new(
+                cn_fd.unwrap_or(inotify.as_fd()),
+                if cn_fd.is_some() {
+                    PollFlags::POLLIN
+                } else {
+                    PollFlags::empty()
+                },
+            ));
+            fds.push(PollFd::new(inotify.as_fd(), PollFlags::POLLIN));
+            for pid in &order {
+                fds.push(PollFd::new(inits[pid].pidfd.as_fd(), PollFlags::POLLIN));
+            }
+            match poll(&mut fds, timeout) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => {
+                    return Err(Error::Sys {
+                        what: "poll".into(),
+                        source: e,
+                    });
+                }
+            }
+            let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
+            let ended: Vec<i32> = order
+                .iter()
+                .zip(&fds[2..])
+                .filter(|(_, f)| ready(f))
+                .map(|(p, _)| *p)
+                .collect();
+            (cn.is_some() && ready(&fds[0]), ready(&fds[1]), ended)
+        };
+        // Exit statuses first: an init's pidfd and its exit event come together.
+        if (cn_ready || !ended.is_empty())
+            && let Some(c) = &cn
+        {
+            c.drain(&mut inits);
+        }
+        if ino_ready {
+            while let Ok(events) = inotify.read_events() {
+                if events.is_empty() {
+                    break;
+                }
+            }
+            next_scan = Instant::now();
+        }
+        for pid in ended {
+            if let Some(w) = inits.remove(&pid)
+                && let Some(d) = ended_init(w)
+            {
+                due.push(d);
+            }
+        }
+        // Restarts whose time has come.
+        let now = Instant::now();
+        let (ready, later): (Vec<Due>, Vec<Due>) = due.into_iter().partition(|d| d.at <= now);
+        due = later;
+        for d in ready {
+            // An operator's start or stop since then cancels it.
+            let rec = d.root.join("run").join(format!("{}.exit", d.ve));
+            if !rec.exists() {
+                continue;
+            }
+            log(&format!("VE {} ({}): restarting", d.ve, d.root.display()));
+            match std::process::Command::new(vectl)
+                .arg("--root")
+                .arg(&d.root)
+                .args(["start", &d.ve])
+                .stdin(std::process::Stdio::null())
+                .spawn()
+            {
+                Ok(child) => {
+                    starting.insert(child.id(), (d.root, d.ve, child));
+                }
+                Err(e) => log(&format!("VE {}: cannot run {}: {e}", d.ve, vectl.display())),
+            }
+        }
+        starting.retain(|_, (root, ve, child)| match child.try_wait() {
+            Ok(None) => true,
+            Ok(Some(st)) => {
+                if !st.success() {
+                    log(&format!(
+                        "VE {ve} ({}): the restart failed ({st})",
+                        root.display()
+                    ));
+                }
+                next_scan = Instant::now();
+                false
+            }
+            Err(_) => false,
+        });
+    }
+}
+
+/// Holds a pidfd for every running VE of `root` not held yet.
+fn scan(root: &Path, inits: &mut HashMap<i32, Watched>) {
+    let Ok(entries) = fs::read_dir(root.join("run")) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(ve) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+            continue;
+        };
+        let Ok(Some(rs)) = RunState::load(&e.path()) else {
+            continue;
+        };
+        if inits.contains_key(&rs.pid) || !rs.is_alive() {
+            continue;
+        }
+        let Ok(pidfd) = sys::pidfd_open(rs.pid) else {
+            continue;
+        };
+        // The pid may have been reused between the check and the open.
+        if !rs.is_alive() {
+            continue;
+        }
+        inits.insert(
+            rs.pid,
+            Watched {
+                root: root.to_path_buf(),
+                ve: ve.to_string(),
+                pidfd,
+                rs,
+                exit_code: None,
+            },
+        );
+    }
+}
+
+/// An init ended: records how, unless `vectl stop` ended it, and returns the
+/// restart its policy asks for.
+fn ended_init(w: Watched) -> Option<Due> {
+    let run = w.root.join("run");
+    if run.join(format!("{}.stopping", w.ve)).exists() {
+        return None;
+    }
+    match RunState::load(&run.join(format!("{}.json", w.ve))) {
+        Ok(Some(rs)) if rs.pid == w.rs.pid && rs.start_ticks == w.rs.start_ticks => {}
+        _ => return None,
+    }
+    let (code, signal) = match w.exit_code {
+        Some(raw) if raw & 0x7f != 0 => {
+            (None, Some(crate::signal_name((raw & 0x7f).cast_signed())))
+        }
+        Some(raw) => (Some(((raw >> 8) & 0xff).cast_signed()), None),
+        None => (None, None),
+    };
+    let ran_secs = crate::state::now_secs().saturating_sub(w.rs.started_at);
+    let before = if ran_secs < STABLE_SECS {
+        w.rs.last_exit.as_ref().map_or(0, |x| x.restarts)
+    } else {
+        0
+    };
+    let mut rec = ExitRecord {
+        code,
+        signal,
+        at: crate::state::now_rfc3339(),
+        ran_secs,
+        restarts: before,
+    };
+    let policy = VeConfig::load(&w.root.join("ves").join(format!("{}.toml", w.ve)))
+        .ok()
+        .flatten()
+        .map(|c| c.autostart.restart);
+    let Some(policy) = policy else {
+        return None; // destroyed meanwhile
+    };
+    let restart = match policy {
+        RestartPolicy::No => false,
+        RestartPolicy::OnFailure => rec.failed(),
+        RestartPolicy::Always => true,
+    };
+    let delay = Duration::from_secs(1u64 << before.min(16)).min(MAX_BACKOFF);
+    if restart {
+        rec.restarts = before + 1;
+    }
+    let path = run.join(format!("{}.exit", w.ve));
+    if let Err(e) = rec.store(&path) {
+        log(&format!("VE {}: cannot record its end: {e}", w.ve));
+    }
+    log(&format!(
+        "VE {} ({}): {} after {ran_secs}s{}",
+        w.ve,
+        w.root.display(),
+        rec.how(),
+        if restart {
+            format!(", restart {} in {}s", rec.restarts, delay.as_secs())
+        } else {
+            String::new()
+        }
+    ));
+    restart.then(|| Due {
+        at: Instant::now() + delay,
+        root: w.root,
+        ve: w.ve,
+    })
+}
+
+/// The soft limit of open files up to the hard one: a pidfd per VE.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+/// The kernel's process connector (linux/cn_proc.h): a netlink socket on
+/// which the kernel reports process events, here the exits.
+struct ProcConnector {
+    fd: OwnedFd,
+}
+
+/// Names the host's first network namespace (a file such as
+/// `/proc/PID/ns/net`) for a supervisor started in another one.
+pub const HOST_NETNS_ENV: &str = "VECTL_HOST_NETNS";
+
+const NETLINK_CONNECTOR: i32 = 11;
+const CN_IDX_PROC: u32 = 1;
+const CN_VAL_PROC: u32 = 1;
+const PROC_CN_MCAST_LISTEN: u32 = 1;
+const PROC_EVENT_EXIT: u32 = 0x8000_0000;
+const NLMSG_HDRLEN: usize = 16;
+const CN_MSG_LEN: usize = 20;
+
+impl ProcConnector {
+    /// The connector answers in the host's first network namespace only: a
+    /// supervisor run in another one (a test's) makes its socket in that of
+    /// PID 1, or of the namespace file [`HOST_NETNS_ENV`] names.
+    fn open() -> std::io::Result<ProcConnector> {
+        match ProcConnector::open_here() {
+            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                use nix::sched::{CloneFlags, setns};
+                let own = fs::File::open("/proc/self/ns/net")?;
+                let path = std::env::var_os(HOST_NETNS_ENV)
+                    .map_or_else(|| PathBuf::from("/proc/1/ns/net"), PathBuf::from);
+                let host = fs::File::open(&path).map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+                })?;
+                setns(&host, CloneFlags::CLONE_NEWNET)?;
+                let made = ProcConnector::open_here();
+                setns(&own, CloneFlags::CLONE_NEWNET)?;
+                made
+            }
+            made => made,
+        }
+    }
+
+    fn open_here() -> std::io::Result<ProcConnector> {
+        // SAFETY: plain socket(2); the result is checked and owned below.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                NETLINK_CONNECTOR,
+            )
+        };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a new descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: sockaddr_nl is plain data; all-zero is a valid value.
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as u16;
+        addr.nl_groups = CN_IDX_PROC;
+        // SAFETY: a valid socket and a sockaddr_nl of the size passed.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                std::ptr::addr_of!(addr).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // A big receive buffer: every exit on the host comes through here.
+        let size: libc::c_int = 4 << 20;
+        // SAFETY: a valid socket and an int option of the size passed.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                std::ptr::addr_of!(size).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
+        };
+        let mut msg = Vec::with_capacity(NLMSG_HDRLEN + CN_MSG_LEN + 4);
+        let total = (NLMSG_HDRLEN + CN_MSG_LEN + 4) as u32;
+        msg.extend_from_slice(&total.to_ne_bytes());
+        msg.extend_from_slice(&(libc::NLMSG_DONE as u16).to_ne_bytes());
+        msg.extend_from_slice(&0u16.to_ne_bytes()); // flags
+        msg.extend_from_slice(&0u32.to_ne_bytes()); // seq
+        msg.extend_from_slice(&std::process::id().to_ne_bytes());
+        msg.extend_from_slice(&CN_IDX_PROC.to_ne_bytes());
+        msg.extend_from_slice(&CN_VAL_PROC.to_ne_bytes());
+        msg.extend_from_slice(&0u32.to_ne_bytes()); // seq
+        msg.extend_from_slice(&0u32.to_ne_bytes()); // ack
+        msg.extend_from_slice(&4u16.to_ne_bytes()); // len
+        msg.extend_from_slice(&0u16.to_ne_bytes()); // flags
+        msg.extend_from_slice(&PROC_CN_MCAST_LISTEN.to_ne_bytes());
+        let sent = nix::unistd::write(&fd, &msg)?;
+        if sent != msg.len() {
+            return Err(std::io::Error::other(
+                "short write to the process connector",
+            ));
+        }
+        Ok(ProcConnector { fd })
+    }
+
+    /// Reads every pending event; notes the exit codes of held inits.
+    fn drain(&self, inits: &mut HashMap<i32, Watched>) {
+        let mut buf = [0u8; 8192];
+        loop {
+            let n = match nix::unistd::read(self.fd.as_fd(), &mut buf) {
+                Ok(0) | Err(nix::errno::Errno::EAGAIN) => return,
+                Ok(n) => n,
+                // ENOBUFS: events were lost; go on with those that come.
+                Err(nix::errno::Errno::ENOBUFS | nix::errno::Errno::EINTR) => continue,
+                Err(_) => return,
+            };
+            let mut off = 0;
+            while off + NLMSG_HDRLEN <= n {
+                let len = u32_at(&buf, off) as usize;
+                if len < NLMSG_HDRLEN || off + len > n {
+                    break;
+                }
+                note_exit(&buf[off + NLMSG_HDRLEN..off + len], inits);
+                off += (len + 3) & !3;
+            }
+        }
+    }
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    b.get(off..off + 4)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u32::from_ne_bytes)
+}
+
+/// One connector message (a cn_msg and its proc_event).
+fn note_exit(msg: &[u8], inits: &mut HashMap<i32, Watched>) {
+    let ev = CN_MSG_LEN;
+    if msg.len() < ev + 16 + 12 || u32_at(msg, ev) != PROC_EVENT_EXIT {
+        return;
+    }
+    let data = ev + 16;
+    let (pid, tgid, code) = (
+        u32_at(msg, data).cast_signed(),
+        u32_at(msg, data + 4).cast_signed(),
+        u32_at(msg, data + 8),
+    );
+    if pid == tgid
+        && let Some(w) = inits.get_mut(&pid)
+    {
+        w.exit_code = Some(code);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exit_event_of_a_held_init_gives_its_code_and_others_are_ignored() {
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        let mut inits = HashMap::new();
+        inits.insert(
+            4242,
+            Watched {
+                root: PathBuf::from("/r"),
+                ve: "web1".into(),
+                pidfd: r,
+                rs: RunState {
+                    pid: 4242,
+                    start_ticks: 1,
+                    boot_id: String::new(),
+                    started_at: 0,
+                    ports: Vec::new(),
+                    last_exit: None,
+                    proc_view_off: None,
+                },
+                exit_code: None,
+            },
+        );
+        let event = |what: u32, pid: i32, tgid: i32, code: u32| {
+            let mut m = vec![0u8; CN_MSG_LEN];
+            m.extend_from_slice(&what.to_ne_bytes());
+            m.extend_from_slice(&[0u8; 12]);
+            m.extend_from_slice(&pid.to_ne_bytes());
+            m.extend_from_slice(&tgid.to_ne_bytes());
+            m.extend_from_slice(&code.to_ne_bytes());
+            m.extend_from_slice(&[0u8; 12]);
+            m
+        };
+        // A thread of it, another process, a fork event: nothing.
+        note_exit(&event(PROC_EVENT_EXIT, 4243, 4242, 9), &mut inits);
+        note_exit(&event(PROC_EVENT_EXIT, 77, 77, 9), &mut inits);
+        note_exit(&event(1, 4242, 4242, 9), &mut inits);
+        assert_eq!(inits[&4242].exit_code, None);
+        note_exit(&event(PROC_EVENT_EXIT, 4242, 4242, 3 << 8), &mut inits);
+        assert_eq!(inits[&4242].exit_code, Some(3 << 8));
+    }
+
+    #[test]
+    fn failures_are_told_from_clean_exits() {
+        let rec = |code: Option<i32>, signal: Option<&str>| ExitRecord {
+            code,
+            signal: signal.map(String::from),
+            at: String::new(),
+            ran_secs: 0,
+            restarts: 0,
+        };
+        assert!(rec(None, Some("SIGKILL")).failed());
+        assert!(rec(Some(1), None).failed());
+        assert!(!rec(Some(0), None).failed());
+        assert!(rec(None, Some("SIGTERM")).failed());
+        assert!(rec(None, None).failed(), "an unknown end counts as a crash");
+        assert_eq!(rec(Some(3), None).how(), "exit status 3");
+    }
+}
