@@ -66,6 +66,11 @@ enum Command {
     /// records how VEs' inits end (`crashed`, `exited`) and restarts them as
     /// their --restart policy says. One process for every VE.
     Supervise(host::SuperviseArgs),
+    /// Attach to a running VE's console (its init's terminal and /dev/console);
+    /// Ctrl-] detaches. Needs the supervisor, which holds the consoles.
+    Console(ve::VeArg),
+    /// A VE's console log (bounded: 1 MiB and the one before).
+    Logs(ve::LogsArgs),
     /// Rename a stopped VE (id, addresses, files and snapshots stay; a hostname
     /// that was its name follows).
     Rename(ve::RenameArgs),
@@ -153,6 +158,8 @@ fn run(ctx: &Ctx, command: Command, at: &ve::ArgPositions) -> Result<ExitCode> {
         Command::Set(a) => ve::set(ctx, a, at),
         Command::Resize(a) => ve::resize(ctx, a),
         Command::Rename(a) => ve::rename(ctx, a),
+        Command::Console(a) => ve::console(ctx, a),
+        Command::Logs(a) => ve::logs(ctx, a),
         Command::Supervise(a) => host::supervise(ctx, a),
         Command::Upgrade(a) => upgrade::upgrade(ctx, a),
         Command::Rollback(a) => upgrade::rollback(ctx, a),

@@ -1225,6 +1225,20 @@ impl Out {
                 ),
             ));
         }
+        match d.console {
+            Some(true) => rows.push((
+                "console",
+                format!(
+                    "held by the supervisor (vectl console {0}, vectl logs {0})",
+                    i.name
+                ),
+            )),
+            Some(false) => rows.push((
+                "console",
+                "/dev/null (no supervisor ran when it started)".into(),
+            )),
+            None => {}
+        }
         match &d.proc_view {
             None => {}
             Some(ProcView::Own { lxcfs_dir }) => rows.push((

@@ -587,12 +587,12 @@ struct Relay {
 }
 
 /// Puts the user's terminal in raw mode while a pty session runs.
-struct RawMode {
+pub(crate) struct RawMode {
     saved: Option<termios::Termios>,
 }
 
 impl RawMode {
-    fn enter() -> RawMode {
+    pub(crate) fn enter() -> RawMode {
         let stdin = std::io::stdin();
         let saved = termios::tcgetattr(stdin.as_fd()).ok();
         if let Some(t) = &saved {
@@ -864,7 +864,7 @@ fn copy_out((pipe, target): &(OwnedFd, i32), buf: &mut [u8]) -> Option<bool> {
     }
 }
 
-fn write_all_fd(fd: BorrowedFd<'_>, mut data: &[u8]) -> bool {
+pub(crate) fn write_all_fd(fd: BorrowedFd<'_>, mut data: &[u8]) -> bool {
     while !data.is_empty() {
         match nix::unistd::write(fd, data) {
             Ok(n) => data = &data[n..],

@@ -221,6 +221,29 @@ impl<'h> Ves<'h> {
         self.0.set_autostart(name_or_id, change)
     }
 
+    /// Attaches this terminal to a running VE's console (held by the
+    /// supervisor) until Ctrl-], the end of input or the VE's stop.
+    pub fn console(self, name_or_id: &str) -> Result<()> {
+        let ve = self.0.resolve_existing(name_or_id)?;
+        if self.0.alive_state_with(&ve, false)?.is_none() {
+            return Err(Error::NotRunning(ve));
+        }
+        crate::console::attach(self.0.root(), &ve)
+    }
+
+    /// Writes a VE's console log to `out` (its last `lines` lines if given);
+    /// with `follow`, then what comes, until the writer fails.
+    pub fn logs(
+        self,
+        name_or_id: &str,
+        lines: Option<usize>,
+        follow: bool,
+        out: &mut dyn std::io::Write,
+    ) -> Result<()> {
+        let ve = self.0.resolve_existing(name_or_id)?;
+        crate::console::logs(self.0.root(), &ve, lines, follow, out)
+    }
+
     /// Renames a stopped VE (crash-safe: a killed rename is finished by the
     /// next command on it); a hostname that was its name follows.
     pub fn rename(self, name_or_id: &str, new: &str) -> Result<crate::change::Renamed> {

@@ -20,7 +20,7 @@
 use std::ffi::{CString, OsStr};
 use std::fs;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -51,6 +51,9 @@ pub(crate) struct Spec {
     /// The LXCFS whose files go over /proc's (`procview.rs`); `None` = the
     /// kernel's.
     pub proc_view: Option<crate::procview::Lxcfs>,
+    /// The console pty's slave (`console.rs`), open, and its path on the
+    /// host: init's stdio and /dev/console; `None` = /dev/null.
+    pub console: Option<(RawFd, PathBuf)>,
 }
 
 /// A started init.
@@ -144,7 +147,9 @@ pub(crate) fn start(
             drop(cgroup_fd);
             // Before any path of the VE is looked up (its /proc/self/fd/N/.. would
             // lead back to whatever host directory an open fd names).
-            if let Err(e) = sys::close_fds_except(&[go_r.as_raw_fd(), err_w.as_raw_fd()]) {
+            let mut keep = vec![go_r.as_raw_fd(), err_w.as_raw_fd()];
+            keep.extend(spec.console.as_ref().map(|c| c.0));
+            if let Err(e) = sys::close_fds_except(&keep) {
                 let mut w = fs::File::from(err_w);
                 let _ = w.write_all(format!("close inherited descriptors: {e}").as_bytes());
                 sys::exit_now(1);
@@ -319,12 +324,22 @@ impl ChildSetup<'_> {
         umount2(".", MntFlags::MNT_DETACH).map_err(step(|| "detach the host's root".into()))?;
         chdir("/").map_err(step(|| "chdir /".into()))?;
 
-        let null = nix::fcntl::open("/dev/null", nix::fcntl::OFlag::O_RDWR, Mode::empty())
-            .map_err(step(|| "open /dev/null".into()))?;
-        nix::unistd::dup2_stdin(&null).map_err(step(|| "redirect stdin".into()))?;
-        nix::unistd::dup2_stdout(&null).map_err(step(|| "redirect stdout".into()))?;
-        nix::unistd::dup2_stderr(&null).map_err(step(|| "redirect stderr".into()))?;
-        drop(null);
+        // Init's stdio: the console, or /dev/null without one.
+        let stdio = match &self.spec.console {
+            // SAFETY: the slave is open in this process (kept through
+            // close_fds_except) and owned by nothing else here.
+            Some((fd, _)) => unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(*fd) },
+            None => nix::fcntl::open("/dev/null", nix::fcntl::OFlag::O_RDWR, Mode::empty())
+                .map_err(step(|| "open /dev/null".into()))?,
+        };
+        nix::unistd::dup2_stdin(&stdio).map_err(step(|| "redirect stdin".into()))?;
+        nix::unistd::dup2_stdout(&stdio).map_err(step(|| "redirect stdout".into()))?;
+        nix::unistd::dup2_stderr(&stdio).map_err(step(|| "redirect stderr".into()))?;
+        if stdio.as_raw_fd() > 2 {
+            drop(stdio);
+        } else {
+            std::mem::forget(stdio);
+        }
 
         // Wait for the parent: network wired, state recorded.
         let mut byte = [0u8; 1];
@@ -428,12 +443,16 @@ impl ChildSetup<'_> {
             )
             .map_err(step(|| format!("mknod /dev/{name}")))?;
         }
-        // /dev/console: the host's console must stay out of reach; the VE's console
-        // output is discarded.
+        // /dev/console: the host's console must stay out of reach: the VE's
+        // own pty (its slave, open here), or /dev/null without one.
         let console = dev.join("console");
         fs::File::create(&console).map_err(step(|| "create /dev/console".into()))?;
+        let source = match &self.spec.console {
+            Some((_, path)) => path.clone(),
+            None => dev.join("null"),
+        };
         mount(
-            Some(&dev.join("null")),
+            Some(&source),
             &console,
             None::<&str>,
             MsFlags::MS_BIND,

@@ -40,6 +40,7 @@ mod cgroup;
 mod change;
 mod clone;
 mod config;
+mod console;
 mod error;
 mod exec;
 mod failpoint;
@@ -75,6 +76,7 @@ pub use clone::Cloned;
 pub use config::{
     Autostart, AutostartChange, RestartPolicy, TemplateMove, VeConfig, validate_name,
 };
+pub use console::{DETACH_KEY, LOG_CAP};
 pub use error::{Error, Result};
 pub use handles::{Nets, Snapshots, Storage, Templates, Upgrades, Ves};
 pub use host::{

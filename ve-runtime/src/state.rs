@@ -62,6 +62,10 @@ pub struct RunState {
     /// The host-side names its NICs' ports got, in NIC order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<String>,
+    /// Its init's stdio and /dev/console are a pty the supervisor holds
+    /// (`console.rs`); `false`: /dev/null.
+    #[serde(default)]
+    pub console: bool,
     /// How its init ended last time without `vectl stop` (moved here from
     /// `run/NAME.exit` when it started again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -216,6 +220,7 @@ pub fn recover(pid: i32) -> Option<RunState> {
         boot_id: boot_id(),
         started_at: boot_time() + stat.start_ticks / clock_ticks(),
         ports: Vec::new(),
+        console: false,
         last_exit: None,
         proc_view_off: None,
     })
@@ -315,6 +320,7 @@ mod tests {
             boot_id: boot_id(),
             started_at: 0,
             ports: vec!["vn1p100".into()],
+            console: false,
             last_exit: None,
             proc_view_off: None,
         };

@@ -62,7 +62,7 @@ struct Due {
 }
 
 /// What to tell the operator (one line each, to stderr: the journal).
-fn log(msg: &str) {
+pub(crate) fn log(msg: &str) {
     eprintln!("vectl supervise: {msg}");
 }
 
@@ -86,6 +86,7 @@ pub fn supervise(roots: &dyn Fn() -> Vec<PathBuf>, vectl: &Path) -> Result<()> {
             source: e,
         })?;
     let mut watched_dirs: Vec<PathBuf> = Vec::new();
+    let mut consoles = crate::console::Consoles::default();
     let mut inits: HashMap<i32, Watched> = HashMap::new();
     let mut due: Vec<Due> = Vec::new();
     let mut starting: HashMap<u32, (PathBuf, String, std::process::Child)> = HashMap::new();
@@ -107,6 +108,7 @@ pub fn supervise(roots: &dyn Fn() -> Vec<PathBuf>, vectl: &Path) -> Result<()> {
                     watched_dirs.push(run);
                 }
                 scan(&root, &mut inits);
+                consoles.listen(&root);
             }
             next_scan = Instant::now() + RESCAN;
         }
@@ -120,7 +122,8 @@ pub fn supervise(roots: &dyn Fn() -> Vec<PathBuf>, vectl: &Path) -> Result<()> {
         let timeout = PollTimeout::try_from(wake.saturating_duration_since(now).as_millis())
             .unwrap_or(PollTimeout::MAX);
         let order: Vec<i32> = inits.keys().copied().collect();
-        let (cn_ready, ino_ready, ended) = {
+        let (cn_ready, ino_ready, ended, console_ready) = {
+            let console_fds = consoles.fds();
             let mut fds = Vec::with_capacity(order.len() + 2);
             let cn_fd = cn.as_ref().map(|c| c.fd.as_fd());
             fds.push(PollFd::new(
@@ -134,6 +137,9 @@ pub fn supervise(roots: &dyn Fn() -> Vec<PathBuf>, vectl: &Path) -> Result<()> {
             fds.push(PollFd::new(inotify.as_fd(), PollFlags::POLLIN));
             for pid in &order {
                 fds.push(PollFd::new(inits[pid].pidfd.as_fd(), PollFlags::POLLIN));
+            }
+            for (fd, _) in &console_fds {
+                fds.push(PollFd::new(*fd, PollFlags::POLLIN));
             }
             match poll(&mut fds, timeout) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
@@ -151,8 +157,29 @@ pub fn supervise(roots: &dyn Fn() -> Vec<PathBuf>, vectl: &Path) -> Result<()> {
                 .filter(|(_, f)| ready(f))
                 .map(|(p, _)| *p)
                 .collect();
-            (cn.is_some() && ready(&fds[0]), ready(&fds[1]), ended)
+            let console_ready: Vec<crate::console::Polled> = console_fds
+                .iter()
+                .zip(&fds[2 + order.len()..])
+                .filter(|(_, f)| ready(f))
+                .map(|((_, p), _)| p.clone())
+                .collect();
+            (
+                cn.is_some() && ready(&fds[0]),
+                ready(&fds[1]),
+                ended,
+                console_ready,
+            )
         };
+        // Clients first, from the highest index: removing one keeps the
+        // others' indexes.
+        let mut console_ready = console_ready;
+        console_ready.sort_by_key(|p| match p {
+            crate::console::Polled::Client(i) => std::cmp::Reverse(*i),
+            _ => std::cmp::Reverse(usize::MAX),
+        });
+        for p in console_ready {
+            consoles.ready(p);
+        }
         // Exit statuses first: an init's pidfd and its exit event come together.
         if (cn_ready || !ended.is_empty())
             && let Some(c) = &cn
@@ -502,6 +529,7 @@ mod tests {
                     boot_id: String::new(),
                     started_at: 0,
                     ports: Vec::new(),
+                    console: false,
                     last_exit: None,
                     proc_view_off: None,
                 },

@@ -9,7 +9,7 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -102,6 +102,10 @@ pub struct VeDetails {
     /// While running: what the VE's /proc/meminfo and the like show.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proc_view: Option<ProcView>,
+    /// While running: whether its console is a pty the supervisor holds
+    /// (`vectl console`, `vectl logs`) rather than /dev/null.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub console: Option<bool>,
 }
 
 /// What a running VE's /proc shows (`procview.rs`).
@@ -191,7 +195,7 @@ impl Host {
     /// when it is missing or damaged, the state is rebuilt from the kernel (the
     /// process in the VE's cgroup that is PID 1 of its own namespace) and, if
     /// `repair`, written back (the caller holds the VE's lock).
-    fn alive_state_with(&self, ve: &str, repair: bool) -> Result<Option<RunState>> {
+    pub(crate) fn alive_state_with(&self, ve: &str, repair: bool) -> Result<Option<RunState>> {
         let path = self.run_path(ve);
         match RunState::load(&path) {
             Ok(Some(rs)) if rs.is_alive() => {
@@ -566,6 +570,7 @@ impl Host {
         } else {
             (None, Some(crate::procview::VIEW_OFF.into()))
         };
+        let console = crate::console::Console::open(self.root(), cfg.userns.map(|r| r.host_id(0)));
         let spec = launch::Spec {
             ve: ve.clone(),
             lower: self.store().path(&tv),
@@ -578,6 +583,9 @@ impl Host {
                 .clone()
                 .unwrap_or_else(|| vec![DEFAULT_INIT.to_string()]),
             proc_view,
+            console: console
+                .as_ref()
+                .map(|c| (c.slave.as_raw_fd(), c.path.clone())),
         };
         let run_path = self.run_path(&ve);
         let mut recorded = None;
@@ -616,6 +624,7 @@ impl Host {
                 boot_id: state::boot_id(),
                 started_at: state::now_secs(),
                 ports,
+                console: console.is_some(),
                 last_exit: last_exit.clone(),
                 proc_view_off: proc_view_off.clone(),
             };
@@ -629,9 +638,17 @@ impl Host {
             let _ = self.put_back_disk_limit(&ve, Some(d));
         }
         match (started, recorded) {
-            (Ok(_), Some(rs)) => {
+            (Ok(_), Some(mut rs)) => {
                 // The record went into the run state.
                 let _ = remove_file(&self.exit_path(&ve));
+                // The VE runs either way: a supervisor that went away meanwhile
+                // leaves it without a console (`show` says so), not unstarted.
+                if let Some(c) = console
+                    && c.hand_over(&ve).is_err()
+                {
+                    rs.console = false;
+                    let _ = rs.store(&run_path);
+                }
                 Ok(rs)
             }
             (Ok(_), None) => Err(Error::Start {
@@ -1237,7 +1254,9 @@ impl Host {
         };
         let vol = self.pool().ve_volume(&ve);
         let disk = self.pool().disk(&ve).ok();
-        let proc_view = match self.alive_state(&ve)? {
+        let alive = self.alive_state(&ve)?;
+        let console = alive.as_ref().map(|rs| rs.console);
+        let proc_view = match alive {
             None => None,
             Some(rs) => {
                 use crate::procview::Target;
@@ -1265,6 +1284,7 @@ impl Host {
         };
         Ok(VeDetails {
             proc_view,
+            console,
             created: cfg.created.clone(),
             init: cfg
                 .init

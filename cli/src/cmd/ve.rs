@@ -463,6 +463,31 @@ pub struct VeArg {
 }
 
 #[derive(Debug, Args)]
+pub struct LogsArgs {
+    #[arg(value_name = "VE")]
+    ve: String,
+    /// Only the last N lines.
+    #[arg(long, short = 'n', value_name = "N")]
+    lines: Option<usize>,
+    /// Then print what comes, until interrupted.
+    #[arg(long, short)]
+    follow: bool,
+}
+
+/// `vectl console`.
+pub fn console(ctx: &Ctx, a: VeArg) -> Result<ExitCode> {
+    ctx.open()?.ves().console(&a.ve)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `vectl logs`.
+pub fn logs(ctx: &Ctx, a: LogsArgs) -> Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    ctx.open()?.ves().logs(&a.ve, a.lines, a.follow, &mut out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
 pub struct RenameArgs {
     #[arg(value_name = "VE")]
     ve: String,

@@ -12,6 +12,7 @@ mod bad_input;
 mod changes;
 mod clone;
 mod concurrency;
+mod console;
 mod crash;
 mod crash_changes;
 mod debootstrap;

@@ -1,0 +1,490 @@
+//! VE consoles: each VE's init gets a pseudo-terminal as its stdin, stdout,
+//! stderr and /dev/console; the supervisor holds the other end, writes what
+//! comes out to a bounded log per VE and lets `vectl console` attach to it.
+//!
+//! - **At start** vectl opens a pty on the host, connects to the root's
+//!   `run/console.sock` (the supervisor listens there for each root it
+//!   watches) and, once init runs, hands the master over with SCM_RIGHTS. No
+//!   supervisor listening: no pty; the console is /dev/null, as `show` says.
+//! - **The log** is `run/NAME.console.log`, at most [`LOG_CAP`] bytes; then
+//!   it becomes `NAME.console.log.1` (the one before goes) and a new one
+//!   starts. `vectl logs` reads both, without the supervisor.
+//! - **Attach**: `vectl console NAME` asks the supervisor over the same
+//!   socket; what the VE writes reaches every attached client, what a client
+//!   types goes to the VE. Ctrl-] detaches.
+//!
+//! VE content never names a path here: the log's path is the root's, and the
+//! console's bytes are only copied.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{IoSlice, IoSliceMut, Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
+
+use crate::error::{Error, Result};
+
+/// The largest console log before it is rotated (one older log is kept).
+pub const LOG_CAP: u64 = 1 << 20;
+/// Ctrl-]: detaches `vectl console`.
+pub const DETACH_KEY: u8 = 0x1d;
+
+/// Where the supervisor takes consoles and attach requests for a root.
+pub(crate) fn socket_path(root: &Path) -> PathBuf {
+    root.join("run").join("console.sock")
+}
+
+/// A VE's console log (and `.1`, the one before).
+pub(crate) fn log_path(root: &Path, ve: &str) -> PathBuf {
+    root.join("run").join(format!("{ve}.console.log"))
+}
+
+/// The pty of a starting VE and the supervisor that will hold its master.
+pub(crate) struct Console {
+    pub master: OwnedFd,
+    pub slave: OwnedFd,
+    /// The slave's path on the host (`/dev/pts/N`): the starting VE binds it
+    /// as its /dev/console (a bind needs a path of its own mount namespace,
+    /// not an fd opened in the host's).
+    pub path: PathBuf,
+    conn: UnixStream,
+}
+
+impl Console {
+    /// A console for a VE whose root is host id `owner` (its /dev/console must
+    /// be its root's); `None` when no supervisor listens for the root.
+    pub(crate) fn open(root: &Path, owner: Option<u32>) -> Option<Console> {
+        let conn = UnixStream::connect(socket_path(root)).ok()?;
+        let master = nix::fcntl::open(
+            "/dev/pts/ptmx",
+            nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ok()?;
+        let slave = crate::sys::pty_peer(master.as_fd()).ok()?;
+        let mut n: libc::c_uint = 0;
+        // SAFETY: TIOCGPTN writes one unsigned int to the pointer, which is valid.
+        if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN, &mut n) } < 0 {
+            return None;
+        }
+        let path = PathBuf::from(format!("/dev/pts/{n}"));
+        if let Some(id) = owner {
+            let (u, g) = (
+                Some(nix::unistd::Uid::from_raw(id)),
+                Some(nix::unistd::Gid::from_raw(id)),
+            );
+            nix::unistd::fchown(&slave, u, g).ok()?;
+        }
+        nix::sys::stat::fchmod(&slave, nix::sys::stat::Mode::from_bits_truncate(0o620)).ok()?;
+        Some(Console {
+            master,
+            slave,
+            path,
+            conn,
+        })
+    }
+
+    /// Gives the master to the supervisor and waits until it has it.
+    pub(crate) fn hand_over(self, ve: &str) -> std::result::Result<(), String> {
+        // Only the VE holds the slave now: when it stops, the master reads EIO.
+        drop(self.slave);
+        let msg = format!("hand {ve}\n");
+        let fds = [self.master.as_raw_fd()];
+        sendmsg::<()>(
+            self.conn.as_raw_fd(),
+            &[IoSlice::new(msg.as_bytes())],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        )
+        .map_err(|e| format!("hand the console to the supervisor: {e}"))?;
+        let _ = self.conn.set_read_timeout(Some(Duration::from_secs(5)));
+        match read_line(&self.conn) {
+            Some(l) if l == "ok" => Ok(()),
+            Some(l) => Err(l.trim_start_matches('!').to_string()),
+            None => Err("the supervisor did not answer".into()),
+        }
+    }
+}
+
+/// Reads one line (without its newline), byte by byte: nothing after it is
+/// taken from the stream.
+fn read_line(mut s: &UnixStream) -> Option<String> {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        match s.read(&mut b) {
+            Ok(1) if b[0] == b'\n' => return String::from_utf8(line).ok(),
+            Ok(1) if line.len() < 256 => line.push(b[0]),
+            _ => return None,
+        }
+    }
+}
+
+/// One console the supervisor holds.
+struct Held {
+    master: OwnedFd,
+    log: fs::File,
+    size: u64,
+}
+
+/// The supervisor's side: a listener per root, the consoles it holds, the
+/// clients attached to them.
+#[derive(Default)]
+pub(crate) struct Consoles {
+    listeners: HashMap<PathBuf, UnixListener>,
+    held: HashMap<(PathBuf, String), Held>,
+    clients: Vec<((PathBuf, String), UnixStream)>,
+}
+
+/// What a descriptor in the supervisor's poll set is.
+#[derive(Clone)]
+pub(crate) enum Polled {
+    Listener(PathBuf),
+    Master(PathBuf, String),
+    Client(usize),
+}
+
+impl Consoles {
+    /// Listens for `root` (again, if its socket went).
+    pub(crate) fn listen(&mut self, root: &Path) {
+        let path = socket_path(root);
+        if self.listeners.contains_key(root) && path.exists() {
+            return;
+        }
+        let _ = fs::remove_file(&path);
+        match UnixListener::bind(&path) {
+            Ok(l) => {
+                let _ = l.set_nonblocking(true);
+                let _ =
+                    fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600));
+                self.listeners.insert(root.to_path_buf(), l);
+            }
+            Err(e) => crate::supervise::log(&format!("{}: {e}", path.display())),
+        }
+    }
+
+    /// The descriptors to poll, with what each is.
+    pub(crate) fn fds(&self) -> Vec<(BorrowedFd<'_>, Polled)> {
+        let mut out = Vec::new();
+        for (root, l) in &self.listeners {
+            out.push((l.as_fd(), Polled::Listener(root.clone())));
+        }
+        for ((root, ve), h) in &self.held {
+            out.push((h.master.as_fd(), Polled::Master(root.clone(), ve.clone())));
+        }
+        for (i, (_, s)) in self.clients.iter().enumerate() {
+            out.push((s.as_fd(), Polled::Client(i)));
+        }
+        out
+    }
+
+    /// Handles what made `p` ready.
+    pub(crate) fn ready(&mut self, p: Polled) {
+        match p {
+            Polled::Listener(root) => self.accept(&root),
+            Polled::Master(root, ve) => self.output(root, ve),
+            Polled::Client(i) => self.input(i),
+        }
+    }
+
+    fn accept(&mut self, root: &Path) {
+        let Some(l) = self.listeners.get(root) else {
+            return;
+        };
+        let mut accepted = Vec::new();
+        while let Ok((s, _)) = l.accept() {
+            accepted.push(s);
+        }
+        for s in accepted {
+            let _ = s.set_nonblocking(false);
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = [0u8; 300];
+            let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+            let (n, fd) = {
+                let mut iov = [IoSliceMut::new(&mut buf)];
+                let Ok(msg) = recvmsg::<()>(
+                    s.as_raw_fd(),
+                    &mut iov,
+                    Some(&mut cmsg),
+                    MsgFlags::MSG_CMSG_CLOEXEC,
+                ) else {
+                    continue;
+                };
+                let fd = msg.cmsgs().ok().and_then(|mut c| {
+                    c.find_map(|m| match m {
+                        ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+                        _ => None,
+                    })
+                });
+                (msg.bytes, fd)
+            };
+            // SAFETY: the kernel gave us this descriptor with the message; it
+            // is ours alone.
+            let fd = fd.map(|f| unsafe { OwnedFd::from_raw_fd(f) });
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let Some(line) = text.strip_suffix('\n') else {
+                continue;
+            };
+            let reply = match (line.split_once(' '), fd) {
+                (Some(("hand", ve)), Some(master)) if crate::validate_name(ve).is_ok() => {
+                    self.hold(root, ve, master)
+                }
+                (Some(("attach", ve)), None) if self.held.contains_key(&key(root, ve)) => {
+                    let _ = (&s).write_all(b"ok\n");
+                    let _ = s.set_nonblocking(true);
+                    self.clients.push((key(root, ve), s));
+                    continue;
+                }
+                (Some(("attach", ve)), None) => Err(format!(
+                    "VE {ve}: no console is held for it (it is stopped, or it started while \
+                     no supervisor ran: restart it)"
+                )),
+                _ => Err("bad request".into()),
+            };
+            let _ = (&s).write_all(
+                match &reply {
+                    Ok(()) => "ok\n".to_string(),
+                    Err(e) => format!("!{e}\n"),
+                }
+                .as_bytes(),
+            );
+        }
+    }
+
+    fn hold(&mut self, root: &Path, ve: &str, master: OwnedFd) -> std::result::Result<(), String> {
+        let path = log_path(root, ve);
+        let mut log = open_log(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let size = log.metadata().map_or(0, |m| m.len());
+        let mark = format!(
+            "\n-- vectl: VE {ve} started at {} --\n",
+            crate::state::now_rfc3339()
+        );
+        let _ = log.write_all(mark.as_bytes());
+        let _ = nix::fcntl::fcntl(
+            &master,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        );
+        // A restarted VE's new console replaces the old one; its clients stay.
+        self.held.insert(
+            key(root, ve),
+            Held {
+                master,
+                log,
+                size: size + mark.len() as u64,
+            },
+        );
+        Ok(())
+    }
+
+    fn output(&mut self, root: PathBuf, ve: String) {
+        let k = (root, ve);
+        let mut buf = [0u8; 65536];
+        let Some(h) = self.held.get_mut(&k) else {
+            return;
+        };
+        match nix::unistd::read(h.master.as_fd(), &mut buf) {
+            Ok(n) if n > 0 => {
+                let data = &buf[..n];
+                if h.size + n as u64 > LOG_CAP {
+                    let path = log_path(&k.0, &k.1);
+                    let _ = fs::rename(&path, path.with_extension("log.1"));
+                    if let Ok(l) = open_log(&path) {
+                        h.log = l;
+                        h.size = 0;
+                    }
+                }
+                if h.log.write_all(data).is_ok() {
+                    h.size += n as u64;
+                }
+                self.clients
+                    .retain(|(ck, s)| *ck != k || crate::exec::write_all_fd(s.as_fd(), data));
+            }
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
+            // EIO: every slave is closed, the VE stopped.
+            _ => {
+                self.held.remove(&k);
+                self.clients.retain(|(ck, _)| *ck != k);
+            }
+        }
+    }
+
+    fn input(&mut self, i: usize) {
+        let Some((k, s)) = self.clients.get(i) else {
+            return;
+        };
+        let mut buf = [0u8; 4096];
+        let keep = match nix::unistd::read(s.as_fd(), &mut buf) {
+            Ok(0) => false,
+            Ok(n) => self
+                .held
+                .get(k)
+                .is_some_and(|h| crate::exec::write_all_fd(h.master.as_fd(), &buf[..n])),
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => true,
+            Err(_) => false,
+        };
+        if !keep {
+            self.clients.remove(i);
+        }
+    }
+}
+
+fn key(root: &Path, ve: &str) -> (PathBuf, String) {
+    (root.to_path_buf(), ve.to_string())
+}
+
+fn open_log(path: &Path) -> std::io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// `vectl console`: attaches this terminal to the VE's console until Ctrl-],
+/// the end of input, or the VE's stop.
+pub(crate) fn attach(root: &Path, ve: &str) -> Result<()> {
+    let refused = |reason: String| Error::ve(ve, reason);
+    let s = UnixStream::connect(socket_path(root)).map_err(|e| {
+        refused(format!(
+            "no console to attach to: the supervisor is not running for this root \
+             (vectl supervise; {e})"
+        ))
+    })?;
+    (&s).write_all(format!("attach {ve}\n").as_bytes())
+        .map_err(|e| refused(format!("ask the supervisor: {e}")))?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    match read_line(&s) {
+        Some(l) if l == "ok" => {}
+        Some(l) => {
+            return Err(refused(
+                l.trim_start_matches('!')
+                    .trim_start_matches(&format!("VE {ve}: "))
+                    .to_string(),
+            ));
+        }
+        None => return Err(refused("the supervisor did not answer".into())),
+    }
+    let _ = s.set_read_timeout(None);
+    let stdin = std::io::stdin();
+    let tty = nix::unistd::isatty(stdin.as_fd()).unwrap_or(false);
+    if tty {
+        eprintln!("Attached to the console of VE {ve}; Ctrl-] detaches.\r");
+    }
+    let _raw = tty.then(crate::exec::RawMode::enter);
+    let mut buf = [0u8; 4096];
+    loop {
+        let mut fds = [
+            nix::poll::PollFd::new(stdin.as_fd(), nix::poll::PollFlags::POLLIN),
+            nix::poll::PollFd::new(s.as_fd(), nix::poll::PollFlags::POLLIN),
+        ];
+        if nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE).is_err() {
+            continue;
+        }
+        let ready = |f: &nix::poll::PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
+        if ready(&fds[1]) {
+            match nix::unistd::read(s.as_fd(), &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let mut out = std::io::stdout();
+                    let _ = out.write_all(&buf[..n]);
+                    let _ = out.flush();
+                }
+            }
+        }
+        if ready(&fds[0]) {
+            match nix::unistd::read(stdin.as_fd(), &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let data = &buf[..n];
+                    let (send, detach) = match data.iter().position(|b| *b == DETACH_KEY) {
+                        Some(at) => (&data[..at], true),
+                        None => (data, false),
+                    };
+                    if !crate::exec::write_all_fd(s.as_fd(), send) || detach {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `vectl logs`: the VE's console log (the rotated one first), its last
+/// `lines` lines if given, then with `follow` what comes until interrupted.
+pub(crate) fn logs(
+    root: &Path,
+    ve: &str,
+    lines: Option<usize>,
+    follow: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let path = log_path(root, ve);
+    let old = fs::read(path.with_extension("log.1")).unwrap_or_default();
+    let mut file = fs::File::open(&path).ok();
+    let mut cur = Vec::new();
+    if let Some(f) = &mut file {
+        let _ = f.read_to_end(&mut cur);
+    }
+    let mut all = old;
+    all.extend_from_slice(&cur);
+    let start = match lines {
+        None => 0,
+        Some(n) => {
+            let mut seen = 0;
+            let mut at = all.len();
+            let body = all.strip_suffix(b"\n").unwrap_or(&all);
+            for (i, b) in body.iter().enumerate().rev() {
+                if *b == b'\n' {
+                    seen += 1;
+                    if seen == n {
+                        at = i + 1;
+                        break;
+                    }
+                }
+            }
+            if seen < n { 0 } else { at }
+        }
+    };
+    out.write_all(&all[start..])
+        .map_err(|e| Error::ve(ve, format!("write: {e}")))?;
+    let _ = out.flush();
+    if !follow {
+        return Ok(());
+    }
+    let mut pos = cur.len() as u64;
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        // Rotated: the new file from its start.
+        let rotated = match (&file, fs::metadata(&path)) {
+            (Some(f), Ok(m)) => f.metadata().is_ok_and(|fm| {
+                std::os::unix::fs::MetadataExt::ino(&fm) != std::os::unix::fs::MetadataExt::ino(&m)
+            }),
+            (None, Ok(_)) => true,
+            _ => false,
+        };
+        if rotated {
+            file = fs::File::open(&path).ok();
+            pos = 0;
+        }
+        if let Some(f) = &mut file {
+            let mut more = Vec::new();
+            if f.seek(SeekFrom::Start(pos)).is_ok()
+                && f.read_to_end(&mut more).is_ok()
+                && !more.is_empty()
+            {
+                pos += more.len() as u64;
+                if out.write_all(&more).and_then(|()| out.flush()).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
