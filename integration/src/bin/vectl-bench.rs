@@ -111,6 +111,7 @@ fn main() {
     }
     storage.extend(build_figures(h, runs));
     storage.extend(sharing_figures(h));
+    storage.extend(tenant_figures(h, runs, nves));
     let limits = ["--ram", "64M", "--cpu-limit", "50%", "--pids", "200"];
     // Warm up caches (binary, template pages).
     h.start_ve("warm", &limits);
@@ -355,6 +356,125 @@ fn main() {
             println!("  {k:<52} {v:>9.2}");
         }
     }
+}
+
+/// A process's resident memory (VmRSS), KiB.
+fn rss_kib(pid: u32) -> f64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(f64::NAN)
+}
+
+/// The pid of the LXCFS serving /var/lib/lxcfs, if one runs.
+fn lxcfs_pid() -> Option<u32> {
+    fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let cmd = String::from_utf8_lossy(&cmd);
+        (cmd.starts_with("lxcfs\0") || cmd.starts_with("/usr/bin/lxcfs\0"))
+            .then_some(pid)
+            .filter(|_| cmd.contains("/var/lib/lxcfs"))
+    })
+}
+
+/// What makes a VE a tenant: start with the /proc view on and off, LXCFS's
+/// and the supervisor's memory with N VEs, a simulated boot of N onboot VEs,
+/// and their graceful stop at shutdown.
+fn tenant_figures(h: &TestHost, runs: usize, nves: usize) -> Vec<(String, f64)> {
+    let mut out = Vec::new();
+    let lxcfs = h.json(&["host", "info"])["proc_view"]["lxcfs_running"] == true;
+    h.ok(&["create", "pv", "--template", "bb", "--ram", "64M"]);
+    for (view, label) in [("on", "on (LXCFS)"), ("off", "off")] {
+        if view == "on" && !lxcfs {
+            out.push((format!("start with the /proc view {label} (ms)"), f64::NAN));
+            continue;
+        }
+        h.ok(&["host", "set", "--proc-view", view]);
+        let mut t = Vec::new();
+        for _ in 0..runs {
+            t.push(timed(|| {
+                h.ok(&["start", "pv"]);
+            }));
+            h.ok(&["stop", "--fast", "pv"]);
+        }
+        out.push((
+            format!("start with the /proc view {label} (ms)"),
+            median(&mut t),
+        ));
+    }
+    h.ok(&["host", "set", "--proc-view", "on"]);
+    h.ok(&["destroy", "pv"]);
+    // The supervisor first: the VEs started below get consoles it holds.
+    let mut sup = h
+        .command()
+        .args(["supervise"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("vectl supervise");
+    std::thread::sleep(Duration::from_millis(500));
+    let sup_idle = rss_kib(sup.id());
+    let names: Vec<String> = (0..nves).map(|i| format!("b{i}")).collect();
+    let mut create = vec![
+        "create",
+        "--template",
+        "bb",
+        "--ram",
+        "64M",
+        "--onboot",
+        "yes",
+    ];
+    create.extend(names.iter().map(String::as_str));
+    h.ok(&create);
+    let lxcfs_before = lxcfs_pid().map_or(f64::NAN, rss_kib);
+    // A simulated boot: `host boot` starts them all, as vectl.service does.
+    let boot = timed(|| {
+        h.ok(&["host", "boot"]);
+    });
+    // Each VE reads its view once, as `free` and `top` would.
+    for ve in &names {
+        h.ok(&[
+            "exec",
+            ve,
+            "--",
+            "sh",
+            "-c",
+            "cat /proc/meminfo /proc/cpuinfo /proc/stat /proc/uptime /proc/loadavg >/dev/null",
+        ]);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let lxcfs_after = lxcfs_pid().map_or(f64::NAN, rss_kib);
+    let sup_busy = rss_kib(sup.id());
+    let shutdown = timed(|| {
+        h.ok(&["host", "shutdown"]);
+    });
+    let _ = sup.kill();
+    let _ = sup.wait();
+    let mut destroy = vec!["destroy"];
+    destroy.extend(names.iter().map(String::as_str));
+    h.ok(&destroy);
+    let n = nves as f64;
+    out.push(("host boot: N onboot VEs started (ms)".into(), boot));
+    out.push((
+        "host shutdown: N VEs stopped gracefully (ms)".into(),
+        shutdown,
+    ));
+    out.push((
+        "LXCFS memory per VE reading its /proc view (KiB)".into(),
+        (lxcfs_after - lxcfs_before) / n,
+    ));
+    out.push(("supervisor memory, no VE (KiB)".into(), sup_idle));
+    out.push((
+        "supervisor memory per VE held, with its console (KiB)".into(),
+        (sup_busy - sup_idle) / n,
+    ));
+    out
 }
 
 /// Storage figures on the btrfs pool: create on a 200 MB template (no copy),

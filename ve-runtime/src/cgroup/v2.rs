@@ -269,13 +269,15 @@ impl CgroupBackend for V2 {
         let dir = self.ve_dir(ve);
         mkdir(&dir)?;
         super::devices::attach(ve, &dir)?;
-        // The payload gets the cpu controller, so that its cpu.max can carry
-        // the copy of the VE's that LXCFS reads (see `plan`).
-        if read_knob(&dir, "cgroup.controllers")?
+        // The payload gets the VE's controllers: LXCFS reads a VE's memory and
+        // CPU use from its init's own cgroup, and its CPU limit from a copy
+        // of the VE's cpu.max there (see `state`). NAME holds no process.
+        let enable: Vec<String> = read_knob(&dir, "cgroup.controllers")?
             .split_whitespace()
-            .any(|c| c == "cpu")
-        {
-            write_knob(ve, &dir, "cgroup.subtree_control", "+cpu")?;
+            .map(|c| format!("+{c}"))
+            .collect();
+        if !enable.is_empty() {
+            write_knob(ve, &dir, "cgroup.subtree_control", &enable.join(" "))?;
         }
         mkdir(&dir.join(PAYLOAD))?;
         let old = self.read_limits(ve)?;
