@@ -81,10 +81,11 @@ pub struct BootArgs {
     /// Every root registered on this host instead of --root's.
     #[arg(long)]
     all_roots: bool,
-    /// How many VEs are started or stopped at once.
-    #[arg(long, short = 'j', default_value_t = 32, value_name = "N",
+    /// How many VEs are started or stopped at once (default: boot 32,
+    /// shutdown 256).
+    #[arg(long, short = 'j', value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..))]
-    jobs: u16,
+    jobs: Option<u16>,
     /// shutdown: seconds each init gets to halt before it is killed.
     #[arg(long, short, default_value_t = 60, value_name = "SECS")]
     timeout: u64,
@@ -166,7 +167,11 @@ fn boot_or_shutdown(ctx: &Ctx, a: &BootArgs, boot: bool) -> Result<ExitCode> {
                 if boot { "starting" } else { "stopping" },
                 names.join(" ")
             ));
-            let many = super::Many::of(names).with_jobs(a.jobs);
+            let many = super::Many::of(names).with_jobs(a.jobs.unwrap_or(if boot {
+                32
+            } else {
+                super::STOP_JOBS
+            }));
             let args: Vec<&str> = if boot {
                 vec!["start"]
             } else {

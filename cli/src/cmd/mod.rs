@@ -61,10 +61,13 @@ pub fn each(out: &Out, ves: &[String], mut f: impl FnMut(&str) -> Result<()>) ->
     }
 }
 
-/// How many VEs `start`, `stop` and `restart` handle at once by default: a
-/// graceful stop mostly waits for the VE's init, and 32 waits at a time keep a
-/// host's whole set of VEs to a few rounds.
+/// How many VEs `start` and `restart` handle at once by default (a start
+/// works the CPU: more than a few dozen at once only queue).
 const JOBS: u16 = 32;
+/// How many VEs `stop` (and `host shutdown`) handle at once by default: a
+/// graceful stop only waits for the VE's init to halt, so 200 VEs take about
+/// as long as one.
+pub const STOP_JOBS: u16 = 256;
 
 /// The VEs a command that takes several acts on, and how many at once.
 #[derive(Debug, Args)]
@@ -76,10 +79,11 @@ pub struct Many {
     #[arg(long, conflicts_with = "ves")]
     all: bool,
     /// How many VEs are handled at once when there are several, each by a vectl
-    /// process of its own; 1: one after another, in this process.
-    #[arg(long, short = 'j', default_value_t = JOBS, value_name = "N",
+    /// process of its own (default 32; stop: 256); 1: one after another, in
+    /// this process.
+    #[arg(long, short = 'j', value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..))]
-    jobs: u16,
+    jobs: Option<u16>,
 }
 
 impl Many {
@@ -88,13 +92,13 @@ impl Many {
         Many {
             ves,
             all: false,
-            jobs: JOBS,
+            jobs: None,
         }
     }
 
     /// At most `jobs` at once.
     pub fn with_jobs(mut self, jobs: u16) -> Many {
-        self.jobs = jobs;
+        self.jobs = Some(jobs);
         self
     }
 
@@ -132,10 +136,14 @@ impl Many {
         args: &[&str],
         f: impl FnMut(&str) -> Result<()>,
     ) -> ExitCode {
-        if ves.len() <= 1 || self.jobs == 1 {
+        let jobs = self.jobs.unwrap_or(match args.first() {
+            Some(&"stop") => STOP_JOBS,
+            _ => JOBS,
+        });
+        if ves.len() <= 1 || jobs == 1 {
             return each(&ctx.out, ves, f);
         }
-        match in_processes(ctx, ves, args, usize::from(self.jobs)) {
+        match in_processes(ctx, ves, args, usize::from(jobs)) {
             Ok(code) => code,
             Err(e) => {
                 ctx.out.error(&e);
