@@ -18,7 +18,12 @@ if [ -d /run/systemd/system ]; then
     done
     [ "$changed" = 1 ] && systemctl daemon-reload
     systemctl enable -q vectl-supervisor.service vectl.service
-    systemctl restart vectl-supervisor.service
+    # A restart drops the consoles it holds: only for a changed unit.
+    if [ "$changed" = 1 ]; then
+        systemctl restart vectl-supervisor.service
+    else
+        systemctl start vectl-supervisor.service
+    fi
     # RemainAfterExit: starting it now runs `host boot` once, which starts
     # only onboot VEs that are not running.
     systemctl start vectl.service

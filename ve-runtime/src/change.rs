@@ -127,8 +127,17 @@ impl Host {
         if old == new {
             return Err(Error::ve(&old, "has that name already"));
         }
-        let _lock_old = self.lock_ve(&old)?;
-        let _lock_new = self.lock_ve(new)?;
+        // A rename killed earlier is finished first; then both names are
+        // locked, in name order (two renames in opposite directions must not
+        // wait for each other).
+        self.finish_renames()?;
+        let (first, second) = if old.as_str() < new {
+            (old.as_str(), new)
+        } else {
+            (new, old.as_str())
+        };
+        let _lock_first = self.lock_ve(first)?;
+        let _lock_second = self.lock_ve(second)?;
         let mut cfg = self.load_config(&old)?;
         if let Some(rs) = self.alive_state(&old)? {
             return Err(Error::ve(
@@ -192,6 +201,19 @@ impl Host {
         self.pool().rename_snapshots(old, &new)?;
         let (old_cfg, new_cfg) = (self.config_path(old), self.config_path(&new));
         if let Some(mut cfg) = VeConfig::load(&old_cfg)? {
+            if let Some(other) = VeConfig::load(&new_cfg)?
+                && other.id != cfg.id
+            {
+                return Err(Error::ve(
+                    old,
+                    format!(
+                        "its rename to {new} was left half-done and VE {new} (id {}) exists \
+                         now; its files are at {}",
+                        other.id,
+                        to.display()
+                    ),
+                ));
+            }
             if cfg.hostname == old {
                 cfg.hostname = new.clone();
             }
@@ -204,6 +226,22 @@ impl Host {
             fs::rename(&tmp, &link).map_err(io_err(&link))?;
             crate::failpoint::hit("rename-after-config");
             remove_file(&old_cfg)?;
+        }
+        // What is kept by name: the last exit and the console logs.
+        for (a, b) in [
+            (self.exit_path(old), self.exit_path(&new)),
+            (
+                crate::console::log_path(self.root(), old),
+                crate::console::log_path(self.root(), &new),
+            ),
+            (
+                crate::console::log_path(self.root(), old).with_extension("log.1"),
+                crate::console::log_path(self.root(), &new).with_extension("log.1"),
+            ),
+        ] {
+            if a.exists() {
+                fs::rename(&a, &b).map_err(io_err(&a))?;
+            }
         }
         let _ = fs::remove_dir(self.mount_dir(old));
         remove_file(&marker)

@@ -52,14 +52,17 @@ pub(crate) struct Console {
     /// as its /dev/console (a bind needs a path of its own mount namespace,
     /// not an fd opened in the host's).
     pub path: PathBuf,
-    conn: UnixStream,
+    socket: PathBuf,
 }
 
 impl Console {
     /// A console for a VE whose root is host id `owner` (its /dev/console must
     /// be its root's); `None` when no supervisor listens for the root.
     pub(crate) fn open(root: &Path, owner: Option<u32>) -> Option<Console> {
-        let conn = UnixStream::connect(socket_path(root)).ok()?;
+        // Someone listens (the connection goes at once: the supervisor reads
+        // each request as it comes, and the hand-over connects again).
+        let socket = socket_path(root);
+        drop(UnixStream::connect(&socket).ok()?);
         let master = nix::fcntl::open(
             "/dev/pts/ptmx",
             nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_CLOEXEC,
@@ -85,26 +88,28 @@ impl Console {
             master,
             slave,
             path,
-            conn,
+            socket,
         })
     }
 
     /// Gives the master to the supervisor and waits until it has it.
-    pub(crate) fn hand_over(self, ve: &str) -> std::result::Result<(), String> {
+    pub(crate) fn hand_over(self, ve: &str, init: i32) -> std::result::Result<(), String> {
         // Only the VE holds the slave now: when it stops, the master reads EIO.
         drop(self.slave);
-        let msg = format!("hand {ve}\n");
+        let conn = UnixStream::connect(&self.socket)
+            .map_err(|e| format!("{}: {e}", self.socket.display()))?;
+        let msg = format!("hand {ve} {init}\n");
         let fds = [self.master.as_raw_fd()];
         sendmsg::<()>(
-            self.conn.as_raw_fd(),
+            conn.as_raw_fd(),
             &[IoSlice::new(msg.as_bytes())],
             &[ControlMessage::ScmRights(&fds)],
-            MsgFlags::empty(),
+            MsgFlags::MSG_NOSIGNAL,
             None,
         )
         .map_err(|e| format!("hand the console to the supervisor: {e}"))?;
-        let _ = self.conn.set_read_timeout(Some(Duration::from_secs(5)));
-        match read_line(&self.conn) {
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+        match read_line(&conn) {
             Some(l) if l == "ok" => Ok(()),
             Some(l) => Err(l.trim_start_matches('!').to_string()),
             None => Err("the supervisor did not answer".into()),
@@ -129,6 +134,12 @@ fn read_line(mut s: &UnixStream) -> Option<String> {
 /// One console the supervisor holds.
 struct Held {
     master: OwnedFd,
+    /// A slave of its own: the console lives while the VE's init does, even
+    /// when no process of the VE has it open for a moment (systemd reopens
+    /// /dev/console as it needs it). It goes with the init ([`Consoles::ended`]).
+    _slave: OwnedFd,
+    /// The VE's init (host pid).
+    init: i32,
     log: fs::File,
     size: u64,
 }
@@ -232,11 +243,15 @@ impl Consoles {
                 continue;
             };
             let reply = match (line.split_once(' '), fd) {
-                (Some(("hand", ve)), Some(master)) if crate::validate_name(ve).is_ok() => {
-                    self.hold(root, ve, master)
-                }
+                (Some(("hand", rest)), Some(master)) => match rest.split_once(' ') {
+                    Some((ve, init)) if crate::validate_name(ve).is_ok() => match init.parse() {
+                        Ok(init) => self.hold(root, ve, master, init),
+                        Err(_) => Err("bad request".into()),
+                    },
+                    _ => Err("bad request".into()),
+                },
                 (Some(("attach", ve)), None) if self.held.contains_key(&key(root, ve)) => {
-                    let _ = (&s).write_all(b"ok\n");
+                    let _ = send_now(s.as_fd(), b"ok\n", true);
                     let _ = s.set_nonblocking(true);
                     self.clients.push((key(root, ve), s));
                     continue;
@@ -247,17 +262,45 @@ impl Consoles {
                 )),
                 _ => Err("bad request".into()),
             };
-            let _ = (&s).write_all(
-                match &reply {
-                    Ok(()) => "ok\n".to_string(),
-                    Err(e) => format!("!{e}\n"),
-                }
-                .as_bytes(),
-            );
+            let reply = match &reply {
+                Ok(()) => "ok\n".to_string(),
+                Err(e) => format!("!{e}\n"),
+            };
+            let _ = send_now(s.as_fd(), reply.as_bytes(), true);
         }
     }
 
-    fn hold(&mut self, root: &Path, ve: &str, master: OwnedFd) -> std::result::Result<(), String> {
+    /// Lets go of the consoles whose init is gone unseen (it ended before
+    /// the supervisor held its pidfd).
+    pub(crate) fn prune(&mut self) {
+        let gone: Vec<(PathBuf, String, i32)> = self
+            .held
+            .iter()
+            .filter(|(_, h)| !Path::new(&format!("/proc/{}", h.init)).exists())
+            .map(|((r, v), h)| (r.clone(), v.clone(), h.init))
+            .collect();
+        for (r, v, init) in gone {
+            self.ended(&r, &v, init);
+        }
+    }
+
+    /// The init `init` of VE `ve` ended: its console goes (not a newer one's).
+    pub(crate) fn ended(&mut self, root: &Path, ve: &str, init: i32) {
+        let k = key(root, ve);
+        if self.held.get(&k).is_some_and(|h| h.init == init) {
+            self.held.remove(&k);
+            self.clients.retain(|(ck, _)| *ck != k);
+        }
+    }
+
+    fn hold(
+        &mut self,
+        root: &Path,
+        ve: &str,
+        master: OwnedFd,
+        init: i32,
+    ) -> std::result::Result<(), String> {
+        let slave = crate::sys::pty_peer(master.as_fd()).map_err(|e| format!("pty peer: {e}"))?;
         let path = log_path(root, ve);
         let mut log = open_log(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let size = log.metadata().map_or(0, |m| m.len());
@@ -275,6 +318,8 @@ impl Consoles {
             key(root, ve),
             Held {
                 master,
+                _slave: slave,
+                init,
                 log,
                 size: size + mark.len() as u64,
             },
@@ -302,11 +347,14 @@ impl Consoles {
                 if h.log.write_all(data).is_ok() {
                     h.size += n as u64;
                 }
+                // A client that cannot take it now is dropped: it must never
+                // hold up the supervisor, which serves every VE.
                 self.clients
-                    .retain(|(ck, s)| *ck != k || crate::exec::write_all_fd(s.as_fd(), data));
+                    .retain(|(ck, s)| *ck != k || send_now(s.as_fd(), data, true));
             }
             Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
-            // EIO: every slave is closed, the VE stopped.
+            // EIO cannot come while the supervisor holds a slave; any other
+            // error ends the console.
             _ => {
                 self.held.remove(&k);
                 self.clients.retain(|(ck, _)| *ck != k);
@@ -321,10 +369,13 @@ impl Consoles {
         let mut buf = [0u8; 4096];
         let keep = match nix::unistd::read(s.as_fd(), &mut buf) {
             Ok(0) => false,
-            Ok(n) => self
-                .held
-                .get(k)
-                .is_some_and(|h| crate::exec::write_all_fd(h.master.as_fd(), &buf[..n])),
+            // Input the VE does not read now is dropped, not waited for.
+            Ok(n) => {
+                if let Some(h) = self.held.get(k) {
+                    let _ = send_now(h.master.as_fd(), &buf[..n], false);
+                }
+                true
+            }
             Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => true,
             Err(_) => false,
         };
@@ -332,6 +383,28 @@ impl Consoles {
             self.clients.remove(i);
         }
     }
+}
+
+/// Sends `data` to a socket or pty without waiting and without SIGPIPE:
+/// `false` if not all of it went (a slow or gone reader).
+fn send_now(fd: BorrowedFd<'_>, mut data: &[u8], socket: bool) -> bool {
+    while !data.is_empty() {
+        let n = if socket {
+            nix::sys::socket::send(
+                fd.as_raw_fd(),
+                data,
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+            )
+        } else {
+            nix::unistd::write(fd, data)
+        };
+        match n {
+            Ok(n) if n > 0 => data = &data[n..],
+            Err(nix::errno::Errno::EINTR) => {}
+            _ => return false,
+        }
+    }
+    true
 }
 
 fn key(root: &Path, ve: &str) -> (PathBuf, String) {
@@ -357,6 +430,10 @@ pub(crate) fn attach(root: &Path, ve: &str) -> Result<()> {
              (vectl supervise; {e})"
         ))
     })?;
+    // The supervisor may go away: its socket's EPIPE must not kill us with
+    // the terminal in raw mode.
+    // SAFETY: changing a signal disposition of this short-lived client.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     (&s).write_all(format!("attach {ve}\n").as_bytes())
         .map_err(|e| refused(format!("ask the supervisor: {e}")))?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));

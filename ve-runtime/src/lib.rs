@@ -74,7 +74,8 @@ pub use cgroup::{CgroupBackend, CgroupSettings, CgroupVersion, Usage};
 pub use change::Renamed;
 pub use clone::Cloned;
 pub use config::{
-    Autostart, AutostartChange, RestartPolicy, TemplateMove, VeConfig, validate_name,
+    Autostart, AutostartChange, RestartPolicy, TemplateMove, VeConfig, validate_hostname,
+    validate_name,
 };
 pub use console::{DETACH_KEY, LOG_CAP};
 pub use error::{Error, Result};

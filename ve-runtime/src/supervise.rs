@@ -59,6 +59,18 @@ struct Due {
     at: Instant,
     root: PathBuf,
     ve: String,
+    /// The VE's id: a VE of the same name made meanwhile is another one.
+    id: u32,
+    /// Failed `vectl start`s of this restart so far.
+    attempts: u32,
+}
+
+/// The VE's id in its config now, if it has one.
+fn ve_id(root: &Path, ve: &str) -> Option<u32> {
+    VeConfig::load(&root.join("ves").join(format!("{ve}.toml")))
+        .ok()
+        .flatten()
+        .map(|c| c.id)
 }
 
 /// What to tell the operator (one line each, to stderr: the journal).
@@ -71,6 +83,12 @@ pub(crate) fn log(msg: &str) {
 /// VE again.
 pub fn supervise(roots: &dyn Fn() -> Vec<PathBuf>, vectl: &Path) -> Result<()> {
     raise_fd_limit();
+    // A console client that goes away must not end the supervisor: EPIPE.
+    // SAFETY: changing a signal disposition of this process; children get the
+    // default back at exec.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    // One supervisor per root: a root whose lock another holds is its.
+    let mut owned: HashMap<PathBuf, fs::File> = HashMap::new();
     let cn = match ProcConnector::open() {
         Ok(c) => Some(c),
         Err(e) => {
@@ -89,11 +107,19 @@ pub fn supervise(roots: &dyn Fn() -> Vec<PathBuf>, vectl: &Path) -> Result<()> {
     let mut consoles = crate::console::Consoles::default();
     let mut inits: HashMap<i32, Watched> = HashMap::new();
     let mut due: Vec<Due> = Vec::new();
-    let mut starting: HashMap<u32, (PathBuf, String, std::process::Child)> = HashMap::new();
+    let mut starting: HashMap<u32, (Due, std::process::Child)> = HashMap::new();
     let mut next_scan = Instant::now();
     loop {
         if Instant::now() >= next_scan {
             for root in roots() {
+                if !owned.contains_key(&root) {
+                    match take_root(&root) {
+                        Some(lock) => {
+                            owned.insert(root.clone(), lock);
+                        }
+                        None => continue,
+                    }
+                }
                 let run = root.join("run");
                 if !watched_dirs.contains(&run)
                     && inotify
@@ -110,6 +136,7 @@ pub fn supervise(roots: &dyn Fn() -> Vec<PathBuf>, vectl: &Path) -> Result<()> {
                 scan(&root, &mut inits);
                 consoles.listen(&root);
             }
+            consoles.prune();
             next_scan = Instant::now() + RESCAN;
         }
         let now = Instant::now();
@@ -195,10 +222,23 @@ pub fn supervise(roots: &dyn Fn() -> Vec<PathBuf>, vectl: &Path) -> Result<()> {
             next_scan = Instant::now();
         }
         for pid in ended {
-            if let Some(w) = inits.remove(&pid)
-                && let Some(d) = ended_init(w)
-            {
-                due.push(d);
+            // The pidfd can wake before the connector's exit event is queued:
+            // wait a moment for it rather than take a clean exit for a crash.
+            if let Some(c) = &cn {
+                let deadline = Instant::now() + Duration::from_millis(300);
+                while inits.get(&pid).is_some_and(|w| w.exit_code.is_none())
+                    && Instant::now() < deadline
+                {
+                    let mut fds = [PollFd::new(c.fd.as_fd(), PollFlags::POLLIN)];
+                    let _ = poll(&mut fds, PollTimeout::from(50u16));
+                    c.drain(&mut inits);
+                }
+            }
+            if let Some(w) = inits.remove(&pid) {
+                consoles.ended(&w.root, &w.ve, w.rs.pid);
+                if let Some(d) = ended_init(w) {
+                    due.push(d);
+                }
             }
         }
         // Restarts whose time has come.
@@ -206,9 +246,10 @@ pub fn supervise(roots: &dyn Fn() -> Vec<PathBuf>, vectl: &Path) -> Result<()> {
         let (ready, later): (Vec<Due>, Vec<Due>) = due.into_iter().partition(|d| d.at <= now);
         due = later;
         for d in ready {
-            // An operator's start or stop since then cancels it.
+            // An operator's start or stop since then cancels it, and so does
+            // a VE of that name that is another one.
             let rec = d.root.join("run").join(format!("{}.exit", d.ve));
-            if !rec.exists() {
+            if !rec.exists() || ve_id(&d.root, &d.ve) != Some(d.id) {
                 continue;
             }
             log(&format!("VE {} ({}): restarting", d.ve, d.root.display()));
@@ -220,25 +261,59 @@ pub fn supervise(roots: &dyn Fn() -> Vec<PathBuf>, vectl: &Path) -> Result<()> {
                 .spawn()
             {
                 Ok(child) => {
-                    starting.insert(child.id(), (d.root, d.ve, child));
+                    starting.insert(child.id(), (d, child));
                 }
                 Err(e) => log(&format!("VE {}: cannot run {}: {e}", d.ve, vectl.display())),
             }
         }
-        starting.retain(|_, (root, ve, child)| match child.try_wait() {
+        starting.retain(|_, (d, child)| match child.try_wait() {
             Ok(None) => true,
             Ok(Some(st)) => {
                 if !st.success() {
+                    // Tried again later (a lock, the pool, the network may be
+                    // busy now), backing off as restarts do.
+                    let wait = Duration::from_secs(2u64 << d.attempts.min(16)).min(MAX_BACKOFF);
                     log(&format!(
-                        "VE {ve} ({}): the restart failed ({st})",
-                        root.display()
+                        "VE {} ({}): the restart failed ({st}); again in {}s",
+                        d.ve,
+                        d.root.display(),
+                        wait.as_secs()
                     ));
+                    due.push(Due {
+                        at: Instant::now() + wait,
+                        root: d.root.clone(),
+                        ve: d.ve.clone(),
+                        id: d.id,
+                        attempts: d.attempts + 1,
+                    });
                 }
                 next_scan = Instant::now();
                 false
             }
             Err(_) => false,
         });
+    }
+}
+
+/// Takes `root` for this supervisor (`run/supervisor.lock`); `None` when
+/// another supervisor has it.
+fn take_root(root: &Path) -> Option<fs::File> {
+    let path = root.join("run").join("supervisor.lock");
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .ok()?;
+    match f.try_lock() {
+        Ok(()) => Some(f),
+        Err(_) => {
+            log(&format!(
+                "{}: another supervisor watches this root",
+                root.display()
+            ));
+            None
+        }
     }
 }
 
@@ -282,7 +357,11 @@ fn scan(root: &Path, inits: &mut HashMap<i32, Watched>) {
 /// restart its policy asks for.
 fn ended_init(w: Watched) -> Option<Due> {
     let run = w.root.join("run");
-    if run.join(format!("{}.stopping", w.ve)).exists() {
+    // `vectl stop` of this very init (a marker a killed stop left behind
+    // names another one).
+    if fs::read_to_string(run.join(format!("{}.stopping", w.ve)))
+        .is_ok_and(|pid| pid.trim() == w.rs.pid.to_string())
+    {
         return None;
     }
     match RunState::load(&run.join(format!("{}.json", w.ve))) {
@@ -340,10 +419,13 @@ fn ended_init(w: Watched) -> Option<Due> {
             String::new()
         }
     ));
+    let id = ve_id(&w.root, &w.ve)?;
     restart.then(|| Due {
         at: Instant::now() + delay,
         root: w.root,
         ve: w.ve,
+        id,
+        attempts: 0,
     })
 }
 

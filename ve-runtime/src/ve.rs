@@ -250,6 +250,8 @@ impl Host {
     pub(crate) fn create(&self, opts: &CreateOptions) -> Result<VeConfig> {
         let name = opts.name.as_str();
         validate_name(name)?;
+        // A killed rename may be about to take this name: finished first.
+        self.finish_renames()?;
         let tref: ve_templates::TemplateRef = opts.template.parse()?;
         let hostname = opts.hostname.clone().unwrap_or_else(|| name.to_string());
         validate_hostname(&hostname)?;
@@ -644,7 +646,7 @@ impl Host {
                 // The VE runs either way: a supervisor that went away meanwhile
                 // leaves it without a console (`show` says so), not unstarted.
                 if let Some(c) = console
-                    && c.hand_over(&ve).is_err()
+                    && c.hand_over(&ve, rs.pid).is_err()
                 {
                     rs.console = false;
                     let _ = rs.store(&run_path);
@@ -679,7 +681,11 @@ impl Host {
             return Ok(StopOutcome::AlreadyStopped);
         };
         // The supervisor sees the init end: this tells it that is no crash.
-        crate::fsutil::write_atomic(&self.stopping_marker(ve), b"", false)?;
+        crate::fsutil::write_atomic(
+            &self.stopping_marker(ve),
+            rs.pid.to_string().as_bytes(),
+            false,
+        )?;
         let mut outcome = StopOutcome::Killed;
         if !opts.fast && !opts.timeout.is_zero() {
             let sig = match &cfg.stop_signal {
@@ -803,6 +809,10 @@ impl Host {
         remove_file(&temp_path(&self.config_path(ve)))?;
         remove_file(&temp_path(&self.run_path(ve)))?;
         remove_file(&self.exit_path(ve))?;
+        // Its console logs: a later VE of the same name must not show them.
+        let log = crate::console::log_path(self.root(), ve);
+        remove_file(&log.with_extension("log.1"))?;
+        remove_file(&log)?;
         remove_file(&self.set_marker(ve))?;
         remove_file(&temp_path(&self.set_marker(ve)))?;
         remove_file(&self.tombstone_path(ve))
@@ -1137,9 +1147,11 @@ impl Host {
     /// Every VE, by id. Configs that cannot be read are returned as errors beside
     /// the list rather than failing it.
     pub(crate) fn list(&self) -> Result<(Vec<VeInfo>, Vec<Error>)> {
-        self.finish_renames()?;
         let mut out = Vec::new();
         let mut errors = Vec::new();
+        if let Err(e) = self.finish_renames() {
+            errors.push(e);
+        }
         for path in self.config_files()? {
             match VeConfig::load(&path) {
                 Ok(Some(cfg)) => out.push(self.info(cfg)),

@@ -132,8 +132,17 @@ fn boot_or_shutdown(ctx: &Ctx, a: &BootArgs, boot: bool) -> Result<ExitCode> {
             json: ctx.json,
             out: crate::output::Out::new(ctx.json),
         };
-        let host = Host::open(&root)?;
-        let (ves, errors) = host.ves().list()?;
+        // One root's trouble must not keep the others from booting or
+        // stopping gracefully.
+        let listed = Host::open(&root).and_then(|h| Ok((h.ves().list()?, h)));
+        let ((ves, errors), host) = match listed {
+            Ok(l) => l,
+            Err(e) => {
+                ctx.out.error(&anyhow::anyhow!("{}: {e}", root.display()));
+                code = ExitCode::FAILURE;
+                continue;
+            }
+        };
         for e in &errors {
             ctx.out.warn(&e.to_string());
         }
@@ -267,16 +276,24 @@ pub fn run(ctx: &Ctx, cmd: HostCommand) -> Result<ExitCode> {
             };
             let wait = std::time::Duration::from_secs(a.wait);
             let mut done = Vec::new();
+            let mut failed = false;
             for root in roots {
-                let host = Host::open(&root)?;
-                done.extend(
-                    host.ves()
-                        .rebind_proc_view(wait)?
-                        .into_iter()
-                        .map(|(ve, r)| (root.clone(), ve, r)),
-                );
+                let rebound = Host::open(&root).and_then(|h| h.ves().rebind_proc_view(wait));
+                match rebound {
+                    Ok(list) => done.extend(list.into_iter().map(|(ve, r)| (root.clone(), ve, r))),
+                    // With --all-roots a root without the view is no failure,
+                    // and one root's trouble does not keep the others waiting.
+                    Err(ve_runtime::Error::Refused { reason, .. })
+                        if a.all_roots && reason == ve_runtime::VIEW_OFF => {}
+                    Err(e) if a.all_roots => {
+                        ctx.out.error(&anyhow::anyhow!("{}: {e}", root.display()));
+                        failed = true;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
-            return Ok(ctx.out.rebound(&done));
+            let code = ctx.out.rebound(&done);
+            return Ok(if failed { ExitCode::FAILURE } else { code });
         }
         HostCommand::Teardown(a) => {
             let host = ctx.open()?;

@@ -743,21 +743,19 @@ pub fn set(ctx: &Ctx, s: SetArgs, at: &ArgPositions) -> Result<ExitCode> {
         )));
     }
     let host = ctx.open()?;
-    if let Some(h) = &s.hostname {
-        let live = host.ves().set_hostname(&a.ve, h)?;
-        ctx.out.hostname_set(&a.ve, h, live);
-    }
+    // What a running VE refuses (NICs, its user namespace) first, then what
+    // the kernel may refuse (limits, ports); the hostname and autostart, which
+    // a valid value always takes, last: a refusal leaves the rest as it was.
     if let Some(reqs) = &nics {
         let now = host.ves().set_nics(&a.ve, reqs)?;
         ctx.out.nics_set(&a.ve, &now);
     }
-    if !s.autostart.is_empty() {
-        let now = host.ves().set_autostart(&a.ve, &autostart)?;
-        ctx.out.autostart_set(&a.ve, &now);
-    }
     if let Some(mode) = &s.userns {
         let range = host.ves().set_userns(&a.ve, mode == "private")?;
         ctx.out.userns_set(&a.ve, range);
+    }
+    if let Some(h) = &s.hostname {
+        ve_runtime::validate_hostname(h)?;
     }
     let ports = !add.is_empty() || !remove.is_empty();
     if !update.is_empty() {
@@ -771,6 +769,14 @@ pub fn set(ctx: &Ctx, s: SetArgs, at: &ArgPositions) -> Result<ExitCode> {
     if ports {
         let list = host.ves().map_ports(&a.ve, &add, &remove, false)?;
         ctx.out.published(&a.ve, &list);
+    }
+    if let Some(h) = &s.hostname {
+        let live = host.ves().set_hostname(&a.ve, h)?;
+        ctx.out.hostname_set(&a.ve, h, live);
+    }
+    if !s.autostart.is_empty() {
+        let now = host.ves().set_autostart(&a.ve, &autostart)?;
+        ctx.out.autostart_set(&a.ve, &now);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -58,6 +58,14 @@ fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
     }
 }
 
+/// Its init's pid if it runs now (one `show`: status and pid agree).
+fn running_pid(h: &TestHost, ve: &str) -> Option<i64> {
+    let j = h.json(&["show", ve]);
+    (j["status"] == "running")
+        .then(|| j["pid"].as_i64())
+        .flatten()
+}
+
 fn kill_init(h: &TestHost, ve: &str) -> i32 {
     let pid = h.init_pid(ve);
     nix::sys::signal::kill(
@@ -104,7 +112,7 @@ fn the_supervisor_records_how_inits_end_and_restarts_as_the_policy_says() {
     // On failure: started again, and says why.
     let old = kill_init(&h, "cf");
     wait_for("cf restarted", || {
-        status(&h, "cf") == "running" && h.init_pid("cf") != old
+        running_pid(&h, "cf").is_some_and(|p| p != i64::from(old))
     });
     let show = h.json(&["show", "cf"]);
     assert_eq!(show["last_exit"]["signal"], "SIGKILL", "{show}");
@@ -121,7 +129,7 @@ fn the_supervisor_records_how_inits_end_and_restarts_as_the_policy_says() {
     let old = h.init_pid("cr");
     let _ = h.exec("cr", &["reboot", "-f"]);
     wait_for("cr back after its reboot", || {
-        status(&h, "cr") == "running" && h.init_pid("cr") != old
+        running_pid(&h, "cr").is_some_and(|p| p != i64::from(old))
     });
     assert_eq!(h.json(&["show", "cr"])["last_exit"]["signal"], "SIGKILL");
 }

@@ -183,6 +183,10 @@ fn a_stopped_ve_is_renamed_with_its_id_files_and_snapshots_and_a_killed_rename_i
     h.ok(&["stop", "new2"]);
     // Killed right after the marker: a command on the old name finishes it.
     crash_at(&h, "rename-after-marker", &["rename", "new2", "new3"]);
+    // A create of the name the rename was taking finishes the rename first,
+    // and is refused: the name is taken.
+    let err = h.fails(&["create", "new3", "--template", "bb"]);
+    assert!(err.contains("new3"), "{err}");
     let err = h.fails(&["show", "new2"]);
     assert!(err.contains("new2"), "{err}");
     assert_eq!(h.json(&["show", "new3"])["id"], id);

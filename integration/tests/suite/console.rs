@@ -62,7 +62,7 @@ fn a_ves_console_output_is_logged_bounded_and_attachable() {
     assert!(err.contains("supervisor"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 
-    let _sup = Supervisor::start(&h);
+    let mut sup = Supervisor::start(&h);
     // Init writes to its stdout and to /dev/console, then reads commands.
     h.ok(&[
         "create",
@@ -130,6 +130,25 @@ fn a_ves_console_output_is_logged_bounded_and_attachable() {
     assert!(h.ok(&["logs", "c1"]).contains("ATTACHED-42"));
 
     // A flood is bounded: the log and the one before stay within twice the cap.
+    // A client that is attached and never reads, and one killed meanwhile,
+    // hold up nothing and do not end the supervisor.
+    let mut stuck = h
+        .command()
+        .args(["console", "c1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut gone = h
+        .command()
+        .args(["console", "c1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = gone.kill();
+    let _ = gone.wait();
     let r = h.exec(
         "c1",
         &[
@@ -148,9 +167,16 @@ fn a_ves_console_output_is_logged_bounded_and_attachable() {
     assert!(log.with_extension("log.1").exists(), "rotated");
     assert!(size(&log) <= 1 << 20, "{}", size(&log));
     assert!(size(&log.with_extension("log.1")) <= 1 << 20);
+    assert!(sup.0.try_wait().unwrap().is_none(), "the supervisor ended");
+    let _ = stuck.kill();
+    let _ = stuck.wait();
     // Stopped: attaching is refused with one line; the log stays readable.
     h.ok(&["stop", "--fast", "c1"]);
     let err = h.fails(&["console", "c1"]);
     assert!(err.contains("not running"), "{err}");
     assert!(h.ok(&["logs", "-n", "3", "c1"]).contains("line-2999-"));
+    // A destroyed VE's log goes with it: a new VE of that name starts clean.
+    h.ok(&["destroy", "c1"]);
+    h.ok(&["create", "c1", "--template", "bb"]);
+    assert_eq!(h.ok(&["logs", "c1"]), "");
 }
