@@ -6,56 +6,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-
-/// A running `vectl supervise` for a test root, killed on drop.
-struct Supervisor(Child);
-
-impl Supervisor {
-    fn start(h: &TestHost) -> Supervisor {
-        let mut cmd = h.command();
-        // The process connector (exit statuses) answers in the host's network
-        // namespace only; the test runs in one of its own.
-        if let Some(ns) = h.host_netns() {
-            cmd.env("VECTL_HOST_NETNS", ns);
-        }
-        let child = cmd
-            .arg("supervise")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn vectl supervise");
-        // It holds the running VEs' inits once it has scanned the root.
-        std::thread::sleep(Duration::from_millis(300));
-        Supervisor(child)
-    }
-}
-
-impl Drop for Supervisor {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn status(h: &TestHost, ve: &str) -> String {
     h.json(&["show", ve])["status"]
         .as_str()
         .unwrap()
         .to_string()
-}
-
-#[track_caller]
-fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Its init's pid if it runs now (one `show`: status and pid agree).

@@ -5,50 +5,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{Read, Write};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-
-struct Supervisor(Child);
-
-impl Supervisor {
-    fn start(h: &TestHost) -> Supervisor {
-        let mut cmd = h.command();
-        if let Some(ns) = h.host_netns() {
-            cmd.env("VECTL_HOST_NETNS", ns);
-        }
-        let child = cmd
-            .arg("supervise")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn vectl supervise");
-        let sock = h.root().join("run/console.sock");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !sock.exists() {
-            assert!(Instant::now() < deadline, "the supervisor did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Supervisor(child)
-    }
-}
-
-impl Drop for Supervisor {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-#[track_caller]
-fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 #[test]
 fn a_ves_console_output_is_logged_bounded_and_attachable() {
@@ -132,20 +92,15 @@ fn a_ves_console_output_is_logged_bounded_and_attachable() {
     // A flood is bounded: the log and the one before stay within twice the cap.
     // A client that is attached and never reads, and one killed meanwhile,
     // hold up nothing and do not end the supervisor.
-    let mut stuck = h
-        .command()
-        .args(["console", "c1"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut gone = h
-        .command()
-        .args(["console", "c1"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let attach = || {
+        h.command()
+            .args(["console", "c1"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (mut stuck, mut gone) = (attach(), attach());
     std::thread::sleep(Duration::from_millis(300));
     let _ = gone.kill();
     let _ = gone.wait();

@@ -1101,3 +1101,49 @@ impl Drop for TmpfsRoot {
         }
     }
 }
+
+/// A running `vectl supervise` for a test root, killed on drop. It runs in
+/// the test's network namespace; the process connector (exit statuses)
+/// answers in the host's only, which `VECTL_HOST_NETNS` names.
+pub struct Supervisor(pub Child);
+
+impl Supervisor {
+    /// Starts it and waits until it listens for the root's consoles.
+    pub fn start(h: &TestHost) -> Supervisor {
+        let mut cmd = h.command();
+        if let Some(ns) = h.host_netns() {
+            cmd.env("VECTL_HOST_NETNS", ns);
+        }
+        let child = cmd
+            .arg("supervise")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn vectl supervise");
+        let sock = h.root().join("run/console.sock");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !sock.exists() {
+            assert!(Instant::now() < deadline, "the supervisor did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Supervisor(child)
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits up to a minute for `ok`.
+#[track_caller]
+pub fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
