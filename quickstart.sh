@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # vectl quick start, for a fresh Debian/Ubuntu machine, as root:
 #   - installs the packages vectl needs (and Rust, if missing),
-#   - builds vectl and installs it as /usr/local/bin/vectl,
+#   - starts LXCFS (each VE's own limits in its /proc),
+#   - builds vectl and installs it as /usr/local/bin/vectl, with its supervisor
+#     and boot units (scripts/units.sh),
 #   - runs its main job on the embedded defaults: initialises /var/lib/vectl
 #     (a loop-backed btrfs pool in /var/lib/vectl/pool.img), imports a small
 #     busybox template, creates and starts three web VEs (web1..web3) with RAM,
@@ -11,7 +13,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/deps.sh
 echo "== LXCFS (each VE's own limits in its /proc)"
-scripts/lxcfs.sh >/dev/null
+if ! scripts/lxcfs.sh >/dev/null; then
+    echo "quickstart: LXCFS did not start: VEs show the host's values in /proc (see README)"
+fi
 
 echo "== building vectl"
 cargo build --release --workspace --bins
