@@ -15,6 +15,7 @@ packages=(
     zstd
     btrfs-progs       # mkfs.btrfs for the storage pool (vectl uses ioctls after that)
     e2fsprogs         # mkfs.ext4 (tests of pools on devices that hold another file system)
+    xfsprogs          # mkfs.xfs, xfs_growfs for the xfs pool; xfs_io, xfs_quota in its tests
     util-linux        # unshare, script
     iproute2          # ip, for tests that build a LAN in a network namespace
     nftables          # nft: NAT, published ports, isolation and anti-spoofing rules

@@ -105,7 +105,7 @@ enum Command {
     /// The storage pool: use, growing it, checking it.
     #[command(subcommand)]
     Pool(pool::PoolCommand),
-    /// Snapshots of a VE's own files (btrfs pool).
+    /// Snapshots of a VE's own files (btrfs or xfs pool).
     #[command(subcommand)]
     Snapshot(pool::SnapshotCommand),
     /// Virtual networks: bridged, host-only, nat, routed.

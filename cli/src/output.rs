@@ -982,7 +982,7 @@ impl Out {
             Some(PoolSource::Device { path }) => {
                 format!("device {}", path.display())
             }
-            Some(PoolSource::Mounted) => "the operator's btrfs mount".into(),
+            Some(PoolSource::Mounted) => format!("the operator's {} mount", p.backend),
             None => "a directory".into(),
         };
         let rows = [

@@ -13,6 +13,8 @@
  *   ve_probe signal PID        kill(PID, 0) and PTRACE_SEIZE of PID
  *   ve_probe sniff SECS NEEDLE every frame eth0 receives (promiscuous) for SECS
  *                              seconds: how many, and how many hold NEEDLE
+ *   ve_probe project PATH      moving PATH out of its XFS project (the VE's disk
+ *                              limit): project id 0, and PROJINHERIT cleared
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -24,11 +26,13 @@
 #include <string.h>
 #include <arpa/inet.h>
 #include <linux/bpf.h>
+#include <linux/fs.h>
 #include <linux/if_packet.h>
 #include <net/ethernet.h>
 #include <net/if.h>
 #include <sys/socket.h>
 #include <linux/perf_event.h>
+#include <sys/ioctl.h>
 #include <sys/ptrace.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -332,6 +336,25 @@ static int sniff(int seconds, const char *needle) {
     return 0;
 }
 
+static const char *project_path;
+static long set_fsxattr(int clear_projid, int clear_inherit) {
+    int fd = open(project_path, O_RDONLY | O_NOFOLLOW);
+    if (fd < 0) return -1;
+    struct fsxattr a;
+    if (ioctl(fd, FS_IOC_FSGETXATTR, &a) < 0) return -1;
+    if (clear_projid) a.fsx_projid = 0;
+    if (clear_inherit) a.fsx_xflags &= ~FS_XFLAG_PROJINHERIT;
+    return ioctl(fd, FS_IOC_FSSETXATTR, &a);
+}
+static long do_chproj(void) { return set_fsxattr(1, 0); }
+static long do_noinherit(void) { return set_fsxattr(0, 1); }
+static int project_mode(const char *path) {
+    project_path = path;
+    in_child("chproj", do_chproj);
+    in_child("noinherit", do_noinherit);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc == 3 && !strcmp(argv[1], "race")) return race(atoi(argv[2]));
     if (argc == 3 && !strcmp(argv[1], "inspect")) return inspect(atoi(argv[2]));
@@ -339,6 +362,7 @@ int main(int argc, char **argv) {
     if (argc == 2 && !strcmp(argv[1], "kernel")) return kernel();
     if (argc == 3 && !strcmp(argv[1], "signal")) return signal_mode(atoi(argv[2]));
     if (argc == 4 && !strcmp(argv[1], "sniff")) return sniff(atoi(argv[2]), argv[3]);
-    fprintf(stderr, "usage: ve_probe race SECONDS | inspect PID | syscalls | kernel | signal PID | sniff SECS NEEDLE\n");
+    if (argc == 3 && !strcmp(argv[1], "project")) return project_mode(argv[2]);
+    fprintf(stderr, "usage: ve_probe race SECONDS | inspect PID | syscalls | kernel | signal PID | sniff SECS NEEDLE | project PATH\n");
     return 2;
 }

@@ -571,11 +571,13 @@ impl TestHost {
         for dir in &self.cgroup_dirs {
             remove_cgroup_tree(dir);
         }
-        // A btrfs pool vectl mounted: unmounted (its loop device clears itself).
+        // A btrfs or xfs pool vectl mounted: unmounted (its loop device clears
+        // itself).
         let pool = self.root.path().join("pool");
-        if nix::sys::statfs::statfs(&pool)
-            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BTRFS_SUPER_MAGIC)
-        {
+        if nix::sys::statfs::statfs(&pool).is_ok_and(|s| {
+            let t = s.filesystem_type();
+            t == nix::sys::statfs::BTRFS_SUPER_MAGIC || t == nix::sys::statfs::XFS_SUPER_MAGIC
+        }) {
             let _ = nix::mount::umount2(&pool, nix::mount::MntFlags::MNT_DETACH);
         }
     }

@@ -9,16 +9,23 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::btrfs;
 use crate::error::{Error, Result, io_err};
 use crate::pool::{Backend, Pool};
 use crate::volume::usage;
+use crate::{btrfs, xfs};
 
 /// A VE's disk use against its limit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct DiskUsage {
     pub used: u64,
     pub limit: Option<u64>,
+}
+
+/// The inode limit that goes with a disk limit on xfs: one per KiB, more than
+/// the files that fit (each non-empty file takes a 4 KiB block), so it never
+/// binds first, while `df -i` in the VE shows its own files against a total.
+pub fn inodes_for(bytes: u64) -> u64 {
+    (bytes / 1024).max(1024)
 }
 
 /// Formats a byte count for people: `1.5G`, `256M`, `12K` (the one formatter of
@@ -125,6 +132,21 @@ impl Pool {
                 }
                 btrfs::set_limit(&dir, bytes).map_err(io_err(&dir))
             }
+            Backend::Xfs => {
+                if let Some(limit) = bytes {
+                    // Delayed allocations are counted once written out.
+                    self.commit()?;
+                    let used = self.disk(ve)?.used;
+                    if used > limit {
+                        return Err(Error::BelowUsage {
+                            ve: ve.to_string(),
+                            limit: human_bytes(limit),
+                            used: human_bytes(used),
+                        });
+                    }
+                }
+                self.force_disk_limit(ve, bytes)
+            }
         }
     }
 
@@ -132,11 +154,37 @@ impl Pool {
     /// below use; writes then fail until the volume shrinks). For putting a
     /// limit back, not for operators' changes. A no-op on `dir`.
     pub fn force_disk_limit(&self, ve: &str, bytes: Option<u64>) -> Result<()> {
-        if self.backend == Backend::Dir {
-            return Ok(());
-        }
         let dir = self.ve_volume(ve).dir;
-        btrfs::set_limit(&dir, bytes).map_err(io_err(&dir))
+        self.limit_volume(&dir, bytes)
+    }
+
+    /// Sets (`None`: removes) the limit of any volume of the pool.
+    pub(crate) fn limit_volume(&self, dir: &Path, bytes: Option<u64>) -> Result<()> {
+        match self.backend {
+            Backend::Dir => Ok(()),
+            Backend::Btrfs => btrfs::set_limit(dir, bytes).map_err(io_err(dir)),
+            Backend::Xfs => {
+                let id = self.project_of(dir)?;
+                xfs::set_limits(&self.dir, id, bytes, bytes.map(inodes_for)).map_err(io_err(dir))
+            }
+        }
+    }
+
+    /// The project of an xfs volume; one without is not a volume of the pool.
+    fn project_of(&self, dir: &Path) -> Result<u32> {
+        match xfs::project(dir).map_err(io_err(dir))? {
+            0 => Err(Error::Setup {
+                path: dir.to_path_buf(),
+                why: "has no XFS project (not a volume of the pool)".into(),
+            }),
+            id => Ok(id),
+        }
+    }
+
+    /// An xfs volume's project use and limits.
+    pub(crate) fn project_quota(&self, dir: &Path) -> Result<xfs::ProjectQuota> {
+        let id = self.project_of(dir)?;
+        xfs::quota(&self.dir, id).map_err(io_err(dir))
     }
 
     /// A VE volume's disk use and limit.
@@ -161,12 +209,25 @@ impl Pool {
                     limit: q.max_referenced,
                 })
             }
+            Backend::Xfs => {
+                let q = self.project_quota(&dir)?;
+                Ok(DiskUsage {
+                    used: q.bytes,
+                    limit: q.bytes_limit,
+                })
+            }
         }
     }
 
     /// Disk used by any volume of the pool (a template version, say): its
-    /// qgroup's referenced bytes on btrfs, a walk of its files on `dir`.
+    /// qgroup's referenced bytes on btrfs, its project's on xfs, a walk of its
+    /// files otherwise.
     pub fn volume_bytes(&self, path: &Path) -> Result<u64> {
+        if self.backend == Backend::Xfs
+            && let Ok(q) = self.project_quota(path)
+        {
+            return Ok(q.bytes);
+        }
         if self.backend == Backend::Btrfs && btrfs::is_subvolume(path) {
             let id = btrfs::subvolume_id(path).map_err(io_err(path))?;
             if let Some(q) = self.fsid().and_then(|f| btrfs::qgroup_usage(f, id)) {
@@ -181,10 +242,10 @@ impl Pool {
         self.fsid().and_then(btrfs::quota_mode)
     }
 
-    /// Commits the file system so qgroup numbers are current (btrfs counts at
-    /// commit). A no-op on `dir`.
+    /// Commits the file system so quota numbers are current (btrfs counts at
+    /// commit, xfs delayed allocations once written out). A no-op on `dir`.
     pub fn commit(&self) -> Result<()> {
-        if self.backend == Backend::Btrfs {
+        if self.backend.has_limits() {
             btrfs::sync(&self.dir).map_err(io_err(&self.dir))?;
         }
         Ok(())

@@ -3,7 +3,9 @@
 //!
 //! Backends sit behind [`Pool`]: `btrfs` (the default: a loop-mounted image file, a
 //! block device or an existing btrfs mount; each volume is a subvolume with a quota
-//! limit) and `dir` (plain directories on any filesystem, no disk limits).
+//! limit), `xfs` (the same sources; each volume a directory with an XFS project
+//! quota, which `df` in the VE shows as its disk) and `dir` (plain directories on
+//! any filesystem, no disk limits).
 //! A [`Volume`] is one directory tree the pool accounts for: a VE's private layer
 //! (`ves/<name>`, holding the overlay `upper` and `work` directories) or a template
 //! version (`templates/<name>/<version>`).
@@ -18,6 +20,7 @@
 //!   [`human_bytes`], the one byte formatter of vectl's messages.
 //! - `error`: [`Error`] and [`Result`].
 //! - [`btrfs`]: the btrfs ioctls the pool calls.
+//! - [`xfs`]: the XFS project and quota calls the pool makes.
 //! - [`loopdev`]: loop devices for an image-backed pool.
 
 pub mod btrfs;
@@ -27,11 +30,12 @@ pub mod loopdev;
 mod pool;
 mod snapshot;
 mod volume;
+pub mod xfs;
 
 pub use disk::{DiskUsage, human_bytes};
 pub use error::{Error, Result};
 pub use pool::{
-    Backend, LostImage, MIN_POOL_BYTES, NewBtrfs, Pool, PoolSpace, Source, UnknownBackend,
+    Backend, LostImage, MIN_POOL_BYTES, NewPool, Pool, PoolSpace, Source, UnknownBackend,
 };
 pub use snapshot::SnapshotInfo;
 pub use volume::{Usage, Volume, usage};

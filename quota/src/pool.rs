@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result, io_err};
-use crate::{btrfs, disk::human_bytes, loopdev};
+use crate::{btrfs, disk::human_bytes, loopdev, xfs};
 
 /// The storage backend of a pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -20,6 +20,61 @@ pub enum Backend {
     Dir,
     /// A btrfs file system: subvolumes with quota limits.
     Btrfs,
+    /// An XFS file system mounted with project quotas: each volume a directory
+    /// with a project of its own, whose limit `df` in the VE shows.
+    Xfs,
+}
+
+impl Backend {
+    /// Whether the backend enforces per-VE disk limits.
+    pub fn has_limits(self) -> bool {
+        self != Backend::Dir
+    }
+
+    /// Whether the backend keeps snapshots of VEs (btrfs: subvolume snapshots;
+    /// xfs: reflinked copies).
+    pub fn has_snapshots(self) -> bool {
+        self != Backend::Dir
+    }
+
+    /// Whether vectl makes and mounts the backend's file system (btrfs, xfs).
+    pub fn has_file_system(self) -> bool {
+        self != Backend::Dir
+    }
+
+    /// The file system vectl makes for the backend.
+    fn fs_type(self) -> &'static str {
+        match self {
+            Backend::Xfs => "xfs",
+            _ => "btrfs",
+        }
+    }
+
+    /// The Debian package of the backend's tools.
+    fn tools(self) -> &'static str {
+        match self {
+            Backend::Xfs => "xfsprogs",
+            _ => "btrfs-progs",
+        }
+    }
+
+    /// The smallest pool vectl makes on this backend: btrfs itself wants
+    /// ~114 MiB, mkfs.xfs refuses less than 300 MiB; VEs want room.
+    pub fn min_pool_bytes(self) -> u64 {
+        match self {
+            Backend::Xfs => 320 << 20,
+            _ => MIN_POOL_BYTES,
+        }
+    }
+
+    /// Whether `dir` is on this backend's file system (always, for `dir`).
+    pub fn is_mounted_at(self, dir: &Path) -> bool {
+        match self {
+            Backend::Dir => true,
+            Backend::Btrfs => btrfs::is_btrfs(dir),
+            Backend::Xfs => xfs::is_xfs(dir),
+        }
+    }
 }
 
 impl std::fmt::Display for Backend {
@@ -27,13 +82,14 @@ impl std::fmt::Display for Backend {
         match self {
             Backend::Dir => f.write_str("dir"),
             Backend::Btrfs => f.write_str("btrfs"),
+            Backend::Xfs => f.write_str("xfs"),
         }
     }
 }
 
-/// A storage backend name that is neither `btrfs` nor `dir`.
+/// A storage backend name that is not `btrfs`, `xfs` or `dir`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown storage backend {0:?}: expected btrfs or dir")]
+#[error("unknown storage backend {0:?}: expected btrfs, xfs or dir")]
 pub struct UnknownBackend(pub String);
 
 impl std::str::FromStr for Backend {
@@ -42,12 +98,13 @@ impl std::str::FromStr for Backend {
         match s {
             "dir" => Ok(Backend::Dir),
             "btrfs" => Ok(Backend::Btrfs),
+            "xfs" => Ok(Backend::Xfs),
             _ => Err(UnknownBackend(s.to_string())),
         }
     }
 }
 
-/// What a btrfs pool is mounted from, so any command can mount it again (after
+/// What a btrfs or xfs pool is mounted from, so any command can mount it again (after
 /// a reboot, say).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", tag = "kind", deny_unknown_fields)]
@@ -56,7 +113,7 @@ pub enum Source {
     Image { path: PathBuf },
     /// A block device.
     Device { path: PathBuf },
-    /// A btrfs mounted by the operator: vectl never mounts it.
+    /// A file system mounted by the operator: vectl never mounts it.
     Mounted,
 }
 
@@ -69,14 +126,16 @@ pub struct Pool {
     fsid: std::sync::OnceLock<Option<String>>,
 }
 
-/// How to make a new btrfs pool (`vectl init`).
+/// How to make a new btrfs or xfs pool (`vectl init`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NewBtrfs {
+pub enum NewPool {
     /// A sparse image file of this size, formatted and loop-mounted.
     Image { path: PathBuf, size: u64 },
-    /// A block device: used as it is if it holds btrfs, formatted if it is blank.
+    /// A block device: used as it is if it holds the backend's file system,
+    /// formatted if it is blank.
     Device { path: PathBuf },
-    /// The pool directory is already on a btrfs mount.
+    /// The pool directory is already on a mount of the backend's file system
+    /// (for xfs: mounted with project quotas, `prjquota`).
     Mounted,
 }
 
@@ -96,13 +155,16 @@ pub struct PoolSpace {
 
 impl Pool {
     /// Creates the pool's directories if needed (idempotent) and opens it. A btrfs
-    /// pool must already be mounted at `dir` (see [`Pool::make_btrfs`]).
+    /// pool must already be mounted at `dir` (see [`Pool::make`]).
     pub fn init(dir: &Path, backend: Backend) -> Result<Pool> {
         for sub in ["", "templates", "ves"] {
             let p = dir.join(sub);
             fs::create_dir_all(&p).map_err(io_err(&p))?;
         }
         let pool = Pool::new(dir, backend);
+        if backend == Backend::Xfs {
+            check_project_quotas(dir)?;
+        }
         if backend == Backend::Btrfs {
             if !btrfs::is_btrfs(dir) {
                 return Err(Error::Setup {
@@ -126,31 +188,40 @@ impl Pool {
         }
     }
 
-    /// Makes a new btrfs file system for a pool at `dir` and mounts it there, or
-    /// checks that `dir` is on btrfs ([`NewBtrfs::Mounted`]). Returns how to mount
-    /// it again. `dir` must be an empty directory or not exist.
-    pub fn make_btrfs(dir: &Path, how: &NewBtrfs) -> Result<Source> {
+    /// Makes a new file system of `backend` (btrfs or xfs) for a pool at `dir`
+    /// and mounts it there, or checks that `dir` is on one ([`NewPool::Mounted`]).
+    /// Returns how to mount it again. `dir` must be an empty directory or not
+    /// exist.
+    pub fn make(dir: &Path, backend: Backend, how: &NewPool) -> Result<Source> {
         let setup = |path: &Path, why: String| Error::Setup {
             path: path.to_path_buf(),
             why,
         };
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let source = match how {
-            NewBtrfs::Mounted => {
-                if !btrfs::is_btrfs(dir) {
+            NewPool::Mounted => {
+                if !backend.is_mounted_at(dir) {
                     return Err(setup(
                         dir,
-                        "not on a btrfs file system (give --pool-size, --pool-dev, or --backend dir)"
-                            .into(),
+                        format!(
+                            "not on a {} file system (give --pool-size, --pool-dev, or --backend dir)",
+                            backend.fs_type()
+                        ),
                     ));
+                }
+                if backend == Backend::Xfs {
+                    check_project_quotas(dir)?;
                 }
                 return Ok(Source::Mounted);
             }
-            NewBtrfs::Image { path, size } => {
-                if *size < MIN_POOL_BYTES {
+            NewPool::Image { path, size } => {
+                if *size < backend.min_pool_bytes() {
                     return Err(setup(
                         path,
-                        format!("a pool needs at least {} MiB", MIN_POOL_BYTES >> 20),
+                        format!(
+                            "a {backend} pool needs at least {} MiB",
+                            backend.min_pool_bytes() >> 20
+                        ),
                     ));
                 }
                 let f = fs::OpenOptions::new()
@@ -169,25 +240,25 @@ impl Pool {
                     })?;
                 f.set_len(*size).map_err(io_err(path))?;
                 drop(f);
-                if let Err(e) = mkfs(path) {
+                if let Err(e) = mkfs(backend, path) {
                     let _ = fs::remove_file(path);
                     return Err(e);
                 }
                 Source::Image { path: path.clone() }
             }
-            NewBtrfs::Device { path } => {
+            NewPool::Device { path } => {
                 use std::os::unix::fs::FileTypeExt;
                 let md = fs::metadata(path).map_err(io_err(path))?;
                 if !md.file_type().is_block_device() {
                     return Err(setup(path, "not a block device".into()));
                 }
-                if !is_btrfs_device(path) {
-                    mkfs(path)?;
+                if !holds_file_system(backend, path) {
+                    mkfs(backend, path)?;
                 }
                 Source::Device { path: path.clone() }
             }
         };
-        if let Err(e) = mount(dir, &source) {
+        if let Err(e) = mount(dir, backend, &source) {
             if let Source::Image { path } = &source {
                 let _ = fs::remove_file(path);
             }
@@ -196,16 +267,18 @@ impl Pool {
         Ok(source)
     }
 
-    /// Opens an existing pool; a btrfs pool that is not mounted (after a reboot)
-    /// is mounted again from `source`.
+    /// Opens an existing pool; a btrfs or xfs pool that is not mounted (after a
+    /// reboot) is mounted again from `source`.
     pub fn open(dir: &Path, backend: Backend, source: Option<&Source>) -> Result<Pool> {
-        if backend == Backend::Btrfs && !btrfs::is_btrfs(dir) {
+        if !backend.is_mounted_at(dir) {
             match source {
-                Some(src @ (Source::Image { .. } | Source::Device { .. })) => mount(dir, src)?,
+                Some(src @ (Source::Image { .. } | Source::Device { .. })) => {
+                    mount(dir, backend, src)?
+                }
                 _ => {
                     return Err(Error::Setup {
                         path: dir.to_path_buf(),
-                        why: "the btrfs pool is not mounted".into(),
+                        why: format!("the {backend} pool is not mounted"),
                     });
                 }
             }
@@ -219,7 +292,7 @@ impl Pool {
     /// Unmounts a pool vectl mounted (the loop device goes with it). Not mounted
     /// is fine.
     pub fn unmount(dir: &Path) -> Result<()> {
-        if !btrfs::is_btrfs(dir) {
+        if !btrfs::is_btrfs(dir) && !xfs::is_xfs(dir) {
             return Ok(());
         }
         nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH).map_err(|e| Error::Setup {
@@ -251,7 +324,7 @@ impl Pool {
 
     /// Grows the pool online. An image pool's file is enlarged to `size` (and
     /// its loop device told); a device pool takes what its device has now.
-    /// btrfs then grows into it. Shrinking is refused.
+    /// btrfs or xfs then grows into it. Shrinking is refused.
     pub fn grow(&self, source: &Source, size: Option<u64>) -> Result<()> {
         let setup = |why: String| Error::Setup {
             path: self.dir.clone(),
@@ -310,7 +383,15 @@ impl Pool {
                 ));
             }
         }
-        btrfs::resize(&self.dir, "max").map_err(|e| setup(format!("btrfs resize: {e}")))
+        match self.backend {
+            Backend::Xfs => run_tool(
+                Backend::Xfs,
+                "xfs_growfs",
+                &["-d".as_ref(), self.dir.as_os_str()],
+            )
+            .map_err(|e| setup(format!("xfs_growfs: {e}"))),
+            _ => btrfs::resize(&self.dir, "max").map_err(|e| setup(format!("btrfs resize: {e}"))),
+        }
     }
 
     /// The pool's size, use and free space.
@@ -371,13 +452,25 @@ impl Pool {
         let Source::Image { path: image } = source else {
             return None;
         };
-        if self.backend != Backend::Btrfs {
-            return None;
-        }
-        let fsid = self.fsid()?;
-        let devices = fs::read_dir(format!("/sys/fs/btrfs/{fsid}/devices")).ok()?;
-        for entry in devices.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
+        let names: Vec<String> = match self.backend {
+            Backend::Dir => return None,
+            Backend::Btrfs => {
+                let fsid = self.fsid()?;
+                fs::read_dir(format!("/sys/fs/btrfs/{fsid}/devices"))
+                    .ok()?
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            }
+            Backend::Xfs => {
+                use std::os::unix::fs::MetadataExt;
+                let dev = fs::metadata(&self.dir).ok()?.dev();
+                let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+                let node = fs::canonicalize(format!("/sys/dev/block/{major}:{minor}")).ok()?;
+                vec![node.file_name()?.to_string_lossy().into_owned()]
+            }
+        };
+        for name in names {
             if !name.starts_with("loop") {
                 continue;
             }
@@ -398,30 +491,78 @@ impl Pool {
     }
 }
 
-/// mkfs.btrfs on an image or a device. Never forces: a device holding another
-/// file system is refused by mkfs, and so by vectl.
-fn mkfs(target: &Path) -> Result<()> {
-    let out = std::process::Command::new("mkfs.btrfs")
-        .args(["-q", "-L", "vectl-pool"])
-        .arg(target)
+/// Runs one of the file system tools; `Err` is its last line of complaint.
+fn run_tool(
+    backend: Backend,
+    prog: &str,
+    args: &[&std::ffi::OsStr],
+) -> std::result::Result<(), String> {
+    let out = std::process::Command::new(prog)
+        .args(args)
         .stdin(std::process::Stdio::null())
         .output()
-        .map_err(|e| Error::Setup {
-            path: target.to_path_buf(),
-            why: format!("cannot run mkfs.btrfs (install btrfs-progs): {e}"),
-        })?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let last = err
-            .lines()
-            .rfind(|l| !l.trim().is_empty())
-            .unwrap_or("failed");
-        return Err(Error::Setup {
-            path: target.to_path_buf(),
-            why: format!("mkfs.btrfs: {}", last.trim()),
-        });
+        .map_err(|e| format!("cannot run {prog} (install {}): {e}", backend.tools()))?;
+    if out.status.success() {
+        return Ok(());
     }
-    Ok(())
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err
+        .lines()
+        .rfind(|l| !l.trim().is_empty())
+        .unwrap_or("failed");
+    Err(last.trim().to_string())
+}
+
+/// mkfs.btrfs or mkfs.xfs on an image or a device. Never forces: a device
+/// holding another file system is refused by mkfs, and so by vectl.
+fn mkfs(backend: Backend, target: &Path) -> Result<()> {
+    let prog = format!("mkfs.{}", backend.fs_type());
+    run_tool(
+        backend,
+        &prog,
+        &[
+            "-q".as_ref(),
+            "-L".as_ref(),
+            "vectl-pool".as_ref(),
+            target.as_os_str(),
+        ],
+    )
+    .map_err(|e| Error::Setup {
+        path: target.to_path_buf(),
+        why: if e.starts_with("cannot run") {
+            e
+        } else {
+            format!("{prog}: {e}")
+        },
+    })
+}
+
+/// Whether a device holds the backend's file system (by its superblock's magic).
+fn holds_file_system(backend: Backend, dev: &Path) -> bool {
+    match backend {
+        Backend::Xfs => is_xfs_device(dev),
+        _ => is_btrfs_device(dev),
+    }
+}
+
+/// True if a device holds an XFS (its superblock magic `XFSB` at offset 0).
+fn is_xfs_device(dev: &Path) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut magic = [0u8; 4];
+    fs::File::open(dev)
+        .and_then(|f| f.read_exact_at(&mut magic, 0))
+        .is_ok_and(|()| &magic == b"XFSB")
+}
+
+/// An xfs pool needs project quotas on: refused, saying why, otherwise.
+fn check_project_quotas(dir: &Path) -> Result<()> {
+    match xfs::quota(dir, 0) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(Error::Setup {
+            path: dir.to_path_buf(),
+            why: format!("no XFS project quotas here ({e}): mount it with -o prjquota"),
+        }),
+    }
 }
 
 /// True if a device holds a btrfs (its superblock magic `_BHRfS_M` at 64 KiB + 64).
@@ -433,8 +574,9 @@ fn is_btrfs_device(dev: &Path) -> bool {
         .is_ok_and(|()| &magic == b"_BHRfS_M")
 }
 
-/// Mounts a btrfs pool from its source at `dir`.
-fn mount(dir: &Path, source: &Source) -> Result<()> {
+/// Mounts a btrfs or xfs pool from its source at `dir` (xfs with project
+/// quotas).
+fn mount(dir: &Path, backend: Backend, source: &Source) -> Result<()> {
     let setup = |why: String| Error::Setup {
         path: dir.to_path_buf(),
         why,
@@ -459,21 +601,30 @@ fn mount(dir: &Path, source: &Source) -> Result<()> {
         Source::Device { path } => path.clone(),
         Source::Mounted => return Err(setup("not mounted (vectl does not mount it)".into())),
     };
-    if !is_btrfs_device(&dev) {
+    let fstype = backend.fs_type();
+    if !holds_file_system(backend, &dev) {
         return Err(setup(format!(
-            "{} holds no btrfs file system",
+            "{} holds no {fstype} file system",
             dev.display()
         )));
     }
     fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let data = (backend == Backend::Xfs).then_some("prjquota");
     nix::mount::mount(
         Some(dev.as_path()),
         dir,
-        Some("btrfs"),
+        Some(fstype),
         nix::mount::MsFlags::MS_NOATIME,
-        None::<&str>,
+        data,
     )
-    .map_err(|e| setup(format!("cannot mount {}: {e}", dev.display())))
+    .map_err(|e| {
+        let hint = if backend == Backend::Xfs && e == nix::errno::Errno::EINVAL {
+            " (XFS project quotas need a kernel built with CONFIG_XFS_QUOTA)"
+        } else {
+            ""
+        };
+        setup(format!("cannot mount {}: {e}{hint}", dev.display()))
+    })
 }
 
 #[cfg(test)]
@@ -496,6 +647,7 @@ mod tests {
         }
         assert_eq!("btrfs".parse::<Backend>(), Ok(Backend::Btrfs));
         assert_eq!("dir".parse::<Backend>(), Ok(Backend::Dir));
+        assert_eq!("xfs".parse::<Backend>(), Ok(Backend::Xfs));
         assert!("zfs".parse::<Backend>().is_err());
     }
 

@@ -1,4 +1,5 @@
-//! Snapshots of a VE's private layer (btrfs only): taking, listing and
+//! Snapshots of a VE's private layer (btrfs subvolume snapshots; on xfs
+//! reflinked copies in a project of their own): taking, listing and
 //! deleting them, and restoring one in two crash-safe halves (stage a copy
 //! beside the live layer, then swap it in), with the cleanup of a killed restore.
 
@@ -71,8 +72,8 @@ impl Pool {
         Ok(names)
     }
 
-    fn need_btrfs(&self, what: &'static str) -> Result<()> {
-        if self.backend == Backend::Dir {
+    fn need_snapshots(&self, what: &'static str) -> Result<()> {
+        if !self.backend.has_snapshots() {
             return Err(Error::Unsupported {
                 backend: self.backend,
                 what,
@@ -84,7 +85,7 @@ impl Pool {
     /// Takes a read-only snapshot `name` of a VE's private layer. The caller
     /// makes it consistent (the VE frozen or stopped).
     pub fn create_snapshot(&self, ve: &str, name: &str) -> Result<()> {
-        self.need_btrfs("has no snapshots (use the btrfs pool)")?;
+        self.need_snapshots("has no snapshots (use the btrfs or xfs pool)")?;
         check_snapshot_name(name)?;
         let dir = self.snapshots_dir(ve);
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
@@ -95,7 +96,25 @@ impl Pool {
                 name: name.to_string(),
             });
         }
-        btrfs::snapshot(&self.ve_volume(ve).dir, &dest, true).map_err(io_err(&dest))
+        let from = self.ve_volume(ve).dir;
+        if self.backend == Backend::Xfs {
+            return self.copy_volume(&from, &dest, None);
+        }
+        btrfs::snapshot(&from, &dest, true).map_err(io_err(&dest))
+    }
+
+    /// On xfs: a new volume at `to` (a project of its own, with limit `limit`)
+    /// holding reflinked copies of the files of volume `from`. Nothing is left
+    /// when it fails.
+    fn copy_volume(&self, from: &Path, to: &Path, limit: Option<u64>) -> Result<()> {
+        self.make_volume(to)?;
+        let made = self
+            .limit_volume(to, limit)
+            .and_then(|()| copy_tree(from, to, true));
+        if made.is_err() {
+            let _ = self.delete_volume(to);
+        }
+        made
     }
 
     /// A VE's snapshots, oldest first.
@@ -104,7 +123,10 @@ impl Pool {
         let mut out = Vec::new();
         for name in self.snapshot_names(ve)? {
             let path = dir.join(&name);
-            let created = btrfs::created(&path).map_err(io_err(&path))?;
+            let created = match self.backend {
+                Backend::Btrfs => btrfs::created(&path).map_err(io_err(&path))?,
+                _ => birth_time(&path)?,
+            };
             out.push(SnapshotInfo {
                 name,
                 created_unix: created,
@@ -115,7 +137,13 @@ impl Pool {
         Ok(out)
     }
 
+    /// On xfs: all the snapshot's project holds, as reflinked files are charged
+    /// in full to each project that has them (an upper bound of what deleting
+    /// it frees).
     fn volume_exclusive(&self, path: &Path) -> u64 {
+        if self.backend == Backend::Xfs {
+            return self.project_quota(path).map_or(0, |q| q.bytes);
+        }
         btrfs::subvolume_id(path)
             .ok()
             .and_then(|id| btrfs::qgroup_usage(self.fsid()?, id))
@@ -126,7 +154,7 @@ impl Pool {
     pub fn remove_snapshot(&self, ve: &str, name: &str) -> Result<()> {
         check_snapshot_name(name)?;
         let path = self.snapshots_dir(ve).join(name);
-        if !btrfs::is_subvolume(&path) {
+        if !self.is_volume(&path) {
             return Err(Error::NoSnapshot {
                 ve: ve.to_string(),
                 name: name.to_string(),
@@ -150,10 +178,10 @@ impl Pool {
     /// disk limit. A staged volume left unused is removed by the next restore,
     /// `finish_restore` or the VE's removal.
     pub fn stage_restore(&self, ve: &str, name: &str) -> Result<()> {
-        self.need_btrfs("has no snapshots (use the btrfs pool)")?;
+        self.need_snapshots("has no snapshots (use the btrfs or xfs pool)")?;
         check_snapshot_name(name)?;
         let snap = self.snapshots_dir(ve).join(name);
-        if !btrfs::is_subvolume(&snap) {
+        if !self.is_volume(&snap) {
             return Err(Error::NoSnapshot {
                 ve: ve.to_string(),
                 name: name.to_string(),
@@ -169,14 +197,21 @@ impl Pool {
                 human_bytes(l)
             ),
         };
-        if self.quota_mode() == Some(btrfs::QuotaMode::Simple) {
+        if self.backend == Backend::Xfs {
+            // A copy under the VE's limit: one that does not fit fails to write.
+            self.copy_volume(&snap, &fresh, limit)
+                .map_err(|e| match (e, limit) {
+                    (Error::Setup { why, .. }, Some(l)) if why.contains("quota") => does_not_fit(l),
+                    (e, _) => e,
+                })?;
+        } else if self.quota_mode() == Some(btrfs::QuotaMode::Simple) {
             // Simple quotas charge data to the subvolume that wrote it: a
             // snapshot-made volume would hold the VE's files free of its limit.
             // Copy them into a new volume under the limit instead.
             btrfs::create_subvolume(&fresh).map_err(io_err(&fresh))?;
             if let Err(e) = btrfs::set_limit(&fresh, limit)
                 .map_err(io_err(&fresh))
-                .and_then(|()| copy_tree(&snap, &fresh))
+                .and_then(|()| copy_tree(&snap, &fresh, false))
             {
                 let _ = self.delete_volume(&fresh);
                 return Err(match (e, limit) {
@@ -217,7 +252,7 @@ impl Pool {
         let fresh = ves.join(format!(".{ve}.restore"));
         let old = ves.join(format!(".{ve}.old"));
         let live = self.ve_volume(ve).dir;
-        if !btrfs::is_subvolume(&fresh) {
+        if !self.is_volume(&fresh) {
             return Err(Error::Setup {
                 path: fresh,
                 why: format!("VE {ve}: no restore was staged"),
@@ -280,6 +315,17 @@ impl Pool {
     }
 }
 
+/// When a directory was made (its birth time), seconds since the epoch.
+fn birth_time(path: &Path) -> Result<u64> {
+    let md = fs::symlink_metadata(path).map_err(io_err(path))?;
+    let t = md
+        .created()
+        .or_else(|_| md.modified())
+        .map_err(io_err(path))?;
+    Ok(t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,7 +348,7 @@ mod tests {
         let err = pool.create_snapshot("web1", "s1").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "the dir storage backend has no snapshots (use the btrfs pool)"
+            "the dir storage backend has no snapshots (use the btrfs or xfs pool)"
         );
         assert!(pool.list_snapshots("web1").unwrap().is_empty());
         assert_eq!(pool.disk("web1").unwrap().limit, None);

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::btrfs;
 use crate::error::{Error, Result, io_err};
 use crate::pool::{Backend, Pool};
+use crate::{btrfs, xfs};
 
 /// The private layer of one VE: overlay upper and work directories.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,16 +54,11 @@ impl Pool {
         if vol.dir.symlink_metadata().is_ok() {
             return Err(Error::VolumeExists(vol.dir));
         }
-        match self.backend {
-            Backend::Dir => fs::create_dir(&vol.dir),
-            Backend::Btrfs => btrfs::create_subvolume(&vol.dir),
-        }
-        .map_err(|e| {
-            if e.kind() == io::ErrorKind::AlreadyExists {
+        self.make_volume(&vol.dir).map_err(|e| match e {
+            Error::Io { source, .. } if source.kind() == io::ErrorKind::AlreadyExists => {
                 Error::VolumeExists(vol.dir.clone())
-            } else {
-                io_err(&vol.dir)(e)
             }
+            e => e,
         })?;
         fs::set_permissions(&vol.dir, fs::Permissions::from_mode(0o700))
             .map_err(io_err(&vol.dir))?;
@@ -90,7 +85,7 @@ impl Pool {
                 why: format!("VE {src}: its private layer is missing"),
             });
         }
-        if self.backend == Backend::Dir {
+        if self.backend != Backend::Btrfs {
             return Ok(from.dir);
         }
         let snap = self.clone_source_path(src);
@@ -103,9 +98,9 @@ impl Pool {
         self.dir.join("ves").join(format!(".{src}.clone"))
     }
 
-    /// Removes what [`Pool::clone_source`] made (nothing on the dir backend).
+    /// Removes what [`Pool::clone_source`] made (nothing but on btrfs).
     pub fn drop_clone_source(&self, src: &str) -> Result<()> {
-        if self.backend == Backend::Dir {
+        if self.backend != Backend::Btrfs {
             return Ok(());
         }
         self.delete_volume(&self.clone_source_path(src))
@@ -115,8 +110,9 @@ impl Pool {
     /// [`Pool::clone_source`]). On btrfs with full quota groups a writable
     /// snapshot (no data copied, shared extents); with simple quotas, which
     /// charge data to the subvolume that wrote it, and on the dir backend, the
-    /// files are copied, so they count against `dst`'s own limit. No limit is set
-    /// on the new volume.
+    /// files are copied, so they count against `dst`'s own limit. On xfs the
+    /// copies are reflinks (extents shared, each file charged to its project).
+    /// No limit is set on the new volume.
     pub fn clone_ve_volume(&self, source: &Path, dst: &str) -> Result<Volume> {
         let to = self.ve_volume(dst);
         if to.dir.symlink_metadata().is_ok() {
@@ -127,7 +123,11 @@ impl Pool {
             return Ok(to);
         }
         self.create_ve_volume(dst)?;
-        if let Err(e) = copy_tree(&source.join("upper"), &to.upper()) {
+        if let Err(e) = copy_tree(
+            &source.join("upper"),
+            &to.upper(),
+            self.backend == Backend::Xfs,
+        ) {
             let _ = self.delete_volume(&to.dir);
             return Err(e);
         }
@@ -160,18 +160,71 @@ impl Pool {
     /// being built.
     pub fn create_dir_volume(&self, path: &Path) -> Result<()> {
         match self.backend {
-            Backend::Dir => fs::create_dir(path),
+            Backend::Dir | Backend::Xfs => fs::create_dir(path),
             Backend::Btrfs => btrfs::create_subvolume(path),
         }
         .map_err(io_err(path))
     }
 
+    /// Makes an empty volume at `path` that the pool accounts for on its own:
+    /// a subvolume on btrfs, a directory with a new project on xfs, a plain
+    /// directory on `dir`.
+    pub(crate) fn make_volume(&self, path: &Path) -> Result<()> {
+        match self.backend {
+            Backend::Dir => fs::create_dir(path).map_err(io_err(path)),
+            Backend::Btrfs => btrfs::create_subvolume(path).map_err(io_err(path)),
+            Backend::Xfs => {
+                fs::create_dir(path).map_err(io_err(path))?;
+                let made = self
+                    .new_project()
+                    .and_then(|id| xfs::set_project(path, id).map_err(io_err(path)));
+                if made.is_err() {
+                    let _ = fs::remove_dir(path);
+                }
+                made
+            }
+        }
+    }
+
+    /// A project id no volume of the pool has had (xfs): the next of a counter
+    /// kept in the pool, under a lock of its own. Ids start high, clear of
+    /// projects an operator numbers by hand on a shared XFS.
+    fn new_project(&self) -> Result<u32> {
+        use std::io::{Read, Seek, Write};
+        use std::os::fd::AsRawFd;
+        const FIRST: u32 = 1 << 20;
+        let path = self.dir.join(".vectl-projects");
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        // SAFETY: flock on an fd we own; it is released when `f` is closed.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(io_err(&path)(io::Error::last_os_error()));
+        }
+        let mut text = String::new();
+        f.read_to_string(&mut text).map_err(io_err(&path))?;
+        let id = text.trim().parse::<u32>().unwrap_or(FIRST).max(FIRST);
+        let next = id.checked_add(1).ok_or_else(|| Error::Setup {
+            path: path.clone(),
+            why: "no XFS project ids left".into(),
+        })?;
+        f.rewind().map_err(io_err(&path))?;
+        f.set_len(0).map_err(io_err(&path))?;
+        f.write_all(format!("{next}\n").as_bytes())
+            .map_err(io_err(&path))?;
+        Ok(id)
+    }
+
     /// Seals a finished template version: from now on nothing writes to it.
-    /// On `dir` this is a promise kept by vectl (overlayfs never writes to a lower
-    /// layer); btrfs makes the subvolume read-only.
+    /// On `dir` and xfs this is a promise kept by vectl (overlayfs never writes
+    /// to a lower layer); btrfs makes the subvolume read-only.
     pub fn seal_volume(&self, path: &Path) -> Result<()> {
         match self.backend {
-            Backend::Dir => {
+            Backend::Dir | Backend::Xfs => {
                 fs::metadata(path).map_err(io_err(path))?;
                 Ok(())
             }
@@ -179,15 +232,32 @@ impl Pool {
         }
     }
 
-    /// Deletes a volume (a subvolume with its qgroup, or a directory tree).
-    /// Missing is fine.
+    /// Deletes a volume (a subvolume with its qgroup, a directory tree with
+    /// its project's limits, or a directory tree). Missing is fine.
     pub fn delete_volume(&self, path: &Path) -> Result<()> {
         if self.backend == Backend::Btrfs && btrfs::is_subvolume(path) {
             let id = btrfs::subvolume_id(path).map_err(io_err(path))?;
             btrfs::delete_subvolume(path).map_err(io_err(path))?;
             return self.forget_qgroup(id);
         }
-        remove_tree(path)
+        let project = match self.backend {
+            Backend::Xfs => xfs::project(path).ok().filter(|&id| id != 0),
+            _ => None,
+        };
+        remove_tree(path)?;
+        if let Some(id) = project {
+            xfs::set_limits(&self.dir, id, None, None).map_err(io_err(path))?;
+        }
+        Ok(())
+    }
+
+    /// Whether `path` is a volume of the pool: a subvolume on btrfs, a
+    /// directory (not a symlink) elsewhere.
+    pub(crate) fn is_volume(&self, path: &Path) -> bool {
+        match self.backend {
+            Backend::Btrfs => btrfs::is_subvolume(path),
+            _ => fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()),
+        }
     }
 
     /// The VE volumes in the pool (names under `ves/`; not a restore's
@@ -207,10 +277,17 @@ impl Pool {
 
 /// Copies a tree with everything overlayfs keeps in an upper layer (owners,
 /// modes, times, xattrs such as trusted.overlay.*, whiteout devices, hard links),
-/// without sharing extents (`cp -a --reflink=never`).
-pub(crate) fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+/// sharing extents where the file system can and `reflink` asks
+/// (`cp -a --reflink=auto`), otherwise not (`--reflink=never`: on btrfs simple
+/// quotas charge shared extents to their first owner only).
+pub(crate) fn copy_tree(from: &Path, to: &Path, reflink: bool) -> Result<()> {
+    let mode = if reflink {
+        "--reflink=auto"
+    } else {
+        "--reflink=never"
+    };
     let out = std::process::Command::new("cp")
-        .args(["-a", "--reflink=never", "--"])
+        .args(["-a", mode, "--"])
         .arg(from.join("."))
         .arg(to)
         .stdin(std::process::Stdio::null())

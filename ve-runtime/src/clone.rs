@@ -119,8 +119,9 @@ impl Host {
         // The copy (`cp -a` where it is not a snapshot) keeps symlinks as
         // symlinks, FIFOs as FIFOs and sparse files sparse: nothing of the
         // source is followed or opened but its regular files.
-        let (consistency, frozen_ms) = if self.pool().backend() == quota::Backend::Dir {
-            // No snapshots: the source keeps still for the whole copy.
+        let (consistency, frozen_ms) = if self.pool().backend() != quota::Backend::Btrfs {
+            // No snapshots in a moment (dir: a plain copy; xfs: reflinked
+            // copies): the source keeps still for the whole copy.
             let (_, c, ms) = self.with_layer_still(&src, || {
                 let from = self
                     .pool()

@@ -288,7 +288,7 @@ impl Host {
                 {
                     return Err(Error::Option {
                         option: "--pool-size and --pool-dev".into(),
-                        reason: "for the btrfs backend, not --backend dir".into(),
+                        reason: "for the btrfs and xfs backends, not --backend dir".into(),
                     });
                 }
                 if let Some(p) = &opts.pool_dir {
@@ -351,21 +351,21 @@ impl Host {
             }
         };
         let mut settings = settings;
-        if created && settings.backend == quota::Backend::Btrfs {
-            match make_btrfs_pool(root, &pool_dir, opts) {
+        if created && settings.backend.has_file_system() {
+            match make_pool(root, &pool_dir, settings.backend, opts) {
                 Ok(src) => settings.pool_source = Some(src),
                 Err(e) => {
                     undo_cgroups();
                     return Err(e);
                 }
             }
-        } else if settings.backend == quota::Backend::Btrfs {
+        } else if settings.backend.has_file_system() {
             // Mounted again if a reboot unmounted it.
             quota::Pool::open(&pool_dir, settings.backend, settings.pool_source.as_ref())?;
         }
         let made = |r: Result<()>| {
             if r.is_err() && created {
-                undo_btrfs_pool(&pool_dir, settings.pool_source.as_ref());
+                undo_pool(&pool_dir, settings.pool_source.as_ref());
                 undo_cgroups();
             }
             r
@@ -385,7 +385,7 @@ impl Host {
             // A host whose default network cannot be made is not initialised.
             if let Err(e) = host.create_default_net() {
                 let _ = fs::remove_file(&settings_path);
-                undo_btrfs_pool(&pool_dir, settings.pool_source.as_ref());
+                undo_pool(&pool_dir, settings.pool_source.as_ref());
                 undo_cgroups();
                 return Err(Error::DefaultNet(Box::new(e)));
             }
@@ -721,14 +721,19 @@ pub(crate) fn load_settings(path: &Path) -> Result<Option<HostSettings>> {
     Ok(Some(s))
 }
 
-/// Makes the btrfs file system of a new host's pool: on `--pool-dev`, on the
-/// operator's btrfs at `--pool-dir`, or (the default) in a sparse image file
+/// Makes the btrfs or xfs file system of a new host's pool: on `--pool-dev`, on
+/// the operator's mount at `--pool-dir`, or (the default) in a sparse image file
 /// `ROOT/pool.img` of `--pool-size` (default: half the free space, at most 1 TiB).
-fn make_btrfs_pool(root: &Path, pool_dir: &Path, opts: &InitOptions) -> Result<quota::Source> {
+fn make_pool(
+    root: &Path,
+    pool_dir: &Path,
+    backend: quota::Backend,
+    opts: &InitOptions,
+) -> Result<quota::Source> {
     let how = if let Some(dev) = &opts.pool_dev {
-        quota::NewBtrfs::Device { path: dev.clone() }
+        quota::NewPool::Device { path: dev.clone() }
     } else if opts.pool_dir.is_some() && opts.pool_size.is_none() {
-        quota::NewBtrfs::Mounted
+        quota::NewPool::Mounted
     } else {
         let image = root.join("pool.img");
         let size = match opts.pool_size {
@@ -738,7 +743,7 @@ fn make_btrfs_pool(root: &Path, pool_dir: &Path, opts: &InitOptions) -> Result<q
                     .map_err(|e| Error::state(root, e.to_string()))?;
                 let half = st.blocks_available() * st.fragment_size() / 2;
                 let size = (half.min(MAX_DEFAULT_POOL)) & !((1 << 20) - 1);
-                if size < quota::MIN_POOL_BYTES {
+                if size < backend.min_pool_bytes() {
                     return Err(Error::state(
                         root,
                         format!(
@@ -753,20 +758,20 @@ fn make_btrfs_pool(root: &Path, pool_dir: &Path, opts: &InitOptions) -> Result<q
         // A leftover of an `init` that was killed before it wrote the settings:
         // nothing can be in it yet.
         if image.exists() {
-            undo_btrfs_pool(
+            undo_pool(
                 pool_dir,
                 Some(&quota::Source::Image {
                     path: image.clone(),
                 }),
             );
         }
-        quota::NewBtrfs::Image { path: image, size }
+        quota::NewPool::Image { path: image, size }
     };
-    Ok(quota::Pool::make_btrfs(pool_dir, &how)?)
+    Ok(quota::Pool::make(pool_dir, backend, &how)?)
 }
 
-/// Takes back what [`make_btrfs_pool`] made for an `init` that failed later.
-fn undo_btrfs_pool(pool_dir: &Path, source: Option<&quota::Source>) {
+/// Takes back what [`make_pool`] made for an `init` that failed later.
+fn undo_pool(pool_dir: &Path, source: Option<&quota::Source>) {
     if let Some(quota::Source::Image { path }) = source {
         let _ = quota::Pool::unmount(pool_dir);
         let _ = fs::remove_file(path);

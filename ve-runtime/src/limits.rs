@@ -57,7 +57,7 @@ pub struct Limits {
     /// Disk time share under contention, as a weight of 10 per percent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub io_guarantee: Option<Percent>,
-    /// Disk space limit of the VE's private layer (btrfs pool).
+    /// Disk space limit of the VE's private layer (btrfs or xfs pool).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<Size>,
     /// Network bandwidth cap of each NIC, in each direction.

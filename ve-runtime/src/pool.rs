@@ -68,10 +68,13 @@ impl Host {
             backend: pool.backend(),
             dir: pool.dir().to_path_buf(),
             source: self.settings().pool_source.clone(),
-            quota: pool.quota_mode().map(|m| match m {
-                quota::btrfs::QuotaMode::Simple => "simple",
-                quota::btrfs::QuotaMode::Qgroups => "qgroups",
-            }),
+            quota: match pool.backend() {
+                quota::Backend::Xfs => Some("project"),
+                _ => pool.quota_mode().map(|m| match m {
+                    quota::btrfs::QuotaMode::Simple => "simple",
+                    quota::btrfs::QuotaMode::Qgroups => "qgroups",
+                }),
+            },
             space: pool.space()?,
             ves,
             templates,
@@ -106,7 +109,7 @@ impl Host {
         self.refuse_lost_pool_image()?;
         let pool = self.pool();
         let source = match (pool.backend(), &self.settings().pool_source) {
-            (quota::Backend::Btrfs, Some(s)) => s.clone(),
+            (b, Some(s)) if b.has_file_system() => s.clone(),
             _ => {
                 return Err(Error::Refused {
                     what: format!("pool {}", pool.dir().display()),

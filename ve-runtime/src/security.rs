@@ -275,6 +275,10 @@ fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>, errno: i32) -> Compiled<BpfPr
         .map_err(|e: seccompiler::BackendError| e.into())
 }
 
+/// `FS_IOC_FSSETXATTR` (`_IOW('X', 32, struct fsxattr)`): sets a file's XFS
+/// project, among its extended attributes.
+const FS_IOC_FSSETXATTR: u64 = 0x401c_5820;
+
 /// IOPRIO_CLASS_RT in an ioprio value (class in bits 13..15).
 const IOPRIO_CLASS_RT: u64 = 1 << 13;
 const IOPRIO_CLASS_MASK: u64 = 7 << 13;
@@ -322,12 +326,18 @@ pub(crate) fn seccomp_filters(profile: Profile) -> Compiled<Vec<BpfProgram>> {
     rules.insert(libc::SYS_mknod, mknod_rules(1, 2)?);
     rules.insert(libc::SYS_mknodat, mknod_rules(2, 3)?);
     // Typing into another terminal's input queue.
+    let mut ioctls: Vec<u64> = vec![libc::TIOCSTI, libc::TIOCLINUX];
+    if profile == Profile::Privileged {
+        // Moving files out of the VE's XFS project, past its disk limit (the
+        // kernel refuses it to a VE in a user namespace already).
+        ioctls.push(FS_IOC_FSSETXATTR);
+    }
     rules.insert(
         libc::SYS_ioctl,
-        vec![
-            rule(vec![cond(1, SeccompCmpOp::Eq, libc::TIOCSTI)?])?,
-            rule(vec![cond(1, SeccompCmpOp::Eq, libc::TIOCLINUX)?])?,
-        ],
+        ioctls
+            .into_iter()
+            .map(|cmd| rule(vec![cond(1, SeccompCmpOp::Eq, cmd)?]))
+            .collect::<std::result::Result<Vec<_>, _>>()?,
     );
     let newuser = libc::CLONE_NEWUSER as u64;
     let no_userns: &[i64] = if profile == Profile::Privileged {

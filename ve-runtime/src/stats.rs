@@ -37,7 +37,7 @@ pub struct VeStats {
     pub io_read_ops: u64,
     pub io_write_ops: u64,
     pub oom_kills: u64,
-    /// Disk used by the VE's own files (btrfs pool; absent on `dir`).
+    /// Disk used by the VE's own files (btrfs or xfs pool; absent on `dir`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -79,7 +79,7 @@ impl Host {
             Amount::Percent(Percent(p)) => (cap.ram_bytes as f64 * p / 100.0) as u64,
         };
         let mut out = Vec::with_capacity(chosen.len());
-        let btrfs = self.pool().backend() == quota::Backend::Btrfs;
+        let btrfs = self.pool().backend().has_limits();
         for mut info in chosen {
             // On `dir` use means walking the VE's files: too slow for stats.
             let disk = btrfs.then(|| self.pool().disk(&info.name).ok()).flatten();

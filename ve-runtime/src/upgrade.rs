@@ -165,10 +165,10 @@ impl Host {
         stop: StopOptions,
     ) -> Result<Moved> {
         let ve = self.resolve_existing(name)?;
-        if self.pool().backend() != quota::Backend::Btrfs {
+        if !self.pool().backend().has_snapshots() {
             return Err(Error::ve(
                 &ve,
-                "upgrade keeps a snapshot of the VE's files for rollback, which needs the btrfs pool",
+                "upgrade keeps a snapshot of the VE's files for rollback, which needs the btrfs or xfs pool",
             ));
         }
         // What ran before the upgrade runs again, also when the upgrade failed
@@ -666,7 +666,7 @@ impl Host {
             cfg.store(&self.config_path(ve))?;
         }
         crate::failpoint::hit("commit-after-record");
-        if self.pool().backend() != quota::Backend::Btrfs {
+        if !self.pool().backend().has_snapshots() {
             return Ok(Some(Committed {
                 ve: ve.to_string(),
                 template: cfg.template,

@@ -16,19 +16,23 @@ pub struct InitArgs {
     /// command's own cgroup, resolved now).
     #[arg(long, value_name = "PATH")]
     cgroup_parent: Option<String>,
-    /// Storage backend: `btrfs` (default; disk limits, no copies) or `dir` (any
-    /// file system, no disk limits).
-    #[arg(long, value_parser = ["btrfs", "dir"])]
+    /// Storage backend: `btrfs` (default; disk limits, snapshots, no copies),
+    /// `xfs` (disk limits that `df` in a VE shows as its own disk, reflinked
+    /// snapshots; needs a kernel with XFS quota support) or `dir` (any file
+    /// system, no disk limits).
+    #[arg(long, value_parser = ["btrfs", "xfs", "dir"])]
     backend: Option<String>,
-    /// Pool directory (default: ROOT/pool). With btrfs and no --pool-size or
-    /// --pool-dev: a directory on a btrfs the operator mounted.
+    /// Pool directory (default: ROOT/pool). With btrfs or xfs and no --pool-size
+    /// or --pool-dev: a directory on a file system of that kind the operator
+    /// mounted (xfs: with -o prjquota).
     #[arg(long, value_name = "DIR")]
     pool_dir: Option<PathBuf>,
     /// Size of the pool's sparse image file ROOT/pool.img (default: half the free
     /// space, at most 1T).
     #[arg(long, value_name = "SIZE", value_parser = parse::text::<Size>)]
     pool_size: Option<Checked<Size>>,
-    /// A block device for the pool: used if it holds btrfs, formatted if blank.
+    /// A block device for the pool: used if it holds the backend's file system
+    /// (btrfs or xfs), formatted if blank.
     #[arg(long, value_name = "DEV", conflicts_with = "pool_size")]
     pool_dev: Option<PathBuf>,
     /// Do not make the default nat network (VEs then get loopback only unless

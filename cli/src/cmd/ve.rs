@@ -63,7 +63,7 @@ pub struct LimitArgs {
     #[arg(long, value_name = "P%", allow_hyphen_values = true,
         value_parser = parse::text::<Setting<Percent>>)]
     io_guarantee: Option<Checked<Setting<Percent>>>,
-    /// Disk space of the VE's own files (btrfs pool): 10G; live on a running VE.
+    /// Disk space of the VE's own files (btrfs or xfs pool): 10G; live on a running VE.
     #[arg(long, value_name = "SIZE", allow_hyphen_values = true,
         value_parser = parse::text::<Setting<Size>>)]
     disk: Option<Checked<Setting<Size>>>,

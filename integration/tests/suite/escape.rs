@@ -29,7 +29,7 @@ use std::time::Duration;
 use crate::common::*;
 
 /// The probe, built once per test run.
-fn probe() -> &'static Path {
+pub(crate) fn probe() -> &'static Path {
     static PROBE: OnceLock<PathBuf> = OnceLock::new();
     PROBE.get_or_init(|| {
         let src = integration::repo_dir().join("integration/probes/ve_probe.c");
@@ -46,7 +46,7 @@ fn probe() -> &'static Path {
 }
 
 /// Copies the probe into VE `ve` as /ve_probe.
-fn plant_probe(h: &TestHost, ve: &str) {
+pub(crate) fn plant_probe(h: &TestHost, ve: &str) {
     let r = h
         .command()
         .args([
@@ -71,7 +71,7 @@ fn fields(out: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn probe_in(h: &TestHost, ve: &str, args: &[&str]) -> BTreeMap<String, String> {
+pub(crate) fn probe_in(h: &TestHost, ve: &str, args: &[&str]) -> BTreeMap<String, String> {
     let mut cmd = vec!["/ve_probe"];
     cmd.extend_from_slice(args);
     let r = h.exec(ve, &cmd);

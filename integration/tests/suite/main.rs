@@ -37,3 +37,4 @@ mod terminal;
 mod upgrade;
 mod userns;
 mod vm_host_features;
+mod xfs_pool;

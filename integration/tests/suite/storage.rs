@@ -293,7 +293,7 @@ impl Drop for LoopGuard {
 /// A state directory for an `init` expected to fail, with its cgroup parent
 /// beside the host's: on drop, anything the init left (mounts, loop devices,
 /// cgroup directories) is removed before the directory is.
-struct InitCase {
+pub(crate) struct InitCase {
     dir: tempfile::TempDir,
     cgroup_parent: String,
     cgroup_dirs: Vec<PathBuf>,
@@ -301,7 +301,7 @@ struct InitCase {
 }
 
 impl InitCase {
-    fn new(h: &TestHost) -> InitCase {
+    pub(crate) fn new(h: &TestHost) -> InitCase {
         let name = integration::unique("vtbad");
         let cgroup_parent = match std::env::var("VECTL_TEST_CGROUP_BASE") {
             Ok(base) => format!("{}/{name}", base.trim_end_matches('/')),
@@ -324,12 +324,12 @@ impl InitCase {
         }
     }
 
-    fn root(&self) -> &Path {
+    pub(crate) fn root(&self) -> &Path {
         self.dir.path()
     }
 
     /// `vectl --root DIR init --cgroup-parent P ARGS`.
-    fn init(&self, args: &[&str]) -> Run {
+    pub(crate) fn init(&self, args: &[&str]) -> Run {
         let mut c = bare_vectl();
         c.arg("--root")
             .arg(self.root())
