@@ -18,6 +18,12 @@
 //! inside the VE ends its init with SIGKILL (the kernel ends a PID namespace's
 //! init that way), so it counts as a failure: `on-failure` brings it back.
 //!
+//! An init that ends before the supervisor holds it (a VE whose init fails at
+//! once) is found by the scan that `start`'s run state triggers: dead, started
+//! since the supervisor runs, and not recorded yet. Its status comes from the
+//! exit events the connector reported for processes it did not hold (the last
+//! [`RECENT_EXITS`]).
+//!
 //! If the supervisor is not running, VEs run on: nothing of theirs depends on
 //! it. It finds the running VEs again when it starts; an init that ended while
 //! it was down is not seen (its VE shows `stopped`).
@@ -43,6 +49,31 @@ const RESCAN: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// A VE that ran this long before its init ended starts the restart count again.
 const STABLE_SECS: u64 = 600;
+/// How many exit statuses of processes it does not hold the supervisor keeps,
+/// for inits that end before it holds them.
+const RECENT_EXITS: usize = 4096;
+
+/// Exit statuses the connector reported for processes not held (pid → raw
+/// status), the newest last.
+#[derive(Default)]
+struct RecentExits(std::collections::VecDeque<(i32, u32)>);
+
+impl RecentExits {
+    fn push(&mut self, pid: i32, code: u32) {
+        if self.0.len() == RECENT_EXITS {
+            self.0.pop_front();
+        }
+        self.0.push_back((pid, code));
+    }
+
+    fn of(&self, pid: i32) -> Option<u32> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(p, _)| *p == pid)
+            .map(|(_, c)| *c)
+    }
+}
 
 /// One running VE's init the supervisor holds.
 struct Watched {
@@ -108,6 +139,8 @@ pub fn supervise(roots: &dyn Fn() -> Vec<PathBuf>, vectl: &Path) -> Result<()> {
     let mut inits: HashMap<i32, Watched> = HashMap::new();
     let mut due: Vec<Due> = Vec::new();
     let mut starting: HashMap<u32, (Due, std::process::Child)> = HashMap::new();
+    let mut recent = RecentExits::default();
+    let since = crate::state::now_secs();
     let mut next_scan = Instant::now();
     loop {
         if Instant::now() >= next_scan {
@@ -133,7 +166,25 @@ pub fn supervise(roots: &dyn Fn() -> Vec<PathBuf>, vectl: &Path) -> Result<()> {
                 {
                     watched_dirs.push(run);
                 }
-                scan(&root, &mut inits);
+                // Exit events first, for inits that ended before they were held.
+                if let Some(c) = &cn {
+                    c.drain(&mut inits, &mut recent);
+                }
+                for dead in scan(&root, &mut inits, since) {
+                    // Its exit event may trail its end by a moment.
+                    if let Some(c) = &cn {
+                        let deadline = Instant::now() + Duration::from_millis(300);
+                        while recent.of(dead.rs.pid).is_none() && Instant::now() < deadline {
+                            let mut fds = [PollFd::new(c.fd.as_fd(), PollFlags::POLLIN)];
+                            let _ = poll(&mut fds, PollTimeout::from(50u16));
+                            c.drain(&mut inits, &mut recent);
+                        }
+                    }
+                    let code = recent.of(dead.rs.pid);
+                    if let Some(d) = ended_init(&root, &dead.ve, &dead.rs, code) {
+                        due.push(d);
+                    }
+                }
                 consoles.listen(&root);
             }
             consoles.prune();
@@ -211,7 +262,7 @@ pub fn supervise(roots: &dyn Fn() -> Vec<PathBuf>, vectl: &Path) -> Result<()> {
         if (cn_ready || !ended.is_empty())
             && let Some(c) = &cn
         {
-            c.drain(&mut inits);
+            c.drain(&mut inits, &mut recent);
         }
         if ino_ready {
             while let Ok(events) = inotify.read_events() {
@@ -231,12 +282,12 @@ pub fn supervise(roots: &dyn Fn() -> Vec<PathBuf>, vectl: &Path) -> Result<()> {
                 {
                     let mut fds = [PollFd::new(c.fd.as_fd(), PollFlags::POLLIN)];
                     let _ = poll(&mut fds, PollTimeout::from(50u16));
-                    c.drain(&mut inits);
+                    c.drain(&mut inits, &mut recent);
                 }
             }
             if let Some(w) = inits.remove(&pid) {
                 consoles.ended(&w.root, &w.ve, w.rs.pid);
-                if let Some(d) = ended_init(w) {
+                if let Some(d) = ended_init(&w.root, &w.ve, &w.rs, w.exit_code) {
                     due.push(d);
                 }
             }
@@ -317,10 +368,20 @@ fn take_root(root: &Path) -> Option<fs::File> {
     }
 }
 
-/// Holds a pidfd for every running VE of `root` not held yet.
-fn scan(root: &Path, inits: &mut HashMap<i32, Watched>) {
-    let Ok(entries) = fs::read_dir(root.join("run")) else {
-        return;
+/// A VE whose init ended before the supervisor held it.
+struct Dead {
+    ve: String,
+    rs: RunState,
+}
+
+/// Holds a pidfd for every running VE of `root` not held yet. Returns the VEs
+/// whose init ended unseen: started in this boot since the supervisor started
+/// (`since`), with no end recorded and no `vectl stop` under way.
+fn scan(root: &Path, inits: &mut HashMap<i32, Watched>, since: u64) -> Vec<Dead> {
+    let mut dead = Vec::new();
+    let run = root.join("run");
+    let Ok(entries) = fs::read_dir(&run) else {
+        return dead;
     };
     for e in entries.flatten() {
         let name = e.file_name();
@@ -330,14 +391,36 @@ fn scan(root: &Path, inits: &mut HashMap<i32, Watched>) {
         let Ok(Some(rs)) = RunState::load(&e.path()) else {
             continue;
         };
-        if inits.contains_key(&rs.pid) || !rs.is_alive() {
+        if inits.contains_key(&rs.pid) {
+            continue;
+        }
+        let unseen_end = |rs: &RunState| {
+            rs.started_at + 1 >= since
+                && rs.boot_id == crate::state::boot_id()
+                && !run.join(format!("{ve}.exit")).exists()
+                && !run.join(format!("{ve}.stopping")).exists()
+        };
+        if !rs.is_alive() {
+            if unseen_end(&rs) {
+                dead.push(Dead {
+                    ve: ve.to_string(),
+                    rs,
+                });
+            }
             continue;
         }
         let Ok(pidfd) = sys::pidfd_open(rs.pid) else {
             continue;
         };
-        // The pid may have been reused between the check and the open.
+        // The pid may have been reused between the check and the open, or
+        // the init ended meanwhile.
         if !rs.is_alive() {
+            if unseen_end(&rs) {
+                dead.push(Dead {
+                    ve: ve.to_string(),
+                    rs,
+                });
+            }
             continue;
         }
         inits.insert(
@@ -351,33 +434,35 @@ fn scan(root: &Path, inits: &mut HashMap<i32, Watched>) {
             },
         );
     }
+    dead
 }
 
-/// An init ended: records how, unless `vectl stop` ended it, and returns the
-/// restart its policy asks for.
-fn ended_init(w: Watched) -> Option<Due> {
-    let run = w.root.join("run");
+/// An init ended (`code`: its raw status, if the connector said): records
+/// how, unless `vectl stop` ended it, and returns the restart its policy asks
+/// for.
+fn ended_init(root: &Path, ve: &str, init: &RunState, code: Option<u32>) -> Option<Due> {
+    let run = root.join("run");
     // `vectl stop` of this very init (a marker a killed stop left behind
     // names another one).
-    if fs::read_to_string(run.join(format!("{}.stopping", w.ve)))
-        .is_ok_and(|pid| pid.trim() == w.rs.pid.to_string())
+    if fs::read_to_string(run.join(format!("{}.stopping", ve)))
+        .is_ok_and(|pid| pid.trim() == init.pid.to_string())
     {
         return None;
     }
-    match RunState::load(&run.join(format!("{}.json", w.ve))) {
-        Ok(Some(rs)) if rs.pid == w.rs.pid && rs.start_ticks == w.rs.start_ticks => {}
+    match RunState::load(&run.join(format!("{}.json", ve))) {
+        Ok(Some(rs)) if rs.pid == init.pid && rs.start_ticks == init.start_ticks => {}
         _ => return None,
     }
-    let (code, signal) = match w.exit_code {
+    let (code, signal) = match code {
         Some(raw) if raw & 0x7f != 0 => {
             (None, Some(crate::signal_name((raw & 0x7f).cast_signed())))
         }
         Some(raw) => (Some(((raw >> 8) & 0xff).cast_signed()), None),
         None => (None, None),
     };
-    let ran_secs = crate::state::now_secs().saturating_sub(w.rs.started_at);
+    let ran_secs = crate::state::now_secs().saturating_sub(init.started_at);
     let before = if ran_secs < STABLE_SECS {
-        w.rs.last_exit.as_ref().map_or(0, |x| x.restarts)
+        init.last_exit.as_ref().map_or(0, |x| x.restarts)
     } else {
         0
     };
@@ -388,7 +473,7 @@ fn ended_init(w: Watched) -> Option<Due> {
         ran_secs,
         restarts: before,
     };
-    let policy = VeConfig::load(&w.root.join("ves").join(format!("{}.toml", w.ve)))
+    let policy = VeConfig::load(&root.join("ves").join(format!("{ve}.toml")))
         .ok()
         .flatten()
         .map(|c| c.autostart.restart);
@@ -404,14 +489,14 @@ fn ended_init(w: Watched) -> Option<Due> {
     if restart {
         rec.restarts = before + 1;
     }
-    let path = run.join(format!("{}.exit", w.ve));
+    let path = run.join(format!("{}.exit", ve));
     if let Err(e) = rec.store(&path) {
-        log(&format!("VE {}: cannot record its end: {e}", w.ve));
+        log(&format!("VE {}: cannot record its end: {e}", ve));
     }
     log(&format!(
         "VE {} ({}): {} after {ran_secs}s{}",
-        w.ve,
-        w.root.display(),
+        ve,
+        root.display(),
         rec.how(),
         if restart {
             format!(", restart {} in {}s", rec.restarts, delay.as_secs())
@@ -419,11 +504,11 @@ fn ended_init(w: Watched) -> Option<Due> {
             String::new()
         }
     ));
-    let id = ve_id(&w.root, &w.ve)?;
+    let id = ve_id(root, ve)?;
     restart.then(|| Due {
         at: Instant::now() + delay,
-        root: w.root,
-        ve: w.ve,
+        root: root.to_path_buf(),
+        ve: ve.to_string(),
         id,
         attempts: 0,
     })
@@ -542,8 +627,9 @@ impl ProcConnector {
         Ok(ProcConnector { fd })
     }
 
-    /// Reads every pending event; notes the exit codes of held inits.
-    fn drain(&self, inits: &mut HashMap<i32, Watched>) {
+    /// Reads every pending event; notes the exit codes of held inits, and
+    /// of other processes in `recent`.
+    fn drain(&self, inits: &mut HashMap<i32, Watched>, recent: &mut RecentExits) {
         let mut buf = [0u8; 8192];
         loop {
             let n = match nix::unistd::read(self.fd.as_fd(), &mut buf) {
@@ -559,7 +645,7 @@ impl ProcConnector {
                 if len < NLMSG_HDRLEN || off + len > n {
                     break;
                 }
-                note_exit(&buf[off + NLMSG_HDRLEN..off + len], inits);
+                note_exit(&buf[off + NLMSG_HDRLEN..off + len], inits, recent);
                 off += (len + 3) & !3;
             }
         }
@@ -573,7 +659,7 @@ fn u32_at(b: &[u8], off: usize) -> u32 {
 }
 
 /// One connector message (a cn_msg and its proc_event).
-fn note_exit(msg: &[u8], inits: &mut HashMap<i32, Watched>) {
+fn note_exit(msg: &[u8], inits: &mut HashMap<i32, Watched>, recent: &mut RecentExits) {
     let ev = CN_MSG_LEN;
     if msg.len() < ev + 16 + 12 || u32_at(msg, ev) != PROC_EVENT_EXIT {
         return;
@@ -584,10 +670,12 @@ fn note_exit(msg: &[u8], inits: &mut HashMap<i32, Watched>) {
         u32_at(msg, data + 4).cast_signed(),
         u32_at(msg, data + 8),
     );
-    if pid == tgid
-        && let Some(w) = inits.get_mut(&pid)
-    {
-        w.exit_code = Some(code);
+    if pid != tgid {
+        return;
+    }
+    match inits.get_mut(&pid) {
+        Some(w) => w.exit_code = Some(code),
+        None => recent.push(pid, code),
     }
 }
 
@@ -596,7 +684,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_exit_event_of_a_held_init_gives_its_code_and_others_are_ignored() {
+    fn an_exit_event_of_a_held_init_gives_its_code_and_others_are_kept_apart() {
         let (r, _w) = nix::unistd::pipe().unwrap();
         let mut inits = HashMap::new();
         inits.insert(
@@ -628,13 +716,33 @@ mod tests {
             m.extend_from_slice(&[0u8; 12]);
             m
         };
-        // A thread of it, another process, a fork event: nothing.
-        note_exit(&event(PROC_EVENT_EXIT, 4243, 4242, 9), &mut inits);
-        note_exit(&event(PROC_EVENT_EXIT, 77, 77, 9), &mut inits);
-        note_exit(&event(1, 4242, 4242, 9), &mut inits);
+        let mut recent = RecentExits::default();
+        // A thread of it, another process, a fork event: nothing for it; the
+        // other process's status is kept aside, a thread's or a fork's not.
+        note_exit(
+            &event(PROC_EVENT_EXIT, 4243, 4242, 9),
+            &mut inits,
+            &mut recent,
+        );
+        note_exit(&event(PROC_EVENT_EXIT, 77, 77, 9), &mut inits, &mut recent);
+        note_exit(&event(1, 4242, 4242, 9), &mut inits, &mut recent);
         assert_eq!(inits[&4242].exit_code, None);
-        note_exit(&event(PROC_EVENT_EXIT, 4242, 4242, 3 << 8), &mut inits);
+        assert_eq!(recent.of(77), Some(9));
+        assert_eq!(recent.of(4243), None);
+        note_exit(
+            &event(PROC_EVENT_EXIT, 4242, 4242, 3 << 8),
+            &mut inits,
+            &mut recent,
+        );
         assert_eq!(inits[&4242].exit_code, Some(3 << 8));
+        assert_eq!(recent.of(4242), None);
+        // Bounded: the oldest go first; the newest status of a pid wins.
+        for pid in 0..i32::try_from(RECENT_EXITS).unwrap() {
+            recent.push(1000 + pid, 0);
+        }
+        assert_eq!(recent.of(77), None);
+        recent.push(1000, 7);
+        assert_eq!(recent.of(1000), Some(7));
     }
 
     #[test]

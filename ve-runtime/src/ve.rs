@@ -597,7 +597,7 @@ impl Host {
         // again. The limit is lifted for the moment of the mount and put back once
         // init runs (a marker lets the next command put it back if vectl dies).
         let lifted = match cfg.limits.disk {
-            Some(Size(d)) if self.pool().backend() == quota::Backend::Btrfs => {
+            Some(Size(d)) if self.pool().backend().has_limits() => {
                 self.lift_disk_limit(&ve)?;
                 Some(d)
             }
@@ -657,7 +657,16 @@ impl Host {
                 ve,
                 reason: "internal: no state recorded".into(),
             }),
-            (Err(e), _) => {
+            (Err(e), recorded) => {
+                // A start that failed after recording its init is no crash:
+                // the supervisor is told, as by `vectl stop`.
+                if let Some(rs) = recorded {
+                    let _ = crate::fsutil::write_atomic(
+                        &self.stopping_marker(&ve),
+                        rs.pid.to_string().as_bytes(),
+                        false,
+                    );
+                }
                 let _ = self.clean_up_stopped(&ve);
                 Err(e)
             }
@@ -973,7 +982,7 @@ impl Host {
         if let Some(b) = &before {
             from.limits = b.clone();
         }
-        let write_disk = self.pool().backend() == quota::Backend::Btrfs
+        let write_disk = self.pool().backend().has_limits()
             && (before.is_none() || from.limits.disk != cfg.limits.disk);
         let forward = cfg
             .limits
@@ -1075,10 +1084,10 @@ impl Host {
 
     /// A disk limit needs a pool that can enforce one: refused up front otherwise.
     fn check_disk_limit(&self, ve: &str, limits: &Limits) -> Result<()> {
-        if limits.disk.is_some() && self.pool().backend() == quota::Backend::Dir {
+        if limits.disk.is_some() && !self.pool().backend().has_limits() {
             return Err(Error::BadLimit {
                 ve: ve.to_string(),
-                reason: "--disk: the dir storage backend has no disk limits (initialise the host with the btrfs pool)".into(),
+                reason: "--disk: the dir storage backend has no disk limits (initialise the host with the btrfs or xfs pool)".into(),
             });
         }
         Ok(())
@@ -1266,7 +1275,9 @@ impl Host {
         };
         let vol = self.pool().ve_volume(&ve);
         let disk = self.pool().disk(&ve).ok();
-        let alive = self.alive_state(&ve)?;
+        // Only a look: no lock is held, so nothing is repaired or thawed (a
+        // start or snapshot may be under way).
+        let alive = self.alive_state_with(&ve, false)?;
         let console = alive.as_ref().map(|rs| rs.console);
         let proc_view = match alive {
             None => None,
@@ -1360,8 +1371,9 @@ impl Host {
     /// VE's /etc/passwd may be a symlink, a FIFO or a huge file.
     pub(crate) fn enter(&self, name_or_id: &str) -> Result<i32> {
         let ve = self.resolve_existing(name_or_id)?;
+        // No lock is held: nothing is repaired or thawed.
         let rs = self
-            .alive_state(&ve)?
+            .alive_state_with(&ve, false)?
             .ok_or_else(|| Error::NotRunning(ve.clone()))?;
         // Pinned, and checked again once its root is open: the pid is the init's.
         let _pin = sys::pidfd_open(rs.pid).map_err(|_| Error::NotRunning(ve.clone()))?;

@@ -137,6 +137,33 @@ fn an_init_that_exits_is_told_from_one_that_fails_and_restarts_back_off() {
     h.ok(&["stop", "cx"]);
     std::thread::sleep(Duration::from_secs(5));
     assert_eq!(status(&h, "cx"), "stopped");
+
+    // An init that ends before the supervisor holds it (here: while the
+    // supervisor is stopped) is seen all the same, with its status. (`start`
+    // waits 5 s for the stopped supervisor to take the console, so the init
+    // outlives that.)
+    h.ok(&[
+        "create",
+        "cq",
+        "--template",
+        "bb",
+        "--restart",
+        "no",
+        "--init",
+        "/bin/sh -c 'sleep 7; exit 4'",
+    ]);
+    let sup = nix::unistd::Pid::from_raw(_sup.0.id().cast_signed());
+    nix::sys::signal::kill(sup, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let started = h.run(&["start", "cq"]);
+    assert_eq!(started.code, 0, "{started:?}");
+    let show = h.json(&["show", "cq"]);
+    let pid = show["pid"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("cq has no init after start: {show}"));
+    wait_for("cq's init to end", || !alive(pid as i32));
+    nix::sys::signal::kill(sup, nix::sys::signal::Signal::SIGCONT).unwrap();
+    wait_for("cq crashed", || status(&h, "cq") == "crashed");
+    assert_eq!(h.json(&["show", "cq"])["last_exit"]["code"], 4);
 }
 
 #[test]

@@ -7,6 +7,7 @@
 use std::fs;
 use std::path::PathBuf;
 
+use crate::common::{Supervisor, wait_for};
 use integration::{FileServer, TestHost, skip};
 
 /// The local mirror, or `None` after a SKIP line saying how to make it.
@@ -263,10 +264,9 @@ fn a_failed_debootstrap_leaves_nothing() {
     assert_eq!(r.code, 2, "{}", r.stderr);
 }
 
-/// Units that fail in a VE for a reason of the VE, not of the distribution:
-/// console-getty wants a terminal on /dev/console, which is bound to /dev/null
-/// until VEs have a console of their own. The README lists them.
-const FAILING_UNITS: &[&str] = &["console-getty.service"];
+/// Units that fail in a VE for a reason of the VE, not of the distribution
+/// (the README lists them): none now that a VE has a console of its own.
+const FAILING_UNITS: &[&str] = &[];
 
 #[test]
 fn a_debian_template_with_systemd_boots_as_a_ve_in_its_user_namespace() {
@@ -340,6 +340,9 @@ fn boots_with_systemd(h: &TestHost, template: &str) {
         "10.79.0.0/24",
     ]);
     h.ok(&["create", "web1", "--template", template, "--net", "sdnet"]);
+    // The supervisor holds the VE's console: console-getty.service gets a
+    // terminal on /dev/console.
+    let _sup = Supervisor::start(h);
     let t0 = Instant::now();
     h.ok(&["start", "web1"]);
     assert!(
@@ -388,6 +391,10 @@ fn boots_with_systemd(h: &TestHost, template: &str) {
                 .stdout
         );
     }
+    // The console: systemd's boot messages and a getty's login prompt.
+    wait_for("a login prompt on web1's console", || {
+        h.ok(&["logs", "web1"]).contains("login: ")
+    });
     // systemd is init, and manages its services in cgroups of its own below the
     // VE's (delegated) one.
     assert_eq!(h.exec("web1", &["cat", "/proc/1/comm"]).stdout, "systemd\n");
