@@ -4,7 +4,8 @@
 #   - format and lint checks (cargo fmt --check, clippy -D warnings),
 #   - unit tests and the real-kernel integration tests (cargo test --workspace:
 #     real VEs with namespaces, cgroups and overlayfs on this machine),
-#   - the cgroup-v2 suite in a QEMU VM (integration/vm/run), when present,
+#   - the cgroup-v2 suite in a QEMU VM (integration/vm/run), when present, and
+#     a smaller one on legacy cgroup v1 with no cgroup2 (VECTL_VM_CGROUP=v1),
 # and ends with how many tests were skipped and why. Exit status: 0 only if
 # everything that ran passed and, when CI is set (CI=true, as CI services and
 # .ci/run set it), nothing skipped but the known host gaps: a skip whose reason
@@ -89,6 +90,8 @@ fi
 if [ -x integration/vm/run ]; then
     step "cgroup v2 suite in a VM"
     VECTL_VM_ALLOW_SKIP=1 integration/vm/run
+    step "legacy cgroup v1 suite in a VM (no cgroup2 at all)"
+    VECTL_VM_CGROUP=v1 VECTL_VM_ALLOW_SKIP=1 integration/vm/run
 fi
 
 step "nothing left on the host"

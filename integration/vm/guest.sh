@@ -75,6 +75,19 @@ setup() {
     ip link set lo up || return 1
     echo vectl-vm >/proc/sys/kernel/hostname
 
+    if [ "${VM_CGROUP:-v2}" = v1 ]; then
+        # Legacy cgroup v1 only, as a host without the unified hierarchy has
+        # it: one hierarchy per controller and systemd's named one, no cgroup2.
+        mount -t tmpfs -o mode=755 cgroup /sys/fs/cgroup || return 1
+        local c
+        for c in cpu cpuacct cpuset memory pids blkio devices freezer; do
+            mkdir "/sys/fs/cgroup/$c" &&
+                mount -t cgroup -o "$c" cgroup "/sys/fs/cgroup/$c" || return 1
+        done
+        mkdir /sys/fs/cgroup/systemd &&
+            mount -t cgroup -o none,name=systemd cgroup /sys/fs/cgroup/systemd || return 1
+        return 0
+    fi
     # cgroup v2: the root's controllers for everyone below; this runner (and so
     # every test) in the leaf /runner, so /vectl-tests can delegate.
     mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup || return 1
@@ -89,17 +102,28 @@ facts() {
     echo "vm: guest kernel: $(uname -r) ($(uname -v))"
     echo "vm: cgroup mounts:"
     grep -E '^[^ ]+ [^ ]+ cgroup2? ' /proc/self/mounts | sed 's/^/vm:   /'
-    if grep -qE '^[^ ]+ [^ ]+ cgroup ' /proc/self/mounts; then
+    if [ "${VM_CGROUP:-v2}" = v1 ]; then
+        if grep -qE '^[^ ]+ [^ ]+ cgroup2 ' /proc/self/mounts; then
+            echo "vm: error: a cgroup2 hierarchy is mounted"
+            ok=1
+        fi
+        if ! grep -qE '^[^ ]+ /sys/fs/cgroup/memory cgroup ' /proc/self/mounts; then
+            echo "vm: error: no cgroup v1 memory hierarchy"
+            ok=1
+        fi
+    elif grep -qE '^[^ ]+ [^ ]+ cgroup ' /proc/self/mounts; then
         echo "vm: error: a cgroup v1 hierarchy is mounted"
         ok=1
     fi
-    if ! grep -qE '^[^ ]+ /sys/fs/cgroup cgroup2 ' /proc/self/mounts; then
+    if [ "${VM_CGROUP:-v2}" = v2 ] && ! grep -qE '^[^ ]+ /sys/fs/cgroup cgroup2 ' /proc/self/mounts; then
         echo "vm: error: /sys/fs/cgroup is not cgroup2"
         ok=1
     fi
-    echo "vm: cgroup controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
-    echo "vm: root subtree_control: $(cat /sys/fs/cgroup/cgroup.subtree_control)"
-    echo "vm: runner cgroup: $(cat /proc/self/cgroup)"
+    if [ "${VM_CGROUP:-v2}" = v2 ]; then
+        echo "vm: cgroup controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
+        echo "vm: root subtree_control: $(cat /sys/fs/cgroup/cgroup.subtree_control)"
+    fi
+    echo "vm: runner cgroup: $(cat /proc/self/cgroup | tr '\n' ' ')"
     capeff=$(sed -n 's/^CapEff:[[:space:]]*//p' /proc/self/status)
     echo "vm: CapEff: $capeff ($(capsh --decode="$capeff" 2>/dev/null | sed 's/^.*=//' || echo '?'))"
     if (((0x$capeff >> 24 & 1) == 0)); then
@@ -152,7 +176,7 @@ if ! setup; then
     exit
 fi
 if ! facts; then
-    echo "vm: error: the guest is not a pure cgroup-v2, full-capability kernel"
+    echo "vm: error: the guest is not a pure cgroup-${VM_CGROUP:-v2}, full-capability kernel"
     exit
 fi
 # LXCFS for the VEs' /proc view, as the set-up starts it on a host.

@@ -1,5 +1,5 @@
 //! Disk accounting and limits: a VE's use against its limit, setting and
-//! forcing limits (btrfs quota groups), the quota mode, and the qgroups that
+//! forcing limits (btrfs quota groups, XFS project quotas), the quota mode, and the qgroups that
 //! deleted subvolumes leave behind (pending ones swept, stale ones found for
 //! `pool check`).
 
@@ -110,16 +110,15 @@ impl Pool {
         match self.backend {
             Backend::Dir => Err(Error::Unsupported {
                 backend: self.backend,
-                what: "has no disk limits (use the btrfs pool)",
+                what: "has no disk limits (use the btrfs or xfs pool)",
             }),
-            Backend::Btrfs => {
-                let dir = self.ve_volume(ve).dir;
+            Backend::Btrfs | Backend::Xfs => {
                 if let Some(limit) = bytes {
-                    let now = self.disk(ve)?;
-                    let shrinking = now.limit.is_none_or(|l| limit < l);
+                    let shrinking = self.disk(ve)?.limit.is_none_or(|l| limit < l);
                     if shrinking {
-                        // Usage is counted at commit: commit first for the truth.
-                        btrfs::sync(&dir).map_err(io_err(&dir))?;
+                        // Use is counted at commit (btrfs) or once delayed
+                        // allocations are written out (xfs): commit first.
+                        self.commit()?;
                         let used = self.disk(ve)?.used;
                         if used > limit {
                             return Err(Error::BelowUsage {
@@ -130,27 +129,12 @@ impl Pool {
                         }
                     }
                 }
-                btrfs::set_limit(&dir, bytes).map_err(io_err(&dir))
-            }
-            Backend::Xfs => {
-                if let Some(limit) = bytes {
-                    // Delayed allocations are counted once written out.
-                    self.commit()?;
-                    let used = self.disk(ve)?.used;
-                    if used > limit {
-                        return Err(Error::BelowUsage {
-                            ve: ve.to_string(),
-                            limit: human_bytes(limit),
-                            used: human_bytes(used),
-                        });
-                    }
-                }
                 self.force_disk_limit(ve, bytes)
             }
         }
     }
 
-    /// Sets a VE volume's limit without looking at its use (btrfs takes a limit
+    /// Sets a VE volume's limit without looking at its use (btrfs and xfs take a limit
     /// below use; writes then fail until the volume shrinks). For putting a
     /// limit back, not for operators' changes. A no-op on `dir`.
     pub fn force_disk_limit(&self, ve: &str, bytes: Option<u64>) -> Result<()> {
@@ -324,7 +308,7 @@ mod tests {
         let err = pool.set_disk_limit("web1", Some(1 << 30)).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "the dir storage backend has no disk limits (use the btrfs pool)"
+            "the dir storage backend has no disk limits (use the btrfs or xfs pool)"
         );
     }
 

@@ -186,12 +186,7 @@ impl<'h> Ves<'h> {
     pub fn rebind_proc_view(
         self,
         wait: std::time::Duration,
-    ) -> Result<
-        Vec<(
-            String,
-            std::result::Result<crate::procview::Rebound, String>,
-        )>,
-    > {
+    ) -> Result<crate::procview::RebindReport> {
         self.0.rebind_proc_view(wait)
     }
 

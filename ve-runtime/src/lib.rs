@@ -92,7 +92,7 @@ pub use netns::nic::{Nic, NicInfo, NicRequest};
 pub use options::{CreateOptions, ExecOptions, StopOptions};
 pub use pool::{PoolInfo, VolumeUse};
 pub use pool_check::PoolProblem;
-pub use procview::{DEFAULT_LXCFS_DIR, Lxcfs, ProcViewSettings, Rebound, VIEW_OFF};
+pub use procview::{DEFAULT_LXCFS_DIR, Lxcfs, ProcViewSettings, RebindReport, Rebound, VIEW_OFF};
 pub use quota::{
     Backend as PoolBackend, LostImage, PoolSpace, SnapshotInfo, Source as PoolSource,
     UnknownBackend,

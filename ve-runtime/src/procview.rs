@@ -141,6 +141,9 @@ pub(crate) fn bind_at_start(lxcfs: &Lxcfs, root: &Path) -> Step {
     Ok(())
 }
 
+/// Per running VE, by name: what a rebind did there, or why it could not.
+pub type RebindReport = Vec<(String, std::result::Result<Rebound, String>)>;
+
 /// What [`rebind`] did in one VE.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rebound {

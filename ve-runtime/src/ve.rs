@@ -1100,12 +1100,7 @@ impl Host {
     pub(crate) fn rebind_proc_view(
         &self,
         wait: std::time::Duration,
-    ) -> Result<
-        Vec<(
-            String,
-            std::result::Result<crate::procview::Rebound, String>,
-        )>,
-    > {
+    ) -> Result<crate::procview::RebindReport> {
         let view = &self.settings().proc_view;
         if !view.enabled {
             return Err(Error::Refused {

@@ -64,32 +64,33 @@ fn df(h: &TestHost, ve: &str, flag: &str) -> (u64, u64) {
     (f[0], f[1])
 }
 
-/// The XFS project of a directory, as xfs_io reads it.
-#[track_caller]
-fn project(dir: &Path) -> u32 {
+/// `xfs_io -c CMD PATH`'s output.
+fn xfs_io(cmd: &str, path: &Path) -> String {
     let out = Command::new("xfs_io")
-        .args(["-c", "lsproj"])
-        .arg(dir)
+        .args(["-c", cmd])
+        .arg(path)
         .output()
         .expect("run xfs_io");
-    let text = String::from_utf8_lossy(&out.stdout);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The XFS project of a file or directory, as xfs_io reads it.
+#[track_caller]
+fn project(path: &Path) -> u32 {
+    let text = xfs_io("lsproj", path);
     text.trim()
         .strip_prefix("projid = ")
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("xfs_io lsproj {}: {text}", dir.display()))
+        .unwrap_or_else(|| panic!("xfs_io lsproj {}: {text}", path.display()))
 }
 
 /// Whether a directory passes its project on (PROJINHERIT), as xfs_io reads it.
-#[track_caller]
 fn inherits(dir: &Path) -> bool {
-    let out = Command::new("xfs_io")
-        .args(["-c", "lsattr"])
-        .arg(dir)
-        .output()
-        .expect("run xfs_io");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let flags = text.split_whitespace().next().unwrap_or_default();
-    flags.contains('P')
+    let text = xfs_io("lsattr", dir);
+    text.split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .contains('P')
 }
 
 /// Project `id`'s block hard limit in KiB as `xfs_quota report` shows it
@@ -276,9 +277,26 @@ fn an_xfs_pool_gives_each_ve_its_own_disk_in_df() {
     h.ok(&["start", "x1"]);
     assert_eq!(df(&h, "x1", "-k").0, 200 * 1024, "df after a remount");
 
+    // An upgrade keeps a copy for its rollback; both keep the VE's files and
+    // its limit.
+    publish_busybox(&h, "bb", |t| {
+        fs::write(t.join("etc/release"), "v2\n").unwrap()
+    });
+    // (x1 runs: each starts it again.)
+    h.ok(&["upgrade", "x1", "--template", "bb@2", "--force", "--fast"]);
+    assert_eq!(sh_ok(&h, "x1", "cat /etc/release /state"), "v2\none\n");
+    assert_eq!(df(&h, "x1", "-k").0, 200 * 1024, "df after an upgrade");
+    h.ok(&["rollback", "x1", "--fast"]);
+    assert_eq!(
+        sh_ok(&h, "x1", "cat /state; test -e /etc/release || echo gone"),
+        "one\ngone\n"
+    );
+    assert_eq!(df(&h, "x1", "-k").0, 200 * 1024, "df after a rollback");
+    let last = project(&pool.join("ves/x1"));
+
     // Destroy takes the projects' limits with the volumes.
     h.ok(&["destroy", "--force", "x1", "x2"]);
-    for p in [restored, id2, snap_id] {
+    for p in [restored, id2, snap_id, last] {
         assert!(
             kernel_limit_kib(&pool, p).unwrap_or(0) == 0,
             "project {p} keeps a limit after destroy"
