@@ -14,7 +14,9 @@
  *   ve_probe sniff SECS NEEDLE every frame eth0 receives (promiscuous) for SECS
  *                              seconds: how many, and how many hold NEEDLE
  *   ve_probe project PATH      moving PATH out of its XFS project (the VE's disk
- *                              limit): project id 0, and PROJINHERIT cleared
+ *                              limit): its project id as the VE reads it, then
+ *                              project id 0, and PROJINHERIT cleared (as an
+ *                              fsxattr flag and with chattr -P's SETFLAGS)
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -348,10 +350,26 @@ static long set_fsxattr(int clear_projid, int clear_inherit) {
 }
 static long do_chproj(void) { return set_fsxattr(1, 0); }
 static long do_noinherit(void) { return set_fsxattr(0, 1); }
+/* chattr -P: the same flag through FS_IOC_SETFLAGS. */
+static long do_noinherit_flags(void) {
+    int fd = open(project_path, O_RDONLY | O_NOFOLLOW);
+    if (fd < 0) return -1;
+    int flags;
+    if (ioctl(fd, FS_IOC_GETFLAGS, &flags) < 0) return -1;
+    flags &= ~FS_PROJINHERIT_FL;
+    return ioctl(fd, FS_IOC_SETFLAGS, &flags);
+}
 static int project_mode(const char *path) {
     project_path = path;
+    int fd = open(path, O_RDONLY | O_NOFOLLOW);
+    struct fsxattr a;
+    if (fd >= 0 && ioctl(fd, FS_IOC_FSGETXATTR, &a) == 0)
+        printf("projid=%u\n", a.fsx_projid);
+    else
+        printf("projid=%s\n", strerrorname_np(errno));
     in_child("chproj", do_chproj);
     in_child("noinherit", do_noinherit);
+    in_child("noinherit_flags", do_noinherit_flags);
     return 0;
 }
 

@@ -36,6 +36,7 @@ pub use disk::{DiskUsage, human_bytes};
 pub use error::{Error, Result};
 pub use pool::{
     Backend, LostImage, MIN_POOL_BYTES, NewPool, Pool, PoolSpace, Source, UnknownBackend,
+    is_mount_point,
 };
 pub use snapshot::SnapshotInfo;
 pub use volume::{Usage, Volume, usage};

@@ -67,7 +67,9 @@ impl Backend {
         }
     }
 
-    /// Whether `dir` is on this backend's file system (always, for `dir`).
+    /// Whether `dir` is on this backend's file system (always, for `dir`). A
+    /// directory on a host's own XFS or btrfs root passes too: what vectl
+    /// mounted itself is checked with [`is_mount_point`] as well.
     pub fn is_mounted_at(self, dir: &Path) -> bool {
         match self {
             Backend::Dir => true,
@@ -270,7 +272,8 @@ impl Pool {
     /// Opens an existing pool; a btrfs or xfs pool that is not mounted (after a
     /// reboot) is mounted again from `source`.
     pub fn open(dir: &Path, backend: Backend, source: Option<&Source>) -> Result<Pool> {
-        if !backend.is_mounted_at(dir) {
+        let ours = matches!(source, Some(Source::Image { .. } | Source::Device { .. }));
+        if !backend.is_mounted_at(dir) || (ours && !is_mount_point(dir)) {
             match source {
                 Some(src @ (Source::Image { .. } | Source::Device { .. })) => {
                     mount(dir, backend, src)?
@@ -292,7 +295,7 @@ impl Pool {
     /// Unmounts a pool vectl mounted (the loop device goes with it). Not mounted
     /// is fine.
     pub fn unmount(dir: &Path) -> Result<()> {
-        if !btrfs::is_btrfs(dir) && !xfs::is_xfs(dir) {
+        if !is_mount_point(dir) || (!btrfs::is_btrfs(dir) && !xfs::is_xfs(dir)) {
             return Ok(());
         }
         nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH).map_err(|e| Error::Setup {
@@ -488,6 +491,17 @@ impl Pool {
             });
         }
         None
+    }
+}
+
+/// Whether `dir` is the root of a mount: on another device than its parent
+/// (a pool vectl mounted), not a directory on the host's own file system.
+pub fn is_mount_point(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    match (fs::metadata(dir), fs::metadata(parent)) {
+        (Ok(d), Ok(p)) => d.dev() != p.dev() || d.ino() == p.ino(),
+        _ => false,
     }
 }
 

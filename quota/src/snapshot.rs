@@ -198,10 +198,15 @@ impl Pool {
             ),
         };
         if self.backend == Backend::Xfs {
-            // A copy under the VE's limit: one that does not fit fails to write.
+            // A copy under the VE's limit: one that does not fit fails to write
+            // (XFS answers ENOSPC at a project's limit).
             self.copy_volume(&snap, &fresh, limit)
                 .map_err(|e| match (e, limit) {
-                    (Error::Setup { why, .. }, Some(l)) if why.contains("quota") => does_not_fit(l),
+                    (Error::Setup { why, .. }, Some(l))
+                        if why.contains("quota") || why.contains("No space left") =>
+                    {
+                        does_not_fit(l)
+                    }
                     (e, _) => e,
                 })?;
         } else if self.quota_mode() == Some(btrfs::QuotaMode::Simple) {

@@ -187,35 +187,49 @@ impl Pool {
     }
 
     /// A project id no volume of the pool has had (xfs): the next of a counter
-    /// kept in the pool, under a lock of its own. Ids start high, clear of
-    /// projects an operator numbers by hand on a shared XFS.
+    /// kept in the pool (written atomically and durably), under a lock of its
+    /// own, past any id the file system holds a record of. Ids start high,
+    /// clear of projects an operator numbers by hand on a shared XFS.
     fn new_project(&self) -> Result<u32> {
-        use std::io::{Read, Seek, Write};
+        use std::io::Write;
         use std::os::fd::AsRawFd;
         const FIRST: u32 = 1 << 20;
-        let path = self.dir.join(".vectl-projects");
-        let mut f = fs::OpenOptions::new()
-            .read(true)
+        let lock_path = self.dir.join(".vectl-projects.lock");
+        let lock = fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(false)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        // SAFETY: flock on an fd we own; it is released when `f` is closed.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(io_err(&path)(io::Error::last_os_error()));
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        // SAFETY: flock on an fd we own; released when `lock` is closed.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(io_err(&lock_path)(io::Error::last_os_error()));
         }
-        let mut text = String::new();
-        f.read_to_string(&mut text).map_err(io_err(&path))?;
-        let id = text.trim().parse::<u32>().unwrap_or(FIRST).max(FIRST);
-        let next = id.checked_add(1).ok_or_else(|| Error::Setup {
+        let path = self.dir.join(".vectl-projects");
+        let mut id = match fs::read_to_string(&path) {
+            Ok(text) => text.trim().parse::<u32>().map_err(|_| Error::Setup {
+                path: path.clone(),
+                why: format!("not a project id: {:?}", text.trim()),
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => FIRST,
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+        .max(FIRST);
+        // Never one the file system has use or limits for (a counter put back).
+        let exhausted = || Error::Setup {
             path: path.clone(),
             why: "no XFS project ids left".into(),
-        })?;
-        f.rewind().map_err(io_err(&path))?;
-        f.set_len(0).map_err(io_err(&path))?;
+        };
+        while xfs::quota(&self.dir, id).is_ok_and(|q| q != xfs::ProjectQuota::default()) {
+            id = id.checked_add(1).ok_or_else(exhausted)?;
+        }
+        let next = id.checked_add(1).ok_or_else(exhausted)?;
+        let tmp = path.with_extension("tmp");
+        let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
         f.write_all(format!("{next}\n").as_bytes())
-            .map_err(io_err(&path))?;
+            .and_then(|()| f.sync_data())
+            .map_err(io_err(&tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err(&path))?;
         Ok(id)
     }
 

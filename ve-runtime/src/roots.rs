@@ -421,9 +421,14 @@ impl Host {
                 }
             }
         }
-        if self.settings().pool_source.is_some() {
+        // A pool vectl mounted (an image or a device, btrfs or xfs); never
+        // the operator's own mount.
+        if matches!(
+            self.settings().pool_source,
+            Some(quota::Source::Image { .. } | quota::Source::Device { .. })
+        ) {
             let dir = self.storage().dir().to_path_buf();
-            if quota::btrfs::is_btrfs(&dir) {
+            if quota::is_mount_point(&dir) {
                 quota::Pool::unmount(&dir)?;
                 done.unmounted = Some(dir);
             }

@@ -278,6 +278,12 @@ fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>, errno: i32) -> Compiled<BpfPr
 /// `FS_IOC_FSSETXATTR` (`_IOW('X', 32, struct fsxattr)`): sets a file's XFS
 /// project, among its extended attributes.
 const FS_IOC_FSSETXATTR: u64 = 0x401c_5820;
+/// `FS_IOC_SETFLAGS` (`_IOW('f', 2, long)`) and its 32-bit twin: a file's
+/// flags, PROJINHERIT among them.
+const FS_IOC_SETFLAGS: u64 = 0x4008_6602;
+const FS_IOC32_SETFLAGS: u64 = 0x4004_6602;
+/// `file_setattr(2)` (Linux 6.17, x86-64): FS_IOC_FSSETXATTR as a system call.
+const SYS_FILE_SETATTR: i64 = 469;
 
 /// IOPRIO_CLASS_RT in an ioprio value (class in bits 13..15).
 const IOPRIO_CLASS_RT: u64 = 1 << 13;
@@ -328,9 +334,12 @@ pub(crate) fn seccomp_filters(profile: Profile) -> Compiled<Vec<BpfProgram>> {
     // Typing into another terminal's input queue.
     let mut ioctls: Vec<u64> = vec![libc::TIOCSTI, libc::TIOCLINUX];
     if profile == Profile::Privileged {
-        // Moving files out of the VE's XFS project, past its disk limit (the
-        // kernel refuses it to a VE in a user namespace already).
-        ioctls.push(FS_IOC_FSSETXATTR);
+        // Moving files out of the VE's XFS project, past its disk limit: a
+        // project id, or PROJINHERIT cleared (`chattr -P`, a flag of
+        // FS_IOC_SETFLAGS too). The kernel refuses both to a VE in a user
+        // namespace already.
+        ioctls.extend([FS_IOC_FSSETXATTR, FS_IOC_SETFLAGS, FS_IOC32_SETFLAGS]);
+        rules.insert(SYS_FILE_SETATTR, vec![]);
     }
     rules.insert(
         libc::SYS_ioctl,

@@ -239,7 +239,7 @@ fn boot_time() -> u64 {
 }
 
 /// Clock ticks per second (the unit of start times in /proc).
-fn clock_ticks() -> u64 {
+pub(crate) fn clock_ticks() -> u64 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()

@@ -20,7 +20,9 @@
 //!
 //! An init that ends before the supervisor holds it (a VE whose init fails at
 //! once) is found by the scan that `start`'s run state triggers: dead, started
-//! since the supervisor runs, and not recorded yet. Its status comes from the
+//! since the supervisor runs, its run state written in the last 30 s, not
+//! recorded yet, and no `vectl stop` or unfinished `start` (whose end is no
+//! crash) marked. Its status comes from the
 //! exit events the connector reported for processes it did not hold (the last
 //! [`RECENT_EXITS`]).
 //!
@@ -49,29 +51,34 @@ const RESCAN: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// A VE that ran this long before its init ended starts the restart count again.
 const STABLE_SECS: u64 = 600;
+/// How recent a run state must be for its dead init to count as one that
+/// ended before the supervisor held it.
+const FRESH: Duration = Duration::from_secs(30);
 /// How many exit statuses of processes it does not hold the supervisor keeps,
 /// for inits that end before it holds them.
 const RECENT_EXITS: usize = 4096;
 
-/// Exit statuses the connector reported for processes not held (pid → raw
-/// status), the newest last.
+/// Exit statuses the connector reported for processes not held: pid, raw
+/// status, and when (ns since boot), the newest last.
 #[derive(Default)]
-struct RecentExits(std::collections::VecDeque<(i32, u32)>);
+struct RecentExits(std::collections::VecDeque<(i32, u32, u64)>);
 
 impl RecentExits {
-    fn push(&mut self, pid: i32, code: u32) {
+    fn push(&mut self, pid: i32, code: u32, at_ns: u64) {
         if self.0.len() == RECENT_EXITS {
             self.0.pop_front();
         }
-        self.0.push_back((pid, code));
+        self.0.push_back((pid, code, at_ns));
     }
 
-    fn of(&self, pid: i32) -> Option<u32> {
+    /// The status of `pid`'s end at or after `since_ns` (not an earlier
+    /// process's of the same pid).
+    fn of(&self, pid: i32, since_ns: u64) -> Option<u32> {
         self.0
             .iter()
             .rev()
-            .find(|(p, _)| *p == pid)
-            .map(|(_, c)| *c)
+            .find(|(p, _, at)| *p == pid && *at >= since_ns)
+            .map(|(_, c, _)| *c)
     }
 }
 
@@ -171,16 +178,19 @@ pub fn supervise(roots: &dyn Fn() -> Vec<PathBuf>, vectl: &Path) -> Result<()> {
                     c.drain(&mut inits, &mut recent);
                 }
                 for dead in scan(&root, &mut inits, since) {
+                    // Its start, in the connector's clock (ns since boot).
+                    let born =
+                        dead.rs.start_ticks * 1_000_000_000 / crate::state::clock_ticks().max(1);
                     // Its exit event may trail its end by a moment.
                     if let Some(c) = &cn {
                         let deadline = Instant::now() + Duration::from_millis(300);
-                        while recent.of(dead.rs.pid).is_none() && Instant::now() < deadline {
+                        while recent.of(dead.rs.pid, born).is_none() && Instant::now() < deadline {
                             let mut fds = [PollFd::new(c.fd.as_fd(), PollFlags::POLLIN)];
                             let _ = poll(&mut fds, PollTimeout::from(50u16));
                             c.drain(&mut inits, &mut recent);
                         }
                     }
-                    let code = recent.of(dead.rs.pid);
+                    let code = recent.of(dead.rs.pid, born);
                     if let Some(d) = ended_init(&root, &dead.ve, &dead.rs, code) {
                         due.push(d);
                     }
@@ -394,8 +404,15 @@ fn scan(root: &Path, inits: &mut HashMap<i32, Watched>, since: u64) -> Vec<Dead>
         if inits.contains_key(&rs.pid) {
             continue;
         }
+        // Recorded moments ago: an init that ended at once, not a run state
+        // a stop or start is about to clean up.
+        let fresh = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|d| d < FRESH));
         let unseen_end = |rs: &RunState| {
-            rs.started_at + 1 >= since
+            fresh
+                && rs.started_at + 1 >= since
                 && rs.boot_id == crate::state::boot_id()
                 && !run.join(format!("{ve}.exit")).exists()
                 && !run.join(format!("{ve}.stopping")).exists()
@@ -670,12 +687,13 @@ fn note_exit(msg: &[u8], inits: &mut HashMap<i32, Watched>, recent: &mut RecentE
         u32_at(msg, data + 4).cast_signed(),
         u32_at(msg, data + 8),
     );
+    let at_ns = u64::from(u32_at(msg, ev + 8)) | u64::from(u32_at(msg, ev + 12)) << 32;
     if pid != tgid {
         return;
     }
     match inits.get_mut(&pid) {
         Some(w) => w.exit_code = Some(code),
-        None => recent.push(pid, code),
+        None => recent.push(pid, code, at_ns),
     }
 }
 
@@ -727,22 +745,25 @@ mod tests {
         note_exit(&event(PROC_EVENT_EXIT, 77, 77, 9), &mut inits, &mut recent);
         note_exit(&event(1, 4242, 4242, 9), &mut inits, &mut recent);
         assert_eq!(inits[&4242].exit_code, None);
-        assert_eq!(recent.of(77), Some(9));
-        assert_eq!(recent.of(4243), None);
+        assert_eq!(recent.of(77, 0), Some(9));
+        assert_eq!(recent.of(4243, 0), None);
         note_exit(
             &event(PROC_EVENT_EXIT, 4242, 4242, 3 << 8),
             &mut inits,
             &mut recent,
         );
         assert_eq!(inits[&4242].exit_code, Some(3 << 8));
-        assert_eq!(recent.of(4242), None);
+        assert_eq!(recent.of(4242, 0), None);
         // Bounded: the oldest go first; the newest status of a pid wins.
         for pid in 0..i32::try_from(RECENT_EXITS).unwrap() {
-            recent.push(1000 + pid, 0);
+            recent.push(1000 + pid, 0, 5);
         }
-        assert_eq!(recent.of(77), None);
-        recent.push(1000, 7);
-        assert_eq!(recent.of(1000), Some(7));
+        assert_eq!(recent.of(77, 0), None);
+        recent.push(1000, 7, 10);
+        assert_eq!(recent.of(1000, 0), Some(7));
+        // An end before the init started is another process's.
+        assert_eq!(recent.of(1001, 6), None);
+        assert_eq!(recent.of(1000, 10), Some(7));
     }
 
     #[test]

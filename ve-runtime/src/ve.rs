@@ -630,7 +630,17 @@ impl Host {
                 last_exit: last_exit.clone(),
                 proc_view_off: proc_view_off.clone(),
             };
+            // Until init runs, its end is a failed start, not a crash: the
+            // supervisor is told as by `vectl stop` (removed on success). The
+            // exit record went into the run state: removed now, before init
+            // runs and could end (and be recorded again).
+            crate::fsutil::write_atomic(
+                &self.stopping_marker(&ve),
+                rs.pid.to_string().as_bytes(),
+                false,
+            )?;
             rs.store(&run_path)?;
+            remove_file(&self.exit_path(&ve))?;
             recorded = Some(rs);
             Ok(())
         });
@@ -641,8 +651,7 @@ impl Host {
         }
         match (started, recorded) {
             (Ok(_), Some(mut rs)) => {
-                // The record went into the run state.
-                let _ = remove_file(&self.exit_path(&ve));
+                let _ = remove_file(&self.stopping_marker(&ve));
                 // The VE runs either way: a supervisor that went away meanwhile
                 // leaves it without a console (`show` says so), not unstarted.
                 if let Some(c) = console
@@ -657,17 +666,12 @@ impl Host {
                 ve,
                 reason: "internal: no state recorded".into(),
             }),
-            (Err(e), recorded) => {
-                // A start that failed after recording its init is no crash:
-                // the supervisor is told, as by `vectl stop`.
-                if let Some(rs) = recorded {
-                    let _ = crate::fsutil::write_atomic(
-                        &self.stopping_marker(&ve),
-                        rs.pid.to_string().as_bytes(),
-                        false,
-                    );
-                }
+            (Err(e), _) => {
                 let _ = self.clean_up_stopped(&ve);
+                // How the VE ended before this start still stands.
+                if let Some(x) = &last_exit {
+                    let _ = x.store(&self.exit_path(&ve));
+                }
                 Err(e)
             }
         }
@@ -683,10 +687,11 @@ impl Host {
 
     pub(crate) fn stop_locked(&self, cfg: &VeConfig, opts: StopOptions) -> Result<StopOutcome> {
         let ve = cfg.name.as_str();
-        // A crashed VE stopped by hand is just stopped.
-        remove_file(&self.exit_path(ve))?;
         let Some(rs) = self.alive_state(ve)? else {
+            // A crashed VE stopped by hand is just stopped: its run state goes
+            // first, so the supervisor never finds a dead init without a record.
             self.clean_up_stopped(ve)?;
+            remove_file(&self.exit_path(ve))?;
             return Ok(StopOutcome::AlreadyStopped);
         };
         // The supervisor sees the init end: this tells it that is no crash.
@@ -695,6 +700,7 @@ impl Host {
             rs.pid.to_string().as_bytes(),
             false,
         )?;
+        remove_file(&self.exit_path(ve))?;
         let mut outcome = StopOutcome::Killed;
         if !opts.fast && !opts.timeout.is_zero() {
             let sig = match &cfg.stop_signal {

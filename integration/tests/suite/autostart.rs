@@ -67,6 +67,10 @@ fn the_supervisor_records_how_inits_end_and_restarts_as_the_policy_says() {
     h.ok(&["stop", "cn"]);
     assert_eq!(status(&h, "cn"), "stopped");
     assert!(h.json(&["show", "cn"]).get("last_exit").is_none());
+    // And stays so: the supervisor does not record that end again.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(status(&h, "cn"), "stopped");
+    assert!(h.json(&["show", "cn"]).get("last_exit").is_none());
 
     // On failure: started again, and says why.
     let old = kill_init(&h, "cf");
@@ -91,6 +95,17 @@ fn the_supervisor_records_how_inits_end_and_restarts_as_the_policy_says() {
         running_pid(&h, "cr").is_some_and(|p| p != i64::from(old))
     });
     assert_eq!(h.json(&["show", "cr"])["last_exit"]["signal"], "SIGKILL");
+
+    // A start that fails after recording its init (here: vectl killed before
+    // it lets init run, which then leaves) is no crash: not recorded, not
+    // restarted, whatever the policy.
+    h.ok(&["create", "cz", "--template", "bb", "--restart", "always"]);
+    crash_at(&h, "start-before-go", &["start", "cz"]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(status(&h, "cz"), "stopped");
+    assert!(h.json(&["show", "cz"]).get("last_exit").is_none());
+    h.ok(&["start", "cz"]);
+    h.ok(&["stop", "--fast", "cz"]);
 }
 
 #[test]

@@ -12,7 +12,18 @@ use crate::common::*;
 /// live init that serves, "stopped" with no live init.
 #[track_caller]
 fn consistent(h: &TestHost, ve: &str) -> String {
-    let v = listed(h, ve).unwrap_or_else(|| panic!("VE {ve} is not listed"));
+    let mut v = listed(h, ve).unwrap_or_else(|| panic!("VE {ve} is not listed"));
+    // A killed command may have sent its SIGKILL to init just before it died
+    // itself: an init listed alive may end a moment later, and is then listed
+    // stopped.
+    for _ in 0..20 {
+        let gone = v["status"] == "running" && !alive(v["pid"].as_i64().unwrap() as i32);
+        if !gone {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        v = listed(h, ve).unwrap_or_else(|| panic!("VE {ve} is not listed"));
+    }
     let st = v["status"].as_str().unwrap().to_string();
     match st.as_str() {
         "running" => {
