@@ -192,7 +192,6 @@ impl Pool {
     /// clear of projects an operator numbers by hand on a shared XFS.
     fn new_project(&self) -> Result<u32> {
         use std::io::Write;
-        use std::os::fd::AsRawFd;
         const FIRST: u32 = 1 << 20;
         let lock_path = self.dir.join(".vectl-projects.lock");
         let lock = fs::OpenOptions::new()
@@ -201,10 +200,8 @@ impl Pool {
             .truncate(false)
             .open(&lock_path)
             .map_err(io_err(&lock_path))?;
-        // SAFETY: flock on an fd we own; released when `lock` is closed.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(io_err(&lock_path)(io::Error::last_os_error()));
-        }
+        // Released when `lock` is closed.
+        lock.lock().map_err(io_err(&lock_path))?;
         let path = self.dir.join(".vectl-projects");
         let mut id = match fs::read_to_string(&path) {
             Ok(text) => text.trim().parse::<u32>().map_err(|_| Error::Setup {

@@ -404,42 +404,34 @@ fn scan(root: &Path, inits: &mut HashMap<i32, Watched>, since: u64) -> Vec<Dead>
         if inits.contains_key(&rs.pid) {
             continue;
         }
-        // Recorded moments ago: an init that ended at once, not a run state
-        // a stop or start is about to clean up.
-        let fresh = e
-            .metadata()
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t.elapsed().is_ok_and(|d| d < FRESH));
-        let unseen_end = |rs: &RunState| {
-            fresh
+        // A pidfd, taken while the recorded init is alive (checked again once
+        // open: the pid may have been reused, or the init ended meanwhile).
+        let held = if rs.is_alive() {
+            sys::pidfd_open(rs.pid).ok().filter(|_| rs.is_alive())
+        } else {
+            None
+        };
+        let Some(pidfd) = held else {
+            // Its run state recorded moments ago (an init that ended at once,
+            // not one a stop or start is about to clean up), nothing recorded
+            // of its end, and no stop or unfinished start under way.
+            let fresh = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|d| d < FRESH));
+            if fresh
                 && rs.started_at + 1 >= since
                 && rs.boot_id == crate::state::boot_id()
                 && !run.join(format!("{ve}.exit")).exists()
                 && !run.join(format!("{ve}.stopping")).exists()
-        };
-        if !rs.is_alive() {
-            if unseen_end(&rs) {
+            {
                 dead.push(Dead {
                     ve: ve.to_string(),
                     rs,
                 });
             }
             continue;
-        }
-        let Ok(pidfd) = sys::pidfd_open(rs.pid) else {
-            continue;
         };
-        // The pid may have been reused between the check and the open, or
-        // the init ended meanwhile.
-        if !rs.is_alive() {
-            if unseen_end(&rs) {
-                dead.push(Dead {
-                    ve: ve.to_string(),
-                    rs,
-                });
-            }
-            continue;
-        }
         inits.insert(
             rs.pid,
             Watched {
