@@ -1239,6 +1239,17 @@ impl Out {
             )),
             None => {}
         }
+        match d.sysinfo {
+            Some(true) => rows.push((
+                "sysinfo",
+                "its own memory, swap, uptime and tasks (answered by the supervisor)".into(),
+            )),
+            Some(false) => rows.push((
+                "sysinfo",
+                "the host's values (no supervisor, or no /proc view, when it started)".into(),
+            )),
+            None => {}
+        }
         match &d.proc_view {
             None => {}
             Some(ProcView::Own { lxcfs_dir }) => rows.push((

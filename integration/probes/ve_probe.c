@@ -17,6 +17,9 @@
  *                              limit): its project id as the VE reads it, then
  *                              project id 0, and PROJINHERIT cleared (as an
  *                              fsxattr flag and with chattr -P's SETFLAGS)
+ *   ve_probe sysinfo [N]       what sysinfo(2) tells (bytes), and its answer to a
+ *                              null, a read-only and an unmapped buffer; with N,
+ *                              also the mean time of N calls (ns_per_call)
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -38,7 +41,9 @@
 #include <sys/ptrace.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/sysinfo.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -373,6 +378,37 @@ static int project_mode(const char *path) {
     return 0;
 }
 
+static const char *errname(long rc) {
+    return rc == 0 ? "ok" : strerrorname_np(errno);
+}
+static int sysinfo_mode(int n) {
+    struct sysinfo si;
+    if (syscall(SYS_sysinfo, &si) != 0) {
+        printf("error=%s\n", strerrorname_np(errno));
+        return 0;
+    }
+    unsigned long long u = si.mem_unit;
+    printf("totalram=%llu\nfreeram=%llu\ntotalswap=%llu\nfreeswap=%llu\n",
+           si.totalram * u, si.freeram * u, si.totalswap * u, si.freeswap * u);
+    printf("uptime=%ld\nprocs=%u\n", si.uptime, si.procs);
+    /* Buffers no process may have written into. */
+    printf("null=%s\n", errname(syscall(SYS_sysinfo, NULL)));
+    void *ro = mmap(NULL, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    printf("readonly=%s\n", errname(syscall(SYS_sysinfo, ro)));
+    void *gone = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    munmap(gone, 4096);
+    printf("unmapped=%s\n", errname(syscall(SYS_sysinfo, gone)));
+    if (n > 0) {
+        struct timespec a, b;
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        for (int i = 0; i < n; i++) syscall(SYS_sysinfo, &si);
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        long long ns = (b.tv_sec - a.tv_sec) * 1000000000LL + (b.tv_nsec - a.tv_nsec);
+        printf("ns_per_call=%lld\n", ns / n);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc == 3 && !strcmp(argv[1], "race")) return race(atoi(argv[2]));
     if (argc == 3 && !strcmp(argv[1], "inspect")) return inspect(atoi(argv[2]));
@@ -381,6 +417,8 @@ int main(int argc, char **argv) {
     if (argc == 3 && !strcmp(argv[1], "signal")) return signal_mode(atoi(argv[2]));
     if (argc == 4 && !strcmp(argv[1], "sniff")) return sniff(atoi(argv[2]), argv[3]);
     if (argc == 3 && !strcmp(argv[1], "project")) return project_mode(argv[2]);
-    fprintf(stderr, "usage: ve_probe race SECONDS | inspect PID | syscalls | kernel | signal PID | sniff SECS NEEDLE | project PATH\n");
+    if (argc == 2 && !strcmp(argv[1], "sysinfo")) return sysinfo_mode(0);
+    if (argc == 3 && !strcmp(argv[1], "sysinfo")) return sysinfo_mode(atoi(argv[2]));
+    fprintf(stderr, "usage: ve_probe race SECONDS | inspect PID | syscalls | kernel | signal PID | sniff SECS NEEDLE | project PATH | sysinfo [N]\n");
     return 2;
 }

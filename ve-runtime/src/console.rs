@@ -12,6 +12,11 @@
 //! - **Attach**: `vectl console NAME` asks the supervisor over the same
 //!   socket; what the VE writes reaches every attached client, what a client
 //!   types goes to the VE. Ctrl-] detaches.
+//! - **A supervisor restart** under systemd keeps the consoles: each master is
+//!   also in the unit's file descriptor store (without FDPOLL: a console lives
+//!   while its init does, even when no slave is open for a moment) until the
+//!   VE's init ends, and the next supervisor takes it back
+//!   ([`Consoles::adopt`]).
 //!
 //! VE content never names a path here: the log's path is the root's, and the
 //! console's bytes are only copied.
@@ -92,28 +97,52 @@ impl Console {
         })
     }
 
-    /// Gives the master to the supervisor and waits until it has it.
-    pub(crate) fn hand_over(self, ve: &str, init: i32) -> std::result::Result<(), String> {
+    /// Gives the master to the supervisor, with the init's sysinfo listener
+    /// (`sysinfo.rs`) if it has one, and waits until it has them.
+    pub(crate) fn hand_over(
+        self,
+        ve: &str,
+        init: i32,
+        sysinfo: Option<OwnedFd>,
+    ) -> std::result::Result<(), String> {
         // Only the VE holds the slave now: when it stops, the master reads EIO.
         drop(self.slave);
-        let conn = UnixStream::connect(&self.socket)
-            .map_err(|e| format!("{}: {e}", self.socket.display()))?;
-        let msg = format!("hand {ve} {init}\n");
-        let fds = [self.master.as_raw_fd()];
-        sendmsg::<()>(
-            conn.as_raw_fd(),
-            &[IoSlice::new(msg.as_bytes())],
-            &[ControlMessage::ScmRights(&fds)],
-            MsgFlags::MSG_NOSIGNAL,
-            None,
+        let mut fds = vec![self.master.as_fd()];
+        fds.extend(sysinfo.as_ref().map(|l| l.as_fd()));
+        request(
+            &self.socket,
+            &format!("hand {ve} {init}"),
+            &fds,
+            "the console",
         )
-        .map_err(|e| format!("hand the console to the supervisor: {e}"))?;
-        let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-        match read_line(&conn) {
-            Some(l) if l == "ok" => Ok(()),
-            Some(l) => Err(l.trim_start_matches('!').to_string()),
-            None => Err("the supervisor did not answer".into()),
-        }
+    }
+}
+
+/// Sends the supervisor listening on `socket` a request (`line`) with the
+/// descriptors `fds` (`what` they are, for errors) and waits for its answer:
+/// `ok`, or `!why`.
+pub(crate) fn request(
+    socket: &Path,
+    line: &str,
+    fds: &[BorrowedFd<'_>],
+    what: &str,
+) -> std::result::Result<(), String> {
+    let conn = UnixStream::connect(socket).map_err(|e| format!("{}: {e}", socket.display()))?;
+    let msg = format!("{line}\n");
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    sendmsg::<()>(
+        conn.as_raw_fd(),
+        &[IoSlice::new(msg.as_bytes())],
+        &[ControlMessage::ScmRights(&raw)],
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .map_err(|e| format!("hand {what} to the supervisor: {e}"))?;
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    match read_line(&conn) {
+        Some(l) if l == "ok" => Ok(()),
+        Some(l) => Err(l.trim_start_matches('!').to_string()),
+        None => Err("the supervisor did not answer".into()),
     }
 }
 
@@ -151,6 +180,11 @@ pub(crate) struct Consoles {
     listeners: HashMap<PathBuf, UnixListener>,
     held: HashMap<(PathBuf, String), Held>,
     clients: Vec<((PathBuf, String), UnixStream)>,
+    /// The sysinfo listeners of the VEs' processes (`sysinfo.rs`).
+    pub notifiers: crate::sysinfo::Notifiers,
+    /// Where each console's master is also stored, to outlive a restart of
+    /// the supervisor.
+    pub store: crate::supervise::FdStore,
 }
 
 /// What a descriptor in the supervisor's poll set is.
@@ -159,6 +193,7 @@ pub(crate) enum Polled {
     Listener(PathBuf),
     Master(PathBuf, String),
     Client(usize),
+    Notifier(u64),
 }
 
 impl Consoles {
@@ -192,6 +227,11 @@ impl Consoles {
         for (i, (_, s)) in self.clients.iter().enumerate() {
             out.push((s.as_fd(), Polled::Client(i)));
         }
+        out.extend(
+            self.notifiers
+                .fds()
+                .map(|(fd, k)| (fd, Polled::Notifier(k))),
+        );
         out
     }
 
@@ -201,6 +241,7 @@ impl Consoles {
             Polled::Listener(root) => self.accept(&root),
             Polled::Master(root, ve) => self.output(root, ve),
             Polled::Client(i) => self.input(i),
+            Polled::Notifier(k) => self.notifiers.ready(k),
         }
     }
 
@@ -216,8 +257,8 @@ impl Consoles {
             let _ = s.set_nonblocking(false);
             let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
             let mut buf = [0u8; 300];
-            let mut cmsg = nix::cmsg_space!([RawFd; 1]);
-            let (n, fd) = {
+            let mut cmsg = nix::cmsg_space!([RawFd; 2]);
+            let (n, fds) = {
                 let mut iov = [IoSliceMut::new(&mut buf)];
                 let Ok(msg) = recvmsg::<()>(
                     s.as_raw_fd(),
@@ -227,28 +268,36 @@ impl Consoles {
                 ) else {
                     continue;
                 };
-                let fd = msg.cmsgs().ok().and_then(|mut c| {
-                    c.find_map(|m| match m {
-                        ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
-                        _ => None,
+                let fds: Vec<RawFd> = msg
+                    .cmsgs()
+                    .ok()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|m| match m {
+                        ControlMessageOwned::ScmRights(fds) => fds,
+                        _ => Vec::new(),
                     })
-                });
-                (msg.bytes, fd)
+                    .collect();
+                (msg.bytes, fds)
             };
-            // SAFETY: the kernel gave us this descriptor with the message; it
-            // is ours alone.
-            let fd = fd.map(|f| unsafe { OwnedFd::from_raw_fd(f) });
+            // SAFETY: the kernel gave us these descriptors with the message;
+            // they are ours alone.
+            let mut fds = fds.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) });
+            let (fd, second) = (fds.next(), fds.next());
             let text = String::from_utf8_lossy(&buf[..n]).into_owned();
             let Some(line) = text.strip_suffix('\n') else {
                 continue;
             };
             let reply = match (line.split_once(' '), fd) {
-                (Some(("hand", rest)), Some(master)) => match rest.split_once(' ') {
-                    Some((ve, init)) if crate::validate_name(ve).is_ok() => match init.parse() {
-                        Ok(init) => self.hold(root, ve, master, init),
-                        Err(_) => Err("bad request".into()),
-                    },
-                    _ => Err("bad request".into()),
+                (Some(("hand", rest)), Some(master)) => match ve_and_init(rest) {
+                    Some((ve, init)) => self.hold(root, ve, master, init, false).and_then(|()| {
+                        second.map_or(Ok(()), |l| self.notifiers.hold(root, ve, init, l))
+                    }),
+                    None => Err("bad request".into()),
+                },
+                (Some(("sysinfo", rest)), Some(listener)) => match ve_and_init(rest) {
+                    Some((ve, init)) => self.notifiers.hold(root, ve, init, listener),
+                    None => Err("bad request".into()),
                 },
                 (Some(("attach", ve)), None) if self.held.contains_key(&key(root, ve)) => {
                     let _ = send_now(s.as_fd(), b"ok\n", true);
@@ -288,32 +337,87 @@ impl Consoles {
     pub(crate) fn ended(&mut self, root: &Path, ve: &str, init: i32) {
         let k = key(root, ve);
         if self.held.get(&k).is_some_and(|h| h.init == init) {
-            self.held.remove(&k);
-            self.clients.retain(|(ck, _)| *ck != k);
+            self.drop_console(&k);
         }
     }
 
+    /// Lets go of a console, here and in the service manager's store.
+    fn drop_console(&mut self, k: &(PathBuf, String)) {
+        if let Some(h) = self.held.remove(k) {
+            self.store.remove(&store_name(&k.0, &k.1, h.init));
+        }
+        self.clients.retain(|(ck, _)| ck != k);
+    }
+
+    /// Takes back the consoles an earlier supervisor stored, of VEs of
+    /// `roots` whose init still runs; a stored one of an init that is gone
+    /// is dropped from the store. Returns the other descriptors.
+    pub(crate) fn adopt(
+        &mut self,
+        roots: &[PathBuf],
+        passed: Vec<(String, OwnedFd)>,
+    ) -> Vec<(String, OwnedFd)> {
+        let mut left = Vec::new();
+        for (name, fd) in passed {
+            let Some((root, ve, init)) = crate::supervise::FdStore::parse("con", &name, roots)
+            else {
+                left.push((name, fd));
+                continue;
+            };
+            // Its init still runs, and is the one the VE's run state names.
+            let run = root.join("run").join(format!("{ve}.json"));
+            let alive = crate::state::proc_stat(init).is_some_and(|s| s.alive())
+                && crate::state::RunState::load(&run)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|rs| rs.pid == init);
+            if !alive || self.hold(&root, &ve, fd, init, true).is_err() {
+                self.store.remove(&name);
+            }
+        }
+        left
+    }
+
+    /// Holds VE `ve`'s console master; `adopted`: from an earlier supervisor
+    /// (stored already).
     fn hold(
         &mut self,
         root: &Path,
         ve: &str,
         master: OwnedFd,
         init: i32,
+        adopted: bool,
     ) -> std::result::Result<(), String> {
         let slave = crate::sys::pty_peer(master.as_fd()).map_err(|e| format!("pty peer: {e}"))?;
         let path = log_path(root, ve);
         let mut log = open_log(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let size = log.metadata().map_or(0, |m| m.len());
-        let mark = format!(
-            "\n-- vectl: VE {ve} started at {} --\n",
-            crate::state::now_rfc3339()
-        );
+        let mark = if adopted {
+            format!(
+                "\n-- vectl: the supervisor took VE {ve}'s console back at {} --\n",
+                crate::state::now_rfc3339()
+            )
+        } else {
+            // Kept while the init lives, even with no slave open for a moment
+            // (no FDPOLL): dropped from the store when the init ends.
+            self.store
+                .store(&store_name(root, ve, init), master.as_fd(), false);
+            format!(
+                "\n-- vectl: VE {ve} started at {} --\n",
+                crate::state::now_rfc3339()
+            )
+        };
         let _ = log.write_all(mark.as_bytes());
         let _ = nix::fcntl::fcntl(
             &master,
             nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
         );
         // A restarted VE's new console replaces the old one; its clients stay.
+        if let Some(old) = self.held.get(&key(root, ve))
+            && old.init != init
+        {
+            self.store.remove(&store_name(root, ve, old.init));
+        }
         self.held.insert(
             key(root, ve),
             Held {
@@ -355,10 +459,7 @@ impl Consoles {
             Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
             // EIO cannot come while the supervisor holds a slave; any other
             // error ends the console.
-            _ => {
-                self.held.remove(&k);
-                self.clients.retain(|(ck, _)| *ck != k);
-            }
+            _ => self.drop_console(&k),
         }
     }
 
@@ -405,6 +506,18 @@ fn send_now(fd: BorrowedFd<'_>, mut data: &[u8], socket: bool) -> bool {
         }
     }
     true
+}
+
+/// The name a console's master is stored under: `con.ROOT.VE.INIT`.
+fn store_name(root: &Path, ve: &str, init: i32) -> String {
+    crate::supervise::FdStore::name("con", root, ve, init)
+}
+
+/// `VE INIT` of a request: a valid VE name and a pid.
+fn ve_and_init(rest: &str) -> Option<(&str, i32)> {
+    let (ve, init) = rest.split_once(' ')?;
+    crate::validate_name(ve).ok()?;
+    Some((ve, init.parse().ok()?))
 }
 
 fn key(root: &Path, ve: &str) -> (PathBuf, String) {

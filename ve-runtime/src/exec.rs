@@ -19,7 +19,6 @@
 //! in raw mode and passes window-size changes on.
 
 use std::ffi::CString;
-use std::fs;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
@@ -61,6 +60,7 @@ pub(crate) fn run(
     init_pidfd: OwnedFd,
     placement: Placement,
     profile: Profile,
+    sysinfo: Option<&std::path::Path>,
     opts: &ExecOptions,
 ) -> Result<i32> {
     let fail = |reason: String| Error::Exec {
@@ -98,7 +98,9 @@ pub(crate) fn run(
         argv[0] = cstring(a0)?;
     }
     let workdir = opts.workdir.as_deref().map(cstring).transpose()?;
-    let confinement = Confinement::new(profile).map_err(|e| fail(e.to_string()))?;
+    let confinement = Confinement::new(profile)
+        .map_err(|e| fail(e.to_string()))?
+        .with_sysinfo(sysinfo.is_some());
 
     let pty = if opts.tty {
         Some(open_pty(init_pid).map_err(|e| fail(format!("allocate a terminal in the VE: {e}")))?)
@@ -110,8 +112,7 @@ pub(crate) fn run(
     } else {
         stdio_pipes().map_err(|e| fail(e.to_string()))?
     };
-    let (sync_r, sync_w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| fail(format!("pipe: {e}")))?;
+    let (sync_r, sync_w) = sys::report_channel().map_err(|e| fail(format!("socketpair: {e}")))?;
 
     // Signals vectl relays to the command arrive on a signalfd; the children unblock
     // them before exec.
@@ -179,7 +180,7 @@ pub(crate) fn run(
     drop(child_stdio);
 
     let helper_status = waitpid(Pid::from_raw(helper_pid), None);
-    let (report, stopped) = read_report(sync_r, &sfd);
+    let (report, listener, stopped) = read_report(sync_r, &sfd);
     let mut command_pid = None;
     let mut error = None;
     for line in report.lines() {
@@ -215,6 +216,13 @@ pub(crate) fn run(
         )));
     };
     let pidfd = sys::pidfd_open(command_pid).map_err(|e| fail(format!("pidfd_open: {e}")))?;
+    // The command runs already: without the supervisor its sysinfo fails
+    // (ENOSYS), which is said, not a reason to stop it.
+    if let (Some(root), Some(l)) = (sysinfo, listener)
+        && let Err(e) = crate::sysinfo::hand(root, ve, init_pid, l)
+    {
+        eprintln!("vectl: warning: VE {ve}: sysinfo(2) of this command fails: {e}");
+    }
     let relay = Relay {
         master: pty_master,
         last_input: std::cell::Cell::new(None),
@@ -243,10 +251,11 @@ const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// it does when the command execs. Returns early, with why, when a signal asks
 /// vectl to stop or START_TIMEOUT passes: VE root may stop the command before
 /// its exec, and vectl must not hang on it.
-fn read_report(sync: OwnedFd, sfd: &SignalFd) -> (String, Option<String>) {
+fn read_report(sync: OwnedFd, sfd: &SignalFd) -> (String, Option<OwnedFd>, Option<String>) {
     let deadline = std::time::Instant::now() + START_TIMEOUT;
     let mut report = Vec::new();
-    let mut buf = [0u8; 512];
+    let mut passed = Vec::new();
+    let text = |r: &[u8]| String::from_utf8_lossy(r).into_owned();
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() {
@@ -254,7 +263,7 @@ fn read_report(sync: OwnedFd, sfd: &SignalFd) -> (String, Option<String>) {
                 "the command did not start within {} s (stopped inside the VE?)",
                 START_TIMEOUT.as_secs()
             );
-            return (String::from_utf8_lossy(&report).into_owned(), Some(why));
+            return (text(&report), None, Some(why));
         }
         let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
         let mut fds = [
@@ -266,10 +275,9 @@ fn read_report(sync: OwnedFd, sfd: &SignalFd) -> (String, Option<String>) {
             Err(_) => break,
         }
         if fds[0].revents().is_some_and(|r| !r.is_empty()) {
-            match nix::unistd::read(sync.as_fd(), &mut buf) {
+            match sys::recv_report(sync.as_fd(), &mut report, &mut passed) {
                 Ok(0) => break,
-                Ok(n) => report.extend_from_slice(&buf[..n]),
-                Err(nix::Error::EINTR | nix::Error::EAGAIN) => {}
+                Ok(_) | Err(nix::Error::EINTR | nix::Error::EAGAIN) => {}
                 Err(_) => break,
             }
         }
@@ -284,7 +292,7 @@ fn read_report(sync: OwnedFd, sfd: &SignalFd) -> (String, Option<String>) {
             // named already but its close-on-exec descriptors not yet closed:
             // if the pipe ends within a moment it has started, and the signal
             // is made pending again for the relay to pass on.
-            if drain(&sync, &mut report, EXEC_GRACE) {
+            if drain(&sync, &mut report, &mut passed, EXEC_GRACE) {
                 if let Ok(sig) = Signal::try_from(info.ssi_signo.cast_signed()) {
                     let _ = nix::sys::signal::raise(sig);
                 }
@@ -294,21 +302,25 @@ fn read_report(sync: OwnedFd, sfd: &SignalFd) -> (String, Option<String>) {
                 "interrupted by {} before the command started",
                 crate::signal::signal_name(info.ssi_signo.cast_signed())
             );
-            return (String::from_utf8_lossy(&report).into_owned(), Some(why));
+            return (text(&report), None, Some(why));
         }
     }
-    (String::from_utf8_lossy(&report).into_owned(), None)
+    (text(&report), passed.into_iter().next(), None)
 }
 
 /// How long a signal that arrives before the report pipe ends waits for it
 /// to end (the command being in its execve).
 const EXEC_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
 
-/// Reads what is in a pipe, waiting up to `wait` for more; returns whether it
-/// ended (every writer gone).
-fn drain(pipe: &OwnedFd, into: &mut Vec<u8>, wait: std::time::Duration) -> bool {
+/// Reads what is in the report channel, waiting up to `wait` for more;
+/// returns whether it ended (every writer gone).
+fn drain(
+    pipe: &OwnedFd,
+    into: &mut Vec<u8>,
+    passed: &mut Vec<OwnedFd>,
+    wait: std::time::Duration,
+) -> bool {
     let deadline = std::time::Instant::now() + wait;
-    let mut buf = [0u8; 512];
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
@@ -318,11 +330,10 @@ fn drain(pipe: &OwnedFd, into: &mut Vec<u8>, wait: std::time::Duration) -> bool 
             Err(nix::Error::EINTR) => continue,
             _ => return false,
         }
-        match nix::unistd::read(pipe.as_fd(), &mut buf) {
+        match sys::recv_report(pipe.as_fd(), into, passed) {
             Ok(0) => return true,
-            Err(nix::Error::EINTR | nix::Error::EAGAIN) => {}
+            Ok(_) | Err(nix::Error::EINTR | nix::Error::EAGAIN) => {}
             Err(_) => return false,
-            Ok(n) => into.extend_from_slice(&buf[..n]),
         }
     }
 }
@@ -425,9 +436,8 @@ impl Helper<'_> {
         keep.extend(self.stdio.iter().flatten().map(|f| f.as_raw_fd()));
         let preserved = 3..3i32.saturating_add(self.keep_fds.min(MAX_PRESERVED_FDS).cast_signed());
         keep.extend(preserved.filter(|&fd| sys::inherited(fd)));
-        let mut sync = fs::File::from(sync);
-        let mut report = |line: String| {
-            let _ = sync.write_all(line.as_bytes());
+        let report = |line: String| {
+            let _ = nix::unistd::write(&sync, line.as_bytes());
         };
         let mut with_pidfd = keep.clone();
         with_pidfd.push(self.init_pidfd.as_raw_fd());
@@ -435,9 +445,19 @@ impl Helper<'_> {
             report(format!("err close inherited descriptors: {e}\n"));
             sys::exit_now(1);
         }
-        if let Err(e) = self.enter() {
-            report(format!("err {e}\n"));
-            sys::exit_now(1);
+        match self.enter() {
+            // Handed on and closed here: the command never holds it.
+            Ok(Some(listener)) => {
+                if let Err(e) = sys::send_fd(sync.as_fd(), listener.as_fd()) {
+                    report(format!("err hand on the sysinfo listener: {e}\n"));
+                    sys::exit_now(1);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                report(format!("err {e}\n"));
+                sys::exit_now(1);
+            }
         }
         if let Err(e) = sys::close_fds_except(&keep) {
             report(format!("err close the init's pidfd: {e}\n"));
@@ -461,7 +481,7 @@ impl Helper<'_> {
     }
 
     /// Joins the VE and confines the helper; its fork inherits both.
-    fn enter(&self) -> Step {
+    fn enter(&self) -> Step<Option<OwnedFd>> {
         security::set_non_dumpable()?;
         move_self(self.join).map_err(step(|| "join the VE's cgroup".into()))?;
         let mut all = CloneFlags::CLONE_NEWCGROUP

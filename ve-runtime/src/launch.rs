@@ -20,7 +20,7 @@
 use std::ffi::{CString, OsStr};
 use std::fs;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -54,6 +54,8 @@ pub(crate) struct Spec {
     /// The console pty's slave (`console.rs`), open, and its path on the
     /// host: init's stdio and /dev/console; `None` = /dev/null.
     pub console: Option<(RawFd, PathBuf)>,
+    /// sysinfo(2) in the VE goes to the supervisor (`sysinfo.rs`).
+    pub sysinfo: bool,
 }
 
 /// A started init.
@@ -61,6 +63,9 @@ pub(crate) struct Spec {
 pub(crate) struct Started {
     pub pid: i32,
     pub pidfd: OwnedFd,
+    /// The seccomp listener for its sysinfo(2) calls ([`Spec::sysinfo`]),
+    /// for the supervisor; set once init runs.
+    pub sysinfo: Option<OwnedFd>,
 }
 
 const NS_FLAGS: u64 = (libc::CLONE_NEWNS
@@ -95,7 +100,9 @@ pub(crate) fn start(
         reason,
     };
     let profile = Profile::of(spec.userns);
-    let confinement = Confinement::new(profile).map_err(|e| fail(e.to_string()))?;
+    let confinement = Confinement::new(profile)
+        .map_err(|e| fail(e.to_string()))?
+        .with_sysinfo(spec.sysinfo);
     // A privileged child mounts its overlay itself; with a user namespace a
     // helper does (userns::mount_root).
     let overlay_opts = match profile {
@@ -118,8 +125,7 @@ pub(crate) fn start(
 
     let (go_r, go_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| fail(format!("pipe: {e}")))?;
-    let (err_r, err_w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| fail(format!("pipe: {e}")))?;
+    let (err_r, err_w) = sys::report_channel().map_err(|e| fail(format!("socketpair: {e}")))?;
 
     let (cgroup_fd, back) = match placement {
         Placement::CloneInto { dir, .. } => (Some(dir), Vec::new()),
@@ -161,7 +167,7 @@ pub(crate) fn start(
                 env: &env,
                 confinement: &confinement,
             };
-            let msg = match child.run(go_r) {
+            let msg = match child.run(go_r, err_w.as_fd()) {
                 Ok(never) => match never {},
                 Err(msg) => msg,
             };
@@ -173,17 +179,21 @@ pub(crate) fn start(
     };
     drop(go_r);
     drop(err_w);
-    let started = Started { pid, pidfd };
-    let mut err_r = Some(fs::File::from(err_r));
+    let mut started = Started {
+        pid,
+        pidfd,
+        sysinfo: None,
+    };
+    let mut err_r = Some(err_r);
     // Kills the child and reports why: its own message if it wrote one (it failed
     // first), else the parent's error.
     let mut abort = |e: Error| {
         let _ = sys::pidfd_send_signal(started.pidfd.as_fd(), libc::SIGKILL);
         let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(started.pid), None);
-        let mut msg = String::new();
-        if let Some(mut r) = err_r.take() {
-            let _ = r.read_to_string(&mut msg);
-        }
+        let msg = err_r
+            .take()
+            .map(|r| sys::read_reports(r.as_fd()).0)
+            .unwrap_or_default();
         if msg.is_empty() { e } else { fail(msg) }
     };
     if let Err(e) = move_self(&back) {
@@ -218,10 +228,11 @@ pub(crate) fn start(
         return Err(abort(fail(format!("release init: {e}"))));
     }
     drop(go);
-    let mut msg = String::new();
-    if let Some(mut r) = err_r.take() {
-        let _ = r.read_to_string(&mut msg);
-    }
+    let (msg, fds) = err_r
+        .take()
+        .map(|r| sys::read_reports(r.as_fd()))
+        .unwrap_or_default();
+    started.sysinfo = fds.into_iter().next();
     if !msg.is_empty() {
         let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(started.pid), None);
         return Err(fail(msg));
@@ -266,7 +277,7 @@ struct ChildSetup<'a> {
 impl ChildSetup<'_> {
     /// Runs in the child: sets up the VE's root and execs init. Returns only on
     /// failure, with the message for the parent.
-    fn run(&self, go: OwnedFd) -> Step<std::convert::Infallible> {
+    fn run(&self, go: OwnedFd, report: BorrowedFd<'_>) -> Step<std::convert::Infallible> {
         let mut go = fs::File::from(go);
         if self.overlay_opts.is_none() {
             // Wait for the maps and the root; the parent gone = nobody will
@@ -352,7 +363,10 @@ impl ChildSetup<'_> {
 
         sys::reset_signals();
         umask(Mode::from_bits_truncate(0o022));
-        security::confine(self.confinement)?;
+        if let Some(listener) = security::confine(self.confinement)? {
+            sys::send_fd(report, listener.as_fd())
+                .map_err(step(|| "hand on the sysinfo listener".into()))?;
+        }
         let e = match execve(&self.argv[0], self.argv, self.env) {
             Ok(never) => match never {},
             Err(e) => e,

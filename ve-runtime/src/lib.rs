@@ -63,6 +63,7 @@ mod stats;
 mod step;
 mod supervise;
 mod sys;
+mod sysinfo;
 mod template;
 mod units;
 mod upgrade;

@@ -68,6 +68,7 @@
 //!   runs needs them.
 
 use std::collections::BTreeMap;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 use caps::{CapSet, Capability, CapsHashSet};
 use seccompiler::{
@@ -139,6 +140,9 @@ pub(crate) struct Confinement {
     pub profile: Profile,
     caps: CapsHashSet,
     filters: Vec<BpfProgram>,
+    /// sysinfo(2) goes to the supervisor, over a seccomp listener that
+    /// [`confine`] returns ([`crate::sysinfo`]).
+    sysinfo: bool,
 }
 
 impl Confinement {
@@ -151,7 +155,14 @@ impl Confinement {
             profile,
             caps,
             filters: seccomp_filters(profile)?,
+            sysinfo: false,
         })
+    }
+
+    /// The same, with sysinfo(2) answered by the supervisor when `on`.
+    pub(crate) fn with_sysinfo(mut self, on: bool) -> Confinement {
+        self.sysinfo = on;
+        self
     }
 }
 
@@ -179,7 +190,11 @@ const MKNOD_CHAR_ALLOWED: &[(u32, u32)] = &[
 /// thread has no power a process of the VE lacks: a process in the VE can
 /// neither outrank it nor (being without CAP_SYS_PTRACE) attach to it while it
 /// is also non-dumpable.
-pub(crate) fn confine(c: &Confinement) -> Step {
+///
+/// With [`Confinement::with_sysinfo`], returns the listener of the filter that
+/// sends sysinfo(2) to the supervisor (close-on-exec: the caller hands it on
+/// and closes it before anything of the VE runs).
+pub(crate) fn confine(c: &Confinement) -> Step<Option<OwnedFd>> {
     let keep = &c.caps;
     // Every number a capability can have: the kernel's own cap_last_cap would
     // be read from the VE's /proc here. Numbers this kernel lacks give EINVAL.
@@ -202,6 +217,11 @@ pub(crate) fn confine(c: &Confinement) -> Step {
     for prog in &c.filters {
         install_seccomp(prog)?;
     }
+    let listener = if c.sysinfo {
+        Some(install_listener(&sysinfo_filter())?)
+    } else {
+        None
+    };
     // Effective first: it must stay within the permitted set at every step.
     // (vectl may itself lack one of the VE's, as without CAP_SYS_RESOURCE here.)
     let held = caps::read(None, CapSet::Permitted)
@@ -210,7 +230,7 @@ pub(crate) fn confine(c: &Confinement) -> Step {
     for set in [CapSet::Effective, CapSet::Permitted] {
         caps::set(None, set, &keep).map_err(step(|| format!("reduce the {set:?} capabilities")))?;
     }
-    Ok(())
+    Ok(listener)
 }
 
 /// Marks the calling process non-dumpable: no process without CAP_SYS_PTRACE
@@ -409,15 +429,69 @@ fn no_x32() -> BpfProgram {
     ]
 }
 
+/// The filter that hands sysinfo(2) to a listener (SECCOMP_RET_USER_NOTIF):
+/// the supervisor answers it with the VE's memory, uptime and process count
+/// ([`crate::sysinfo`]). Every other call passes; the other filters decide on
+/// those (a refusal outranks a notification, and no other filter names sysinfo).
+fn sysinfo_filter() -> BpfProgram {
+    const AUDIT_ARCH_X86_64: u32 = 62 | 0x8000_0000 | 0x4000_0000;
+    let op = |code: u32, jt: u8, jf: u8, k: u32| seccompiler::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    let (ld, jeq, ret) = (
+        libc::BPF_LD | libc::BPF_W | libc::BPF_ABS,
+        libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+        libc::BPF_RET | libc::BPF_K,
+    );
+    vec![
+        op(ld, 0, 0, 4),
+        op(jeq, 0, 3, AUDIT_ARCH_X86_64),
+        op(ld, 0, 0, 0),
+        op(jeq, 0, 1, libc::SYS_sysinfo as u32),
+        op(ret, 0, 0, libc::SECCOMP_RET_USER_NOTIF),
+        op(ret, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ]
+}
+
+/// The kernel's view of a program: it points into `prog`, which must outlive it.
+fn fprog(prog: &BpfProgram) -> libc::sock_fprog {
+    libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr().cast::<libc::sock_filter>().cast_mut(),
+    }
+}
+
+/// Installs a seccomp program whose notifications go to a new listener, and
+/// returns the listener (close-on-exec, as the kernel makes it). Needs
+/// CAP_SYS_ADMIN, as [`install_seccomp`].
+fn install_listener(prog: &BpfProgram) -> Step<OwnedFd> {
+    let fprog = fprog(prog);
+    // SAFETY: `fprog` points at `prog`, which outlives the call; the kernel copies
+    // the program. The return value is a new descriptor of ours or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    if fd < 0 {
+        return Err(last_os_error("install the sysinfo filter"));
+    }
+    // SAFETY: a new descriptor the kernel just gave us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
 /// Installs a seccomp program on the calling thread. Unlike seccompiler's own
 /// helper this does not set no_new_privs: setuid programs in the VE (su, ping)
 /// must keep working. Installing without it needs CAP_SYS_ADMIN, which the caller
 /// has at this point.
 pub(crate) fn install_seccomp(prog: &BpfProgram) -> Step {
-    let fprog = libc::sock_fprog {
-        len: prog.len() as u16,
-        filter: prog.as_ptr().cast::<libc::sock_filter>().cast_mut(),
-    };
+    let fprog = fprog(prog);
     // SAFETY: `fprog` points at `prog`, which outlives the call; the kernel copies
     // the program and keeps no reference to our memory.
     let rc = unsafe {
@@ -457,6 +531,17 @@ mod tests {
         assert_eq!(x32[4].k, 0x4000_0000);
         assert_eq!(x32[5].k, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32);
         assert!(progs[0].len() > 20);
+    }
+
+    #[test]
+    fn the_sysinfo_filter_notifies_sysinfo_alone() {
+        let f = sysinfo_filter();
+        assert_eq!(f[3].k, libc::SYS_sysinfo as u32);
+        assert_eq!(f[4].k, libc::SECCOMP_RET_USER_NOTIF);
+        // Another architecture or another call: allowed here (jump to the end).
+        assert_eq!((f[1].jt, f[1].jf), (0, 3));
+        assert_eq!(f[1 + 1 + 3].k, libc::SECCOMP_RET_ALLOW);
+        assert_eq!(f[5].k, libc::SECCOMP_RET_ALLOW);
     }
 
     #[test]

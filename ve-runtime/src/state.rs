@@ -66,6 +66,10 @@ pub struct RunState {
     /// (`console.rs`); `false`: /dev/null.
     #[serde(default)]
     pub console: bool,
+    /// Its init's sysinfo(2) calls are answered by the supervisor with the
+    /// VE's own values (`sysinfo.rs`); `false`: the host's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sysinfo: bool,
     /// How its init ended last time without `vectl stop` (moved here from
     /// `run/NAME.exit` when it started again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -221,6 +225,7 @@ pub fn recover(pid: i32) -> Option<RunState> {
         started_at: boot_time() + stat.start_ticks / clock_ticks(),
         ports: Vec::new(),
         console: false,
+        sysinfo: false,
         last_exit: None,
         proc_view_off: None,
     })
@@ -321,6 +326,7 @@ mod tests {
             started_at: 0,
             ports: vec!["vn1p100".into()],
             console: false,
+            sysinfo: false,
             last_exit: None,
             proc_view_off: None,
         };

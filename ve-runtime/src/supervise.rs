@@ -26,13 +26,16 @@
 //! exit events the connector reported for processes it did not hold (the last
 //! [`RECENT_EXITS`]).
 //!
-//! If the supervisor is not running, VEs run on: nothing of theirs depends on
-//! it. It finds the running VEs again when it starts; an init that ended while
-//! it was down is not seen (its VE shows `stopped`).
+//! If the supervisor is not running, VEs run on: their consoles and sysinfo(2)
+//! answers wait for it, nothing else of theirs depends on it. It finds the
+//! running VEs again when it starts; an init that ended while it was down is
+//! not seen (its VE shows `stopped`). Under systemd what it holds for VEs (their
+//! consoles, their sysinfo listeners) is also kept in the unit's file
+//! descriptor store ([`FdStore`]) and taken back by the next supervisor.
 
 use std::collections::HashMap;
 use std::fs;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -143,6 +146,10 @@ pub fn supervise(roots: &dyn Fn() -> Vec<PathBuf>, vectl: &Path) -> Result<()> {
         })?;
     let mut watched_dirs: Vec<PathBuf> = Vec::new();
     let mut consoles = crate::console::Consoles::default();
+    consoles.store = FdStore::from_env();
+    consoles.notifiers.store = FdStore::from_env();
+    // What a supervisor before this one stored with systemd.
+    let mut passed = Some(FdStore::passed());
     let mut inits: HashMap<i32, Watched> = HashMap::new();
     let mut due: Vec<Due> = Vec::new();
     let mut starting: HashMap<u32, (Due, std::process::Child)> = HashMap::new();
@@ -198,6 +205,18 @@ pub fn supervise(roots: &dyn Fn() -> Vec<PathBuf>, vectl: &Path) -> Result<()> {
                 consoles.listen(&root);
             }
             consoles.prune();
+            if let Some(p) = passed.take() {
+                let ours: Vec<PathBuf> = owned.keys().cloned().collect();
+                let left = consoles.notifiers.adopt(&ours, p);
+                let left = consoles.adopt(&ours, left);
+                if !left.is_empty() {
+                    log(&format!(
+                        "{} stored descriptors of roots it does not serve are left to the service manager",
+                        left.len()
+                    ));
+                }
+                consoles.store.ready();
+            }
             next_scan = Instant::now() + RESCAN;
         }
         let now = Instant::now();
@@ -689,6 +708,153 @@ fn note_exit(msg: &[u8], inits: &mut HashMap<i32, Watched>, recent: &mut RecentE
     }
 }
 
+/// systemd's file descriptor store (`FileDescriptorStoreMax=` in
+/// vectl-supervisor.service): what the supervisor holds for running VEs (their
+/// consoles' masters, their sysinfo listeners) is also sent there
+/// (`FDSTORE=1`), and a supervisor that starts again gets it back
+/// (`LISTEN_FDS`) instead of leaving the VEs without them. Each is named
+/// `KIND.ROOT.VE.INIT`, ROOT a hash of the root's path (a name holds no `:`
+/// and at most 255 characters). Without a service manager (`NOTIFY_SOCKET`
+/// unset) nothing is stored.
+#[derive(Default)]
+pub(crate) struct FdStore(Option<nix::sys::socket::UnixAddr>);
+
+impl FdStore {
+    /// The service manager's socket (a path, or `@` and an abstract name).
+    pub(crate) fn from_env() -> FdStore {
+        use std::os::unix::ffi::OsStrExt;
+        let addr = std::env::var_os("NOTIFY_SOCKET").and_then(|v| {
+            let b = v.as_bytes();
+            match b.strip_prefix(b"@") {
+                Some(name) => nix::sys::socket::UnixAddr::new_abstract(name).ok(),
+                None if b.starts_with(b"/") => nix::sys::socket::UnixAddr::new(b).ok(),
+                None => None,
+            }
+        });
+        FdStore(addr)
+    }
+
+    /// The name of what a VE's init `init` holds, of kind `kind`.
+    pub(crate) fn name(kind: &str, root: &Path, ve: &str, init: i32) -> String {
+        format!("{kind}.{:016x}.{ve}.{init}", path_hash(root))
+    }
+
+    /// The root (among `roots`), VE and init a stored name of `kind` names.
+    pub(crate) fn parse(
+        kind: &str,
+        name: &str,
+        roots: &[PathBuf],
+    ) -> Option<(PathBuf, String, i32)> {
+        let rest = name.strip_prefix(kind)?.strip_prefix('.')?;
+        let (hash, rest) = rest.split_once('.')?;
+        let (ve, init) = rest.rsplit_once('.')?;
+        let root = roots
+            .iter()
+            .find(|r| format!("{:016x}", path_hash(r)) == hash)?;
+        Some((root.clone(), ve.to_string(), init.parse().ok()?))
+    }
+
+    /// Stores `fd` as `name`; with `poll`, systemd drops it by itself when it
+    /// hangs up (a listener whose processes are gone), else only when told.
+    pub(crate) fn store(&self, name: &str, fd: BorrowedFd<'_>, poll: bool) {
+        let msg = format!(
+            "FDSTORE=1\nFDNAME={name}{}",
+            if poll { "" } else { "\nFDPOLL=0" }
+        );
+        if self.0.is_some() && !self.send(&msg, Some(fd)) {
+            log(&format!(
+                "{name}: could not store it with the service manager"
+            ));
+        }
+    }
+
+    /// Drops what is stored as `name`.
+    pub(crate) fn remove(&self, name: &str) {
+        self.send(&format!("FDSTOREREMOVE=1\nFDNAME={name}"), None);
+    }
+
+    /// Tells the service manager the supervisor is ready (`Type=notify`).
+    pub(crate) fn ready(&self) {
+        self.send("READY=1", None);
+    }
+
+    fn send(&self, msg: &str, fd: Option<BorrowedFd<'_>>) -> bool {
+        use nix::sys::socket::{
+            AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, sendmsg, socket,
+        };
+        let Some(to) = &self.0 else {
+            return false;
+        };
+        let Ok(sock) = socket(
+            AddressFamily::Unix,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        ) else {
+            return false;
+        };
+        let raw: Vec<i32> = fd.iter().map(|f| f.as_raw_fd()).collect();
+        let cmsgs: Vec<ControlMessage<'_>> = if raw.is_empty() {
+            Vec::new()
+        } else {
+            vec![ControlMessage::ScmRights(&raw)]
+        };
+        sendmsg(
+            sock.as_raw_fd(),
+            &[std::io::IoSlice::new(msg.as_bytes())],
+            &cmsgs,
+            MsgFlags::MSG_NOSIGNAL,
+            Some(to),
+        )
+        .is_ok()
+    }
+
+    /// The descriptors the service manager passed to this process
+    /// (`LISTEN_FDS`, from fd 3, named by `LISTEN_FDNAMES`), taken once: the
+    /// variables leave the environment, and each descriptor becomes
+    /// close-on-exec.
+    pub(crate) fn passed() -> Vec<(String, OwnedFd)> {
+        let var = |k: &str| std::env::var(k).ok();
+        let ours =
+            var("LISTEN_PID").and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
+        let n: i32 = var("LISTEN_FDS").and_then(|n| n.parse().ok()).unwrap_or(0);
+        let names = var("LISTEN_FDNAMES").unwrap_or_default();
+        for k in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+            // SAFETY: the supervisor is single-threaded when it starts; nothing
+            // else reads the environment meanwhile.
+            unsafe { std::env::remove_var(k) };
+        }
+        if !ours || !(1..=65536).contains(&n) {
+            return Vec::new();
+        }
+        let mut names = names.split(':');
+        (3..3 + n)
+            .filter_map(|fd| {
+                let name = names.next().unwrap_or("").to_string();
+                // Only a descriptor that is open is taken.
+                // SAFETY: F_SETFD on a number; EBADF if nothing is open there.
+                if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+                    return None;
+                }
+                // SAFETY: the service manager passed this descriptor to us;
+                // nothing else in this process owns it.
+                Some((name, unsafe { OwnedFd::from_raw_fd(fd) }))
+            })
+            .collect()
+    }
+}
+
+/// FNV-1a of a path's bytes: the same in every run of vectl.
+fn path_hash(p: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    p.as_os_str()
+        .as_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -710,6 +876,7 @@ mod tests {
                     started_at: 0,
                     ports: Vec::new(),
                     console: false,
+                    sysinfo: false,
                     last_exit: None,
                     proc_view_off: None,
                 },
@@ -756,6 +923,24 @@ mod tests {
         // An end before the init started is another process's.
         assert_eq!(recent.of(1001, 6), None);
         assert_eq!(recent.of(1000, 10), Some(7));
+    }
+
+    #[test]
+    fn stored_names_are_valid_for_systemd_and_name_their_ve() {
+        let roots = [PathBuf::from("/var/lib/vectl"), PathBuf::from("/srv/v2")];
+        let n = FdStore::name("si", &roots[0], "web-1.a", 42);
+        assert!(n.len() <= 255 && !n.contains(':') && n.is_ascii(), "{n}");
+        assert_eq!(
+            FdStore::parse("si", &n, &roots),
+            Some((roots[0].clone(), "web-1.a".to_string(), 42))
+        );
+        assert_eq!(FdStore::parse("con", &n, &roots), None);
+        assert_eq!(FdStore::parse("si", &n, &roots[1..]), None);
+        assert_ne!(n, FdStore::name("si", &roots[1], "web-1.a", 42));
+        assert_eq!(
+            format!("{:016x}", path_hash(Path::new(""))),
+            "cbf29ce484222325"
+        );
     }
 
     #[test]

@@ -329,3 +329,81 @@ pub(crate) fn pending_input(fd: BorrowedFd<'_>) -> usize {
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) };
     if rc == 0 { n.max(0) as usize } else { 0 }
 }
+
+/// A connected pair of close-on-exec SOCK_SEQPACKET sockets: a report channel
+/// between vectl and a child that, unlike a pipe, also carries descriptors
+/// (the child's seccomp listener). Each write is one message.
+pub(crate) fn report_channel() -> nix::Result<(OwnedFd, OwnedFd)> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+}
+
+/// Sends `fd` on a report channel, in a message of its own (its one byte is
+/// no part of the report).
+pub(crate) fn send_fd(sock: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> nix::Result<()> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let fds = [fd.as_raw_fd()];
+    sendmsg::<()>(
+        sock.as_raw_fd(),
+        &[std::io::IoSlice::new(b"F")],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .map(|_| ())
+}
+
+/// Receives one message of a report channel: its text goes to `text`, a
+/// descriptor it carries to `fds` (its byte does not count as text). Returns
+/// how many bytes came (0: every sender is gone).
+pub(crate) fn recv_report(
+    sock: BorrowedFd<'_>,
+    text: &mut Vec<u8>,
+    fds: &mut Vec<OwnedFd>,
+) -> nix::Result<usize> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let mut buf = [0u8; 4096];
+    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let n = msg.bytes;
+    let mut got = false;
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            for fd in raw {
+                // SAFETY: the kernel gave us this descriptor with the message;
+                // nothing else owns it.
+                fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                got = true;
+            }
+        }
+    }
+    if !got {
+        text.extend_from_slice(&buf[..n]);
+    }
+    Ok(n)
+}
+
+/// Reads a report channel until every sender is gone: its text and the
+/// descriptors it carried.
+pub(crate) fn read_reports(sock: BorrowedFd<'_>) -> (String, Vec<OwnedFd>) {
+    let (mut text, mut fds) = (Vec::new(), Vec::new());
+    loop {
+        match recv_report(sock, &mut text, &mut fds) {
+            Ok(0) => break,
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(_) => break,
+        }
+    }
+    (String::from_utf8_lossy(&text).into_owned(), fds)
+}

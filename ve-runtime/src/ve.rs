@@ -106,6 +106,11 @@ pub struct VeDetails {
     /// (`vectl console`, `vectl logs`) rather than /dev/null.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub console: Option<bool>,
+    /// While running: whether sysinfo(2) in it (busybox `free`, `uptime`)
+    /// tells its own memory, swap, uptime and tasks, answered by the
+    /// supervisor, rather than the host's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sysinfo: Option<bool>,
 }
 
 /// What a running VE's /proc shows (`procview.rs`).
@@ -588,6 +593,10 @@ impl Host {
             console: console
                 .as_ref()
                 .map(|c| (c.slave.as_raw_fd(), c.path.clone())),
+            // The supervisor that takes the console answers sysinfo(2) too,
+            // when /proc shows the VE's own values (busybox `free` takes
+            // part of its figures from /proc/meminfo).
+            sysinfo: console.is_some() && proc_view_off.is_none(),
         };
         let run_path = self.run_path(&ve);
         let mut recorded = None;
@@ -627,6 +636,7 @@ impl Host {
                 started_at: state::now_secs(),
                 ports,
                 console: console.is_some(),
+                sysinfo: false,
                 last_exit: last_exit.clone(),
                 proc_view_off: proc_view_off.clone(),
             };
@@ -650,15 +660,20 @@ impl Host {
             let _ = self.put_back_disk_limit(&ve, Some(d));
         }
         match (started, recorded) {
-            (Ok(_), Some(mut rs)) => {
+            (Ok(started), Some(mut rs)) => {
                 let _ = remove_file(&self.stopping_marker(&ve));
                 // The VE runs either way: a supervisor that went away meanwhile
                 // leaves it without a console (`show` says so), not unstarted.
-                if let Some(c) = console
-                    && c.hand_over(&ve, rs.pid).is_err()
-                {
-                    rs.console = false;
-                    let _ = rs.store(&run_path);
+                if let Some(c) = console {
+                    let before = (rs.console, rs.sysinfo);
+                    let answered = started.sysinfo.is_some();
+                    match c.hand_over(&ve, rs.pid, started.sysinfo) {
+                        Ok(()) => rs.sysinfo = answered,
+                        Err(_) => rs.console = false,
+                    }
+                    if (rs.console, rs.sysinfo) != before {
+                        let _ = rs.store(&run_path);
+                    }
                 }
                 Ok(rs)
             }
@@ -1280,6 +1295,7 @@ impl Host {
         // start or snapshot may be under way).
         let alive = self.alive_state_with(&ve, false)?;
         let console = alive.as_ref().map(|rs| rs.console);
+        let sysinfo = alive.as_ref().map(|rs| rs.sysinfo);
         let proc_view = match alive {
             None => None,
             Some(rs) => {
@@ -1309,6 +1325,7 @@ impl Host {
         Ok(VeDetails {
             proc_view,
             console,
+            sysinfo,
             created: cfg.created.clone(),
             init: cfg
                 .init
@@ -1364,7 +1381,9 @@ impl Host {
                 });
             }
         };
-        crate::exec::run(&ve, rs.pid, pidfd, placement, profile, opts)
+        let sysinfo = (rs.proc_view_off.is_none() && crate::sysinfo::supervised(self.root()))
+            .then(|| self.root());
+        crate::exec::run(&ve, rs.pid, pidfd, placement, profile, sysinfo, opts)
     }
 
     /// Opens an interactive login shell in a running VE (root's shell from its

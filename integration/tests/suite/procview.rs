@@ -357,3 +357,190 @@ fn rebinding_leaves_the_ves_own_mounts_and_planted_symlinks_alone() {
         "a mount below the VE's /etc: {mounts}"
     );
 }
+
+/// The total on the `Mem:` or `Swap:` line of busybox `free` (KiB), which
+/// asks sysinfo(2).
+#[track_caller]
+fn free_total(out: &str, line: &str) -> u64 {
+    out.lines()
+        .find_map(|l| l.strip_prefix(line))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {line} in {out}"))
+}
+
+#[test]
+fn sysinfo_in_a_ve_tells_its_own_memory_swap_uptime_and_tasks() {
+    use crate::escape::{plant_probe, probe_in};
+    let test = "sysinfo_in_a_ve_tells_its_own";
+    let Some((h, dir)) = host_with_lxcfs_dir(test) else {
+        return;
+    };
+    let Some(_lxcfs) = Lxcfs::start(test, &dir) else {
+        return;
+    };
+    let host_kb = host_meminfo_kb("MemTotal");
+    let host_swap_kb = host_meminfo_kb("SwapTotal");
+    // No supervisor: the kernel answers (the host's values), never ENOSYS.
+    h.start_ve("sn", &["--ram", "64M"]);
+    plant_probe(&h, "sn");
+    let f = probe_in(&h, "sn", &["sysinfo"]);
+    assert_eq!(f["totalram"], (host_kb * 1024).to_string(), "{f:?}");
+    assert_eq!(h.json(&["show", "sn"])["sysinfo"], false);
+    assert!(h.ok(&["show", "sn"]).contains("sysinfo"));
+    h.ok(&["stop", "--fast", "sn"]);
+
+    let _sup = Supervisor::start(&h);
+    for (ve, extra) in [("su", &[][..]), ("sp", &["--privileged"][..])] {
+        let mut args = vec![
+            "--ram",
+            "64M",
+            "--swap",
+            "32M",
+            "--init",
+            "/bin/sh -c 'while :; do free > /tmp/f.new; mv /tmp/f.new /tmp/free.txt; sleep 1; done'",
+        ];
+        args.extend_from_slice(extra);
+        h.start_ve(ve, &args);
+        assert_eq!(h.json(&["show", ve])["sysinfo"], true, "{ve}");
+        plant_probe(&h, ve);
+        // A command of `vectl exec`; 2000 calls timed (a figure, no bound).
+        let f = probe_in(&h, ve, &["sysinfo", "2000"]);
+        eprintln!(
+            "{ve}: sysinfo answered by the supervisor: {} ns a call",
+            f["ns_per_call"]
+        );
+        let n = |k: &str| -> u64 { f[k].parse().unwrap_or_else(|_| panic!("{k}: {f:?}")) };
+        assert_eq!(n("totalram"), 64 << 20, "{ve}: {f:?}");
+        assert!(n("freeram") > 0 && n("freeram") < 64 << 20, "{ve}: {f:?}");
+        let swap = (32u64 << 20).min(host_swap_kb * 1024);
+        assert_eq!(n("totalswap"), swap, "{ve}: {f:?}");
+        assert!(n("freeswap") <= swap, "{ve}: {f:?}");
+        assert!(n("uptime") < 120, "{ve}: {f:?}");
+        // Its init, the loop's sleep, the probe: a handful, not the host's.
+        assert!(n("procs") >= 2 && n("procs") < 30, "{ve}: {f:?}");
+        // A buffer the caller cannot write: EFAULT, as from the kernel.
+        for k in ["null", "readonly", "unmapped"] {
+            assert_eq!(f[k], "EFAULT", "{ve}: {k}: {f:?}");
+        }
+        // busybox free under init (the listener handed over at start).
+        let mut out = String::new();
+        wait_for("free under init", || {
+            out = sh(&h, ve, "cat /tmp/free.txt 2>/dev/null || true");
+            out.contains("Mem:")
+        });
+        assert_eq!(free_total(&out, "Mem:"), 64 * 1024, "{ve}: {out}");
+        assert_eq!(free_total(&out, "Swap:"), swap / 1024, "{ve}: {out}");
+        // A live change shows at once, in exec and under init.
+        h.ok(&["set", ve, "--ram", "128M"]);
+        let out = sh(&h, ve, "free");
+        assert_eq!(free_total(&out, "Mem:"), 128 * 1024, "{ve}: {out}");
+        wait_for("free under init after set", || {
+            let out = sh(&h, ve, "cat /tmp/free.txt");
+            free_total(&out, "Mem:") == 128 * 1024
+        });
+        assert!(host_kb > 128 * 1024);
+        h.ok(&["stop", "--fast", ve]);
+    }
+}
+
+/// The next message on a notification socket, with the descriptors it carries.
+fn notify_msg(sock: &std::os::unix::net::UnixDatagram) -> (String, Vec<std::os::fd::OwnedFd>) {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mut buf = [0u8; 4096];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .expect("a message from the supervisor on NOTIFY_SOCKET");
+    let mut fds = Vec::new();
+    for c in msg.cmsgs().unwrap() {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            // SAFETY: descriptors the kernel gave us with the message.
+            fds.extend(raw.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) }));
+        }
+    }
+    let n = msg.bytes;
+    (String::from_utf8_lossy(&buf[..n]).into_owned(), fds)
+}
+
+#[test]
+fn a_supervisor_restarted_by_its_service_manager_answers_sysinfo_again() {
+    let test = "a_supervisor_restarted_answers_sysinfo";
+    let Some((h, dir)) = host_with_lxcfs_dir(test) else {
+        return;
+    };
+    let Some(_lxcfs) = Lxcfs::start(test, &dir) else {
+        return;
+    };
+    // The test plays systemd: a notification socket, and the fd store.
+    let path = h.root().with_extension("notify");
+    let _ = fs::remove_file(&path);
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let notify = [("NOTIFY_SOCKET", path.to_str().unwrap())];
+    let sup = Supervisor::start_as_service(&h, &notify, Vec::new());
+    assert_eq!(notify_msg(&sock).0, "READY=1");
+    h.start_ve(
+        "sr",
+        &[
+            "--ram",
+            "64M",
+            "--init",
+            "/bin/sh -c 'while :; do free > /tmp/f.new; mv /tmp/f.new /tmp/free.txt; echo tick; sleep 1; done'",
+        ],
+    );
+    let init = h.init_pid("sr");
+    // Its console's master and its sysinfo listener, each stored by name.
+    let mut stored = Vec::new();
+    for _ in 0..2 {
+        let (msg, mut fds) = notify_msg(&sock);
+        let name = msg
+            .lines()
+            .find_map(|l| l.strip_prefix("FDNAME="))
+            .unwrap_or_else(|| panic!("{msg}"))
+            .to_string();
+        assert!(msg.starts_with("FDSTORE=1\n"), "{msg}");
+        assert!(name.ends_with(&format!(".sr.{init}")), "{msg}");
+        assert_eq!(fds.len(), 1, "{msg}");
+        // The console stays stored while no slave is open (FDPOLL=0).
+        assert_eq!(name.starts_with("con."), msg.contains("FDPOLL=0"), "{msg}");
+        stored.push((name, fds.remove(0)));
+    }
+    stored.sort_by(|a, b| a.0.cmp(&b.0));
+    assert!(stored[0].0.starts_with("con.") && stored[1].0.starts_with("si."));
+    // The supervisor dies; what was stored keeps the VE's console and filter
+    // served as soon as a new one takes them.
+    drop(sup);
+    sh(&h, "sr", "rm -f /tmp/free.txt");
+    let _sup = Supervisor::start_as_service(&h, &notify, stored);
+    assert_eq!(notify_msg(&sock).0, "READY=1");
+    wait_for("free under init after the restart", || {
+        let out = sh(&h, "sr", "cat /tmp/free.txt 2>/dev/null || true");
+        out.contains("Mem:") && free_total(&out, "Mem:") == 64 * 1024
+    });
+    // The console goes on: what init writes after the restart is logged.
+    let log = h.root().join("run/sr.console.log");
+    wait_for("the console after the restart", || {
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        text.split("took VE sr's console back")
+            .nth(1)
+            .is_some_and(|after| after.contains("tick"))
+    });
+    // A stop drops the console from the store (the listener systemd drops by
+    // itself when the VE's processes are gone).
+    // (Each `vectl exec` meanwhile stored a listener of its own.)
+    h.ok(&["stop", "--fast", "sr"]);
+    let msg = std::iter::repeat_with(|| notify_msg(&sock).0)
+        .find(|m| !m.contains("FDNAME=si."))
+        .unwrap();
+    assert!(msg.starts_with("FDSTOREREMOVE=1\nFDNAME=con."), "{msg}");
+    assert!(msg.ends_with(&format!(".sr.{init}")), "{msg}");
+    let _ = fs::remove_file(&path);
+}

@@ -87,6 +87,17 @@ pub struct Usage {
     pub oom_kills: u64,
 }
 
+/// A VE's memory and swap, limits and use, and its task count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryView {
+    pub ram_limit: Option<u64>,
+    /// Swap on top of RAM.
+    pub swap_limit: Option<u64>,
+    pub ram_used: u64,
+    pub swap_used: u64,
+    pub tasks: u64,
+}
+
 /// The operations vectl needs from a cgroup hierarchy, whatever its version.
 pub trait CgroupBackend: std::fmt::Debug {
     /// The version this backend drives.
@@ -132,6 +143,10 @@ pub trait CgroupBackend: std::fmt::Debug {
     fn placement(&self, ve: &str) -> Result<Placement>;
     /// Current use.
     fn usage(&self, ve: &str) -> Result<Usage>;
+    /// What sysinfo(2) in the VE tells (`sysinfo.rs`), from the few files that
+    /// hold it: cheaper than [`CgroupBackend::read_limits`] and
+    /// [`CgroupBackend::usage`], which read every controller.
+    fn memory_view(&self, ve: &str) -> Result<MemoryView>;
     /// The directories this backend would use for a VE (for `show`).
     fn paths(&self, ve: &str) -> Vec<PathBuf>;
     /// The parent directories of all VE cgroups, one per hierarchy.

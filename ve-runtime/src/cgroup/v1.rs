@@ -13,9 +13,9 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::{
-    CgroupBackend, CgroupVersion, KnobState, KnobWrite, PAYLOAD, Placement, Usage, apply_plan,
-    changes, device_line, first_device, mkdir, read_knob, read_limit, read_procs_tree, rmdir_tree,
-    shares_to_weight, weight_to_shares, write_knob,
+    CgroupBackend, CgroupVersion, KnobState, KnobWrite, MemoryView, PAYLOAD, Placement, Usage,
+    apply_plan, changes, device_line, first_device, mkdir, read_knob, read_limit, read_procs_tree,
+    rmdir_tree, shares_to_weight, weight_to_shares, write_knob,
 };
 use crate::error::{Error, Result};
 use crate::limits::{IoLimits, KernelLimits};
@@ -593,6 +593,38 @@ impl CgroupBackend for V1 {
                 blkio_sum(&read_knob(&d, "blkio.throttle.io_serviced_recursive")?);
         }
         Ok(u)
+    }
+
+    fn memory_view(&self, ve: &str) -> Result<MemoryView> {
+        let mem = self.need("memory", ve)?;
+        let num = |d: &std::path::Path, f: &str| -> u64 {
+            read_knob(d, f).map_or(0, |v| v.parse().unwrap_or(0))
+        };
+        let ram_limit = read_limit(&mem, "memory.limit_in_bytes")?;
+        let ram_used: u64 = read_knob(&mem, "memory.usage_in_bytes")?
+            .parse()
+            .unwrap_or(0);
+        // RAM+swap, where the host accounts swap (swapaccount=1).
+        let memsw = read_limit(&mem, "memory.memsw.limit_in_bytes").ok();
+        let (swap_limit, swap_used) = match memsw {
+            Some(both) => (
+                match (ram_limit, both) {
+                    (Some(r), Some(b)) => Some(b.saturating_sub(r)),
+                    _ => None,
+                },
+                num(&mem, "memory.memsw.usage_in_bytes").saturating_sub(ram_used),
+            ),
+            None => (Some(0), 0),
+        };
+        Ok(MemoryView {
+            ram_limit,
+            swap_limit,
+            ram_used,
+            swap_used,
+            tasks: self
+                .ve_dir("pids", ve)
+                .map_or(0, |d| num(&d, "pids.current")),
+        })
     }
 
     fn paths(&self, ve: &str) -> Vec<PathBuf> {

@@ -13,9 +13,9 @@ use nix::fcntl::{OFlag, open};
 use nix::sys::stat::Mode;
 
 use super::{
-    CgroupBackend, CgroupVersion, KnobState, KnobWrite, PAYLOAD, Placement, Usage, apply_plan,
-    changes, device_line, first_device, mkdir, read_knob, read_limit, read_procs_tree, rmdir_tree,
-    write_knob,
+    CgroupBackend, CgroupVersion, KnobState, KnobWrite, MemoryView, PAYLOAD, Placement, Usage,
+    apply_plan, changes, device_line, first_device, mkdir, read_knob, read_limit, read_procs_tree,
+    rmdir_tree, write_knob,
 };
 use crate::error::{Error, Result, io_err, sys_err};
 use crate::limits::{CPU_PERIOD_US, IoLimits, KernelLimits};
@@ -505,6 +505,19 @@ impl CgroupBackend for V2 {
             }
         }
         Ok(u)
+    }
+
+    fn memory_view(&self, ve: &str) -> Result<MemoryView> {
+        let dir = self.ve_dir(ve);
+        let num = |f: &str| read_knob(&dir, f).map_or(0, |v| v.parse().unwrap_or(0));
+        Ok(MemoryView {
+            ram_limit: read_limit(&dir, "memory.max")?,
+            // No swap accounting: no allowance to show.
+            swap_limit: read_limit(&dir, "memory.swap.max").unwrap_or(Some(0)),
+            ram_used: read_knob(&dir, "memory.current")?.parse().unwrap_or(0),
+            swap_used: num("memory.swap.current"),
+            tasks: num("pids.current"),
+        })
     }
 
     fn paths(&self, ve: &str) -> Vec<PathBuf> {

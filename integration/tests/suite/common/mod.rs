@@ -1110,7 +1110,47 @@ pub struct Supervisor(pub Child);
 impl Supervisor {
     /// Starts it and waits until it listens for the root's consoles.
     pub fn start(h: &TestHost) -> Supervisor {
-        let mut cmd = h.command();
+        Supervisor::start_as_service(h, &[], Vec::new())
+    }
+
+    /// Starts it as systemd would: with `env` (NOTIFY_SOCKET) and, when
+    /// `passed` is not empty, those descriptors from fd 3 on (LISTEN_FDS,
+    /// LISTEN_PID, LISTEN_FDNAMES from the names). Waits until it listens.
+    pub fn start_as_service(
+        h: &TestHost,
+        env: &[(&str, &str)],
+        passed: Vec<(String, std::os::fd::OwnedFd)>,
+    ) -> Supervisor {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let base = h.command();
+        // LISTEN_PID must be the supervisor's own pid: a shell that execs it.
+        let mut cmd = if passed.is_empty() {
+            Command::new(base.get_program())
+        } else {
+            let mut c = Command::new("sh");
+            c.args(["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\""])
+                .arg(base.get_program());
+            let names: Vec<&str> = passed.iter().map(|(n, _)| n.as_str()).collect();
+            c.env("LISTEN_FDS", passed.len().to_string())
+                .env("LISTEN_FDNAMES", names.join(":"));
+            let raw: Vec<i32> = passed.iter().map(|(_, f)| f.as_raw_fd()).collect();
+            // SAFETY: the closure only duplicates descriptors (async-signal-safe).
+            unsafe {
+                c.pre_exec(move || place_fds(&raw));
+            }
+            c
+        };
+        cmd.args(base.get_args());
+        for (k, v) in base.get_envs() {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         if let Some(ns) = h.host_netns() {
             cmd.env("VECTL_HOST_NETNS", ns);
         }
@@ -1121,9 +1161,10 @@ impl Supervisor {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn vectl supervise");
+        drop(passed);
         let sock = h.root().join("run/console.sock");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !sock.exists() {
+        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
             assert!(Instant::now() < deadline, "the supervisor did not listen");
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -1136,6 +1177,27 @@ impl Drop for Supervisor {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Puts the descriptors `raw` at 3, 4, ... (between fork and exec): all
+/// are copied above them first, so none is overwritten before it is moved.
+fn place_fds(raw: &[i32]) -> std::io::Result<()> {
+    let mut high = Vec::with_capacity(raw.len());
+    for &f in raw {
+        // SAFETY: fcntl on a descriptor number; a failure is returned.
+        let h = unsafe { libc::fcntl(f, libc::F_DUPFD_CLOEXEC, 1000) };
+        if h < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        high.push(h);
+    }
+    for (to, h) in (3..).zip(high) {
+        // SAFETY: dup2 onto a number of this process (it clears close-on-exec).
+        if unsafe { libc::dup2(h, to) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Waits up to a minute for `ok`.
