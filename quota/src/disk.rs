@@ -58,17 +58,34 @@ impl Pool {
     pub(crate) fn forget_qgroup(&self, id: u64) -> Result<()> {
         match btrfs::destroy_qgroup(&self.dir, id) {
             Ok(()) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                let path = self.pending_qgroups_path();
-                let mut f = fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .map_err(io_err(&path))?;
-                io::Write::write_all(&mut f, format!("{id}\n").as_bytes()).map_err(io_err(&path))
-            }
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => self.queue_qgroup(id),
             Err(e) => Err(io_err(&self.dir)(e)),
         }
+    }
+
+    /// Puts qgroup `id` on the list that the next volume removal or creation
+    /// sweeps ([`Pool::sweep_qgroups`]): for the group of a subvolume the
+    /// kernel is still deleting (a destroy that was killed never queued it).
+    pub fn queue_qgroup(&self, id: u64) -> Result<()> {
+        if self.queued_qgroups().contains(&id) {
+            return Ok(());
+        }
+        let path = self.pending_qgroups_path();
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        io::Write::write_all(&mut f, format!("{id}\n").as_bytes()).map_err(io_err(&path))
+    }
+
+    /// The qgroups waiting on that list.
+    pub fn queued_qgroups(&self) -> Vec<u64> {
+        fs::read_to_string(self.pending_qgroups_path())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
     }
 
     /// The qgroups of deleted subvolumes still to remove, one id a line.

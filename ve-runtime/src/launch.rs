@@ -5,7 +5,7 @@
 //! of init.
 //!
 //! With a user namespace the child first waits for its root: vectl writes its
-//! uid and gid maps and a helper mounts the idmapped layers and the overlay in
+//! uid and gid maps and mounts the idmapped layers and the overlay in
 //! the child's mount namespace ([`crate::userns::mount_root`]); then the child
 //! becomes root of its namespace and goes on. Device nodes cannot be made in a
 //! user namespace: the VE's /dev gets bind mounts of the host's harmless ones.
@@ -103,8 +103,8 @@ pub(crate) fn start(
     let confinement = Confinement::new(profile)
         .map_err(|e| fail(e.to_string()))?
         .with_sysinfo(spec.sysinfo);
-    // A privileged child mounts its overlay itself; with a user namespace a
-    // helper does (userns::mount_root).
+    // A privileged child mounts its overlay itself; with a user namespace
+    // vectl does, in the child's mount namespace (userns::mount_root).
     let overlay_opts = match profile {
         Profile::Privileged => Some(cstr(userns::overlay_options(
             &spec.lower,
@@ -291,8 +291,8 @@ impl ChildSetup<'_> {
         umask(Mode::empty());
         setsid().map_err(step(|| "setsid".into()))?;
         let root = match self.overlay_opts {
-            // The helper that mounted the root made this namespace's mounts
-            // private already.
+            // vectl, mounting the root, made this namespace's mounts private
+            // already.
             None => userns::root_dir(&self.spec.mountpoint),
             Some(opts) => {
                 make_mounts_private()?;

@@ -159,6 +159,10 @@ impl Host {
                 repaired: repair && res.is_ok(),
             });
         }
+        // Queued groups whose subvolumes the kernel has dropped since go first:
+        // that is the deferred end of earlier destroys, not a repair.
+        pool.sweep_qgroups();
+        let queued = pool.queued_qgroups();
         let (stale, foreign) = pool.stale_qgroups()?;
         for id in stale {
             let held = pool.qgroup_bytes(id).filter(|&b| b > 0);
@@ -193,15 +197,24 @@ impl Host {
         }
         let own_fs = !matches!(self.settings().pool_source, Some(quota::Source::Mounted));
         for id in foreign {
+            // On the pool's own file system a subvolume that is none of its
+            // volumes is one the kernel is still deleting. Older kernels keep
+            // its group when they are done: it is queued for the next create
+            // or destroy, as a destroy does (one that was killed did not).
+            let queue = own_fs && (queued.contains(&id) || repair);
+            let repaired =
+                repair && own_fs && !queued.contains(&id) && pool.queue_qgroup(id).is_ok();
             out.push(PoolProblem {
                 kind: "foreign-qgroup",
                 subject: format!("0/{id}"),
-                detail: if own_fs {
-                    "quota group of a subvolume the kernel is still deleting (it goes when the kernel is done)".into()
+                detail: if queue {
+                    "quota group of a subvolume the kernel is still deleting (queued: the next create or destroy removes it when the kernel is done)".into()
+                } else if own_fs {
+                    "quota group of a subvolume the kernel is still deleting (recent kernels remove it then; `pool check --repair` queues it for older ones)".into()
                 } else {
                     "a subvolume that is not vectl's, or one the kernel is still deleting: left alone".into()
                 },
-                repaired: false,
+                repaired,
             });
         }
         Ok(out)

@@ -27,13 +27,14 @@
 //! changes no file. Every VE of a template reads the template's one inode of a
 //! file, so the page cache holds it once.
 //!
-//! The mounts are made by a short-lived helper process that joins the VE's new
-//! mount namespace before the VE's init has done anything there: vectl itself
-//! never changes its own namespaces or credentials.
+//! The mounts are made by vectl in the VE's new mount namespace before the
+//! VE's init has done anything there: it joins that namespace for the moment
+//! (with the VE root's host id as file-system id for the overlay mount) and
+//! returns to its own namespace, working directory and ids at once.
 
 use std::fmt;
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -47,7 +48,6 @@ use crate::fsutil::Lock;
 use crate::host::Host;
 use crate::roots::Registry;
 use crate::step::{Step, StepError, step};
-use crate::sys::{self, Forked};
 
 /// Host ids per VE unless told otherwise.
 pub const DEFAULT_COUNT: u32 = 65536;
@@ -281,7 +281,11 @@ pub(crate) fn root_dir(mountpoint: &Path) -> PathBuf {
 /// Mounts the VE's root in the mount namespace of the child `ve` (pid `pid`),
 /// which has not touched it yet: its template and volume as idmapped mounts on
 /// a private tmpfs at the mountpoint, and overlayfs over them at
-/// [`root_dir`]. Run in a helper process; errors come back as one line.
+/// [`root_dir`]. vectl joins that namespace for the moment and comes back to
+/// its own (and its working directory and file-system ids) before it returns,
+/// whatever happened: no helper process to fork and wait for, which was most of
+/// what a user namespace added to a start. Needs a single-threaded vectl
+/// (setns of a mount namespace does), as the clone before it does.
 pub(crate) fn mount_root(
     ve: BorrowedFd<'_>,
     pid: i32,
@@ -289,34 +293,47 @@ pub(crate) fn mount_root(
 ) -> std::result::Result<(), String> {
     let ns_path = format!("/proc/{pid}/ns/user");
     let userns = fs::File::open(&ns_path).map_err(|e| format!("{ns_path}: {e}"))?;
-    let (report_r, report_w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    match sys::clone3(0, None).map_err(|e| format!("clone3: {e}"))? {
-        Forked::Child => {
-            drop(report_r);
-            let code = match mount_in(ve, userns.as_fd(), layers) {
-                Ok(()) => 0,
-                Err(e) => {
-                    let _ = fs::File::from(report_w).write_all(e.to_string().as_bytes());
-                    1
-                }
-            };
-            sys::exit_now(code)
-        }
-        Forked::Parent { pid, .. } => {
-            drop(report_w);
-            let mut msg = String::new();
-            let _ = fs::File::from(report_r).read_to_string(&mut msg);
-            let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-            if !msg.is_empty() {
-                return Err(msg);
-            }
-            match status {
-                Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => Ok(()),
-                other => Err(format!("the helper mounting the root ended: {other:?}")),
-            }
-        }
-    }
+    let home =
+        fs::File::open("/proc/self/ns/mnt").map_err(|e| format!("/proc/self/ns/mnt: {e}"))?;
+    // setns resets the root and working directories to the namespace's: both
+    // are put back (a vectl run in a chroot stays in it).
+    let dir = |p: &str| {
+        nix::fcntl::open(
+            p,
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| format!("open {p}: {e}"))
+    };
+    let (root, cwd) = (dir("/")?, dir(".")?);
+    setns(ve, CloneFlags::CLONE_NEWNS)
+        .map_err(|e| format!("join the VE's mount namespace: {e}"))?;
+    // An invalid id changes nothing and tells the current one.
+    let (fsuid, fsgid) = set_fs_ids(u32::MAX, u32::MAX);
+    let mounted = mount_in(userns.as_fd(), layers);
+    // Back to what they were (back to 0, the kernel raises the file-system
+    // capabilities again).
+    set_fs_ids(fsuid, fsgid);
+    let back = setns(home.as_fd(), CloneFlags::CLONE_NEWNS)
+        .and_then(|()| nix::unistd::fchdir(&root))
+        .and_then(|()| nix::unistd::chroot("."))
+        .and_then(|()| nix::unistd::fchdir(&cwd))
+        .map_err(|e| format!("return to vectl's own mount namespace: {e}"));
+    mounted.map_err(|e| e.to_string())?;
+    back
+}
+
+/// Sets the calling thread's file-system uid and gid (group first) and returns
+/// the ones it had. Only this thread's credentials change.
+fn set_fs_ids(uid: u32, gid: u32) -> (u32, u32) {
+    // SAFETY: setfsgid takes an id and returns the previous one; an id that is
+    // not allowed changes nothing.
+    let old_gid = unsafe { libc::setfsgid(gid) };
+    // SAFETY: as above, for the uid.
+    let old_uid = unsafe { libc::setfsuid(uid) };
+    (old_uid.cast_unsigned(), old_gid.cast_unsigned())
 }
 
 /// A VE root's overlayfs options: no features that would make its own layer
@@ -331,9 +348,8 @@ pub(crate) fn overlay_options(lower: &Path, upper: &Path, work: &Path) -> String
     )
 }
 
-/// The helper's work, in the VE's mount namespace.
-fn mount_in(ve: BorrowedFd<'_>, userns: BorrowedFd<'_>, l: &RootLayers<'_>) -> Step {
-    setns(ve, CloneFlags::CLONE_NEWNS).map_err(step(|| "join the VE's mount namespace".into()))?;
+/// The mounts, made in the VE's mount namespace.
+fn mount_in(userns: BorrowedFd<'_>, l: &RootLayers<'_>) -> Step {
     crate::launch::make_mounts_private()?;
     let mp = l.mountpoint;
     mount(
@@ -360,17 +376,10 @@ fn mount_in(ve: BorrowedFd<'_>, userns: BorrowedFd<'_>, l: &RootLayers<'_>) -> S
     // with the VE root's host id as file-system id they map to 0 on disk
     // through the idmapped layers. Setting it clears the file-system
     // capabilities from the effective set; they are raised again.
+    // (vectl is single-threaded here; mount_root puts them back.)
     let root_id = l.range.host_id(0);
-    // SAFETY: setfsgid takes an id and changes only this thread's credentials
-    // (the helper is single-threaded and exits afterwards).
-    unsafe { libc::setfsgid(root_id) };
-    // SAFETY: as above, for the uid.
-    unsafe { libc::setfsuid(root_id) };
-    // SAFETY: an invalid id changes nothing and returns the current one.
-    let fsuid = unsafe { libc::setfsuid(u32::MAX) };
-    // SAFETY: as above, for the gid.
-    let fsgid = unsafe { libc::setfsgid(u32::MAX) };
-    if (fsuid, fsgid) != (root_id.cast_signed(), root_id.cast_signed()) {
+    set_fs_ids(root_id, root_id);
+    if set_fs_ids(u32::MAX, u32::MAX) != (root_id, root_id) {
         return Err(StepError::Refused(format!(
             "could not take the VE root's host id {root_id} as file-system id"
         )));

@@ -45,6 +45,25 @@ fn create_limits_land_in_the_cgroup_files() {
         kernel(&h, "lim"),
         ("268435456".into(), "50000".into(), "200".into())
     );
+    // v1: the VE's processes live in its own memory cgroup, with no nested
+    // one (a memory cgroup's own memory is charged to its parent: 12 KiB and
+    // more per VE); v2 delegates a payload cgroup below it.
+    let mem = h.cgroup_dir("memory", "lim");
+    let init = h.init_pid("lim").to_string();
+    let holder = if is_v2(&h) {
+        mem.join("ve")
+    } else {
+        mem.clone()
+    };
+    assert!(
+        std::fs::read_to_string(holder.join("cgroup.procs"))
+            .unwrap()
+            .lines()
+            .any(|p| p == init),
+        "init {init} not in {}",
+        holder.display()
+    );
+    assert_eq!(mem.join("ve").exists(), is_v2(&h), "{}", mem.display());
     // Fractional and multi-CPU caps, and RAM as a percentage of the host.
     h.start_ve("frac", &["--cpu-limit", "150%", "--ram", "1%"]);
     assert_eq!(kernel(&h, "frac").1, "150000");

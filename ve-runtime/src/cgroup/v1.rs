@@ -50,6 +50,16 @@ impl Hierarchy {
             .iter()
             .any(|c| TRACKING.contains(&c.as_str()))
     }
+
+    /// Whether a VE's processes live in a payload cgroup below the VE's own
+    /// one here. Not in the memory controller's hierarchy: a nested memory
+    /// cgroup is charged to its parent, the VE (12 KiB on two CPUs, more with
+    /// more), and nothing needs it (v1 delegates only the tracking
+    /// hierarchies; LXCFS takes the lowest limit up the tree). A VE that an
+    /// older vectl made has one there, and keeps using it.
+    fn has_payload(&self) -> bool {
+        !self.controllers.iter().any(|c| c == "memory")
+    }
 }
 
 /// The v1 backend.
@@ -341,9 +351,11 @@ impl CgroupBackend for V1 {
             if h.controllers.iter().any(|c| c == "cpuset") {
                 inherit_cpuset(ve, &dir)?;
             }
-            mkdir(&dir.join(PAYLOAD))?;
-            if h.controllers.iter().any(|c| c == "cpuset") {
-                inherit_cpuset(ve, &dir.join(PAYLOAD))?;
+            if h.has_payload() {
+                mkdir(&dir.join(PAYLOAD))?;
+                if h.controllers.iter().any(|c| c == "cpuset") {
+                    inherit_cpuset(ve, &dir.join(PAYLOAD))?;
+                }
             }
         }
         let old = self.read_limits(ve)?;
@@ -505,7 +517,13 @@ impl CgroupBackend for V1 {
         // cgroup there: its new processes join the others only.
         let payload = |h: &Hierarchy| {
             let dir = h.parent.join(ve).join(PAYLOAD);
-            (!h.is_tracking() || dir.is_dir()).then_some(dir)
+            if h.has_payload() {
+                (!h.is_tracking() || dir.is_dir()).then_some(dir)
+            } else if dir.is_dir() {
+                Some(dir)
+            } else {
+                Some(h.parent.join(ve))
+            }
         };
         let mut into = None;
         if let Some(dir) = self.hierarchies.iter().filter(|h| h.v2).find_map(payload) {
@@ -927,8 +945,18 @@ mod tests {
         let Placement::Tasks { join, back, .. } = cg.placement("web1").unwrap() else {
             panic!("v1 places by tasks files");
         };
+        // The fake VE has a memory payload, as an older vectl made it: kept.
         assert_eq!(join[0], tmp.path().join("memory/vectl/web1/ve/tasks"));
+        assert_eq!(join[1], tmp.path().join("cpu/vectl/web1/ve/tasks"));
         assert_eq!(back[2], tmp.path().join("pids/tasks"));
+        // A VE made now has none in the memory hierarchy: its processes live
+        // in its own memory cgroup, and in the payloads of the others.
+        fs::remove_dir_all(tmp.path().join("memory/vectl/web1/ve")).unwrap();
+        let Placement::Tasks { join, .. } = cg.placement("web1").unwrap() else {
+            panic!("v1 places by tasks files");
+        };
+        assert_eq!(join[0], tmp.path().join("memory/vectl/web1/tasks"));
+        assert_eq!(join[1], tmp.path().join("cpu/vectl/web1/ve/tasks"));
     }
 
     #[test]
