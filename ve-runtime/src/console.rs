@@ -357,20 +357,19 @@ impl Consoles {
         roots: &[PathBuf],
         passed: Vec<(String, OwnedFd)>,
     ) -> Vec<(String, OwnedFd)> {
-        let mut left = Vec::new();
-        for (name, fd) in passed {
-            let Some((root, ve, init)) = crate::supervise::FdStore::parse("con", &name, roots)
-            else {
-                left.push((name, fd));
-                continue;
-            };
-            // Its init still runs, and is the one the VE's run state names.
+        let (mine, left) = crate::supervise::FdStore::sort_out("con", passed, roots);
+        for (root, ve, init, name, fd) in mine {
+            // Its init still runs: the one the VE's run state names, with the
+            // start time recorded there (not a later process of that pid).
             let run = root.join("run").join(format!("{ve}.json"));
-            let alive = crate::state::proc_stat(init).is_some_and(|s| s.alive())
-                && crate::state::RunState::load(&run)
-                    .ok()
-                    .flatten()
-                    .is_some_and(|rs| rs.pid == init);
+            let alive = crate::state::RunState::load(&run)
+                .ok()
+                .flatten()
+                .is_some_and(|rs| {
+                    rs.pid == init
+                        && crate::state::proc_stat(init)
+                            .is_some_and(|s| s.alive() && s.start_ticks == rs.start_ticks)
+                });
             if !alive || self.hold(&root, &ve, fd, init, true).is_err() {
                 self.store.remove(&name);
             }

@@ -708,6 +708,10 @@ fn note_exit(msg: &[u8], inits: &mut HashMap<i32, Watched>, recent: &mut RecentE
     }
 }
 
+/// A descriptor taken back from the store: its VE's root, name and init, its
+/// stored name, and the descriptor.
+pub(crate) type StoredFd = (PathBuf, String, i32, String, OwnedFd);
+
 /// systemd's file descriptor store (`FileDescriptorStoreMax=` in
 /// vectl-supervisor.service): what the supervisor holds for running VEs (their
 /// consoles' masters, their sysinfo listeners) is also sent there
@@ -752,6 +756,23 @@ impl FdStore {
             .iter()
             .find(|r| format!("{:016x}", path_hash(r)) == hash)?;
         Some((root.clone(), ve.to_string(), init.parse().ok()?))
+    }
+
+    /// Splits descriptors passed back ([`FdStore::passed`]) into those of
+    /// `kind` for VEs of `roots` (root, VE, init, name, descriptor) and the rest.
+    pub(crate) fn sort_out(
+        kind: &str,
+        passed: Vec<(String, OwnedFd)>,
+        roots: &[PathBuf],
+    ) -> (Vec<StoredFd>, Vec<(String, OwnedFd)>) {
+        let (mut mine, mut rest) = (Vec::new(), Vec::new());
+        for (name, fd) in passed {
+            match FdStore::parse(kind, &name, roots) {
+                Some((root, ve, init)) => mine.push((root, ve, init, name, fd)),
+                None => rest.push((name, fd)),
+            }
+        }
+        (mine, rest)
     }
 
     /// Stores `fd` as `name`; with `poll`, systemd drops it by itself when it

@@ -108,16 +108,11 @@ impl Notifiers {
         roots: &[PathBuf],
         passed: Vec<(String, OwnedFd)>,
     ) -> Vec<(String, OwnedFd)> {
-        let mut left = Vec::new();
-        for (name, fd) in passed {
-            match crate::supervise::FdStore::parse("si", &name, roots) {
-                Some((root, ve, init)) => {
-                    // Stored already: not again.
-                    if let Err(e) = self.keep(&root, &ve, init, fd) {
-                        crate::supervise::log(&format!("a stored sysinfo listener: {e}"));
-                    }
-                }
-                None => left.push((name, fd)),
+        let (mine, left) = crate::supervise::FdStore::sort_out("si", passed, roots);
+        for (root, ve, init, _, fd) in mine {
+            // Stored already: not again.
+            if let Err(e) = self.keep(&root, &ve, init, fd) {
+                crate::supervise::log(&format!("a stored sysinfo listener: {e}"));
             }
         }
         left
