@@ -78,12 +78,19 @@ step "unit and integration tests (real kernel, $(uname -r))"
 # seconds" above name the test that hung.
 tests_timeout=${VECTL_TESTS_TIMEOUT:-2100}
 rc=0
-timeout --kill-after=30 "$tests_timeout" cargo test --workspace --no-fail-fast || rc=$?
+timeout --kill-after=30 "$tests_timeout" cargo test --workspace --no-fail-fast 2>&1 |
+    tee target/test-output.log || rc=$?
 if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
     echo "test.sh: the tests did not finish within ${tests_timeout}s (VECTL_TESTS_TIMEOUT): a test hangs" >&2
 fi
 if [ "$rc" != 0 ]; then
     nothing_left || true
+    # What the failing tests printed, again at the very end (a CI log shown
+    # by its head and tail keeps it): each failure's own output, without
+    # backtrace frames.
+    echo "test.sh: failed tests and their output (all of it in target/test-output.log):" >&2
+    sed -n '/^failures:$/,/^test result:/p' target/test-output.log |
+        grep -Ev '^ +([0-9]+: |at )' | tail -n 150 >&2
     exit "$rc"
 fi
 

@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use crate::cmd::{Ctx, host, net, pool, stats, template, upgrade, ve};
+use crate::cmd::{Ctx, backup, host, net, pool, stats, template, upgrade, ve};
 use crate::output::Out;
 
 /// vectl: full system containers (virtual environments) on a stock Linux kernel.
@@ -111,6 +111,14 @@ enum Command {
     /// Virtual networks: bridged, host-only, nat, routed.
     #[command(subcommand)]
     Net(net::NetCommand),
+    /// Back up a VE (or --all) to a file: its own files, config, template
+    /// reference and state; incremental against its previous backup in DEST.
+    /// A running VE is frozen for the moment of a snapshot (btrfs pool).
+    /// `backup verify FILE` checks one, `backup list [DIR]` lists them.
+    Backup(backup::BackupArgs),
+    /// Make a VE from a backup file, on this root or another, under its name
+    /// or --as NAME; a new id, MAC or address where the old one is taken here.
+    Restore(backup::RestoreArgs),
 }
 
 fn main() -> ExitCode {
@@ -172,5 +180,7 @@ fn run(ctx: &Ctx, command: Command, at: &ve::ArgPositions) -> Result<ExitCode> {
         Command::Pool(c) => pool::pool(ctx, c),
         Command::Snapshot(c) => pool::snapshot(ctx, c),
         Command::Net(c) => net::run(ctx, c),
+        Command::Backup(a) => backup::backup(ctx, a),
+        Command::Restore(a) => backup::restore(ctx, a),
     }
 }

@@ -1068,6 +1068,149 @@ impl Out {
         }
     }
 
+    pub fn backup_made(&self, m: &ve_runtime::BackupMade) {
+        if self.json {
+            self.print_json(m);
+            return;
+        }
+        self.print_backup(m);
+    }
+
+    fn print_backup(&self, m: &ve_runtime::BackupMade) {
+        let how = match m.consistency {
+            ve_runtime::Consistency::Stopped => "VE stopped".to_string(),
+            ve_runtime::Consistency::Frozen => format!("VE frozen for {:.1} ms", m.frozen_ms),
+        };
+        let kind = match &m.parent {
+            Some(p) => format!("incremental to {p}"),
+            None => "full".to_string(),
+        };
+        println!(
+            "VE {}: backup {} ({kind}, {} of files, {} written in {:.1} s; {how})",
+            m.ve,
+            m.file.display(),
+            human_bytes(m.layer_bytes),
+            human_bytes(m.bytes),
+            m.seconds
+        );
+        for r in &m.removed {
+            println!("  removed older backup {}", r.display());
+        }
+    }
+
+    /// `backup --all`: each VE's outcome; exit 1 if any failed.
+    pub fn backups_made(
+        &self,
+        all: Vec<(String, ve_runtime::Result<ve_runtime::BackupMade>)>,
+    ) -> std::process::ExitCode {
+        let failed = all.iter().filter(|(_, r)| r.is_err()).count();
+        if self.json {
+            let rows: Vec<_> = all
+                .iter()
+                .map(|(ve, r)| match r {
+                    Ok(m) => json!({"ve": ve, "ok": true, "backup": m}),
+                    Err(e) => json!({"ve": ve, "ok": false, "error": e.to_string()}),
+                })
+                .collect();
+            self.print_json(&rows);
+        } else {
+            for (_, r) in &all {
+                match r {
+                    Ok(m) => self.print_backup(m),
+                    Err(e) => eprintln!("vectl: {}", e.to_string().replace('\n', " ")),
+                }
+            }
+            println!(
+                "{} of {} VEs backed up{}",
+                all.len() - failed,
+                all.len(),
+                if failed > 0 {
+                    format!(", {failed} failed")
+                } else {
+                    String::new()
+                }
+            );
+        }
+        std::process::ExitCode::from(u8::from(failed > 0))
+    }
+
+    pub fn backup_verified(&self, v: &ve_runtime::Verified) {
+        if self.json {
+            self.print_json(v);
+            return;
+        }
+        let parts: Vec<String> = v
+            .parts
+            .iter()
+            .map(|(n, b)| format!("{n} {}", human_bytes(*b)))
+            .collect();
+        println!(
+            "{}: intact: backup {} of VE {} ({}, {}; {}); restorable with {} backup{}",
+            v.file.display(),
+            v.manifest.id,
+            v.manifest.ve,
+            v.manifest.kind,
+            v.manifest.created,
+            parts.join(", "),
+            v.chain.len(),
+            if v.chain.len() == 1 { "" } else { "s" }
+        );
+    }
+
+    pub fn backups(&self, list: &[ve_runtime::BackupEntry]) {
+        if self.json {
+            self.print_json(&list);
+            return;
+        }
+        let mut rows = Table::new(&["ID", "VE", "TAKEN", "KIND", "SIZE", "TEMPLATE"]);
+        for b in list {
+            let m = &b.manifest;
+            rows.row(vec![
+                m.id.clone(),
+                m.ve.clone(),
+                m.created.clone(),
+                match &m.parent {
+                    Some(_) => "incremental".into(),
+                    None => "full".into(),
+                },
+                human_bytes(b.bytes),
+                format!(
+                    "{}{}",
+                    m.template,
+                    if m.with_template {
+                        " (in the backup)"
+                    } else {
+                        ""
+                    }
+                ),
+            ]);
+        }
+        rows.print();
+    }
+
+    pub fn restored(&self, r: &ve_runtime::Restored, started: bool) {
+        if self.json {
+            self.print_json(r);
+            return;
+        }
+        let c = &r.config;
+        println!(
+            "VE {} (id {}) restored from {} backup{} in {:.1} s{}",
+            c.name,
+            c.id,
+            r.chain.len(),
+            if r.chain.len() == 1 { "" } else { "s" },
+            r.seconds,
+            if started { " and started" } else { "" }
+        );
+        if r.template_imported {
+            println!("  template {} imported from the backup", c.template);
+        }
+        for ch in &r.changes {
+            println!("  {ch}");
+        }
+    }
+
     pub fn snapshots(&self, ve: &str, list: &[SnapshotView]) {
         if self.json {
             self.print_json(&json!({"ve": ve, "snapshots": list}));

@@ -198,6 +198,9 @@ pub struct TestHost {
     registry: Arc<tempfile::TempDir>,
     /// How its root names what it makes on the host.
     names: netns::model::Names,
+    /// Its vectl enters its network namespace itself (a host made
+    /// [`TestHost::elsewhere`]); otherwise it runs in the thread's.
+    enter_own_netns: bool,
 }
 
 /// What a finished vectl run printed.
@@ -291,6 +294,19 @@ impl TestHost {
         )
     }
 
+    /// Another machine: a root with a network namespace and a registry of
+    /// its own, initialised with `init_args`, without templates. Its vectl
+    /// runs in its namespace; the thread stays in `self`'s. Drop it before
+    /// `self`.
+    pub fn elsewhere(&self, test: &str, init_args: &[&str]) -> Option<TestHost> {
+        let mut h = TestHost::make(test, init_args, None)?;
+        if let Some(back) = h.old_netns.take() {
+            setns(back, CloneFlags::CLONE_NEWNET).expect("back to the first host's netns");
+        }
+        h.enter_own_netns = true;
+        Some(h)
+    }
+
     fn make(test: &str, init_args: &[&str], beside: Option<&TestHost>) -> Option<TestHost> {
         if !is_root(test) {
             return None;
@@ -333,6 +349,7 @@ impl TestHost {
             own_netns,
             registry,
             names: netns::model::Names::default(),
+            enter_own_netns: false,
         };
         let mut init = vec!["init", "--cgroup-parent", &parent];
         init.extend_from_slice(init_args);
@@ -395,6 +412,26 @@ impl TestHost {
         c.arg("--root").arg(self.root.path());
         c.env_remove("VECTL_ROOT").env_remove("VECTL_FAILPOINT");
         c.env("VECTL_REGISTRY", self.registry.path());
+        if self.enter_own_netns
+            && let Some(own) = &self.own_netns
+        {
+            use std::os::fd::AsRawFd;
+            use std::os::unix::process::CommandExt;
+            let fd = own.as_raw_fd();
+            let enter = move || {
+                // SAFETY: setns(2) on a descriptor this host keeps open for
+                // its whole life; it touches no memory.
+                if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            };
+            // SAFETY: the hook only calls setns(2), async-signal-safe, between
+            // fork and exec.
+            unsafe {
+                c.pre_exec(enter);
+            }
+        }
         c
     }
 

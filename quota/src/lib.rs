@@ -16,6 +16,7 @@
 //! - `volume`: [`Volume`]s: VE layers and template versions, created, cloned,
 //!   sealed and deleted; [`usage`] of a tree.
 //! - `snapshot`: a VE's snapshots and restoring one ([`SnapshotInfo`]).
+//! - `backup`: a VE's backup bases and where a restore receives its layer.
 //! - `disk`: disk use and limits, quota groups ([`DiskUsage`]), and
 //!   [`human_bytes`], the one byte formatter of vectl's messages.
 //! - `error`: [`Error`] and [`Result`].
@@ -23,6 +24,7 @@
 //! - [`xfs`]: the XFS project and quota calls the pool makes.
 //! - [`loopdev`]: loop devices for an image-backed pool.
 
+mod backup;
 pub mod btrfs;
 mod disk;
 mod error;

@@ -47,14 +47,14 @@ impl Pool {
         self.dir.join("snapshots").join(ve)
     }
 
-    /// Moves VE `old`'s snapshots to VE `new` (a rename; done already or none
+    /// Moves VE `old`'s snapshots and backup bases to VE `new` (a rename; done already or none
     /// = nothing to do).
     pub fn rename_snapshots(&self, old: &str, new: &str) -> Result<()> {
         let (from, to) = (self.snapshots_dir(old), self.snapshots_dir(new));
         if from.symlink_metadata().is_ok() && to.symlink_metadata().is_err() {
             fs::rename(&from, &to).map_err(io_err(&from))?;
         }
-        Ok(())
+        self.rename_backup_bases(old, new)
     }
 
     pub(crate) fn snapshot_names(&self, ve: &str) -> Result<Vec<String>> {

@@ -135,8 +135,8 @@ impl Pool {
     }
 
     /// Removes a VE's private volume and everything in it (on btrfs: the
-    /// subvolume and its qgroup), its snapshots, and leftovers of a restore that
-    /// was killed. Missing is fine.
+    /// subvolume and its qgroup), its snapshots and backup bases, and leftovers
+    /// of a restore that was killed. Missing is fine.
     pub fn remove_ve_volume(&self, ve: &str) -> Result<()> {
         let snaps = self.snapshots_dir(ve);
         for name in self.snapshot_names(ve)? {
@@ -150,6 +150,8 @@ impl Pool {
         self.delete_volume(&ves.join(format!(".{ve}.clone")))?;
         self.delete_volume(&ves.join(format!(".{ve}.restore")))?;
         self.delete_volume(&ves.join(format!(".{ve}.old")))?;
+        self.remove_received(ve)?;
+        self.prune_backup_bases(ve, None)?;
         self.delete_volume(&self.ve_volume(ve).dir)?;
         // The groups of earlier removals whose subvolumes are dropped by now.
         self.sweep_qgroups();

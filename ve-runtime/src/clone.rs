@@ -1,14 +1,11 @@
 //! `vectl clone`: a new, stopped VE from a copy of another's private layer,
 //! with a new identity (name, id, hostname, MACs and addresses).
 
-use std::fs;
-
 use crate::config::VeConfig;
-use crate::error::{Error, Result, io_err};
+use crate::error::{Error, Result};
 use crate::host::Host;
 use crate::pool::ve_storage;
 use crate::snapshot::Consistency;
-use crate::units::Size;
 
 /// What `clone` made.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -150,21 +147,7 @@ impl Host {
             dropped.map_err(|e| ve_storage(&src, e))?;
             (c, ms)
         };
-        let made = (|| -> Result<()> {
-            if let Some(Size(d)) = cfg.limits.disk {
-                self.pool()
-                    .set_disk_limit(dst, Some(d))
-                    .map_err(|e| ve_storage(dst, e))?;
-            }
-            let mnt = self.mount_dir(dst);
-            fs::create_dir_all(&mnt).map_err(io_err(&mnt))?;
-            let link = self.id_link(id);
-            crate::fsutil::remove_file(&link)?;
-            std::os::unix::fs::symlink(dst, &link).map_err(io_err(&link))?;
-            self.firewall_ve(&cfg, true)?;
-            crate::failpoint::hit("clone-before-config");
-            cfg.store(&self.config_path(dst))
-        })();
+        let made = self.commit_new_ve(&cfg, "clone-before-config");
         if let Err(e) = made {
             let _ = self.finish_interrupted(dst);
             return Err(e);

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use netns::model::{NetConfig, PortMap};
 use ve_templates::{Progress, Source, TemplateVersion};
 
+use crate::backup::{BackupEntry, BackupMade, BackupOptions, RestoreOptions, Restored, Verified};
 use crate::clone::Cloned;
 use crate::config::{TemplateMove, VeConfig};
 use crate::error::{Error, Result};
@@ -65,6 +66,10 @@ impl Host {
     /// Template upgrades of VEs: [`Upgrades`].
     pub fn upgrades(&self) -> Upgrades<'_> {
         Upgrades(self)
+    }
+    /// Backups of VEs and restoring them: [`Backups`].
+    pub fn backups(&self) -> Backups<'_> {
+        Backups(self)
     }
 }
 
@@ -529,5 +534,39 @@ impl<'h> Upgrades<'h> {
     /// A VE's template moves, oldest first, with the VE's name.
     pub fn history(self, name: &str) -> Result<(String, Vec<TemplateMove>)> {
         self.0.history(name)
+    }
+}
+
+/// Backups of VEs ([`Host::backups`]): [`backup`](Backups::backup) one VE or
+/// [`all`](Backups::all), [`restore`](Backups::restore) one,
+/// [`verify`](Backups::verify) a backup file, [`list`](Backups::list) a
+/// directory's.
+#[derive(Clone, Copy)]
+pub struct Backups<'h>(&'h Host);
+
+impl<'h> Backups<'h> {
+    /// Backs up one VE (frozen for the moment of a snapshot while running).
+    pub fn backup(self, name_or_id: &str, opts: &BackupOptions) -> Result<BackupMade> {
+        self.0.backup(name_or_id, opts)
+    }
+
+    /// Backs up every VE, one after the other; each VE's outcome.
+    pub fn all(self, opts: &BackupOptions) -> Result<Vec<(String, Result<BackupMade>)>> {
+        self.0.backup_all(opts)
+    }
+
+    /// Makes a (stopped, or with `start` started) VE from a backup file.
+    pub fn restore(self, file: &Path, opts: &RestoreOptions) -> Result<Restored> {
+        self.0.restore(file, opts)
+    }
+
+    /// Reads a backup file through and checks it and its chain.
+    pub fn verify(self, file: &Path) -> Result<Verified> {
+        self.0.backup_verify(file)
+    }
+
+    /// The backups in a directory (default `ROOT/backups`).
+    pub fn list(self, dir: Option<&Path>) -> Result<Vec<BackupEntry>> {
+        self.0.backup_list(dir)
     }
 }

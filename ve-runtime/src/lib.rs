@@ -11,8 +11,8 @@
 //! recorded), `launch`, `exec`, `security`, `step`, `sys`, `signal` (processes),
 //! `units` and `limits` (values and limits), `cgroup`, `admission`, `stats`,
 //! `net` (networks and NICs as the host keeps them), `template`, `pool`,
-//! `pool_check`, `snapshot`, `clone`, `upgrade`, and `error`, `fsutil`,
-//! `failpoint`.
+//! `pool_check`, `snapshot`, `clone`, `upgrade`, `backup` and `archive`
+//! (backups and their stream), and `error`, `fsutil`, `failpoint`.
 //!
 //! The CLI talks to a [`Host`] (one state directory), opened with
 //! [`Host::open`] (or made with [`Host::init`], or [`Host::open_or_init`] for
@@ -36,6 +36,8 @@
 //! ```
 
 mod admission;
+mod archive;
+mod backup;
 mod cgroup;
 mod change;
 mod clone;
@@ -71,6 +73,10 @@ mod userns;
 mod ve;
 
 pub use admission::{Commitment, Commitments};
+pub use backup::{
+    BACKUP_EXT, BackupEntry, BackupMade, BackupOptions, LayerFormat, Manifest, ManifestSummary,
+    RestoreOptions, Restored, TemplateRecord, Verified,
+};
 pub use cgroup::{CgroupBackend, CgroupSettings, CgroupVersion, Usage};
 pub use change::Renamed;
 pub use clone::Cloned;
@@ -80,7 +86,7 @@ pub use config::{
 };
 pub use console::{DETACH_KEY, LOG_CAP};
 pub use error::{Error, Result};
-pub use handles::{Nets, Snapshots, Storage, Templates, Upgrades, Ves};
+pub use handles::{Backups, Nets, Snapshots, Storage, Templates, Upgrades, Ves};
 pub use host::{
     DEFAULT_ROOT, Host, HostSettings, InitOptions, Reserve, SettingsChange, VeDefaults,
 };

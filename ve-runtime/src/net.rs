@@ -666,6 +666,17 @@ impl Host {
     /// The NICs of a VE being created (the caller holds the host lock):
     /// addresses checked or allocated without duplicates.
     pub(crate) fn allocate_nics(&self, ve: &str, reqs: &[NicRequest]) -> Result<Vec<Nic>> {
+        self.allocate_nics_preferring(ve, reqs, &[])
+    }
+
+    /// [`Host::allocate_nics`], keeping the address and MAC that `prefer` has
+    /// on a network where they are free (a restored VE's).
+    pub(crate) fn allocate_nics_preferring(
+        &self,
+        ve: &str,
+        reqs: &[NicRequest],
+        prefer: &[Nic],
+    ) -> Result<Vec<Nic>> {
         let mut out: Vec<Nic> = Vec::new();
         // On a LAN (bridged, routed) the host's own addresses are not free.
         let mut host_addrs: Option<BTreeSet<Ipv4Addr>> = None;
@@ -698,7 +709,15 @@ impl Host {
                 }
                 used.extend(host_addrs.iter().flatten().copied());
             }
-            let ip = choose_address(&net, r.ip.as_deref(), &used).map_err(|e| match e {
+            let old = prefer.iter().find(|n| n.net == net.name);
+            let kept = old
+                .filter(|_| r.ip.is_none())
+                .and_then(|o| choose_address(&net, Some(&o.ip.to_string()), &used).ok());
+            let ip = match kept {
+                Some(ip) => Ok(ip),
+                None => choose_address(&net, r.ip.as_deref(), &used),
+            };
+            let ip = ip.map_err(|e| match e {
                 e @ (netns::Error::Net { .. } | netns::Error::File { .. }) => from_netns(e),
                 e => Error::BadLimit {
                     ve: ve.to_string(),
@@ -712,7 +731,10 @@ impl Host {
                 .flat_map(|c| c.nics.iter().map(|n| n.mac))
                 .chain(out.iter().map(|n| n.mac))
                 .collect();
-            let mac = fresh_mac(&taken).map_err(from_netns)?;
+            let mac = match old.filter(|o| !taken.contains(&o.mac)) {
+                Some(o) => o.mac,
+                None => fresh_mac(&taken).map_err(from_netns)?,
+            };
             out.push(Nic {
                 net: net.name,
                 ip,

@@ -134,6 +134,24 @@ impl Host {
                 repaired,
             });
         }
+        for ve in pool.backup_leftovers()? {
+            if self.config_path(&ve).exists() {
+                continue;
+            }
+            let _ve = self.lock_ve(&ve)?;
+            if self.config_path(&ve).exists() {
+                continue;
+            }
+            let repaired = repair && self.finish_interrupted(&ve).is_ok();
+            out.push(PoolProblem {
+                kind: "backup-leftover",
+                subject: ve.clone(),
+                detail: format!(
+                    "no VE {ve}: what a killed restore received, or the base of its next incremental backup"
+                ),
+                repaired,
+            });
+        }
         for ve in pool.restore_leftovers()? {
             if !self.config_path(&ve).exists() || !pool.ve_volume(&ve).dir.exists() {
                 // (A missing volume is repaired above, with the restore.)

@@ -14,7 +14,7 @@ use crate::pool::ve_storage;
 use crate::units::Size;
 
 /// How a snapshot was made consistent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Consistency {
     /// The VE was stopped.

@@ -400,6 +400,11 @@ impl Host {
         Ok(cfg)
     }
 
+    /// Whether a VE holds `id` (its link or any config).
+    pub(crate) fn id_taken(&self, id: u32) -> Result<bool> {
+        Ok(self.id_holder(id)?.is_some() || self.config_ids()?.iter().any(|(_, i)| *i == id))
+    }
+
     /// The VE holding `id`, if any (a link whose VE has no config is free).
     fn id_holder(&self, id: u32) -> Result<Option<String>> {
         let Ok(target) = fs::read_link(self.id_link(id)) else {

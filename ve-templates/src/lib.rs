@@ -16,6 +16,7 @@
 
 mod debootstrap;
 mod diff;
+mod digest;
 mod dpkg;
 mod failpoint;
 mod import;
@@ -29,6 +30,7 @@ use std::path::PathBuf;
 
 pub use debootstrap::{DEFAULT_MIRROR as DEBIAN_MIRROR, Debootstrap};
 pub use diff::{Conflict, conflicts};
+pub use digest::tree_digest;
 pub use dpkg::{PackageChange, changes as package_changes};
 pub use import::{Progress, Source};
 pub use store::{TemplateRef, TemplateStore, TemplateVersion, validate_name};

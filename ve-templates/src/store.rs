@@ -81,6 +81,10 @@ pub struct TemplateVersion {
     pub files: u64,
     #[serde(default)]
     pub message: String,
+    /// The tree's content digest ([`crate::tree_digest`]); versions published
+    /// before digests get theirs when first asked ([`TemplateStore::digest`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 impl TemplateVersion {
@@ -201,6 +205,41 @@ impl TemplateStore {
                 .pop()
                 .ok_or_else(|| Error::UnknownTemplate(r.name.clone())),
         }
+    }
+
+    /// The content digest of a published version: recorded at its publishing,
+    /// or worked out now and recorded (a version published before digests).
+    pub fn digest(&self, v: &TemplateVersion) -> Result<String> {
+        if let Some(d) = &v.digest {
+            return Ok(d.clone());
+        }
+        let _lock = self.lock(&v.name)?;
+        let mut meta = self.read_meta(&v.name, v.version)?;
+        if let Some(d) = meta.digest {
+            return Ok(d);
+        }
+        let tree = self.path(v);
+        let digest = crate::tree_digest(&tree).map_err(io_err(&tree))?;
+        meta.digest = Some(digest.clone());
+        let path = self.meta_path(&v.name, v.version);
+        let text = toml::to_string(&meta).map_err(|e| Error::BadMetadata {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        write_atomic(&path, text.as_bytes())?;
+        Ok(digest)
+    }
+
+    /// The published versions whose tree has content digest `digest`
+    /// (versions without one recorded get theirs first).
+    pub fn with_digest(&self, digest: &str) -> Result<Vec<TemplateVersion>> {
+        let mut out = Vec::new();
+        for v in self.list()? {
+            if self.digest(&v)? == digest {
+                out.push(v);
+            }
+        }
+        Ok(out)
     }
 
     fn path_of(&self, name: &str, version: u32) -> PathBuf {
@@ -337,6 +376,7 @@ impl TemplateStore {
             size_bytes: usage.0,
             files: usage.1,
             message: message.to_string(),
+            digest: Some(crate::tree_digest(staging).map_err(io_err(staging))?),
         };
         let text = toml::to_string(&meta).map_err(|e| Error::BadMetadata {
             path: self.meta_path(name, version),

@@ -1,6 +1,7 @@
 //! The commands, one file per family: each holds its clap argument types and a
 //! `run` doing what the command does; `Ctx` is what every command is given.
 
+pub mod backup;
 pub mod host;
 pub mod net;
 pub mod pool;

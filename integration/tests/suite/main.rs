@@ -8,6 +8,7 @@ mod common;
 
 mod admission;
 mod autostart;
+mod backup;
 mod bad_input;
 mod changes;
 mod clone;

@@ -1,0 +1,119 @@
+//! `vectl backup ...` and `vectl restore`: backups of VEs to files, checking
+//! and listing them, and VEs made from them.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use ve_runtime::{BackupOptions, RestoreOptions};
+
+use super::Ctx;
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BackupArgs {
+    #[command(subcommand)]
+    cmd: Option<BackupCommand>,
+    /// The VE (name or id).
+    #[arg(value_name = "VE", required_unless_present = "all")]
+    ve: Option<String>,
+    /// A directory (default ROOT/backups), or a file NAME.vbk.
+    #[arg(value_name = "DEST")]
+    dest: Option<PathBuf>,
+    /// Every VE, one after the other, into DEST (a directory).
+    #[arg(long)]
+    all: bool,
+    /// A full backup even where an incremental one could be taken.
+    #[arg(long)]
+    full: bool,
+    /// Put the VE's template version in the backup, for a host that lacks it.
+    #[arg(long)]
+    with_template: bool,
+    /// Keep only the VE's N newest backups in DEST (and those they need).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    keep: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+enum BackupCommand {
+    /// Read a backup through: every checksum, and the backups it is
+    /// incremental to (exit 1 if it cannot be restored).
+    Verify {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// The backups in a directory (default ROOT/backups).
+    List {
+        #[arg(value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// A backup file (the backups it is incremental to must be beside it).
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    /// The new VE's name (default: the backed-up VE's).
+    #[arg(long = "as", value_name = "NAME")]
+    name: Option<String>,
+    /// Start the VE once it is restored.
+    #[arg(long)]
+    start: bool,
+}
+
+/// `vectl backup ...`.
+pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<ExitCode> {
+    let host = ctx.open()?;
+    let out = &ctx.out;
+    match a.cmd {
+        Some(BackupCommand::Verify { file }) => {
+            out.backup_verified(&host.backups().verify(&file)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(BackupCommand::List { dir }) => {
+            out.backups(&host.backups().list(dir.as_deref())?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        None => {}
+    }
+    // `vectl backup --all DIR`: the one positional is the destination.
+    let (ve, dest) = if a.all {
+        if a.dest.is_some() {
+            return Err(crate::parse::usage(
+                "backup --all: takes one DEST directory and no VE",
+            ));
+        }
+        (None, a.ve.map(PathBuf::from))
+    } else {
+        (a.ve, a.dest)
+    };
+    let opts = BackupOptions {
+        dest,
+        full: a.full,
+        with_template: a.with_template,
+        keep: a.keep.map(|k| k as usize),
+    };
+    match ve {
+        Some(ve) => {
+            out.backup_made(&host.backups().backup(&ve, &opts)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            let all = host.backups().all(&opts)?;
+            Ok(out.backups_made(all))
+        }
+    }
+}
+
+/// `vectl restore`.
+pub fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<ExitCode> {
+    let opts = RestoreOptions {
+        name: a.name,
+        start: a.start,
+    };
+    let r = ctx.open()?.backups().restore(&a.file, &opts)?;
+    ctx.out.restored(&r, opts.start);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,205 @@
+//! What backups keep in the pool: a VE's backup base (what its next
+//! incremental backup is taken against) and the staging place where a restore
+//! receives a VE's layer before it becomes the VE's volume.
+//!
+//! - `backup-bases/<ve>/<id>`: on btrfs, a read-only snapshot of the VE's
+//!   volume as backup `<id>` holds it (`btrfs send -p` sends what changed
+//!   since); elsewhere `backup-bases/<ve>/<id>.snar`, GNU tar's record of the
+//!   files backup `<id>` holds (`tar --listed-incremental`).
+//! - `ves/.<ve>.receive/`: where `btrfs receive` puts the received snapshots
+//!   of a restore (never a VE name: names do not start with `.`).
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::btrfs;
+use crate::error::{Result, io_err};
+use crate::pool::{Backend, Pool};
+use crate::volume::Volume;
+
+const SNAR: &str = ".snar";
+
+impl Pool {
+    fn bases_dir(&self, ve: &str) -> PathBuf {
+        self.dir.join("backup-bases").join(ve)
+    }
+
+    /// Where base `id` of VE `ve` is (or would be).
+    pub fn backup_base(&self, ve: &str, id: &str) -> PathBuf {
+        match self.backend {
+            Backend::Btrfs => self.bases_dir(ve).join(id),
+            _ => self.bases_dir(ve).join(format!("{id}{SNAR}")),
+        }
+    }
+
+    /// The ids of VE `ve`'s backup bases (complete ones: a tar record being
+    /// written is `ID.snar.partial`), sorted.
+    pub fn backup_bases(&self, ve: &str) -> Result<Vec<String>> {
+        let dir = self.bases_dir(ve);
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(&dir)(e)),
+        };
+        let mut out: Vec<String> = rd
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(String::from))
+            .filter_map(|n| match self.backend {
+                Backend::Btrfs => (!n.starts_with('.')).then_some(n),
+                _ => n.strip_suffix(SNAR).map(String::from),
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Makes the directory of VE `ve`'s bases (0700) and returns it.
+    pub fn backup_bases_dir(&self, ve: &str) -> Result<PathBuf> {
+        let dir = self.bases_dir(ve);
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(io_err(&dir))?;
+        Ok(dir)
+    }
+
+    /// On btrfs: base `id` of VE `ve`, a read-only snapshot of its volume
+    /// taken now (the caller keeps the VE still). A leftover of that id is
+    /// replaced.
+    pub fn take_backup_base(&self, ve: &str, id: &str) -> Result<PathBuf> {
+        self.backup_bases_dir(ve)?;
+        let dest = self.backup_base(ve, id);
+        self.delete_volume(&dest)?;
+        let from = self.ve_volume(ve).dir;
+        btrfs::snapshot(&from, &dest, true).map_err(io_err(&dest))?;
+        Ok(dest)
+    }
+
+    /// Removes base `id` of VE `ve` (missing is fine).
+    pub fn remove_backup_base(&self, ve: &str, id: &str) -> Result<()> {
+        let path = self.backup_base(ve, id);
+        match self.backend {
+            Backend::Btrfs => self.delete_volume(&path),
+            _ => remove_file(&path),
+        }
+    }
+
+    /// Removes every base of VE `ve` but `keep`, and leftovers of killed
+    /// backups (`*.partial`).
+    pub fn prune_backup_bases(&self, ve: &str, keep: Option<&str>) -> Result<()> {
+        let dir = self.bases_dir(ve);
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(&dir)(e)),
+        };
+        let keep = keep.map(|id| self.backup_base(ve, id));
+        for e in rd.flatten() {
+            let path = e.path();
+            if Some(&path) == keep.as_ref() {
+                continue;
+            }
+            if self.backend == Backend::Btrfs && btrfs::is_subvolume(&path) {
+                self.delete_volume(&path)?;
+            } else {
+                remove_file(&path)?;
+            }
+        }
+        if keep.is_none() {
+            match fs::remove_dir(&dir) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(&dir)(e)),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves VE `old`'s backup bases to VE `new` (a rename).
+    pub(crate) fn rename_backup_bases(&self, old: &str, new: &str) -> Result<()> {
+        let (from, to) = (self.bases_dir(old), self.bases_dir(new));
+        if from.symlink_metadata().is_ok() && to.symlink_metadata().is_err() {
+            fs::rename(&from, &to).map_err(io_err(&from))?;
+        }
+        Ok(())
+    }
+
+    /// Where a restore of VE `ve` receives its layer (made empty, 0700).
+    pub fn receive_dir(&self, ve: &str) -> Result<PathBuf> {
+        self.remove_received(ve)?;
+        let dir = self.received_path(ve);
+        fs::create_dir(&dir).map_err(io_err(&dir))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(io_err(&dir))?;
+        Ok(dir)
+    }
+
+    fn received_path(&self, ve: &str) -> PathBuf {
+        self.dir.join("ves").join(format!(".{ve}.receive"))
+    }
+
+    /// Removes what a restore of VE `ve` received (missing is fine).
+    pub fn remove_received(&self, ve: &str) -> Result<()> {
+        let dir = self.received_path(ve);
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(&dir)(e)),
+        };
+        for e in rd.flatten() {
+            self.delete_volume(&e.path())?;
+        }
+        match fs::remove_dir(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&dir)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// On btrfs: VE `ve`'s volume as a writable snapshot of the received
+    /// snapshot `received`.
+    pub fn volume_from_received(&self, ve: &str, received: &Path) -> Result<Volume> {
+        let vol = self.ve_volume(ve);
+        btrfs::snapshot(received, &vol.dir, false).map_err(io_err(&vol.dir))?;
+        Ok(vol)
+    }
+
+    /// The VEs that have what a killed restore received (`ves/.VE.receive`)
+    /// or backup bases, sorted: for `pool check` to find those of no VE.
+    pub fn backup_leftovers(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for (dir, suffix) in [
+            (self.dir.join("ves"), ".receive"),
+            (self.dir.join("backup-bases"), ""),
+        ] {
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(&dir)(e)),
+            };
+            out.extend(rd.flatten().filter_map(|e| {
+                let n = e.file_name().to_str()?.to_string();
+                if suffix.is_empty() {
+                    return (!n.starts_with('.')).then_some(n);
+                }
+                n.strip_prefix('.')?.strip_suffix(suffix).map(String::from)
+            }));
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// An empty volume for VE `ve` (0700, nothing in it): a restore fills it.
+    pub fn create_empty_ve_volume(&self, ve: &str) -> Result<Volume> {
+        let vol = self.ve_volume(ve);
+        self.make_volume(&vol.dir)?;
+        fs::set_permissions(&vol.dir, fs::Permissions::from_mode(0o700))
+            .map_err(io_err(&vol.dir))?;
+        Ok(vol)
+    }
+}
+
+fn remove_file(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(path)(e)),
+        _ => Ok(()),
+    }
+}
