@@ -119,6 +119,14 @@ enum Command {
     /// Make a VE from a backup file, on this root or another, under its name
     /// or --as NAME; a new id, MAC or address where the old one is taken here.
     Restore(backup::RestoreArgs),
+    /// Move a VE to another root, on this host (its directory) or another
+    /// (ssh://[USER@]HOST[:PORT][/ROOT]): copies while it runs, then stops it,
+    /// sends the last change and starts it there; it is removed here only once
+    /// it runs there, and runs here again on any failure.
+    Migrate(backup::MigrateArgs),
+    /// The target's end of `migrate` (run by it, over SSH or locally).
+    #[command(hide = true)]
+    MigrateReceive(backup::MigrateReceiveArgs),
 }
 
 fn main() -> ExitCode {
@@ -182,5 +190,7 @@ fn run(ctx: &Ctx, command: Command, at: &ve::ArgPositions) -> Result<ExitCode> {
         Command::Net(c) => net::run(ctx, c),
         Command::Backup(a) => backup::backup(ctx, a),
         Command::Restore(a) => backup::restore(ctx, a),
+        Command::Migrate(a) => backup::migrate(ctx, a),
+        Command::MigrateReceive(a) => backup::migrate_receive(ctx, a),
     }
 }

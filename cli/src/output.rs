@@ -1188,6 +1188,33 @@ impl Out {
         rows.print();
     }
 
+    pub fn migrated(&self, m: &ve_runtime::Migrated) {
+        if self.json {
+            self.print_json(m);
+            return;
+        }
+        let rounds: Vec<String> = m
+            .rounds
+            .iter()
+            .map(|r| format!("{} in {:.1} s", human_bytes(r.bytes), r.seconds))
+            .collect();
+        println!(
+            "VE {} migrated to {} (id {}) in {:.1} s, down for {:.0} ms; rounds: {}",
+            m.ve,
+            m.dest,
+            m.config.id,
+            m.seconds,
+            m.downtime_ms,
+            rounds.join(", ")
+        );
+        if m.template_sent {
+            println!("  its template {} was sent along", m.config.template);
+        }
+        for ch in &m.changes {
+            println!("  {ch}");
+        }
+    }
+
     pub fn restored(&self, r: &ve_runtime::Restored, started: bool) {
         if self.json {
             self.print_json(r);

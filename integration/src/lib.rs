@@ -294,6 +294,12 @@ impl TestHost {
         )
     }
 
+    /// A second root in this host's network namespace and registry,
+    /// initialised with `init_args`, without templates. Drop it before `self`.
+    pub fn beside_bare_with(&self, test: &str, init_args: &[&str]) -> Option<TestHost> {
+        TestHost::make(test, init_args, Some(self))
+    }
+
     /// Another machine: a root with a network namespace and a registry of
     /// its own, initialised with `init_args`, without templates. Its vectl
     /// runs in its namespace; the thread stays in `self`'s. Drop it before
@@ -412,27 +418,40 @@ impl TestHost {
         c.arg("--root").arg(self.root.path());
         c.env_remove("VECTL_ROOT").env_remove("VECTL_FAILPOINT");
         c.env("VECTL_REGISTRY", self.registry.path());
-        if self.enter_own_netns
-            && let Some(own) = &self.own_netns
-        {
-            use std::os::fd::AsRawFd;
-            use std::os::unix::process::CommandExt;
-            let fd = own.as_raw_fd();
-            let enter = move || {
-                // SAFETY: setns(2) on a descriptor this host keeps open for
-                // its whole life; it touches no memory.
-                if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            };
-            // SAFETY: the hook only calls setns(2), async-signal-safe, between
-            // fork and exec.
-            unsafe {
-                c.pre_exec(enter);
-            }
+        if self.enter_own_netns {
+            self.in_netns(&mut c);
         }
         c
+    }
+
+    /// Makes `cmd` run in this host's network namespace (whatever the
+    /// calling thread's is).
+    pub fn in_netns(&self, cmd: &mut Command) {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let Some(own) = &self.own_netns else {
+            return;
+        };
+        let fd = own.as_raw_fd();
+        let enter = move || {
+            // SAFETY: setns(2) on a descriptor this host keeps open for its
+            // whole life; it touches no memory.
+            if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        };
+        // SAFETY: the hook only calls setns(2), async-signal-safe, between
+        // fork and exec.
+        unsafe {
+            cmd.pre_exec(enter);
+        }
+    }
+
+    /// This host's network namespace, for a thread to enter (`setns`).
+    pub fn netns(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.own_netns.as_ref().map(|f| f.as_fd())
     }
 
     /// Runs vectl with `args` and returns what happened.

@@ -85,6 +85,18 @@ pub struct Manifest {
     pub vectl: String,
     /// The VE's config as it was.
     pub config: VeConfig,
+    /// A round of a migration (not a backup file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<Round>,
+}
+
+/// Which round of a migration a stream is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Round {
+    /// 0 for the first (full) one.
+    pub n: u32,
+    /// The last: the VE is stopped, the target makes and starts it.
+    pub last: bool,
 }
 
 impl Manifest {
@@ -360,7 +372,7 @@ const TAR_META: &[&str] = &[
     "--acls",
 ];
 
-fn tar_create(dir: &Path, snar: Option<&Path>) -> Command {
+pub(crate) fn tar_create(dir: &Path, snar: Option<&Path>) -> Command {
     let mut c = Command::new("tar");
     c.arg("--create")
         .arg("--file=-")
@@ -454,6 +466,51 @@ fn part_into<R: Read>(
             Err(stream_err(file)(e))
         }
     }
+}
+
+/// Writes one backup stream to `out`: manifest `m`, the template's tree from
+/// `template_dir` if given, and the VE's layer as `layer_cmd` prints it;
+/// `dest` names the destination in errors. Returns `out` and the layer's
+/// size.
+pub(crate) fn write_stream<W: Write>(
+    out: W,
+    m: &Manifest,
+    template_dir: Option<&Path>,
+    layer_cmd: &mut Command,
+    dest: &Path,
+) -> Result<(W, u64)> {
+    let bytes = serde_json::to_vec(m).map_err(|e| bad_file(dest, format!("its manifest: {e}")))?;
+    let mut w = archive::Writer::new(out, &bytes).map_err(io_err(dest))?;
+    if let Some(dir) = template_dir {
+        part_from(
+            &mut w,
+            "template",
+            &mut tar_create(dir, None),
+            format!("template {}: tar", m.template.reference),
+        )?;
+    }
+    let n = part_from(
+        &mut w,
+        "layer",
+        layer_cmd,
+        format!("VE {}: reading its files", m.ve),
+    )?;
+    crate::failpoint::hit("backup-before-end");
+    let (out, _) = w.finish().map_err(io_err(dest))?;
+    Ok((out, n))
+}
+
+/// `btrfs send` of base `id` of VE `ve` (against base `parent`).
+pub(crate) fn send_cmd(pool: &quota::Pool, ve: &str, id: &str, parent: Option<&str>) -> Command {
+    let mut send = Command::new("btrfs");
+    send.args(["send", "-q"]);
+    if let Some(p) = parent {
+        send.arg("-p").arg(pool.backup_base(ve, p));
+    }
+    send.arg(pool.backup_base(ve, id))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    send
 }
 
 /// `20261207T061500Z`.
@@ -574,6 +631,7 @@ impl Host {
                 .unwrap_or_default(),
             vectl: env!("CARGO_PKG_VERSION").to_string(),
             config: cfg.clone(),
+            migration: None,
         };
         let template_dir = self.store().path(&tv);
         let write = |consistency, layer_cmd: &mut Command| -> Result<u64> {
@@ -584,26 +642,14 @@ impl Host {
                 .mode(0o600)
                 .open(&partial)
                 .map_err(io_err(&partial))?;
-            let m = serde_json::to_vec(&manifest(consistency))
-                .map_err(|e| bad_file(&partial, format!("its manifest: {e}")))?;
-            let mut w = archive::Writer::new(BufWriter::with_capacity(1 << 20, f), &m)
-                .map_err(io_err(&partial))?;
-            if opts.with_template {
-                part_from(
-                    &mut w,
-                    "template",
-                    &mut tar_create(&template_dir, None),
-                    format!("template {}: tar", template.reference),
-                )?;
-            }
-            let n = part_from(
-                &mut w,
-                "layer",
+            let td = opts.with_template.then_some(template_dir.as_path());
+            let (out, n) = write_stream(
+                BufWriter::with_capacity(1 << 20, f),
+                &manifest(consistency),
+                td,
                 layer_cmd,
-                format!("VE {ve}: reading its files"),
+                &partial,
             )?;
-            crate::failpoint::hit("backup-before-end");
-            let (out, _) = w.finish().map_err(io_err(&partial))?;
             let f = out
                 .into_inner()
                 .map_err(|e| io_err(&partial)(e.into_error()))?;
@@ -621,14 +667,7 @@ impl Host {
                     taken
                 })?;
                 crate::failpoint::hit("backup-after-snapshot");
-                let mut send = Command::new("btrfs");
-                send.args(["send", "-q"]);
-                if let Some(p) = &parent {
-                    send.arg("-p").arg(pool.backup_base(&ve, p));
-                }
-                send.arg(pool.backup_base(&ve, &id))
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped());
+                let mut send = send_cmd(pool, &ve, &id, parent.as_deref());
                 write(consistency, &mut send).map(|n| (n, consistency, frozen_ms))
             }
             LayerFormat::Tar => {
@@ -854,13 +893,12 @@ impl Host {
         let (chain, last) = chain_of(file)?;
         let name = opts.name.clone().unwrap_or_else(|| last.ve.clone());
         crate::config::validate_name(&name)?;
-        let pool = self.pool();
-        if last.layer == LayerFormat::BtrfsSend && pool.backend() != quota::Backend::Btrfs {
+        if last.layer == LayerFormat::BtrfsSend && self.pool().backend() != quota::Backend::Btrfs {
             return Err(bad_file(
                 file,
                 format!(
                     "its files are a btrfs stream, and this root's pool is {}: restore it on a btrfs pool",
-                    pool.backend()
+                    self.pool().backend()
                 ),
             ));
         }
@@ -915,7 +953,10 @@ impl Host {
     }
 
     /// A local template version with the tree `t` names.
-    fn template_with(&self, t: &TemplateRecord) -> Result<Option<ve_templates::TemplateVersion>> {
+    pub(crate) fn template_with(
+        &self,
+        t: &TemplateRecord,
+    ) -> Result<Option<ve_templates::TemplateVersion>> {
         if let Ok(r) = t.reference.parse::<ve_templates::TemplateRef>()
             && let Ok(v) = self.store().resolve(&r)
             && self.store().digest(&v)? == t.digest
@@ -935,16 +976,7 @@ impl Host {
         last: &Manifest,
         carrier: Option<usize>,
     ) -> Result<(VeConfig, bool, Vec<String>)> {
-        let pool = self.pool();
-        let template_tar = self.root().join("tmp").join(format!("restore-{name}.tar"));
-        let btrfs = last.layer == LayerFormat::BtrfsSend;
-        let target = if btrfs {
-            pool.receive_dir(name).map_err(|e| ve_storage(name, e))?
-        } else {
-            pool.create_empty_ve_volume(name)
-                .map_err(|e| ve_storage(name, e))?
-                .dir
-        };
+        let mut rx = Receiver::new(self, name, last.layer)?;
         for (i, (path, m)) in chain.iter().enumerate() {
             let f = fs::File::open(path).map_err(io_err(path))?;
             let mut r = archive::Reader::new(io::BufReader::with_capacity(1 << 20, f))
@@ -952,113 +984,15 @@ impl Host {
             if parse_manifest(path, r.manifest())?.id != m.id {
                 return Err(bad_file(path, "changed while it was being restored"));
             }
-            let mut had_layer = false;
-            loop {
-                match r.next().map_err(stream_err(path))? {
-                    Next::End => break,
-                    Next::Part(p) if p == "template" && carrier == Some(i) => {
-                        let dir = self.root().join("tmp");
-                        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-                        let mut out =
-                            fs::File::create(&template_tar).map_err(io_err(&template_tar))?;
-                        r.read_part(&mut out).map_err(stream_err(path))?;
-                    }
-                    Next::Part(p) if p == "layer" && !had_layer => {
-                        had_layer = true;
-                        let mut cmd = if btrfs {
-                            let mut c = Command::new("btrfs");
-                            c.args(["receive", "-q", "-e"])
-                                .arg(&target)
-                                .stdin(Stdio::piped())
-                                .stdout(Stdio::null());
-                            c
-                        } else {
-                            tar_extract(&target, true)
-                        };
-                        part_into(
-                            &mut r,
-                            path,
-                            &mut cmd,
-                            format!("VE {name}: restoring its files from {}", m.id),
-                        )?;
-                        crate::failpoint::hit("restore-after-layer");
-                    }
-                    Next::Part(_) => r.skip_part().map_err(stream_err(path))?,
-                }
-            }
-            if !had_layer {
-                return Err(bad_file(path, "not restorable: it holds no files of a VE"));
-            }
+            rx.take(&mut r, path, m, carrier == Some(i))?;
         }
-        if btrfs {
-            let received = target.join(&last.id);
-            if !quota::btrfs::is_subvolume(&received) {
-                return Err(Error::ve(
-                    name,
-                    format!(
-                        "backup {}: its btrfs stream made no snapshot of that name",
-                        last.id
-                    ),
-                ));
-            }
-            pool.volume_from_received(name, &received)
-                .map_err(|e| ve_storage(name, e))?;
-            pool.remove_received(name)
-                .map_err(|e| ve_storage(name, e))?;
-        }
-        let mut changes = Vec::new();
-        let tv = match carrier {
-            Some(_) => {
-                let tname = last
-                    .template
-                    .reference
-                    .parse::<ve_templates::TemplateRef>()
-                    .map(|r| r.name)
-                    .unwrap_or_else(|_| format!("restored-{name}"));
-                let imported = self.import_template(
-                    &tname,
-                    &ve_templates::Source::Tar(template_tar.clone()),
-                    &format!("restored with backup {}", last.id),
-                    &mut |_| {},
-                );
-                let _ = fs::remove_file(&template_tar);
-                let (v, _) = imported?;
-                if self.store().digest(&v)? != last.template.digest {
-                    changes.push(format!(
-                        "template {} imported from the backup as {}, whose digest differs from the original's",
-                        last.template.reference,
-                        v.reference()
-                    ));
-                }
-                v
-            }
-            None => self.template_with(&last.template)?.ok_or_else(|| {
-                Error::ve(
-                    name,
-                    format!(
-                        "template {} went away during the restore",
-                        last.template.reference
-                    ),
-                )
-            })?,
-        };
-        if tv.reference() != last.template.reference {
-            changes.push(format!(
-                "template {} is {} here",
-                last.template.reference,
-                tv.reference()
-            ));
-        }
-        let cfg = self.restored_identity(name, &last.config, &tv, &mut changes)?;
-        self.commit_new_ve(&cfg, "restore-before-config")?;
-        Ok((cfg, carrier.is_some(), changes))
+        rx.commit(last, "restore-before-config")
     }
-
     /// The config of restored VE `name`: the backed-up VE's, with an id,
     /// MACs and addresses of its own here where the old ones are taken, a
     /// range of user ids of its own, and no history of upgrades (their
     /// snapshots stayed on the old pool).
-    fn restored_identity(
+    pub(crate) fn restored_identity(
         &self,
         name: &str,
         old: &VeConfig,
@@ -1147,5 +1081,181 @@ impl Host {
         self.firewall_ve(cfg, true)?;
         crate::failpoint::hit(failpoint);
         cfg.store(&self.config_path(name))
+    }
+}
+
+/// Receives a VE's layer from backup streams (a restore's chain, a
+/// migration's rounds) under name `name`, then makes the VE of it.
+pub(crate) struct Receiver<'h> {
+    host: &'h Host,
+    name: String,
+    btrfs: bool,
+    /// Where the layer lands: the receive directory (btrfs) or the VE's
+    /// volume itself (tar).
+    target: PathBuf,
+    /// The template's tree, when a stream carried it.
+    template_tar: Option<PathBuf>,
+}
+
+impl<'h> Receiver<'h> {
+    /// Makes the place the layer lands in. The caller holds the host's and
+    /// the VE's locks, and cleans up after an error
+    /// ([`Host::finish_interrupted`]).
+    pub(crate) fn new(host: &'h Host, name: &str, layer: LayerFormat) -> Result<Receiver<'h>> {
+        let pool = host.pool();
+        let btrfs = layer == LayerFormat::BtrfsSend;
+        if btrfs && pool.backend() != quota::Backend::Btrfs {
+            return Err(Error::ve(
+                name,
+                format!(
+                    "its files come as a btrfs stream, and this root's pool is {}: use a btrfs pool",
+                    pool.backend()
+                ),
+            ));
+        }
+        let target = if btrfs {
+            pool.receive_dir(name).map_err(|e| ve_storage(name, e))?
+        } else {
+            pool.create_empty_ve_volume(name)
+                .map_err(|e| ve_storage(name, e))?
+                .dir
+        };
+        Ok(Receiver {
+            host,
+            name: name.to_string(),
+            btrfs,
+            target,
+            template_tar: None,
+        })
+    }
+
+    /// Takes one stream (manifest `m`, already read from `r`): its layer, and
+    /// its template if `template`; `source` names the stream in errors.
+    pub(crate) fn take<R: Read>(
+        &mut self,
+        r: &mut archive::Reader<R>,
+        source: &Path,
+        m: &Manifest,
+        template: bool,
+    ) -> Result<()> {
+        let name = self.name.clone();
+        let mut had_layer = false;
+        loop {
+            match r.next().map_err(stream_err(source))? {
+                Next::End => break,
+                Next::Part(p) if p == "template" && template => {
+                    let dir = self.host.root().join("tmp");
+                    fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+                    let tar = dir.join(format!("restore-{name}.tar"));
+                    let mut out = fs::File::create(&tar).map_err(io_err(&tar))?;
+                    self.template_tar = Some(tar.clone());
+                    r.read_part(&mut out).map_err(stream_err(source))?;
+                }
+                Next::Part(p) if p == "layer" && !had_layer => {
+                    had_layer = true;
+                    let mut cmd = if self.btrfs {
+                        let mut c = Command::new("btrfs");
+                        c.args(["receive", "-q", "-e"])
+                            .arg(&self.target)
+                            .stdin(Stdio::piped())
+                            .stdout(Stdio::null());
+                        c
+                    } else {
+                        tar_extract(&self.target, true)
+                    };
+                    part_into(
+                        r,
+                        source,
+                        &mut cmd,
+                        format!("VE {name}: receiving its files from {}", m.id),
+                    )?;
+                    crate::failpoint::hit("restore-after-layer");
+                }
+                Next::Part(_) => r.skip_part().map_err(stream_err(source))?,
+            }
+        }
+        if !had_layer {
+            return Err(bad_file(
+                source,
+                "not restorable: it holds no files of a VE",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Makes the VE of what was received, `last` being the newest stream's
+    /// manifest: its volume, template (found here or imported), identity and
+    /// config (last, after failpoint `failpoint`). Returns its config, whether
+    /// the template was imported, and what differs from the original.
+    pub(crate) fn commit(
+        self,
+        last: &Manifest,
+        failpoint: &str,
+    ) -> Result<(VeConfig, bool, Vec<String>)> {
+        let (host, name) = (self.host, self.name.as_str());
+        let pool = host.pool();
+        if self.btrfs {
+            let received = self.target.join(&last.id);
+            if !quota::btrfs::is_subvolume(&received) {
+                return Err(Error::ve(
+                    name,
+                    format!(
+                        "backup {}: its btrfs stream made no snapshot of that name",
+                        last.id
+                    ),
+                ));
+            }
+            pool.volume_from_received(name, &received)
+                .map_err(|e| ve_storage(name, e))?;
+            pool.remove_received(name)
+                .map_err(|e| ve_storage(name, e))?;
+        }
+        let mut changes = Vec::new();
+        let imported = self.template_tar.is_some();
+        let tv = match &self.template_tar {
+            Some(tar) => {
+                let tname = last
+                    .template
+                    .reference
+                    .parse::<ve_templates::TemplateRef>()
+                    .map(|r| r.name)
+                    .unwrap_or_else(|_| format!("restored-{name}"));
+                let made = host.import_template(
+                    &tname,
+                    &ve_templates::Source::Tar(tar.clone()),
+                    &format!("came with VE {} ({})", last.ve, last.id),
+                    &mut |_| {},
+                );
+                let _ = fs::remove_file(tar);
+                let (v, _) = made?;
+                if host.store().digest(&v)? != last.template.digest {
+                    changes.push(format!(
+                        "template {} imported as {}, whose digest differs from the original's",
+                        last.template.reference,
+                        v.reference()
+                    ));
+                }
+                v
+            }
+            None => host.template_with(&last.template)?.ok_or_else(|| {
+                Error::ve(
+                    name,
+                    format!(
+                        "its template {} ({}) is not on this root",
+                        last.template.reference, last.template.digest
+                    ),
+                )
+            })?,
+        };
+        if tv.reference() != last.template.reference {
+            changes.push(format!(
+                "template {} is {} here",
+                last.template.reference,
+                tv.reference()
+            ));
+        }
+        let cfg = host.restored_identity(name, &last.config, &tv, &mut changes)?;
+        host.commit_new_ve(&cfg, failpoint)?;
+        Ok((cfg, imported, changes))
     }
 }

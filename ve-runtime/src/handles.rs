@@ -569,4 +569,25 @@ impl<'h> Backups<'h> {
     pub fn list(self, dir: Option<&Path>) -> Result<Vec<BackupEntry>> {
         self.0.backup_list(dir)
     }
+
+    /// Moves a VE to another root (this host's or over SSH another's):
+    /// pre-copy rounds while it runs, then stop, a last delta, start there.
+    pub fn migrate(
+        self,
+        name_or_id: &str,
+        opts: &crate::MigrateOptions,
+    ) -> Result<crate::Migrated> {
+        self.0.migrate(name_or_id, opts)
+    }
+
+    /// The target's end of a migration: reads the source's messages from
+    /// `input` and answers on `output`.
+    pub fn migrate_receive(
+        self,
+        name: &str,
+        input: impl std::io::Read,
+        output: impl std::io::Write,
+    ) -> Result<()> {
+        self.0.migrate_receive(name, input, output)
+    }
 }

@@ -12,7 +12,7 @@
 //! `units` and `limits` (values and limits), `cgroup`, `admission`, `stats`,
 //! `net` (networks and NICs as the host keeps them), `template`, `pool`,
 //! `pool_check`, `snapshot`, `clone`, `upgrade`, `backup` and `archive`
-//! (backups and their stream), and `error`, `fsutil`, `failpoint`.
+//! (backups and their stream), `migrate`, and `error`, `fsutil`, `failpoint`.
 //!
 //! The CLI talks to a [`Host`] (one state directory), opened with
 //! [`Host::open`] (or made with [`Host::init`], or [`Host::open_or_init`] for
@@ -51,6 +51,7 @@ mod handles;
 mod host;
 mod launch;
 mod limits;
+mod migrate;
 mod net;
 mod options;
 mod pool;
@@ -93,6 +94,7 @@ pub use host::{
 pub use limits::{
     Capacity, HostFacts, IoDevice, IoLimits, KernelLimits, Limits, LimitsUpdate, NoIoDevice,
 };
+pub use migrate::{MigrateOptions, Migrated, RoundReport};
 pub use net::{DEFAULT_NET, NetCreate, NetDetails, NetMember, NetUpdate};
 pub use netns::model::{HostAccess, Mode, NetConfig, PortMap, Proto, Rate, Subnet};
 pub use netns::nic::{Nic, NicInfo, NicRequest};

@@ -94,6 +94,39 @@ impl Host {
         Ok((made, Consistency::Frozen, frozen_ms))
     }
 
+    /// Freezes running VE `ve` until [`Host::thaw_held`] (a marker lets the
+    /// next command thaw it if vectl dies meanwhile). The caller holds the
+    /// VE's lock.
+    pub(crate) fn freeze_held(&self, ve: &str) -> Result<()> {
+        let cg = self.cgroups()?;
+        let marker = self.frozen_marker(ve);
+        fs::write(&marker, b"").map_err(io_err(&marker))?;
+        match cg.freeze(ve) {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                let _ = fs::remove_file(&marker);
+                Err(Error::ve(
+                    ve,
+                    "this host has no freezer for VE cgroups: migrate with --clean-stop",
+                ))
+            }
+            Err(e) => {
+                let _ = cg.thaw(ve);
+                let _ = fs::remove_file(&marker);
+                Err(e)
+            }
+        }
+    }
+
+    /// Thaws what [`Host::freeze_held`] froze (a stopped VE too: there is
+    /// nothing to thaw then).
+    pub(crate) fn thaw_held(&self, ve: &str) -> Result<()> {
+        if self.alive_state(ve)?.is_some() {
+            self.cgroups()?.thaw(ve)?;
+        }
+        crate::fsutil::remove_file(&self.frozen_marker(ve))
+    }
+
     /// A VE's snapshots.
     pub(crate) fn snapshot_list(
         &self,

@@ -63,6 +63,71 @@ pub struct RestoreArgs {
     start: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The VE (name or id).
+    #[arg(value_name = "VE")]
+    ve: String,
+    /// Another root on this host (its directory), or
+    /// ssh://[USER@]HOST[:PORT][/ROOT] (the remote runs vectl).
+    #[arg(value_name = "DEST")]
+    dest: String,
+    /// The ssh command and its options.
+    #[arg(long, value_name = "CMD", default_value = "ssh")]
+    ssh: String,
+    /// The vectl command on the remote host.
+    #[arg(long, value_name = "CMD", default_value = "vectl")]
+    remote_vectl: String,
+    /// Incremental rounds at most while the VE runs, after the full one.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    rounds: u32,
+    /// At the switch, halt the VE cleanly (as long as its init's shutdown
+    /// takes) instead of freezing it and starting it there from its files as
+    /// they were at that moment, as after a power cut.
+    #[arg(long)]
+    clean_stop: bool,
+    /// Seconds the VE's init gets to halt with --clean-stop.
+    #[arg(long, short, value_name = "SECS", default_value_t = 30)]
+    timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateReceiveArgs {
+    #[arg(value_name = "VE")]
+    ve: String,
+}
+
+/// `vectl migrate`.
+pub fn migrate(ctx: &Ctx, a: MigrateArgs) -> Result<ExitCode> {
+    let opts = ve_runtime::MigrateOptions {
+        dest: a.dest,
+        ssh: Some(a.ssh),
+        remote_vectl: Some(a.remote_vectl),
+        rounds: a.rounds,
+        clean_stop: a.clean_stop,
+        stop_timeout: std::time::Duration::from_secs(a.timeout),
+    };
+    let m = ctx.open()?.backups().migrate(&a.ve, &opts)?;
+    ctx.out.migrated(&m);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `vectl migrate-receive`: the target's end, on stdin and stdout.
+pub fn migrate_receive(ctx: &Ctx, a: MigrateReceiveArgs) -> Result<ExitCode> {
+    // A source that goes away must not kill us by SIGPIPE before we have
+    // removed what we received: a write to it fails instead.
+    // SAFETY: changing a signal's disposition; no handler runs.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+    ctx.open()?.backups().migrate_receive(
+        &a.ve,
+        std::io::stdin().lock(),
+        std::io::stdout().lock(),
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `vectl backup ...`.
 pub fn backup(ctx: &Ctx, a: BackupArgs) -> Result<ExitCode> {
     let host = ctx.open()?;

@@ -19,7 +19,7 @@ use crate::common::{assert_no_leftovers, crash_at, frozen, wait_http};
 /// /root, /etc and /var/www (symlinks as their targets, never followed), but
 /// for the files written at each start (vectl's hosts, resolv.conf and
 /// hostname; the web page that names the host, which `wait_http` checks).
-fn own_files(h: &TestHost, ve: &str) -> String {
+pub(crate) fn own_files(h: &TestHost, ve: &str) -> String {
     let r = h.exec(
         ve,
         &[
@@ -39,7 +39,7 @@ fn own_files(h: &TestHost, ve: &str) -> String {
 
 /// Writes a VE's own files: random data, a note, a file to delete later, and
 /// symlinks a host-side reader would follow to the host's files.
-fn write_files(h: &TestHost, ve: &str) {
+pub(crate) fn write_files(h: &TestHost, ve: &str) {
     let r = h.exec(
         ve,
         &[

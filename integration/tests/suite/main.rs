@@ -24,6 +24,7 @@ mod hostile_files;
 mod isolation;
 mod lifecycle;
 mod limits;
+mod migrate;
 mod network;
 mod oci;
 mod procview;
