@@ -100,6 +100,36 @@ pub struct Round {
 }
 
 impl Manifest {
+    /// The manifest of a stream of VE `cfg` taken now on this host: full,
+    /// without the template, as taken from a stopped VE; the caller sets the
+    /// rest.
+    pub(crate) fn of(
+        cfg: &VeConfig,
+        id: String,
+        layer: LayerFormat,
+        template: TemplateRecord,
+        was_running: bool,
+    ) -> Manifest {
+        Manifest {
+            format: FORMAT,
+            id,
+            ve: cfg.name.clone(),
+            created: crate::state::now_rfc3339(),
+            parent: None,
+            layer,
+            template,
+            with_template: false,
+            was_running,
+            consistency: Consistency::Stopped,
+            host: nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            vectl: env!("CARGO_PKG_VERSION").to_string(),
+            config: cfg.clone(),
+            migration: None,
+        }
+    }
+
     /// `full` or `incremental`.
     pub fn kind(&self) -> &'static str {
         if self.parent.is_some() {
@@ -246,7 +276,7 @@ pub(crate) fn read_manifest(path: &Path) -> Result<Manifest> {
     parse_manifest(path, &bytes)
 }
 
-fn parse_manifest(path: &Path, bytes: &[u8]) -> Result<Manifest> {
+pub(crate) fn parse_manifest(path: &Path, bytes: &[u8]) -> Result<Manifest> {
     let m: Manifest = serde_json::from_slice(bytes)
         .map_err(|e| bad_file(path, format!("not restorable: corrupt: its manifest: {e}")))?;
     if m.format != FORMAT {
@@ -532,6 +562,33 @@ impl Host {
         self.root().join("backups")
     }
 
+    /// What a backup or migration of VE `cfg` sends: its template version and
+    /// the record of it, how its layer travels from this pool, and whether
+    /// it runs.
+    pub(crate) fn what_goes(
+        &self,
+        cfg: &VeConfig,
+    ) -> Result<(
+        ve_templates::TemplateVersion,
+        TemplateRecord,
+        LayerFormat,
+        bool,
+    )> {
+        let tref: ve_templates::TemplateRef = cfg.template.parse()?;
+        let tv = self.store().resolve(&tref)?;
+        let template = TemplateRecord {
+            reference: tv.reference(),
+            digest: self.store().digest(&tv)?,
+        };
+        let layer = if self.pool().backend() == quota::Backend::Btrfs {
+            LayerFormat::BtrfsSend
+        } else {
+            LayerFormat::Tar
+        };
+        let running = self.alive_state(&cfg.name)?.is_some();
+        Ok((tv, template, layer, running))
+    }
+
     /// Where a backup of `ve` goes: its directory and id.
     fn backup_target(&self, ve: &str, dest: Option<&Path>) -> Result<(PathBuf, String)> {
         let ext = format!(".{BACKUP_EXT}");
@@ -586,11 +643,7 @@ impl Host {
         self.finish_move(&mut cfg)?;
         let (dir, id) = self.backup_target(&ve, opts.dest.as_deref())?;
         let pool = self.pool();
-        let layer = if pool.backend() == quota::Backend::Btrfs {
-            LayerFormat::BtrfsSend
-        } else {
-            LayerFormat::Tar
-        };
+        let (tv, template, layer, was_running) = self.what_goes(&cfg)?;
         // The newest base whose backup is in that directory, of this VE.
         let parent = if opts.full {
             None
@@ -604,34 +657,15 @@ impl Host {
                     read_manifest(&f).is_ok_and(|m| m.ve == ve && m.id == *b && m.layer == layer)
                 })
         };
-        let tref: ve_templates::TemplateRef = cfg.template.parse()?;
-        let tv = self.store().resolve(&tref)?;
-        let template = TemplateRecord {
-            reference: tv.reference(),
-            digest: self.store().digest(&tv)?,
-        };
-        let was_running = self.alive_state(&ve)?.is_some();
         let final_path = dir.join(format!("{id}.{BACKUP_EXT}"));
         let partial = dir.join(format!(".{id}.{BACKUP_EXT}.partial"));
         remove_partials(&dir, &ve, &partial)?;
         pool.backup_bases_dir(&ve).map_err(|e| ve_storage(&ve, e))?;
         let manifest = |consistency| Manifest {
-            format: FORMAT,
-            id: id.clone(),
-            ve: ve.clone(),
-            created: crate::state::now_rfc3339(),
             parent: parent.clone(),
-            layer,
-            template: template.clone(),
             with_template: opts.with_template,
-            was_running,
             consistency,
-            host: nix::unistd::gethostname()
-                .map(|h| h.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            vectl: env!("CARGO_PKG_VERSION").to_string(),
-            config: cfg.clone(),
-            migration: None,
+            ..Manifest::of(&cfg, id.clone(), layer, template.clone(), was_running)
         };
         let template_dir = self.store().path(&tv);
         let write = |consistency, layer_cmd: &mut Command| -> Result<u64> {
@@ -1014,6 +1048,7 @@ impl Host {
                 ip: None,
             })
             .collect();
+        crate::config::validate_hostname(&old.hostname)?;
         let nics = self.allocate_nics_preferring(name, &reqs, &old.nics)?;
         for (o, n) in old.nics.iter().zip(&nics) {
             if o.ip != n.ip {
@@ -1032,6 +1067,7 @@ impl Host {
             name: name.to_string(),
             template: tv.reference(),
             // A hostname that was the VE's name follows it, as with rename.
+            // (Checked: a manifest is a file an operator brought.)
             hostname: if old.hostname == old.name {
                 name.to_string()
             } else {
@@ -1155,7 +1191,8 @@ impl<'h> Receiver<'h> {
                     had_layer = true;
                     let mut cmd = if self.btrfs {
                         let mut c = Command::new("btrfs");
-                        c.args(["receive", "-q", "-e"])
+                        // Confined to where it receives (a stream names paths).
+                        c.args(["receive", "-q", "-e", "-C"])
                             .arg(&self.target)
                             .stdin(Stdio::piped())
                             .stdout(Stdio::null());

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::archive;
 use crate::backup::{
-    LayerFormat, Manifest, Receiver, Round, TemplateRecord, send_cmd, tar_create, write_stream,
+    LayerFormat, Manifest, Receiver, Round, parse_manifest, send_cmd, tar_create, write_stream,
 };
 use crate::config::VeConfig;
 use crate::error::{Error, Result, io_err};
@@ -282,39 +282,17 @@ impl Host {
         let mut cfg = self.load_config(&ve)?;
         self.finish_move(&mut cfg)?;
         let pool = self.pool();
-        let layer = if pool.backend() == quota::Backend::Btrfs {
-            LayerFormat::BtrfsSend
-        } else {
-            LayerFormat::Tar
-        };
-        let tref: ve_templates::TemplateRef = cfg.template.parse()?;
-        let tv = self.store().resolve(&tref)?;
-        let template = TemplateRecord {
-            reference: tv.reference(),
-            digest: self.store().digest(&tv)?,
-        };
-        let was_running = self.alive_state(&ve)?.is_some();
+        let (tv, template, layer, was_running) = self.what_goes(&cfg)?;
         let manifest = |id: String, parent: Option<String>, round: Round, with_template| Manifest {
-            format: 1,
-            id,
-            ve: ve.clone(),
-            created: crate::state::now_rfc3339(),
             parent,
-            layer,
-            template: template.clone(),
             with_template,
-            was_running,
             consistency: if round.last || !was_running {
                 Consistency::Stopped
             } else {
                 Consistency::Frozen
             },
-            host: nix::unistd::gethostname()
-                .map(|h| h.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            vectl: env!("CARGO_PKG_VERSION").to_string(),
-            config: cfg.clone(),
             migration: Some(round),
+            ..Manifest::of(&cfg, id, layer, template.clone(), was_running)
         };
         pool.backup_bases_dir(&ve).map_err(|e| ve_storage(&ve, e))?;
         let ids: Vec<String> = (0..=opts.rounds + 1)
@@ -355,6 +333,8 @@ impl Host {
                         .last()
                         .is_some_and(|r: &RoundReport| n > 1 && r.bytes < SMALL_ROUND);
                 if last && was_running && stopped_at.is_none() {
+                    // (The benchmark changes the VE's files here.)
+                    crate::failpoint::stop("migrate-before-switch");
                     stopped_at = Some(Instant::now());
                     if opts.clean_stop {
                         let stop = StopOptions {
@@ -432,13 +412,13 @@ impl Host {
                     };
                 }
                 drop(lock);
-                if stopped_at.is_some() {
-                    if let Err(again) = self.start(&ve, true) {
-                        return Err(Error::Then {
-                            first: Box::new(e),
-                            then: format!("and it did not start again here: {again}"),
-                        });
-                    }
+                if stopped_at.is_some()
+                    && let Err(again) = self.start(&ve, true)
+                {
+                    return Err(Error::Then {
+                        first: Box::new(e),
+                        then: format!("and it did not start again here: {again}"),
+                    });
                 }
                 return Err(e);
             }
@@ -508,8 +488,8 @@ impl Host {
         input
             .read_line(&mut line)
             .map_err(|e| Error::ve(name, format!("the source: {e}")))?;
-        let hello: Manifest = serde_json::from_str(line.trim())
-            .map_err(|e| Error::ve(name, format!("the source sent no migration: {e}")))?;
+        let label = PathBuf::from(format!("the migration of VE {name}"));
+        let hello = parse_manifest(&label, line.trim().as_bytes())?;
         if hello.ve != name || hello.migration.is_none() {
             return Err(Error::ve(name, "the source sent another VE"));
         }
@@ -530,12 +510,13 @@ impl Host {
                 need_template,
                 ..Default::default()
             })?;
-            let label = PathBuf::from(format!("the migration of VE {name}"));
             loop {
                 let mut r = archive::Reader::new(&mut *input)
                     .map_err(|e| Error::ve(name, format!("the source's stream: {e}")))?;
-                let m: Manifest = serde_json::from_slice(r.manifest())
-                    .map_err(|e| Error::ve(name, format!("the source's stream: {e}")))?;
+                let m = parse_manifest(&label, r.manifest())?;
+                if m.ve != name {
+                    return Err(Error::ve(name, "the source sent another VE"));
+                }
                 let round = m
                     .migration
                     .ok_or_else(|| Error::ve(name, "the source's stream is no migration round"))?;

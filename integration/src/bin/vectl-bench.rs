@@ -41,6 +41,13 @@
 //!   VE against a bare veth pair between two namespaces, in the same run (busybox
 //!   nc on the far side both times)
 //!
+//! - portability (btrfs pool; also alone with `--only portability`): a VE with
+//!   1 GiB of its own files (incompressible): full backup, incremental backup
+//!   after a 5 MB change, how long the VE was frozen for one, restore of the
+//!   chain as a new VE; migration to a second root of this host with 5 MB
+//!   changed between the last pre-copy round and the switch: downtime (freeze
+//!   to the VE's init running on the target) and the whole migration
+//!
 //! It runs on a loop-backed btrfs pool (as `vectl init` makes by default), or on
 //! the `dir` pool when this machine cannot make one (then without the storage
 //! figures).
@@ -99,6 +106,23 @@ fn main() {
         eprintln!("vectl-bench: cannot run here (see SKIP above)");
         std::process::exit(1);
     };
+    let only = std::env::args().skip_while(|a| a != "--only").nth(1);
+    if only.as_deref() == Some("portability") {
+        let rows = if btrfs {
+            portability_figures(h, runs)
+        } else {
+            Vec::new()
+        };
+        h.release();
+        h.remove_files();
+        print_rows(
+            json,
+            runs,
+            nves,
+            rows.iter().map(|(k, v)| (k.as_str(), *v)).collect(),
+        );
+        return;
+    }
     let mut storage = if btrfs {
         storage_figures(h, runs)
     } else {
@@ -108,6 +132,7 @@ fn main() {
     storage.extend(clone_figures(h, runs));
     if btrfs {
         storage.extend(upgrade_figures(h, runs));
+        storage.extend(portability_figures(h, runs));
     }
     storage.extend(build_figures(h, runs));
     storage.extend(sharing_figures(h));
@@ -341,6 +366,10 @@ fn main() {
         .map(|(k, v)| (k.as_str(), *v))
         .collect();
     let rows: Vec<(&str, f64)> = rows.iter().copied().chain(knob_rows).collect();
+    print_rows(json, runs, nves, rows);
+}
+
+fn print_rows(json: bool, runs: usize, nves: usize, rows: Vec<(&str, f64)>) {
     if json {
         let obj: serde_json::Map<String, serde_json::Value> = rows
             .iter()
@@ -356,6 +385,134 @@ fn main() {
             println!("  {k:<52} {v:>9.2}");
         }
     }
+}
+
+/// Backup, restore and migration of a VE with 1 GiB of its own files.
+fn portability_figures(h: &TestHost, runs: usize) -> Vec<(String, f64)> {
+    let runs = runs.clamp(1, 3);
+    let Some(h2) = h.beside_bare_with("vectl-bench", &["--pool-size", "4G"]) else {
+        return Vec::new();
+    };
+    h2.import_busybox().unwrap();
+    h.start_ve("pv", &[]);
+    // 64 files of 16 MiB that do not compress.
+    let r = h.exec(
+        "pv",
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /srv && for i in $(seq 64); do head -c 16777216 /dev/urandom > /srv/d$i || exit 1; done",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let change = |n: usize| {
+        let r = h.exec(
+            "pv",
+            &[
+                "sh",
+                "-c",
+                &format!("head -c 5242880 /dev/urandom > /srv/change{n}"),
+            ],
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let (mut full, mut incr, mut frozen, mut restore) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut last = String::new();
+    for i in 0..runs {
+        let b = h.json(&["backup", "pv", d, "--full"]);
+        full.push(b["seconds"].as_f64().unwrap() * 1000.0);
+        change(i);
+        let b = h.json(&["backup", "pv", d]);
+        assert_eq!(b["kind"], "incremental", "{b}");
+        incr.push(b["seconds"].as_f64().unwrap() * 1000.0);
+        frozen.push(b["frozen_ms"].as_f64().unwrap());
+        last = b["file"].as_str().unwrap().to_string();
+    }
+    for _ in 0..runs {
+        restore.push(timed(|| {
+            h.json(&["restore", &last, "--as", "pvcopy"]);
+        }));
+        h.ok(&["destroy", "pvcopy"]);
+    }
+    drop(dir);
+    // Migration, back and forth, 5 MB changed just before each switch.
+    let (mut down, mut whole) = (Vec::new(), Vec::new());
+    let (mut from, mut to) = (h, &h2);
+    for i in 0..runs {
+        let mut c = from.command();
+        c.args(["--json", "migrate", "pv", to.root().to_str().unwrap()])
+            .env("VECTL_FAILPOINT", "migrate-before-switch")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped());
+        let child = c.spawn().unwrap();
+        let pid = child.id();
+        // Stopped at the switch: the VE changes 5 MB, then it goes on.
+        loop {
+            let st = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if st
+                .rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('T'))
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Written into its layer from here: `vectl exec` would wait for the
+        // VE's lock, which the stopped migration holds.
+        let mut data = vec![0u8; 5 << 20];
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d ^ i as u64;
+        for chunk in data.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+        }
+        fs::write(
+            from.root().join(format!("pool/ves/pv/upper/srv/move{i}")),
+            &data,
+        )
+        .unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+            nix::sys::signal::Signal::SIGCONT,
+        )
+        .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "migrate failed");
+        let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        down.push(m["downtime_ms"].as_f64().unwrap());
+        whole.push(m["seconds"].as_f64().unwrap() * 1000.0);
+        std::mem::swap(&mut from, &mut to);
+    }
+    from.ok(&["destroy", "--force", "pv"]);
+    drop(h2);
+    vec![
+        (
+            "backup: full, VE with 1 GiB of own files (ms)".into(),
+            median(&mut full),
+        ),
+        (
+            "backup: incremental after a 5 MB change (ms)".into(),
+            median(&mut incr),
+        ),
+        ("backup: the VE frozen for (ms)".into(), median(&mut frozen)),
+        (
+            "restore: that chain as a new VE (ms)".into(),
+            median(&mut restore),
+        ),
+        (
+            "migrate: downtime, 1 GiB VE, 5 MB changed at the switch (ms)".into(),
+            median(&mut down),
+        ),
+        (
+            "migrate: the whole migration (ms)".into(),
+            median(&mut whole),
+        ),
+    ]
 }
 
 /// A process's resident memory (VmRSS), KiB.

@@ -920,7 +920,7 @@ pub fn assert_no_leftovers(h: &TestHost) {
             .unwrap_or_default()
     };
     let root = h.root();
-    for sub in ["pool/ves", "pool/snapshots", "mnt"] {
+    for sub in ["pool/ves", "pool/snapshots", "pool/backup-bases", "mnt"] {
         for n in names(&root.join(sub)) {
             assert!(known(&n), "{sub}/{n} left (listed VEs: {ves:?})");
         }
