@@ -35,7 +35,8 @@ impl Pool {
     }
 
     /// The ids of VE `ve`'s backup bases (complete ones: a tar record being
-    /// written is `ID.snar.partial`), sorted.
+    /// written is `ID.snar.partial`), oldest first (by when each was made:
+    /// ids taken within one second do not sort by time).
     pub fn backup_bases(&self, ve: &str) -> Result<Vec<String>> {
         let dir = self.bases_dir(ve);
         let rd = match fs::read_dir(&dir) {
@@ -43,16 +44,34 @@ impl Pool {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(io_err(&dir)(e)),
         };
-        let mut out: Vec<String> = rd
-            .flatten()
-            .filter_map(|e| e.file_name().to_str().map(String::from))
-            .filter_map(|n| match self.backend {
-                Backend::Btrfs => (!n.starts_with('.')).then_some(n),
-                _ => n.strip_suffix(SNAR).map(String::from),
-            })
-            .collect();
+        // btrfs: subvolume ids grow with each one made; tar: the record's
+        // modification time.
+        let mut out: Vec<((u64, u32), String)> = Vec::new();
+        for e in rd.flatten() {
+            let Some(n) = e.file_name().to_str().map(String::from) else {
+                continue;
+            };
+            let id = match self.backend {
+                Backend::Btrfs if !n.starts_with('.') => n,
+                Backend::Btrfs => continue,
+                _ => match n.strip_suffix(SNAR) {
+                    Some(id) => id.to_string(),
+                    None => continue,
+                },
+            };
+            let path = e.path();
+            let made = match self.backend {
+                Backend::Btrfs => btrfs::subvolume_id(&path).map(|id| (id, 0)),
+                _ => fs::metadata(&path).and_then(|m| m.modified()).map(|t| {
+                    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                    (d.as_secs(), d.subsec_nanos())
+                }),
+            }
+            .map_err(io_err(&path))?;
+            out.push((made, id));
+        }
         out.sort();
-        Ok(out)
+        Ok(out.into_iter().map(|(_, id)| id).collect())
     }
 
     /// Makes the directory of VE `ve`'s bases (0700) and returns it.

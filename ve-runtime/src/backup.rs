@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::archive::{self, Next};
 use crate::config::VeConfig;
 use crate::error::{Error, Result, io_err};
+use crate::fsutil::Lock;
 use crate::host::Host;
 use crate::pool::ve_storage;
 use crate::snapshot::Consistency;
@@ -622,23 +623,64 @@ impl Host {
         } else {
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         }
+        // Within one second: BASE, BASE-2, BASE-3, ..., each past every
+        // one taken (a backup file or a base), so ids never go back in time.
         let base = format!("{ve}-{}", stamp());
-        let mut id = base.clone();
-        let mut n = 1;
-        while dir.join(format!("{id}{ext}")).symlink_metadata().is_ok()
-            || self.pool().backup_base(ve, &id).symlink_metadata().is_ok()
-        {
-            n += 1;
-            id = format!("{base}-{n}");
+        let mut names: Vec<String> = Vec::new();
+        let bases = self.pool().backup_base(ve, "x");
+        for d in [Some(dir.as_path()), bases.parent()].into_iter().flatten() {
+            if let Ok(rd) = fs::read_dir(d) {
+                names.extend(
+                    rd.flatten()
+                        .filter_map(|e| e.file_name().into_string().ok()),
+                );
+            }
         }
+        let highest = names
+            .iter()
+            .filter_map(|n| {
+                let n = n.trim_start_matches('.');
+                let rest = n.strip_prefix(&base)?;
+                let rest = rest.split('.').next().unwrap_or("");
+                match rest {
+                    "" => Some(1),
+                    r => r.strip_prefix('-')?.parse::<u32>().ok(),
+                }
+            })
+            .max();
+        let id = match highest {
+            None => base,
+            Some(n) => format!("{base}-{}", n + 1),
+        };
         Ok((dir, id))
     }
 
     /// Backs up VE `name_or_id`: see the module's documentation.
     pub(crate) fn backup(&self, name_or_id: &str, opts: &BackupOptions) -> Result<BackupMade> {
-        let t0 = Instant::now();
         let ve = self.resolve_existing(name_or_id)?;
-        let _lock = self.lock_ve(&ve)?;
+        // Backups of one VE take turns (they share its bases); the VE's own
+        // lock is held only while its files must keep still, so `exec`,
+        // `set` or `stop` need not wait for a long send.
+        let turn = self.backup_turn(&ve)?;
+        let made = self.backup_in_turn(&ve, opts);
+        if !self.config_path(&ve).exists() {
+            // Destroyed meanwhile: its turn lock goes too.
+            let _ = turn.remove();
+        }
+        made
+    }
+
+    /// The lock backups of VE `ve` take turns with (and its destroy: not
+    /// while a backup sends from its snapshot). Taken before the host's and
+    /// the VE's locks.
+    pub(crate) fn backup_turn(&self, ve: &str) -> Result<Lock> {
+        Lock::acquire(&self.root().join("locks").join(format!("backup-{ve}.lock")))
+    }
+
+    fn backup_in_turn(&self, ve: &str, opts: &BackupOptions) -> Result<BackupMade> {
+        let t0 = Instant::now();
+        let ve = ve.to_string();
+        let mut lock = Some(self.lock_ve(&ve)?);
         let mut cfg = self.load_config(&ve)?;
         self.finish_move(&mut cfg)?;
         let (dir, id) = self.backup_target(&ve, opts.dest.as_deref())?;
@@ -700,7 +742,10 @@ impl Host {
                     crate::failpoint::hit("backup-while-frozen");
                     taken
                 })?;
+                // The snapshot keeps still: the VE is free for other commands.
+                drop(lock.take());
                 crate::failpoint::hit("backup-after-snapshot");
+                crate::failpoint::stop("backup-sending");
                 let mut send = send_cmd(pool, &ve, &id, parent.as_deref());
                 write(consistency, &mut send).map(|n| (n, consistency, frozen_ms))
             }
@@ -742,6 +787,7 @@ impl Host {
                 return Err(e);
             }
         };
+        drop(lock);
         fs::rename(&partial, &final_path).map_err(io_err(&final_path))?;
         sync_dir(&dir)?;
         crate::failpoint::hit("backup-after-rename");

@@ -771,6 +771,16 @@ impl Host {
         if !exists(self) {
             return Err(Error::NoSuchVe(ve));
         }
+        // A backup sending from one of its snapshots ends first.
+        let turn = self.backup_turn(&ve)?;
+        let done = self.destroy_in_turn(ve.clone(), force);
+        if !self.config_path(&ve).exists() {
+            let _ = turn.remove();
+        }
+        done
+    }
+
+    fn destroy_in_turn(&self, ve: String, force: bool) -> Result<()> {
         let _host = self.lock_host()?;
         let _lock = self.lock_ve(&ve)?;
         let Some(cfg) = VeConfig::load(&self.config_path(&ve))? else {

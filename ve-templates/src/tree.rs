@@ -247,11 +247,20 @@ pub fn same_content(a: &fs::File, b: &fs::File, len: u64) -> io::Result<bool> {
 
 /// Where the next data at or after `pos` begins in `f` (`len` if only a hole
 /// follows; `pos` where the file system cannot tell).
-fn next_data(f: &fs::File, pos: u64, len: u64) -> u64 {
+pub(crate) fn next_data(f: &fs::File, pos: u64, len: u64) -> u64 {
     match rustix::fs::seek(f, rustix::fs::SeekFrom::Data(pos)) {
         Ok(p) => p.min(len),
         Err(e) if e == rustix::io::Errno::NXIO => len,
         Err(_) => pos,
+    }
+}
+
+/// Where the hole after the data at `pos` begins in `f` (`len` where the
+/// file system cannot tell: all of it is data then).
+pub(crate) fn next_hole(f: &fs::File, pos: u64, len: u64) -> u64 {
+    match rustix::fs::seek(f, rustix::fs::SeekFrom::Hole(pos)) {
+        Ok(p) => p.clamp(pos, len),
+        Err(_) => len,
     }
 }
 

@@ -342,9 +342,49 @@ fn killed_backups_and_restores_leave_nothing_half_made() {
     assert!(!frozen(&h, "web1"));
     wait_http(&h, "web1");
     assert_eq!(names().len(), 1, "partial files left: {:?}", names());
+
+    // While a backup sends, the VE takes other commands.
+    let sending = h
+        .command()
+        .args(["backup", "web1", d])
+        .env("VECTL_FAILPOINT", "backup-sending")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stopped = || {
+        fs::read_to_string(format!("/proc/{}/stat", sending.id())).is_ok_and(|st| {
+            st.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('T'))
+        })
+    };
+    assert!(crate::common::wait_until(
+        std::time::Duration::from_secs(20),
+        stopped
+    ));
+    let r = crate::common::run_limited(
+        {
+            let mut c = h.command();
+            c.args(["set", "web1", "--ram", "96M"]);
+            c
+        },
+        std::time::Duration::from_secs(20),
+    );
+    assert_eq!(
+        r.code, 0,
+        "set waited for the backup or failed: {}",
+        r.stderr
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(sending.id()).unwrap()),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .unwrap();
+    assert!(sending.wait_with_output().unwrap().status.success());
     crash_at(&h, "backup-after-rename", &["backup", "web1", d]);
     let listed = h.json(&["backup", "list", d]);
-    let b2_id = listed.as_array().unwrap()[1]["id"]
+    let b2_id = listed.as_array().unwrap().last().unwrap()["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -374,5 +414,5 @@ fn killed_backups_and_restores_leave_nothing_half_made() {
     // Destroying a VE takes its backup bases with it (its backups stay).
     h.ok(&["destroy", "--force", "web1", "copy"]);
     assert!(!h.root().join("pool/backup-bases/web1").exists());
-    assert_eq!(h.json(&["backup", "list", d]).as_array().unwrap().len(), 3);
+    assert_eq!(h.json(&["backup", "list", d]).as_array().unwrap().len(), 4);
 }
