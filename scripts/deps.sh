@@ -27,6 +27,7 @@ packages=(
     lxcfs             # the /proc view of VEs (their own RAM, CPUs, uptime in /proc)
     openssh-client    # ssh: vectl migrate to another host
     openssh-server    # sshd: the migration tests start one in the target's namespace
+    rsync             # vectl import-host: a server's files, over SSH or from a directory
 )
 
 if [ "$(id -u)" != 0 ]; then

@@ -124,6 +124,13 @@ enum Command {
     /// sends the last change and starts it there; it is removed here only once
     /// it runs there, and runs here again on any failure.
     Migrate(backup::MigrateArgs),
+    /// Make a VE of a server's system: its files over SSH (rsync), from a
+    /// directory or a tar archive, without /proc, /sys, /dev, /run, /tmp,
+    /// kernel modules and /boot; adapted for a VE (fstab, gettys, udev, time
+    /// sync and the system's own network configuration off; network from
+    /// --net/--ip) as template NAME, and a VE NAME on it that boots the
+    /// server's own init. --as-template: the template only.
+    ImportHost(backup::ImportHostArgs),
     /// The target's end of `migrate` (run by it, over SSH or locally).
     #[command(hide = true)]
     MigrateReceive(backup::MigrateReceiveArgs),
@@ -192,5 +199,6 @@ fn run(ctx: &Ctx, command: Command, at: &ve::ArgPositions) -> Result<ExitCode> {
         Command::Restore(a) => backup::restore(ctx, a),
         Command::Migrate(a) => backup::migrate(ctx, a),
         Command::MigrateReceive(a) => backup::migrate_receive(ctx, a),
+        Command::ImportHost(a) => backup::import_host(ctx, a, at),
     }
 }

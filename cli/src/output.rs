@@ -1188,6 +1188,23 @@ impl Out {
         rows.print();
     }
 
+    pub fn host_imported(&self, m: &ve_runtime::HostImported) {
+        if self.json {
+            self.print_json(m);
+            return;
+        }
+        println!(
+            "imported template {} ({} files, {}) in {:.1} s",
+            m.template.reference(),
+            m.template.files,
+            human_bytes(m.template.size_bytes),
+            m.seconds
+        );
+        if let Some(c) = &m.ve {
+            self.created(c);
+        }
+    }
+
     pub fn migrated(&self, m: &ve_runtime::Migrated) {
         if self.json {
             self.print_json(m);

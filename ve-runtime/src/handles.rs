@@ -580,6 +580,17 @@ impl<'h> Backups<'h> {
         self.0.migrate(name_or_id, opts)
     }
 
+    /// Imports a server's system (over SSH, from a directory or a tar
+    /// archive) as template `name`, adapted for a VE, and a VE of that name.
+    pub fn import_host(
+        self,
+        name: &str,
+        opts: &crate::ImportHostOptions,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<crate::HostImported> {
+        self.0.import_host(name, opts, progress)
+    }
+
     /// The target's end of a migration: reads the source's messages from
     /// `input` and answers on `output`.
     pub fn migrate_receive(

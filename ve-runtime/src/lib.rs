@@ -12,7 +12,7 @@
 //! `units` and `limits` (values and limits), `cgroup`, `admission`, `stats`,
 //! `net` (networks and NICs as the host keeps them), `template`, `pool`,
 //! `pool_check`, `snapshot`, `clone`, `upgrade`, `backup` and `archive`
-//! (backups and their stream), `migrate`, and `error`, `fsutil`, `failpoint`.
+//! (backups and their stream), `migrate`, `import_host`, and `error`, `fsutil`, `failpoint`.
 //!
 //! The CLI talks to a [`Host`] (one state directory), opened with
 //! [`Host::open`] (or made with [`Host::init`], or [`Host::open_or_init`] for
@@ -49,6 +49,7 @@ mod failpoint;
 mod fsutil;
 mod handles;
 mod host;
+mod import_host;
 mod launch;
 mod limits;
 mod migrate;
@@ -91,6 +92,7 @@ pub use handles::{Backups, Nets, Snapshots, Storage, Templates, Upgrades, Ves};
 pub use host::{
     DEFAULT_ROOT, Host, HostSettings, InitOptions, Reserve, SettingsChange, VeDefaults,
 };
+pub use import_host::{HostImported, ImportHostOptions, ServerSource};
 pub use limits::{
     Capacity, HostFacts, IoDevice, IoLimits, KernelLimits, Limits, LimitsUpdate, NoIoDevice,
 };

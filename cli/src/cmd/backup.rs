@@ -97,6 +97,73 @@ pub struct MigrateReceiveArgs {
     ve: String,
 }
 
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["from", "from_dir", "from_tar"])))]
+pub struct ImportHostArgs {
+    /// The VE's name (and its template's).
+    #[arg(value_name = "NAME")]
+    name: String,
+    /// A running server: ssh://[USER@]HOST[:PORT][/ROOT] (rsync over SSH).
+    #[arg(long, value_name = "URL")]
+    from: Option<String>,
+    /// A directory holding a system's root (a mounted disk or image).
+    #[arg(long, value_name = "DIR")]
+    from_dir: Option<PathBuf>,
+    /// A tar archive of a system's root.
+    #[arg(long, value_name = "FILE")]
+    from_tar: Option<PathBuf>,
+    /// The ssh command and its options.
+    #[arg(long, value_name = "CMD", default_value = "ssh")]
+    ssh: String,
+    /// Make only the template NAME (no VE).
+    #[arg(long)]
+    as_template: bool,
+    #[command(flatten)]
+    limits: super::ve::LimitArgs,
+    #[command(flatten)]
+    nic: super::ve::NicArgs,
+    /// Hostname (default: the VE name).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// No user namespace (see `create --privileged`).
+    #[arg(long)]
+    privileged: bool,
+}
+
+/// `vectl import-host`.
+pub fn import_host(ctx: &Ctx, a: ImportHostArgs, at: &super::ve::ArgPositions) -> Result<ExitCode> {
+    let limits = a.limits.update(&a.name)?;
+    let nics = a.nic.requests(&a.name, at)?;
+    let from = match (a.from, a.from_dir, a.from_tar) {
+        (Some(u), _, _) => ve_runtime::ServerSource::Ssh(u),
+        (_, Some(d), _) => ve_runtime::ServerSource::Dir(d),
+        (_, _, Some(t)) => ve_runtime::ServerSource::Tar(t),
+        _ => {
+            return Err(crate::parse::usage(
+                "import-host: --from, --from-dir or --from-tar",
+            ));
+        }
+    };
+    let opts = ve_runtime::ImportHostOptions {
+        from,
+        ssh: Some(a.ssh),
+        as_template: a.as_template,
+        create: ve_runtime::CreateOptions {
+            name: a.name.clone(),
+            limits,
+            hostname: a.hostname,
+            nics,
+            privileged: a.privileged,
+            ..Default::default()
+        },
+    };
+    let host = ctx.open_or_init()?;
+    let mut progress = ctx.out.progress(&format!("import-host {}", a.name));
+    let made = host.backups().import_host(&a.name, &opts, &mut progress)?;
+    ctx.out.host_imported(&made);
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `vectl migrate`.
 pub fn migrate(ctx: &Ctx, a: MigrateArgs) -> Result<ExitCode> {
     let opts = ve_runtime::MigrateOptions {

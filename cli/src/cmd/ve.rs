@@ -169,7 +169,7 @@ pub struct NicArgs {
 impl NicArgs {
     /// The NICs asked for: each `--ip` belongs to the `--net` before it on the
     /// command line (`at` = the positions of the --net and --ip values).
-    fn requests(&self, ve: &str, at: &ArgPositions) -> Result<Option<Vec<NicRequest>>> {
+    pub fn requests(&self, ve: &str, at: &ArgPositions) -> Result<Option<Vec<NicRequest>>> {
         // Malformed is bad usage (exit 2); whether the address fits its
         // network is the network's to say.
         for ip in &self.ips {
@@ -230,7 +230,7 @@ pub struct ArgPositions {
 
 impl ArgPositions {
     pub fn of(matches: &clap::ArgMatches) -> ArgPositions {
-        let Some(("create" | "set", sub)) = matches.subcommand() else {
+        let Some(("create" | "set" | "import-host", sub)) = matches.subcommand() else {
             return ArgPositions::default();
         };
         let at = |id: &str| {

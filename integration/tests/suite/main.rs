@@ -21,6 +21,7 @@ mod escape;
 mod exec;
 mod host_services;
 mod hostile_files;
+mod import_host;
 mod isolation;
 mod lifecycle;
 mod limits;

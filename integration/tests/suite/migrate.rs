@@ -21,7 +21,7 @@ use crate::backup::{own_files, write_files};
 use crate::common::{assert_no_leftovers, crash_at, frozen, wait_http, wait_until};
 
 /// A process killed and reaped on drop (sshd).
-struct Killed(Child);
+pub(crate) struct Killed(Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -32,7 +32,7 @@ impl Drop for Killed {
 
 /// Joins the thread's network namespace to `other`'s with a veth pair:
 /// 192.168.77.1 here, 192.168.77.2 there.
-fn link_to(other: &TestHost) {
+pub(crate) fn link_to(other: &TestHost) {
     sh(&[
         "ip", "link", "add", "mig0", "type", "veth", "peer", "name", "mig1",
     ])
@@ -67,7 +67,7 @@ fn link_to(other: &TestHost) {
 
 /// An sshd in `h`'s namespace on 192.168.77.2:22 that lets in the key
 /// `dir/client` as root; returns it and the ssh command that uses the key.
-fn sshd(h: &TestHost, dir: &Path) -> (Killed, String) {
+pub(crate) fn sshd(h: &TestHost, dir: &Path) -> (Killed, String) {
     for key in ["host", "client"] {
         sh(&[
             "ssh-keygen",
