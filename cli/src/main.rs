@@ -131,6 +131,21 @@ enum Command {
     /// --net/--ip) as template NAME, and a VE NAME on it that boots the
     /// server's own init. --as-template: the template only.
     ImportHost(backup::ImportHostArgs),
+    /// Send what changed in a VE since its last replication to a standby root
+    /// (this host's or over SSH another's), which keeps the newest copy;
+    /// --every records a schedule the supervisor runs.
+    Replicate(backup::ReplicateArgs),
+    /// The replicas this root keeps, and its replication schedules.
+    #[command(subcommand)]
+    Replica(backup::ReplicaCommand),
+    /// On a standby: start the newest replica of a VE whose primary is gone
+    /// (asked with --primary, refused while it runs the VE there; --force if it
+    /// is down for good). A fence is recorded first: no replication lands in
+    /// that name afterwards.
+    Failover(backup::FailoverArgs),
+    /// The standby's end of `replicate`.
+    #[command(hide = true)]
+    ReplicaReceive(backup::MigrateReceiveArgs),
     /// The target's end of `migrate` (run by it, over SSH or locally).
     #[command(hide = true)]
     MigrateReceive(backup::MigrateReceiveArgs),
@@ -200,5 +215,9 @@ fn run(ctx: &Ctx, command: Command, at: &ve::ArgPositions) -> Result<ExitCode> {
         Command::Migrate(a) => backup::migrate(ctx, a),
         Command::MigrateReceive(a) => backup::migrate_receive(ctx, a),
         Command::ImportHost(a) => backup::import_host(ctx, a, at),
+        Command::Replicate(a) => backup::replicate(ctx, a),
+        Command::Replica(c) => backup::replica(ctx, c),
+        Command::Failover(a) => backup::failover(ctx, a),
+        Command::ReplicaReceive(a) => backup::replica_receive(ctx, a),
     }
 }

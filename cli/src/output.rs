@@ -1188,6 +1188,104 @@ impl Out {
         rows.print();
     }
 
+    pub fn replicated(&self, r: &ve_runtime::Replicated) {
+        if self.json {
+            self.print_json(r);
+            return;
+        }
+        println!(
+            "VE {}: replica {} on {} ({}, {} of files in {:.1} s; frozen {:.1} ms)",
+            r.ve,
+            r.id,
+            r.dest,
+            if r.parent.is_some() {
+                "incremental"
+            } else {
+                "full"
+            },
+            human_bytes(r.bytes),
+            r.seconds,
+            r.frozen_ms
+        );
+    }
+
+    pub fn replicas(&self, list: &[ve_runtime::ReplicaInfo]) {
+        if self.json {
+            self.print_json(&list);
+            return;
+        }
+        let mut rows = Table::new(&["VE", "REPLICA", "TAKEN", "FROM", "TEMPLATE", "FENCED"]);
+        for r in list {
+            rows.row(vec![
+                r.ve.clone(),
+                r.id.clone(),
+                r.taken.clone(),
+                r.from_host.clone(),
+                r.template.clone(),
+                r.fenced.clone().unwrap_or_else(|| "-".into()),
+            ]);
+        }
+        rows.print();
+    }
+
+    #[allow(clippy::type_complexity)]
+    pub fn replica_schedules(
+        &self,
+        list: &[(
+            String,
+            ve_runtime::ReplicaSchedule,
+            Option<ve_runtime::ReplicaRun>,
+        )],
+    ) {
+        if self.json {
+            let rows: Vec<_> = list
+                .iter()
+                .map(|(ve, s, r)| json!({"ve": ve, "schedule": s, "last": r}))
+                .collect();
+            self.print_json(&rows);
+            return;
+        }
+        let mut rows = Table::new(&["VE", "DEST", "EVERY", "LAST", "RESULT"]);
+        for (ve, s, r) in list {
+            rows.row(vec![
+                ve.clone(),
+                s.dest.clone(),
+                s.every_secs.map_or_else(|| "-".into(), |e| format!("{e}s")),
+                r.as_ref().map_or_else(
+                    || "-".into(),
+                    |r| {
+                        humantime::format_rfc3339_seconds(
+                            std::time::UNIX_EPOCH + std::time::Duration::from_secs(r.at),
+                        )
+                        .to_string()
+                    },
+                ),
+                r.as_ref().map_or_else(
+                    || "-".into(),
+                    |r| match &r.error {
+                        Some(e) => format!("failed: {e}"),
+                        None => format!("ok {}", r.id.clone().unwrap_or_default()),
+                    },
+                ),
+            ]);
+        }
+        rows.print();
+    }
+
+    pub fn failed_over(&self, f: &ve_runtime::FailedOver) {
+        if self.json {
+            self.print_json(f);
+            return;
+        }
+        println!(
+            "VE {} (id {}) started from replica {} (taken {}); fence: {}",
+            f.config.name, f.config.id, f.replica, f.taken, f.fence
+        );
+        for ch in &f.changes {
+            println!("  {ch}");
+        }
+    }
+
     pub fn host_imported(&self, m: &ve_runtime::HostImported) {
         if self.json {
             self.print_json(m);

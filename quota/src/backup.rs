@@ -20,6 +20,8 @@ use crate::pool::{Backend, Pool};
 use crate::volume::Volume;
 
 const SNAR: &str = ".snar";
+/// Replication bases' ids begin so (hidden from backups).
+pub const REP: &str = ".rep-";
 
 impl Pool {
     fn bases_dir(&self, ve: &str) -> PathBuf {
@@ -38,6 +40,12 @@ impl Pool {
     /// written is `ID.snar.partial`), oldest first (by when each was made:
     /// ids taken within one second do not sort by time).
     pub fn backup_bases(&self, ve: &str) -> Result<Vec<String>> {
+        self.bases_by_age(ve, false)
+    }
+
+    /// The bases of VE `ve`, oldest first: backup ones, or (`hidden`) those
+    /// whose ids start with `.` too.
+    fn bases_by_age(&self, ve: &str, hidden: bool) -> Result<Vec<String>> {
         let dir = self.bases_dir(ve);
         let rd = match fs::read_dir(&dir) {
             Ok(rd) => rd,
@@ -52,13 +60,15 @@ impl Pool {
                 continue;
             };
             let id = match self.backend {
-                Backend::Btrfs if !n.starts_with('.') => n,
-                Backend::Btrfs => continue,
+                Backend::Btrfs => n,
                 _ => match n.strip_suffix(SNAR) {
                     Some(id) => id.to_string(),
                     None => continue,
                 },
             };
+            if id.starts_with('.') && !hidden {
+                continue;
+            }
             let path = e.path();
             let made = match self.backend {
                 Backend::Btrfs => btrfs::subvolume_id(&path).map(|id| (id, 0)),
@@ -103,9 +113,31 @@ impl Pool {
         }
     }
 
-    /// Removes every base of VE `ve` but `keep`, and leftovers of killed
-    /// backups (`*.partial`).
+    /// Removes every backup base of VE `ve` but `keep`, and leftovers of
+    /// killed backups (`*.partial`); its replication bases (`.rep-*`) stay.
+    /// With no `keep` (the VE goes): everything, the directory too.
     pub fn prune_backup_bases(&self, ve: &str, keep: Option<&str>) -> Result<()> {
+        self.prune_bases(ve, keep, keep.is_some().then_some(false))
+    }
+
+    /// Removes every replication base (`.rep-*`) of VE `ve` but `keep`.
+    pub fn prune_replica_bases(&self, ve: &str, keep: Option<&str>) -> Result<()> {
+        self.prune_bases(ve, keep, Some(true))
+    }
+
+    /// The replication bases of VE `ve` (`.rep-*`), oldest first.
+    pub fn replica_bases(&self, ve: &str) -> Result<Vec<String>> {
+        Ok(self
+            .bases_by_age(ve, true)?
+            .into_iter()
+            .filter(|id| id.starts_with(REP))
+            .collect())
+    }
+
+    /// Removes bases of VE `ve` but `keep`: replication ones only
+    /// (`Some(true)`), backup ones only (`Some(false)`), or all (`None`, and
+    /// the directory).
+    fn prune_bases(&self, ve: &str, keep: Option<&str>, replicas: Option<bool>) -> Result<()> {
         let dir = self.bases_dir(ve);
         let rd = match fs::read_dir(&dir) {
             Ok(rd) => rd,
@@ -115,7 +147,8 @@ impl Pool {
         let keep = keep.map(|id| self.backup_base(ve, id));
         for e in rd.flatten() {
             let path = e.path();
-            if Some(&path) == keep.as_ref() {
+            let is_rep = e.file_name().to_str().is_some_and(|n| n.starts_with(REP));
+            if Some(&path) == keep.as_ref() || replicas.is_some_and(|r| r != is_rep) {
                 continue;
             }
             if self.backend == Backend::Btrfs && btrfs::is_subvolume(&path) {
@@ -124,13 +157,91 @@ impl Pool {
                 remove_file(&path)?;
             }
         }
-        if keep.is_none() {
+        if replicas.is_none() {
             match fs::remove_dir(&dir) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(&dir)(e)),
                 _ => {}
             }
         }
         Ok(())
+    }
+
+    /// Where this root keeps its replica of VE `ve` (a standby's): the
+    /// received snapshots (btrfs) or the tree (`tree/`), and `replica.json`.
+    pub fn replica_dir(&self, ve: &str) -> PathBuf {
+        self.dir.join("replicas").join(ve)
+    }
+
+    /// The VEs this root keeps replicas of, sorted.
+    pub fn replicas(&self) -> Result<Vec<String>> {
+        let dir = self.dir.join("replicas");
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(&dir)(e)),
+        };
+        let mut out: Vec<String> = rd
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Removes the received snapshots of VE `ve`'s replica but `keep` (btrfs;
+    /// the tree of a tar replica is one, kept).
+    pub fn prune_replica(&self, ve: &str, keep: &str) -> Result<()> {
+        if self.backend != Backend::Btrfs {
+            return Ok(());
+        }
+        let dir = self.replica_dir(ve);
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(&dir)(e)),
+        };
+        for e in rd.flatten() {
+            let path = e.path();
+            if e.file_name() != keep && btrfs::is_subvolume(&path) {
+                self.delete_volume(&path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes VE `ve`'s replica, all of it.
+    pub fn remove_replica(&self, ve: &str) -> Result<()> {
+        let dir = self.replica_dir(ve);
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(&dir)(e)),
+        };
+        for e in rd.flatten() {
+            let path = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                self.delete_volume(&path)?;
+            } else {
+                remove_file(&path)?;
+            }
+        }
+        match fs::remove_dir(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&dir)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// VE `ve`'s volume as a copy of a tar replica's tree (reflinked where
+    /// the file system can).
+    pub fn volume_from_tree(&self, ve: &str, tree: &Path) -> Result<Volume> {
+        let vol = self.create_empty_ve_volume(ve)?;
+        let copied = crate::volume::copy_tree(tree, &vol.dir, true);
+        if let Err(e) = copied {
+            let _ = self.delete_volume(&vol.dir);
+            return Err(e);
+        }
+        Ok(vol)
     }
 
     /// Moves VE `old`'s backup bases to VE `new` (a rename).

@@ -34,6 +34,7 @@ mod snapshot;
 mod volume;
 pub mod xfs;
 
+pub use backup::REP;
 pub use disk::{DiskUsage, human_bytes};
 pub use error::{Error, Result};
 pub use pool::{

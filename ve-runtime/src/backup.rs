@@ -545,7 +545,7 @@ pub(crate) fn send_cmd(pool: &quota::Pool, ve: &str, id: &str, parent: Option<&s
 }
 
 /// `20261207T061500Z`.
-fn stamp() -> String {
+pub(crate) fn stamp() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now())
         .to_string()
         .replace(['-', ':'], "")
@@ -1166,6 +1166,22 @@ impl Host {
     }
 }
 
+/// Whether a layer in `layer` format is a btrfs stream; refused on a pool
+/// that cannot take it.
+pub(crate) fn check_layer(host: &Host, name: &str, layer: LayerFormat) -> Result<bool> {
+    let btrfs = layer == LayerFormat::BtrfsSend;
+    if btrfs && host.pool().backend() != quota::Backend::Btrfs {
+        return Err(Error::ve(
+            name,
+            format!(
+                "its files come as a btrfs stream, and this root's pool is {}: use a btrfs pool",
+                host.pool().backend()
+            ),
+        ));
+    }
+    Ok(btrfs)
+}
+
 /// Receives a VE's layer from backup streams (a restore's chain, a
 /// migration's rounds) under name `name`, then makes the VE of it.
 pub(crate) struct Receiver<'h> {
@@ -1185,16 +1201,7 @@ impl<'h> Receiver<'h> {
     /// ([`Host::finish_interrupted`]).
     pub(crate) fn new(host: &'h Host, name: &str, layer: LayerFormat) -> Result<Receiver<'h>> {
         let pool = host.pool();
-        let btrfs = layer == LayerFormat::BtrfsSend;
-        if btrfs && pool.backend() != quota::Backend::Btrfs {
-            return Err(Error::ve(
-                name,
-                format!(
-                    "its files come as a btrfs stream, and this root's pool is {}: use a btrfs pool",
-                    pool.backend()
-                ),
-            ));
-        }
+        let btrfs = check_layer(host, name, layer)?;
         let target = if btrfs {
             pool.receive_dir(name).map_err(|e| ve_storage(name, e))?
         } else {
@@ -1202,13 +1209,24 @@ impl<'h> Receiver<'h> {
                 .map_err(|e| ve_storage(name, e))?
                 .dir
         };
-        Ok(Receiver {
+        Ok(Receiver::into_dir(host, name, btrfs, target))
+    }
+
+    /// A receiver into `target` (made by the caller): where `btrfs receive`
+    /// puts snapshots, or the tree tar extracts into.
+    pub(crate) fn into_dir(
+        host: &'h Host,
+        name: &str,
+        btrfs: bool,
+        target: PathBuf,
+    ) -> Receiver<'h> {
+        Receiver {
             host,
             name: name.to_string(),
             btrfs,
             target,
             template_tar: None,
-        })
+        }
     }
 
     /// Takes one stream (manifest `m`, already read from `r`): its layer, and
@@ -1266,18 +1284,62 @@ impl<'h> Receiver<'h> {
         Ok(())
     }
 
+    /// The template version of `last` here: imported from the tree a stream
+    /// carried, else found by its digest. What differs goes to `changes`.
+    pub(crate) fn template(
+        &mut self,
+        last: &Manifest,
+        changes: &mut Vec<String>,
+    ) -> Result<ve_templates::TemplateVersion> {
+        let (host, name) = (self.host, self.name.as_str());
+        if let Some(tar) = self.template_tar.take() {
+            let tname = last
+                .template
+                .reference
+                .parse::<ve_templates::TemplateRef>()
+                .map(|r| r.name)
+                .unwrap_or_else(|_| format!("restored-{name}"));
+            let made = host.import_template(
+                &tname,
+                &ve_templates::Source::Tar(tar.clone()),
+                &format!("came with VE {} ({})", last.ve, last.id),
+                &mut |_| {},
+            );
+            let _ = fs::remove_file(&tar);
+            let (v, _) = made?;
+            if host.store().digest(&v)? != last.template.digest {
+                changes.push(format!(
+                    "template {} imported as {}, whose digest differs from the original's",
+                    last.template.reference,
+                    v.reference()
+                ));
+            }
+            return Ok(v);
+        }
+        host.template_with(&last.template)?.ok_or_else(|| {
+            Error::ve(
+                name,
+                format!(
+                    "its template {} ({}) is not on this root",
+                    last.template.reference, last.template.digest
+                ),
+            )
+        })
+    }
+
     /// Makes the VE of what was received, `last` being the newest stream's
     /// manifest: its volume, template (found here or imported), identity and
     /// config (last, after failpoint `failpoint`). Returns its config, whether
     /// the template was imported, and what differs from the original.
     pub(crate) fn commit(
-        self,
+        mut self,
         last: &Manifest,
         failpoint: &str,
     ) -> Result<(VeConfig, bool, Vec<String>)> {
-        let (host, name) = (self.host, self.name.as_str());
+        let host = self.host;
         let pool = host.pool();
         if self.btrfs {
+            let name = self.name.as_str();
             let received = self.target.join(&last.id);
             if !quota::btrfs::is_subvolume(&received) {
                 return Err(Error::ve(
@@ -1295,41 +1357,8 @@ impl<'h> Receiver<'h> {
         }
         let mut changes = Vec::new();
         let imported = self.template_tar.is_some();
-        let tv = match &self.template_tar {
-            Some(tar) => {
-                let tname = last
-                    .template
-                    .reference
-                    .parse::<ve_templates::TemplateRef>()
-                    .map(|r| r.name)
-                    .unwrap_or_else(|_| format!("restored-{name}"));
-                let made = host.import_template(
-                    &tname,
-                    &ve_templates::Source::Tar(tar.clone()),
-                    &format!("came with VE {} ({})", last.ve, last.id),
-                    &mut |_| {},
-                );
-                let _ = fs::remove_file(tar);
-                let (v, _) = made?;
-                if host.store().digest(&v)? != last.template.digest {
-                    changes.push(format!(
-                        "template {} imported as {}, whose digest differs from the original's",
-                        last.template.reference,
-                        v.reference()
-                    ));
-                }
-                v
-            }
-            None => host.template_with(&last.template)?.ok_or_else(|| {
-                Error::ve(
-                    name,
-                    format!(
-                        "its template {} ({}) is not on this root",
-                        last.template.reference, last.template.digest
-                    ),
-                )
-            })?,
-        };
+        let tv = self.template(last, &mut changes)?;
+        let name = self.name.as_str();
         if tv.reference() != last.template.reference {
             changes.push(format!(
                 "template {} is {} here",

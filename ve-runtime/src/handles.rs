@@ -591,6 +591,53 @@ impl<'h> Backups<'h> {
         self.0.import_host(name, opts, progress)
     }
 
+    /// Replicates a VE once: to `dest`, or (`None`) as its schedule says.
+    pub fn replicate(
+        self,
+        name_or_id: &str,
+        dest: Option<&crate::ReplicaSchedule>,
+    ) -> Result<crate::Replicated> {
+        self.0.replicate(name_or_id, dest)
+    }
+
+    /// Records a VE's replication schedule (the supervisor runs it), or
+    /// removes it; returns the VE's name.
+    pub fn set_schedule(
+        self,
+        name_or_id: &str,
+        schedule: Option<&crate::ReplicaSchedule>,
+    ) -> Result<String> {
+        self.0.set_replica_schedule(name_or_id, schedule)
+    }
+
+    /// This root's replication schedules and how each last ran.
+    #[allow(clippy::type_complexity)]
+    pub fn schedules(
+        self,
+    ) -> Result<Vec<(String, crate::ReplicaSchedule, Option<crate::ReplicaRun>)>> {
+        self.0.replica_schedules()
+    }
+
+    /// The replicas this root keeps as a standby.
+    pub fn replicas(self) -> Result<Vec<crate::ReplicaInfo>> {
+        self.0.replica_list()
+    }
+
+    /// Starts the newest replica of a VE here, once its primary is gone.
+    pub fn failover(self, name: &str, opts: &crate::FailoverOptions) -> Result<crate::FailedOver> {
+        self.0.failover(name, opts)
+    }
+
+    /// The standby's end of a replication.
+    pub fn replica_receive(
+        self,
+        name: &str,
+        input: impl std::io::Read,
+        output: impl std::io::Write,
+    ) -> Result<()> {
+        self.0.replica_receive(name, input, output)
+    }
+
     /// The target's end of a migration: reads the source's messages from
     /// `input` and answers on `output`.
     pub fn migrate_receive(

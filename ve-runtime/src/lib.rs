@@ -12,7 +12,7 @@
 //! `units` and `limits` (values and limits), `cgroup`, `admission`, `stats`,
 //! `net` (networks and NICs as the host keeps them), `template`, `pool`,
 //! `pool_check`, `snapshot`, `clone`, `upgrade`, `backup` and `archive`
-//! (backups and their stream), `migrate`, `import_host`, and `error`, `fsutil`, `failpoint`.
+//! (backups and their stream), `migrate`, `replicate`, `import_host`, and `error`, `fsutil`, `failpoint`.
 //!
 //! The CLI talks to a [`Host`] (one state directory), opened with
 //! [`Host::open`] (or made with [`Host::init`], or [`Host::open_or_init`] for
@@ -58,6 +58,7 @@ mod options;
 mod pool;
 mod pool_check;
 mod procview;
+mod replicate;
 mod roots;
 mod security;
 mod signal;
@@ -107,6 +108,9 @@ pub use procview::{DEFAULT_LXCFS_DIR, Lxcfs, ProcViewSettings, RebindReport, Reb
 pub use quota::{
     Backend as PoolBackend, LostImage, PoolSpace, SnapshotInfo, Source as PoolSource,
     UnknownBackend,
+};
+pub use replicate::{
+    FailedOver, FailoverOptions, ReplicaInfo, ReplicaRun, ReplicaSchedule, Replicated,
 };
 pub use roots::{DEFAULT_REGISTRY, REGISTRY_ENV, TornDown, registered_roots};
 pub use security::{USERNS_CAPS, VE_CAPS};

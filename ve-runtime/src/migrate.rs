@@ -98,11 +98,14 @@ pub struct Reply {
     pub changes: Vec<String>,
     #[serde(default)]
     pub started: bool,
+    /// To a replication's first message: the replica the standby has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub have: Option<String>,
 }
 
 /// Where a migration goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Dest {
+pub(crate) enum Dest {
     Root(PathBuf),
     Ssh {
         host: String,
@@ -111,7 +114,7 @@ enum Dest {
     },
 }
 
-fn parse_dest(s: &str) -> Result<Dest> {
+pub(crate) fn parse_dest(s: &str) -> Result<Dest> {
     let bad = |why: &str| Error::Option {
         option: "DEST".into(),
         reason: format!("{s:?}: {why}"),
@@ -158,15 +161,21 @@ fn parse_dest(s: &str) -> Result<Dest> {
 }
 
 /// The target's end of the channel, running.
-struct Peer {
+pub(crate) struct Peer {
     child: std::process::Child,
-    to: BufWriter<std::process::ChildStdin>,
+    pub(crate) to: BufWriter<std::process::ChildStdin>,
     from: BufReader<std::process::ChildStdout>,
     what: String,
 }
 
 impl Peer {
-    fn start(dest: &Dest, ve: &str, opts: &MigrateOptions) -> Result<Peer> {
+    pub(crate) fn start(
+        dest: &Dest,
+        sub: &str,
+        ve: &str,
+        ssh: Option<&str>,
+        remote_vectl: Option<&str>,
+    ) -> Result<Peer> {
         let mut cmd = match dest {
             Dest::Root(root) => {
                 let exe = std::env::current_exe().map_err(io_err(Path::new("/proc/self/exe")))?;
@@ -175,7 +184,7 @@ impl Peer {
                 c
             }
             Dest::Ssh { host, port, root } => {
-                let ssh = opts.ssh.as_deref().unwrap_or("ssh");
+                let ssh = ssh.unwrap_or("ssh");
                 let words = shell_words::split(ssh).map_err(|e| Error::Option {
                     option: "--ssh".into(),
                     reason: e.to_string(),
@@ -191,18 +200,18 @@ impl Peer {
                 if let Some(p) = port {
                     c.arg("-p").arg(p.to_string());
                 }
-                let remote = opts.remote_vectl.as_deref().unwrap_or("vectl");
+                let remote = remote_vectl.unwrap_or("vectl");
                 let mut line = format!("{remote} ");
                 if let Some(r) = root {
                     line.push_str(&format!("--root '{r}' "));
                 }
-                line.push_str(&format!("migrate-receive {ve}"));
+                line.push_str(&format!("{sub} {ve}"));
                 c.arg("--").arg(host).arg(line);
                 c
             }
         };
         if let Dest::Root(_) = dest {
-            cmd.arg("migrate-receive").arg(ve);
+            cmd.arg(sub).arg(ve);
         }
         let mut child = cmd
             .env_remove("VECTL_ROOT")
@@ -225,7 +234,7 @@ impl Peer {
     }
 
     /// The target's answer; an error when it says one or goes away.
-    fn reply(&mut self) -> Result<Reply> {
+    pub(crate) fn reply(&mut self) -> Result<Reply> {
         self.to.flush().map_err(|e| self.gone(&e.to_string()))?;
         let mut line = String::new();
         let n = self
@@ -246,19 +255,19 @@ impl Peer {
         Ok(r)
     }
 
-    fn gone(&self, why: &str) -> Error {
+    pub(crate) fn gone(&self, why: &str) -> Error {
         Error::Refused {
             what: self.what.clone(),
             reason: why.to_string(),
         }
     }
 
-    fn end(mut self) {
+    pub(crate) fn end(mut self) {
         drop(self.to);
         let _ = self.child.wait();
     }
 
-    fn kill(mut self) {
+    pub(crate) fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -306,7 +315,13 @@ impl Host {
             }
         };
         clear_bases();
-        let mut peer = Peer::start(&dest, &ve, opts)?;
+        let mut peer = Peer::start(
+            &dest,
+            "migrate-receive",
+            &ve,
+            opts.ssh.as_deref(),
+            opts.remote_vectl.as_deref(),
+        )?;
         let mut rounds = Vec::new();
         let mut stopped_at: Option<Instant> = None;
         let template_dir = self.store().path(&tv);

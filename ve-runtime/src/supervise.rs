@@ -154,6 +154,7 @@ pub fn supervise(roots: &dyn Fn() -> Vec<PathBuf>, vectl: &Path) -> Result<()> {
     let mut due: Vec<Due> = Vec::new();
     let mut starting: HashMap<u32, (Due, std::process::Child)> = HashMap::new();
     let mut recent = RecentExits::default();
+    let mut replications = Replications::default();
     let since = crate::state::now_secs();
     let mut next_scan = Instant::now();
     loop {
@@ -203,7 +204,9 @@ pub fn supervise(roots: &dyn Fn() -> Vec<PathBuf>, vectl: &Path) -> Result<()> {
                     }
                 }
                 consoles.listen(&root);
+                replications.start_due(&root, vectl);
             }
+            replications.reap();
             consoles.prune();
             if let Some(p) = passed.take() {
                 let ours: Vec<PathBuf> = owned.keys().cloned().collect();
@@ -979,5 +982,72 @@ mod tests {
         assert!(rec(None, Some("SIGTERM")).failed());
         assert!(rec(None, None).failed(), "an unknown end counts as a crash");
         assert_eq!(rec(Some(3), None).how(), "exit status 3");
+    }
+}
+
+/// The replications the supervisor runs (`vectl replicate VE`, one process
+/// each) on the schedules of its roots (`ROOT/replication/VE.toml` with
+/// `every_secs`), checked at each scan.
+#[derive(Default)]
+struct Replications {
+    running: HashMap<(PathBuf, String), std::process::Child>,
+}
+
+impl Replications {
+    /// Starts the replications of `root` that are due and not running.
+    fn start_due(&mut self, root: &Path, vectl: &Path) {
+        let dir = root.join("replication");
+        let Ok(rd) = fs::read_dir(&dir) else {
+            return;
+        };
+        let now = crate::state::now_secs();
+        for e in rd.flatten() {
+            let Some(ve) = e
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".toml"))
+                .filter(|n| crate::config::validate_name(n).is_ok())
+                .map(String::from)
+            else {
+                continue;
+            };
+            let key = (root.to_path_buf(), ve.clone());
+            if self.running.contains_key(&key) {
+                continue;
+            }
+            let every = fs::read_to_string(e.path())
+                .ok()
+                .and_then(|t| toml::from_str::<crate::replicate::ReplicaSchedule>(&t).ok())
+                .and_then(|s| s.every_secs);
+            let Some(every) = every else {
+                continue;
+            };
+            let last = fs::read(dir.join(format!("{ve}.json")))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<crate::replicate::ReplicaRun>(&b).ok())
+                .map_or(0, |r| r.at);
+            if now < last.saturating_add(every) {
+                continue;
+            }
+            match std::process::Command::new(vectl)
+                .arg("--root")
+                .arg(root)
+                .args(["replicate", &ve])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+            {
+                Ok(child) => {
+                    self.running.insert(key, child);
+                }
+                Err(e) => log(&format!("VE {ve}: cannot start its replication: {e}")),
+            }
+        }
+    }
+
+    /// Collects the replications that ended (each records how it went).
+    fn reap(&mut self) {
+        self.running.retain(|_, c| matches!(c.try_wait(), Ok(None)));
     }
 }

@@ -164,6 +164,135 @@ pub fn import_host(ctx: &Ctx, a: ImportHostArgs, at: &super::ve::ArgPositions) -
     Ok(ExitCode::SUCCESS)
 }
 
+#[derive(Debug, Args)]
+pub struct ReplicateArgs {
+    /// The VE (name or id).
+    #[arg(value_name = "VE")]
+    ve: String,
+    /// The standby: a root of this host, or ssh://[USER@]HOST[:PORT][/ROOT].
+    /// Without it: the VE's schedule, now.
+    #[arg(value_name = "DEST")]
+    dest: Option<String>,
+    /// Record a schedule: the supervisor replicates to DEST this often
+    /// (e.g. 60s, 5m); one run now too.
+    #[arg(long, value_name = "DURATION", requires = "dest")]
+    every: Option<String>,
+    /// Remove the VE's schedule.
+    #[arg(long, conflicts_with_all = ["dest", "every"])]
+    stop: bool,
+    /// The ssh command and its options.
+    #[arg(long, value_name = "CMD")]
+    ssh: Option<String>,
+    /// The vectl command on the remote host.
+    #[arg(long, value_name = "CMD")]
+    remote_vectl: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReplicaCommand {
+    /// The replicas this root keeps as a standby.
+    List,
+    /// This root's replication schedules and how each last ran.
+    Schedules,
+}
+
+#[derive(Debug, Args)]
+pub struct FailoverArgs {
+    /// The VE whose replica this root keeps.
+    #[arg(value_name = "VE")]
+    ve: String,
+    /// The primary (a root of this host, or ssh://...): asked whether it still
+    /// runs the VE; refused if it does.
+    #[arg(long, value_name = "DEST")]
+    primary: Option<String>,
+    /// The primary is down for good: start the replica without its answer.
+    #[arg(long)]
+    force: bool,
+    /// The ssh command and its options.
+    #[arg(long, value_name = "CMD")]
+    ssh: Option<String>,
+    /// The vectl command on the primary.
+    #[arg(long, value_name = "CMD")]
+    remote_vectl: Option<String>,
+}
+
+/// `vectl replicate`.
+pub fn replicate(ctx: &Ctx, a: ReplicateArgs) -> Result<ExitCode> {
+    let host = ctx.open()?;
+    if a.stop {
+        let ve = host.backups().set_schedule(&a.ve, None)?;
+        ctx.out.done(&format!("VE {ve}: no replication schedule"));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let every = match &a.every {
+        Some(t) => {
+            let d = humantime::parse_duration(t)
+                .map_err(|e| crate::parse::usage(format!("VE {}: --every {t:?}: {e}", a.ve)))?;
+            if d.as_secs() < 10 {
+                return Err(crate::parse::usage(format!(
+                    "VE {}: --every {t}: at least 10s (the supervisor looks every 10 s)",
+                    a.ve
+                )));
+            }
+            Some(d.as_secs())
+        }
+        None => None,
+    };
+    let sched = a.dest.map(|dest| ve_runtime::ReplicaSchedule {
+        dest,
+        every_secs: every,
+        ssh: a.ssh,
+        remote_vectl: a.remote_vectl,
+    });
+    if let Some(s) = sched.as_ref().filter(|s| s.every_secs.is_some()) {
+        host.backups().set_schedule(&a.ve, Some(s))?;
+        let r = host.backups().replicate(&a.ve, None)?;
+        ctx.out.replicated(&r);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let r = host.backups().replicate(&a.ve, sched.as_ref())?;
+    ctx.out.replicated(&r);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `vectl replica ...`.
+pub fn replica(ctx: &Ctx, c: ReplicaCommand) -> Result<ExitCode> {
+    let host = ctx.open()?;
+    match c {
+        ReplicaCommand::List => ctx.out.replicas(&host.backups().replicas()?),
+        ReplicaCommand::Schedules => ctx.out.replica_schedules(&host.backups().schedules()?),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `vectl failover`.
+pub fn failover(ctx: &Ctx, a: FailoverArgs) -> Result<ExitCode> {
+    let opts = ve_runtime::FailoverOptions {
+        primary: a.primary,
+        force: a.force,
+        ssh: a.ssh,
+        remote_vectl: a.remote_vectl,
+    };
+    let f = ctx.open()?.backups().failover(&a.ve, &opts)?;
+    ctx.out.failed_over(&f);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `vectl replica-receive`: the standby's end, on stdin and stdout.
+pub fn replica_receive(ctx: &Ctx, a: MigrateReceiveArgs) -> Result<ExitCode> {
+    // As migrate-receive: a source that goes away is an error, not SIGPIPE.
+    // SAFETY: changing a signal's disposition; no handler runs.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+    ctx.open()?.backups().replica_receive(
+        &a.ve,
+        std::io::stdin().lock(),
+        std::io::stdout().lock(),
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `vectl migrate`.
 pub fn migrate(ctx: &Ctx, a: MigrateArgs) -> Result<ExitCode> {
     let opts = ve_runtime::MigrateOptions {

@@ -30,6 +30,7 @@ mod network;
 mod oci;
 mod procview;
 mod qos;
+mod replicate;
 mod roots;
 mod stats;
 mod stop;
