@@ -47,15 +47,11 @@ impl Pool {
     /// whose ids start with `.` too.
     fn bases_by_age(&self, ve: &str, hidden: bool) -> Result<Vec<String>> {
         let dir = self.bases_dir(ve);
-        let rd = match fs::read_dir(&dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_err(&dir)(e)),
-        };
+        let rd = entries(&dir)?;
         // btrfs: subvolume ids grow with each one made; tar: the record's
         // modification time.
         let mut out: Vec<((u64, u32), String)> = Vec::new();
-        for e in rd.flatten() {
+        for e in rd {
             let Some(n) = e.file_name().to_str().map(String::from) else {
                 continue;
             };
@@ -139,13 +135,9 @@ impl Pool {
     /// the directory).
     fn prune_bases(&self, ve: &str, keep: Option<&str>, replicas: Option<bool>) -> Result<()> {
         let dir = self.bases_dir(ve);
-        let rd = match fs::read_dir(&dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io_err(&dir)(e)),
-        };
+        let rd = entries(&dir)?;
         let keep = keep.map(|id| self.backup_base(ve, id));
-        for e in rd.flatten() {
+        for e in rd {
             let path = e.path();
             let is_rep = e.file_name().to_str().is_some_and(|n| n.starts_with(REP));
             if Some(&path) == keep.as_ref() || replicas.is_some_and(|r| r != is_rep) {
@@ -175,13 +167,9 @@ impl Pool {
     /// The VEs this root keeps replicas of, sorted.
     pub fn replicas(&self) -> Result<Vec<String>> {
         let dir = self.dir.join("replicas");
-        let rd = match fs::read_dir(&dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_err(&dir)(e)),
-        };
+        let rd = entries(&dir)?;
         let mut out: Vec<String> = rd
-            .flatten()
+            .into_iter()
             .filter_map(|e| e.file_name().into_string().ok())
             .filter(|n| !n.starts_with('.'))
             .collect();
@@ -196,12 +184,8 @@ impl Pool {
             return Ok(());
         }
         let dir = self.replica_dir(ve);
-        let rd = match fs::read_dir(&dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io_err(&dir)(e)),
-        };
-        for e in rd.flatten() {
+        let rd = entries(&dir)?;
+        for e in rd {
             let path = e.path();
             if e.file_name() != keep && btrfs::is_subvolume(&path) {
                 self.delete_volume(&path)?;
@@ -213,12 +197,8 @@ impl Pool {
     /// Removes VE `ve`'s replica, all of it.
     pub fn remove_replica(&self, ve: &str) -> Result<()> {
         let dir = self.replica_dir(ve);
-        let rd = match fs::read_dir(&dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io_err(&dir)(e)),
-        };
-        for e in rd.flatten() {
+        let rd = entries(&dir)?;
+        for e in rd {
             let path = e.path();
             if e.file_type().is_ok_and(|t| t.is_dir()) {
                 self.delete_volume(&path)?;
@@ -269,12 +249,8 @@ impl Pool {
     /// Removes what a restore of VE `ve` received (missing is fine).
     pub fn remove_received(&self, ve: &str) -> Result<()> {
         let dir = self.received_path(ve);
-        let rd = match fs::read_dir(&dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io_err(&dir)(e)),
-        };
-        for e in rd.flatten() {
+        let rd = entries(&dir)?;
+        for e in rd {
             self.delete_volume(&e.path())?;
         }
         match fs::remove_dir(&dir) {
@@ -299,12 +275,7 @@ impl Pool {
             (self.dir.join("ves"), ".receive"),
             (self.dir.join("backup-bases"), ""),
         ] {
-            let rd = match fs::read_dir(&dir) {
-                Ok(rd) => rd,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io_err(&dir)(e)),
-            };
-            out.extend(rd.flatten().filter_map(|e| {
+            out.extend(entries(&dir)?.into_iter().filter_map(|e| {
                 let n = e.file_name().to_str()?.to_string();
                 if suffix.is_empty() {
                     return (!n.starts_with('.')).then_some(n);
@@ -331,5 +302,14 @@ fn remove_file(path: &Path) -> Result<()> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(path)(e)),
         _ => Ok(()),
+    }
+}
+
+/// The entries of `dir`; none if it does not exist.
+fn entries(dir: &Path) -> Result<Vec<fs::DirEntry>> {
+    match fs::read_dir(dir) {
+        Ok(rd) => Ok(rd.flatten().collect()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io_err(dir)(e)),
     }
 }

@@ -22,6 +22,7 @@ use ve_templates::{Progress, Source, TemplateVersion};
 use crate::config::VeConfig;
 use crate::error::{Error, Result, io_err};
 use crate::host::Host;
+use crate::migrate::{Dest, parse_dest};
 use crate::options::CreateOptions;
 
 /// Where a server's files come from.
@@ -184,35 +185,18 @@ fn parse_ssh(url: &str) -> Result<(String, Option<u16>, String)> {
         option: "--from".into(),
         reason: format!("{url:?}: {why}"),
     };
-    let rest = url
-        .strip_prefix("ssh://")
-        .ok_or_else(|| bad("not ssh://[USER@]HOST[:PORT][/ROOT]"))?;
-    let (authority, root) = match rest.find('/') {
-        Some(i) => (&rest[..i], rest[i..].to_string()),
-        None => (rest, "/".to_string()),
-    };
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) => (
-            h,
-            Some(
-                p.parse::<u16>()
-                    .map_err(|_| bad("the port is not a number"))?,
-            ),
-        ),
-        None => (authority, None),
-    };
-    let ok = !host.is_empty()
-        && !host.starts_with('-')
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"@._-".contains(&b));
-    if !ok {
-        return Err(bad("not a host name"));
+    if !url.starts_with("ssh://") {
+        return Err(bad("not ssh://[USER@]HOST[:PORT][/ROOT]"));
     }
-    if root.contains(['\'', '\n', '\0', ' ', ':']) {
-        return Err(bad("the root path has quotes, spaces, colons or newlines"));
+    let Dest::Ssh { host, port, root } = parse_dest(url)? else {
+        return Err(bad("not ssh://[USER@]HOST[:PORT][/ROOT]"));
+    };
+    let root = root.unwrap_or_else(|| "/".into());
+    // rsync takes HOST:PATH, and the remote shell reads the path.
+    if root.contains([' ', ':']) {
+        return Err(bad("the root path has spaces or colons"));
     }
-    Ok((host.to_string(), port, root))
+    Ok((host, port, root))
 }
 
 impl Host {

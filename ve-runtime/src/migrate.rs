@@ -103,6 +103,47 @@ pub struct Reply {
     pub have: Option<String>,
 }
 
+/// Runs the target's end of a channel (migration, replication): `steps`
+/// reads the source's messages from `input` and answers each; an error is
+/// answered too, as the last line.
+pub(crate) fn serve_channel<R: Read>(
+    name: &str,
+    input: R,
+    mut output: impl Write,
+    steps: impl FnOnce(&mut BufReader<R>, &mut dyn FnMut(&Reply) -> Result<()>) -> Result<()>,
+) -> Result<()> {
+    let mut input = BufReader::with_capacity(1 << 20, input);
+    let mut answer = |r: &Reply| -> Result<()> {
+        let line = serde_json::to_string(r).map_err(|e| Error::ve(name, e.to_string()))?;
+        writeln!(output, "{line}")
+            .and_then(|()| output.flush())
+            .map_err(|e| Error::ve(name, format!("the source went away: {e}")))
+    };
+    let done = steps(&mut input, &mut answer);
+    if let Err(e) = &done {
+        let _ = answer(&Reply {
+            ok: false,
+            error: Some(e.to_string()),
+            ..Default::default()
+        });
+    }
+    done
+}
+
+/// The source's first message: the manifest of VE `name`, which it sends.
+pub(crate) fn read_hello(name: &str, input: &mut impl BufRead, label: &Path) -> Result<Manifest> {
+    crate::config::validate_name(name)?;
+    let mut line = String::new();
+    input
+        .read_line(&mut line)
+        .map_err(|e| Error::ve(name, format!("the source: {e}")))?;
+    let hello = parse_manifest(label, line.trim().as_bytes())?;
+    if hello.ve != name {
+        return Err(Error::ve(name, "the source sent another VE"));
+    }
+    Ok(hello)
+}
+
 /// Where a migration goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Dest {
@@ -469,44 +510,23 @@ impl Host {
         &self,
         name: &str,
         input: impl Read,
-        mut output: impl Write,
+        output: impl Write,
     ) -> Result<()> {
-        let mut input = BufReader::with_capacity(1 << 20, input);
-        let mut answer = |r: &Reply| -> Result<()> {
-            let line = serde_json::to_string(r).map_err(|e| Error::ve(name, e.to_string()))?;
-            writeln!(output, "{line}")
-                .and_then(|()| output.flush())
-                .map_err(|e| Error::ve(name, format!("the source went away: {e}")))
-        };
-        let received = self.migrate_receive_steps(name, &mut input, &mut answer);
-        match received {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let _ = answer(&Reply {
-                    ok: false,
-                    error: Some(e.to_string()),
-                    ..Default::default()
-                });
-                Err(e)
-            }
-        }
+        serve_channel(name, input, output, |input, answer| {
+            self.migrate_receive_steps(name, input, answer)
+        })
     }
 
-    fn migrate_receive_steps(
+    fn migrate_receive_steps<R: Read>(
         &self,
         name: &str,
-        input: &mut BufReader<impl Read>,
+        input: &mut BufReader<R>,
         answer: &mut dyn FnMut(&Reply) -> Result<()>,
     ) -> Result<()> {
-        crate::config::validate_name(name)?;
-        let mut line = String::new();
-        input
-            .read_line(&mut line)
-            .map_err(|e| Error::ve(name, format!("the source: {e}")))?;
         let label = PathBuf::from(format!("the migration of VE {name}"));
-        let hello = parse_manifest(&label, line.trim().as_bytes())?;
-        if hello.ve != name || hello.migration.is_none() {
-            return Err(Error::ve(name, "the source sent another VE"));
+        let hello = read_hello(name, input, &label)?;
+        if hello.migration.is_none() {
+            return Err(Error::ve(name, "the source sent no migration"));
         }
         let _host = self.lock_host()?;
         let _lock = self.lock_ve(name)?;

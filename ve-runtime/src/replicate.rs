@@ -16,7 +16,7 @@
 //! back, can no longer overwrite what now runs here.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -31,7 +31,7 @@ use crate::config::VeConfig;
 use crate::error::{Error, Result, io_err};
 use crate::fsutil::{Lock, write_atomic};
 use crate::host::Host;
-use crate::migrate::{Dest, Peer, Reply, parse_dest};
+use crate::migrate::{Dest, Peer, Reply, parse_dest, read_hello, serve_channel};
 use crate::pool::ve_storage;
 use crate::snapshot::Consistency;
 
@@ -367,42 +367,21 @@ impl Host {
         &self,
         name: &str,
         input: impl Read,
-        mut output: impl Write,
+        output: impl Write,
     ) -> Result<()> {
-        let mut input = BufReader::with_capacity(1 << 20, input);
-        let mut answer = |r: &Reply| -> Result<()> {
-            let line = serde_json::to_string(r).map_err(|e| Error::ve(name, e.to_string()))?;
-            writeln!(output, "{line}")
-                .and_then(|()| output.flush())
-                .map_err(|e| Error::ve(name, format!("the source went away: {e}")))
-        };
-        let r = self.replica_receive_steps(name, &mut input, &mut answer);
-        if let Err(e) = &r {
-            let _ = answer(&Reply {
-                ok: false,
-                error: Some(e.to_string()),
-                ..Default::default()
-            });
-        }
-        r
+        serve_channel(name, input, output, |input, answer| {
+            self.replica_receive_steps(name, input, answer)
+        })
     }
 
-    fn replica_receive_steps(
+    fn replica_receive_steps<R: Read>(
         &self,
         name: &str,
-        input: &mut BufReader<impl Read>,
+        input: &mut BufReader<R>,
         answer: &mut dyn FnMut(&Reply) -> Result<()>,
     ) -> Result<()> {
-        crate::config::validate_name(name)?;
         let label = PathBuf::from(format!("the replication of VE {name}"));
-        let mut line = String::new();
-        input
-            .read_line(&mut line)
-            .map_err(|e| Error::ve(name, format!("the source: {e}")))?;
-        let hello = parse_manifest(&label, line.trim().as_bytes())?;
-        if hello.ve != name {
-            return Err(Error::ve(name, "the source sent another VE"));
-        }
+        let hello = read_hello(name, input, &label)?;
         let _lock = self.replica_lock(name)?;
         if let Some(f) = self.fence_of(name) {
             return Err(Error::ve(
