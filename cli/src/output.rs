@@ -33,9 +33,20 @@ impl Out {
     }
 
     /// A failed operation: one line on stderr.
+    /// A failed command's one line on stderr; with `--json` a JSON object on
+    /// one line: `{"error": MESSAGE, "usage": true|false}` (usage: exit status
+    /// 2, bad usage; else 1, the operation failed).
     pub fn error(&self, e: &anyhow::Error) {
         let msg = e.to_string().replace('\n', " ");
-        eprintln!("vectl: {msg}");
+        if self.json {
+            let obj = serde_json::json!({
+                "error": format!("vectl: {msg}"),
+                "usage": crate::parse::is_usage(e),
+            });
+            eprintln!("{obj}");
+        } else {
+            eprintln!("vectl: {msg}");
+        }
     }
 
     pub fn warn(&self, msg: &str) {

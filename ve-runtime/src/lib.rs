@@ -117,7 +117,7 @@ pub use security::{USERNS_CAPS, VE_CAPS};
 pub use signal::{BadSignal, parse_signal, signal_name};
 pub use snapshot::{Consistency, SnapshotMade};
 pub use state::{ExitRecord, RunState, Status};
-pub use stats::VeStats;
+pub use stats::{NicStats, VeStats};
 pub use supervise::{HOST_NETNS_ENV, supervise};
 pub use template::TemplateUsage;
 pub use units::{

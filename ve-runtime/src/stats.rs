@@ -14,6 +14,8 @@ pub struct VeStats {
     pub id: u32,
     pub name: String,
     pub status: Status,
+    /// Its template version, `NAME@VERSION`.
+    pub template: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uptime_secs: Option<u64>,
     /// CPU time used since start, nanoseconds.
@@ -23,9 +25,14 @@ pub struct VeStats {
     pub cpu_percent: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_limit_percent: Option<f64>,
+    /// Its guaranteed share of the whole host's CPU time, in percent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_guarantee_percent: Option<f64>,
     pub ram_bytes: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ram_limit_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ram_guarantee_bytes: Option<u64>,
     pub swap_bytes: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub swap_limit_bytes: Option<u64>,
@@ -42,6 +49,61 @@ pub struct VeStats {
     pub disk_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk_limit_bytes: Option<u64>,
+    /// Traffic of each NIC of a running VE, as the VE sees it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<NicStats>,
+}
+
+/// One NIC's counters, from the VE's side (what it received and sent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NicStats {
+    /// Its name in the VE (`eth0`).
+    pub ifname: String,
+    /// Its network.
+    pub net: String,
+    /// The port on the host it is paired with.
+    pub port: String,
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+}
+
+/// A link's counters from /proc/net/dev, as the host sees the link.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct LinkCounters {
+    rx_bytes: u64,
+    rx_packets: u64,
+    tx_bytes: u64,
+    tx_packets: u64,
+}
+
+/// Parses /proc/net/dev: every link of the reader's network namespace and its
+/// counters (one read for all VEs, however many there are).
+fn parse_net_dev(text: &str) -> std::collections::HashMap<&str, LinkCounters> {
+    let mut out = std::collections::HashMap::new();
+    for line in text.lines().skip(2) {
+        let Some((name, rest)) = line.split_once(':') else {
+            continue;
+        };
+        let f: Vec<u64> = rest
+            .split_ascii_whitespace()
+            .map(|w| w.parse().unwrap_or(0))
+            .collect();
+        if f.len() < 10 {
+            continue;
+        }
+        out.insert(
+            name.trim(),
+            LinkCounters {
+                rx_bytes: f[0],
+                rx_packets: f[1],
+                tx_bytes: f[8],
+                tx_packets: f[9],
+            },
+        );
+    }
+    out
 }
 
 impl VeStats {
@@ -80,6 +142,14 @@ impl Host {
         };
         let mut out = Vec::with_capacity(chosen.len());
         let btrfs = self.pool().backend().has_limits();
+        // The ports are in vectl's own network namespace, which is the one
+        // /proc/self/net shows.
+        let net_dev = if chosen.iter().any(|i| !i.host_ports.is_empty()) {
+            std::fs::read_to_string("/proc/self/net/dev").unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let links = parse_net_dev(&net_dev);
         for mut info in chosen {
             // On `dir` use means walking the VE's files: too slow for stats.
             let disk = btrfs.then(|| self.pool().disk(&info.name).ok()).flatten();
@@ -89,16 +159,41 @@ impl Host {
                 Some(up) if up > 0 => usage.cpu_usage_ns as f64 / (up as f64 * 1e9) * 100.0,
                 _ => 0.0,
             };
+            // The host's port receives what the VE sends, and the other way.
+            let nics = if info.status.is_running() {
+                info.nics
+                    .iter()
+                    .zip(&info.host_ports)
+                    .enumerate()
+                    .filter_map(|(i, (nic, port))| {
+                        let c = links.get(port.as_str())?;
+                        Some(NicStats {
+                            ifname: netns::nic::ve_ifname(i),
+                            net: nic.net.clone(),
+                            port: port.clone(),
+                            rx_bytes: c.tx_bytes,
+                            rx_packets: c.tx_packets,
+                            tx_bytes: c.rx_bytes,
+                            tx_packets: c.rx_packets,
+                        })
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
             out.push(VeStats {
                 id: info.id,
                 name: info.name.clone(),
                 status: info.status,
+                template: info.template.clone(),
                 uptime_secs: info.uptime_secs,
                 cpu_usage_ns: usage.cpu_usage_ns,
                 cpu_percent,
                 cpu_limit_percent: info.limits.cpu_limit.map(|Percent(p)| p),
+                cpu_guarantee_percent: info.limits.cpu_guarantee.map(|Percent(p)| p),
                 ram_bytes: usage.memory_bytes,
                 ram_limit_bytes: info.limits.ram.map(bytes),
+                ram_guarantee_bytes: info.limits.ram_guarantee.map(bytes),
                 swap_bytes: usage.swap_bytes,
                 swap_limit_bytes: info.limits.swap.map(|Size(b)| b),
                 pids: usage.pids,
@@ -110,8 +205,35 @@ impl Host {
                 oom_kills: usage.oom_kills,
                 disk_bytes: disk.map(|d| d.used),
                 disk_limit_bytes: disk.and_then(|d| d.limit),
+                nics,
             });
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn net_dev_is_read_per_link() {
+        let text = "Inter-|   Receive                                                |  Transmit\n \
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    \
+lo:     100       2    0    0    0     0          0         0      100       2    0    0    0     0       0          0\n\
+vab01p100: 5000      40    0    0    0     0          0         0     7000      50    0    0    0     0       0          0\n\
+broken: 1 2\n";
+        let links = parse_net_dev(text);
+        assert_eq!(links.len(), 2);
+        assert_eq!(
+            links["vab01p100"],
+            LinkCounters {
+                rx_bytes: 5000,
+                rx_packets: 40,
+                tx_bytes: 7000,
+                tx_packets: 50
+            }
+        );
+        assert_eq!(links["lo"].tx_packets, 2);
     }
 }

@@ -59,6 +59,10 @@ pub struct VeInfo {
     /// exited, or since it was started again).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_exit: Option<crate::state::ExitRecord>,
+    /// The host-side ports of its NICs while it runs, in NIC order (`stats`
+    /// reads their counters).
+    #[serde(skip)]
+    pub host_ports: Vec<String>,
 }
 
 /// Sets a VE's status, pid and uptime from its runtime state (`None`: stopped).
@@ -69,6 +73,7 @@ fn set_run_state(info: &mut VeInfo, rs: Option<&RunState>) {
         Status::Stopped
     };
     info.pid = rs.map(|r| r.pid);
+    info.host_ports = rs.map(|r| r.ports.clone()).unwrap_or_default();
     info.uptime_secs = rs.map(|r| state::now_secs().saturating_sub(r.started_at));
 }
 
@@ -1229,6 +1234,7 @@ impl Host {
             userns: cfg.userns,
             autostart: cfg.autostart,
             last_exit: None,
+            host_ports: Vec::new(),
         };
         set_run_state(&mut info, rs.as_ref());
         info.last_exit = match &rs {

@@ -107,6 +107,20 @@ fn main() {
         std::process::exit(1);
     };
     let only = std::env::args().skip_while(|a| a != "--only").nth(1);
+    if only.as_deref() == Some("metrics") {
+        // `--ves` defaults to the 500 here.
+        let n = cli_number("--ves", 500);
+        let rows = metrics_figures(h, runs, n);
+        h.release();
+        h.remove_files();
+        print_rows(
+            json,
+            runs,
+            n,
+            rows.iter().map(|(k, v)| (k.as_str(), *v)).collect(),
+        );
+        return;
+    }
     if only.as_deref() == Some("portability") {
         let rows = if btrfs {
             portability_figures(h, runs)
@@ -271,7 +285,11 @@ fn main() {
     let crun_overlay = crun_memory(nves, true);
     let mut list = Vec::new();
     let mut stats = Vec::new();
+    let mut scrape = Vec::new();
     for _ in 0..runs {
+        scrape.push(timed(|| {
+            h.ok(&["stats", "--format", "prometheus"]);
+        }));
         list.push(timed(|| {
             h.ok(&["list"]);
         }));
@@ -311,6 +329,10 @@ fn main() {
         ("set --ram on a running VE (ms)", median(&mut set)),
         ("list with N VEs (ms)", median(&mut list)),
         ("stats --json with N VEs running (ms)", median(&mut stats)),
+        (
+            "stats --format prometheus with N VEs running (ms)",
+            median(&mut scrape),
+        ),
         (
             "N VEs created+started one after another (ms)",
             idle.sequential,
@@ -385,6 +407,75 @@ fn print_rows(json: bool, runs: usize, nves: usize, rows: Vec<(&str, f64)>) {
             println!("  {k:<52} {v:>9.2}");
         }
     }
+}
+
+/// A Prometheus scrape (`stats --format prometheus`, and over HTTP with
+/// `stats --http` as vectl-metrics.socket runs it) with `n` busybox VEs
+/// running, 32 MiB each, started together with `start --all`.
+fn metrics_figures(h: &TestHost, runs: usize, n: usize) -> Vec<(String, f64)> {
+    let names: Vec<String> = (0..n).map(|i| format!("x{i:04}")).collect();
+    let mut create = vec!["create", "--template", "bb", "--ram", "32M", "--if-missing"];
+    create.extend(names.iter().map(String::as_str));
+    let made = timed(|| {
+        h.ok(&create);
+    });
+    let started = timed(|| {
+        h.ok(&["start", "--all"]);
+    });
+    let mut scrape = Vec::new();
+    let mut json = Vec::new();
+    let mut http = Vec::new();
+    let mut bytes = 0.0;
+    for _ in 0..runs {
+        scrape.push(timed(|| {
+            bytes = h.ok(&["stats", "--format", "prometheus"]).len() as f64;
+        }));
+        json.push(timed(|| {
+            h.ok(&["--json", "stats"]);
+        }));
+        http.push(timed(|| {
+            let out = h
+                .command()
+                .args(["stats", "--http"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .and_then(|mut c| {
+                    use std::io::Write;
+                    c.stdin
+                        .take()
+                        .unwrap()
+                        .write_all(b"GET /metrics HTTP/1.1\r\n\r\n")?;
+                    c.wait_with_output()
+                })
+                .unwrap();
+            assert!(out.stdout.starts_with(b"HTTP/1.1 200 OK"));
+        }));
+    }
+    let stopped = timed(|| {
+        h.ok(&["stop", "--all", "--fast"]);
+    });
+    let mut destroy = vec!["destroy"];
+    destroy.extend(names.iter().map(String::as_str));
+    h.ok(&destroy);
+    vec![
+        ("metrics: N VEs created in one command (ms)".into(), made),
+        ("metrics: start --all of N VEs (ms)".into(), started),
+        (
+            "metrics: stats --format prometheus, N running (ms)".into(),
+            median(&mut scrape),
+        ),
+        (
+            "metrics: stats --http, one scrape over stdin/stdout (ms)".into(),
+            median(&mut http),
+        ),
+        (
+            "metrics: --json stats, N running (ms)".into(),
+            median(&mut json),
+        ),
+        ("metrics: exposition size (KiB)".into(), bytes / 1024.0),
+        ("metrics: stop --all --fast of N VEs (ms)".into(), stopped),
+    ]
 }
 
 /// Backup, restore and migration of a VE with 1 GiB of its own files.

@@ -756,7 +756,17 @@ fn commands_on_a_path_that_is_not_a_root_refuse_and_make_nothing() {
                 "vectl: {}: not a vectl root (run `vectl init`",
                 root.display()
             );
-            if r.code != 1 || r.stderr.lines().count() != 1 || !r.stderr.starts_with(&want) {
+            // With --json the line is a JSON object whose `error` is that text.
+            let line = if args.contains(&"--json") {
+                serde_json::from_str::<serde_json::Value>(&r.stderr)
+                    .ok()
+                    .filter(|v| v["usage"] == false)
+                    .and_then(|v| v["error"].as_str().map(str::to_string))
+                    .unwrap_or_default()
+            } else {
+                r.stderr.clone()
+            };
+            if r.code != 1 || r.stderr.lines().count() != 1 || !line.starts_with(&want) {
                 wrong.push(format!(
                     "--root {} {args:?}: exit {}, stderr {:?}",
                     root.display(),

@@ -369,7 +369,7 @@ fn stats_watch_refreshes_on_its_interval() {
     );
 
     // An interval that makes no sense is refused.
-    let line = h.fails(&["stats", "--watch", "0"]);
+    let line = h.fails_usage(&["stats", "--watch", "0"]);
     assert!(line.contains("--watch"), "{line}");
 }
 
@@ -442,5 +442,288 @@ fn stats_never_fails_while_ves_stop_and_start() {
         if running(n) {
             h.ok(&["stop", "--fast", n]);
         }
+    }
+}
+
+/// `name{labels}` → value of every sample of a Prometheus text exposition,
+/// after checking its shape: each family declared once with HELP and TYPE
+/// before its samples, and every sample in the family declared last.
+fn parse_exposition(text: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut samples = std::collections::BTreeMap::new();
+    let mut declared = std::collections::BTreeSet::new();
+    let mut helped = std::collections::BTreeSet::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            helped.insert(rest.split(' ').next().unwrap().to_string());
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut w = rest.split(' ');
+            let name = w.next().unwrap().to_string();
+            assert!(matches!(w.next(), Some("gauge" | "counter")), "{line}");
+            assert!(helped.contains(&name), "{name}: TYPE without HELP");
+            assert!(declared.insert(name.clone()), "{name} declared twice");
+            current = name;
+        } else {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            let name = series.split('{').next().unwrap();
+            assert_eq!(name, current, "{line}: outside its family");
+            if name.ends_with("_total") {
+                assert!(text.contains(&format!("# TYPE {name} counter\n")), "{name}");
+            }
+            let v: f64 = value.parse().unwrap_or_else(|_| panic!("{line}"));
+            assert!(
+                samples.insert(series.to_string(), v).is_none(),
+                "{line} twice"
+            );
+        }
+    }
+    samples
+}
+
+#[track_caller]
+fn sample(s: &std::collections::BTreeMap<String, f64>, series: &str) -> f64 {
+    *s.get(series).unwrap_or_else(|| {
+        panic!(
+            "no {series} among {:#?}",
+            s.keys()
+                .filter(|k| k.starts_with(series.split('{').next().unwrap()))
+                .collect::<Vec<_>>()
+        )
+    })
+}
+
+/// An HTTP exchange with `vectl stats --http` started for one connection, as
+/// systemd's `Accept=yes` socket (vectl-metrics.socket) starts it.
+fn scrape_over_tcp(h: &TestHost, request: &str) -> String {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    // The client and the listening socket live in the test host's network
+    // namespace, with its loopback up: a thread of their own enters it.
+    let ns = h.netns().map(|n| n.try_clone_to_owned().unwrap());
+    let mut up = std::process::Command::new("ip");
+    up.args(["link", "set", "lo", "up"]);
+    h.in_netns(&mut up);
+    assert!(up.status().unwrap().success(), "ip link set lo up");
+    let request = request.to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let client = std::thread::spawn(move || {
+        if let Some(ns) = &ns {
+            // SAFETY: setns(2) of this thread only, on a namespace fd we own.
+            let entered = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(entered, 0, "setns: {}", std::io::Error::last_os_error());
+        }
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        tx.send(listener).unwrap();
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).unwrap();
+        answer
+    });
+    let listener = rx.recv().unwrap();
+    let (conn, _) = listener.accept().unwrap();
+    let out = conn.try_clone().unwrap();
+    let st = h
+        .command()
+        .args(["stats", "--http"])
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(conn)))
+        .stdout(Stdio::from(std::os::fd::OwnedFd::from(out)))
+        .status()
+        .unwrap();
+    assert!(st.success(), "vectl stats --http: {st}");
+    client.join().unwrap()
+}
+
+#[test]
+fn stats_in_the_prometheus_format_to_stdout_a_textfile_and_http() {
+    let test = "stats_in_the_prometheus_format_to_stdout_a_textfile_and_http";
+    let Some(h) = TestHost::new(test) else {
+        return;
+    };
+    h.start_ve(
+        "web",
+        &[
+            "--ram",
+            "64M",
+            "--ram-guarantee",
+            "16M",
+            "--cpu-limit",
+            "50%",
+            "--pids",
+            "200",
+        ],
+    );
+    h.start_ve("peer", &[]);
+    h.ok(&["create", "cold", "--template", "bb"]);
+    wait_http(&h, "web");
+    let web = listed(&h, "web").unwrap();
+    let ip = web["nics"][0]["ip"].as_str().unwrap().to_string();
+    let id = web["id"].as_u64().unwrap();
+    let mut body = 0;
+    for _ in 0..10 {
+        let r = h.exec("peer", &["wget", "-qO-", &format!("http://{ip}/")]);
+        assert_eq!(r.code, 0, "{r:?}");
+        body += r.stdout.len();
+    }
+
+    let text = h.ok(&["stats", "--format", "prometheus"]);
+    let s = parse_exposition(&text);
+    let l = format!("ve=\"web\",id=\"{id}\",template=\"bb@1\"");
+    assert_eq!(sample(&s, &format!("vectl_ve_up{{{l}}}")), 1.0);
+    assert_eq!(
+        sample(&s, &format!("vectl_ve_status{{{l},status=\"running\"}}")),
+        1.0
+    );
+    assert_eq!(
+        sample(&s, &format!("vectl_ve_memory_limit_bytes{{{l}}}")),
+        (64 * MIB) as f64
+    );
+    assert_eq!(
+        sample(&s, &format!("vectl_ve_memory_guarantee_bytes{{{l}}}")),
+        (16 * MIB) as f64
+    );
+    assert_eq!(sample(&s, &format!("vectl_ve_cpu_limit_cpus{{{l}}}")), 0.5);
+    assert_eq!(sample(&s, &format!("vectl_ve_pids_limit{{{l}}}")), 200.0);
+    assert!(sample(&s, &format!("vectl_ve_cpu_seconds_total{{{l}}}")) > 0.0);
+    assert!(sample(&s, &format!("vectl_ve_memory_bytes{{{l}}}")) > 0.0);
+    assert!(sample(&s, &format!("vectl_ve_pids{{{l}}}")) >= 2.0);
+    assert!(sample(&s, &format!("vectl_ve_uptime_seconds{{{l}}}")) >= 0.0);
+    // What peer fetched went out of web's eth0 and into peer's.
+    let nic = format!("{l},nic=\"eth0\",net=\"default\"");
+    let sent = sample(
+        &s,
+        &format!("vectl_ve_network_transmit_bytes_total{{{nic}}}"),
+    );
+    assert!(
+        sent >= body as f64,
+        "web sent {sent} bytes, peer got {body}"
+    );
+    assert!(
+        sample(
+            &s,
+            &format!("vectl_ve_network_receive_packets_total{{{nic}}}")
+        ) >= 10.0
+    );
+    let peer = listed(&h, "peer").unwrap()["id"].as_u64().unwrap();
+    let got = sample(
+        &s,
+        &format!(
+            "vectl_ve_network_receive_bytes_total{{ve=\"peer\",id=\"{peer}\",template=\"bb@1\",nic=\"eth0\",net=\"default\"}}"
+        ),
+    );
+    assert!(
+        got >= body as f64,
+        "peer received {got} bytes, wget got {body}"
+    );
+    // The stopped VE: its status and limits, no uptime, no traffic.
+    let cold = listed(&h, "cold").unwrap()["id"].as_u64().unwrap();
+    let lc = format!("ve=\"cold\",id=\"{cold}\",template=\"bb@1\"");
+    assert_eq!(sample(&s, &format!("vectl_ve_up{{{lc}}}")), 0.0);
+    assert_eq!(
+        sample(&s, &format!("vectl_ve_status{{{lc},status=\"stopped\"}}")),
+        1.0
+    );
+    assert!(!s.contains_key(&format!("vectl_ve_uptime_seconds{{{lc}}}")));
+    assert!(!text.contains("ve=\"cold\",id") || !text.contains(&format!("{lc},nic=")));
+    assert_eq!(sample(&s, "vectl_ves{status=\"running\"}"), 2.0);
+    assert_eq!(sample(&s, "vectl_ves{status=\"stopped\"}"), 1.0);
+    // JSON carries the same new fields.
+    let st = ve_stats(&h, "web");
+    assert_eq!(st["template"], "bb@1");
+    assert_eq!(st["nics"][0]["ifname"], "eth0");
+    assert!(
+        st["nics"][0]["tx_bytes"].as_u64().unwrap() >= body as u64,
+        "{st}"
+    );
+    assert_eq!(u(&st, "ram_guarantee_bytes"), 16 * MIB);
+
+    // The textfile collector's file: replaced whole, readable by others, and
+    // nothing beside it.
+    let dir = tempfile::tempdir().unwrap();
+    let prom = dir.path().join("vectl.prom");
+    std::fs::write(&prom, "stale").unwrap();
+    h.ok(&[
+        "stats",
+        "--format",
+        "prometheus",
+        "--output",
+        prom.to_str().unwrap(),
+    ]);
+    let written = std::fs::read_to_string(&prom).unwrap();
+    let f = parse_exposition(&written);
+    assert_eq!(
+        f.keys().collect::<Vec<_>>(),
+        s.keys().collect::<Vec<_>>(),
+        "the file holds the same series"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&prom).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    let missing = dir.path().join("no/such/dir/vectl.prom");
+    let err = h.fails(&[
+        "stats",
+        "--format",
+        "prometheus",
+        "--output",
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains(missing.to_str().unwrap()), "{err}");
+
+    // One HTTP exchange per connection, as vectl-metrics.socket runs it.
+    let answer = scrape_over_tcp(
+        &h,
+        "GET /metrics HTTP/1.1\r\nHost: h\r\nAccept: */*\r\n\r\n",
+    );
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(
+        head.contains("Content-Type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    assert!(
+        head.contains(&format!("Content-Length: {}\r\n", body.len())),
+        "{head}"
+    );
+    let over_http = parse_exposition(body);
+    assert_eq!(
+        sample(&over_http, &format!("vectl_ve_memory_limit_bytes{{{l}}}")),
+        (64 * MIB) as f64
+    );
+    for (req, want) in [
+        ("GET /other HTTP/1.1\r\n\r\n", "HTTP/1.1 404 "),
+        ("POST /metrics HTTP/1.1\r\n\r\n", "HTTP/1.1 405 "),
+        ("hello\r\n\r\n", "HTTP/1.1 400 "),
+    ] {
+        let answer = scrape_over_tcp(&h, req);
+        assert!(answer.starts_with(want), "{req:?}: {answer}");
+    }
+    // HEAD: the head only.
+    let answer = scrape_over_tcp(&h, "HEAD /metrics HTTP/1.0\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\n"), "{answer}");
+
+    // Bad combinations are usage errors.
+    h.fails_usage(&["stats", "--format", "prometheus", "--watch"]);
+    h.fails_usage(&["stats", "--http", "--format", "json"]);
+    h.fails_usage(&["stats", "--format", "yaml"]);
+
+    // With --json an error is a JSON object on one line of stderr.
+    for (args, code, usage) in [
+        (&["--json", "stats", "nosuch"][..], 1, false),
+        (&["--json", "stats", "--format", "yaml"][..], 2, true),
+    ] {
+        let r = h.run(args);
+        assert_eq!(r.code, code, "{r:?}");
+        assert_eq!(r.stderr.lines().count(), 1, "{r:?}");
+        let e: serde_json::Value = serde_json::from_str(&r.stderr).unwrap();
+        assert_eq!(e["usage"], usage, "{e}");
+        let msg = e["error"].as_str().unwrap();
+        assert!(msg.starts_with("vectl: "), "{e}");
+        assert!(msg.contains(if usage { "yaml" } else { "nosuch" }), "{e}");
     }
 }
