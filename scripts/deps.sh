@@ -28,6 +28,10 @@ packages=(
     openssh-client    # ssh: vectl migrate to another host
     openssh-server    # sshd: the migration tests start one in the target's namespace
     rsync             # vectl import-host: a server's files, over SSH or from a directory
+    zsh               # the package tests check the zsh and fish completion scripts
+    fish
+    groff-base        # ... and the man pages (groff -ww)
+    dpkg-dev          # dpkg-shlibdeps for scripts/build-deb.sh
 )
 
 if [ "$(id -u)" != 0 ]; then

@@ -1,12 +1,14 @@
 //! `vectl`: the command line of the vectl runtime. This file holds the
 //! top-level parser, the global options, error printing and exit codes, and
-//! hands each command to its family's file under `cmd/`.
+//! hands each command to its family's file under `cmd/`; `docs.rs` makes shell
+//! completions and manual pages from this parser.
 //!
 //! Exit status: 0 on success, 1 when an operation failed (one line on stderr saying
 //! what and why), 2 on bad usage (clap's, a malformed option value, nothing to do;
 //! see `parse::Usage`); `exec` and `enter` return the command's status.
 
 mod cmd;
+mod docs;
 mod output;
 mod parse;
 mod table;
@@ -149,6 +151,15 @@ enum Command {
     /// The target's end of `migrate` (run by it, over SSH or locally).
     #[command(hide = true)]
     MigrateReceive(backup::MigrateReceiveArgs),
+    /// Print vectl's completion script for bash, zsh or fish.
+    ///
+    /// In a running bash: `source <(vectl completion bash)`; the Debian
+    /// package installs all three where the shells look for them.
+    Completion(docs::CompletionArgs),
+    /// Write vectl's manual pages (section 8) into DIR: vectl.8 and one per
+    /// subcommand (the Debian package's build runs it).
+    #[command(hide = true)]
+    Man(docs::ManArgs),
 }
 
 fn main() -> ExitCode {
@@ -219,5 +230,7 @@ fn run(ctx: &Ctx, command: Command, at: &ve::ArgPositions) -> Result<ExitCode> {
         Command::Replica(c) => backup::replica(ctx, c),
         Command::Failover(a) => backup::failover(ctx, a),
         Command::ReplicaReceive(a) => backup::replica_receive(ctx, a),
+        Command::Completion(a) => docs::completion(<Cli as clap::CommandFactory>::command(), a),
+        Command::Man(a) => docs::man(<Cli as clap::CommandFactory>::command(), a),
     }
 }

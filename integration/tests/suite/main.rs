@@ -28,6 +28,7 @@ mod limits;
 mod migrate;
 mod network;
 mod oci;
+mod package;
 mod procview;
 mod qos;
 mod replicate;
