@@ -28,6 +28,7 @@ packages=(
     openssh-client    # ssh: vectl migrate to another host
     openssh-server    # sshd: the migration tests start one in the target's namespace
     rsync             # vectl import-host: a server's files, over SSH or from a directory
+    criu              # vectl migrate --live (tested in the VM: criu 3.17 fails on 6.18 kernels)
     zsh               # the package tests check the zsh and fish completion scripts
     fish
     groff-base        # ... and the man pages (groff -ww)

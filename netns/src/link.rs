@@ -501,6 +501,26 @@ async fn attach_host(h: &Handle, ve_ns: BorrowedFd<'_>, n: &Attach) -> Result<St
             first
         }
     };
+    wire_port(h, &name, n).await?;
+    Ok(name)
+}
+
+/// Wires host ports made by someone else (CRIU restoring a VE's veth pairs,
+/// `vectl migrate --live`): `ports[i]` for `nics[i]`, as [`attach`] wires the
+/// ones it makes (bridge or routes, proxy ARP, shaping).
+pub fn wire(nics: &[Attach], ports: &[String]) -> Result<()> {
+    on_host(|h| async move {
+        for (n, port) in nics.iter().zip(ports) {
+            wire_port(&h, port, n).await?;
+        }
+        Ok(())
+    })
+}
+
+/// The host side of NIC `n` whose port `name` exists: on its bridge (or
+/// routed to), up, shaped.
+async fn wire_port(h: &Handle, name: &str, n: &Attach) -> Result<()> {
+    let name = name.to_string();
     let port = index_of(h, &name).await?;
     match n.net.mode {
         Mode::Routed => {
@@ -561,7 +581,7 @@ async fn attach_host(h: &Handle, ve_ns: BorrowedFd<'_>, n: &Attach) -> Result<St
         let (up, down) = n.net.ifb_names();
         tc::shape_port(h, &name, n.ip, &up, &down, s.minor, s.rate).await?;
     }
-    Ok(name)
+    Ok(())
 }
 
 /// Whether a bridged network uses the operator's bridge as is.

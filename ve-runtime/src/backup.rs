@@ -98,6 +98,10 @@ pub struct Round {
     pub n: u32,
     /// The last: the VE is stopped, the target makes and starts it.
     pub last: bool,
+    /// The last round carries a CRIU checkpoint of the VE's processes
+    /// (`migrate --live`): the target restores them instead of booting it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub checkpoint: bool,
 }
 
 impl Manifest {
@@ -509,6 +513,7 @@ pub(crate) fn write_stream<W: Write>(
     template_dir: Option<&Path>,
     layer_cmd: &mut Command,
     dest: &Path,
+    checkpoint: Option<&Path>,
 ) -> Result<(W, u64)> {
     let bytes = serde_json::to_vec(m).map_err(|e| bad_file(dest, format!("its manifest: {e}")))?;
     let mut w = archive::Writer::new(out, &bytes).map_err(io_err(dest))?;
@@ -518,6 +523,14 @@ pub(crate) fn write_stream<W: Write>(
             "template",
             &mut tar_create(dir, None),
             format!("template {}: tar", m.template.reference),
+        )?;
+    }
+    if let Some(dir) = checkpoint {
+        part_from(
+            &mut w,
+            "checkpoint",
+            &mut tar_create(dir, None),
+            format!("VE {}: its checkpoint", m.ve),
         )?;
     }
     let n = part_from(
@@ -725,6 +738,7 @@ impl Host {
                 td,
                 layer_cmd,
                 &partial,
+                None,
             )?;
             let f = out
                 .into_inner()
@@ -1193,6 +1207,8 @@ pub(crate) struct Receiver<'h> {
     target: PathBuf,
     /// The template's tree, when a stream carried it.
     template_tar: Option<PathBuf>,
+    /// Where a checkpoint a stream carried was unpacked (`migrate --live`).
+    pub(crate) checkpoint: Option<PathBuf>,
 }
 
 impl<'h> Receiver<'h> {
@@ -1226,6 +1242,7 @@ impl<'h> Receiver<'h> {
             btrfs,
             target,
             template_tar: None,
+            checkpoint: None,
         }
     }
 
@@ -1250,6 +1267,14 @@ impl<'h> Receiver<'h> {
                     let mut out = fs::File::create(&tar).map_err(io_err(&tar))?;
                     self.template_tar = Some(tar.clone());
                     r.read_part(&mut out).map_err(stream_err(source))?;
+                }
+                Next::Part(p) if p == "checkpoint" && m.migration.is_some_and(|r| r.checkpoint) => {
+                    let dir = crate::checkpoint::images_dir(self.host.root(), &name);
+                    let _ = fs::remove_dir_all(&dir);
+                    fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+                    let mut cmd = tar_extract(&dir, false);
+                    part_into(r, source, &mut cmd, format!("VE {name}: its checkpoint"))?;
+                    self.checkpoint = Some(dir);
                 }
                 Next::Part(p) if p == "layer" && !had_layer => {
                     had_layer = true;

@@ -40,6 +40,7 @@ mod archive;
 mod backup;
 mod cgroup;
 mod change;
+mod checkpoint;
 mod clone;
 mod config;
 mod console;

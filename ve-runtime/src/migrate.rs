@@ -51,6 +51,9 @@ pub struct MigrateOptions {
     pub clean_stop: bool,
     /// Seconds the VE's init gets to halt with `clean_stop`.
     pub stop_timeout: Duration,
+    /// At the switch, checkpoint the VE's processes with CRIU and restore
+    /// them on the target (they go on where they were) instead of freezing.
+    pub live: bool,
 }
 
 /// One round of a migration.
@@ -333,6 +336,11 @@ impl Host {
         self.finish_move(&mut cfg)?;
         let pool = self.pool();
         let (tv, template, layer, was_running) = self.what_goes(&cfg)?;
+        let live = opts.live && was_running;
+        if live {
+            self.check_live(&cfg)?;
+        }
+        let images = crate::checkpoint::images_dir(self.root(), &ve);
         let manifest = |id: String, parent: Option<String>, round: Round, with_template| Manifest {
             parent,
             with_template,
@@ -370,11 +378,17 @@ impl Host {
         // error the source VE runs again.
         let mut template_sent = false;
         let mut frozen = false;
+        // The init of the VE whose processes CRIU left stopped.
+        let mut checkpointed: Option<i32> = None;
         let outcome = (|| -> Result<Reply> {
             let hello = serde_json::to_string(&manifest(
                 String::new(),
                 None,
-                Round { n: 0, last: false },
+                Round {
+                    n: 0,
+                    last: false,
+                    checkpoint: false,
+                },
                 false,
             ))
             .map_err(|e| Error::ve(&ve, e.to_string()))?;
@@ -392,7 +406,15 @@ impl Host {
                     // (The benchmark changes the VE's files here.)
                     crate::failpoint::stop("migrate-before-switch");
                     stopped_at = Some(Instant::now());
-                    if opts.clean_stop {
+                    if live {
+                        let rs = self
+                            .alive_state(&ve)?
+                            .ok_or_else(|| Error::ve(&ve, "it stopped during the migration"))?;
+                        let _ = std::fs::remove_dir_all(&images);
+                        crate::checkpoint::dump(rs.pid, &images)
+                            .map_err(|e| Error::ve(&ve, format!("--live: {e}")))?;
+                        checkpointed = Some(rs.pid);
+                    } else if opts.clean_stop {
                         let stop = StopOptions {
                             timeout: opts.stop_timeout,
                             ..Default::default()
@@ -431,10 +453,22 @@ impl Host {
                         tar_create(&pool.ve_volume(&ve).dir, Some(&snar))
                     }
                 };
-                let m = manifest(id, parent, Round { n, last }, n == 0 && need_template);
+                let with_checkpoint = last && checkpointed.is_some();
+                let round = Round {
+                    n,
+                    last,
+                    checkpoint: with_checkpoint,
+                };
+                let m = manifest(id, parent, round, n == 0 && need_template);
                 let td = (n == 0 && need_template).then_some(template_dir.as_path());
-                let (_, bytes) =
-                    write_stream(&mut peer.to, &m, td, &mut cmd, Path::new(&opts.dest))?;
+                let (_, bytes) = write_stream(
+                    &mut peer.to,
+                    &m,
+                    td,
+                    &mut cmd,
+                    Path::new(&opts.dest),
+                    with_checkpoint.then_some(images.as_path()),
+                )?;
                 crate::failpoint::hit("migrate-after-round");
                 let reply = peer.reply()?;
                 rounds.push(RoundReport {
@@ -457,6 +491,17 @@ impl Host {
             }
             Err(e) => {
                 peer.kill();
+                if let Some(init) = checkpointed {
+                    // Its processes go on here where they stopped (all of
+                    // them, as they were at the checkpoint).
+                    let procs = self
+                        .cgroups()
+                        .and_then(|c| c.procs(&ve))
+                        .unwrap_or_default();
+                    crate::checkpoint::resume(init, &procs);
+                    let _ = std::fs::remove_dir_all(&images);
+                    return Err(e);
+                }
                 if frozen {
                     // It goes on here as if nothing happened.
                     return match self.thaw_held(&ve) {
@@ -480,8 +525,10 @@ impl Host {
             }
         };
         let downtime_ms = stopped_at.map_or(0.0, |t| t.elapsed().as_secs_f64() * 1000.0);
-        // The target runs it: it goes here, killed while still frozen.
-        if frozen {
+        let _ = std::fs::remove_dir_all(&images);
+        // The target runs it: it goes here, killed while still frozen (or
+        // stopped by CRIU).
+        if frozen || checkpointed.is_some() {
             let fast = StopOptions {
                 fast: true,
                 ..Default::default()
@@ -501,6 +548,27 @@ impl Host {
             changes: reply.changes,
             template_sent,
         })
+    }
+
+    /// Whether a `--live` migration of `cfg` can work here: CRIU usable on
+    /// this kernel, the VE privileged, nothing of it held by the supervisor.
+    fn check_live(&self, cfg: &VeConfig) -> Result<()> {
+        let ve = cfg.name.as_str();
+        let refuse = |why: String| Error::ve(ve, format!("--live: {why}"));
+        crate::checkpoint::usable().map_err(refuse)?;
+        if cfg.userns.is_some() {
+            return Err(refuse(
+                "CRIU cannot restore a VE in a user namespace yet (its idmapped root); migrate it without --live".into(),
+            ));
+        }
+        if let Some(rs) = self.alive_state(ve)?
+            && (rs.console || rs.sysinfo)
+        {
+            return Err(refuse(
+                "its console and sysinfo(2) answers are held by the supervisor, which CRIU cannot move; migrate it without --live".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// The target's end of a migration (`vectl migrate-receive VE`): reads
@@ -538,7 +606,7 @@ impl Host {
         }
         self.finish_interrupted(name)?;
         let need_template = self.template_with(&hello.template)?.is_none();
-        let made = (|| -> Result<(VeConfig, Vec<String>, bool)> {
+        let made = (|| -> Result<Landed> {
             let mut rx = Receiver::new(self, name, hello.layer)?;
             answer(&Reply {
                 ok: true,
@@ -563,20 +631,54 @@ impl Host {
                     })?;
                     continue;
                 }
+                let images = rx.checkpoint.take().filter(|_| round.checkpoint);
                 let (cfg, _, changes) = rx.commit(&m, "migrate-before-config")?;
-                return Ok((cfg, changes, m.was_running));
+                // Restored processes keep the addresses and MACs they had.
+                let moved_nics = images.is_some() && cfg.nics != m.config.nics;
+                return Ok(Landed {
+                    cfg,
+                    changes,
+                    run: m.was_running,
+                    images,
+                    moved_nics,
+                });
             }
         })();
-        let (cfg, changes, run) = match made {
+        let Landed {
+            cfg,
+            changes,
+            run,
+            images,
+            moved_nics,
+        } = match made {
             Ok(m) => m,
             Err(e) => {
                 let _ = self.finish_interrupted(name);
+                let _ = std::fs::remove_dir_all(crate::checkpoint::images_dir(self.root(), name));
                 return Err(e);
             }
         };
         drop((_lock, _host));
         let started = if run {
-            if let Err(e) = self.start(name, false) {
+            let started = match &images {
+                Some(dir) if moved_nics => {
+                    let _ = std::fs::remove_dir_all(dir);
+                    Err(Error::ve(
+                        name,
+                        format!(
+                            "--live: its addresses or MACs would change here ({}); migrate it without --live",
+                            changes.join("; ")
+                        ),
+                    ))
+                }
+                Some(dir) => {
+                    let r = self.start_from_checkpoint(name, dir).map(|_| ());
+                    let _ = std::fs::remove_dir_all(dir);
+                    r
+                }
+                None => self.start(name, false).map(|_| ()),
+            };
+            if let Err(e) = started {
                 // Not started: the source keeps it.
                 let _ = self.destroy(name, true);
                 return Err(e);
@@ -593,6 +695,18 @@ impl Host {
             ..Default::default()
         })
     }
+}
+
+/// What the target made of a migration's last round.
+struct Landed {
+    cfg: VeConfig,
+    changes: Vec<String>,
+    /// It ran at the source: it is started here.
+    run: bool,
+    /// The checkpoint to restore it from (`--live`).
+    images: Option<PathBuf>,
+    /// Its NICs changed here (a checkpoint cannot be restored then).
+    moved_nics: bool,
 }
 
 #[cfg(test)]

@@ -300,6 +300,7 @@ impl Host {
                         td.as_deref(),
                         &mut cmd,
                         Path::new(&sched.dest),
+                        None,
                     )
                     .map(|(_, b)| b)
                 })?;
@@ -312,6 +313,7 @@ impl Host {
                     td.as_deref(),
                     &mut cmd,
                     Path::new(&sched.dest),
+                    None,
                 )?
                 .1
             };

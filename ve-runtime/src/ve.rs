@@ -456,7 +456,7 @@ impl Host {
 
     /// Refuses a VE whose id another VE's config has too (ids are unique unless
     /// a config was edited): both would get the same id-derived kernel objects.
-    fn check_unique_id(&self, ve: &str, id: u32) -> Result<()> {
+    pub(crate) fn check_unique_id(&self, ve: &str, id: u32) -> Result<()> {
         let twins: Vec<String> = self
             .config_ids()?
             .into_iter()
@@ -504,7 +504,7 @@ impl Host {
     /// Takes the locks for a change to `ve` that may commit guarantees: the host
     /// lock too (before the VE's, as create and destroy take them) when the VE's
     /// config or `also` has guarantees, so admission checks cannot race.
-    fn lock_for_guarantees(
+    pub(crate) fn lock_for_guarantees(
         &self,
         ve: &str,
         also: Option<&LimitsUpdate>,
@@ -1111,7 +1111,7 @@ impl Host {
 
     /// Lifts a VE's disk limit for a moment (see `start`), marked in
     /// `run/NAME.disk-lifted` until [`Host::put_back_disk_limit`].
-    fn lift_disk_limit(&self, ve: &str) -> Result<()> {
+    pub(crate) fn lift_disk_limit(&self, ve: &str) -> Result<()> {
         let marker = self.disk_lifted_marker(ve);
         fs::write(&marker, b"").map_err(io_err(&marker))?;
         Ok(self.pool().force_disk_limit(ve, None)?)

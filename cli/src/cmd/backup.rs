@@ -86,6 +86,11 @@ pub struct MigrateArgs {
     /// they were at that moment, as after a power cut.
     #[arg(long)]
     clean_stop: bool,
+    /// At the switch, checkpoint the VE's processes with CRIU and restore them
+    /// on the target, where they go on (privileged VEs without a console held
+    /// by the supervisor; CRIU must work on both kernels).
+    #[arg(long, conflicts_with = "clean_stop")]
+    live: bool,
     /// Seconds the VE's init gets to halt with --clean-stop.
     #[arg(long, short, value_name = "SECS", default_value_t = 30)]
     timeout: u64,
@@ -301,6 +306,7 @@ pub fn migrate(ctx: &Ctx, a: MigrateArgs) -> Result<ExitCode> {
         remote_vectl: Some(a.remote_vectl),
         rounds: a.rounds,
         clean_stop: a.clean_stop,
+        live: a.live,
         stop_timeout: std::time::Duration::from_secs(a.timeout),
     };
     let m = ctx.open()?.backups().migrate(&a.ve, &opts)?;
