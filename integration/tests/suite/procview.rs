@@ -80,6 +80,8 @@ impl Drop for Lxcfs {
         self.kill();
         let _ = nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH);
         let _ = fs::remove_file(self.dir.with_extension("pid"));
+        // The mount point, made beside the test's root by `start`.
+        let _ = fs::remove_dir(&self.dir);
     }
 }
 
