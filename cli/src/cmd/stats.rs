@@ -85,18 +85,18 @@ pub fn run(ctx: &Ctx, a: StatsArgs) -> Result<ExitCode> {
         write_whole(file, text.as_bytes())?;
         return Ok(ExitCode::SUCCESS);
     }
-    let host = ctx.open()?;
-    let out = &ctx.out;
-    let ves = &a.ves;
     if format == Format::Prometheus {
         if a.watch.is_some() {
             return Err(usage(
                 "--watch shows a table or JSON: Prometheus scrapes at its own pace",
             ));
         }
-        print!("{}", scrape(ctx, ves)?);
+        print!("{}", scrape(ctx, &a.ves)?);
         return Ok(ExitCode::SUCCESS);
     }
+    let host = ctx.open()?;
+    let out = &ctx.out;
+    let ves = &a.ves;
     let out = if format == Format::Json && !ctx.json {
         &crate::output::Out::new(true)
     } else {
