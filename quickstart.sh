@@ -20,6 +20,7 @@ fi
 echo "== building vectl"
 cargo build --release --workspace --bins
 install -m 0755 target/release/vectl /usr/local/bin/vectl
+ln -sf vectl /usr/local/bin/vectl-oci   # the OCI runtime for podman and containerd
 echo "== the supervisor and the boot unit (scripts/units.sh)"
 scripts/units.sh
 

@@ -4,6 +4,7 @@
 #   scripts/build-deb.sh [OUTDIR]        (default: target/debian)
 # It holds:
 #   /usr/bin/vectl                       `cargo build --release -p vectl`, stripped
+#   /usr/bin/vectl-oci                   a link to it: the OCI runtime for podman/containerd
 #   /lib/systemd/system/                 scripts/systemd/*.service, *.socket, *.timer,
 #   /lib/systemd/system/lxcfs.service.d/vectl.conf   scripts/systemd/lxcfs-vectl.conf,
 #                                        running /usr/bin/vectl
@@ -61,6 +62,7 @@ install -D -m 0755 "$bin" "$tree/usr/bin/vectl"
 if command -v strip >/dev/null; then
     strip --strip-unneeded --remove-section=.comment --remove-section=.note "$tree/usr/bin/vectl"
 fi
+ln -s vectl "$tree/usr/bin/vectl-oci"
 
 # The units, as the package installs vectl: /usr/bin, not /usr/local/bin.
 units=()

@@ -8,6 +8,7 @@ set -euo pipefail
 packages=(
     build-essential   # cc for crates that build C (zstd)
     pkg-config
+    libseccomp-dev    # libseccomp: vectl oci compiles OCI seccomp profiles with it
     ca-certificates
     curl
     busybox-static    # the small template of the quick start and the tests
@@ -33,6 +34,9 @@ packages=(
     fish
     groff-base        # ... and the man pages (groff -ww)
     dpkg-dev          # dpkg-shlibdeps for scripts/build-deb.sh
+    podman            # the OCI runtime tests drive vectl-oci through podman (and runc beside it)
+    runc
+    containerd        # ... and through containerd's ctr
 )
 
 if [ "$(id -u)" != 0 ]; then

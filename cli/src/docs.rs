@@ -143,6 +143,14 @@ pub fn man(cli: clap::Command, a: ManArgs) -> Result<ExitCode> {
     cli.build();
     let source = format!("vectl {}", env!("CARGO_PKG_VERSION"));
     write_pages(&cli, &a.dir, &source)?;
+    // `vectl oci` hands its arguments to the OCI runtime's own parser: its
+    // pages (vectl-oci.8 over the stub's, vectl-oci-create.8, ...) come from
+    // that parser, typed as `vectl oci ...`.
+    let mut oci = crate::oci::command()
+        .bin_name("vectl oci")
+        .disable_help_subcommand(true);
+    oci.build();
+    write_pages(&oci, &a.dir, &source)?;
     Ok(ExitCode::SUCCESS)
 }
 

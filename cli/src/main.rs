@@ -9,6 +9,7 @@
 
 mod cmd;
 mod docs;
+mod oci;
 mod output;
 mod parse;
 mod table;
@@ -156,6 +157,14 @@ enum Command {
     /// In a running bash: `source <(vectl completion bash)`; the Debian
     /// package installs all three where the shells look for them.
     Completion(docs::CompletionArgs),
+    /// The OCI runtime for podman, containerd and CRI-O (runc's command line:
+    /// create, start, state, kill, delete, exec, update, features, list), also
+    /// installed as `vectl-oci`. See `vectl oci --help`.
+    Oci {
+        /// The runtime's command and its options.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Write vectl's manual pages (section 8) into DIR: vectl.8 and one per
     /// subcommand (the Debian package's build runs it).
     #[command(hide = true)]
@@ -169,6 +178,20 @@ fn main() -> ExitCode {
     // other thread exists.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    // The OCI runtime's command line: as `vectl-oci` (a link to this binary,
+    // which engines are given as their runtime) or `vectl oci ...`.
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let called = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name().map(|n| n.to_owned()));
+    if called.as_deref() == Some(std::ffi::OsStr::new("vectl-oci")) {
+        return oci::main(args);
+    }
+    if args.get(1).map(|a| a.as_os_str()) == Some(std::ffi::OsStr::new("oci")) {
+        args.remove(0);
+        args[0] = "vectl-oci".into();
+        return oci::main(args);
     }
     let matches = <Cli as clap::CommandFactory>::command().get_matches();
     let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
@@ -230,6 +253,8 @@ fn run(ctx: &Ctx, command: Command, at: &ve::ArgPositions) -> Result<ExitCode> {
         Command::Replica(c) => backup::replica(ctx, c),
         Command::Failover(a) => backup::failover(ctx, a),
         Command::ReplicaReceive(a) => backup::replica_receive(ctx, a),
+        // main() hands `vectl oci ...` over before this parser runs.
+        Command::Oci { .. } => Ok(oci::main(vec!["vectl-oci".into(), "--help".into()])),
         Command::Completion(a) => docs::completion(<Cli as clap::CommandFactory>::command(), a),
         Command::Man(a) => docs::man(<Cli as clap::CommandFactory>::command(), a),
     }

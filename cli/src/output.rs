@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::table::{Table, print_pairs};
-use crate::view::{PoolSource, PoolSpaceView, SnapshotView};
+use crate::view::{PoolSource, PoolSpaceView, ShowView, SnapshotView, VeView};
 use ve_runtime::{
     Host, ProcView, Progress, RunState, SetOutcome, Status, StopOutcome, TemplateVersion, VeConfig,
     VeDetails, VeInfo, VeStats, human_bytes,
@@ -139,7 +139,13 @@ impl Out {
         );
     }
 
-    pub fn host_info(&self, host: &Host) -> anyhow::Result<()> {
+    /// `limits`: the host's kernel limits against what its VE count needs
+    /// (`host_limits`), in the JSON (the text's table is host.rs's).
+    pub fn host_info(
+        &self,
+        host: &Host,
+        limits: &ve_runtime::host_limits::HostLimits,
+    ) -> anyhow::Result<()> {
         let cg = host.cgroups()?;
         let cap = host.capacity();
         let (ves, _) = host.ves().list()?;
@@ -214,6 +220,7 @@ impl Out {
                 "files": lxcfs.as_ref().and_then(|l| l.as_ref().ok()).map(|l| &l.files),
                 "problem": lxcfs.as_ref().and_then(|l| l.as_ref().err()),
             },
+            "host_limits": limits,
         });
         if self.json {
             self.print_json(&info);
@@ -357,7 +364,7 @@ impl Out {
                 s.disk_bytes.map_or("-".into(), |d| {
                     of(human_bytes(d), s.disk_limit_bytes.map(human_bytes))
                 }),
-                s.uptime_secs.map_or("-".into(), duration),
+                s.uptime_seconds.map_or("-".into(), duration),
             ]);
         }
         if watch.is_some() && std::io::stdout().is_terminal() {
@@ -1396,10 +1403,27 @@ impl Out {
         }
     }
 
-    /// `vectl list`: the columns `cols` (of [`LIST_COLUMNS`]) as a table or CSV.
-    pub fn list(&self, ves: &[VeInfo], cols: &[&ListColumn], csv: bool) {
+    /// `vectl list`: the columns `cols` (of [`LIST_COLUMNS`]) as a table or
+    /// CSV; with `--json` every VE whole ([`VeView`]).
+    /// Containers of OCI engines (`oci`) follow the VEs, marked as such.
+    pub fn list(
+        &self,
+        host: &Host,
+        ves: &[VeInfo],
+        oci: &[ve_runtime::oci::State],
+        cols: &[&ListColumn],
+        csv: bool,
+    ) {
         if self.json {
-            self.print_json(&ves);
+            let mut all: Vec<serde_json::Value> = VeView::all(host, ves)
+                .iter()
+                .filter_map(|v| serde_json::to_value(v).ok())
+                .collect();
+            all.extend(
+                oci.iter()
+                    .filter_map(|s| serde_json::to_value(crate::view::OciView::new(s)).ok()),
+            );
+            self.print_json(&all);
             return;
         }
         let headers: Vec<String> = cols.iter().map(|c| c.name.to_uppercase()).collect();
@@ -1408,6 +1432,18 @@ impl Out {
         for v in ves {
             rows.row(cols.iter().map(|c| (c.cell)(v)).collect());
         }
+        for s in oci {
+            rows.row(
+                cols.iter()
+                    .map(|c| match c.name {
+                        "name" => s.id.clone(),
+                        "status" => s.status.to_string(),
+                        "template" => "(OCI container)".into(),
+                        _ => "-".into(),
+                    })
+                    .collect(),
+            );
+        }
         if csv {
             print!("{}", rows.render_csv());
         } else {
@@ -1415,9 +1451,10 @@ impl Out {
         }
     }
 
-    pub fn show(&self, d: &VeDetails) {
+    /// `vectl show`: name-value lines; with `--json` a [`ShowView`].
+    pub fn show(&self, host: &Host, d: &VeDetails) {
         if self.json {
-            self.print_json(d);
+            self.print_json(&ShowView::new(host, d));
             return;
         }
         let i = &d.info;

@@ -1094,3 +1094,82 @@ fn percent_decode(s: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// Unmounts (lazily, deepest first) every mount of this process's mount
+/// namespace at or below `dir`: what podman's or containerd's storage left
+/// in a test's directory.
+pub fn unmount_below(dir: &Path) {
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut mine: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| Path::new(p).starts_with(dir))
+        .collect();
+    mine.reverse();
+    for m in mine {
+        let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Removes the (empty) cgroup `rel` (below each hierarchy's root) and every
+/// cgroup below it, in every hierarchy: cgroups an engine made under a
+/// parent a test or benchmark gave it.
+pub fn remove_cgroup_everywhere(rel: &str) {
+    let rel = rel.trim_start_matches('/');
+    if rel.is_empty() {
+        return;
+    }
+    let mut bases = vec![PathBuf::from("/sys/fs/cgroup")];
+    if let Ok(rd) = fs::read_dir("/sys/fs/cgroup") {
+        bases.extend(rd.flatten().map(|e| e.path()));
+    }
+    for b in bases {
+        let top = b.join(rel);
+        if top.is_dir() {
+            remove_cgroup_tree(&top);
+        }
+    }
+}
+
+/// Sets `dir` up for a podman of its own: `containers.conf` (cgroupfs, file
+/// events, and ulimits the sandbox's hard RLIMIT_NOFILE allows) and
+/// `DIR/vectl-oci`, a runtime script that runs this checkout's vectl as
+/// `vectl-oci --root DIR/oci` (podman 4.3 passes `--runtime-flag`s to `create`
+/// but not to `delete`). Returns the script's path.
+pub fn podman_dir_setup(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    fs::write(
+        dir.join("containers.conf"),
+        "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=4096:4096\"]\n\
+         [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+    )
+    .expect("containers.conf");
+    let runtime = dir.join("vectl-oci");
+    fs::write(
+        &runtime,
+        format!(
+            "#!/bin/bash\nexec -a vectl-oci {} --root {} \"$@\"\n",
+            vectl_bin().display(),
+            dir.join("oci").display()
+        ),
+    )
+    .expect("runtime script");
+    fs::set_permissions(&runtime, fs::Permissions::from_mode(0o755)).expect("chmod");
+    runtime
+}
+
+/// A `podman` command whose storage, run, temporary and network directories
+/// are in `dir` (set up by [`podman_dir_setup`]).
+pub fn podman_command(dir: &Path) -> Command {
+    let mut c = Command::new("podman");
+    c.env("CONTAINERS_CONF", dir.join("containers.conf"))
+        .arg("--root")
+        .arg(dir.join("storage"))
+        .arg("--runroot")
+        .arg(dir.join("run"))
+        .arg("--tmpdir")
+        .arg(dir.join("tmp"))
+        .arg("--network-config-dir")
+        .arg(dir.join("net"));
+    c
+}

@@ -1085,14 +1085,15 @@ impl Host {
     /// The config of restored VE `name`: the backed-up VE's, with an id,
     /// MACs and addresses of its own here where the old ones are taken, a
     /// range of user ids of its own, and no history of upgrades (their
-    /// snapshots stayed on the old pool).
+    /// snapshots stayed on the old pool). The registry's lock comes with a
+    /// range: hold it until the VE is committed ([`Host::allocate_ids`]).
     pub(crate) fn restored_identity(
         &self,
         name: &str,
         old: &VeConfig,
         tv: &ve_templates::TemplateVersion,
         changes: &mut Vec<String>,
-    ) -> Result<VeConfig> {
+    ) -> Result<(VeConfig, Option<crate::fsutil::Lock>)> {
         let id = if self.id_taken(old.id)? {
             let id = self.free_id()?;
             changes.push(format!("id {id} (its id {} is taken here)", old.id));
@@ -1118,9 +1119,12 @@ impl Host {
                 changes.push(format!("{}: a new MAC (its MAC is taken)", n.net));
             }
         }
-        let userns = match old.userns {
-            Some(_) => Some(self.allocate_ids(name)?.0),
-            None => None,
+        let (userns, ids_lock) = match old.userns {
+            Some(_) => {
+                let (range, lock) = self.allocate_ids(name)?;
+                (Some(range), lock)
+            }
+            None => (None, None),
         };
         let mut cfg = VeConfig {
             id,
@@ -1155,11 +1159,11 @@ impl Host {
             cfg.ports.clear();
         }
         self.check_net_settings(&cfg)?;
-        Ok(cfg)
+        Ok((cfg, ids_lock))
     }
 
     /// The last steps of making a VE whose volume is in place (clone,
-    /// restore): its disk limit, mount point, id link and firewall entries,
+    /// restore): its disk limit, mount point, claims and firewall entries,
     /// then its config. On an error what was made stays for the caller's
     /// cleanup ([`Host::finish_interrupted`]).
     pub(crate) fn commit_new_ve(&self, cfg: &VeConfig, failpoint: &str) -> Result<()> {
@@ -1171,9 +1175,7 @@ impl Host {
         }
         let mnt = self.mount_dir(name);
         fs::create_dir_all(&mnt).map_err(io_err(&mnt))?;
-        let link = self.id_link(cfg.id);
-        crate::fsutil::remove_file(&link)?;
-        std::os::unix::fs::symlink(name, &link).map_err(io_err(&link))?;
+        self.claim_all(cfg)?;
         self.firewall_ve(cfg, true)?;
         crate::failpoint::hit(failpoint);
         cfg.store(&self.config_path(name))
@@ -1391,7 +1393,7 @@ impl<'h> Receiver<'h> {
                 tv.reference()
             ));
         }
-        let cfg = host.restored_identity(name, &last.config, &tv, &mut changes)?;
+        let (cfg, _ids_lock) = host.restored_identity(name, &last.config, &tv, &mut changes)?;
         host.commit_new_ve(&cfg, failpoint)?;
         Ok((cfg, imported, changes))
     }

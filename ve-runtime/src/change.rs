@@ -87,13 +87,21 @@ impl Host {
                 n.mac = old.mac;
             }
         }
-        let new = VeConfig { nics, ..cfg };
+        let new = VeConfig {
+            nics,
+            ..cfg.clone()
+        };
         self.check_net_settings(&new)?;
         self.admit_net(&new, &new.limits)?;
         self.mark_firewall()?;
         self.apply_firewall(Some(&new))
             .map_err(|e| crate::net::for_ve(&ve, e))?;
+        // The new addresses are claimed before the config has them, the old
+        // ones released after (a kill between leaves a stale claim, which
+        // the next allocation on a full network frees).
+        self.claim_all(&new)?;
         new.store(&self.config_path(&ve))?;
+        self.release_dropped(&cfg, &new)?;
         self.finish_firewall()?;
         Ok(new.nics)
     }
@@ -219,11 +227,8 @@ impl Host {
             }
             cfg.name = new.clone();
             cfg.store(&new_cfg)?;
-            let link = self.id_link(cfg.id);
-            let tmp = link.with_extension("renaming");
-            remove_file(&tmp)?;
-            std::os::unix::fs::symlink(&new, &tmp).map_err(io_err(&tmp))?;
-            fs::rename(&tmp, &link).map_err(io_err(&link))?;
+            // Its claims name it by its new name (each replaced at once).
+            self.claim_all(&cfg)?;
             crate::failpoint::hit("rename-after-config");
             remove_file(&old_cfg)?;
         }

@@ -292,6 +292,7 @@ impl Host {
             ));
         }
         self.check_unique_id(ve, cfg.id)?;
+        self.claim_own(&cfg)?;
         self.finish_move(&mut cfg)?;
         self.clean_up_stopped(ve)?;
         let tref: ve_templates::TemplateRef = cfg.template.parse()?;
@@ -309,6 +310,7 @@ impl Host {
         let cg = self.cgroups()?;
         cg.prepare_parent()?;
         cg.create(ve, &limits)?;
+        self.count_io(ve, &limits)?;
         let root = self.mount_dir(ve);
         fs::create_dir_all(&root).map_err(io_err(&root))?;
         let lifted = match cfg.limits.disk {

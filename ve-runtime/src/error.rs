@@ -22,6 +22,12 @@ pub enum Error {
     /// No VE of that name or id.
     #[error("VE {0}: no such VE (see `vectl list`)")]
     NoSuchVe(String),
+    /// A container an OCI engine (podman, containerd) made through `vectl oci`:
+    /// the engine owns its lifecycle.
+    #[error(
+        "{0}: an OCI container (managed by podman, containerd or another engine through vectl-oci): use the engine, not vectl's own verbs"
+    )]
+    OciManaged(String),
     /// A VE of that name already exists.
     #[error("VE {ve}: already exists (id {id})")]
     VeExists { ve: String, id: u32 },

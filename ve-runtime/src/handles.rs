@@ -103,6 +103,13 @@ impl<'h> Ves<'h> {
         self.0.start(name_or_id, force)
     }
 
+    /// The supervisor's restart of a VE whose init ended: starts it only if
+    /// no operator's `stop` or `start` came since (`None` then).
+    pub fn start_pending_restart(self, name_or_id: &str) -> Result<Option<RunState>> {
+        self.0.refuse_lost_pool_image()?;
+        self.0.start_unless(name_or_id, false, true)
+    }
+
     /// Stops a VE: asks init to halt, waits up to the timeout, kills what is left.
     pub fn stop(self, name_or_id: &str, opts: StopOptions) -> Result<StopOutcome> {
         self.0.stop(name_or_id, opts)
@@ -628,24 +635,27 @@ impl<'h> Backups<'h> {
         self.0.failover(name, opts)
     }
 
-    /// The standby's end of a replication.
+    /// The standby's end of a replication. `Ok(Some(e))`: it failed and the
+    /// source was told so (see [`migrate_receive`](Self::migrate_receive)).
     pub fn replica_receive(
         self,
         name: &str,
         input: impl std::io::Read,
         output: impl std::io::Write,
-    ) -> Result<()> {
+    ) -> Result<Option<Error>> {
         self.0.replica_receive(name, input, output)
     }
 
     /// The target's end of a migration: reads the source's messages from
-    /// `input` and answers on `output`.
+    /// `input` and answers on `output`. `Ok(Some(e))`: it failed and the
+    /// source was told so, which reports it (the caller need not);
+    /// `Err(e)`: it failed and the source could not be told.
     pub fn migrate_receive(
         self,
         name: &str,
         input: impl std::io::Read,
         output: impl std::io::Write,
-    ) -> Result<()> {
+    ) -> Result<Option<Error>> {
         self.0.migrate_receive(name, input, output)
     }
 }

@@ -5,7 +5,9 @@
 //! vectl.toml        host settings
 //! pool/             storage pool (templates/, ves/)
 //! ves/<name>.toml   VE configs; <name>.toml.destroying while a destroy runs
-//! ids/<id>          symlink to the VE name holding that id
+//! ids/<id>          symlink to the VE name holding that id (claims: crate::claims)
+//! ips/<net>/<ip>    symlink to the VE name holding that address (made on first use)
+//! userns/<b>-<n>    symlink to the VE name holding that host id range (the same)
 //! run/<name>.json   runtime facts of running VEs
 //! mnt/<name>/       mount point of the VE's root (inside its own mount namespace)
 //! locks/            one lock file per VE, one for the host, one per template
@@ -463,6 +465,21 @@ impl Host {
         }
         let c = cgroup::open(&self.settings.cgroup)?;
         Ok(self.cgroups.get_or_init(|| c).as_ref())
+    }
+
+    /// Makes a VE's new cgroups count its I/O where the kernel would not
+    /// (cgroup v1 without an I/O limit, see [`CgroupBackend::count_io`]).
+    /// Best effort: without a disk under the pool, or where the kernel
+    /// refuses, the VE runs and its I/O counters stay at 0.
+    pub(crate) fn count_io(&self, ve: &str, limits: &crate::limits::KernelLimits) -> Result<()> {
+        let cg = self.cgroups()?;
+        if cg.version() == cgroup::CgroupVersion::V1
+            && limits.io.is_none()
+            && let Ok(d) = &self.facts().io_device
+        {
+            let _ = cg.count_io(ve, d.major, d.minor);
+        }
+        Ok(())
     }
 
     /// What the host has: online CPUs and RAM.

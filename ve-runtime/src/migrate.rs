@@ -108,13 +108,16 @@ pub struct Reply {
 
 /// Runs the target's end of a channel (migration, replication): `steps`
 /// reads the source's messages from `input` and answers each; an error is
-/// answered too, as the last line.
+/// answered too, as the last line. `Ok(Some(e))`: it failed, and the source
+/// was told (it reports it; the target's own stderr stays quiet, or the
+/// operator would read it twice); `Err`: it failed and the source could not
+/// be told.
 pub(crate) fn serve_channel<R: Read>(
     name: &str,
     input: R,
     mut output: impl Write,
     steps: impl FnOnce(&mut BufReader<R>, &mut dyn FnMut(&Reply) -> Result<()>) -> Result<()>,
-) -> Result<()> {
+) -> Result<Option<Error>> {
     let mut input = BufReader::with_capacity(1 << 20, input);
     let mut answer = |r: &Reply| -> Result<()> {
         let line = serde_json::to_string(r).map_err(|e| Error::ve(name, e.to_string()))?;
@@ -122,15 +125,20 @@ pub(crate) fn serve_channel<R: Read>(
             .and_then(|()| output.flush())
             .map_err(|e| Error::ve(name, format!("the source went away: {e}")))
     };
-    let done = steps(&mut input, &mut answer);
-    if let Err(e) = &done {
-        let _ = answer(&Reply {
-            ok: false,
-            error: Some(e.to_string()),
-            ..Default::default()
-        });
+    match steps(&mut input, &mut answer) {
+        Ok(()) => Ok(None),
+        Err(e) => {
+            let told = answer(&Reply {
+                ok: false,
+                error: Some(e.to_string()),
+                ..Default::default()
+            });
+            match told {
+                Ok(()) => Ok(Some(e)),
+                Err(_) => Err(e),
+            }
+        }
     }
-    done
 }
 
 /// The source's first message: the manifest of VE `name`, which it sends.
@@ -579,7 +587,7 @@ impl Host {
         name: &str,
         input: impl Read,
         output: impl Write,
-    ) -> Result<()> {
+    ) -> Result<Option<Error>> {
         serve_channel(name, input, output, |input, answer| {
             self.migrate_receive_steps(name, input, answer)
         })

@@ -512,6 +512,12 @@ impl Host {
             .map_err(|e| kernel_err(name, e))?;
         remove_file(&self.net_path(name))?;
         remove_file(&self.net_marker(name))?;
+        let claims = self.root().join("ips").join(name);
+        match fs::remove_dir_all(&claims) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&claims)(e)),
+        }
         self.apply_firewall(None)
     }
 
@@ -651,16 +657,50 @@ impl Host {
         self.firewall(extra)?.apply().map_err(Error::Netns)
     }
 
-    /// The addresses in use on `net` by VEs other than `except`.
-    fn used_addresses(&self, net: &str, except: &str) -> Result<BTreeSet<Ipv4Addr>> {
-        let ves = self.configs()?;
-        Ok(ves
+    /// The addresses in use on `net` by VEs other than `except`: the claimed
+    /// ones, less those whose claim is `except`'s or stale (`all`: every
+    /// claim is read; else only those of `wanted`); without claims, those in
+    /// the configs.
+    fn used_addresses(
+        &self,
+        net: &str,
+        except: &str,
+        wanted: &[Ipv4Addr],
+        all: bool,
+    ) -> Result<BTreeSet<Ipv4Addr>> {
+        let claims = self.address_claims_as_is(net);
+        if !claims.built() {
+            return Ok(self
+                .configs()?
+                .iter()
+                .filter(|v| v.name != except)
+                .flat_map(|v| v.nics.iter())
+                .filter(|n| n.net == net)
+                .map(|n| n.ip)
+                .collect());
+        }
+        let mut used: BTreeSet<Ipv4Addr> = claims
+            .keys()?
             .iter()
-            .filter(|v| v.name != except)
-            .flat_map(|v| v.nics.iter())
-            .filter(|n| n.net == net)
-            .map(|n| n.ip)
-            .collect())
+            .filter_map(|k| k.parse().ok())
+            .collect();
+        let check: Vec<Ipv4Addr> = if all {
+            used.iter().copied().collect()
+        } else {
+            wanted
+                .iter()
+                .filter(|ip| used.contains(ip))
+                .copied()
+                .collect()
+        };
+        for ip in check {
+            let key = ip.to_string();
+            let has = |c: &VeConfig| c.nics.iter().any(|n| n.net == net && n.ip == ip);
+            if self.claim_blocks(&claims, &key, except, has).is_none() {
+                used.remove(&ip);
+            }
+        }
+        Ok(used)
     }
 
     /// The NICs of a VE being created (the caller holds the host lock):
@@ -694,7 +734,20 @@ impl Host {
                     reason: format!("--net {}: given twice (one NIC per network)", net.name),
                 });
             }
-            let mut used = self.used_addresses(&net.name, ve)?;
+            let old = prefer.iter().find(|n| n.net == net.name);
+            let wanted: Vec<Ipv4Addr> =
+                r.ip.as_deref()
+                    .and_then(|ip| ip.parse().ok())
+                    .into_iter()
+                    .chain(old.map(|o| o.ip))
+                    .collect();
+            let mut used = self.used_addresses(&net.name, ve, &wanted, false)?;
+            if matches!(r.ip.as_deref(), None | Some("auto"))
+                && choose_address(&net, None, &used).is_err()
+            {
+                // Full: claims a killed command left are freed.
+                used = self.used_addresses(&net.name, ve, &wanted, true)?;
+            }
             if matches!(net.mode, Mode::Bridged | Mode::Routed) {
                 if host_addrs.is_none() {
                     let addrs =
@@ -709,7 +762,6 @@ impl Host {
                 }
                 used.extend(host_addrs.iter().flatten().copied());
             }
-            let old = prefer.iter().find(|n| n.net == net.name);
             let kept = old
                 .filter(|_| r.ip.is_none())
                 .and_then(|o| choose_address(&net, Some(&o.ip.to_string()), &used).ok());
@@ -724,13 +776,18 @@ impl Host {
                     reason: e.to_string(),
                 },
             })?;
-            let taken: BTreeSet<model::Mac> = self
-                .configs()?
-                .iter()
-                .filter(|c| c.name != ve)
-                .flat_map(|c| c.nics.iter().map(|n| n.mac))
-                .chain(out.iter().map(|n| n.mac))
-                .collect();
+            // A fresh MAC has 46 random bits: among a thousand VEs two alike
+            // are a chance of 1 in 10^8, so only a kept one (a restored VE's,
+            // whose original may still be here) is checked against the others.
+            let mut taken: BTreeSet<model::Mac> = out.iter().map(|n| n.mac).collect();
+            if old.is_some() {
+                taken.extend(
+                    self.configs()?
+                        .iter()
+                        .filter(|c| c.name != ve)
+                        .flat_map(|c| c.nics.iter().map(|n| n.mac)),
+                );
+            }
             let mac = match old.filter(|o| !taken.contains(&o.mac)) {
                 Some(o) => o.mac,
                 None => fresh_mac(&taken).map_err(from_netns)?,

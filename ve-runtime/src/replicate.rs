@@ -370,7 +370,7 @@ impl Host {
         name: &str,
         input: impl Read,
         output: impl Write,
-    ) -> Result<()> {
+    ) -> Result<Option<Error>> {
         serve_channel(name, input, output, |input, answer| {
             self.replica_receive_steps(name, input, answer)
         })
@@ -535,7 +535,7 @@ impl Host {
                     format!("its template {} is not on this root", m.template.reference),
                 )
             })?;
-            let cfg = self.restored_identity(name, &m.config, &tv, &mut changes)?;
+            let (cfg, _ids_lock) = self.restored_identity(name, &m.config, &tv, &mut changes)?;
             self.commit_new_ve(&cfg, "failover-before-config")?;
             Ok((cfg, changes))
         })();

@@ -1,5 +1,11 @@
 //! Resource use per VE (`vectl stats`): cumulative counters from the cgroups, and
-//! the limits they run against.
+//! the limits they run against. Its JSON names are the ones `list` and `show`
+//! use for the same things (README, "JSON schema"): sizes in bytes
+//! (`*_bytes`), shares in percent (`*_percent`), `uptime_seconds`, and the
+//! VE's addresses with (`addresses`) and without (`ips`) their prefix.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
 
 use serde::Serialize;
 
@@ -16,8 +22,9 @@ pub struct VeStats {
     pub status: Status,
     /// Its template version, `NAME@VERSION`.
     pub template: String,
+    /// Seconds since start, while running.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub uptime_secs: Option<u64>,
+    pub uptime_seconds: Option<u64>,
     /// CPU time used since start, nanoseconds.
     pub cpu_usage_ns: u64,
     /// CPU use in percent of one CPU (like `top`): averaged since start, or over
@@ -31,8 +38,13 @@ pub struct VeStats {
     pub ram_bytes: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ram_limit_bytes: Option<u64>,
+    /// The RAM limit as given, when it is a percentage of the host's RAM.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ram_limit_percent: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ram_guarantee_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ram_guarantee_percent: Option<f64>,
     pub swap_bytes: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub swap_limit_bytes: Option<u64>,
@@ -49,6 +61,11 @@ pub struct VeStats {
     pub disk_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk_limit_bytes: Option<u64>,
+    /// Its addresses with the prefix they have in the VE (`10.0.0.2/24`), in
+    /// NIC order, running or not.
+    pub addresses: Vec<String>,
+    /// The same addresses without prefix.
+    pub ips: Vec<Ipv4Addr>,
     /// Traffic of each NIC of a running VE, as the VE sees it.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub nics: Vec<NicStats>,
@@ -80,8 +97,8 @@ struct LinkCounters {
 
 /// Parses /proc/net/dev: every link of the reader's network namespace and its
 /// counters (one read for all VEs, however many there are).
-fn parse_net_dev(text: &str) -> std::collections::HashMap<&str, LinkCounters> {
-    let mut out = std::collections::HashMap::new();
+fn parse_net_dev(text: &str) -> HashMap<&str, LinkCounters> {
+    let mut out = HashMap::new();
     for line in text.lines().skip(2) {
         let Some((name, rest)) = line.split_once(':') else {
             continue;
@@ -107,6 +124,16 @@ fn parse_net_dev(text: &str) -> std::collections::HashMap<&str, LinkCounters> {
 }
 
 impl VeStats {
+    /// What a RAM amount (`--ram`, `--ram-guarantee`) comes to in bytes on a
+    /// host with `host_ram` bytes: a size as it is, a percentage of the host's
+    /// RAM in whole pages, as the kernel gets it.
+    pub fn ram_amount_bytes(a: Amount, host_ram: u64) -> u64 {
+        match a {
+            Amount::Bytes(Size(b)) => b,
+            Amount::Percent(Percent(p)) => (host_ram as f64 * p / 100.0) as u64 & !4095,
+        }
+    }
+
     /// CPU use between an earlier sample of the same VE and this one, `secs` apart,
     /// in percent of one CPU.
     pub fn cpu_percent_since(&self, earlier: &VeStats, secs: f64) -> f64 {
@@ -136,10 +163,20 @@ impl Host {
             out
         };
         let cap = self.capacity();
-        let bytes = |a: Amount| match a {
-            Amount::Bytes(Size(b)) => b,
-            Amount::Percent(Percent(p)) => (cap.ram_bytes as f64 * p / 100.0) as u64,
+        let bytes = |a: Amount| VeStats::ram_amount_bytes(a, cap.ram_bytes);
+        let percent = |a: Amount| match a {
+            Amount::Percent(Percent(p)) => Some(p),
+            Amount::Bytes(_) => None,
         };
+        // The prefix of each network the VEs are on, read once (`None`: the
+        // network is gone, and the address goes without one, as in `show`).
+        let mut prefixes: HashMap<String, Option<u8>> = HashMap::new();
+        for nic in chosen.iter().flat_map(|i| &i.nics) {
+            if !prefixes.contains_key(&nic.net) {
+                let prefix = self.net(&nic.net).ok().map(|n| n.ve_prefix());
+                prefixes.insert(nic.net.clone(), prefix);
+            }
+        }
         let mut out = Vec::with_capacity(chosen.len());
         let btrfs = self.pool().backend().has_limits();
         // The ports are in vectl's own network namespace, which is the one
@@ -181,19 +218,29 @@ impl Host {
             } else {
                 Vec::new()
             };
+            let addresses = info
+                .nics
+                .iter()
+                .map(|nic| match prefixes.get(&nic.net).copied().flatten() {
+                    Some(p) => format!("{}/{p}", nic.ip),
+                    None => nic.ip.to_string(),
+                })
+                .collect();
             out.push(VeStats {
                 id: info.id,
                 name: info.name.clone(),
                 status: info.status,
                 template: info.template.clone(),
-                uptime_secs: info.uptime_secs,
+                uptime_seconds: info.uptime_secs,
                 cpu_usage_ns: usage.cpu_usage_ns,
                 cpu_percent,
                 cpu_limit_percent: info.limits.cpu_limit.map(|Percent(p)| p),
                 cpu_guarantee_percent: info.limits.cpu_guarantee.map(|Percent(p)| p),
                 ram_bytes: usage.memory_bytes,
                 ram_limit_bytes: info.limits.ram.map(bytes),
+                ram_limit_percent: info.limits.ram.and_then(percent),
                 ram_guarantee_bytes: info.limits.ram_guarantee.map(bytes),
+                ram_guarantee_percent: info.limits.ram_guarantee.and_then(percent),
                 swap_bytes: usage.swap_bytes,
                 swap_limit_bytes: info.limits.swap.map(|Size(b)| b),
                 pids: usage.pids,
@@ -205,6 +252,8 @@ impl Host {
                 oom_kills: usage.oom_kills,
                 disk_bytes: disk.map(|d| d.used),
                 disk_limit_bytes: disk.and_then(|d| d.limit),
+                addresses,
+                ips: info.nics.iter().map(|n| n.ip).collect(),
                 nics,
             });
         }

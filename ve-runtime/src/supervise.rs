@@ -339,7 +339,7 @@ pub fn supervise(roots: &dyn Fn() -> Vec<PathBuf>, vectl: &Path) -> Result<()> {
             match std::process::Command::new(vectl)
                 .arg("--root")
                 .arg(&d.root)
-                .args(["start", &d.ve])
+                .args(["start", "--pending-restart", &d.ve])
                 .stdin(std::process::Stdio::null())
                 .spawn()
             {

@@ -5,12 +5,14 @@
 //! **Ranges.** A VE's range is `DEFAULT_COUNT` (65536) host ids from a base in
 //! [`FIRST_ID`, `END_ID`): the upper part of the block systemd documents for
 //! container ranges, away from the host's users. The range is recorded in the
-//! VE's config (`[userns] base, count`) — the config files of all roots of the
-//! host together are the ledger, like /etc/subuid. A new range is the lowest
-//! free one, skipping every range of this and every other registered root and
-//! the ranges in /etc/subuid and /etc/subgid; a destroyed VE's range is free
-//! again once its config is gone. Ranges are picked under the registry's lock,
-//! so two roots creating at once never pick the same.
+//! VE's config (`[userns] base, count`) and claimed in the root's `userns/`
+//! ([`crate::claims`]): the claims of all roots of the host together are the
+//! ledger, like /etc/subuid (a root without claims is read from its configs).
+//! A new range is the lowest free one, skipping every range of this and every
+//! other registered root and the ranges in /etc/subuid and /etc/subgid; a
+//! destroyed VE's range is free again once its claim is gone. Ranges are
+//! picked under the registry's lock, so two roots creating at once never pick
+//! the same.
 //!
 //! **Files stay unshifted.** Template versions and a VE's own layer keep the ids
 //! a plain system has on disk (root is 0); nothing is chowned per VE. At start
@@ -150,16 +152,48 @@ impl Host {
     /// be locked does not stop the create).
     pub(crate) fn allocate_ids(&self, ve: &str) -> Result<(IdRange, Option<Lock>)> {
         let lock = Registry::open().lock().ok();
-        let mut used: Vec<IdRange> = self
-            .configs()?
-            .into_iter()
-            .filter_map(|c| c.userns)
-            .collect();
+        let claimed = |c: &crate::claims::Claims| -> Result<Vec<IdRange>> {
+            Ok(c.keys()?
+                .iter()
+                .filter_map(|k| crate::claims::parse_range_key(k))
+                .collect())
+        };
+        let mine = crate::claims::Claims::new(self.root().join("userns"));
+        // Another root's claims, or its configs if it has none (made by a
+        // vectl before claims).
+        let mut elsewhere = host_subids();
         for other in self.others() {
-            used.extend(other.ves().into_iter().filter_map(|c| c.userns));
+            let theirs = crate::claims::Claims::new(other.root.join("userns"));
+            if theirs.built() {
+                elsewhere.extend(claimed(&theirs)?);
+            } else {
+                elsewhere.extend(other.ves().into_iter().filter_map(|c| c.userns));
+            }
         }
-        used.extend(host_subids());
-        let range = pick(&used, DEFAULT_COUNT).ok_or_else(|| {
+        let mut used = if mine.built() {
+            claimed(&mine)?
+        } else {
+            self.configs()?
+                .into_iter()
+                .filter_map(|c| c.userns)
+                .collect()
+        };
+        used.extend_from_slice(&elsewhere);
+        let mut range = pick(&used, DEFAULT_COUNT);
+        if range.is_none() && mine.built() {
+            // Full: the claims here that a killed command left are freed.
+            let key = crate::claims::range_key;
+            let mut used: Vec<IdRange> = claimed(&mine)?
+                .into_iter()
+                .filter(|r| {
+                    self.claim_blocks(&mine, &key(*r), ve, |c| c.userns == Some(*r))
+                        .is_some()
+                })
+                .collect();
+            used.extend(elsewhere);
+            range = pick(&used, DEFAULT_COUNT);
+        }
+        let range = range.ok_or_else(|| {
             Error::ve(
                 ve,
                 format!(
@@ -208,12 +242,16 @@ impl Host {
                     ));
                 }
                 let (range, _ids) = self.allocate_ids(&ve)?;
+                self.range_claims()?
+                    .take(&crate::claims::range_key(range), &ve)?;
                 cfg.userns = Some(range);
                 cfg.store(&self.config_path(&ve))?;
             }
-            (false, Some(_)) => {
+            (false, Some(r)) => {
                 cfg.userns = None;
                 cfg.store(&self.config_path(&ve))?;
+                crate::claims::Claims::new(self.root().join("userns"))
+                    .release(&crate::claims::range_key(r), &ve)?;
             }
         }
         Ok(cfg.userns)

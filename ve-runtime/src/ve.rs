@@ -181,7 +181,13 @@ impl Host {
             }
             return Err(Error::NoSuchVe(name_or_id.to_string()));
         }
-        validate_name(name_or_id)?;
+        if let Err(e) = validate_name(name_or_id) {
+            return Err(if crate::oci::is_managed(name_or_id) {
+                Error::OciManaged(name_or_id.to_string())
+            } else {
+                e
+            });
+        }
         Ok(name_or_id.to_string())
     }
 
@@ -192,6 +198,8 @@ impl Host {
         self.finish_rename_of(&ve)?;
         if self.config_path(&ve).exists() {
             Ok(ve)
+        } else if crate::oci::is_managed(&ve) {
+            Err(Error::OciManaged(ve))
         } else {
             Err(Error::NoSuchVe(ve))
         }
@@ -365,7 +373,11 @@ impl Host {
         if !opts.force {
             self.admit_net(&cfg, &cfg.limits)?;
         }
-        // Leftovers of a create that was killed before it wrote the config.
+        // Leftovers of a create that was killed before it wrote the config
+        // (its claims come after its volume).
+        if self.pool().ve_volume(name).dir.exists() {
+            self.release_claims(name, None)?;
+        }
         self.pool().remove_ve_volume(name)?;
         crate::failpoint::hit("create-before-volume");
         // Everything made from here on goes again if a step fails (a full
@@ -380,9 +392,7 @@ impl Host {
             let mnt = self.mount_dir(name);
             fs::create_dir_all(&mnt).map_err(io_err(&mnt))?;
             crate::failpoint::hit("create-after-volume");
-            let link = self.id_link(id);
-            remove_file(&link)?;
-            std::os::unix::fs::symlink(name, &link).map_err(io_err(&link))?;
+            self.claim_all(&cfg)?;
             if !cfg.nics.is_empty() {
                 // Its addresses and MACs are allowed before it can first send.
                 self.mark_firewall()?;
@@ -456,7 +466,13 @@ impl Host {
 
     /// Refuses a VE whose id another VE's config has too (ids are unique unless
     /// a config was edited): both would get the same id-derived kernel objects.
+    /// The VE's own id link is enough; without it every config is read
+    /// (`start` then makes the link: [`Host::claim_own`]).
     pub(crate) fn check_unique_id(&self, ve: &str, id: u32) -> Result<()> {
+        let ids = crate::claims::Claims::new(self.root().join("ids"));
+        if ids.holder(&id.to_string()).as_deref() == Some(ve) {
+            return Ok(());
+        }
         let twins: Vec<String> = self
             .config_ids()?
             .into_iter()
@@ -473,29 +489,33 @@ impl Host {
         })
     }
 
-    /// The lowest id not held by a VE.
+    /// The lowest id not held by a VE: the lowest without an id link when
+    /// there are as many links as configs (no config is read), else the
+    /// lowest that neither a config nor a link to a VE that exists has. A
+    /// link to a VE that exists keeps its id taken even when the VE's config
+    /// says another (edited): putting the config back must not make a
+    /// duplicate. The id a config was edited *to* is not seen on the fast
+    /// path: a new VE may get it, and the edited VE is then refused at start
+    /// ([`Host::check_unique_id`] names the other), never both running.
     pub(crate) fn free_id(&self) -> Result<u32> {
-        let dir = self.root().join("ids");
-        let mut used: std::collections::BTreeSet<u32> =
-            self.config_ids()?.into_iter().map(|(_, id)| id).collect();
-        for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
-            let entry = entry.map_err(io_err(&dir))?;
-            // A link to a VE that exists keeps its id taken even when the VE's
-            // config says another (edited): putting the config back must not
-            // make a duplicate.
-            let linked = fs::read_link(entry.path()).is_ok_and(|t| {
-                let n = t.to_string_lossy();
-                validate_name(&n).is_ok() && self.config_path(&n).is_file()
-            });
-            if let Some(id) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-                && linked
-            {
-                used.insert(id);
+        let ids = crate::claims::Claims::new(self.root().join("ids"));
+        let linked: std::collections::BTreeSet<u32> =
+            ids.keys()?.iter().filter_map(|k| k.parse().ok()).collect();
+        let used = if linked.len() >= self.config_files()?.len() {
+            linked
+        } else {
+            let mut used: std::collections::BTreeSet<u32> =
+                self.config_ids()?.into_iter().map(|(_, id)| id).collect();
+            for id in linked {
+                let held = ids
+                    .holder(&id.to_string())
+                    .is_some_and(|n| validate_name(&n).is_ok() && self.config_path(&n).is_file());
+                if held {
+                    used.insert(id);
+                }
             }
-        }
+            used
+        };
         (FIRST_ID..=MAX_ID)
             .find(|id| !used.contains(id))
             .ok_or(Error::NoFreeId)
@@ -530,13 +550,34 @@ impl Host {
     /// Starts a VE; returns once its init runs. Admission control refuses a VE
     /// whose guarantees do not fit beside the running VEs' unless `force`.
     pub(crate) fn start(&self, name_or_id: &str, force: bool) -> Result<RunState> {
+        self.start_unless(name_or_id, force, false)?
+            .ok_or_else(|| Error::Start {
+                ve: name_or_id.to_string(),
+                reason: "internal: not started".into(),
+            })
+    }
+
+    /// Starts a VE; with `pending_restart` (the supervisor's restart) only
+    /// while the record of its init's end is still there: `None` when an
+    /// operator's stop or start came first (checked under the VE's lock, so
+    /// a `vectl stop` just before this start is never undone by it).
+    pub(crate) fn start_unless(
+        &self,
+        name_or_id: &str,
+        force: bool,
+        pending_restart: bool,
+    ) -> Result<Option<RunState>> {
         let ve = self.resolve_existing(name_or_id)?;
         self.ensure_nets_up(&ve)?;
         let (_host, _lock, mut cfg) = self.lock_for_guarantees(&ve, None)?;
+        if pending_restart && !self.exit_path(&ve).exists() {
+            return Ok(None);
+        }
         if let Some(rs) = self.alive_state(&ve)? {
             return Err(Error::AlreadyRunning { ve, pid: rs.pid });
         }
         self.check_unique_id(&ve, cfg.id)?;
+        self.claim_own(&cfg)?;
         // A killed upgrade or rollback: its files and version agree first.
         self.finish_move(&mut cfg)?;
         self.clean_up_stopped(&ve)?;
@@ -571,6 +612,7 @@ impl Host {
         let cg = self.cgroups()?;
         cg.prepare_parent()?;
         cg.create(&ve, &limits)?;
+        self.count_io(&ve, &limits)?;
         if let Some(range) = cfg.userns {
             cg.delegate(&ve, range.host_id(0))?;
         }
@@ -685,7 +727,7 @@ impl Host {
                         let _ = rs.store(&run_path);
                     }
                 }
-                Ok(rs)
+                Ok(Some(rs))
             }
             (Ok(_), None) => Err(Error::Start {
                 ve,
@@ -849,13 +891,10 @@ impl Host {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(&mnt)(e)),
         }
-        let ids = self.root().join("ids");
-        for entry in fs::read_dir(&ids).map_err(io_err(&ids))? {
-            let entry = entry.map_err(io_err(&ids))?;
-            if fs::read_link(entry.path()).is_ok_and(|t| t.as_os_str() == ve) {
-                remove_file(&entry.path())?;
-            }
-        }
+        // Its claims, from the config the destroy tombstoned (a create killed
+        // before its config was written left only the claims to go by).
+        let last = VeConfig::load(&self.tombstone_path(ve)).ok().flatten();
+        self.release_claims(ve, last.as_ref().filter(|c| c.name == ve))?;
         remove_file(&temp_path(&self.config_path(ve)))?;
         remove_file(&temp_path(&self.run_path(ve)))?;
         remove_file(&self.exit_path(ve))?;

@@ -290,12 +290,23 @@ pub fn replica_receive(ctx: &Ctx, a: MigrateReceiveArgs) -> Result<ExitCode> {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
-    ctx.open()?.backups().replica_receive(
+    let told = ctx.open()?.backups().replica_receive(
         &a.ve,
         std::io::stdin().lock(),
         std::io::stdout().lock(),
     )?;
-    Ok(ExitCode::SUCCESS)
+    Ok(received(told))
+}
+
+/// The exit status of a channel's target end. An error the source was told
+/// is the source's to print: printed here too, the operator would read it
+/// twice (this process's stderr is the source's).
+fn received(told: Option<ve_runtime::Error>) -> ExitCode {
+    if told.is_some() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 /// `vectl migrate`.
@@ -322,12 +333,12 @@ pub fn migrate_receive(ctx: &Ctx, a: MigrateReceiveArgs) -> Result<ExitCode> {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
-    ctx.open()?.backups().migrate_receive(
+    let told = ctx.open()?.backups().migrate_receive(
         &a.ve,
         std::io::stdin().lock(),
         std::io::stdout().lock(),
     )?;
-    Ok(ExitCode::SUCCESS)
+    Ok(received(told))
 }
 
 /// `vectl backup ...`.

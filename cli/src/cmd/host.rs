@@ -1,14 +1,17 @@
-//! `vectl init` and `vectl host info|set`: the state directory and host settings.
+//! `vectl init` and `vectl host info|set|tune`: the state directory, host
+//! settings and the host's kernel limits.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
+use ve_runtime::host_limits::{self, HostLimits, TuneAction};
 use ve_runtime::{Amount, Host, InitOptions, Percent, Setting, Size};
 
 use super::Ctx;
 use crate::parse::{self, Checked};
+use crate::table::Table;
 
 #[derive(Debug, Args)]
 pub struct InitArgs {
@@ -44,12 +47,23 @@ pub struct InitArgs {
     /// `vectl-ID`): two lower-case letters; default: a free one at random.
     #[arg(long, value_name = "ID")]
     identity: Option<String>,
+    /// Do not raise the host's kernel limits that bind with many VEs (ARP/ND
+    /// tables, inotify, pids, keys, conntrack; see `vectl host tune`): print
+    /// one line per low one with the command that raises it instead.
+    #[arg(long)]
+    no_host_tuning: bool,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum HostCommand {
-    /// Capacity, committed guarantees and limits, cgroup version, paths.
-    Info,
+    /// Capacity, committed guarantees and limits, cgroup version, paths, and
+    /// the host's kernel limits against what --ves VEs need.
+    Info(LimitsArgs),
+    /// Raise the host's kernel limits that bind with many VEs (ARP/ND tables,
+    /// inotify, pids, keys, conntrack, open files) to what --ves VEs need, live
+    /// and in /etc/sysctl.d/60-vectl.conf; never lowers one. `vectl init`
+    /// does this too (unless --no-host-tuning).
+    Tune(TuneArgs),
     /// Change host settings.
     Set(HostSetArgs),
     /// Bind LXCFS's /proc files again in this root's running VEs whose binds
@@ -68,6 +82,24 @@ pub enum HostCommand {
     /// leaving its state directory and other roots as they are. The next
     /// command on the root makes what it needs again.
     Teardown(TeardownArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LimitsArgs {
+    /// The VE count the host's limits are checked for (default: 1000, or this
+    /// root's VE count if larger).
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    ves: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct TuneArgs {
+    #[command(flatten)]
+    limits: LimitsArgs,
+    /// Show what would be raised; change nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -263,13 +295,172 @@ pub fn init(ctx: &Ctx, a: InitArgs) -> Result<ExitCode> {
     };
     let (host, created) = Host::init(&ctx.root, &opts)?;
     ctx.out.init(&host, created);
+    let ves = ve_count(None, Some(&host));
+    if a.no_host_tuning {
+        for l in HostLimits::check(ves).low() {
+            ctx.out.warn(&format!(
+                "host limit {} is {}, below {} for {ves} VEs: raise it with `{}` (and in /etc/sysctl.d)",
+                l.key,
+                l.current.unwrap_or(0),
+                l.recommended,
+                l.command.as_deref().unwrap_or_default()
+            ));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    // The host's limits are no part of the root: a failure to raise them is
+    // said, and the root is initialised all the same.
+    let report = host_limits::tune(ves, false);
+    for l in report.raised() {
+        ctx.out.note(&format!(
+            "raised host limit {} from {} to {} (for {ves} VEs)",
+            l.key,
+            l.before.unwrap_or(0),
+            l.after.unwrap_or(l.recommended)
+        ));
+    }
+    if report.persisted {
+        ctx.out
+            .note(&format!("persisted in {}", report.conf.display()));
+    }
+    for e in &report.errors {
+        ctx.out.warn(e);
+    }
+    let left: Vec<&str> = report
+        .limits
+        .iter()
+        .filter(|l| l.action == TuneAction::LeftToOperator)
+        .map(|l| l.key)
+        .collect();
+    if !left.is_empty() {
+        ctx.out.warn(&format!(
+            "host limits below what {ves} VEs need, left to the host because vectl runs in a network namespace of its own: {} (`vectl host tune --dry-run` shows the commands)",
+            left.join(", ")
+        ));
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The VE count to size the host's limits for: `--ves`, else the default or
+/// the root's VE count if larger.
+fn ve_count(asked: Option<u64>, host: Option<&Host>) -> u64 {
+    if let Some(n) = asked {
+        return n;
+    }
+    let here = host
+        .and_then(|h| h.ves().list().ok())
+        .map_or(0, |(ves, _)| ves.len() as u64);
+    here.max(host_limits::DEFAULT_VES)
+}
+
+/// `host info`'s section on the host's limits, as text (`host info --json`
+/// has them as `host_limits`).
+fn print_limits(limits: &HostLimits) {
+    println!();
+    println!(
+        "host limits for {} VEs ({}):",
+        limits.ves,
+        if limits.host_netns {
+            "`vectl host tune` raises the LOW ones"
+        } else {
+            "vectl runs in a network namespace of its own: LOW ones are for the host to raise"
+        }
+    );
+    let mut t = Table::new(&["KEY", "CURRENT", "RECOMMENDED", "STATUS"])
+        .right(1)
+        .right(2);
+    for l in &limits.limits {
+        t.row(vec![
+            l.key.to_string(),
+            l.current.map_or("-".into(), |v| v.to_string()),
+            l.recommended.to_string(),
+            match &l.problem {
+                Some(p) => format!("{}: {p}", l.status.as_str()),
+                None => l.status.as_str().to_string(),
+            },
+        ]);
+    }
+    t.print();
+}
+
+/// `vectl host tune`.
+fn tune(ctx: &Ctx, a: &TuneArgs) -> Result<ExitCode> {
+    // The root only counts its VEs (and need not be initialised).
+    let host = match a.limits.ves {
+        Some(_) => None,
+        None => Host::open(&ctx.root).ok(),
+    };
+    let ves = ve_count(a.limits.ves, host.as_ref());
+    let report = host_limits::tune(ves, a.dry_run);
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let mut t = Table::new(&["KEY", "BEFORE", "AFTER", "RECOMMENDED", "RESULT"])
+            .right(1)
+            .right(2)
+            .right(3);
+        let num = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());
+        for l in &report.limits {
+            let result = match l.action {
+                TuneAction::Ok => "ok".to_string(),
+                TuneAction::Raised => "raised".to_string(),
+                TuneAction::WouldRaise => {
+                    format!("would raise: {}", l.command.as_deref().unwrap_or_default())
+                }
+                TuneAction::LeftToOperator => format!(
+                    "left to the host: {}",
+                    l.command.as_deref().unwrap_or_default()
+                ),
+                TuneAction::Skipped => {
+                    format!("skipped: {}", l.reason.as_deref().unwrap_or_default())
+                }
+                TuneAction::Failed => "failed (below)".to_string(),
+            };
+            t.row(vec![
+                l.key.to_string(),
+                num(l.before),
+                num(l.after),
+                l.recommended.to_string(),
+                result,
+            ]);
+        }
+        println!("for {ves} VEs:");
+        t.print();
+        if report.persisted {
+            println!("persisted in {}", report.conf.display());
+        } else if report.raised().next().is_some() {
+            println!("{} already held these values", report.conf.display());
+        }
+        if !report.host_netns
+            && report
+                .limits
+                .iter()
+                .any(|l| l.action == TuneAction::LeftToOperator)
+        {
+            println!(
+                "vectl runs in a network namespace of its own: run the commands on the host, and persist them in /etc/sysctl.d"
+            );
+        }
+    }
+    match report.errors.as_slice() {
+        [] => Ok(ExitCode::SUCCESS),
+        [one] => Err(anyhow::anyhow!("{one}")),
+        [first, rest @ ..] => Err(anyhow::anyhow!("{first} (and {} more)", rest.len())),
+    }
 }
 
 /// `vectl host ...`.
 pub fn run(ctx: &Ctx, cmd: HostCommand) -> Result<ExitCode> {
     match cmd {
-        HostCommand::Info => ctx.out.host_info(&ctx.open()?)?,
+        HostCommand::Info(a) => {
+            let host = ctx.open()?;
+            let limits = HostLimits::check(ve_count(a.ves, Some(&host)));
+            ctx.out.host_info(&host, &limits)?;
+            if !ctx.json {
+                print_limits(&limits);
+            }
+        }
+        HostCommand::Tune(a) => return tune(ctx, &a),
         HostCommand::Boot(a) => return boot_or_shutdown(ctx, &a, true),
         HostCommand::Shutdown(a) => return boot_or_shutdown(ctx, &a, false),
         HostCommand::RebindProc(a) => {
@@ -335,7 +526,8 @@ pub fn run(ctx: &Ctx, cmd: HostCommand) -> Result<ExitCode> {
                 lxcfs_dir: a.lxcfs_dir,
                 force: a.force,
             })?;
-            ctx.out.host_info(&host)?;
+            let limits = HostLimits::check(ve_count(None, Some(&host)));
+            ctx.out.host_info(&host, &limits)?;
         }
     }
     Ok(ExitCode::SUCCESS)

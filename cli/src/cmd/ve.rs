@@ -444,6 +444,10 @@ pub struct StartArgs {
     /// Start even if guarantees do not fit beside the running VEs'.
     #[arg(long)]
     force: bool,
+    /// The supervisor's restart: only if no stop or start came since the
+    /// init ended.
+    #[arg(long, hide = true, conflicts_with = "force")]
+    pending_restart: bool,
 }
 
 #[derive(Debug, Args)]
@@ -605,6 +609,13 @@ pub fn start(ctx: &Ctx, a: StartArgs) -> Result<ExitCode> {
         &["start"]
     };
     Ok(a.many.run(ctx, &ves, args, |ve| {
+        if a.pending_restart {
+            match host.ves().start_pending_restart(ve)? {
+                Some(rs) => out.started(ve, &rs),
+                None => out.note(&format!("VE {ve}: not restarted, stopped or started since")),
+            }
+            return Ok(());
+        }
         let rs = host.ves().start(ve, a.force)?;
         out.started(ve, &rs);
         Ok(())
@@ -687,6 +698,9 @@ pub fn list(ctx: &Ctx, a: ListArgs) -> Result<ExitCode> {
     for e in &errors {
         ctx.out.warn(&e.to_string());
     }
+    // Containers OCI engines made through `vectl oci` (their runtime root:
+    // $VECTL_OCI_ROOT or /run/vectl-oci), marked as theirs.
+    let mut oci = ve_runtime::oci::managed(&ve_runtime::oci::default_root());
     if let Some(status) = &a.status {
         let want = match status.as_str() {
             "running" => Status::Running,
@@ -695,18 +709,20 @@ pub fn list(ctx: &Ctx, a: ListArgs) -> Result<ExitCode> {
             _ => Status::Stopped,
         };
         ves.retain(|v| v.status.matches(want));
+        oci.retain(|s| s.status.to_string() == status.as_str());
     }
-    ctx.out.list(&ves, &cols, a.format == "csv");
+    ctx.out.list(&host, &ves, &oci, &cols, a.format == "csv");
     Ok(ExitCode::SUCCESS)
 }
 
 /// `vectl show`.
 pub fn show(ctx: &Ctx, a: VeArg) -> Result<ExitCode> {
-    let d = ctx.open()?.ves().show(&a.ve)?;
+    let host = ctx.open()?;
+    let d = host.ves().show(&a.ve)?;
     for p in &d.problems {
         ctx.out.warn(p);
     }
-    ctx.out.show(&d);
+    ctx.out.show(&host, &d);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -48,6 +48,20 @@
 //!   changed between the last pre-copy round and the switch: downtime (freeze
 //!   to the VE's init running on the target) and the whole migration
 //!
+//! - oci (alone with `--only oci`): `podman run --rm IMAGE true` with vectl's OCI
+//!   runtime (`vectl-oci`) against runc and crun driven by the same podman,
+//!   interleaved, on a busybox image imported from a tarball; podman keeps its
+//!   storage in a directory of the run and its network in the bench's
+//!   namespace. A runtime that fails here (crun 1.8 refuses hybrid cgroup
+//!   hosts) is reported as failed, not timed.
+//!
+//! - scale (alone with `--scale N`, default 1000; issue 23): the cost of one
+//!   VE's create, start, `set --ram`, stop --fast and destroy while 10, 100 and
+//!   N busybox web VEs (`--ram 32M`) run beside it; the N VEs created in one
+//!   command and started with `start --all`, 50 of them sampled over HTTP, `list`,
+//!   `stats` and `stats --json` over them, the drop of MemAvailable per VE, then
+//!   `stop --all --fast` and one destroy of all of them.
+//!
 //! It runs on a loop-backed btrfs pool (as `vectl init` makes by default), or on
 //! the `dir` pool when this machine cannot make one (then without the storage
 //! figures).
@@ -117,6 +131,34 @@ fn main() {
             json,
             runs,
             n,
+            rows.iter().map(|(k, v)| (k.as_str(), *v)).collect(),
+        );
+        return;
+    }
+    let scale = std::env::args()
+        .skip_while(|a| a != "--scale")
+        .nth(1)
+        .and_then(|v| v.parse::<usize>().ok());
+    if only.as_deref() == Some("scale") || scale.is_some() {
+        let rows = scale_figures(h, runs.min(5), scale.unwrap_or(1000));
+        h.release();
+        h.remove_files();
+        print_rows(
+            json,
+            runs,
+            scale.unwrap_or(1000),
+            rows.iter().map(|(k, v)| (k.as_str(), *v)).collect(),
+        );
+        return;
+    }
+    if only.as_deref() == Some("oci") {
+        let rows = oci_figures(runs);
+        h.release();
+        h.remove_files();
+        print_rows(
+            json,
+            runs,
+            nves,
             rows.iter().map(|(k, v)| (k.as_str(), *v)).collect(),
         );
         return;
@@ -412,6 +454,210 @@ fn print_rows(json: bool, runs: usize, nves: usize, rows: Vec<(&str, f64)>) {
 /// A Prometheus scrape (`stats --format prometheus`, and over HTTP with
 /// `stats --http` as vectl-metrics.socket runs it) with `n` busybox VEs
 /// running, 32 MiB each, started together with `start --all`.
+/// An HTTP GET of `/` from `ip`:80 answering 200 within `limit`.
+fn http_ok(ip: &str, limit: Duration) -> bool {
+    use std::io::{Read, Write};
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        let addr = format!("{ip}:80").parse().unwrap();
+        if let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            if out.contains(" 200 ") {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Issue 23's scale figures (see the module documentation).
+fn scale_figures(h: &TestHost, runs: usize, n: usize) -> Vec<(String, f64)> {
+    let mut rows: Vec<(String, f64)> = Vec::new();
+    let (avail0, _) = memory_sample();
+    let mut made = 0usize;
+    let mut levels: Vec<usize> = [10, 100, n].into_iter().filter(|l| *l <= n).collect();
+    levels.dedup();
+    for level in levels {
+        // Grow the population to `level` running VEs.
+        let names: Vec<String> = (made..level).map(|i| format!("s{i:04}")).collect();
+        if !names.is_empty() {
+            let mut create = vec!["create", "--template", "bb", "--ram", "32M", "--if-missing"];
+            create.extend(names.iter().map(String::as_str));
+            let c = timed(|| {
+                h.ok(&create);
+            });
+            let s = timed(|| {
+                h.ok(&["start", "--all"]);
+            });
+            if level == n {
+                let k = names.len();
+                rows.push((
+                    format!("{k} more VEs created in one command, {made} there (ms)"),
+                    c,
+                ));
+                rows.push((format!("start --all of those {k} (ms)"), s));
+            }
+            made = level;
+        }
+        // One VE's lifecycle beside them.
+        let (mut create, mut start, mut set, mut stop, mut destroy) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..runs {
+            create.push(timed(|| {
+                h.ok(&["create", "probe", "--template", "bb", "--ram", "32M"]);
+            }));
+            start.push(timed(|| {
+                h.ok(&["start", "probe"]);
+            }));
+            set.push(timed(|| {
+                h.ok(&["set", "probe", "--ram", "48M"]);
+            }));
+            stop.push(timed(|| {
+                h.ok(&["stop", "--fast", "probe"]);
+            }));
+            destroy.push(timed(|| {
+                h.ok(&["destroy", "probe"]);
+            }));
+        }
+        for (what, v) in [
+            ("create", &mut create),
+            ("start", &mut start),
+            ("set --ram", &mut set),
+            ("stop --fast", &mut stop),
+            ("destroy", &mut destroy),
+        ] {
+            rows.push((format!("{what} of one VE beside {level} (ms)"), median(v)));
+        }
+    }
+    // The N: serving, listed, counted.
+    let listed = h.json(&["list"]);
+    let ips: Vec<String> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["ips"][0].as_str().map(str::to_string))
+        .collect();
+    let step = (ips.len() / 50).max(1);
+    let sampled: Vec<&String> = ips.iter().step_by(step).take(50).collect();
+    let answering = sampled
+        .iter()
+        .filter(|ip| http_ok(ip, Duration::from_secs(20)))
+        .count();
+    rows.push((
+        format!("sampled VEs answering HTTP (of {})", sampled.len()),
+        answering as f64,
+    ));
+    let (avail1, _) = memory_sample();
+    rows.push((
+        "MemAvailable drop per running VE (KiB)".into(),
+        (avail0 - avail1) / n.max(1) as f64,
+    ));
+    for (what, args) in [
+        ("list", vec!["list"]),
+        ("stats", vec!["stats"]),
+        ("stats --json", vec!["--json", "stats"]),
+    ] {
+        let mut t = Vec::new();
+        for _ in 0..runs.max(5) {
+            t.push(timed(|| {
+                h.ok(&args);
+            }));
+        }
+        rows.push((format!("{what} over {n} VEs (ms)"), median(&mut t)));
+    }
+    rows.push((
+        format!("stop --all --fast of {n} VEs (ms)"),
+        timed(|| {
+            h.ok(&["stop", "--all", "--fast"]);
+        }),
+    ));
+    let names: Vec<String> = (0..n).map(|i| format!("s{i:04}")).collect();
+    let mut destroy = vec!["destroy"];
+    destroy.extend(names.iter().map(String::as_str));
+    rows.push((
+        format!("destroy of {n} VEs in one command (ms)"),
+        timed(|| {
+            h.ok(&destroy);
+        }),
+    ));
+    rows
+}
+
+/// `podman run --rm IMAGE true` per runtime, interleaved: median ms each.
+fn oci_figures(runs: usize) -> Vec<(String, f64)> {
+    use std::process::Command;
+    let dir = tempfile::Builder::new()
+        .prefix("vectl-bench-podman-")
+        .tempdir()
+        .unwrap();
+    let d = dir.path();
+    let _ = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status();
+    let wrapper = integration::podman_dir_setup(d);
+    let podman = |args: &[&str]| integration::podman_command(d).args(args).output();
+    let rootfs = integration::busybox_rootfs().unwrap();
+    let tar = d.join("bb.tar");
+    integration::sh(&[
+        "tar",
+        "-C",
+        rootfs.to_str().unwrap(),
+        "-cf",
+        tar.to_str().unwrap(),
+        ".",
+    ])
+    .unwrap();
+    let image = "localhost/vectl-bench:1";
+    let imported = podman(&["import", tar.to_str().unwrap(), image]);
+    if !imported.as_ref().is_ok_and(|o| o.status.success()) {
+        eprintln!("vectl-bench: podman import failed: {imported:?}");
+        return Vec::new();
+    }
+    let parent = format!("--cgroup-parent=/vectl-bench-podman-{}", std::process::id());
+    let mut runtimes: Vec<(String, String)> =
+        vec![("vectl-oci".into(), wrapper.display().to_string())];
+    for r in ["runc", "crun"] {
+        if let Ok(p) = integration::sh(&["sh", "-c", &format!("command -v {r}")]) {
+            runtimes.push((r.into(), p.trim().to_string()));
+        }
+    }
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); runtimes.len()];
+    let mut failed: Vec<Option<String>> = vec![None; runtimes.len()];
+    for _ in 0..runs {
+        for (i, (_, path)) in runtimes.iter().enumerate() {
+            if failed[i].is_some() {
+                continue;
+            }
+            let t = Instant::now();
+            let o = podman(&["--runtime", path, "run", "--rm", &parent, image, "true"]).unwrap();
+            let ms = t.elapsed().as_secs_f64() * 1000.0;
+            if o.status.success() {
+                times[i].push(ms);
+            } else {
+                failed[i] = Some(String::from_utf8_lossy(&o.stderr).trim().to_string());
+            }
+        }
+    }
+    let _ = podman(&["rm", "--all", "--force"]);
+    integration::unmount_below(d);
+    integration::remove_cgroup_everywhere(parent.trim_start_matches("--cgroup-parent="));
+    let mut rows = Vec::new();
+    for (i, (name, _)) in runtimes.iter().enumerate() {
+        match &failed[i] {
+            Some(why) => eprintln!("vectl-bench: podman with {name} failed: {why}"),
+            None => rows.push((
+                format!("podman run --rm true, {name} (ms)"),
+                integration::median(&mut times[i]),
+            )),
+        }
+    }
+    rows
+}
+
 fn metrics_figures(h: &TestHost, runs: usize, n: usize) -> Vec<(String, f64)> {
     let names: Vec<String> = (0..n).map(|i| format!("x{i:04}")).collect();
     let mut create = vec!["create", "--template", "bb", "--ram", "32M", "--if-missing"];
@@ -762,7 +1008,7 @@ fn storage_figures(h: &TestHost, runs: usize) -> Vec<(String, f64)> {
         }));
     }
     let _ = std::process::Command::new("sync").status();
-    let fresh = h.json(&["show", "b0"])["private_bytes"].as_f64().unwrap() / 1024.0;
+    let fresh = h.json(&["show", "b0"])["disk_bytes"].as_f64().unwrap() / 1024.0;
     for i in 0..runs {
         h.ok(&["destroy", &format!("b{i}")]);
     }

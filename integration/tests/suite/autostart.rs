@@ -152,6 +152,12 @@ fn an_init_that_exits_is_told_from_one_that_fails_and_restarts_back_off() {
     h.ok(&["stop", "cx"]);
     std::thread::sleep(Duration::from_secs(5));
     assert_eq!(status(&h, "cx"), "stopped");
+    // The supervisor's restart that lost the race for the VE's lock to that
+    // stop (its `vectl start` already spawned) leaves it stopped.
+    let late = h.run(&["start", "--pending-restart", "cx"]);
+    assert_eq!(late.code, 0, "{late:?}");
+    assert!(late.stderr.contains("not restarted"), "{late:?}");
+    assert_eq!(status(&h, "cx"), "stopped");
 
     // An init that ends before the supervisor holds it (here: while the
     // supervisor is stopped) is seen all the same, with its status. (`start`

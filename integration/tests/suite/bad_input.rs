@@ -379,7 +379,7 @@ fn malformed_sizes_are_usage_errors_naming_the_ve() {
         wrong.join("\n")
     );
     assert!(listed(&h, "new").is_none());
-    assert_eq!(h.json(&["show", "sz"])["limits"]["ram"], "256M");
+    assert_eq!(h.json(&["show", "sz"])["ram_limit_bytes"], 256 << 20);
 }
 
 #[test]

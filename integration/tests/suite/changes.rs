@@ -14,14 +14,14 @@ fn sh(h: &TestHost, ve: &str, script: &str) -> String {
 }
 
 fn nics(h: &TestHost, ve: &str) -> Vec<(String, String, String)> {
-    h.json(&["show", ve])["interfaces"]
+    h.json(&["show", ve])["nics"]
         .as_array()
         .unwrap()
         .iter()
         .map(|n| {
             (
                 n["net"].as_str().unwrap().to_string(),
-                n["ip"].as_str().unwrap().to_string(),
+                n["address"].as_str().unwrap().to_string(),
                 n["mac"].as_str().unwrap().to_string(),
             )
         })

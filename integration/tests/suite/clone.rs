@@ -27,7 +27,7 @@ fn clone_keeps_files_and_takes_a_new_identity(h: &TestHost) {
     assert_eq!(d["status"], "stopped");
     assert_eq!(d["template"], s["template"]);
     assert_eq!(d["hostname"], "dst");
-    assert_eq!(d["limits"]["ram"], "64M");
+    assert_eq!(d["ram_limit_bytes"], 64 << 20);
     assert_ne!(d["id"], s["id"]);
     assert_ne!(d["nics"][0]["ip"], s["nics"][0]["ip"]);
     assert_ne!(d["nics"][0]["mac"], s["nics"][0]["mac"]);
@@ -89,7 +89,7 @@ fn clone_on_the_btrfs_pool() {
     clone_keeps_files_and_takes_a_new_identity(&h);
     // The copy's files count against its own disk limit.
     h.ok(&["set", "dst", "--disk", "64M"]);
-    let used = h.json(&["show", "dst"])["private_bytes"].as_u64().unwrap();
+    let used = h.json(&["show", "dst"])["disk_bytes"].as_u64().unwrap();
     assert!(
         used >= 1 << 20,
         "the clone's 1 MiB is not charged to it: {used}"

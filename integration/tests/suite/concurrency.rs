@@ -139,15 +139,11 @@ fn concurrent_sets_on_one_ve_serialize() {
     }
     // One of the sets won, whole: config and kernel agree on the same i.
     let show = h.json(&["show", "busy"]);
-    let ram = show["limits"]["ram"].as_str().unwrap().to_string();
-    let i: u64 = ram.trim_end_matches('M').parse::<u64>().unwrap() - 64;
+    let ram = show["ram_limit_bytes"].as_u64().unwrap();
+    let i: u64 = (ram >> 20) - 64;
     assert!(i < 12, "{show}");
-    assert_eq!(show["limits"]["pids"], 100 + i, "{show}");
-    assert_eq!(
-        show["limits"]["cpu_limit"],
-        format!("{}%", 10 + i),
-        "{show}"
-    );
+    assert_eq!(show["pids_limit"], 100 + i, "{show}");
+    assert_eq!(show["cpu_limit_percent"], (10 + i) as f64, "{show}");
     assert_eq!(
         kernel(&h, "busy"),
         (
@@ -161,7 +157,9 @@ fn concurrent_sets_on_one_ve_serialize() {
     let list = h.json(&["list"]);
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["status"], "running");
-    assert_eq!(list[0]["limits"], show["limits"]);
+    for f in ["ram_limit_bytes", "pids_limit", "cpu_limit_percent"] {
+        assert_eq!(list[0][f], show[f], "{f}");
+    }
 }
 
 #[test]
@@ -206,7 +204,7 @@ fn commands_on_one_ve_wait_and_on_others_do_not() {
         "set ran while the stop was under way: {set}"
     );
     assert_stopped_clean(&h, "slow");
-    assert_eq!(h.json(&["show", "slow"])["limits"]["pids"], 42);
+    assert_eq!(h.json(&["show", "slow"])["pids_limit"], 42);
     assert_eq!(status(&h, "fast"), "running");
 }
 

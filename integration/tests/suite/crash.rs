@@ -457,7 +457,7 @@ fn set_crash(test: &str, failpoint: &str) {
             "VE {ve}: the killed set was not finished"
         );
         let show = h.json(&["show", ve]);
-        assert_eq!(show["limits"]["ram"], "256M", "{show}");
+        assert_eq!(show["ram_limit_bytes"], 256 << 20, "{show}");
         assert_eq!(consistent(&h, ve), "running");
         // And the VE goes on as usual.
         h.ok(&["set", ve, "--pids", "70"]);

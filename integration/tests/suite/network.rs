@@ -393,7 +393,7 @@ fn bridged_ves_are_on_the_lan_with_their_own_macs() {
     net.ok(&["busybox", "ping", "-c", "1", "-W", "5", "192.0.2.10"])
         .unwrap();
     assert_eq!(lan_http(&net, "http://192.0.2.10/"), "hello from b1\n");
-    let mac = h.json(&["show", "b1"])["interfaces"][0]["mac"]
+    let mac = h.json(&["show", "b1"])["nics"][0]["mac"]
         .as_str()
         .unwrap()
         .to_string();
@@ -609,7 +609,7 @@ fn links_rules_and_routes_go_with_stop_destroy_and_net_rm() {
     // the other name while the kernel removes the first.
     h.ok(&["stop", "--fast", "c"]);
     h.ok(&["start", "c"]);
-    let now = h.json(&["show", "c"])["interfaces"][0]["port"]
+    let now = h.json(&["show", "c"])["nics"][0]["port"]
         .as_str()
         .unwrap()
         .to_string();
@@ -959,7 +959,7 @@ fn a_net_limit_caps_each_direction_and_changes_live() {
     let up = upload_rate(&h, "lim", &gw, 16);
     assert!(up > 60.0, "upload {up:.2} Mbit/s with no limit");
     assert_eq!(
-        h.json(&["show", "lim"])["limits"]["net_limit"],
+        h.json(&["show", "lim"])["net_limit_bits_per_second"],
         serde_json::Value::Null
     );
 }
@@ -1154,4 +1154,172 @@ fn ip_of_nic(h: &TestHost, ve: &str, i: usize) -> String {
         .as_str()
         .expect("an address")
         .to_string()
+}
+
+/// Where the claim on `key` in `dir` (ids, ips/NET, userns) points.
+fn claim(h: &TestHost, dir: &str, key: &str) -> Option<String> {
+    std::fs::read_link(h.root().join(dir).join(key))
+        .ok()
+        .map(|t| t.to_string_lossy().into_owned())
+}
+
+/// The keys claimed in `dir`, sorted.
+fn claimed(h: &TestHost, dir: &str) -> Vec<String> {
+    let mut keys: Vec<String> = std::fs::read_dir(h.root().join(dir))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    keys.sort();
+    keys
+}
+
+fn range_key(h: &TestHost, ve: &str) -> String {
+    let show = h.json(&["show", ve]);
+    let u = &show["userns"];
+    format!("{}-{}", u["base"], u["count"])
+}
+
+#[test]
+fn claims_follow_create_rename_set_and_destroy_and_stale_or_edited_ones_do_no_harm() {
+    let Some(h) = TestHost::new("claims") else {
+        return;
+    };
+    // 14 host addresses, the gateway one: 13 VEs fit.
+    h.ok(&[
+        "net",
+        "create",
+        "tiny",
+        "--mode",
+        "nat",
+        "--subnet",
+        "10.75.0.0/28",
+    ]);
+    let net = |ve: &str| ["create", ve, "-T", "bb", "--net", "tiny"].map(str::to_string);
+    let create = |ve: &str, extra: &[&str]| {
+        let mut args: Vec<String> = net(ve).to_vec();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        h.run(&args)
+    };
+    for ve in ["a", "b"] {
+        let r = create(ve, &[]);
+        assert_eq!(r.code, 0, "{r:?}");
+    }
+    let (ip_a, ip_b) = (ip_of(&h, "a"), ip_of(&h, "b"));
+    let id_b = h.json(&["show", "b"])["id"].to_string();
+    assert_eq!(claim(&h, "ips/tiny", &ip_a).as_deref(), Some("a"));
+    assert_eq!(
+        claim(&h, "userns", &range_key(&h, "a")).as_deref(),
+        Some("a")
+    );
+    assert_eq!(claimed(&h, "userns").len(), 2);
+
+    // A rename takes the claims along; a new address gives the old one back.
+    h.ok(&["rename", "b", "b2"]);
+    assert_eq!(claim(&h, "ips/tiny", &ip_b).as_deref(), Some("b2"));
+    assert_eq!(claim(&h, "ids", &id_b).as_deref(), Some("b2"));
+    assert_eq!(
+        claim(&h, "userns", &range_key(&h, "b2")).as_deref(),
+        Some("b2")
+    );
+    h.ok(&["set", "b2", "--net", "tiny", "--ip", "10.75.0.14"]);
+    assert_eq!(claim(&h, "ips/tiny", "10.75.0.14").as_deref(), Some("b2"));
+    assert_eq!(claim(&h, "ips/tiny", &ip_b), None);
+    h.ok(&["set", "b2", "--userns", "host"]);
+    assert_eq!(claimed(&h, "userns").len(), 1);
+
+    // Destroy releases every claim of the VE.
+    let (id_a, range_a) = (h.json(&["show", "a"])["id"].to_string(), range_key(&h, "a"));
+    h.ok(&["destroy", "a"]);
+    assert_eq!(claim(&h, "ips/tiny", &ip_a), None);
+    assert_eq!(claim(&h, "ids", &id_a), None);
+    assert_eq!(claim(&h, "userns", &range_a), None);
+
+    // A create killed after its claims leaves them stale: its address can be
+    // asked for again, and the name used again.
+    let r = h
+        .command()
+        .args(net("k"))
+        .args(["--ip", "10.75.0.9"])
+        .env("VECTL_FAILPOINT", "create-after-volume")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!r.status.success());
+    let r = h
+        .command()
+        .args(net("k"))
+        .args(["--ip", "10.75.0.10"])
+        .env("VECTL_FAILPOINT", "create-after-firewall")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!r.status.success());
+    assert_eq!(claim(&h, "ips/tiny", "10.75.0.10").as_deref(), Some("k"));
+    let r = create("k2", &["--ip", "10.75.0.10"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(claim(&h, "ips/tiny", "10.75.0.10").as_deref(), Some("k2"));
+    let r = create("k", &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+
+    // Stale claims on every free address (a VE without a config holds them):
+    // a create on the full network frees them rather than refuse.
+    let all: Vec<String> = (2..=14).map(|i| format!("10.75.0.{i}")).collect();
+    for ip in &all {
+        if claim(&h, "ips/tiny", ip).is_none() {
+            std::os::unix::fs::symlink("ghost", h.root().join("ips/tiny").join(ip)).unwrap();
+        }
+    }
+    let r = create("after-ghosts", &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let mut ips: Vec<String> = ["b2", "k2", "k", "after-ghosts"]
+        .iter()
+        .map(|ve| ip_of(&h, ve))
+        .collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 4, "duplicate addresses: {ips:?}");
+
+    // A root without claims (made by a vectl before them) gets them built from
+    // its configs: no address or range of a VE is given out again.
+    std::fs::remove_dir_all(h.root().join("ips")).unwrap();
+    std::fs::remove_dir_all(h.root().join("userns")).unwrap();
+    let r = create("fresh", &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let mut ips: Vec<String> = ["b2", "k2", "k", "after-ghosts", "fresh"]
+        .iter()
+        .map(|ve| ip_of(&h, ve))
+        .collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 5, "duplicate addresses: {ips:?}");
+    let ranges: std::collections::BTreeSet<String> = ["k2", "k", "after-ghosts", "fresh"]
+        .iter()
+        .map(|ve| range_key(&h, ve))
+        .collect();
+    assert_eq!(ranges.len(), 4, "{ranges:?}");
+    assert_eq!(claim(&h, "ips/tiny", &ip_of(&h, "k")).as_deref(), Some("k"));
+
+    // A config edited by hand to another VE's address: the first to start
+    // keeps it, the other is refused in one line.
+    let path = h.root().join("ves/fresh.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let edited = text.replace(&ip_of(&h, "fresh"), &ip_of(&h, "k2"));
+    assert_ne!(text, edited);
+    std::fs::write(&path, edited).unwrap();
+    h.ok(&["start", "k2"]);
+    let e = h.fails(&["start", "fresh"]);
+    assert!(e.contains("is VE k2's too"), "{e}");
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    h.ok(&["stop", "--fast", "k2"]);
+    // The net goes with its claims.
+    for ve in ["b2", "k2", "k", "after-ghosts", "fresh"] {
+        h.ok(&["destroy", ve]);
+    }
+    h.ok(&["net", "rm", "tiny"]);
+    assert!(!h.root().join("ips/tiny").exists());
 }

@@ -4,7 +4,9 @@
 //! Debian package of `scripts/build-deb.sh`: its control fields and maintainer
 //! scripts, and every file in it, extracted and compared with what it was made
 //! from. The package is built from the suite's own vectl binary
-//! (`VECTL_DEB_BIN`) and never installed here. None of this needs root.
+//! (`VECTL_DEB_BIN`). One test installs it on this host for real, as a user
+//! would (`dpkg -i`, `apt-get -f install`), uses it and purges it, leaving no
+//! trace; that one needs root, the rest does not.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -632,4 +634,582 @@ fn maintainer_scripts_act_as_units_sh_and_stop_no_ve(test: &str, control: &Path,
         purged.iter().collect::<BTreeSet<_>>(),
         want.iter().collect::<BTreeSet<_>>()
     );
+}
+
+/// The standard PATH of a root shell: dpkg wants ldconfig and
+/// start-stop-daemon on it.
+const ROOT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// `dpkg-query`'s status of vectl's package (`install ok installed`), `None`
+/// while dpkg does not know it.
+fn vectl_package_status() -> Option<String> {
+    let r = run(Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", "vectl"])
+        .env("LC_ALL", "C"));
+    (r.code == 0 && !r.stdout.ends_with(" not-installed")).then(|| r.stdout.trim().to_string())
+}
+
+/// Every path below each of `dirs` (that exists), sorted.
+fn paths_below(dirs: &[&str]) -> BTreeSet<PathBuf> {
+    fn walk(dir: &Path, out: &mut BTreeSet<PathBuf>) {
+        let Ok(rd) = fs::read_dir(dir) else { return };
+        for e in rd.flatten() {
+            out.insert(e.path());
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&e.path(), out);
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    for d in dirs {
+        walk(Path::new(d), &mut out);
+    }
+    out
+}
+
+/// Where systemd's enablement of units is recorded: the links
+/// (`deb-systemd-helper enable`, `systemctl enable`) and deb-systemd-helper's
+/// state. A purge leaves these as they were before the install.
+const ENABLEMENT: [&str; 3] = [
+    "/etc/systemd/system",
+    "/var/lib/systemd/deb-systemd-helper-enabled",
+    "/var/lib/systemd/deb-systemd-helper-masked",
+];
+
+/// The processes on this host running `exe`.
+fn procs_running(exe: &Path) -> Vec<i32> {
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| {
+                let p = p.to_string_lossy();
+                p.strip_suffix(" (deleted)").unwrap_or(&p) == exe.to_string_lossy()
+            })
+        })
+        .collect()
+}
+
+/// vectl's package as installed on this host by the test: runs dpkg and apt
+/// with a policy-rc.d that records what the maintainer scripts would start
+/// and forbids it (Debian's way to install without starting services; it is
+/// /usr/sbin/policy-rc.d only in a mount namespace of each command's own, never
+/// on the host). Dropped, pass or fail, it purges the package.
+struct InstalledPackage {
+    policy: tempfile::TempDir,
+}
+
+impl InstalledPackage {
+    fn new() -> Self {
+        let policy = tempfile::Builder::new()
+            .prefix("vectl-policy-")
+            .tempdir()
+            .unwrap();
+        fs::set_permissions(policy.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let log = policy.path().join("log");
+        fs::write(&log, "").unwrap();
+        let script = policy.path().join("policy-rc.d");
+        fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\n# vectl's package test: nothing starts\necho \"$*\" >>'{}'\nexit 101\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+        InstalledPackage { policy }
+    }
+
+    /// What policy-rc.d was asked (`vectl-supervisor.service start`), one line
+    /// each, since the last call.
+    fn policy_asked(&self) -> Vec<String> {
+        let log = self.policy.path().join("log");
+        let text = fs::read_to_string(&log).unwrap();
+        fs::write(&log, "").unwrap();
+        text.lines().map(str::to_string).collect()
+    }
+
+    /// `prog ARGS` as root would type it (C locale, noninteractive), with the
+    /// policy-rc.d in place. Where the overlay cannot be mounted it is needed
+    /// only if systemd runs (without it, the scripts start nothing).
+    fn cmd(&self, prog: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["-m", "--propagation", "private", "sh", "-c"])
+            .arg(format!(
+                "mount -t overlay vectl-test-policy -o lowerdir='{}':/usr/sbin /usr/sbin \
+                 || [ ! -d /run/systemd/system ] || exit 99; exec \"$0\" \"$@\"",
+                self.policy.path().display()
+            ))
+            .arg(prog)
+            .args(args)
+            .env("PATH", ROOT_PATH)
+            .env("LC_ALL", "C")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .env_remove("DPKG_ROOT")
+            .stdin(Stdio::null());
+        cmd
+    }
+}
+
+impl Drop for InstalledPackage {
+    fn drop(&mut self) {
+        if let Some(status) = vectl_package_status() {
+            eprintln!("removing vectl's package ({status}) after the test");
+            match self.cmd("dpkg", &["--purge", "vectl"]).output() {
+                Ok(o) if o.status.success() => {}
+                Ok(o) => eprintln!(
+                    "dpkg --purge vectl failed: {}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+                Err(e) => eprintln!("dpkg --purge vectl: {e}"),
+            }
+        }
+    }
+}
+
+/// A Depends or Recommends entry: `name`, or `name (OP VERSION)`; the first of
+/// alternatives.
+fn relation(entry: &str) -> (String, Option<(String, String)>) {
+    let first = entry.split('|').next().unwrap().trim();
+    match first.split_once('(') {
+        None => (first.to_string(), None),
+        Some((name, rest)) => {
+            let rest = rest.trim_end_matches(')');
+            let (op, version) = rest.trim().split_once(' ').unwrap();
+            (
+                name.trim().to_string(),
+                Some((op.to_string(), version.trim().to_string())),
+            )
+        }
+    }
+}
+
+/// The packages holding the shared libraries `bin` links (its NEEDED entries,
+/// found where the dynamic loader finds them), by `dpkg -S`.
+fn library_packages(bin: &Path) -> BTreeSet<String> {
+    let dynamic = run(Command::new("readelf").arg("-d").arg(bin));
+    assert_eq!(dynamic.code, 0, "{dynamic:?}");
+    let needed: Vec<String> = dynamic
+        .stdout
+        .lines()
+        .filter(|l| l.contains("(NEEDED)"))
+        .map(|l| {
+            l.split('[')
+                .nth(1)
+                .unwrap()
+                .trim_end_matches(']')
+                .to_string()
+        })
+        .collect();
+    assert!(
+        needed.iter().any(|n| n.starts_with("libc.so")),
+        "{needed:?}"
+    );
+    let ldd = run(Command::new("ldd").arg(bin));
+    assert_eq!(ldd.code, 0, "{ldd:?}");
+    let mut out = BTreeSet::new();
+    for soname in &needed {
+        let path = ldd
+            .stdout
+            .lines()
+            .find_map(|l| {
+                // "libc.so.6 => /lib/.../libc.so.6 (0x...)", or the loader's
+                // "/lib64/ld-linux-x86-64.so.2 (0x...)".
+                let l = l.trim();
+                match l.split_once(" => ") {
+                    Some((name, rest)) => {
+                        (name == soname).then(|| rest.split(" (").next().unwrap().to_string())
+                    }
+                    None => {
+                        let path = l.split(" (").next().unwrap();
+                        path.ends_with(&format!("/{soname}"))
+                            .then(|| path.to_string())
+                    }
+                }
+            })
+            .unwrap_or_else(|| panic!("ldd does not find {soname}: {ldd:?}"));
+        // Merged /usr: dpkg may know the file by its other name.
+        let other = match path.strip_prefix("/usr") {
+            Some(p) => p.to_string(),
+            None => format!("/usr{path}"),
+        };
+        let owner = [&path, &other]
+            .into_iter()
+            .map(|p| run(Command::new("dpkg").args(["-S", p]).env("LC_ALL", "C")))
+            .find(|r| r.code == 0)
+            .unwrap_or_else(|| panic!("no package holds {path}"));
+        // "libc6:amd64: /lib/x86_64-linux-gnu/libc.so.6"
+        let pkg = owner
+            .stdout
+            .lines()
+            .next()
+            .unwrap()
+            .split(':')
+            .next()
+            .unwrap();
+        out.insert(pkg.to_string());
+    }
+    out
+}
+
+/// The Depends of the package on a fresh machine: what it names are exactly
+/// the packages of its shared libraries, btrfs-progs and nftables; apt can
+/// install each (`apt-cache policy`: a candidate of the version asked); and
+/// `dpkg -i` then `apt-get -f install` on a machine without btrfs-progs and
+/// nftables installs them and configures vectl, as apt simulates it on this
+/// host's package lists with a dpkg status file that lacks them (nothing is
+/// downloaded or installed; no `apt-get update`).
+fn depends_resolve_on_a_fresh_machine(deb: &Path, work: &Path) {
+    let fields = deb_fields(deb);
+    let depends: Vec<(String, Option<(String, String)>)> =
+        fields["Depends"].split(',').map(relation).collect();
+    let names: BTreeSet<String> = depends.iter().map(|d| d.0.clone()).collect();
+    let x = work.join("fresh-x");
+    let r = run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&x));
+    assert_eq!(r.code, 0, "{r:?}");
+    let libs = library_packages(&x.join("usr/bin/vectl"));
+    let mut want = libs.clone();
+    want.extend(["btrfs-progs".to_string(), "nftables".to_string()]);
+    assert_eq!(names, want, "Depends: {}", fields["Depends"]);
+    let recommends: BTreeSet<String> = fields["Recommends"]
+        .split(',')
+        .map(|e| relation(e).0)
+        .collect();
+    let want: BTreeSet<String> = ["lxcfs", "openssh-client", "rsync"]
+        .map(String::from)
+        .into();
+    assert_eq!(recommends, want);
+
+    let wanted = depends
+        .iter()
+        .cloned()
+        .chain(recommends.iter().map(|n| (n.clone(), None)));
+    for (name, version) in wanted {
+        let policy = run(Command::new("apt-cache")
+            .args(["policy", &name])
+            .env("LC_ALL", "C"));
+        assert_eq!(policy.code, 0, "{policy:?}");
+        let candidate = policy
+            .stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Candidate: "))
+            .unwrap_or_else(|| panic!("apt knows no {name}: {policy:?}"));
+        assert_ne!(candidate, "(none)", "apt cannot install {name}: {policy:?}");
+        if let Some((op, v)) = version {
+            let ok = run(Command::new("dpkg").args(["--compare-versions", candidate, &op, &v]));
+            assert_eq!(ok.code, 0, "{name}: candidate {candidate} is not {op} {v}");
+        }
+    }
+
+    // This host's dpkg status without the Depends that are no library, and
+    // vectl unpacked with its Depends unmet: where `dpkg -i` leaves it on a
+    // fresh machine.
+    let status = fs::read_to_string("/var/lib/dpkg/status").unwrap();
+    let missing: Vec<&String> = names.iter().filter(|n| !libs.contains(*n)).collect();
+    let mut fake: Vec<String> = status
+        .split("\n\n")
+        .filter(|s| {
+            let pkg = s.lines().find_map(|l| l.strip_prefix("Package: "));
+            !pkg.is_some_and(|p| missing.iter().any(|m| m.as_str() == p.trim()))
+        })
+        .map(|s| s.trim_matches('\n').to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let control = run(Command::new("dpkg-deb").arg("-f").arg(deb));
+    assert_eq!(control.code, 0, "{control:?}");
+    let (first, rest) = control.stdout.split_once('\n').unwrap();
+    fake.push(format!(
+        "{first}\nStatus: install ok unpacked\n{}",
+        rest.trim_end()
+    ));
+    let fake_status = work.join("fresh-status");
+    fs::write(&fake_status, fake.join("\n\n") + "\n").unwrap();
+    let r = run(Command::new("apt-get")
+        .arg("-s")
+        .arg(format!("-o=Dir::State::status={}", fake_status.display()))
+        .args(["-f", "install"])
+        .env("LC_ALL", "C"));
+    assert_eq!(r.code, 0, "{r:?}");
+    for m in &missing {
+        assert!(
+            r.stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("Inst {m} "))),
+            "apt-get -f install would not install {m}: {r:?}"
+        );
+    }
+    assert!(
+        r.stdout.lines().any(|l| l.starts_with("Conf vectl ")),
+        "{r:?}"
+    );
+    assert!(r.stdout.contains(" 0 to remove"), "{r:?}");
+}
+
+#[test]
+fn the_debian_package_installs_with_dpkg_and_apt_runs_and_purges_without_a_trace() {
+    let test = "the_debian_package_installs_with_dpkg_and_apt_runs_and_purges_without_a_trace";
+    for tool in ["dpkg", "dpkg-deb", "apt-get", "apt-cache", "readelf", "ldd"] {
+        if !installed(tool) {
+            skip(
+                test,
+                &format!("{tool} is not installed (no Debian package tools)"),
+            );
+            return;
+        }
+    }
+    if !integration::is_root(test) {
+        return;
+    }
+    // Someone's own install is theirs: the test would remove it.
+    if vectl_package_status().is_some() {
+        skip(
+            test,
+            "vectl's Debian package is installed on this host already",
+        );
+        return;
+    }
+    let repo = repo_dir();
+    let work = tempfile::tempdir().unwrap();
+    let r = run(Command::new(repo.join("scripts/build-deb.sh"))
+        .arg(work.path().join("out"))
+        .env("VECTL_DEB_BIN", vectl_bin())
+        .env("DPKG_DEB_COMPRESSOR_TYPE", "gzip"));
+    assert_eq!(r.code, 0, "{r:?}");
+    let deb = PathBuf::from(r.stdout.trim());
+    let version = workspace_version();
+
+    depends_resolve_on_a_fresh_machine(&deb, work.path());
+
+    // Files of the package that are on this host already (a hand install, the
+    // quick start's units enabled) would be overwritten, then purged.
+    let contents = deb_contents(&deb);
+    let of_kind = |kind: char| -> Vec<PathBuf> {
+        contents
+            .iter()
+            .filter(|(_, (mode, _))| mode.starts_with(kind))
+            .map(|(p, _)| Path::new("/").join(p.trim_start_matches("./")))
+            .collect()
+    };
+    let files = of_kind('-');
+    let dirs = of_kind('d');
+    assert!(
+        dirs.contains(&PathBuf::from("/usr/share/vectl/")),
+        "{dirs:?}"
+    );
+    let dirs_before: BTreeSet<&PathBuf> = dirs.iter().filter(|d| d.is_dir()).collect();
+    let units: Vec<String> = files
+        .iter()
+        .filter(|p| p.parent() == Some(Path::new("/lib/systemd/system")))
+        .map(|p| p.file_name().unwrap().to_str().unwrap().to_string())
+        .collect();
+    assert!(
+        units.contains(&"vectl-supervisor.service".to_string()),
+        "{units:?}"
+    );
+    let enablement_before = paths_below(&ENABLEMENT);
+    let ours: Vec<&PathBuf> = files
+        .iter()
+        .filter(|p| p.symlink_metadata().is_ok())
+        .chain(enablement_before.iter().filter(|p| {
+            units.iter().any(|u| {
+                p.file_name()
+                    .is_some_and(|n| n.to_str() == Some(u.as_str()))
+            })
+        }))
+        .collect();
+    if !ours.is_empty() {
+        skip(
+            test,
+            &format!("vectl is installed on this host already, not by its package: {ours:?}"),
+        );
+        return;
+    }
+
+    let pkg = InstalledPackage::new();
+    let dpkg = run(&mut pkg.cmd("dpkg", &["-i", deb.to_str().unwrap()]));
+    assert_eq!(dpkg.code, 0, "dpkg -i: {dpkg:?}");
+    // The maintainer scripts ask to start vectl-supervisor.service and
+    // vectl.service (as scripts/units.sh does), only where systemd runs.
+    let systemd = Path::new("/run/systemd/system").is_dir();
+    let asked = pkg.policy_asked();
+    if systemd {
+        assert_eq!(
+            asked,
+            ["vectl-supervisor.service start", "vectl.service start"],
+            "{dpkg:?}"
+        );
+    } else {
+        assert!(asked.is_empty(), "{asked:?}");
+        assert!(
+            dpkg.stdout
+                .contains("vectl: no systemd: run `vectl supervise --all-roots`"),
+            "{dpkg:?}"
+        );
+    }
+
+    // The second half of a user's install: nothing to do here, and nothing
+    // downloaded (`--no-download` makes sure: no network in tests).
+    let apt = run(&mut pkg.cmd(
+        "apt-get",
+        &[
+            "-f",
+            "install",
+            "-y",
+            "--no-download",
+            "-o",
+            "DPkg::Lock::Timeout=120",
+        ],
+    ));
+    assert_eq!(apt.code, 0, "apt-get -f install: {apt:?}");
+    assert!(
+        apt.stdout
+            .contains("0 upgraded, 0 newly installed, 0 to remove"),
+        "{apt:?}"
+    );
+    assert!(
+        !apt.stdout.contains("Need to get") && !apt.stdout.contains("Get:"),
+        "{apt:?}"
+    );
+    assert!(pkg.policy_asked().is_empty());
+    assert_eq!(
+        vectl_package_status().as_deref(),
+        Some("install ok installed")
+    );
+
+    let listed = run(Command::new("dpkg").args(["-L", "vectl"]));
+    assert_eq!(listed.code, 0, "{listed:?}");
+    let listed: Vec<PathBuf> = listed.stdout.lines().map(PathBuf::from).collect();
+    for f in &files {
+        assert!(listed.contains(f), "dpkg -L does not list {}", f.display());
+        assert!(f.is_file(), "{} is not installed", f.display());
+    }
+
+    // As a user: the command, its manual, its completion, its units.
+    let r = run(Command::new("/usr/bin/vectl")
+        .arg("--version")
+        .env_remove("VECTL_ROOT"));
+    assert_eq!(
+        (r.code, r.stdout.trim()),
+        (0, format!("vectl {version}").as_str())
+    );
+    // The OCI runtime, as engines call it: the link, answering as vectl-oci.
+    let r = run(Command::new("/usr/bin/vectl-oci").arg("features"));
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("\"ociVersionMax\""), "{r:?}");
+    assert_eq!(
+        fs::read_link("/usr/bin/vectl-oci").unwrap(),
+        PathBuf::from("vectl")
+    );
+    // On PATH (where the quick start's /usr/local/bin/vectl is not first).
+    if !Path::new("/usr/local/bin/vectl").exists() {
+        let r = run(Command::new("sh")
+            .args(["-c", "command -v vectl"])
+            .env("PATH", ROOT_PATH));
+        assert_eq!(r.stdout.trim(), "/usr/bin/vectl", "{r:?}");
+    }
+    let page = Path::new("/usr/share/man/man8/vectl-template-import.8.gz");
+    assert!(page.is_file());
+    if installed("man") {
+        for (name, file) in [
+            ("vectl", "/usr/share/man/man8/vectl.8.gz"),
+            ("vectl-template-import", page.to_str().unwrap()),
+        ] {
+            let r = run(Command::new("man")
+                .args(["-w", "8", name])
+                .env("PATH", ROOT_PATH)
+                .env("LC_ALL", "C"));
+            assert_eq!(
+                (r.code, r.stdout.trim()),
+                (0, file),
+                "man -w 8 {name}: {r:?}"
+            );
+        }
+    } else {
+        eprintln!("{test}: man is not installed: checked the pages' files only");
+    }
+    // bash-completion loads /usr/share/bash-completion/completions/vectl when
+    // vectl is first completed; without it, the file itself.
+    let loader = "/usr/share/bash-completion/bash_completion";
+    let line = if Path::new(loader).is_file() {
+        format!("source {loader}; __load_completion vectl; complete -p vectl")
+    } else {
+        "source /usr/share/bash-completion/completions/vectl; complete -p vectl".to_string()
+    };
+    let r = run(Command::new("bash").args(["-c", &line]));
+    // `complete -o bashdefault -o default -F _vectl vectl`, say.
+    let spec = r.stdout.trim();
+    assert!(
+        r.code == 0 && spec.starts_with("complete ") && spec.ends_with(" -F _vectl vectl"),
+        "{r:?}"
+    );
+    for u in &units {
+        let text = fs::read_to_string(Path::new("/lib/systemd/system").join(u)).unwrap();
+        assert!(!text.contains("/usr/local/"), "{u}");
+    }
+    // Enabled as units.sh does: the supervisor and the boot unit, not the
+    // metrics units (`--root`: systemctl reads the links, not asking systemd).
+    if installed("systemctl") {
+        for u in &units {
+            let r = run(Command::new("systemctl")
+                .args(["--root=/", "is-enabled", u])
+                .env("LC_ALL", "C"));
+            let want = u == "vectl-supervisor.service" || u == "vectl.service";
+            assert_eq!(r.stdout.trim() == "enabled", want, "{u}: {r:?}");
+        }
+    }
+    // Nothing runs /usr/bin/vectl: policy-rc.d forbade the starts, and
+    // without systemd the scripts start nothing.
+    let running = procs_running(Path::new("/usr/bin/vectl"));
+    assert!(running.is_empty(), "/usr/bin/vectl runs: {running:?}");
+    if systemd {
+        for u in ["vectl-supervisor.service", "vectl.service"] {
+            let r = run(Command::new("systemctl").args(["is-active", u]));
+            assert_ne!(r.stdout.trim(), "active", "{u}: {r:?}");
+        }
+    }
+
+    // Purged, every file of the package is gone, so are the directories it
+    // made, its dpkg records and its units' enablement.
+    let r = run(&mut pkg.cmd("dpkg", &["--purge", "vectl"]));
+    assert_eq!(r.code, 0, "dpkg --purge: {r:?}");
+    assert_eq!(vectl_package_status(), None);
+    for p in &listed {
+        // The package's directories: those it made are gone (below).
+        if dirs.contains(p) {
+            continue;
+        }
+        assert!(p.symlink_metadata().is_err(), "{} is left", p.display());
+    }
+    for d in &dirs {
+        assert_eq!(d.is_dir(), dirs_before.contains(&d), "{}", d.display());
+    }
+    let left: Vec<PathBuf> = fs::read_dir("/var/lib/dpkg/info")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("vectl.") || n.starts_with("vectl:"))
+        })
+        .collect();
+    assert!(left.is_empty(), "dpkg's records are left: {left:?}");
+    assert_eq!(
+        paths_below(&ENABLEMENT),
+        enablement_before,
+        "units' enablement"
+    );
+    // prerm stops what runs but vectl.service (its stop stops every VE).
+    let asked: BTreeSet<String> = pkg.policy_asked().into_iter().collect();
+    let want: BTreeSet<String> = units
+        .iter()
+        .filter(|u| systemd && *u != "vectl.service" && !u.contains("@."))
+        .map(|u| format!("{u} stop"))
+        .collect();
+    assert_eq!(asked, want);
+    drop(pkg);
 }

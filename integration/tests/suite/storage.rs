@@ -391,13 +391,13 @@ fn a_ve_writing_past_its_disk_limit_gets_edquot_and_stays_usable() {
 
     commit(&h);
     let s = show(&h, "quota1");
-    let used = num(&s, "private_bytes");
+    let used = num(&s, "disk_bytes");
     assert!(
         (45 * MIB..=51 * MIB).contains(&used),
-        "show private_bytes {used} is not near the 50M limit: {s}"
+        "show disk_bytes {used} is not near the 50M limit: {s}"
     );
     assert_eq!(num(&s, "disk_limit_bytes"), 50 * MIB, "{s}");
-    assert_eq!(s["limits"]["disk"], "50M", "{s}");
+    assert_eq!(s["disk_limit_bytes"], 50 * MIB, "{s}");
     let st = ve_stats(&h, "quota1");
     let disk = num(&st, "disk_bytes");
     assert!(
@@ -463,7 +463,7 @@ fn raising_the_disk_limit_of_a_full_running_ve_lets_the_next_write_through() {
     commit(&h);
     let s = show(&h, "grow");
     assert_eq!(num(&s, "disk_limit_bytes"), 100 * MIB, "{s}");
-    assert!(num(&s, "private_bytes") >= 45 * MIB, "{s}");
+    assert!(num(&s, "disk_bytes") >= 45 * MIB, "{s}");
     // And the new limit holds too.
     let r = write_mib(&h, "grow", "/third", 80);
     assert_edquot(&r, "80 MB more under --disk 100M");
@@ -493,7 +493,7 @@ fn a_disk_limit_shrinks_above_the_usage_and_is_refused_below_it() {
     assert_eq!(kernel_disk_limit(&h, "shr"), Some(100 * MIB));
     let s = show(&h, "shr");
     assert_eq!(num(&s, "disk_limit_bytes"), 100 * MIB, "{s}");
-    assert_eq!(s["limits"]["disk"], "100M", "{s}");
+    assert_eq!(s["disk_limit_bytes"], 100 * MIB, "{s}");
     assert_eq!(num(&ve_stats(&h, "shr"), "disk_limit_bytes"), 100 * MIB);
 
     // Below the usage: refused, naming the usage; nothing changes.
@@ -507,7 +507,7 @@ fn a_disk_limit_shrinks_above_the_usage_and_is_refused_below_it() {
         panic!("{p}");
     }
     assert_eq!(config_text(&h, "shr"), config);
-    assert_eq!(show(&h, "shr")["limits"]["disk"], "100M");
+    assert_eq!(show(&h, "shr")["disk_limit_bytes"], 100 * MIB);
     assert_eq!(kernel_disk_limit(&h, "shr"), Some(100 * MIB));
     assert_eq!(sh_ok(&h, "shr", "md5sum /data"), md5);
     // The VE can still fill up to the kept limit.
@@ -575,8 +575,8 @@ fn two_ves_on_one_pool_have_independent_disk_limits() {
     let b = show(&h, "large");
     assert_eq!(num(&a, "disk_limit_bytes"), 20 * MIB, "{a}");
     assert_eq!(num(&b, "disk_limit_bytes"), 100 * MIB, "{b}");
-    assert!(num(&a, "private_bytes") <= 21 * MIB, "{a}");
-    assert!(num(&b, "private_bytes") >= 50 * MIB, "{b}");
+    assert!(num(&a, "disk_bytes") <= 21 * MIB, "{a}");
+    assert!(num(&b, "disk_bytes") >= 50 * MIB, "{b}");
     assert_eq!(kernel_disk_limit(&h, "small"), Some(20 * MIB));
     assert_eq!(kernel_disk_limit(&h, "large"), Some(100 * MIB));
     assert_ne!(
@@ -999,7 +999,7 @@ fn bad_disk_sizes_are_refused_and_change_nothing() {
     assert!(listed(&h, "bd2").is_none());
     assert!(!volume(&h, "bd2").exists());
     assert_eq!(kernel_disk_limit(&h, "bd"), Some(50 * MIB));
-    assert_eq!(show(&h, "bd")["limits"]["disk"], "50M");
+    assert_eq!(show(&h, "bd")["disk_limit_bytes"], 50 * MIB);
 }
 
 #[test]
@@ -1396,7 +1396,7 @@ fn a_ve_costs_no_copy_of_its_template() {
     for i in 0..10 {
         let ve = format!("cheap{i}");
         let s = show(&h, &ve);
-        let own = num(&s, "private_bytes");
+        let own = num(&s, "disk_bytes");
         assert!(own <= 64 * KIB, "fresh VE {ve} uses {own} bytes: {s}");
     }
     // The template's data is there for the VEs all the same.
@@ -1430,7 +1430,7 @@ fn a_restored_snapshot_still_counts_against_the_disk_limit() {
     let s = show(&h, "rest");
     assert_eq!(num(&s, "disk_limit_bytes"), 100 * MIB, "{s}");
     // The 60 MB of restored files are the VE's: they count, in vectl's view...
-    let used = num(&s, "private_bytes");
+    let used = num(&s, "disk_bytes");
     // ...and in the kernel's: the VE cannot write a whole new limit beside them.
     let r = write_mib(&h, "rest", "/g", 90);
     let total: u64 = sh_ok(&h, "rest", "cat /f60 /g | wc -c")
@@ -1440,7 +1440,7 @@ fn a_restored_snapshot_still_counts_against_the_disk_limit() {
     assert!(
         used >= 55 * MIB && r.code != 0 && total <= 101 * MIB,
         "after snapshot restore the VE's 60 MB of files are not charged to it: show \
-         private_bytes {used}, a 90 MB write {} (exit {}), the VE now holds {total} bytes \
+         disk_bytes {used}, a 90 MB write {} (exit {}), the VE now holds {total} bytes \
          under --disk 100M",
         if r.code == 0 { "succeeded" } else { "failed" },
         r.code

@@ -160,7 +160,7 @@ fn an_xfs_pool_gives_each_ve_its_own_disk_in_df() {
     assert_eq!(f[0] * f[1], 100 * MIB, "stat -f / in x1: {st}");
     let s = h.json(&["show", "x1"]);
     assert_eq!(s["disk_limit_bytes"], 100 * MIB, "{s}");
-    let private = s["private_bytes"].as_u64().unwrap();
+    let private = s["disk_bytes"].as_u64().unwrap();
     assert!((10 * MIB..=11 * MIB).contains(&private), "{s}");
 
     // The limit holds: a write past it fails, as on a full disk (XFS answers

@@ -296,6 +296,18 @@ pub(crate) fn apply_devices(ve: &str, dir: &std::path::Path) -> Result<()> {
 }
 
 impl CgroupBackend for V1 {
+    fn count_io(&self, ve: &str, major: u32, minor: u32) -> Result<()> {
+        // A limit of 0 is none; writing it turns throttling, and with it the
+        // VE's counters, on for the disk. Only one file: one is enough.
+        let blk = self.need("blkio", ve)?;
+        write_knob(
+            ve,
+            &blk,
+            "blkio.throttle.read_bps_device",
+            &format!("{major}:{minor} 0"),
+        )
+    }
+
     fn delegate(&self, ve: &str, owner: u32) -> Result<()> {
         let id = Some(nix::unistd::Uid::from_raw(owner));
         let gid = Some(nix::unistd::Gid::from_raw(owner));
