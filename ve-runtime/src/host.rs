@@ -13,10 +13,10 @@
 //! locks/            one lock file per VE, one for the host, one per template
 //! ```
 
-use std::cell::OnceCell;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
@@ -211,9 +211,9 @@ pub struct Host {
     settings: HostSettings,
     pool: quota::Pool,
     templates: ve_templates::TemplateStore,
-    cgroups: OnceCell<Box<dyn CgroupBackend>>,
-    capacity: OnceCell<Capacity>,
-    io_device: OnceCell<std::result::Result<IoDevice, NoIoDevice>>,
+    cgroups: OnceLock<Box<dyn CgroupBackend>>,
+    capacity: OnceLock<Capacity>,
+    io_device: OnceLock<std::result::Result<IoDevice, NoIoDevice>>,
 }
 
 impl Host {
@@ -429,9 +429,9 @@ impl Host {
             settings,
             pool,
             templates,
-            cgroups: OnceCell::new(),
-            capacity: OnceCell::new(),
-            io_device: OnceCell::new(),
+            cgroups: OnceLock::new(),
+            capacity: OnceLock::new(),
+            io_device: OnceLock::new(),
         };
         // A create or destroy killed while it changed the firewall: finished
         // now, whatever the command (one stat when there is nothing to do).

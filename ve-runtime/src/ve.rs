@@ -893,8 +893,12 @@ impl Host {
         }
         // Its claims, from the config the destroy tombstoned (a create killed
         // before its config was written left only the claims to go by).
-        let last = VeConfig::load(&self.tombstone_path(ve)).ok().flatten();
-        self.release_claims(ve, last.as_ref().filter(|c| c.name == ve))?;
+        // (`load_from`: `load` wants the file named after the VE, and took
+        // every tombstone for corrupt, so each destroy read every claim.)
+        let last = VeConfig::load_from(&self.tombstone_path(ve), ve)
+            .ok()
+            .flatten();
+        self.release_claims(ve, last.as_ref())?;
         remove_file(&temp_path(&self.config_path(ve)))?;
         remove_file(&temp_path(&self.run_path(ve)))?;
         remove_file(&self.exit_path(ve))?;
@@ -1236,9 +1240,12 @@ impl Host {
         if let Err(e) = self.finish_renames() {
             errors.push(e);
         }
-        for path in self.config_files()? {
-            match VeConfig::load(&path) {
-                Ok(Some(cfg)) => out.push(self.info(cfg)),
+        let read = crate::stats::par_map(self.config_files()?, |path| {
+            VeConfig::load(&path).map(|cfg| cfg.map(|cfg| self.info(cfg)))
+        });
+        for one in read {
+            match one {
+                Ok(Some(info)) => out.push(info),
                 Ok(None) => {}
                 Err(e) => errors.push(e),
             }

@@ -99,7 +99,7 @@ pub struct MemoryView {
 }
 
 /// The operations vectl needs from a cgroup hierarchy, whatever its version.
-pub trait CgroupBackend: std::fmt::Debug {
+pub trait CgroupBackend: std::fmt::Debug + Send + Sync {
     /// The version this backend drives.
     fn version(&self) -> CgroupVersion;
     /// Creates the parent cgroup (and, on v2, enables the controllers down to it).
@@ -771,6 +771,14 @@ fn is_zombie(pid: i32) -> bool {
 }
 
 /// Removes a cgroup tree bottom-up (the VE's root may have made sub-cgroups).
+/// The pause before looking again whether killed processes are gone:
+/// 0.1 ms, doubling each round up to 2 ms. Most VEs are gone within the
+/// first (a fixed 1 ms made every stop wait at least that).
+pub(crate) fn kill_pause(round: u32) {
+    let us = 100u64 << round.min(5);
+    std::thread::sleep(std::time::Duration::from_micros(us.min(2000)));
+}
+
 pub(crate) fn rmdir_tree(dir: &Path) -> Result<()> {
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,

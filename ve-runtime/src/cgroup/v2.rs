@@ -418,6 +418,7 @@ impl CgroupBackend for V2 {
         }
         let has_kill = dir.join("cgroup.kill").exists();
         let deadline = Instant::now() + Duration::from_secs(10);
+        let mut round = 0;
         loop {
             let pids = self.procs(ve)?;
             if pids.is_empty() {
@@ -439,7 +440,8 @@ impl CgroupBackend for V2 {
                     reason: format!("processes {pids:?} survive SIGKILL"),
                 });
             }
-            std::thread::sleep(Duration::from_millis(1));
+            super::kill_pause(round);
+            round += 1;
         }
     }
 
