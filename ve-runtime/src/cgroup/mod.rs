@@ -770,7 +770,6 @@ fn is_zombie(pid: i32) -> bool {
         .unwrap_or(true)
 }
 
-/// Removes a cgroup tree bottom-up (the VE's root may have made sub-cgroups).
 /// The pause before looking again whether killed processes are gone:
 /// 0.1 ms, doubling each round up to 2 ms. Most VEs are gone within the
 /// first (a fixed 1 ms made every stop wait at least that).
@@ -779,6 +778,7 @@ pub(crate) fn kill_pause(round: u32) {
     std::thread::sleep(std::time::Duration::from_micros(us.min(2000)));
 }
 
+/// Removes a cgroup tree bottom-up (the VE's root may have made sub-cgroups).
 pub(crate) fn rmdir_tree(dir: &Path) -> Result<()> {
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
