@@ -75,6 +75,17 @@ const NS_FLAGS: u64 = (libc::CLONE_NEWNS
     | libc::CLONE_NEWNET
     | libc::CLONE_NEWCGROUP) as u64;
 
+/// The character devices every VE's /dev holds (and every OCI container's,
+/// as runc's): name, major, minor.
+pub(crate) const STANDARD_DEVICES: &[(&str, u32, u32)] = &[
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
 /// The environment a VE's init starts with.
 pub(crate) const INIT_ENV: &[&str] = &[
     "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -418,20 +429,13 @@ impl ChildSetup<'_> {
             Some("mode=755,size=1024k,nr_inodes=4096"),
         )
         .map_err(step(|| "mount /dev".into()))?;
-        for (name, major, minor) in [
-            ("null", 1, 3),
-            ("zero", 1, 5),
-            ("full", 1, 7),
-            ("random", 1, 8),
-            ("urandom", 1, 9),
-            ("tty", 5, 0),
-        ] {
+        for &(name, major, minor) in STANDARD_DEVICES {
             let p = dev.join(name);
             if self.spec.userns.is_some() {
                 // No device nodes in a user namespace: the host's own, bound.
                 let host = Path::new("/dev").join(name);
                 let md = fs::metadata(&host).map_err(step(|| format!("{}", host.display())))?;
-                let want = makedev(major, minor);
+                let want = makedev(major.into(), minor.into());
                 if !md.file_type().is_char_device() || md.rdev() != want {
                     return Err(StepError::Refused(format!(
                         "the host's {} is not the device {major}:{minor}",
@@ -453,7 +457,7 @@ impl ChildSetup<'_> {
                 &p,
                 SFlag::S_IFCHR,
                 Mode::from_bits_truncate(0o666),
-                makedev(major, minor),
+                makedev(major.into(), minor.into()),
             )
             .map_err(step(|| format!("mknod /dev/{name}")))?;
         }

@@ -125,16 +125,6 @@ pub(crate) struct HookPlan {
     pub env: Vec<CString>,
 }
 
-/// The standard devices every container gets (runc's list).
-const DEFAULT_DEVICES: &[(&str, u32, u32)] = &[
-    ("null", 1, 3),
-    ("zero", 1, 5),
-    ("full", 1, 7),
-    ("random", 1, 8),
-    ("urandom", 1, 9),
-    ("tty", 5, 0),
-];
-
 /// Opens `rel` (a path inside the rootfs) below `root`, creating what is
 /// missing: directories on the way, and the last component as a directory or
 /// an empty file. Symlinks (dangling ones too) resolve as if the rootfs were
@@ -469,7 +459,7 @@ impl Plan {
     }
 
     fn make_devices(&self, root: &OwnedFd) -> R {
-        let mut all: Vec<DevicePlan> = DEFAULT_DEVICES
+        let mut all: Vec<DevicePlan> = crate::launch::STANDARD_DEVICES
             .iter()
             .map(|(n, major, minor)| DevicePlan {
                 path: Path::new("/dev").join(n),
