@@ -148,7 +148,9 @@ impl VeStats {
 /// `items` mapped by `f`, in order. With many items (`list`, `stats` over
 /// hundreds of VEs, where each costs a few file reads), on up to one thread
 /// per CPU (at most 4): those reads are the kernel's work, and they run side
-/// by side. A panic in `f` is passed on.
+/// by side. A panic in `f` is passed on. Only for commands that do not go on
+/// to `setns` into a mount namespace: a thread that was joined may still share
+/// the process's file system state for a moment, and the kernel then refuses.
 pub(crate) fn par_map<T: Send, U: Send>(items: Vec<T>, f: impl Fn(T) -> U + Sync) -> Vec<U> {
     const WORTH_A_THREAD: usize = 64;
     let threads = std::thread::available_parallelism()
@@ -182,9 +184,10 @@ pub(crate) fn par_map<T: Send, U: Send>(items: Vec<T>, f: impl Fn(T) -> U + Sync
 }
 
 impl Host {
-    /// Stats of the named VEs (names or ids), or of every VE when `names` is empty.
+    /// Stats of the named VEs (names or ids), or of every VE when `names` is
+    /// empty; read on several threads ([`par_map`]).
     pub(crate) fn stats(&self, names: &[String]) -> Result<Vec<VeStats>> {
-        let (all, _) = self.list()?;
+        let (all, _) = self.list_in_threads()?;
         let chosen: Vec<_> = if names.is_empty() {
             all
         } else {

@@ -1235,14 +1235,33 @@ impl Host {
     /// Every VE, by id. Configs that cannot be read are returned as errors beside
     /// the list rather than failing it.
     pub(crate) fn list(&self) -> Result<(Vec<VeInfo>, Vec<Error>)> {
+        self.list_on(false)
+    }
+
+    /// [`Host::list`] with the VEs read on several threads
+    /// ([`crate::stats::par_map`]): for commands that only read (`vectl
+    /// list`, `stats`). Not for one that goes on to enter a VE's mount
+    /// namespace: `setns` refuses a process whose threads may still share its
+    /// file system state.
+    pub(crate) fn list_in_threads(&self) -> Result<(Vec<VeInfo>, Vec<Error>)> {
+        self.list_on(true)
+    }
+
+    fn list_on(&self, threads: bool) -> Result<(Vec<VeInfo>, Vec<Error>)> {
         let mut out = Vec::new();
         let mut errors = Vec::new();
         if let Err(e) = self.finish_renames() {
             errors.push(e);
         }
-        let read = crate::stats::par_map(self.config_files()?, |path| {
+        let one = |path: std::path::PathBuf| {
             VeConfig::load(&path).map(|cfg| cfg.map(|cfg| self.info(cfg)))
-        });
+        };
+        let files = self.config_files()?;
+        let read: Vec<_> = if threads {
+            crate::stats::par_map(files, one)
+        } else {
+            files.into_iter().map(one).collect()
+        };
         for one in read {
             match one {
                 Ok(Some(info)) => out.push(info),

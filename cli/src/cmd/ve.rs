@@ -694,7 +694,7 @@ pub fn list(ctx: &Ctx, a: ListArgs) -> Result<ExitCode> {
         cols.push(c);
     }
     let host = ctx.open()?;
-    let (mut ves, errors) = host.ves().list()?;
+    let (mut ves, errors) = host.ves().list_to_show()?;
     for e in &errors {
         ctx.out.warn(&e.to_string());
     }

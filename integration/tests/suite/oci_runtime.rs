@@ -520,6 +520,21 @@ fn bad_bundles_and_ids_are_refused_in_one_line() {
         &oci(&["create", "--bundle", bundle.to_str().unwrap(), "c3"]),
         &["c3", "no process"],
     );
+    // A cgroups path that climbs out (`..` would name the hierarchy's root,
+    // which a failed create would kill and remove).
+    for (id, path) in [("c4", "/vectl-oci-bad/.."), ("c5", "/vectl-oci-bad/../x")] {
+        fs::write(
+            bundle.join("config.json"),
+            format!(
+                r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}},"process":{{"args":["/bin/true"],"cwd":"/","user":{{"uid":0,"gid":0}}}},"linux":{{"namespaces":[{{"type":"mount"}}],"cgroupsPath":"{path}"}}}}"#
+            ),
+        )
+        .unwrap();
+        one_line(
+            &oci(&["create", "--bundle", bundle.to_str().unwrap(), id]),
+            &[id, "not a cgroup path"],
+        );
+    }
     // Nothing of the failed creates is left.
     let left: Vec<_> = fs::read_dir(&root)
         .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
@@ -531,7 +546,7 @@ fn bad_bundles_and_ids_are_refused_in_one_line() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 5, "{text}");
+    assert_eq!(lines.len(), 7, "{text}");
     assert!(
         lines
             .iter()

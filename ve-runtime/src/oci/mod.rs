@@ -596,7 +596,26 @@ impl Runtime {
             self.systemd_cgroup,
             &self.root,
         );
+        // `..` or `.` would name the hierarchy's root or the parent itself,
+        // which a failed create would kill and remove.
+        if cg_name.is_empty()
+            || cg_name == "."
+            || cg_name == ".."
+            || cg_parent.split('/').any(|c| c == "." || c == "..")
+        {
+            return Err(format!(
+                "linux.cgroupsPath {:?}: not a cgroup path",
+                linux.cgroups_path().clone().unwrap_or_default()
+            ));
+        }
         let cg = backend(&cg_parent)?;
+        // Another container's (or anything's) cgroup is not taken over: a
+        // failed create would kill what runs there (runc refuses it too).
+        if cg.exists(&cg_name) && !cg.procs(&cg_name).unwrap_or_default().is_empty() {
+            return Err(format!(
+                "linux.cgroupsPath: the cgroup {cg_parent}/{cg_name} already holds processes"
+            ));
+        }
         let limits = match linux.resources() {
             Some(r) => resources::overlay(&KernelLimits::default(), r)
                 .map_err(|e| format!("linux.resources: {e}"))?,
@@ -821,6 +840,15 @@ impl Runtime {
             Forked::Child => {
                 drop(go_w);
                 drop(rep_r);
+                // Host root running vectl's binary until it execs the
+                // container's process: nobody (a process of a joined PID
+                // namespace, an early `exec`) may ptrace it or open its
+                // /proc files meanwhile. The exec makes the process dumpable
+                // again.
+                if let Err(e) = crate::security::set_non_dumpable() {
+                    let _ = fs::File::from(rep_w).write_all(format!("{e}").as_bytes());
+                    sys::exit_now(1);
+                }
                 let mut keep: Vec<RawFd> = vec![go_r.as_raw_fd(), rep_w.as_raw_fd(), plan.fifo];
                 keep.extend(plan.process.console);
                 keep.extend(3..3 + plan.preserve_fds);
@@ -1101,6 +1129,11 @@ impl Runtime {
         let cg = backend(&s.cgroup_parent)?;
         let placement = cg.placement(&s.cgroup_name).map_err(|e| e.to_string())?;
         let target = sys::pidfd_open(s.pid).map_err(io("pidfd of the container's init"))?;
+        // The pid may have been reused since the status was read: check again
+        // now that the pidfd holds the process (its namespaces are joined).
+        if self.status_of(&s) != Status::Running {
+            return Err(format!("container {} is not running", s.id));
+        }
         let (rep_r, rep_w) = sys::report_channel().map_err(io("socketpair"))?;
         // Every namespace of its init, the user namespace only if it has its own.
         let mut ns = libc::CLONE_NEWNS
