@@ -42,6 +42,15 @@ use crate::sys::{self, Forked};
 /// The most descriptors `--preserve-fds` passes on.
 const MAX_PRESERVED_FDS: u32 = 4096;
 
+/// The descriptors 3.. of `count` (at most [`MAX_PRESERVED_FDS`]) that the
+/// caller passed (`--preserve-fds`): vectl opens its own close-on-exec, so
+/// one in the range that is not came from the caller; vectl's own are not
+/// passed on.
+pub(crate) fn preserved_fds(count: i32) -> impl Iterator<Item = RawFd> {
+    let n = count.clamp(0, MAX_PRESERVED_FDS.cast_signed());
+    (3..3 + n).filter(|&fd| sys::inherited(fd))
+}
+
 /// How often the end of input is passed on (^D) before vectl leaves the terminal
 /// to the command: a shell ends on the first one it reads.
 const EOF_TRIES: u32 = 10;
@@ -434,8 +443,9 @@ impl Helper<'_> {
         let mut keep: Vec<RawFd> = vec![sync.as_raw_fd()];
         keep.extend(self.pty_slave.map(|s| s.as_raw_fd()));
         keep.extend(self.stdio.iter().flatten().map(|f| f.as_raw_fd()));
-        let preserved = 3..3i32.saturating_add(self.keep_fds.min(MAX_PRESERVED_FDS).cast_signed());
-        keep.extend(preserved.filter(|&fd| sys::inherited(fd)));
+        keep.extend(preserved_fds(
+            self.keep_fds.min(MAX_PRESERVED_FDS).cast_signed(),
+        ));
         let report = |line: String| {
             let _ = nix::unistd::write(&sync, line.as_bytes());
         };

@@ -489,8 +489,25 @@ impl Plan {
             .map_err(sys_err(format!("open {}", parent.display())))?;
             let _ = rustix::fs::unlinkat(dir.as_fd(), name, rustix::fs::AtFlags::empty());
             if self.userns {
-                // No device nodes in a user namespace: the host's, bound.
-                let host = Path::new("/dev").join(name);
+                // No device nodes in a user namespace: the host's node at the
+                // same path, bound, if it is the device the spec names.
+                use std::os::unix::fs::{FileTypeExt, MetadataExt};
+                let host = d.path.clone();
+                let md = fs::metadata(&host).map_err(|e| format!("{}: {e}", host.display()))?;
+                let same_kind = match d.kind {
+                    libc::S_IFBLK => md.file_type().is_block_device(),
+                    libc::S_IFIFO => md.file_type().is_fifo(),
+                    _ => md.file_type().is_char_device(),
+                };
+                let rdev = nix::sys::stat::makedev(d.major.into(), d.minor.into());
+                if !same_kind || (d.kind != libc::S_IFIFO && md.rdev() != rdev) {
+                    return Err(format!(
+                        "device {}: the host's is not {}:{}",
+                        host.display(),
+                        d.major,
+                        d.minor
+                    ));
+                }
                 rustix::fs::openat(
                     dir.as_fd(),
                     name,

@@ -851,7 +851,7 @@ impl Runtime {
                 }
                 let mut keep: Vec<RawFd> = vec![go_r.as_raw_fd(), rep_w.as_raw_fd(), plan.fifo];
                 keep.extend(plan.process.console);
-                keep.extend(3..3 + plan.preserve_fds);
+                keep.extend(crate::exec::preserved_fds(plan.preserve_fds));
                 if let Err(e) = sys::close_fds_except(&keep) {
                     let _ = fs::File::from(rep_w)
                         .write_all(format!("close descriptors: {e}").as_bytes());
@@ -1210,7 +1210,7 @@ fn enter_and_spawn(
     crate::security::set_non_dumpable().map_err(|e| e.to_string())?;
     let mut keep = vec![target.as_raw_fd(), report.as_raw_fd()];
     keep.extend(plan.console);
-    keep.extend(3..3 + preserve);
+    keep.extend(crate::exec::preserved_fds(preserve));
     match placement {
         Placement::Tasks { join, .. } => {
             crate::launch::move_self(join).map_err(io("join the container's cgroup"))?;
