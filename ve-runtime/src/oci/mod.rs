@@ -188,6 +188,42 @@ fn default_parent(root: &Path) -> String {
     format!("vectl-oci-{:08x}", hash as u32)
 }
 
+/// A sysctl a container may set: one of a namespace it has of its own (runc's
+/// rule); any other would change the host.
+fn check_sysctl(key: &str, flags: u64) -> R<()> {
+    const IPC: &[&str] = &[
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    let own = |ns: libc::c_int| flags & ns as u64 != 0;
+    let well_formed = key
+        .split('.')
+        .all(|c| !c.is_empty() && c != ".." && !c.contains('/'));
+    let namespaced = well_formed
+        && if IPC.contains(&key) || key.starts_with("fs.mqueue.") {
+            own(libc::CLONE_NEWIPC)
+        } else if key.starts_with("net.") {
+            own(libc::CLONE_NEWNET)
+        } else if key == "kernel.hostname" || key == "kernel.domainname" {
+            own(libc::CLONE_NEWUTS)
+        } else {
+            false
+        };
+    if namespaced {
+        Ok(())
+    } else {
+        Err(format!(
+            "linux.sysctl {key}: not a sysctl of a namespace the container has of its own"
+        ))
+    }
+}
+
 /// A container's cgroup: the parent and the name vectl's backend takes.
 fn cgroup_of(spec_path: Option<&Path>, id: &str, systemd: bool, root: &Path) -> (String, String) {
     let Some(p) = spec_path.map(|p| p.to_string_lossy().into_owned()) else {
@@ -781,8 +817,8 @@ impl Runtime {
                 .sysctl()
                 .iter()
                 .flatten()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+                .map(|(k, v)| check_sysctl(k, flags).map(|()| (k.clone(), v.clone())))
+                .collect::<R<_>>()?,
             userns,
             process: proc_plan,
             create_hooks: hook_plans(hooks.create_container())?,
@@ -1401,6 +1437,20 @@ pub fn is_managed(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_sysctls_of_the_containers_own_namespaces_are_taken() {
+        let net = libc::CLONE_NEWNET as u64;
+        let ipc = libc::CLONE_NEWIPC as u64;
+        assert!(check_sysctl("net.ipv4.ip_forward", net).is_ok());
+        assert!(check_sysctl("net.ipv4.ip_forward", ipc).is_err());
+        assert!(check_sysctl("kernel.shmmax", ipc).is_ok());
+        assert!(check_sysctl("fs.mqueue.msg_max", ipc).is_ok());
+        assert!(check_sysctl("kernel.core_pattern", net | ipc).is_err());
+        assert!(check_sysctl("vm.overcommit_memory", net | ipc).is_err());
+        assert!(check_sysctl("net.ipv4..conf", net).is_err());
+        assert!(check_sysctl("net/../../kernel/core_pattern", net).is_err());
+    }
 
     #[test]
     fn cgroup_paths_as_engines_give_them() {
