@@ -255,6 +255,8 @@ fn podman_runs_containers_through_vectl_oci() {
             "0.5",
             "--pids-limit",
             "50",
+            "--oom-score-adj",
+            "123",
             image,
             "httpd",
             "-f",
@@ -302,6 +304,18 @@ fn podman_runs_containers_through_vectl_oci() {
         "hello from vectl-oci\n"
     );
     assert_eq!(p.run(&["exec", "web", "sh", "-c", "exit 3"]).code, 3);
+    // The container's OOM score adjustment, for its init and for exec's
+    // processes (written before the helper joins the container).
+    assert_eq!(
+        p.ok(&[
+            "exec",
+            "web",
+            "cat",
+            "/proc/1/oom_score_adj",
+            "/proc/self/oom_score_adj"
+        ]),
+        "123\n123\n"
+    );
     let host_name = fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     let inside = p.ok(&["exec", "web", "hostname"]);
     assert_ne!(inside.trim(), host_name.trim());

@@ -358,6 +358,7 @@ impl Plan {
         for h in &self.start_hooks {
             run_hook(h, &self.state_json)?;
         }
+        self.process.set_oom_score_adj()?;
         self.process.confine()?;
         self.process.exec(&exe)
     }
@@ -708,9 +709,22 @@ impl ProcPlan {
         Ok(())
     }
 
+    /// The process's OOM score adjustment (inherited by its children). For
+    /// `exec`, written before the helper joins the container's mount
+    /// namespace: its /proc/self is not there (the helper is outside the
+    /// container's PID namespace until it forks).
+    pub(crate) fn set_oom_score_adj(&self) -> R {
+        if let Some(adj) = self.oom_score_adj {
+            fs::write("/proc/self/oom_score_adj", adj.to_string())
+                .map_err(sys_err("oom_score_adj"))?;
+        }
+        Ok(())
+    }
+
     /// Limits, identity, capabilities and seccomp: what the process runs
     /// under, all set before it may exec (for `exec`, before it is forked
-    /// into the container's PID namespace).
+    /// into the container's PID namespace; its OOM score comes earlier,
+    /// [`ProcPlan::set_oom_score_adj`]).
     pub(crate) fn confine(&self) -> R {
         for (res, soft, hard) in &self.rlimits {
             let lim = libc::rlimit {
@@ -724,10 +738,6 @@ impl ProcPlan {
                     std::io::Error::last_os_error()
                 ));
             }
-        }
-        if let Some(adj) = self.oom_score_adj {
-            fs::write("/proc/self/oom_score_adj", adj.to_string())
-                .map_err(sys_err("oom_score_adj"))?;
         }
         if self.no_new_privs {
             // SAFETY: PR_SET_NO_NEW_PRIVS takes plain integers.

@@ -1186,7 +1186,7 @@ impl Runtime {
             Forked::Child => {
                 drop(rep_r);
                 if let Err(msg) =
-                    enter_and_spawn(&plan, &placement, &target, ns, &rep_w, o.preserve_fds)
+                    enter_and_spawn(&plan, &placement, target, ns, &rep_w, o.preserve_fds)
                 {
                     let _ = nix::unistd::write(&rep_w, format!("err:{msg}").as_bytes());
                     sys::exit_now(1);
@@ -1238,7 +1238,7 @@ impl Runtime {
 fn enter_and_spawn(
     plan: &ProcPlan,
     placement: &Placement,
-    target: &OwnedFd,
+    target: OwnedFd,
     ns: i32,
     report: &OwnedFd,
     preserve: i32,
@@ -1261,6 +1261,7 @@ fn enter_and_spawn(
         let procs = format!("/proc/self/fd/{}/cgroup.procs", dir.as_raw_fd());
         fs::write(&procs, b"0").map_err(io("join the container's cgroup"))?;
     }
+    plan.set_oom_score_adj()?;
     // Nothing of the host's file system stays open (the cgroup directory fd
     // goes too; this process ends by exit_now, so nothing closes it twice).
     sys::close_fds_except(&keep).map_err(io("close descriptors"))?;
@@ -1273,6 +1274,8 @@ fn enter_and_spawn(
             std::io::Error::last_os_error()
         ));
     }
+    // The init's pidfd is not the process's to hold.
+    drop(target);
     let exe = plan.prepare()?;
     // Confined before anything of it is in the container's PID namespace: the
     // child forked there only execs.
