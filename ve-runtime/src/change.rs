@@ -100,7 +100,11 @@ impl Host {
         // ones released after (a kill between leaves a stale claim, which
         // the next allocation on a full network frees).
         self.claim_all(&new)?;
-        new.store(&self.config_path(&ve))?;
+        if let Err(e) = new.store(&self.config_path(&ve)) {
+            // Refused: the new addresses go back.
+            let _ = self.release_dropped(&new, &cfg);
+            return Err(e);
+        }
         self.release_dropped(&cfg, &new)?;
         self.finish_firewall()?;
         Ok(new.nics)

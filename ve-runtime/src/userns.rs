@@ -242,10 +242,16 @@ impl Host {
                     ));
                 }
                 let (range, _ids) = self.allocate_ids(&ve)?;
-                self.range_claims()?
-                    .take(&crate::claims::range_key(range), &ve)?;
+                let claims = self.range_claims()?;
+                let key = crate::claims::range_key(range);
+                claims.take(&key, &ve)?;
                 cfg.userns = Some(range);
-                cfg.store(&self.config_path(&ve))?;
+                if let Err(e) = cfg.store(&self.config_path(&ve)) {
+                    // Refused: the range goes back (stale, it would block it
+                    // here and in every other root until a sweep).
+                    let _ = claims.release(&key, &ve);
+                    return Err(e);
+                }
             }
             (false, Some(r)) => {
                 cfg.userns = None;
