@@ -81,25 +81,53 @@ impl Claims {
     /// ([`Claims::build`] makes it).
     pub(crate) fn take(&self, key: &str, ve: &str) -> Result<()> {
         let link = self.dir.join(key);
-        let tmp = self.dir.join(format!(".{key}.{}", std::process::id()));
+        let tmp = self.temp(key, ve);
         remove_file(&tmp)?;
         std::os::unix::fs::symlink(ve, &tmp).map_err(io_err(&tmp))?;
         fs::rename(&tmp, &link).map_err(io_err(&link))
     }
 
-    /// Drops the claim on `key` if `ve` holds it.
+    /// Where [`Claims::take`] makes the link before renaming it into place:
+    /// named by key and VE, so that a take killed in between leaves a file
+    /// the VE's release finds.
+    fn temp(&self, key: &str, ve: &str) -> PathBuf {
+        self.dir.join(format!(".{key}.{ve}"))
+    }
+
+    /// Drops the claim on `key` if `ve` holds it (and what a killed take of
+    /// it by `ve` left).
     pub(crate) fn release(&self, key: &str, ve: &str) -> Result<()> {
+        remove_file(&self.temp(key, ve))?;
         if self.holder(key).as_deref() == Some(ve) {
             remove_file(&self.dir.join(key))?;
         }
         Ok(())
     }
 
-    /// Drops every claim `ve` holds here (reads every link: for cleaning up
-    /// after a killed command, whose claims are not known).
+    /// Drops every claim `ve` holds here, and what its killed takes left
+    /// (reads every link: for cleaning up after a killed command, whose
+    /// claims are not known).
     pub(crate) fn release_all(&self, ve: &str) -> Result<()> {
-        for key in self.keys()? {
-            self.release(&key, ve)?;
+        let rd = match fs::read_dir(&self.dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(&self.dir)(e)),
+        };
+        let left_by_take = format!(".{ve}");
+        for entry in rd {
+            let entry = entry.map_err(io_err(&self.dir))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            match name.strip_prefix('.') {
+                Some(rest) if rest.ends_with(&left_by_take) => {
+                    if self.holder(&name).as_deref() == Some(ve) {
+                        remove_file(&entry.path())?;
+                    }
+                }
+                Some(_) => {}
+                None => self.release(&name, ve)?,
+            }
         }
         Ok(())
     }
@@ -371,6 +399,34 @@ mod tests {
         assert_eq!(c.holder("10.0.0.3").as_deref(), Some("a"));
         c.release_all("a").unwrap();
         assert!(c.keys().unwrap().is_empty());
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn what_a_killed_take_left_goes_with_its_ves_release() {
+        let d = tmp();
+        let c = Claims::new(d.join("ids"));
+        c.build([]).unwrap();
+        let all = |c: &Claims| -> Vec<String> {
+            let mut v: Vec<String> = fs::read_dir(&c.dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        // A take killed between its link and the rename, by two VEs.
+        std::os::unix::fs::symlink("a", c.temp("100", "a")).unwrap();
+        std::os::unix::fs::symlink("ab", c.temp("101", "ab")).unwrap();
+        assert!(c.keys().unwrap().is_empty(), "a leftover is no claim");
+        c.release("100", "a").unwrap();
+        assert_eq!(all(&c), [".101.ab"]);
+        std::os::unix::fs::symlink("a", c.temp("102", "a")).unwrap();
+        c.take("103", "a").unwrap();
+        c.release_all("a").unwrap();
+        assert_eq!(all(&c), [".101.ab"], "only a's go");
+        c.release_all("ab").unwrap();
+        assert!(all(&c).is_empty());
         fs::remove_dir_all(&d).unwrap();
     }
 
